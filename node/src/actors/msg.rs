@@ -1,0 +1,27 @@
+//! Every message the actors take, in one place.
+
+use actix::Message;
+use serde_json::Value;
+
+use super::WriteError;
+use crate::store::command::{Action, Applied};
+
+/// A write for the actor of the resource's type.
+#[derive(Debug)]
+pub struct WriteIntent {
+    pub action: Action,
+    /// Target id (None for Create: the actor assigns one).
+    pub id: Option<String>,
+    /// The client's resource (not for Delete).
+    pub body: Option<Value>,
+    /// `If-Match` version.
+    pub if_match: Option<u64>,
+}
+
+/// Ask a [`super::resource::ResourceActor`] to validate and commit one write.
+#[derive(Debug)]
+pub struct Write(pub WriteIntent);
+
+impl Message for Write {
+    type Result = Result<(String, Applied), WriteError>;
+}

@@ -1,0 +1,140 @@
+//! `ResourceActor`: the write pipeline of one resource type. It validates each write, assigns ids
+//! and strips server-owned meta, then group-commits: while one proposal of this type is in flight,
+//! new writes queue, and they all go out together as ONE Raft entry when it returns.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::msg::{Write, WriteIntent};
+use super::WriteError;
+use crate::consensus::RaftHandle;
+use crate::fhir::{meta, Definitions, FhirError};
+use crate::store::command::{Action, Applied, Command, CommandV1, WriteOp};
+
+/// Per-node settings the actors need.
+#[derive(Debug, Clone)]
+pub struct ActorSettings {
+    pub allow_update_create: bool,
+    pub max_depth: usize,
+    /// Most writes in one proposal.
+    pub max_batch: usize,
+}
+
+type Reply = oneshot::Sender<Result<(String, Applied), WriteError>>;
+
+pub struct ResourceActor {
+    rtype: &'static str,
+    defs: Arc<Definitions>,
+    raft: RaftHandle,
+    settings: ActorSettings,
+    pending: Vec<(WriteOp, Reply)>,
+    in_flight: bool,
+}
+
+impl Actor for ResourceActor {
+    type Context = Context<Self>;
+}
+
+impl ResourceActor {
+    pub fn new(rtype: &'static str, defs: Arc<Definitions>, raft: RaftHandle, settings: ActorSettings) -> Self {
+        ResourceActor { rtype, defs, raft, settings, pending: Vec::new(), in_flight: false }
+    }
+
+    /// Validates and resolves a write into the op that is proposed.
+    fn prepare(&self, intent: WriteIntent) -> Result<WriteOp, WriteError> {
+        let rtype = self.rtype;
+        let id = match (intent.action, intent.id) {
+            (Action::Create, _) => uuid::Uuid::new_v4().to_string(),
+            (_, Some(id)) => id,
+            (_, None) => return Err(WriteError::MissingBody("resource id")),
+        };
+        let body = match (intent.action, intent.body) {
+            (Action::Delete, _) => None,
+            (_, None) => return Err(WriteError::MissingBody(rtype)),
+            (action, Some(mut body)) => {
+                let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
+                if action == Action::Create {
+                    // The server assigns the id of a created resource; a client id is ignored.
+                    obj.remove("id");
+                    let at = obj.keys().position(|k| k == "resourceType").map(|i| i + 1).unwrap_or(0);
+                    obj.shift_insert(at, "id".into(), Value::String(id.clone()));
+                } else {
+                    match obj.get("id").and_then(Value::as_str) {
+                        None => return Err(FhirError::MissingId(id).into()),
+                        Some(found) if found != id => {
+                            return Err(FhirError::IdMismatch { expected: id, found: found.into() }.into())
+                        }
+                        Some(_) => {}
+                    }
+                }
+                meta::strip_server_meta(&mut body);
+                self.defs.validate(rtype, &body, self.settings.max_depth)?;
+                Some(serde_json::to_string(&body).map_err(|_| FhirError::NotAnObject)?)
+            }
+        };
+        Ok(WriteOp {
+            action: intent.action,
+            rtype: rtype.to_string(),
+            id,
+            body,
+            if_match: intent.if_match,
+            allow_create: self.settings.allow_update_create,
+        })
+    }
+
+    /// Sends everything pending as one proposal.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let take = self.pending.len().min(self.settings.max_batch);
+        let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
+        if batch.is_empty() {
+            return;
+        }
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().unzip();
+        let ids: Vec<String> = ops.iter().map(|o| o.id.clone()).collect();
+        let cmd = Command::V1(CommandV1::Writes { ts_micros: meta::now_micros(), ops });
+        let raft = self.raft.clone();
+        self.in_flight = true;
+        let proposal = async move { raft.propose(&cmd).await };
+        ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(outcomes) => {
+                    let mut outcomes = outcomes.into_iter();
+                    for (reply, id) in replies.into_iter().zip(ids) {
+                        let out = outcomes
+                            .next()
+                            .unwrap_or_else(|| Err(crate::store::StoreError::Corrupt("missing outcome".into())));
+                        let _ = reply.send(out.map(|a| (id, a)).map_err(WriteError::from));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone().into()));
+                    }
+                }
+            }
+            act.in_flight = false;
+            act.flush(ctx);
+        }));
+    }
+}
+
+impl Handler<Write> for ResourceActor {
+    type Result = ResponseFuture<Result<(String, Applied), WriteError>>;
+
+    fn handle(&mut self, Write(intent): Write, ctx: &mut Context<Self>) -> Self::Result {
+        let op = match self.prepare(intent) {
+            Ok(op) => op,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.pending.push((op, tx));
+        if !self.in_flight {
+            self.flush(ctx);
+        }
+        let rtype = self.rtype;
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(WriteError::Mailbox(rtype.to_string()))) })
+    }
+}

@@ -1,0 +1,159 @@
+//! The one error table: every error a request can meet, from every module, mapped to an HTTP status
+//! and a FHIR `issue.code`, and rendered as an OperationOutcome whose diagnostics say what to fix.
+
+use std::cell::Cell;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::actors::WriteError;
+use crate::config::ConfigError;
+use crate::consensus::ConsensusError;
+use crate::fhir::{FhirError, FhirVersion};
+use crate::http::RequestError;
+use crate::store::StoreError;
+
+/// Any error that ends a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Fhir(#[from] FhirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// `(HTTP status, FHIR issue code)` of an error: the table.
+pub fn classify(e: &ApiError) -> (u16, &'static str) {
+    match e {
+        ApiError::Request(r) => match r {
+            RequestError::NotAcceptable(_) => (406, "not-supported"),
+            RequestError::UnsupportedMediaType(_) => (415, "not-supported"),
+            RequestError::InvalidJson(_) => (400, "structure"),
+            RequestError::BodyTooLarge(_) => (413, "too-costly"),
+            RequestError::BadParameter { .. } => (400, "value"),
+            RequestError::UnknownParameter(_) => (400, "not-supported"),
+            RequestError::BadHeader { .. } => (400, "value"),
+            RequestError::NotImplemented(_) => (501, "not-supported"),
+            RequestError::MethodNotAllowed(_) => (405, "not-supported"),
+            RequestError::NoRoute(_) => (404, "not-found"),
+            RequestError::InvalidPatch(_) => (400, "structure"),
+            RequestError::PatchFailed(_) => (422, "processing"),
+            RequestError::PatchChangesIdentity => (422, "business-rule"),
+            RequestError::PreconditionFailed(_) => (412, "conflict"),
+        },
+        ApiError::Fhir(f) => classify_fhir(f),
+        ApiError::Store(s) => classify_store(s),
+        ApiError::Consensus(c) => classify_consensus(c),
+        ApiError::Write(w) => match w {
+            WriteError::Fhir(f) => classify_fhir(f),
+            WriteError::Store(s) => classify_store(s),
+            WriteError::Consensus(c) => classify_consensus(c),
+            WriteError::MissingBody(_) => (400, "required"),
+            WriteError::Mailbox(_) => (503, "transient"),
+        },
+        ApiError::Config(_) => (500, "exception"),
+    }
+}
+
+fn classify_store(s: &StoreError) -> (u16, &'static str) {
+    match s {
+        StoreError::Storage(_) | StoreError::Corrupt(_) => (500, "exception"),
+        StoreError::NotFound { .. } | StoreError::VersionNotFound { .. } => (404, "not-found"),
+        StoreError::Gone { .. } => (410, "deleted"),
+        StoreError::VersionConflict { .. } => (412, "conflict"),
+        StoreError::CreateViaUpdateDisabled { .. } => (405, "not-supported"),
+        StoreError::AlreadyExists { .. } => (409, "duplicate"),
+    }
+}
+
+fn classify_consensus(c: &ConsensusError) -> (u16, &'static str) {
+    match c {
+        ConsensusError::Stopped | ConsensusError::NoLeader => (503, "transient"),
+        ConsensusError::Timeout(_) => (503, "timeout"),
+        ConsensusError::Raft(_) | ConsensusError::Storage(_) => (500, "exception"),
+    }
+}
+
+fn classify_fhir(f: &FhirError) -> (u16, &'static str) {
+    match f {
+        FhirError::UnknownType(..) => (404, "not-supported"),
+        FhirError::InvalidId(_) => (400, "value"),
+        FhirError::NotAnObject => (400, "structure"),
+        FhirError::TypeMismatch { .. } => (400, "invalid"),
+        FhirError::MissingResourceType => (400, "required"),
+        FhirError::IdMismatch { .. } => (400, "invalid"),
+        FhirError::MissingId(_) => (400, "required"),
+        FhirError::Schema { .. } => (400, "structure"),
+        FhirError::TooDeep(_) => (400, "too-costly"),
+        FhirError::SchemaCompile(..) => (500, "exception"),
+    }
+}
+
+thread_local! {
+    /// The FHIR version of the node whose HTTP worker runs on this thread (set by the app factory).
+    static THREAD_VERSION: Cell<FhirVersion> = const { Cell::new(FhirVersion::R4) };
+}
+
+/// Records the FHIR version served by this worker thread (issue codes differ slightly in STU3).
+pub fn set_thread_version(v: FhirVersion) {
+    THREAD_VERSION.with(|c| c.set(v));
+}
+
+/// An OperationOutcome with one issue.
+pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{ "severity": severity, "code": code, "diagnostics": diagnostics }]
+    })
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(classify(self).0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, mut code) = classify(self);
+        if THREAD_VERSION.with(Cell::get) == FhirVersion::Stu3 && code == "deleted" {
+            code = "not-found"; // STU3's IssueType has no "deleted"
+        }
+        if status >= 500 {
+            tracing::error!("{self}");
+        }
+        let body = operation_outcome("error", code, &self.to_string());
+        HttpResponse::build(self.status_code())
+            .content_type(crate::http::negotiate::FHIR_JSON)
+            .body(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_examples() {
+        let gone = ApiError::Store(StoreError::Gone { rtype: "Patient".into(), id: "a".into(), version: 2 });
+        assert_eq!(classify(&gone), (410, "deleted"));
+        let conflict = ApiError::Write(WriteError::Store(StoreError::VersionConflict {
+            rtype: "Patient".into(),
+            id: "a".into(),
+            expected: 1,
+            current: Some(2),
+        }));
+        assert_eq!(classify(&conflict), (412, "conflict"));
+        let unknown = ApiError::Fhir(FhirError::UnknownType("Foo".into(), FhirVersion::R4));
+        assert_eq!(classify(&unknown), (404, "not-supported"));
+        assert!(unknown.to_string().contains("Foo"));
+        assert_eq!(classify(&ApiError::Consensus(ConsensusError::Timeout(5))), (503, "timeout"));
+    }
+}

@@ -1,0 +1,143 @@
+//! create, read (GET/HEAD), vread, update and delete of single resources, with version-aware
+//! headers (`ETag`, `Last-Modified`, `Location`, `If-Match`, `If-None-Match`, `If-Modified-Since`)
+//! and `Prefer: return=`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::negotiate::{self, Ctx, Return};
+use super::{AppState, RequestError};
+use crate::actors::{Write, WriteError, WriteIntent};
+use crate::error::{operation_outcome, ApiError};
+use crate::fhir::{valid_id, FhirError};
+use crate::store::command::{Action, Applied};
+
+/// Resolves `{type}` and `{id}` path segments.
+pub fn type_and_id<'a>(st: &AppState, rtype: &str, id: &'a str) -> Result<(&'static str, &'a str), ApiError> {
+    let rtype = st.defs.resource_type(rtype)?;
+    if !valid_id(id) {
+        return Err(FhirError::InvalidId(id.to_string()).into());
+    }
+    Ok((rtype, id))
+}
+
+/// Sends a write to the actor of its type and waits for it to be applied.
+pub async fn send_write(st: &AppState, rtype: &'static str, intent: WriteIntent) -> Result<(String, Applied), ApiError> {
+    let addr = st.registry.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
+    match addr.send(Write(intent)).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(WriteError::Mailbox(rtype.to_string()).into()),
+    }
+}
+
+/// The answer to a create / update / patch, per `Prefer: return=`.
+pub fn write_response(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, applied: &Applied) -> Result<HttpResponse, ApiError> {
+    let version = applied.version.unwrap_or_default();
+    let status = if applied.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut b = HttpResponse::build(status);
+    negotiate::version_headers(&mut b, version, applied.ts_micros);
+    b.insert_header((header::LOCATION, format!("{}/{rtype}/{id}/_history/{version}", ctx.base)));
+    match ctx.ret {
+        Return::Minimal => Ok(b.finish()),
+        Return::OperationOutcome => {
+            let verb = if applied.created { "Created" } else { "Updated" };
+            let oo = operation_outcome("information", "informational", &format!("{verb} {rtype}/{id} version {version}"));
+            Ok(ctx.respond(b, ctx.json_body(&oo)))
+        }
+        Return::Representation => {
+            let stored = applied.body.as_deref().map(Vec::as_slice).unwrap_or_default();
+            Ok(ctx.respond(b, ctx.resource_bytes(st, stored)?))
+        }
+    }
+}
+
+pub async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let rtype = st.defs.resource_type(&path)?;
+    if req.headers().contains_key("if-none-exist") {
+        return Err(RequestError::NotImplemented("conditional create (If-None-Exist needs search)".into()).into());
+    }
+    negotiate::require_json_body(&req)?;
+    let body = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let intent = WriteIntent { action: Action::Create, id: None, body: Some(body), if_match: None };
+    let (id, applied) = send_write(&st, rtype, intent).await?;
+    write_response(&ctx, &st, rtype, &id, &applied)
+}
+
+pub async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
+    let if_match = negotiate::if_match(&req)?;
+    negotiate::require_json_body(&req)?;
+    let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let intent = WriteIntent { action: Action::Update, id: Some(id.to_string()), body: Some(body), if_match };
+    let (id, applied) = send_write(&st, rtype, intent).await?;
+    write_response(&ctx, &st, rtype, &id, &applied)
+}
+
+pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
+    let if_match = negotiate::if_match(&req)?;
+    let intent = WriteIntent { action: Action::Delete, id: Some(id.to_string()), body: None, if_match };
+    let (_, applied) = send_write(&st, rtype, intent).await?;
+    let mut b = HttpResponse::build(if ctx.ret == Return::OperationOutcome { StatusCode::OK } else { StatusCode::NO_CONTENT });
+    if let Some(v) = applied.version {
+        b.insert_header((header::ETAG, format!("W/\"{v}\"")));
+    }
+    if ctx.ret == Return::OperationOutcome {
+        let text = match (applied.noop, applied.version) {
+            (false, Some(v)) => format!("Deleted {rtype}/{id} (version {v})"),
+            (true, Some(_)) => format!("{rtype}/{id} was already deleted"),
+            _ => format!("{rtype}/{id} does not exist; nothing to delete"),
+        };
+        return Ok(ctx.respond(b, ctx.json_body(&operation_outcome("information", "informational", &text))));
+    }
+    Ok(b.finish())
+}
+
+pub async fn read(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    ctx.reject_count_summary()?;
+    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
+    let (cur, record) = st.store.read(rtype, id)?;
+    let mut b = HttpResponse::Ok();
+    negotiate::version_headers(&mut b, cur.version, cur.ts);
+    if negotiate::not_modified(&req, cur.version, cur.ts)? {
+        let mut nm = HttpResponse::NotModified();
+        negotiate::version_headers(&mut nm, cur.version, cur.ts);
+        return Ok(nm.finish());
+    }
+    let body = ctx.resource_bytes(&st, record.body())?;
+    Ok(ctx.respond(b, body))
+}
+
+pub async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    ctx.reject_count_summary()?;
+    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
+    let version: u64 = path.2.parse().map_err(|_| RequestError::BadParameter {
+        name: "version id".into(),
+        reason: format!("'{}' is not a version number", path.2),
+    })?;
+    let record = st.store.vread(rtype, id, version)?;
+    let mut b = HttpResponse::Ok();
+    negotiate::version_headers(&mut b, version, record.ts);
+    let body = ctx.resource_bytes(&st, record.body())?;
+    Ok(ctx.respond(b, body))
+}

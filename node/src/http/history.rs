@@ -1,0 +1,136 @@
+//! History at instance, type and system level: `_since`, `_at`, `_count`, and `first` / `next` /
+//! `previous` links whose cursors are index keys, so a page stays the same under concurrent writes
+//! (new versions only ever appear before the first page).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::crud::type_and_id;
+use super::negotiate::Ctx;
+use super::{AppState, RequestError};
+use crate::error::ApiError;
+use crate::fhir::meta;
+use crate::store::command::Action;
+use crate::store::resources::{HistoryPage, HistoryQuery, HistoryScope, PageDir};
+use crate::store::StoreError;
+
+const PARAMS: [&str; 8] = ["_count", "_since", "_at", "_page", "_format", "_pretty", "_summary", "_elements"];
+
+pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    respond(&req, &st, HistoryScope::System, "/_history".into())
+}
+
+pub async fn type_level(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rtype = st.defs.resource_type(&path)?;
+    respond(&req, &st, HistoryScope::Type { rtype: rtype.into() }, format!("/{rtype}/_history"))
+}
+
+pub async fn instance(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
+    let scope = HistoryScope::Instance { rtype: rtype.into(), id: id.into() };
+    respond(&req, &st, scope, format!("/{rtype}/{id}/_history"))
+}
+
+fn bad(name: &str, reason: String) -> RequestError {
+    RequestError::BadParameter { name: name.into(), reason }
+}
+
+fn query(ctx: &Ctx, st: &AppState) -> Result<HistoryQuery, RequestError> {
+    for (k, _) in &ctx.params {
+        if !PARAMS.contains(&k.as_str()) && !ctx.lenient {
+            return Err(RequestError::UnknownParameter(format!("{k} (history takes _count, _since, _at)")));
+        }
+    }
+    ctx.reject_count_summary()?;
+    let count = match ctx.param("_count") {
+        None => st.cfg.limits.default_page_size,
+        Some(c) => c
+            .parse::<usize>()
+            .map_err(|_| bad("_count", format!("'{c}' is not a non-negative integer")))?
+            .min(st.cfg.limits.max_page_size),
+    };
+    let since = ctx
+        .param("_since")
+        .map(|s| meta::parse_fhir_datetime(s).map(|r| r.0).ok_or_else(|| bad("_since", format!("'{s}' is not a FHIR instant"))))
+        .transpose()?;
+    let at = ctx
+        .param("_at")
+        .map(|s| meta::parse_fhir_datetime(s).ok_or_else(|| bad("_at", format!("'{s}' is not a FHIR date or dateTime"))))
+        .transpose()?;
+    let cursor = ctx
+        .param("_page")
+        .map(|p| {
+            let dir = match p.get(..1) {
+                Some("o") => PageDir::Older,
+                Some("n") => PageDir::Newer,
+                _ => return Err(bad("_page", "not a cursor from a link of this server".into())),
+            };
+            let key = hex::decode(&p[1..]).map_err(|_| bad("_page", "not a cursor from a link of this server".into()))?;
+            Ok((key, dir))
+        })
+        .transpose()?;
+    Ok(HistoryQuery { since, at, count, cursor })
+}
+
+fn link(ctx: &Ctx, path: &str, page: Option<String>) -> String {
+    let mut params: Vec<(&str, &str)> =
+        ctx.params.iter().filter(|(k, _)| k != "_page").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Some(p) = &page {
+        params.push(("_page", p));
+    }
+    let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
+    if qs.is_empty() { format!("{}{path}", ctx.base) } else { format!("{}{path}?{qs}", ctx.base) }
+}
+
+fn respond(req: &HttpRequest, st: &AppState, scope: HistoryScope, path: String) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(req, st)?;
+    let q = query(&ctx, st)?;
+    let page = st.store.history(&scope, &q)?;
+    let bundle = bundle(&ctx, st, &path, &page)?;
+    Ok(ctx.respond(HttpResponse::Ok(), ctx.json_body(&bundle)))
+}
+
+fn bundle(ctx: &Ctx, st: &AppState, path: &str, page: &HistoryPage) -> Result<Value, ApiError> {
+    let self_url = link(ctx, path, ctx.param("_page").map(str::to_string));
+    let mut links = vec![json!({"relation": "self", "url": self_url}), json!({"relation": "first", "url": link(ctx, path, None)})];
+    if let Some(k) = &page.newer {
+        links.push(json!({"relation": "previous", "url": link(ctx, path, Some(format!("n{}", hex::encode(k))))}));
+    }
+    if let Some(k) = &page.older {
+        links.push(json!({"relation": "next", "url": link(ctx, path, Some(format!("o{}", hex::encode(k))))}));
+    }
+    let mut entries = Vec::with_capacity(page.entries.len());
+    for e in &page.entries {
+        let (rtype, id, version, rec) = (&e.rtype, &e.id, e.version, &e.record);
+        let (method, url, status) = match rec.action {
+            Action::Create => ("POST", rtype.clone(), "201 Created"),
+            Action::Update | Action::Patch if version == 1 => (rec.action.method(), format!("{rtype}/{id}"), "201 Created"),
+            Action::Update | Action::Patch => (rec.action.method(), format!("{rtype}/{id}"), "200 OK"),
+            Action::Delete => ("DELETE", format!("{rtype}/{id}"), "204 No Content"),
+        };
+        let mut entry = json!({
+            "fullUrl": format!("{}/{rtype}/{id}", ctx.base),
+            "request": {"method": method, "url": url},
+            "response": {
+                "status": status,
+                "etag": format!("W/\"{version}\""),
+                "lastModified": meta::format_instant(rec.ts)
+            }
+        });
+        if !rec.is_delete() {
+            let mut resource: Value = serde_json::from_slice(rec.body())
+                .map_err(|err| StoreError::Corrupt(format!("stored body of {rtype}/{id}: {err}")))?;
+            st.defs.subset(&mut resource, &ctx.subset);
+            entry["resource"] = resource;
+        }
+        entries.push(entry);
+    }
+    Ok(json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": meta::format_instant(meta::now_micros())},
+        "type": "history",
+        "link": links,
+        "entry": entries
+    }))
+}

@@ -1,0 +1,162 @@
+//! The FHIR REST API over actix-web. [`INTERACTIONS`] is the one table of what is served: the router
+//! registers exactly these routes and `/metadata` describes exactly these interactions. One file per
+//! interaction family: [`crud`], [`patch`], [`history`], [`metadata`], [`admin`].
+
+pub mod admin;
+pub mod crud;
+pub mod history;
+pub mod metadata;
+pub mod negotiate;
+pub mod patch;
+
+use std::sync::Arc;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::actors::Registry;
+use crate::config::Config;
+use crate::consensus::RaftHandle;
+use crate::error::ApiError;
+use crate::fhir::Definitions;
+use crate::store::Store;
+
+/// Errors in the HTTP request itself (not in the resource it carries).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("the request body exceeds the limit of {0} bytes (config limits.max_body_bytes)")]
+    BodyTooLarge(usize),
+    #[error("invalid parameter {name}: {reason}")]
+    BadParameter { name: String, reason: String },
+    #[error("unknown parameter '{0}'")]
+    UnknownParameter(String),
+    #[error("invalid {name} header: {reason}")]
+    BadHeader { name: String, reason: String },
+    #[error("{0} is not implemented by this server (see GET /metadata for what is)")]
+    NotImplemented(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("no FHIR endpoint at {0}")]
+    NoRoute(String),
+    #[error("the JSON Patch document is not valid: {0}")]
+    InvalidPatch(String),
+    #[error("the JSON Patch could not be applied: {0}")]
+    PatchFailed(String),
+    #[error("a patch must not change the resource's resourceType or id")]
+    PatchChangesIdentity,
+    #[error("{0}")]
+    PreconditionFailed(String),
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub cfg: Config,
+    pub defs: Arc<Definitions>,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub raft: RaftHandle,
+    /// When this node started (CapabilityStatement.date).
+    pub started: String,
+}
+
+/// The level an interaction works at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    System,
+    Type,
+    Instance,
+}
+
+/// One served FHIR interaction.
+pub struct Interaction {
+    /// The CapabilityStatement interaction code.
+    pub code: &'static str,
+    pub level: Level,
+    pub method: &'static str,
+    pub path: &'static str,
+}
+
+/// Everything the FHIR API serves, in routing order (specific paths before `{id}`).
+pub const INTERACTIONS: &[Interaction] = &[
+    Interaction { code: "history-system", level: Level::System, method: "GET", path: "/_history" },
+    Interaction { code: "history-type", level: Level::Type, method: "GET", path: "/{type}/_history" },
+    Interaction { code: "create", level: Level::Type, method: "POST", path: "/{type}" },
+    Interaction { code: "vread", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history/{vid}" },
+    Interaction { code: "history-instance", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history" },
+    Interaction { code: "read", level: Level::Instance, method: "GET", path: "/{type}/{id}" },
+    Interaction { code: "update", level: Level::Instance, method: "PUT", path: "/{type}/{id}" },
+    Interaction { code: "patch", level: Level::Instance, method: "PATCH", path: "/{type}/{id}" },
+    Interaction { code: "delete", level: Level::Instance, method: "DELETE", path: "/{type}/{id}" },
+];
+
+/// Registers the API routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metadata", web::get().to(metadata::capability_statement));
+    cfg.route("/_cluster/status", web::get().to(admin::cluster_status));
+    cfg.route("/_health", web::get().to(admin::health));
+    for i in INTERACTIONS {
+        let method = Method::from_bytes(i.method.as_bytes()).expect("table methods are valid");
+        let route = web::route().method(method);
+        let route = match i.code {
+            "history-system" => route.to(history::system),
+            "history-type" => route.to(history::type_level),
+            "history-instance" => route.to(history::instance),
+            "create" => route.to(crud::create),
+            "read" => {
+                cfg.route(i.path, web::head().to(crud::read));
+                route.to(crud::read)
+            }
+            "vread" => route.to(crud::vread),
+            "update" => route.to(crud::update),
+            "patch" => route.to(patch::patch),
+            "delete" => route.to(crud::delete),
+            other => unreachable!("interaction {other} has no handler"),
+        };
+        cfg.route(i.path, route);
+    }
+    cfg.default_service(web::to(fallback));
+}
+
+/// What is not routed: say whether the path exists under another method, or is not served yet.
+async fn fallback(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let path = req.path().trim_end_matches('/').to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().as_str();
+    let not_impl = |what: &str| Err(RequestError::NotImplemented(what.to_string()).into());
+    match (method, segments.as_slice()) {
+        ("POST", []) => not_impl("batch/transaction bundles (POST /)"),
+        ("GET" | "POST", [t]) | ("POST", [t, "_search"]) if !t.starts_with('$') && !t.starts_with('_') => {
+            st.defs.resource_type(t)?;
+            not_impl(&format!("search on {t}"))
+        }
+        ("GET", []) => not_impl("system-level search"),
+        ("PUT" | "DELETE" | "PATCH", [t]) => {
+            st.defs.resource_type(t)?;
+            not_impl(&format!("conditional {method} on {t} (it needs search)"))
+        }
+        (_, segs) if segs.iter().any(|s| s.starts_with('$')) => not_impl(&format!("operation {path}")),
+        _ => {
+            let allowed: Vec<&str> = INTERACTIONS
+                .iter()
+                .filter(|i| shape_matches(i.path, &segments))
+                .map(|i| i.method)
+                .collect();
+            if allowed.is_empty() {
+                Err(RequestError::NoRoute(format!("{method} {path}")).into())
+            } else {
+                Err(RequestError::MethodNotAllowed(format!("{method} is not allowed on {path}; allowed: {}", allowed.join(", "))).into())
+            }
+        }
+    }
+}
+
+fn shape_matches(pattern: &str, segments: &[&str]) -> bool {
+    let pat: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    pat.len() == segments.len() && pat.iter().zip(segments).all(|(p, s)| p.starts_with('{') || p == s)
+}

@@ -1,0 +1,285 @@
+//! Content negotiation and the request context every handler starts from: response format
+//! (`_format`, `Accept`), `_pretty`, `_summary` / `_elements`, `Prefer`, the body's media type and
+//! size, the base URL, and building resource responses with `ETag` / `Last-Modified`.
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::{AppState, RequestError};
+use crate::error::ApiError;
+use crate::fhir::{meta, Subset, SummaryMode};
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+const PLAIN_JSON: &str = "application/json; charset=utf-8";
+/// Media types accepted for FHIR JSON bodies and responses.
+const JSON_TYPES: [&str; 3] = ["application/fhir+json", "application/json", "application/json+fhir"];
+pub const JSON_PATCH: &str = "application/json-patch+json";
+
+/// `Prefer: return=...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+/// What a handler knows about the request before it does anything.
+pub struct Ctx {
+    pub params: Vec<(String, String)>,
+    pub content_type: &'static str,
+    pub pretty: bool,
+    pub subset: Subset,
+    pub ret: Return,
+    pub lenient: bool,
+    pub base: String,
+}
+
+fn essence(v: &str) -> String {
+    v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, RequestError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| RequestError::BadHeader { name: name.to_string(), reason: "not visible ASCII".into() }),
+    }
+}
+
+impl Ctx {
+    pub fn new(req: &HttpRequest, st: &AppState) -> Result<Ctx, RequestError> {
+        let params: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
+            .map_err(|e| RequestError::BadParameter { name: "query string".into(), reason: e.to_string() })?;
+        let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let content_type = match param("_format") {
+            Some(f) => match f.trim() {
+                "json" | "application/fhir+json" | "application/json+fhir" => FHIR_JSON,
+                "application/json" | "text/json" => PLAIN_JSON,
+                other => {
+                    return Err(RequestError::NotAcceptable(format!(
+                        "_format={other} is not supported: this server speaks JSON only (_format=json)"
+                    )))
+                }
+            },
+            None => accept(header_str(req.headers(), "accept")?)?,
+        };
+        let pretty = match param("_pretty") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(RequestError::BadParameter { name: "_pretty".into(), reason: format!("'{v}' is not true or false") }),
+        };
+        let summary = match param("_summary") {
+            None => None,
+            Some(v) => Some(SummaryMode::parse(v).ok_or_else(|| RequestError::BadParameter {
+                name: "_summary".into(),
+                reason: format!("'{v}' is not one of true, text, data, count, false"),
+            })?),
+        };
+        let elements = param("_elements")
+            .map(|v| v.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| s.to_string()).collect());
+        let (ret, lenient) = prefer(header_str(req.headers(), "prefer")?)?;
+        let base = match &st.cfg.base_url {
+            Some(b) => b.trim_end_matches('/').to_string(),
+            None => {
+                let info = req.connection_info();
+                format!("{}://{}", info.scheme(), info.host())
+            }
+        };
+        Ok(Ctx { params, content_type, pretty, subset: Subset { summary, elements }, ret, lenient, base })
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// `_summary=count` only means something for searches.
+    pub fn reject_count_summary(&self) -> Result<(), RequestError> {
+        if self.subset.summary == Some(SummaryMode::Count) {
+            return Err(RequestError::BadParameter {
+                name: "_summary".into(),
+                reason: "_summary=count applies to searches only".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Serializes a JSON value in the negotiated format.
+    pub fn json_body(&self, v: &Value) -> Vec<u8> {
+        if self.pretty { serde_json::to_vec_pretty(v) } else { serde_json::to_vec(v) }.unwrap_or_default()
+    }
+
+    /// Stored resource bytes as this request wants them (subset / pretty); untouched bytes when
+    /// nothing needs to change.
+    pub fn resource_bytes(&self, st: &AppState, stored: &[u8]) -> Result<Vec<u8>, ApiError> {
+        if self.subset.is_empty() && !self.pretty {
+            return Ok(stored.to_vec());
+        }
+        let mut v: Value = serde_json::from_slice(stored)
+            .map_err(|e| crate::store::StoreError::Corrupt(format!("stored body: {e}")))?;
+        st.defs.subset(&mut v, &self.subset);
+        Ok(self.json_body(&v))
+    }
+
+    pub fn respond(&self, mut b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
+        b.content_type(self.content_type).body(body)
+    }
+}
+
+/// Picks the response media type from `Accept`.
+fn accept(h: Option<&str>) -> Result<&'static str, RequestError> {
+    let Some(h) = h.filter(|h| !h.trim().is_empty()) else { return Ok(FHIR_JSON) };
+    for item in h.split(',') {
+        let mut parts = item.split(';');
+        let ty = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = parts.any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+        });
+        if refused {
+            continue;
+        }
+        match ty.as_str() {
+            "application/fhir+json" | "application/json+fhir" | "*/*" | "application/*" => return Ok(FHIR_JSON),
+            "application/json" | "text/json" => return Ok(PLAIN_JSON),
+            _ => {}
+        }
+    }
+    Err(RequestError::NotAcceptable(format!(
+        "Accept: {h} lists no format this server produces; it serves application/fhir+json and application/json"
+    )))
+}
+
+/// Parses `Prefer` (return and handling preferences).
+fn prefer(h: Option<&str>) -> Result<(Return, bool), RequestError> {
+    let mut ret = Return::Representation;
+    let mut lenient = false;
+    for pref in h.unwrap_or("").split([',', ';']) {
+        let (k, v) = pref.split_once('=').unwrap_or((pref, ""));
+        match (k.trim().to_ascii_lowercase().as_str(), v.trim().trim_matches('"')) {
+            ("return", "minimal") => ret = Return::Minimal,
+            ("return", "representation") => ret = Return::Representation,
+            ("return", "OperationOutcome") => ret = Return::OperationOutcome,
+            ("return", other) => {
+                return Err(RequestError::BadHeader {
+                    name: "Prefer".into(),
+                    reason: format!("return={other} is not minimal, representation or OperationOutcome"),
+                })
+            }
+            ("handling", "lenient") => lenient = true,
+            ("handling", "strict") => lenient = false,
+            _ => {}
+        }
+    }
+    Ok((ret, lenient))
+}
+
+/// Checks that a request body is FHIR JSON.
+pub fn require_json_body(req: &HttpRequest) -> Result<(), RequestError> {
+    match header_str(req.headers(), "content-type")? {
+        None => Ok(()),
+        Some(ct) if JSON_TYPES.contains(&essence(ct).as_str()) => Ok(()),
+        Some(ct) => Err(RequestError::UnsupportedMediaType(format!(
+            "Content-Type: {ct} is not supported; send application/fhir+json (XML and RDF are not served)"
+        ))),
+    }
+}
+
+/// Checks that a PATCH body is a JSON Patch.
+pub fn require_json_patch(req: &HttpRequest) -> Result<(), RequestError> {
+    match header_str(req.headers(), "content-type")?.map(essence) {
+        Some(ct) if ct == JSON_PATCH => Ok(()),
+        Some(ct) => Err(RequestError::UnsupportedMediaType(format!(
+            "PATCH with Content-Type {ct} is not supported; send a JSON Patch as {JSON_PATCH} (FHIRPath Patch and XML Patch are not implemented)"
+        ))),
+        None => Err(RequestError::UnsupportedMediaType(format!("PATCH needs Content-Type: {JSON_PATCH}"))),
+    }
+}
+
+/// Reads the body up to the configured limit and parses it as JSON (a UTF-8 BOM is skipped).
+pub async fn read_json(mut payload: web::Payload, limit: usize) -> Result<Value, RequestError> {
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| RequestError::InvalidJson(format!("reading the body failed: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(RequestError::BodyTooLarge(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let bytes = buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf);
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(RequestError::InvalidJson("the body is empty".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| RequestError::InvalidJson(format!("the body is not valid JSON: {e}")))
+}
+
+/// Parses an `ETag`-style version: `W/"3"`, `"3"` or `3`.
+pub fn parse_etag(name: &str, v: &str) -> Result<u64, RequestError> {
+    let t = v.trim();
+    let t = t.strip_prefix("W/").unwrap_or(t).trim_matches('"');
+    t.parse().map_err(|_| RequestError::BadHeader {
+        name: name.to_string(),
+        reason: format!("'{v}' is not a version ETag like W/\"3\""),
+    })
+}
+
+/// The `If-Match` version, if sent.
+pub fn if_match(req: &HttpRequest) -> Result<Option<u64>, RequestError> {
+    header_str(req.headers(), "if-match")?.map(|v| parse_etag("If-Match", v)).transpose()
+}
+
+/// Whether a read can answer 304 Not Modified (`If-None-Match`, then `If-Modified-Since`).
+pub fn not_modified(req: &HttpRequest, version: u64, ts: u64) -> Result<bool, RequestError> {
+    if let Some(inm) = header_str(req.headers(), "if-none-match")? {
+        if inm.trim() == "*" {
+            return Ok(true);
+        }
+        for tag in inm.split(',') {
+            if parse_etag("If-None-Match", tag)? == version {
+                return Ok(true);
+            }
+        }
+        return Ok(false);
+    }
+    if let Some(ims) = header_str(req.headers(), "if-modified-since")? {
+        let since = meta::parse_http_date(ims).ok_or_else(|| RequestError::BadHeader {
+            name: "If-Modified-Since".into(),
+            reason: format!("'{ims}' is not an HTTP-date"),
+        })?;
+        return Ok(ts / 1_000_000 * 1_000_000 <= since);
+    }
+    Ok(false)
+}
+
+/// Adds `ETag` and `Last-Modified` for a version.
+pub fn version_headers(b: &mut HttpResponseBuilder, version: u64, ts: u64) {
+    b.insert_header((header::ETAG, format!("W/\"{version}\"")));
+    b.insert_header((header::LAST_MODIFIED, meta::format_http_date(ts)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_picks_json_or_refuses() {
+        assert_eq!(accept(None).unwrap(), FHIR_JSON);
+        assert_eq!(accept(Some("application/json")).unwrap(), PLAIN_JSON);
+        assert_eq!(accept(Some("application/fhir+xml;q=0.9, */*;q=0.1")).unwrap(), FHIR_JSON);
+        assert!(accept(Some("application/fhir+xml")).is_err());
+        assert!(accept(Some("application/json;q=0")).is_err());
+    }
+
+    #[test]
+    fn prefer_and_etags() {
+        assert_eq!(prefer(Some("return=minimal")).unwrap(), (Return::Minimal, false));
+        assert_eq!(prefer(Some("handling=lenient, return=OperationOutcome")).unwrap(), (Return::OperationOutcome, true));
+        assert!(prefer(Some("return=everything")).is_err());
+        assert_eq!(parse_etag("If-Match", "W/\"12\"").unwrap(), 12);
+        assert_eq!(parse_etag("If-Match", "\"3\"").unwrap(), 3);
+        assert!(parse_etag("If-Match", "W/\"x\"").is_err());
+    }
+}

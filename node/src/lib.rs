@@ -1,0 +1,169 @@
+//! # Kiln: a replicated FHIR server
+//!
+//! ## Layout
+//! - [`config`]: the typed TOML configuration of a node.
+//! - [`error`]: the one table from every error to HTTP status and FHIR issue code.
+//! - [`fhir`]: version, resource types, ids, meta stamping, JSON-schema validation, `_summary`.
+//! - [`http`]: the REST API (actix-web), one file per interaction family; the routing table that
+//!   also generates the CapabilityStatement.
+//! - [`actors`]: one actor per resource type: the write pipeline (validate, stamp, group commit).
+//! - [`consensus`]: raft-rs `RawNode` loop and its sled log storage.
+//! - [`store`]: key layout, the deterministic state machine, and reads.
+//!
+//! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
+//! `StateMachine::apply` (one sled batch) → answer. Reads go straight from HTTP to [`store::Store`].
+//! [`start_node`] is the one way to start a node (used by `kiln serve` and by the tests).
+
+pub mod actors;
+pub mod config;
+pub mod consensus;
+pub mod error;
+pub mod fhir;
+pub mod http;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use actix_web::{web, App, HttpServer};
+
+pub use config::Config;
+
+use crate::actors::resource::ActorSettings;
+use crate::actors::Registry;
+use crate::consensus::{ConsensusError, RaftHandle};
+use crate::fhir::Definitions;
+use crate::store::{StateMachine, Store, StoreError};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the data directory {path}: {source}")]
+    DataDir { path: String, source: sled::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("the HTTP server thread failed to start")]
+    HttpThread,
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// The address the HTTP API listens on (the real port when 0 was configured).
+    pub addr: SocketAddr,
+    pub raft: RaftHandle,
+    server: actix_web::dev::ServerHandle,
+    http_thread: Option<JoinHandle<()>>,
+    raft_thread: Option<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests, finishes those in flight, stops Raft and flushes storage.
+    pub fn stop(mut self) {
+        futures::executor::block_on(self.server.stop(true));
+        self.join();
+    }
+
+    /// Runs until the HTTP server stops (Ctrl-C / SIGTERM), then shuts down cleanly.
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.http_thread.take() {
+            let _ = t.join();
+        }
+        self.raft.stop();
+        if let Some(t) = self.raft_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a node: storage, Raft, the per-type actors and the HTTP API. Returns once it listens.
+pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
+    cfg.validate()?;
+    let db = sled::Config::new()
+        .path(&cfg.data_dir)
+        .open()
+        .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
+    let state = db.open_tree("state").map_err(StoreError::from)?;
+    let sm = StateMachine::open(state.clone())?;
+    let store = Store::new(state);
+    let defs = Arc::new(Definitions::load(cfg.fhir_version));
+    let (raft, raft_thread) = consensus::node::start(&cfg, db, sm)?;
+
+    let workers = if cfg.http_workers == 0 { num_cpus::get() } else { cfg.http_workers };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_cfg = cfg.clone();
+    let thread_raft = raft.clone();
+    let http_thread = std::thread::Builder::new()
+        .name(format!("kiln-http-{}", cfg.node_id))
+        .spawn(move || {
+            let system = actix_web::rt::System::new();
+            system.block_on(async move {
+                let cfg = thread_cfg;
+                let settings = ActorSettings {
+                    allow_update_create: cfg.allow_update_create,
+                    max_depth: cfg.limits.max_depth,
+                    max_batch: 1024,
+                };
+                let registry = Arc::new(Registry::start(defs.clone(), thread_raft.clone(), settings, workers));
+                let version = cfg.fhir_version;
+                let listen = cfg.listen.clone();
+                let state = web::Data::new(http::AppState {
+                    cfg,
+                    defs,
+                    store,
+                    registry: registry.clone(),
+                    raft: thread_raft,
+                    started: fhir::meta::format_instant(fhir::meta::now_micros()),
+                });
+                let server = HttpServer::new(move || {
+                    error::set_thread_version(version);
+                    App::new().app_data(state.clone()).configure(http::configure)
+                })
+                .workers(workers)
+                .shutdown_timeout(10)
+                .bind(&listen);
+                let server = match server {
+                    Ok(s) => s,
+                    Err(source) => {
+                        let _ = tx.send(Err(StartError::Listen { addr: listen, source }));
+                        return;
+                    }
+                };
+                let addr = server.addrs()[0];
+                let running = server.run();
+                let _ = tx.send(Ok((addr, running.handle())));
+                if let Err(e) = running.await {
+                    tracing::error!("HTTP server: {e}");
+                }
+                registry.stop();
+            });
+        })
+        .map_err(|_| StartError::HttpThread)?;
+    let (addr, server) = match rx.recv() {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => {
+            raft.stop();
+            let _ = http_thread.join();
+            let _ = raft_thread.join();
+            return Err(e);
+        }
+        Err(_) => return Err(StartError::HttpThread),
+    };
+    tracing::info!(node = cfg.node_id, %addr, version = %cfg.fhir_version, "Kiln node listening");
+    Ok(NodeHandle { addr, raft, server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
+}

@@ -1,0 +1,137 @@
+//! The commands proposed to Raft and their results. Everything non-deterministic (ids, the
+//! timestamp, the resolved body) is decided by the proposer and carried here; everything that depends
+//! on state (versions, If-Match, existence) is decided at apply.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// A replicated command. The outer enum is the wire version: add `V2` rather than changing `V1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    V1(CommandV1),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CommandV1 {
+    /// Independent writes coalesced into one entry (group commit). Each succeeds or fails alone.
+    Writes {
+        /// Proposer's clock (µs since epoch); apply makes it strictly increasing along the log.
+        ts_micros: u64,
+        ops: Vec<WriteOp>,
+    },
+}
+
+/// What a write does to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// POST: a new resource at a server-assigned id.
+    Create,
+    /// PUT: replace (or create, when allowed) at the given id.
+    Update,
+    /// PATCH: a replacement computed from a patch by the proposer.
+    Patch,
+    /// DELETE: a tombstone version, unless already deleted or absent.
+    Delete,
+}
+
+impl Action {
+    /// The HTTP method recorded in history.
+    pub fn method(self) -> &'static str {
+        match self {
+            Action::Create => "POST",
+            Action::Update => "PUT",
+            Action::Patch => "PATCH",
+            Action::Delete => "DELETE",
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
+            Action::Create => b'C',
+            Action::Update => b'U',
+            Action::Patch => b'P',
+            Action::Delete => b'D',
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<Action> {
+        Some(match c {
+            b'C' => Action::Create,
+            b'U' => Action::Update,
+            b'P' => Action::Patch,
+            b'D' => Action::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// One write of a [`CommandV1::Writes`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteOp {
+    pub action: Action,
+    pub rtype: String,
+    pub id: String,
+    /// The validated resource JSON without server-owned meta (none for Delete).
+    pub body: Option<String>,
+    /// Required current version (`If-Match`).
+    pub if_match: Option<u64>,
+    /// Whether an Update may create a resource that does not exist.
+    pub allow_create: bool,
+}
+
+/// The result of one applied write.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The resulting current version (for a no-op delete: the existing version, if any).
+    pub version: Option<u64>,
+    pub ts_micros: u64,
+    /// The write made a resource exist that did not (201 Created).
+    pub created: bool,
+    /// The write changed nothing (delete of a deleted or absent resource).
+    pub noop: bool,
+    /// The stored body, with meta stamped (not for deletes).
+    pub body: Option<Arc<Vec<u8>>>,
+}
+
+/// Per-op result of applying one entry.
+pub type OpOutcome = Result<Applied, StoreError>;
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("commands always serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, StoreError> {
+        bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable command: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_round_trips() {
+        let c = Command::V1(CommandV1::Writes {
+            ts_micros: 42,
+            ops: vec![WriteOp {
+                action: Action::Update,
+                rtype: "Patient".into(),
+                id: "a".into(),
+                body: Some("{\"resourceType\":\"Patient\"}".into()),
+                if_match: Some(3),
+                allow_create: true,
+            }],
+        });
+        let Command::V1(CommandV1::Writes { ts_micros, ops }) = Command::decode(&c.encode()).unwrap();
+        assert_eq!(ts_micros, 42);
+        assert_eq!(ops[0].if_match, Some(3));
+        assert!(Command::decode(b"\xff\xff").is_err());
+        for a in [Action::Create, Action::Update, Action::Patch, Action::Delete] {
+            assert_eq!(Action::from_code(a.code()), Some(a));
+        }
+    }
+}

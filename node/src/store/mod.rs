@@ -1,0 +1,48 @@
+//! The replicated state: resource versions, current pointers and history rows in one sled tree
+//! (`state`), written only by [`state_machine::StateMachine::apply`] and read directly by the HTTP
+//! layer through [`resources::Store`].
+
+pub mod command;
+pub mod keys;
+pub mod resources;
+pub mod state_machine;
+
+pub use command::{Action, Command, OpOutcome, WriteOp};
+pub use resources::{Current, Store, VersionRecord};
+pub use state_machine::StateMachine;
+
+/// Outcomes of reads and writes on the state tree.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{rtype}/{id} does not exist")]
+    NotFound { rtype: String, id: String },
+    #[error("{rtype}/{id} version {version} does not exist")]
+    VersionNotFound { rtype: String, id: String, version: u64 },
+    #[error("{rtype}/{id} was deleted (version {version})")]
+    Gone { rtype: String, id: String, version: u64 },
+    #[error("version conflict on {rtype}/{id}: If-Match asked for version {expected} but the current version is {}", current.map(|c| c.to_string()).unwrap_or_else(|| "none (it does not exist)".into()))]
+    VersionConflict { rtype: String, id: String, expected: u64, current: Option<u64> },
+    #[error("{rtype}/{id} does not exist and this server does not allow update-as-create (PUT to a new id)")]
+    CreateViaUpdateDisabled { rtype: String, id: String },
+    #[error("{rtype}/{id} already exists")]
+    AlreadyExists { rtype: String, id: String },
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Reads of the replicated state: current version, vread, and history pages at instance, type and
+//! system level. Reads go straight to sled on any thread; they never pass through an actor.
+
+use std::ops::Bound;
+
+use sled::IVec;
+
+use super::command::Action;
+use super::keys::{self, HistoryKey};
+use super::StoreError;
+
+/// The current pointer of a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    pub version: u64,
+    pub deleted: bool,
+    pub ts: u64,
+}
+
+impl Current {
+    pub fn encode(&self) -> [u8; 17] {
+        let mut b = [0u8; 17];
+        b[..8].copy_from_slice(&self.version.to_be_bytes());
+        b[8] = u8::from(self.deleted);
+        b[9..].copy_from_slice(&self.ts.to_be_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Current, StoreError> {
+        if b.len() != 17 {
+            return Err(StoreError::Corrupt(format!("current pointer of {} bytes", b.len())));
+        }
+        Ok(Current {
+            version: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            deleted: b[8] != 0,
+            ts: u64::from_be_bytes(b[9..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// One stored version: how it was written, when, and its body (empty for a delete).
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub action: Action,
+    pub ts: u64,
+    raw: IVec,
+}
+
+impl VersionRecord {
+    pub fn encode(action: Action, ts: u64, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + body.len());
+        v.push(action.code());
+        v.extend_from_slice(&ts.to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    pub fn decode(raw: IVec) -> Result<VersionRecord, StoreError> {
+        let action = raw.first().copied().and_then(Action::from_code);
+        match (action, raw.get(1..9)) {
+            (Some(action), Some(ts)) => {
+                let ts = u64::from_be_bytes(ts.try_into().expect("8 bytes"));
+                Ok(VersionRecord { action, ts, raw })
+            }
+            _ => Err(StoreError::Corrupt("version record header".into())),
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        self.action == Action::Delete
+    }
+
+    /// The resource JSON exactly as stored (meta stamped).
+    pub fn body(&self) -> &[u8] {
+        &self.raw[9..]
+    }
+}
+
+/// Which history a page is taken from.
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    Instance { rtype: String, id: String },
+    Type { rtype: String },
+    System,
+}
+
+/// Paging direction relative to a cursor (a raw index key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageDir {
+    /// Entries older than the cursor (the "next" page; history is newest first).
+    Older,
+    /// Entries newer than the cursor (the "previous" page).
+    Newer,
+}
+
+/// A history request.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// `_since`: only versions written at or after this instant (µs).
+    pub since: Option<u64>,
+    /// `_at`: only versions current at some point in `[low, high)` (µs).
+    pub at: Option<(u64, u64)>,
+    pub count: usize,
+    pub cursor: Option<(Vec<u8>, PageDir)>,
+}
+
+/// One history entry.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub rtype: String,
+    pub id: String,
+    pub version: u64,
+    pub record: VersionRecord,
+}
+
+/// A page of history, newest first, with cursors for the neighbouring pages.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// Cursor for the next (older) page, if there is one.
+    pub older: Option<Vec<u8>>,
+    /// Cursor for the previous (newer) page, if there is one.
+    pub newer: Option<Vec<u8>>,
+}
+
+/// Read access to the state tree.
+#[derive(Clone)]
+pub struct Store {
+    tree: sled::Tree,
+}
+
+impl Store {
+    pub fn new(tree: sled::Tree) -> Store {
+        Store { tree }
+    }
+
+    pub fn current(&self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
+        self.tree.get(keys::current(rtype, id))?.map(|b| Current::decode(&b)).transpose()
+    }
+
+    /// The current version of a live resource: NotFound / Gone otherwise.
+    pub fn read(&self, rtype: &str, id: &str) -> Result<(Current, VersionRecord), StoreError> {
+        let not_found = || StoreError::NotFound { rtype: rtype.into(), id: id.into() };
+        let cur = self.current(rtype, id)?.ok_or_else(not_found)?;
+        if cur.deleted {
+            return Err(StoreError::Gone { rtype: rtype.into(), id: id.into(), version: cur.version });
+        }
+        Ok((cur, self.version_record(rtype, id, cur.version)?))
+    }
+
+    /// A specific version; Gone if that version is a deletion.
+    pub fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<VersionRecord, StoreError> {
+        let rec = self.version_record(rtype, id, version)?;
+        if rec.is_delete() {
+            return Err(StoreError::Gone { rtype: rtype.into(), id: id.into(), version });
+        }
+        Ok(rec)
+    }
+
+    fn version_record(&self, rtype: &str, id: &str, version: u64) -> Result<VersionRecord, StoreError> {
+        let raw = self
+            .tree
+            .get(keys::version(rtype, id, version))?
+            .ok_or_else(|| StoreError::VersionNotFound { rtype: rtype.into(), id: id.into(), version })?;
+        VersionRecord::decode(raw)
+    }
+
+    /// One page of history, newest first.
+    pub fn history(&self, scope: &HistoryScope, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        if let HistoryScope::Instance { rtype, id } = scope {
+            if self.current(rtype, id)?.is_none() {
+                return Err(StoreError::NotFound { rtype: rtype.clone(), id: id.clone() });
+            }
+        }
+        let (prefix, ts_in_key) = match scope {
+            HistoryScope::Instance { rtype, id } => (keys::versions_of(rtype, id), false),
+            HistoryScope::Type { rtype } => (keys::type_history_prefix(rtype), true),
+            HistoryScope::System => (vec![keys::SYS_HISTORY], true),
+        };
+        // `_since` bounds the scan itself where keys start with the time.
+        let mut low = prefix.clone();
+        if ts_in_key {
+            if let Some(since) = q.since {
+                low.extend_from_slice(&since.to_be_bytes());
+            }
+        }
+        let high = keys::prefix_end(&prefix);
+        let (lo, hi) = match &q.cursor {
+            None => (Bound::Included(low.clone()), Bound::Excluded(high.clone())),
+            Some((c, PageDir::Older)) => (Bound::Included(low.clone()), Bound::Excluded(c.clone())),
+            Some((c, PageDir::Newer)) => (Bound::Excluded(c.clone()), Bound::Excluded(high.clone())),
+        };
+        let newest_first = !matches!(q.cursor, Some((_, PageDir::Newer)));
+        let range = self.tree.range::<Vec<u8>, _>((lo, hi));
+        let iter: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>> =
+            if newest_first { Box::new(range.rev()) } else { Box::new(range) };
+
+        let mut picked: Vec<(Vec<u8>, HistoryEntry)> = Vec::new();
+        let mut more = false;
+        for item in iter {
+            let (k, v) = item?;
+            let entry = self.entry_for(scope, &k, v)?;
+            if !self.matches(&entry, q)? {
+                continue;
+            }
+            if picked.len() == q.count {
+                more = true;
+                break;
+            }
+            picked.push((k.to_vec(), entry));
+        }
+        if !newest_first {
+            picked.reverse();
+        }
+        let first_key = picked.first().map(|(k, _)| k.clone());
+        let last_key = picked.last().map(|(k, _)| k.clone());
+        let (older, newer) = match (&q.cursor, newest_first) {
+            (None, _) => (if more { last_key } else { None }, None),
+            (Some(_), true) => (if more { last_key } else { None }, first_key.or_else(|| q.cursor.as_ref().map(|c| c.0.clone()))),
+            (Some(_), false) => (last_key.or_else(|| q.cursor.as_ref().map(|c| c.0.clone())), if more { first_key } else { None }),
+        };
+        Ok(HistoryPage { entries: picked.into_iter().map(|(_, e)| e).collect(), older, newer })
+    }
+
+    fn entry_for(&self, scope: &HistoryScope, k: &[u8], v: IVec) -> Result<HistoryEntry, StoreError> {
+        let bad = || StoreError::Corrupt("history key".into());
+        match scope {
+            HistoryScope::Instance { .. } => {
+                let (rtype, id, version) = keys::decode_version(k).ok_or_else(bad)?;
+                Ok(HistoryEntry { rtype, id, version, record: VersionRecord::decode(v)? })
+            }
+            HistoryScope::Type { .. } | HistoryScope::System => {
+                let HistoryKey { rtype, id, version, .. } = if matches!(scope, HistoryScope::System) {
+                    keys::decode_sys_history(k)
+                } else {
+                    keys::decode_type_history(k)
+                }
+                .ok_or_else(bad)?;
+                let record = self.version_record(&rtype, &id, version)?;
+                Ok(HistoryEntry { rtype, id, version, record })
+            }
+        }
+    }
+
+    fn matches(&self, e: &HistoryEntry, q: &HistoryQuery) -> Result<bool, StoreError> {
+        if q.since.is_some_and(|s| e.record.ts < s) {
+            return Ok(false);
+        }
+        if let Some((lo, hi)) = q.at {
+            if e.record.ts >= hi {
+                return Ok(false);
+            }
+            // Current until the next version was written.
+            match self.tree.get(keys::version(&e.rtype, &e.id, e.version + 1))? {
+                Some(next) => {
+                    if VersionRecord::decode(next)?.ts <= lo {
+                        return Ok(false);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary (fast linking): HTTP conformance, official examples, crash safety.
+
+mod crash;
+mod crud;
+mod examples;
+mod history;
+mod negotiation;
