@@ -94,7 +94,6 @@ fn classify_fhir(f: &FhirError) -> (u16, &'static str) {
         FhirError::MissingId(_) => (400, "required"),
         FhirError::Schema { .. } => (400, "structure"),
         FhirError::TooDeep(_) => (400, "too-costly"),
-        FhirError::SchemaCompile(..) => (500, "exception"),
     }
 }
 

@@ -36,8 +36,6 @@ pub enum FhirError {
     Schema { version: FhirVersion, rtype: String, details: String },
     #[error("JSON nesting deeper than the limit of {0} levels")]
     TooDeep(usize),
-    #[error("schema for {0} could not be compiled: {1}")]
-    SchemaCompile(String, String),
 }
 
 /// The FHIR version a node serves.
@@ -79,7 +77,7 @@ pub struct Definitions {
     pub version: FhirVersion,
     /// Resource types in canonical spelling, sorted.
     pub types: Vec<&'static str>,
-    pub validators: Validators,
+    pub validators: std::sync::Arc<Validators>,
     elements: BTreeMap<String, elements::TypeElements>,
 }
 

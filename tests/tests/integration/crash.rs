@@ -1,7 +1,7 @@
 //! Crash safety: `kill -9` a `kiln serve` process during concurrent writes, restart it on the same
 //! data, and check that every acknowledged write is readable at the version it was acknowledged with.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +13,12 @@ fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = ChildNode::start(&dir.path().join("data"), "127.0.0.1:0");
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..6)
         .map(|t| {
             let base = node.base.clone();
             let stop = stop.clone();
+            let count = count.clone();
             std::thread::spawn(move || {
                 let c = client();
                 let mut acked = Vec::new();
@@ -35,6 +37,7 @@ fn acknowledged_writes_survive_kill_9() {
                             let etag = r.headers()["etag"].to_str().unwrap().to_string();
                             let v: u64 = etag.trim_start_matches("W/\"").trim_end_matches('"').parse().unwrap();
                             acked.push((id, v, format!("{t}/{i}")));
+                            count.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => break, // the server died mid-request: not acknowledged
                     }
@@ -44,7 +47,11 @@ fn acknowledged_writes_survive_kill_9() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill mid-stream once the load is well under way (bounded wait on a slow machine).
+    let started = std::time::Instant::now();
+    while count.load(Ordering::Relaxed) < 300 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     node.kill9();
     stop.store(true, Ordering::Relaxed);
     let acked: Vec<(String, u64, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
