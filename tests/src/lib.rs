@@ -140,12 +140,12 @@ pub fn json(resp: reqwest::blocking::Response) -> Value {
 pub fn without_server_meta(mut v: Value) -> Value {
     if let Some(obj) = v.as_object_mut() {
         let empty = obj.get_mut("meta").and_then(Value::as_object_mut).map(|m| {
-            m.remove("versionId");
-            m.remove("lastUpdated");
+            m.shift_remove("versionId");
+            m.shift_remove("lastUpdated");
             m.is_empty()
         });
         if empty == Some(true) {
-            obj.remove("meta");
+            obj.shift_remove("meta");
         }
     }
     v

@@ -58,7 +58,7 @@ impl ResourceActor {
                 let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
                 if action == Action::Create {
                     // The server assigns the id of a created resource; a client id is ignored.
-                    obj.remove("id");
+                    obj.shift_remove("id");
                     let at = obj.keys().position(|k| k == "resourceType").map(|i| i + 1).unwrap_or(0);
                     obj.shift_insert(at, "id".into(), Value::String(id.clone()));
                 } else {

@@ -10,16 +10,16 @@ pub fn strip_server_meta(body: &mut Value) {
     let Some(obj) = body.as_object_mut() else { return };
     let empty = match obj.get_mut("meta").and_then(Value::as_object_mut) {
         Some(meta) => {
-            meta.remove("versionId");
-            meta.remove("_versionId");
-            meta.remove("lastUpdated");
-            meta.remove("_lastUpdated");
+            meta.shift_remove("versionId");
+            meta.shift_remove("_versionId");
+            meta.shift_remove("lastUpdated");
+            meta.shift_remove("_lastUpdated");
             meta.is_empty()
         }
         None => false,
     };
     if empty {
-        obj.remove("meta");
+        obj.shift_remove("meta");
     }
 }
 
@@ -139,6 +139,9 @@ mod tests {
             serde_json::to_string(&p).unwrap(),
             r#"{"resourceType":"Patient","id":"a","meta":{"versionId":"3","lastUpdated":"2023-11-14T22:13:20.123456Z"},"active":true}"#
         );
+        let mut o = json!({"resourceType": "Patient", "id": "a", "meta": {"lastUpdated": "x"}, "b": 1, "c": 2});
+        strip_server_meta(&mut o);
+        assert_eq!(serde_json::to_string(&o).unwrap(), r#"{"resourceType":"Patient","id":"a","b":1,"c":2}"#, "element order kept");
         let mut q = json!({"resourceType": "Patient", "meta": {"profile": ["p"]}});
         stamp(&mut q, 1, 0);
         assert_eq!(q["meta"].as_object().unwrap().keys().collect::<Vec<_>>(), ["versionId", "lastUpdated", "profile"]);
