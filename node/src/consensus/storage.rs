@@ -60,17 +60,25 @@ impl SledStorage {
         Ok(s)
     }
 
-    pub fn hard_state(&self) -> Result<HardState, raft::Error> {
-        let mut hs = HardState::default();
-        if let Some(b) = self.tree.get(HARD_STATE).map_err(store_err)? {
-            hs.merge_from_bytes(&b).map_err(store_err)?;
+    fn get_proto<M: protobuf::Message + Default>(&self, key: &[u8]) -> Result<M, raft::Error> {
+        let mut m = M::default();
+        if let Some(b) = self.tree.get(key).map_err(store_err)? {
+            m.merge_from_bytes(&b).map_err(store_err)?;
         }
-        Ok(hs)
+        Ok(m)
+    }
+
+    fn put_proto<M: protobuf::Message>(&self, key: &[u8], m: &M) -> Result<(), raft::Error> {
+        self.tree.insert(key, m.write_to_bytes().map_err(store_err)?).map_err(store_err)?;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> Result<HardState, raft::Error> {
+        self.get_proto(HARD_STATE)
     }
 
     pub fn set_hard_state(&self, hs: &HardState) -> Result<(), raft::Error> {
-        self.tree.insert(HARD_STATE, hs.write_to_bytes().map_err(store_err)?).map_err(store_err)?;
-        Ok(())
+        self.put_proto(HARD_STATE, hs)
     }
 
     /// Records a new commit index in the hard state.
@@ -84,16 +92,11 @@ impl SledStorage {
     }
 
     pub fn conf_state(&self) -> Result<ConfState, raft::Error> {
-        let mut cs = ConfState::default();
-        if let Some(b) = self.tree.get(CONF_STATE).map_err(store_err)? {
-            cs.merge_from_bytes(&b).map_err(store_err)?;
-        }
-        Ok(cs)
+        self.get_proto(CONF_STATE)
     }
 
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<(), raft::Error> {
-        self.tree.insert(CONF_STATE, cs.write_to_bytes().map_err(store_err)?).map_err(store_err)?;
-        Ok(())
+        self.put_proto(CONF_STATE, cs)
     }
 
     /// Appends entries, dropping any conflicting suffix first.

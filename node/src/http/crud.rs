@@ -22,6 +22,24 @@ pub fn type_and_id<'a>(st: &AppState, rtype: &str, id: &'a str) -> Result<(&'sta
     Ok((rtype, id))
 }
 
+/// What every write to one instance starts from: the request context, the resolved type and id,
+/// and the `If-Match` version.
+pub struct InstanceWrite {
+    pub ctx: Ctx,
+    pub rtype: &'static str,
+    pub id: String,
+    pub if_match: Option<u64>,
+}
+
+impl InstanceWrite {
+    pub fn new(req: &HttpRequest, st: &AppState, path: &(String, String)) -> Result<InstanceWrite, ApiError> {
+        let ctx = Ctx::new(req, st)?;
+        let (rtype, id) = type_and_id(st, &path.0, &path.1)?;
+        let if_match = negotiate::if_match(req)?;
+        Ok(InstanceWrite { ctx, rtype, id: id.to_string(), if_match })
+    }
+}
+
 /// Sends a write to the actor of its type and waits for it to be applied.
 pub async fn send_write(st: &AppState, rtype: &'static str, intent: WriteIntent) -> Result<(String, Applied), ApiError> {
     let addr = st.registry.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
@@ -76,21 +94,17 @@ pub async fn update(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ctx = Ctx::new(&req, &st)?;
-    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
-    let if_match = negotiate::if_match(&req)?;
+    let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
     negotiate::require_json_body(&req)?;
     let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
-    let intent = WriteIntent { action: Action::Update, id: Some(id.to_string()), body: Some(body), if_match };
+    let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match };
     let (id, applied) = send_write(&st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
 
 pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let ctx = Ctx::new(&req, &st)?;
-    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
-    let if_match = negotiate::if_match(&req)?;
-    let intent = WriteIntent { action: Action::Delete, id: Some(id.to_string()), body: None, if_match };
+    let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
+    let intent = WriteIntent { action: Action::Delete, id: Some(id.clone()), body: None, if_match };
     let (_, applied) = send_write(&st, rtype, intent).await?;
     let mut b = HttpResponse::build(if ctx.ret == Return::OperationOutcome { StatusCode::OK } else { StatusCode::NO_CONTENT });
     if let Some(v) = applied.version {

@@ -6,8 +6,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use super::crud::{send_write, type_and_id, write_response};
-use super::negotiate::{self, Ctx};
+use super::crud::{send_write, write_response, InstanceWrite};
+use super::negotiate;
 use super::{AppState, RequestError};
 use crate::actors::{WriteError, WriteIntent};
 use crate::error::ApiError;
@@ -23,9 +23,8 @@ pub async fn patch(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ctx = Ctx::new(&req, &st)?;
-    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
-    let client_if_match = negotiate::if_match(&req)?;
+    let InstanceWrite { ctx, rtype, id, if_match: client_if_match } = InstanceWrite::new(&req, &st, &path)?;
+    let id = id.as_str();
     negotiate::require_json_patch(&req)?;
     let doc = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
     let ops: json_patch::Patch = serde_json::from_value(doc).map_err(|e| RequestError::InvalidPatch(e.to_string()))?;
