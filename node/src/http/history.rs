@@ -1,8 +1,11 @@
 //! History at instance, type and system level: `_since`, `_at`, `_count`, and `first` / `next` /
 //! `previous` links whose cursors are index keys, so a page stays the same under concurrent writes
-//! (new versions only ever appear before the first page).
+//! (new versions only ever appear before the first page). Stored bodies are embedded as raw JSON
+//! unless `_summary`, `_elements` or `_pretty` asks for changes.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::crud::type_and_id;
@@ -87,10 +90,43 @@ fn respond(req: &HttpRequest, st: &AppState, scope: HistoryScope, path: String) 
     let q = query(&ctx, st)?;
     let page = st.store.history(&scope, &q)?;
     let bundle = bundle(&ctx, st, &path, &page)?;
-    Ok(ctx.respond(HttpResponse::Ok(), ctx.json_body(&bundle)))
+    let body = if ctx.pretty { serde_json::to_vec_pretty(&bundle) } else { serde_json::to_vec(&bundle) }
+        .map_err(|e| StoreError::Corrupt(format!("history bundle: {e}")))?;
+    Ok(ctx.respond(HttpResponse::Ok(), body))
 }
 
-fn bundle(ctx: &Ctx, st: &AppState, path: &str, page: &HistoryPage) -> Result<Value, ApiError> {
+/// A resource inside an entry: the stored bytes as they are (no parse) unless the request wants
+/// them changed (`_summary`, `_elements`, `_pretty`).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Resource<'a> {
+    Raw(&'a RawValue),
+    Parsed(Value),
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<Resource<'a>>,
+    request: Value,
+    response: Value,
+}
+
+#[derive(Serialize)]
+struct Bundle<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    id: String,
+    meta: Value,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    link: Vec<Value>,
+    entry: Vec<Entry<'a>>,
+}
+
+fn bundle<'a>(ctx: &Ctx, st: &AppState, path: &str, page: &'a HistoryPage) -> Result<Bundle<'a>, ApiError> {
     let self_url = link(ctx, path, ctx.param("_page").map(str::to_string));
     let mut links = vec![json!({"relation": "self", "url": self_url}), json!({"relation": "first", "url": link(ctx, path, None)})];
     if let Some(k) = &page.newer {
@@ -108,29 +144,35 @@ fn bundle(ctx: &Ctx, st: &AppState, path: &str, page: &HistoryPage) -> Result<Va
             Action::Update | Action::Patch => (rec.action.method(), format!("{rtype}/{id}"), "200 OK"),
             Action::Delete => ("DELETE", format!("{rtype}/{id}"), "204 No Content"),
         };
-        let mut entry = json!({
-            "fullUrl": format!("{}/{rtype}/{id}", ctx.base),
-            "request": {"method": method, "url": url},
-            "response": {
+        let resource = if rec.is_delete() {
+            None
+        } else {
+            let corrupt = |err: serde_json::Error| StoreError::Corrupt(format!("stored body of {rtype}/{id}: {err}"));
+            Some(if ctx.subset.is_empty() && !ctx.pretty {
+                Resource::Raw(serde_json::from_slice(rec.body()).map_err(corrupt)?)
+            } else {
+                let mut v: Value = serde_json::from_slice(rec.body()).map_err(corrupt)?;
+                st.defs.subset(&mut v, &ctx.subset);
+                Resource::Parsed(v)
+            })
+        };
+        entries.push(Entry {
+            full_url: format!("{}/{rtype}/{id}", ctx.base),
+            resource,
+            request: json!({"method": method, "url": url}),
+            response: json!({
                 "status": status,
                 "etag": format!("W/\"{version}\""),
                 "lastModified": meta::format_instant(rec.ts)
-            }
+            }),
         });
-        if !rec.is_delete() {
-            let mut resource: Value = serde_json::from_slice(rec.body())
-                .map_err(|err| StoreError::Corrupt(format!("stored body of {rtype}/{id}: {err}")))?;
-            st.defs.subset(&mut resource, &ctx.subset);
-            entry["resource"] = resource;
-        }
-        entries.push(entry);
     }
-    Ok(json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": meta::format_instant(meta::now_micros())},
-        "type": "history",
-        "link": links,
-        "entry": entries
-    }))
+    Ok(Bundle {
+        resource_type: "Bundle",
+        id: uuid::Uuid::new_v4().to_string(),
+        meta: json!({"lastUpdated": meta::format_instant(meta::now_micros())}),
+        kind: "history",
+        link: links,
+        entry: entries,
+    })
 }

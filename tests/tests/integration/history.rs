@@ -40,6 +40,10 @@ fn instance_type_and_system_history() {
     assert_eq!(inst["entry"][1]["resource"]["active"], true);
     assert_eq!(inst["entry"][2]["response"]["status"], "201 Created");
 
+    let subset = json(c.get(node.url("/Patient/h1/_history?_summary=true&_pretty=true")).send().unwrap());
+    assert_eq!(subset["entry"][1]["resource"]["meta"]["tag"][0]["code"], "SUBSETTED");
+    assert!(inst["entry"][1]["resource"]["meta"].get("tag").is_none(), "raw entries are the stored bytes");
+
     let ty = json(c.get(node.url("/Patient/_history")).send().unwrap());
     assert_eq!(entries(&ty).len(), 3);
     let sys = json(c.get(node.url("/_history")).send().unwrap());
