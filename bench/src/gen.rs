@@ -230,6 +230,37 @@ pub fn write_ndjson(dir: &std::path::Path, seed: u64, patients: usize, profile: 
     Ok(count)
 }
 
+/// Writes the data set as transaction Bundles of at most `size` entries (PUT at the stable ids),
+/// `bundle-00000.json`, `bundle-00001.json`, …; returns the number of resources written.
+pub fn write_bundles(dir: &std::path::Path, seed: u64, patients: usize, profile: Profile, size: usize) -> Result<usize, crate::BenchError> {
+    std::fs::create_dir_all(dir)?;
+    let resources = shared(seed, patients).into_iter().chain((0..patients).flat_map(move |i| patient(seed, patients, i, profile)));
+    let (mut entries, mut files, mut count) = (Vec::with_capacity(size), 0usize, 0usize);
+    let mut flush = |entries: &mut Vec<Value>, files: &mut usize| -> Result<(), crate::BenchError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": std::mem::take(entries)});
+        std::fs::write(dir.join(format!("bundle-{:05}.json", *files)), serde_json::to_vec(&bundle)?)?;
+        *files += 1;
+        Ok(())
+    };
+    for r in resources {
+        let (t, id) = (r["resourceType"].as_str().unwrap_or_default().to_string(), r["id"].as_str().unwrap_or_default().to_string());
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{:08x}-0000-4000-8000-{:012x}", count as u32, count),
+            "resource": r,
+            "request": {"method": "PUT", "url": format!("{t}/{id}")}
+        }));
+        count += 1;
+        if entries.len() == size.max(1) {
+            flush(&mut entries, &mut files)?;
+        }
+    }
+    flush(&mut entries, &mut files)?;
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +296,18 @@ mod tests {
         assert_eq!(n, 10 * 50 + 1 + 1);
         let obs = std::fs::read_to_string(dir.path().join("Observation.ndjson")).unwrap();
         assert_eq!(obs.lines().count(), 350);
+    }
+
+    #[test]
+    fn bundles_hold_every_resource_as_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = write_bundles(dir.path(), 1, 10, Profile::default(), 100).unwrap();
+        assert_eq!(n, 502);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 6);
+        let b: Value = serde_json::from_slice(&std::fs::read(dir.path().join("bundle-00000.json")).unwrap()).unwrap();
+        assert_eq!(b["type"], "transaction");
+        assert_eq!(b["entry"].as_array().unwrap().len(), 100);
+        assert_eq!(b["entry"][0]["request"]["method"], "PUT");
     }
 }

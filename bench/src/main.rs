@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the synthetic data set as NDJSON files (one per resource type).
+    /// Write the synthetic data set as NDJSON files (one per resource type) or transaction Bundles.
     Generate {
         #[arg(long, default_value_t = 1000)]
         patients: usize,
@@ -26,6 +26,12 @@ enum Command {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// `ndjson` or `bundles`.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Entries per transaction Bundle (with --format bundles).
+        #[arg(long, default_value_t = 1000)]
+        bundle_size: usize,
     },
     /// Load data (optional), run scenarios against a FHIR base URL, write the report.
     Run {
@@ -79,8 +85,13 @@ fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     match Cli::parse().command {
-        Command::Generate { patients, seed, out } => {
-            let n = gen::write_ndjson(&out, seed, patients, Profile::default()).map_err(|e| e.to_string())?;
+        Command::Generate { patients, seed, out, format, bundle_size } => {
+            let n = match format.as_str() {
+                "ndjson" => gen::write_ndjson(&out, seed, patients, Profile::default()),
+                "bundles" => gen::write_bundles(&out, seed, patients, Profile::default(), bundle_size),
+                other => return Err(format!("unknown --format {other}: use ndjson or bundles")),
+            }
+            .map_err(|e| e.to_string())?;
             println!("wrote {n} resources to {}", out.display());
         }
         Command::Run { base, patients, seed, load, load_concurrency, scenarios: names, clients, duration_secs, warmup_secs, requests, rate, server_pid, out } => {

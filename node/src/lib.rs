@@ -135,6 +135,10 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     App::new().app_data(state.clone()).configure(http::configure)
                 })
                 .workers(workers)
+                // Generous timers: a client on a busy node must not see its keep-alive
+                // connection reset (actix's defaults are 5 s).
+                .keep_alive(std::time::Duration::from_secs(75))
+                .client_request_timeout(std::time::Duration::from_secs(30))
                 .shutdown_timeout(10)
                 .bind(&listen);
                 let server = match server {

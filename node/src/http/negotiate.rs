@@ -16,6 +16,8 @@ const PLAIN_JSON: &str = "application/json; charset=utf-8";
 /// Media types accepted for FHIR JSON bodies and responses.
 const JSON_TYPES: [&str; 3] = ["application/fhir+json", "application/json", "application/json+fhir"];
 pub const JSON_PATCH: &str = "application/json-patch+json";
+/// Bodies larger than this are parsed on the blocking pool.
+const BLOCKING_PARSE_BYTES: usize = 256 * 1024;
 
 /// `Prefer: return=...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,11 +211,20 @@ pub async fn read_json(mut payload: web::Payload, limit: usize) -> Result<Value,
         }
         buf.extend_from_slice(&chunk);
     }
-    let bytes = buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf);
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(RequestError::InvalidJson("the body is empty".into()));
+    let len = buf.len();
+    let buf = buf.freeze();
+    let parse = move || -> Result<Value, RequestError> {
+        let bytes = buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(RequestError::InvalidJson("the body is empty".into()));
+        }
+        serde_json::from_slice(bytes).map_err(|e| RequestError::InvalidJson(format!("the body is not valid JSON: {e}")))
+    };
+    // A large body is parsed off the HTTP worker so its other connections are not stalled.
+    if len > BLOCKING_PARSE_BYTES {
+        return web::block(parse).await.map_err(|e| RequestError::InvalidJson(format!("parsing the body failed: {e}")))?;
     }
-    serde_json::from_slice(bytes).map_err(|e| RequestError::InvalidJson(format!("the body is not valid JSON: {e}")))
+    parse()
 }
 
 /// Parses an `ETag`-style version: `W/"3"`, `"3"` or `3`.
