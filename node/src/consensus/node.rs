@@ -137,6 +137,7 @@ impl Node {
     fn run(&mut self, rx: Receiver<Msg>) {
         let mut last_tick = Instant::now();
         let mut stopping = false;
+        self.publish_status();
         while !stopping {
             let wait = self.tick.saturating_sub(last_tick.elapsed());
             let first = match rx.recv_timeout(wait) {
@@ -226,6 +227,10 @@ impl Node {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ConsensusError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut replies = Vec::new();
         for entry in entries {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
@@ -235,7 +240,7 @@ impl Node {
                     let outcomes = self.sm.apply(entry.index, entry.term, &entry.data).map_err(storage_failure)?;
                     let id = <[u8; 8]>::try_from(&entry.context[..]).map(u64::from_be_bytes).ok();
                     if let Some(w) = id.and_then(|id| self.waiters.remove(&id)) {
-                        let _ = w.send(Ok(outcomes));
+                        replies.push((w, outcomes));
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -253,6 +258,11 @@ impl Node {
                     self.sm.apply_empty(entry.index, entry.term).map_err(storage_failure)?;
                 }
             }
+        }
+        // The status shows a write as applied before its proposer hears back.
+        self.publish_status();
+        for (w, outcomes) in replies {
+            let _ = w.send(Ok(outcomes));
         }
         Ok(())
     }
