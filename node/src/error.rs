@@ -72,12 +72,13 @@ fn classify_store(s: &StoreError) -> (u16, &'static str) {
         StoreError::VersionConflict { .. } => (412, "conflict"),
         StoreError::CreateViaUpdateDisabled { .. } => (405, "not-supported"),
         StoreError::AlreadyExists { .. } => (409, "duplicate"),
+        StoreError::InvalidCursor => (400, "value"),
     }
 }
 
 fn classify_consensus(c: &ConsensusError) -> (u16, &'static str) {
     match c {
-        ConsensusError::Stopped | ConsensusError::NoLeader => (503, "transient"),
+        ConsensusError::Stopped | ConsensusError::NoLeader | ConsensusError::Dropped => (503, "transient"),
         ConsensusError::Timeout(_) => (503, "timeout"),
         ConsensusError::Raft(_) | ConsensusError::Storage(_) => (500, "exception"),
     }

@@ -13,6 +13,8 @@ pub enum ConsensusError {
     Stopped,
     #[error("no leader is known; the write was not accepted, retry shortly")]
     NoLeader,
+    #[error("the write was dropped by a leadership change and not applied; retry it")]
+    Dropped,
     #[error("the write was not confirmed within {0} ms; it may still be applied")]
     Timeout(u64),
     #[error("raft: {0}")]

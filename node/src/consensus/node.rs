@@ -3,7 +3,7 @@
 //! and hard state with ONE fsync, apply committed entries through the state machine, answer the
 //! proposers whose entries were applied, advance.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -107,9 +107,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle
         raw,
         sm,
         db,
-        waiters: HashMap::new(),
-        next_proposal: 0,
-        node_id: cfg.node_id,
+        waiters: BTreeMap::new(),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
         status: status.clone(),
@@ -125,9 +123,9 @@ struct Node {
     raw: RawNode<SledStorage>,
     sm: StateMachine,
     db: sled::Db,
-    waiters: HashMap<u64, oneshot::Sender<ProposalResult>>,
-    next_proposal: u64,
-    node_id: u64,
+    /// Proposers waiting, by the log index their entry got, with its term. An entry applied at that
+    /// index with another term means the proposal was lost in a leadership change.
+    waiters: BTreeMap<u64, (u64, oneshot::Sender<ProposalResult>)>,
     tick: Duration,
     keep_entries: u64,
     status: Arc<RwLock<RaftStatus>>,
@@ -162,7 +160,7 @@ impl Node {
             }
             self.publish_status();
         }
-        for (_, w) in self.waiters.drain() {
+        for (_, (_, w)) in std::mem::take(&mut self.waiters) {
             let _ = w.send(Err(ConsensusError::Stopped));
         }
         if let Err(e) = self.db.flush() {
@@ -172,12 +170,20 @@ impl Node {
     }
 
     fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<ProposalResult>) {
-        self.next_proposal += 1;
-        // Unique across nodes: the proposer's id in the high bits.
-        let id = (self.node_id << 48) | (self.next_proposal & ((1 << 48) - 1));
-        match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ConsensusError::NoLeader));
+            return;
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
-                self.waiters.insert(id, reply);
+                // A leader appends at once: the entry is at the new last index, in this term.
+                let index = self.raw.raft.raft_log.last_index();
+                if index == before + 1 {
+                    self.waiters.insert(index, (self.raw.raft.term, reply));
+                } else {
+                    let _ = reply.send(Err(ConsensusError::Raft("proposal was not appended".into())));
+                }
             }
             Err(raft::Error::ProposalDropped) => {
                 let _ = reply.send(Err(ConsensusError::NoLeader));
@@ -238,9 +244,12 @@ impl Node {
                 }
                 EntryType::EntryNormal => {
                     let outcomes = self.sm.apply(entry.index, entry.term, &entry.data).map_err(storage_failure)?;
-                    let id = <[u8; 8]>::try_from(&entry.context[..]).map(u64::from_be_bytes).ok();
-                    if let Some(w) = id.and_then(|id| self.waiters.remove(&id)) {
-                        replies.push((w, outcomes));
+                    if let Some((term, w)) = self.waiters.remove(&entry.index) {
+                        if term == entry.term {
+                            replies.push((w, Ok(outcomes)));
+                        } else {
+                            replies.push((w, Err(ConsensusError::Dropped)));
+                        }
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -261,8 +270,16 @@ impl Node {
         }
         // The status shows a write as applied before its proposer hears back.
         self.publish_status();
-        for (w, outcomes) in replies {
-            let _ = w.send(Ok(outcomes));
+        // Waiters at or below the applied index whose entry was replaced never get theirs.
+        let applied = self.sm.applied_index();
+        let stale: Vec<u64> = self.waiters.range(..=applied).map(|(i, _)| *i).collect();
+        for i in stale {
+            if let Some((_, w)) = self.waiters.remove(&i) {
+                replies.push((w, Err(ConsensusError::Dropped)));
+            }
+        }
+        for (w, result) in replies {
+            let _ = w.send(result);
         }
         Ok(())
     }

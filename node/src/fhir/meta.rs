@@ -113,15 +113,20 @@ pub fn parse_fhir_datetime(s: &str) -> Option<(u64, u64)> {
     }
     let start = PrimitiveDateTime::new(Date::from_calendar_date(year, month, day).ok()?, Time::MIDNIGHT)
         .assume_offset(UtcOffset::UTC);
+    // The end of year 9999 is past what `time` represents: the range is then open-ended.
     let end = match parts.len() {
-        1 => start.replace_year(year + 1).ok()?,
+        1 => start.replace_year(year + 1).ok(),
         2 => {
             let (y, m) = if month == Month::December { (year + 1, Month::January) } else { (year, month.next()) };
-            PrimitiveDateTime::new(Date::from_calendar_date(y, m, 1).ok()?, Time::MIDNIGHT).assume_offset(UtcOffset::UTC)
+            Date::from_calendar_date(y, m, 1).ok().map(|d| PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_offset(UtcOffset::UTC))
         }
-        _ => start + time::Duration::DAY,
+        _ => start.checked_add(time::Duration::DAY),
     };
-    Some((to_micros(start)?, to_micros(end)?))
+    let high = match end {
+        Some(e) => to_micros(e)?,
+        None => u64::MAX,
+    };
+    Some((to_micros(start)?, high))
 }
 
 #[cfg(test)]
@@ -164,6 +169,9 @@ mod tests {
         assert!(parse_fhir_datetime("20-1").is_none());
         assert!(parse_fhir_datetime("2020-13").is_none());
         assert!(parse_fhir_datetime("yesterday").is_none());
+        assert_eq!(parse_fhir_datetime("9999-12-31").unwrap().1, u64::MAX, "no overflow panic at the end of time");
+        assert_eq!(parse_fhir_datetime("9999").unwrap().1, u64::MAX);
+        assert_eq!(parse_fhir_datetime("9999-12").unwrap().1, u64::MAX);
     }
 
     #[test]

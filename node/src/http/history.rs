@@ -75,6 +75,15 @@ fn query(ctx: &Ctx, st: &AppState) -> Result<HistoryQuery, RequestError> {
     Ok(HistoryQuery { since, at, count, cursor })
 }
 
+/// Whether the version before `version` is a deletion (the update re-created the resource).
+fn follows_delete(st: &AppState, rtype: &str, id: &str, version: u64) -> Result<bool, ApiError> {
+    match st.store.vread(rtype, id, version - 1) {
+        Err(StoreError::Gone { .. }) => Ok(true),
+        Ok(_) | Err(StoreError::VersionNotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn link(ctx: &Ctx, path: &str, page: Option<String>) -> String {
     let mut params: Vec<(&str, &str)> =
         ctx.params.iter().filter(|(k, _)| k != "_page").map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -140,7 +149,9 @@ fn bundle<'a>(ctx: &Ctx, st: &AppState, path: &str, page: &'a HistoryPage) -> Re
         let (rtype, id, version, rec) = (&e.rtype, &e.id, e.version, &e.record);
         let (method, url, status) = match rec.action {
             Action::Create => ("POST", rtype.clone(), "201 Created"),
-            Action::Update | Action::Patch if version == 1 => (rec.action.method(), format!("{rtype}/{id}"), "201 Created"),
+            Action::Update | Action::Patch if version == 1 || follows_delete(st, rtype, id, version)? => {
+                (rec.action.method(), format!("{rtype}/{id}"), "201 Created")
+            }
             Action::Update | Action::Patch => (rec.action.method(), format!("{rtype}/{id}"), "200 OK"),
             Action::Delete => ("DELETE", format!("{rtype}/{id}"), "204 No Content"),
         };

@@ -165,12 +165,7 @@ fn prefer(h: Option<&str>) -> Result<(Return, bool), RequestError> {
             ("return", "minimal") => ret = Return::Minimal,
             ("return", "representation") => ret = Return::Representation,
             ("return", "OperationOutcome") => ret = Return::OperationOutcome,
-            ("return", other) => {
-                return Err(RequestError::BadHeader {
-                    name: "Prefer".into(),
-                    reason: format!("return={other} is not minimal, representation or OperationOutcome"),
-                })
-            }
+            // Unknown preferences are ignored (RFC 7240).
             ("handling", "lenient") => lenient = true,
             ("handling", "strict") => lenient = false,
             _ => {}
@@ -248,10 +243,9 @@ pub fn not_modified(req: &HttpRequest, version: u64, ts: u64) -> Result<bool, Re
         if inm.trim() == "*" {
             return Ok(true);
         }
-        for tag in inm.split(',') {
-            if parse_etag("If-None-Match", tag)? == version {
-                return Ok(true);
-            }
+        // A tag that is not one of our version ETags simply does not match.
+        if inm.split(',').any(|tag| parse_etag("If-None-Match", tag).ok() == Some(version)) {
+            return Ok(true);
         }
         return Ok(false);
     }
@@ -288,7 +282,7 @@ mod tests {
     fn prefer_and_etags() {
         assert_eq!(prefer(Some("return=minimal")).unwrap(), (Return::Minimal, false));
         assert_eq!(prefer(Some("handling=lenient, return=OperationOutcome")).unwrap(), (Return::OperationOutcome, true));
-        assert!(prefer(Some("return=everything")).is_err());
+        assert_eq!(prefer(Some("return=everything")).unwrap(), (Return::Representation, false));
         assert_eq!(parse_etag("If-Match", "W/\"12\"").unwrap(), 12);
         assert_eq!(parse_etag("If-Match", "\"3\"").unwrap(), 3);
         assert!(parse_etag("If-Match", "W/\"x\"").is_err());

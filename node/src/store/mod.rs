@@ -28,6 +28,8 @@ pub enum StoreError {
     VersionConflict { rtype: String, id: String, expected: u64, current: Option<u64> },
     #[error("{rtype}/{id} does not exist and this server does not allow update-as-create (PUT to a new id)")]
     CreateViaUpdateDisabled { rtype: String, id: String },
+    #[error("the _page cursor does not belong to this history; use the links of the history bundle")]
+    InvalidCursor,
     #[error("{rtype}/{id} already exists")]
     AlreadyExists { rtype: String, id: String },
 }

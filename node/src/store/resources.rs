@@ -185,6 +185,11 @@ impl Store {
             }
         }
         let high = keys::prefix_end(&prefix);
+        if let Some((c, _)) = &q.cursor {
+            if !c.starts_with(&prefix) {
+                return Err(StoreError::InvalidCursor);
+            }
+        }
         let (lo, hi) = match &q.cursor {
             None => (Bound::Included(low.clone()), Bound::Excluded(high.clone())),
             Some((c, PageDir::Older)) => (Bound::Included(low.clone()), Bound::Excluded(c.clone())),

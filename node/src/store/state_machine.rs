@@ -72,7 +72,10 @@ impl StateMachine {
                 let mut ts = ts_micros.max(self.last_ts + 1);
                 let mut outcomes = Vec::with_capacity(ops.len());
                 for op in &ops {
-                    let out = self.apply_write(op, ts, &mut batch, &mut overlay);
+                    // A failed read is a storage failure: fatal, never a per-write result that
+                    // would let this node's state differ from the others'.
+                    let cur = self.current(&keys::current(&op.rtype, &op.id), &overlay)?;
+                    let out = self.apply_write(op, cur, ts, &mut batch, &mut overlay);
                     if matches!(&out, Ok(a) if !a.noop) {
                         self.last_ts = ts;
                         ts += 1;
@@ -106,13 +109,13 @@ impl StateMachine {
     fn apply_write(
         &self,
         op: &WriteOp,
+        cur: Option<Current>,
         ts: u64,
         batch: &mut sled::Batch,
         overlay: &mut HashMap<Vec<u8>, Current>,
     ) -> OpOutcome {
         let (rtype, id) = (op.rtype.as_str(), op.id.as_str());
         let ckey = keys::current(rtype, id);
-        let cur = self.current(&ckey, overlay)?;
         if let Some(expected) = op.if_match {
             if cur.map(|c| c.version) != Some(expected) {
                 return Err(StoreError::VersionConflict {

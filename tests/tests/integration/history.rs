@@ -83,4 +83,7 @@ fn paging_links_are_stable_under_concurrent_writes() {
     assert_eq!(entries(&back), entries(&second));
     assert!(link(&first, "next").unwrap().contains("_count=3"));
     assert_eq!(c.get(node.url("/Patient/pg/_history?_page=zz")).send().unwrap().status(), 400);
+    // A cursor from another history (or crafted) is refused, not followed.
+    assert_eq!(c.get(node.url("/Patient/pg/_history?_page=n61")).send().unwrap().status(), 400);
+    assert_eq!(c.get(node.url("/_history?_since=9999-12-31")).send().unwrap().status(), 200);
 }
