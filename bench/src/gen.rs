@@ -236,7 +236,7 @@ pub fn write_bundles(dir: &std::path::Path, seed: u64, patients: usize, profile:
     std::fs::create_dir_all(dir)?;
     let resources = shared(seed, patients).into_iter().chain((0..patients).flat_map(move |i| patient(seed, patients, i, profile)));
     let (mut entries, mut files, mut count) = (Vec::with_capacity(size), 0usize, 0usize);
-    let mut flush = |entries: &mut Vec<Value>, files: &mut usize| -> Result<(), crate::BenchError> {
+    let flush = |entries: &mut Vec<Value>, files: &mut usize| -> Result<(), crate::BenchError> {
         if entries.is_empty() {
             return Ok(());
         }

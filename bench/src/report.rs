@@ -122,59 +122,72 @@ impl Report {
     }
 
     fn plot_throughput(&self, path: &Path) -> Result<(), BenchError> {
-        let err = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
-        let max_clients = self.rows.iter().map(|r| r.clients).max().unwrap_or(1) as f64;
-        let max_rps = self.rows.iter().map(|r| r.rps).fold(1.0, f64::max);
-        let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Throughput by concurrent clients", ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_clients * 1.05 + 1.0, 0f64..max_rps * 1.1)
-            .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc("clients").y_desc("requests/s").draw().map_err(|e| err(&e))?;
-        for (i, name) in self.scenarios().into_iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let points: Vec<(f64, f64)> = self.rows.iter().filter(|r| r.scenario == name).map(|r| (r.clients as f64, r.rps)).collect();
-            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2))).map_err(|e| err(&e))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled()))).map_err(|e| err(&e))?;
-        }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
-        root.present().map_err(|e| err(&e))?;
-        Ok(())
+        let series = self
+            .scenarios()
+            .into_iter()
+            .map(|name| {
+                let points = self.rows.iter().filter(|r| r.scenario == name).map(|r| (r.clients as f64, r.rps)).collect();
+                (name.to_string(), points)
+            })
+            .collect();
+        let plot = Plot { caption: "Throughput by concurrent clients", x_desc: "clients", y_desc: "requests/s", markers: true };
+        plot.draw(path, series)
     }
 
     fn plot_cdf(&self, path: &Path) -> Result<(), BenchError> {
-        let err = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
-        let top: Vec<&Row> = self
+        let series = self
             .scenarios()
             .into_iter()
             .filter_map(|name| self.rows.iter().filter(|r| r.scenario == name).max_by_key(|r| r.clients))
+            .map(|r| (format!("{} ({} clients)", r.scenario, r.clients), r.cdf.iter().copied().filter(|(q, _)| *q <= 99.9).collect()))
             .collect();
-        let max_ms = top.iter().map(|r| r.p99_ms).fold(1.0, f64::max);
+        let plot = Plot { caption: "Latency by percentile (highest client count per scenario)", x_desc: "percentile", y_desc: "latency ms", markers: false };
+        plot.draw(path, series)
+    }
+}
+
+/// A line chart: one labelled series per scenario.
+struct Plot {
+    caption: &'static str,
+    x_desc: &'static str,
+    y_desc: &'static str,
+    markers: bool,
+}
+
+impl Plot {
+    fn draw(&self, path: &Path, series: Vec<(String, Vec<(f64, f64)>)>) -> Result<(), BenchError> {
+        let err = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
+        let points = || series.iter().flat_map(|(_, p)| p.iter());
+        let x_max = points().map(|p| p.0).fold(1.0, f64::max);
+        let y_max = points().map(|p| p.1).fold(1.0, f64::max);
         let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Latency by percentile (highest client count per scenario)", ("sans-serif", 22))
+            .caption(self.caption, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..100f64, 0f64..max_ms * 1.2)
+            .build_cartesian_2d(0f64..x_max * 1.05, 0f64..y_max * 1.1)
             .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc("percentile").y_desc("latency ms (up to p99 scale)").draw().map_err(|e| err(&e))?;
-        for (i, r) in top.iter().enumerate() {
+        chart.configure_mesh().x_desc(self.x_desc).y_desc(self.y_desc).draw().map_err(|e| err(&e))?;
+        for (i, (label, pts)) in series.into_iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let label = format!("{} ({} clients)", r.scenario, r.clients);
-            let pts: Vec<(f64, f64)> = r.cdf.iter().copied().filter(|(q, _)| *q <= 99.9).collect();
-            chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(|e| err(&e))?
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| err(&e))?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            if self.markers {
+                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled()))).map_err(|e| err(&e))?;
+            }
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
         Ok(())
     }
