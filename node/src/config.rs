@@ -42,6 +42,62 @@ pub struct Config {
     pub write_timeout_ms: u64,
     pub limits: Limits,
     pub raft: RaftConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Address the Raft transport listens on (`IP:port`); required when `peers` is set.
+    pub raft_listen: Option<String>,
+    /// Every node of the initial cluster, this one included. Nodes added later through
+    /// `kiln cluster add-node` are recorded in the replicated state and need not be listed.
+    pub peers: Vec<PeerConfig>,
+    /// `true` for a node that joins a running cluster: it starts with no configuration and
+    /// waits to be added (as learner, then voter) by `kiln cluster add-node`.
+    pub join: bool,
+    /// Default read consistency: `local` (read this node's applied state) or `linearizable`
+    /// (confirm with the leader through Raft ReadIndex first). Per request: header
+    /// `Kiln-Consistency: linearizable | local`.
+    pub read_consistency: ReadConsistency,
+    /// Largest frame the transport accepts from a peer (a snapshot travels as one frame).
+    pub max_frame_bytes: usize,
+    /// Enables `POST /_cluster/faults` (drop traffic to/from chosen peers). For tests only.
+    pub fault_injection: bool,
+    /// Mutual TLS between nodes; plain TCP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// The peer's Raft transport address, `host:port`.
+    pub raft_addr: String,
+    /// The peer's FHIR base URL (shown in `/_cluster/status`, used by the CLI to find the leader).
+    #[serde(default)]
+    pub http_url: String,
+}
+
+/// PEM files for node-to-node mutual TLS. Every node presents `cert` and accepts only peers whose
+/// certificate chains to `ca`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// See [`ClusterConfig::read_consistency`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadConsistency {
+    #[default]
+    Local,
+    Linearizable,
 }
 
 /// Request and response size limits.
@@ -85,6 +141,7 @@ impl Default for Config {
             write_timeout_ms: 10_000,
             limits: Limits::default(),
             raft: RaftConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -98,6 +155,20 @@ impl Default for Limits {
 impl Default for RaftConfig {
     fn default() -> Self {
         RaftConfig { tick_ms: 100, election_ticks: 10, heartbeat_ticks: 2, log_keep_entries: 10_000 }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            raft_listen: None,
+            peers: Vec::new(),
+            join: false,
+            read_consistency: ReadConsistency::Local,
+            max_frame_bytes: 1 << 30,
+            fault_injection: false,
+            tls: None,
+        }
     }
 }
 
@@ -127,12 +198,55 @@ impl Config {
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 || self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft: need tick_ms > 0 and election_ticks > heartbeat_ticks > 0".into());
         }
+        self.cluster.validate(self.node_id)?;
         if let Some(base) = &self.base_url {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return bad(format!("base_url = {base:?} must start with http:// or https://"));
             }
         }
         Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self, node_id: u64) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.peers.is_empty() {
+            if self.join {
+                return bad("cluster.join needs cluster.peers (the running cluster's nodes and this one)".into());
+            }
+            return Ok(());
+        }
+        match &self.raft_listen {
+            Some(a) if a.parse::<SocketAddr>().is_ok() => {}
+            Some(a) => return bad(format!("cluster.raft_listen = {a:?} is not an IP:port address")),
+            None => return bad("cluster.raft_listen is required when cluster.peers is set".into()),
+        }
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.contains(&0) {
+            return bad("cluster.peers: ids must be unique and non-zero".into());
+        }
+        if !ids.contains(&node_id) {
+            return bad(format!("cluster.peers must include this node (node_id = {node_id})"));
+        }
+        if let Some(p) = self.peers.iter().find(|p| !p.raft_addr.contains(':')) {
+            return bad(format!("cluster.peers: raft_addr {:?} of node {} is not host:port", p.raft_addr, p.id));
+        }
+        if self.max_frame_bytes < 1024 * 1024 {
+            return bad("cluster.max_frame_bytes must be at least 1 MiB".into());
+        }
+        Ok(())
+    }
+
+    /// The voters a fresh node starts with.
+    pub fn initial_voters(&self, node_id: u64) -> Vec<u64> {
+        match (self.peers.is_empty(), self.join) {
+            (true, _) => vec![node_id],
+            (false, true) => Vec::new(),
+            (false, false) => self.peers.iter().map(|p| p.id).collect(),
+        }
     }
 }
 
@@ -155,5 +269,20 @@ mod tests {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         let c = Config { listen: "nowhere".into(), ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn cluster_section() {
+        let text = "node_id = 2\n[cluster]\nraft_listen = \"127.0.0.1:9002\"\npeers = [\n{ id = 1, raft_addr = \"127.0.0.1:9001\" },\n{ id = 2, raft_addr = \"127.0.0.1:9002\" }]\n";
+        let c: Config = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.initial_voters(2), vec![1, 2]);
+        let mut other = c.clone();
+        other.node_id = 3;
+        assert!(other.validate().is_err(), "a node must be among its peers");
+        let mut joining = c.clone();
+        joining.cluster.join = true;
+        assert!(joining.cluster.initial_voters(2).is_empty());
+        assert_eq!(Config::default().cluster.initial_voters(1), vec![1]);
     }
 }

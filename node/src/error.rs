@@ -79,7 +79,10 @@ fn classify_store(s: &StoreError) -> (u16, &'static str) {
 fn classify_consensus(c: &ConsensusError) -> (u16, &'static str) {
     match c {
         ConsensusError::Stopped | ConsensusError::NoLeader | ConsensusError::Dropped => (503, "transient"),
-        ConsensusError::Timeout(_) => (503, "timeout"),
+        ConsensusError::NotLeader(_) => (503, "transient"),
+        ConsensusError::Timeout(_) | ConsensusError::NoLeaderTimeout(_) | ConsensusError::OutcomeUnknown => (503, "timeout"),
+        ConsensusError::Membership(_) => (409, "conflict"),
+        ConsensusError::Transport(_) => (500, "exception"),
         ConsensusError::Raft(_) | ConsensusError::Storage(_) => (500, "exception"),
     }
 }

@@ -7,8 +7,9 @@
 //! - [`http`]: the REST API (actix-web), one file per interaction family; the routing table that
 //!   also generates the CapabilityStatement.
 //! - [`actors`]: one actor per resource type: the write pipeline (validate, stamp, group commit).
-//! - [`consensus`]: raft-rs `RawNode` loop and its sled log storage.
-//! - [`store`]: key layout, the deterministic state machine, and reads.
+//! - [`consensus`]: raft-rs `RawNode` loop, its sled log storage, the peer transport (mTLS).
+//! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
+//! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
 //! `StateMachine::apply` (one sled batch) → answer. Reads go straight from HTTP to [`store::Store`].
@@ -20,6 +21,7 @@ pub mod consensus;
 pub mod error;
 pub mod fhir;
 pub mod http;
+pub mod launcher;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! The `kiln` command line: `kiln serve` runs one node from a config file and flags.
+//! The `kiln` command line: `kiln serve` runs one node from a config file and flags; `kiln cluster`
+//! runs a local cluster and manages membership (see `kiln::launcher`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,107 @@ struct Cli {
 enum Command {
     /// Run one node. Flags override the config file.
     Serve(ServeArgs),
+    /// A local multi-node cluster, and membership of a running one.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start N nodes on this machine (HTTP on base-port.., Raft on raft-base-port..).
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Configs (nodeN.toml) and data (nodeN/) go here.
+        #[arg(long, default_value = "data/cluster")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 8080)]
+        base_port: u16,
+        /// Default: base-port + 1000.
+        #[arg(long)]
+        raft_base_port: Option<u16>,
+        #[arg(long, value_parser = parse_version, default_value = "4.0.1")]
+        fhir_version: FhirVersion,
+        /// Mutual TLS between the nodes (certificates generated into DATA_DIR/certs).
+        #[arg(long)]
+        tls: bool,
+    },
+    /// Add a node (started with cluster.join = true) as learner, wait for it to catch up, then
+    /// make it a voter.
+    AddNode {
+        /// Any node of the running cluster.
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        id: u64,
+        /// The new node's Raft address (host:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// The new node's FHIR base URL.
+        #[arg(long, default_value = "")]
+        http_url: String,
+        /// Leave it a learner (replica that does not vote).
+        #[arg(long)]
+        learner: bool,
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Remove a node from the cluster's configuration.
+    RemoveNode {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        id: u64,
+    },
+    /// Print /_cluster/status of a node.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+    },
+    /// Write a CA and node certificates (PEM) for cluster.tls.
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Host names / IPs the node certificates are valid for (repeatable).
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+    },
+}
+
+fn cluster(cmd: ClusterCommand) -> Result<(), String> {
+    use kiln::launcher;
+    let e = |e: launcher::LauncherError| e.to_string();
+    let print = |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    match cmd {
+        ClusterCommand::Up { nodes, data_dir, base_port, raft_base_port, fhir_version, tls } => {
+            if nodes == 0 {
+                return Err("--nodes must be at least 1".into());
+            }
+            let raft_base_port = raft_base_port.unwrap_or(base_port.saturating_add(1000));
+            let lc = launcher::LocalCluster { nodes, data_dir, base_port, raft_base_port, fhir_version, tls };
+            launcher::up(&lc).map_err(e)
+        }
+        ClusterCommand::AddNode { cluster, id, raft_addr, http_url, learner, timeout_secs } => {
+            let peer = kiln::config::PeerConfig { id, raft_addr, http_url };
+            print(launcher::add_node(&cluster, &peer, learner, std::time::Duration::from_secs(timeout_secs)).map_err(e)?);
+            Ok(())
+        }
+        ClusterCommand::RemoveNode { cluster, id } => {
+            print(launcher::remove_node(&cluster, id).map_err(e)?);
+            Ok(())
+        }
+        ClusterCommand::Status { node } => {
+            print(launcher::status(&node).map_err(e)?);
+            Ok(())
+        }
+        ClusterCommand::Certs { out, nodes, hosts } => {
+            launcher::write_certs(&out, nodes, &hosts).map_err(e)?;
+            println!("wrote ca.pem and node1..{nodes} .pem/.key to {}", out.display());
+            Ok(())
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -73,12 +175,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
+    // Logs go to stderr; stdout carries the "Kiln listening on" line that launchers read.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Cluster(cmd) => cluster(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,11 @@
 //! Consensus: a tikv raft-rs `RawNode` driven by one thread ([`node`]), its log, hard state and
-//! conf state in sled ([`storage`]). A single node is a one-voter group on the same code path.
+//! conf state in sled ([`storage`]), the node-to-node [`transport`] (optionally mutual [`tls`]).
+//! A single node is a one-voter group on the same code path.
 
 pub mod node;
 pub mod storage;
+pub mod tls;
+pub mod transport;
 
 pub use node::{RaftHandle, RaftStatus};
 
@@ -13,6 +16,16 @@ pub enum ConsensusError {
     Stopped,
     #[error("no leader is known; the write was not accepted, retry shortly")]
     NoLeader,
+    #[error("no leader was known for {0} ms; the write was not accepted (is a majority of the cluster up?)")]
+    NoLeaderTimeout(u64),
+    #[error("this node is not the leader (leader: {})", if *.0 == 0 { "unknown".to_string() } else { format!("node {}", .0) })]
+    NotLeader(u64),
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    #[error("the write's log entry was replaced by a snapshot before this node saw it; it may have been applied, read before retrying")]
+    OutcomeUnknown,
+    #[error("cluster transport: {0}")]
+    Transport(String),
     #[error("the write was dropped by a leadership change and not applied; retry it")]
     Dropped,
     #[error("the write was not confirmed within {0} ms; it may still be applied")]

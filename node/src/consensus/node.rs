@@ -1,9 +1,15 @@
 //! The Raft loop: one thread owns the `RawNode`, modelled on raft-rs `examples/five_mem_node`. Each
-//! turn it takes every waiting proposal (group commit), ticks, and handles one Ready: persist entries
-//! and hard state with ONE fsync, apply committed entries through the state machine, answer the
-//! proposers whose entries were applied, advance.
+//! turn it takes every waiting message (proposals, peer frames, reads; group commit), ticks, and
+//! handles one Ready: send messages, install a snapshot, apply committed entries, persist entries
+//! and hard state with ONE fsync, advance.
+//!
+//! Every proposal carries its origin (node id + request id) in the entry context. The leader
+//! proposes its own writes; a follower forwards them to the leader over the transport and, like
+//! every node, recognises its own entries when it applies them, so it answers its client only once
+//! its own state machine has applied the write. A proposal whose log index was taken by another
+//! entry (leadership change) is answered "dropped, retry"; one not confirmed in time, "timeout".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,14 +17,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::RwLock;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::{RawNode, StateRole, Storage as _};
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::storage::SledStorage;
+use super::transport::{FaultFilter, Frame, Inbound, Transport};
 use super::ConsensusError;
-use crate::config::Config;
+use crate::config::{Config, PeerConfig};
 use crate::store::{Command, OpOutcome, StateMachine};
 
 /// What a proposer gets back: the per-write outcomes of its applied entry.
@@ -26,7 +33,25 @@ pub type ProposalResult = Result<Vec<OpOutcome>, ConsensusError>;
 
 enum Msg {
     Propose { data: Vec<u8>, reply: oneshot::Sender<ProposalResult> },
+    ConfChange { cc: ConfChangeV2, reply: oneshot::Sender<ProposalResult> },
+    ReadIndex { reply: oneshot::Sender<Result<u64, ConsensusError>> },
+    Peer(Inbound),
     Stop,
+}
+
+/// One member as `/_cluster/status` shows it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PeerStatus {
+    pub id: u64,
+    /// Raft transport address.
+    pub address: String,
+    pub http_url: String,
+    /// "voter" or "learner".
+    pub role: &'static str,
+    /// Highest log index known to be replicated on the peer (known on the leader only).
+    pub match_index: Option<u64>,
+    /// `last_index - match_index` on the leader.
+    pub lag: Option<u64>,
 }
 
 /// The node's view of consensus, for `/_cluster/status`.
@@ -41,6 +66,8 @@ pub struct RaftStatus {
     pub first_index: u64,
     pub last_index: u64,
     pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub peers: Vec<PeerStatus>,
 }
 
 /// A cloneable handle to the Raft thread.
@@ -49,22 +76,44 @@ pub struct RaftHandle {
     tx: Sender<Msg>,
     status: Arc<RwLock<RaftStatus>>,
     write_timeout: Duration,
+    faults: Option<Arc<FaultFilter>>,
 }
 
 impl RaftHandle {
-    /// Proposes a command; resolves once it is committed, durable and applied on this node.
-    pub async fn propose(&self, cmd: &Command) -> ProposalResult {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Msg) -> Result<T, ConsensusError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Propose { data: cmd.encode(), reply }).map_err(|_| ConsensusError::Stopped)?;
-        match tokio::time::timeout(self.write_timeout, rx).await {
+        self.tx.send(make(reply)).map_err(|_| ConsensusError::Stopped)?;
+        // The Raft thread answers at its own deadline; this one only guards against a lost reply.
+        match tokio::time::timeout(self.write_timeout + Duration::from_secs(2), rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ConsensusError::Stopped),
             Err(_) => Err(ConsensusError::Timeout(self.write_timeout.as_millis() as u64)),
         }
     }
 
+    /// Proposes a command; resolves once it is committed, durable and applied on THIS node.
+    pub async fn propose(&self, cmd: &Command) -> ProposalResult {
+        self.ask(|reply| Msg::Propose { data: cmd.encode(), reply }).await
+    }
+
+    /// Proposes a membership change (leader only).
+    pub async fn change_membership(&self, cc: ConfChangeV2) -> Result<(), ConsensusError> {
+        self.ask(|reply| Msg::ConfChange { cc, reply }).await.map(|_| ())
+    }
+
+    /// Linearizable read barrier (Raft ReadIndex): resolves once this node has applied everything
+    /// the leader had committed when the read arrived.
+    pub async fn read_barrier(&self) -> Result<u64, ConsensusError> {
+        self.ask(|reply| Msg::ReadIndex { reply }).await
+    }
+
     pub fn status(&self) -> RaftStatus {
         self.status.read().clone()
+    }
+
+    /// The transport's fault filter (multi-node only).
+    pub fn faults(&self) -> Option<&Arc<FaultFilter>> {
+        self.faults.as_ref()
     }
 
     /// Asks the loop to stop after its current turn.
@@ -73,10 +122,20 @@ impl RaftHandle {
     }
 }
 
-/// Starts the Raft thread over `db` (trees `raft` and, through `sm`, `state`).
+/// Starts the Raft thread (and, with peers configured, the transport) over `db`.
 pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
-    let storage = SledStorage::open(db.open_tree("raft")?, &[cfg.node_id])?;
-    // The applied index is persisted with the state; the commit index is never behind it.
+    let state = db.open_tree("state")?;
+    let voters = cfg.cluster.initial_voters(cfg.node_id);
+    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some(state), &voters)?;
+    // The state machine is authoritative: its conf state and applied index are written in the
+    // same batch as the data, the log's copies may lag after a crash.
+    if let Some(bytes) = sm.conf_state().map_err(storage_failure)? {
+        let cs = ConfState::parse_from_bytes(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        storage.set_conf_state(&cs)?;
+    }
+    if sm.applied_index() > storage.last_index()? {
+        storage.reset_to(sm.applied_index(), sm.applied_term(), None)?;
+    }
     let mut hs = storage.hard_state()?;
     if hs.commit < sm.applied_index() {
         hs.commit = sm.applied_index();
@@ -96,39 +155,103 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle
     raft_cfg.validate()?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut raw = RawNode::new(&raft_cfg, storage, &logger)?;
-    let voters = raw.store().conf_state()?.voters;
-    if voters == [cfg.node_id] {
+    let conf = raw.store().conf_state()?;
+    if conf.voters == [cfg.node_id] && conf.learners.is_empty() {
         // A one-voter group elects itself at once instead of waiting for an election timeout.
         raw.campaign()?;
     }
     let (tx, rx) = crossbeam_channel::unbounded();
+    let transport = if cfg.cluster.peers.is_empty() {
+        None
+    } else {
+        let inbox = tx.clone();
+        let t = Transport::start(cfg.node_id, &cfg.cluster, Arc::new(move |m| {
+            let _ = inbox.send(Msg::Peer(m));
+        }))
+        .map_err(|e| ConsensusError::Transport(e.to_string()))?;
+        Some(t)
+    };
     let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, ..Default::default() }));
     let mut node = Node {
+        me: cfg.node_id,
         raw,
         sm,
         db,
-        waiters: BTreeMap::new(),
+        transport: transport.clone(),
+        next_req: crate::fhir::meta::now_micros(),
+        waiters: HashMap::new(),
+        queued: VecDeque::new(),
+        by_index: BTreeMap::new(),
+        reads: HashMap::new(),
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
         status: status.clone(),
     };
+    node.refresh_peers();
     let handle = std::thread::Builder::new()
         .name(format!("raft-{}", cfg.node_id))
         .spawn(move || node.run(rx))
         .map_err(|e| ConsensusError::Raft(format!("cannot start the raft thread: {e}")))?;
-    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms) }, handle))
+    let faults = transport.map(|t| t.faults.clone());
+    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults }, handle))
+}
+
+enum Stage {
+    /// Waiting for a leader (data kept to send).
+    Queued { not_before: Instant },
+    /// Sent to the leader, no index yet (data kept in case the leader refuses it).
+    Forwarded,
+    /// In the log at this index and term.
+    Proposed { index: u64 },
+}
+
+struct Waiter {
+    reply: oneshot::Sender<ProposalResult>,
+    deadline: Instant,
+    data: Option<Vec<u8>>,
+    stage: Stage,
+}
+
+struct ReadWaiter {
+    reply: oneshot::Sender<Result<u64, ConsensusError>>,
+    deadline: Instant,
+    index: Option<u64>,
 }
 
 struct Node {
+    me: u64,
     raw: RawNode<SledStorage>,
     sm: StateMachine,
     db: sled::Db,
-    /// Proposers waiting, by the log index their entry got, with its term. An entry applied at that
-    /// index with another term means the proposal was lost in a leadership change.
-    waiters: BTreeMap<u64, (u64, oneshot::Sender<ProposalResult>)>,
+    transport: Option<Arc<Transport>>,
+    next_req: u64,
+    /// Proposals of this node not yet answered, by request id.
+    waiters: HashMap<u64, Waiter>,
+    /// Request ids to (re)submit once a leader is known.
+    queued: VecDeque<u64>,
+    /// Log index → request id of proposals in the log, to detect ones replaced by other entries.
+    by_index: BTreeMap<u64, u64>,
+    reads: HashMap<u64, ReadWaiter>,
+    write_timeout: Duration,
     tick: Duration,
     keep_entries: u64,
     status: Arc<RwLock<RaftStatus>>,
+}
+
+/// Entry context: origin node and request id.
+fn context(origin: u64, req: u64) -> Vec<u8> {
+    let mut c = Vec::with_capacity(16);
+    c.extend_from_slice(&origin.to_be_bytes());
+    c.extend_from_slice(&req.to_be_bytes());
+    c
+}
+
+fn parse_context(c: &[u8]) -> Option<(u64, u64)> {
+    if c.len() != 16 {
+        return None;
+    }
+    Some((u64::from_be_bytes(c[..8].try_into().ok()?), u64::from_be_bytes(c[8..].try_into().ok()?)))
 }
 
 impl Node {
@@ -146,22 +269,35 @@ impl Node {
             // Group commit: everything already queued joins this turn's Ready.
             for msg in first.into_iter().chain(rx.try_iter()) {
                 match msg {
-                    Msg::Propose { data, reply } => self.propose(data, reply),
+                    Msg::Propose { data, reply } => self.enqueue(data, reply),
+                    Msg::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
+                    Msg::ReadIndex { reply } => self.start_read(reply),
+                    Msg::Peer(m) => self.on_peer(m),
                     Msg::Stop => stopping = true,
                 }
             }
             if last_tick.elapsed() >= self.tick {
                 self.raw.tick();
                 last_tick = Instant::now();
+                self.expire();
+                self.retry_reads();
             }
+            self.submit_queued();
             if let Err(e) = self.on_ready() {
                 tracing::error!("raft loop stopping: {e}");
                 break;
             }
+            self.answer_reads();
             self.publish_status();
         }
-        for (_, (_, w)) in std::mem::take(&mut self.waiters) {
-            let _ = w.send(Err(ConsensusError::Stopped));
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            let _ = w.reply.send(Err(ConsensusError::Stopped));
+        }
+        for (_, r) in std::mem::take(&mut self.reads) {
+            let _ = r.reply.send(Err(ConsensusError::Stopped));
+        }
+        if let Some(t) = &self.transport {
+            t.stop();
         }
         if let Err(e) = self.db.flush() {
             tracing::error!("final flush failed: {e}");
@@ -169,27 +305,228 @@ impl Node {
         self.status.write().role = "stopped";
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<ProposalResult>) {
+    fn new_req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    fn enqueue(&mut self, data: Vec<u8>, reply: oneshot::Sender<ProposalResult>) {
+        let req = self.new_req();
+        let now = Instant::now();
+        self.waiters.insert(req, Waiter { reply, deadline: now + self.write_timeout, data: Some(data), stage: Stage::Queued { not_before: now } });
+        self.queued.push_back(req);
+    }
+
+    /// Proposes on the leader; returns (index, term) of the new entry.
+    fn propose_local(&mut self, ctx: Vec<u8>, data: Vec<u8>) -> Result<(u64, u64), ConsensusError> {
         if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(ConsensusError::NoLeader));
-            return;
+            return Err(ConsensusError::NoLeader);
         }
         let before = self.raw.raft.raft_log.last_index();
-        match self.raw.propose(Vec::new(), data) {
+        match self.raw.propose(ctx, data) {
             Ok(()) => {
                 // A leader appends at once: the entry is at the new last index, in this term.
                 let index = self.raw.raft.raft_log.last_index();
                 if index == before + 1 {
-                    self.waiters.insert(index, (self.raw.raft.term, reply));
+                    Ok((index, self.raw.raft.term))
                 } else {
-                    let _ = reply.send(Err(ConsensusError::Raft("proposal was not appended".into())));
+                    Err(ConsensusError::Raft("proposal was not appended".into()))
                 }
             }
-            Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(ConsensusError::NoLeader));
+            Err(raft::Error::ProposalDropped) => Err(ConsensusError::NoLeader),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends queued proposals to the log (leader) or to the leader (follower).
+    fn submit_queued(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader == 0 || self.queued.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut later = VecDeque::new();
+        while let Some(req) = self.queued.pop_front() {
+            let Some(w) = self.waiters.get_mut(&req) else { continue };
+            match w.stage {
+                Stage::Queued { not_before } if not_before > now => {
+                    later.push_back(req);
+                    continue;
+                }
+                Stage::Queued { .. } => {}
+                _ => continue,
+            }
+            let Some(data) = w.data.clone() else { continue };
+            if leader == self.me {
+                match self.propose_local(context(self.me, req), data) {
+                    Ok((index, _term)) => {
+                        let w = self.waiters.get_mut(&req).expect("present");
+                        w.stage = Stage::Proposed { index };
+                        w.data = None;
+                        self.by_index.insert(index, req);
+                    }
+                    Err(ConsensusError::NoLeader) => {
+                        // Leadership is moving; try again once it settles.
+                        later.push_back(req);
+                    }
+                    Err(e) => {
+                        if let Some(w) = self.waiters.remove(&req) {
+                            let _ = w.reply.send(Err(e));
+                        }
+                    }
+                }
+            } else if let Some(t) = &self.transport {
+                w.stage = Stage::Forwarded;
+                t.send(leader, Frame::Forward { origin: self.me, req_id: req, data });
+            }
+        }
+        self.queued = later;
+    }
+
+    /// A forward that did not make it into the log goes back to the queue, after a short pause.
+    fn requeue(&mut self, req: u64) {
+        if let Some(w) = self.waiters.get_mut(&req) {
+            if matches!(w.stage, Stage::Forwarded) {
+                w.stage = Stage::Queued { not_before: Instant::now() + Duration::from_millis(20) };
+                self.queued.push_back(req);
+            }
+        }
+    }
+
+    fn propose_conf_change(&mut self, cc: ConfChangeV2, reply: oneshot::Sender<ProposalResult>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ConsensusError::NotLeader(self.raw.raft.leader_id)));
+            return;
+        }
+        let req = self.new_req();
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(context(self.me, req), cc) {
+            Ok(()) if self.raw.raft.raft_log.last_index() == before + 1 => {
+                let index = before + 1;
+                let stage = Stage::Proposed { index };
+                self.waiters.insert(req, Waiter { reply, deadline: Instant::now() + self.write_timeout, data: None, stage });
+                self.by_index.insert(index, req);
+            }
+            Ok(()) => {
+                let _ = reply.send(Err(ConsensusError::Raft("membership change was not appended".into())));
             }
             Err(e) => {
-                let _ = reply.send(Err(e.into()));
+                // e.g. another membership change is still pending.
+                let _ = reply.send(Err(ConsensusError::Membership(e.to_string())));
+            }
+        }
+    }
+
+    fn start_read(&mut self, reply: oneshot::Sender<Result<u64, ConsensusError>>) {
+        let req = self.new_req();
+        self.reads.insert(req, ReadWaiter { reply, deadline: Instant::now() + self.write_timeout, index: None });
+        self.raw.read_index(req.to_be_bytes().to_vec());
+    }
+
+    /// raft-rs drops read requests while no leader is known (or the leader has not committed in
+    /// its term yet): ask again every tick until the deadline.
+    fn retry_reads(&mut self) {
+        let pending: Vec<u64> = self.reads.iter().filter(|(_, r)| r.index.is_none()).map(|(k, _)| *k).collect();
+        for req in pending {
+            self.raw.read_index(req.to_be_bytes().to_vec());
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.sm.applied_index();
+        let done: Vec<u64> = self.reads.iter().filter(|(_, r)| r.index.is_some_and(|i| i <= applied)).map(|(k, _)| *k).collect();
+        for req in done {
+            if let Some(r) = self.reads.remove(&req) {
+                let _ = r.reply.send(Ok(applied));
+            }
+        }
+    }
+
+    /// Answers everything past its deadline.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let ms = self.write_timeout.as_millis() as u64;
+        let late: Vec<u64> = self.waiters.iter().filter(|(_, w)| w.deadline <= now).map(|(k, _)| *k).collect();
+        for req in late {
+            if let Some(w) = self.waiters.remove(&req) {
+                let err = match w.stage {
+                    Stage::Queued { .. } => ConsensusError::NoLeaderTimeout(ms),
+                    _ => ConsensusError::Timeout(ms),
+                };
+                if let Stage::Proposed { index, .. } = w.stage {
+                    self.by_index.remove(&index);
+                }
+                let _ = w.reply.send(Err(err));
+            }
+        }
+        let late: Vec<u64> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(k, _)| *k).collect();
+        for req in late {
+            if let Some(r) = self.reads.remove(&req) {
+                let _ = r.reply.send(Err(ConsensusError::NoLeaderTimeout(ms)));
+            }
+        }
+    }
+
+    fn on_peer(&mut self, m: Inbound) {
+        match m {
+            Inbound::Frame { frame: Frame::Raft(bytes), .. } => match Message::parse_from_bytes(&bytes) {
+                Ok(msg) => {
+                    if let Err(e) = self.raw.step(msg) {
+                        tracing::debug!("raft step: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("undecodable raft message: {e}"),
+            },
+            Inbound::Frame { from, frame: Frame::Forward { origin, req_id, data } } => {
+                let answer = match self.propose_local(context(origin, req_id), data) {
+                    Ok((index, term)) => Frame::ForwardAck { req_id, index, term },
+                    Err(e) => Frame::ForwardReject { req_id, reason: e.to_string() },
+                };
+                if let Some(t) = &self.transport {
+                    t.send(from, answer);
+                }
+            }
+            Inbound::Frame { frame: Frame::ForwardAck { req_id, index, .. }, .. } => {
+                if let Some(w) = self.waiters.get_mut(&req_id) {
+                    if matches!(w.stage, Stage::Forwarded) {
+                        w.stage = Stage::Proposed { index };
+                        w.data = None;
+                        if index <= self.sm.applied_index() {
+                            // Applied before the ack arrived and not recognised: it was replaced.
+                            if let Some(w) = self.waiters.remove(&req_id) {
+                                let _ = w.reply.send(Err(ConsensusError::Dropped));
+                            }
+                        } else {
+                            self.by_index.insert(index, req_id);
+                        }
+                    }
+                }
+            }
+            Inbound::Frame { frame: Frame::ForwardReject { req_id, reason }, .. } => {
+                tracing::debug!(req_id, "forward refused: {reason}");
+                self.requeue(req_id);
+            }
+            Inbound::Frame { frame: Frame::Hello { .. }, .. } => {}
+            Inbound::Undelivered { to, frame: Frame::Raft(bytes) } => {
+                self.raw.report_unreachable(to);
+                if let Ok(msg) = Message::parse_from_bytes(&bytes) {
+                    if msg.get_msg_type() == MessageType::MsgSnapshot {
+                        self.raw.report_snapshot(to, SnapshotStatus::Failure);
+                    }
+                }
+            }
+            Inbound::Undelivered { frame: Frame::Forward { req_id, .. }, .. } => self.requeue(req_id),
+            Inbound::Undelivered { .. } => {}
+        }
+    }
+
+    fn send_messages(&mut self, msgs: Vec<Message>) {
+        let Some(t) = &self.transport else { return };
+        for msg in msgs {
+            let to = msg.to;
+            match msg.write_to_bytes() {
+                Ok(bytes) => t.send(to, Frame::Raft(bytes)),
+                Err(e) => tracing::error!("cannot encode a raft message: {e}"),
             }
         }
     }
@@ -199,12 +536,15 @@ impl Node {
             return Ok(());
         }
         let mut ready = self.raw.ready();
-        if !ready.messages().is_empty() {
-            tracing::debug!(count = ready.messages().len(), "no transport: dropping raft messages");
-            ready.take_messages();
-        }
+        self.send_messages(ready.take_messages());
         if !ready.snapshot().is_empty() {
-            return Err(ConsensusError::Raft("installing snapshots needs the cluster transport".into()));
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+        for rs in ready.take_read_states() {
+            let req = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or_default();
+            if let Some(r) = self.reads.get_mut(&req) {
+                r.index = Some(rs.index);
+            }
         }
         self.apply(ready.take_committed_entries())?;
         let mut persisted = false;
@@ -220,15 +560,34 @@ impl Node {
             // One fsync for every write in this Ready.
             self.db.flush()?;
         }
-        ready.take_persisted_messages();
+        self.send_messages(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.store().set_commit(commit)?;
         }
-        light.take_messages();
+        self.send_messages(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Replaces the state machine by a snapshot from the leader (one batch), then the log.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), ConsensusError> {
+        let meta = snap.get_metadata();
+        tracing::info!(index = meta.index, bytes = snap.data.len(), "installing a snapshot");
+        self.sm.restore(&snap.data).map_err(storage_failure)?;
+        self.raw.store().reset_to(meta.index, meta.term, Some(meta.get_conf_state()))?;
+        self.db.flush()?;
+        // Proposals whose entries the snapshot covers cannot learn their outcome.
+        let covered: Vec<u64> = self.by_index.range(..=meta.index).map(|(_, r)| *r).collect();
+        self.by_index.retain(|i, _| *i > meta.index);
+        for req in covered {
+            if let Some(w) = self.waiters.remove(&req) {
+                let _ = w.reply.send(Err(ConsensusError::OutcomeUnknown));
+            }
+        }
+        self.refresh_peers();
         Ok(())
     }
 
@@ -238,50 +597,83 @@ impl Node {
         }
         let mut replies = Vec::new();
         for entry in entries {
-            match entry.get_entry_type() {
+            let mine = parse_context(&entry.context).filter(|(origin, _)| *origin == self.me).map(|(_, req)| req);
+            let result = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.sm.apply_empty(entry.index, entry.term).map_err(storage_failure)?;
+                    Vec::new()
                 }
-                EntryType::EntryNormal => {
-                    let outcomes = self.sm.apply(entry.index, entry.term, &entry.data).map_err(storage_failure)?;
-                    if let Some((term, w)) = self.waiters.remove(&entry.index) {
-                        if term == entry.term {
-                            replies.push((w, Ok(outcomes)));
-                        } else {
-                            replies.push((w, Err(ConsensusError::Dropped)));
-                        }
-                    }
-                }
+                EntryType::EntryNormal => self.sm.apply(entry.index, entry.term, &entry.data).map_err(storage_failure)?,
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cc = if entry.get_entry_type() == EntryType::EntryConfChange {
-                        let mut cc = ConfChange::default();
-                        cc.merge_from_bytes(&entry.data).map_err(|e| ConsensusError::Raft(e.to_string()))?;
-                        raft_proto::ConfChangeI::into_v2(cc)
-                    } else {
-                        let mut cc = ConfChangeV2::default();
-                        cc.merge_from_bytes(&entry.data).map_err(|e| ConsensusError::Raft(e.to_string()))?;
-                        cc
-                    };
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.store().set_conf_state(&cs)?;
-                    self.sm.apply_empty(entry.index, entry.term).map_err(storage_failure)?;
+                    self.apply_conf_change(&entry)?;
+                    Vec::new()
                 }
+            };
+            if let Some(w) = mine.and_then(|req| self.waiters.remove(&req)) {
+                if let Stage::Proposed { index, .. } = w.stage {
+                    self.by_index.remove(&index);
+                }
+                replies.push((w.reply, Ok(result)));
             }
         }
         // The status shows a write as applied before its proposer hears back.
         self.publish_status();
-        // Waiters at or below the applied index whose entry was replaced never get theirs.
+        // Proposals whose index was applied with another entry were lost in a leadership change.
         let applied = self.sm.applied_index();
-        let stale: Vec<u64> = self.waiters.range(..=applied).map(|(i, _)| *i).collect();
-        for i in stale {
-            if let Some((_, w)) = self.waiters.remove(&i) {
-                replies.push((w, Err(ConsensusError::Dropped)));
+        let stale: Vec<(u64, u64)> = self.by_index.range(..=applied).map(|(i, r)| (*i, *r)).collect();
+        for (index, req) in stale {
+            self.by_index.remove(&index);
+            if let Some(w) = self.waiters.remove(&req) {
+                replies.push((w.reply, Err(ConsensusError::Dropped)));
             }
         }
-        for (w, result) in replies {
-            let _ = w.send(result);
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
         Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ConsensusError> {
+        let decode_err = |e: protobuf::ProtobufError| ConsensusError::Raft(e.to_string());
+        let cc = if entry.get_entry_type() == EntryType::EntryConfChange {
+            raft_proto::ConfChangeI::into_v2(ConfChange::parse_from_bytes(&entry.data).map_err(decode_err)?)
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data).map_err(decode_err)?
+        };
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                // An invalid change is ignored identically on every node.
+                tracing::warn!(index = entry.index, "membership change refused: {e}");
+                self.raw.store().conf_state()?
+            }
+        };
+        // Added members bring their addresses in the change's context.
+        let peer = cc.changes.first().map(|c| match c.get_change_type() {
+            ConfChangeType::RemoveNode => (c.node_id, None),
+            _ => (c.node_id, (!cc.context.is_empty()).then(|| cc.context.to_vec())),
+        });
+        let cs_bytes = cs.write_to_bytes().map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        self.sm.apply_conf(entry.index, entry.term, &cs_bytes, peer).map_err(storage_failure)?;
+        self.raw.store().set_conf_state(&cs)?;
+        self.refresh_peers();
+        Ok(())
+    }
+
+    /// Gives the transport the addresses of members added at run time.
+    fn refresh_peers(&mut self) {
+        let Some(t) = &self.transport else { return };
+        match self.sm.peers() {
+            Ok(peers) => {
+                for (_, json) in peers {
+                    match serde_json::from_slice::<PeerConfig>(&json) {
+                        Ok(p) => t.set_peer(p),
+                        Err(e) => tracing::warn!("stored peer address unreadable: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot read stored peers: {e}"),
+        }
     }
 
     fn maybe_compact(&mut self) -> Result<(), ConsensusError> {
@@ -295,9 +687,39 @@ impl Node {
 
     fn publish_status(&self) {
         let r = &self.raw.raft;
+        let conf = r.prs().conf();
+        let learners: Vec<u64> = {
+            let mut l: Vec<u64> = conf.learners().iter().copied().collect();
+            l.sort_unstable();
+            l
+        };
+        let voters: Vec<u64> = conf.voters().ids().iter().collect();
+        let last = self.raw.store().last_index().unwrap_or_default();
+        let leader = r.state == StateRole::Leader;
+        let addresses: HashMap<u64, PeerConfig> =
+            self.transport.as_ref().map(|t| t.peers().into_iter().map(|p| (p.id, p)).collect()).unwrap_or_default();
+        let mut peers: Vec<PeerStatus> = voters
+            .iter()
+            .chain(learners.iter())
+            .filter(|id| **id != self.me)
+            .map(|id| {
+                let matched = if leader { r.prs().get(*id).map(|p| p.matched) } else { None };
+                let addr = addresses.get(id);
+                PeerStatus {
+                    id: *id,
+                    address: addr.map(|a| a.raft_addr.clone()).unwrap_or_default(),
+                    http_url: addr.map(|a| a.http_url.clone()).unwrap_or_default(),
+                    role: if learners.contains(id) { "learner" } else { "voter" },
+                    match_index: matched,
+                    lag: matched.map(|m| last.saturating_sub(m)),
+                }
+            })
+            .collect();
+        peers.sort_by_key(|p| p.id);
         let mut s = self.status.write();
         s.role = match r.state {
             StateRole::Leader => "leader",
+            _ if learners.contains(&self.me) => "learner",
             StateRole::Follower => "follower",
             StateRole::Candidate | StateRole::PreCandidate => "candidate",
         };
@@ -306,8 +728,10 @@ impl Node {
         s.commit_index = r.raft_log.committed;
         s.applied_index = self.sm.applied_index();
         s.first_index = self.raw.store().first_index().unwrap_or_default();
-        s.last_index = self.raw.store().last_index().unwrap_or_default();
-        s.voters = r.prs().conf().voters().ids().iter().collect();
+        s.last_index = last;
+        s.voters = voters;
+        s.learners = learners;
+        s.peers = peers;
     }
 }
 

@@ -1,7 +1,8 @@
 //! `raft::Storage` on a sled tree (`raft`). Entries are keyed `e` + index (big-endian) with the value
 //! `term (8 bytes) + protobuf Entry`, so `term()` needs no decode. Hard state, conf state and the
 //! compaction point live under `s:` keys. Writes come only from the Raft thread; the caller flushes
-//! (fsyncs) once per Ready.
+//! (fsyncs) once per Ready. A snapshot is the state machine's `state` tree at its applied index
+//! (see `store::snapshot`), built when the leader needs to ship one to a lagging peer.
 
 use parking_lot::RwLock;
 use protobuf::Message as _;
@@ -35,11 +36,18 @@ struct Bounds {
 pub struct SledStorage {
     tree: sled::Tree,
     bounds: RwLock<Bounds>,
+    /// The state machine's tree, for snapshots.
+    state: Option<sled::Tree>,
 }
 
 impl SledStorage {
     /// Opens the log; a fresh one is initialised with `voters` as its configuration.
     pub fn open(tree: sled::Tree, voters: &[u64]) -> Result<SledStorage, raft::Error> {
+        Self::open_with_state(tree, None, voters)
+    }
+
+    /// Opens the log of a node whose state machine lives in `state` (snapshots are built from it).
+    pub fn open_with_state(tree: sled::Tree, state: Option<sled::Tree>, voters: &[u64]) -> Result<SledStorage, raft::Error> {
         let mut bounds = Bounds::default();
         if let Some(b) = tree.get(COMPACTED).map_err(store_err)? {
             let mut m = SnapshotMetadata::default();
@@ -51,7 +59,7 @@ impl SledStorage {
             Some(k) => u64::from_be_bytes(k.map_err(store_err)?[1..].try_into().map_err(store_err)?),
             None => bounds.compacted_index,
         };
-        let s = SledStorage { tree, bounds: RwLock::new(bounds) };
+        let s = SledStorage { tree, bounds: RwLock::new(bounds), state };
         if s.tree.get(CONF_STATE).map_err(store_err)?.is_none() {
             let mut cs = ConfState::default();
             cs.voters = voters.to_vec();
@@ -115,6 +123,30 @@ impl SledStorage {
         }
         self.tree.apply_batch(batch).map_err(store_err)?;
         bounds.last_index = entries.last().map(|e| e.index).unwrap_or(bounds.last_index);
+        Ok(())
+    }
+
+    /// Drops the whole log and records that everything up to `index` (of `term`) is in the state
+    /// machine: after installing a snapshot, or when the state machine is found ahead of the log.
+    pub fn reset_to(&self, index: u64, term: u64, conf: Option<&ConfState>) -> Result<(), raft::Error> {
+        let mut bounds = self.bounds.write();
+        let mut batch = sled::Batch::default();
+        for key in self.tree.scan_prefix(b"e").keys() {
+            batch.remove(key.map_err(store_err)?);
+        }
+        let mut m = SnapshotMetadata::default();
+        m.index = index;
+        m.term = term;
+        batch.insert(COMPACTED, m.write_to_bytes().map_err(store_err)?);
+        if let Some(cs) = conf {
+            batch.insert(CONF_STATE, cs.write_to_bytes().map_err(store_err)?);
+        }
+        let mut hs = self.hard_state()?;
+        hs.commit = hs.commit.max(index);
+        hs.term = hs.term.max(term);
+        batch.insert(HARD_STATE, hs.write_to_bytes().map_err(store_err)?);
+        self.tree.apply_batch(batch).map_err(store_err)?;
+        *bounds = Bounds { compacted_index: index, compacted_term: term, last_index: index };
         Ok(())
     }
 
@@ -198,9 +230,27 @@ impl raft::Storage for SledStorage {
         Ok(self.bounds.read().last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Shipping the state machine to a lagging peer belongs to the cluster transport.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let Some(state) = &self.state else {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        };
+        let sm = crate::store::StateMachine::open(state.clone()).map_err(store_err)?;
+        if sm.applied_index() < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let conf = match sm.conf_state().map_err(store_err)? {
+            Some(bytes) => ConfState::parse_from_bytes(&bytes).map_err(store_err)?,
+            None => self.conf_state()?,
+        };
+        let (index, term, data) = sm.snapshot().map_err(store_err)?;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf);
+        tracing::info!(index, bytes = snap.data.len(), "built a snapshot for a lagging peer");
+        Ok(snap)
     }
 }
 

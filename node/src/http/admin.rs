@@ -1,37 +1,118 @@
 //! Operator endpoints outside the FHIR API: `/_cluster/status` (consensus state; field names are
-//! documented in docs/operations.md and kept stable) and `/_health`.
+//! documented in docs/operations.md and kept stable), membership changes (`POST /_cluster/nodes`,
+//! `DELETE /_cluster/nodes/{id}`, leader only), the test-only fault filter (`/_cluster/faults`)
+//! and `/_health`.
 
 use actix_web::{web, HttpResponse};
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, RequestError};
+use crate::config::PeerConfig;
+use crate::consensus::ConsensusError;
+use crate::error::ApiError;
 
-pub async fn cluster_status(st: web::Data<AppState>) -> HttpResponse {
+fn status_json(st: &AppState) -> serde_json::Value {
     let s = st.raft.status();
-    let peers: Vec<_> = s
-        .voters
-        .iter()
-        .filter(|v| **v != s.id)
-        .map(|v| json!({"id": v}))
-        .collect();
-    HttpResponse::Ok().json(json!({
+    let own_url = st.cfg.cluster.peers.iter().find(|p| p.id == s.id).map(|p| p.http_url.clone()).unwrap_or_default();
+    let leader_url = if s.leader_id == s.id {
+        own_url
+    } else {
+        s.peers.iter().find(|p| p.id == s.leader_id).map(|p| p.http_url.clone()).unwrap_or_default()
+    };
+    json!({
         "id": s.id,
         "role": s.role,
         "term": s.term,
         "leader_id": s.leader_id,
+        "leader_url": leader_url,
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
         "first_index": s.first_index,
         "last_index": s.last_index,
         "voters": s.voters,
-        "peers": peers,
+        "learners": s.learners,
+        "peers": s.peers,
         "fhir_version": st.defs.version.as_str()
-    }))
+    })
+}
+
+pub async fn cluster_status(st: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(status_json(&st))
+}
+
+/// Body of `POST /_cluster/nodes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    pub id: u64,
+    pub raft_addr: String,
+    #[serde(default)]
+    pub http_url: String,
+    /// `learner` (default: receives the log, does not vote) or `voter`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+fn single_change(id: u64, ty: ConfChangeType, context: Vec<u8>) -> ConfChangeV2 {
+    let mut change = ConfChangeSingle::default();
+    change.node_id = id;
+    change.set_change_type(ty);
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![change].into());
+    cc.context = context.into();
+    cc
+}
+
+/// Adds a member (or promotes a learner): a ConfChangeV2 through the log.
+pub async fn add_node(st: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let add: AddNode = serde_json::from_slice(&body).map_err(|e| RequestError::InvalidJson(format!("membership request: {e}")))?;
+    let ty = match add.role.as_deref() {
+        None | Some("learner") => ConfChangeType::AddLearnerNode,
+        Some("voter") => ConfChangeType::AddNode,
+        Some(other) => return Err(RequestError::BadParameter { name: "role".into(), reason: format!("'{other}' is not learner or voter") }.into()),
+    };
+    if add.id == 0 || !add.raft_addr.contains(':') {
+        return Err(RequestError::BadParameter { name: "id/raft_addr".into(), reason: "need a non-zero id and a host:port raft_addr".into() }.into());
+    }
+    let peer = PeerConfig { id: add.id, raft_addr: add.raft_addr, http_url: add.http_url };
+    let context = serde_json::to_vec(&peer).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    st.raft.change_membership(single_change(peer.id, ty, context)).await?;
+    Ok(HttpResponse::Ok().json(status_json(&st)))
+}
+
+/// Removes a member. The leader does not remove itself (stop it, or remove it from another node
+/// once a new leader is elected).
+pub async fn remove_node(st: web::Data<AppState>, path: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if id == st.raft.status().id {
+        return Err(ConsensusError::Membership(format!("node {id} is the leader answering this request and cannot remove itself")).into());
+    }
+    st.raft.change_membership(single_change(id, ConfChangeType::RemoveNode, Vec::new())).await?;
+    Ok(HttpResponse::Ok().json(status_json(&st)))
+}
+
+/// Body of `POST /_cluster/faults`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Peers this node stops talking to (both directions); empty heals.
+    pub isolate: Vec<u64>,
+}
+
+pub async fn faults(st: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let (true, Some(filter)) = (st.cfg.cluster.fault_injection, st.raft.faults()) else {
+        return Err(RequestError::NoRoute("/_cluster/faults (enable cluster.fault_injection on a multi-node cluster)".into()).into());
+    };
+    let f: Faults = serde_json::from_slice(&body).map_err(|e| RequestError::InvalidJson(format!("faults request: {e}")))?;
+    filter.isolate(f.isolate);
+    Ok(HttpResponse::Ok().json(json!({ "isolated": filter.isolated() })))
 }
 
 pub async fn health(st: web::Data<AppState>) -> HttpResponse {
     let s = st.raft.status();
-    let ok = s.role == "leader" || s.role == "follower";
+    let ok = matches!(s.role, "leader" | "follower" | "learner") && s.leader_id != 0;
     let body = json!({"status": if ok { "ok" } else { "unavailable" }, "role": s.role});
     if ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

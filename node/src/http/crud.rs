@@ -125,6 +125,7 @@ pub async fn read(req: HttpRequest, path: web::Path<(String, String)>, st: web::
     let ctx = Ctx::new(&req, &st)?;
     ctx.reject_count_summary()?;
     let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
+    negotiate::read_barrier(&req, &st).await?;
     let (cur, record) = st.store.read(rtype, id)?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, cur.version, cur.ts);
@@ -149,6 +150,7 @@ pub async fn vread(
         name: "version id".into(),
         reason: format!("'{}' is not a version number", path.2),
     })?;
+    negotiate::read_barrier(&req, &st).await?;
     let record = st.store.vread(rtype, id, version)?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, version, record.ts);

@@ -20,17 +20,20 @@ use crate::store::StoreError;
 const PARAMS: [&str; 8] = ["_count", "_since", "_at", "_page", "_format", "_pretty", "_summary", "_elements"];
 
 pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    super::negotiate::read_barrier(&req, &st).await?;
     respond(&req, &st, HistoryScope::System, "/_history".into())
 }
 
 pub async fn type_level(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let rtype = st.defs.resource_type(&path)?;
+    super::negotiate::read_barrier(&req, &st).await?;
     respond(&req, &st, HistoryScope::Type { rtype: rtype.into() }, format!("/{rtype}/_history"))
 }
 
 pub async fn instance(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
     let scope = HistoryScope::Instance { rtype: rtype.into(), id: id.into() };
+    super::negotiate::read_barrier(&req, &st).await?;
     respond(&req, &st, scope, format!("/{rtype}/{id}/_history"))
 }
 

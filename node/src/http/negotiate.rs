@@ -8,6 +8,7 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::{AppState, RequestError};
+use crate::config::ReadConsistency;
 use crate::error::ApiError;
 use crate::fhir::{meta, Subset, SummaryMode};
 
@@ -223,6 +224,24 @@ pub async fn read_json(mut payload: web::Payload, limit: usize) -> Result<Value,
 }
 
 /// Parses an `ETag`-style version: `W/"3"`, `"3"` or `3`.
+/// Read consistency of one request: header `Kiln-Consistency: linearizable | local`, else the
+/// node's `cluster.read_consistency`. Linearizable reads first pass a Raft ReadIndex barrier, so
+/// they see every write acknowledged anywhere in the cluster before the read began.
+pub async fn read_barrier(req: &HttpRequest, st: &AppState) -> Result<(), ApiError> {
+    let mode = match header_str(req.headers(), "kiln-consistency")?.map(str::trim) {
+        None => st.cfg.cluster.read_consistency,
+        Some(v) if v.eq_ignore_ascii_case("linearizable") => ReadConsistency::Linearizable,
+        Some(v) if v.eq_ignore_ascii_case("local") => ReadConsistency::Local,
+        Some(v) => {
+            return Err(RequestError::BadHeader { name: "Kiln-Consistency".into(), reason: format!("'{v}' is not 'linearizable' or 'local'") }.into())
+        }
+    };
+    if mode == ReadConsistency::Linearizable {
+        st.raft.read_barrier().await?;
+    }
+    Ok(())
+}
+
 pub fn parse_etag(name: &str, v: &str) -> Result<u64, RequestError> {
     let t = v.trim();
     let t = t.strip_prefix("W/").unwrap_or(t).trim_matches('"');

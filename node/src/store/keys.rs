@@ -7,7 +7,8 @@
 //! | `v` type `\0` id `\0` version | [`VersionRecord`](super::VersionRecord): method u8, lastUpdated µs u64, body |
 //! | `h` ts type `\0` id `\0` version | empty: system history, ordered by time |
 //! | `t` type `\0` ts id `\0` version | empty: type history, ordered by time |
-//! | `m` name | state-machine metadata (applied index, last timestamp) |
+//! | `m` name | state-machine metadata (applied index, last timestamp, Raft conf state) |
+//! | `mpeer` `\0` id | JSON [`PeerConfig`](crate::config::PeerConfig) of a member added at run time |
 
 pub const CURRENT: u8 = b'c';
 pub const VERSION: u8 = b'v';
@@ -17,6 +18,14 @@ pub const META: u8 = b'm';
 
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_LAST_TS: &[u8] = b"mlast_ts";
+pub const META_CONF: &[u8] = b"mconf";
+pub const META_PEER_PREFIX: &[u8] = b"mpeer\0";
+
+pub fn meta_peer(id: u64) -> Vec<u8> {
+    let mut k = META_PEER_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
 
 fn tuple(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len() + 1).sum::<usize>();

@@ -5,6 +5,7 @@
 pub mod command;
 pub mod keys;
 pub mod resources;
+pub mod snapshot;
 pub mod state_machine;
 
 pub use command::{Action, Command, OpOutcome, WriteOp};

@@ -62,6 +62,55 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Records a membership change: the new Raft conf state (protobuf bytes) and, for an added
+    /// member, its addresses (`Some(json)`) or, for a removed one, `None`.
+    pub fn apply_conf(&mut self, index: u64, term: u64, conf_state: &[u8], peer: Option<(u64, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::META_CONF, conf_state);
+        match peer {
+            Some((id, Some(info))) => batch.insert(keys::meta_peer(id), info),
+            Some((id, None)) => batch.remove(keys::meta_peer(id)),
+            None => {}
+        }
+        batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+        self.tree.apply_batch(batch)?;
+        self.applied_index = index;
+        self.applied_term = term;
+        Ok(())
+    }
+
+    /// The conf state recorded by the last applied membership change (protobuf bytes).
+    pub fn conf_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(keys::META_CONF)?.map(|v| v.to_vec()))
+    }
+
+    /// Members added at run time: (id, JSON addresses).
+    pub fn peers(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::META_PEER_PREFIX) {
+            let (k, v) = item?;
+            let id = k[keys::META_PEER_PREFIX.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("peer key".into()))?;
+            out.push((id, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The whole state as snapshot data, with the index and term it reflects.
+    pub fn snapshot(&self) -> Result<(u64, u64, Vec<u8>), StoreError> {
+        Ok((self.applied_index, self.applied_term, super::snapshot::dump(&self.tree)?))
+    }
+
+    /// Replaces the state by a snapshot's data and resumes from the index recorded in it.
+    pub fn restore(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        super::snapshot::install(&self.tree, data)?;
+        let reopened = StateMachine::open(self.tree.clone())?;
+        *self = reopened;
+        Ok(())
+    }
+
     /// Applies one committed entry. `Err` means storage failed (the node must stop applying);
     /// per-write outcomes such as version conflicts are in the returned list.
     pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Vec<OpOutcome>, StoreError> {
