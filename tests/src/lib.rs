@@ -1,6 +1,8 @@
 //! The one test harness: real Kiln nodes on free 127.0.0.1 ports with temporary data folders,
 //! either in this process ([`TestNode`], through `kiln::start_node`) or as `kiln serve` child
-//! processes ([`ChildNode`], for kill -9 crash tests), plus a small FHIR HTTP client.
+//! processes ([`ChildNode`], for kill -9 crash tests); [`TestCluster`] runs N child processes as
+//! one Raft cluster (leader(), kill9(i), restart(i), isolate(i) / heal(i), add_node()); plus a
+//! small FHIR HTTP client.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kiln::fhir::FhirVersion;
+use kiln::config::{ClusterConfig, PeerConfig};
 use kiln::{start_node, Config, NodeHandle};
 use serde_json::Value;
 
@@ -92,10 +95,20 @@ pub struct ChildNode {
 impl ChildNode {
     /// Starts `kiln serve` on `data_dir` at `listen` (use `127.0.0.1:0` the first time).
     pub fn start(data_dir: &Path, listen: &str) -> ChildNode {
-        let mut child = Command::new(kiln_bin())
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", listen])
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(["serve", "--data-dir"]).arg(data_dir).args(["--listen", listen]);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Starts `kiln serve --config FILE`.
+    pub fn start_config(config: &Path, data_dir: &Path) -> ChildNode {
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(["serve", "--config"]).arg(config);
+        Self::spawn(cmd, data_dir)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path) -> ChildNode {
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -123,6 +136,193 @@ impl Drop for ChildNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Free 127.0.0.1 ports, allocated by binding port 0 (all held at once, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
+    held.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}
+
+/// A cluster of `kiln serve` child processes on free ports, with fast Raft timers and the fault
+/// filter enabled. Node ids are 1..=n; `node(i)` etc. take ids.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    /// Config of node id i at index i - 1.
+    pub configs: Vec<Config>,
+    nodes: Vec<Option<ChildNode>>,
+}
+
+impl TestCluster {
+    pub fn start(n: usize) -> TestCluster {
+        Self::start_with(n, |_| {})
+    }
+
+    /// `tweak` is applied to every node's config before it is written.
+    pub fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(2 * n);
+        let peers: Vec<PeerConfig> = (0..n)
+            .map(|i| PeerConfig {
+                id: i as u64 + 1,
+                raft_addr: format!("127.0.0.1:{}", ports[n + i]),
+                http_url: format!("http://127.0.0.1:{}", ports[i]),
+            })
+            .collect();
+        let configs: Vec<Config> = (0..n)
+            .map(|i| {
+                let mut cfg = Config {
+                    node_id: i as u64 + 1,
+                    data_dir: dir.path().join(format!("node{}", i + 1)),
+                    listen: format!("127.0.0.1:{}", ports[i]),
+                    http_workers: 2,
+                    write_timeout_ms: 5000,
+                    ..Config::default()
+                };
+                cfg.raft.tick_ms = 50;
+                cfg.cluster = ClusterConfig {
+                    raft_listen: Some(peers[i].raft_addr.clone()),
+                    peers: peers.clone(),
+                    fault_injection: true,
+                    ..ClusterConfig::default()
+                };
+                tweak(&mut cfg);
+                cfg
+            })
+            .collect();
+        let mut c = TestCluster { dir, configs, nodes: Vec::new() };
+        for id in 1..=n as u64 {
+            let node = c.spawn(id);
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    fn spawn(&self, id: u64) -> ChildNode {
+        let cfg = &self.configs[(id - 1) as usize];
+        let path = self.dir.path().join(format!("node{id}.toml"));
+        std::fs::write(&path, toml::to_string(cfg).expect("config serializes")).expect("write config");
+        ChildNode::start_config(&path, &cfg.data_dir)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.configs.len() as u64).collect()
+    }
+
+    /// Ids of the nodes currently running.
+    pub fn running(&self) -> Vec<u64> {
+        self.ids().into_iter().filter(|id| self.nodes[(*id - 1) as usize].is_some()).collect()
+    }
+
+    pub fn base(&self, id: u64) -> String {
+        format!("http://{}", self.configs[(id - 1) as usize].listen)
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("{}{path}", self.base(id))
+    }
+
+    /// `/_cluster/status` of a node, `None` when it does not answer.
+    pub fn status(&self, id: u64) -> Option<Value> {
+        let resp = client().get(self.url(id, "/_cluster/status")).timeout(Duration::from_secs(2)).send().ok()?;
+        resp.json().ok()
+    }
+
+    /// Waits (up to 30 s) until every node in `among` reports the same leader, itself among them.
+    pub fn leader_among(&self, among: &[u64]) -> u64 {
+        let start = std::time::Instant::now();
+        loop {
+            let leaders: Vec<u64> = among.iter().filter_map(|id| self.status(*id)).map(|s| s["leader_id"].as_u64().unwrap_or(0)).collect();
+            if leaders.len() == among.len() && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) && among.contains(&leaders[0]) {
+                return leaders[0];
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no agreed leader among {among:?}: {leaders:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The leader all running nodes agree on.
+    pub fn leader(&self) -> u64 {
+        self.leader_among(&self.running())
+    }
+
+    /// SIGKILL one node.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut n) = self.nodes[(id - 1) as usize].take() {
+            n.kill9();
+        }
+    }
+
+    /// Starts a killed node again on its data and ports.
+    pub fn restart(&mut self, id: u64) {
+        assert!(self.nodes[(id - 1) as usize].is_none(), "node {id} is running");
+        let node = self.spawn(id);
+        self.nodes[(id - 1) as usize] = Some(node);
+    }
+
+    /// Cuts node `id` off from every other node (its transport drops all peer traffic).
+    pub fn isolate(&self, id: u64) {
+        let others: Vec<u64> = self.ids().into_iter().filter(|i| *i != id).collect();
+        self.set_faults(id, &others);
+    }
+
+    pub fn heal(&self, id: u64) {
+        self.set_faults(id, &[]);
+    }
+
+    fn set_faults(&self, id: u64, isolate: &[u64]) {
+        let resp = client().post(self.url(id, "/_cluster/faults")).json(&serde_json::json!({ "isolate": isolate })).send().expect("faults request");
+        assert_eq!(resp.status(), 200, "fault filter on node {id}");
+    }
+
+    /// Starts a new node with `cluster.join = true` (it waits to be added); returns its id.
+    pub fn start_joining_node(&mut self) -> u64 {
+        let id = self.configs.len() as u64 + 1;
+        let ports = free_ports(2);
+        let me = PeerConfig { id, raft_addr: format!("127.0.0.1:{}", ports[1]), http_url: format!("http://127.0.0.1:{}", ports[0]) };
+        let mut cfg = self.configs[0].clone();
+        cfg.node_id = id;
+        cfg.data_dir = self.dir.path().join(format!("node{id}"));
+        cfg.listen = format!("127.0.0.1:{}", ports[0]);
+        cfg.cluster.raft_listen = Some(me.raft_addr.clone());
+        cfg.cluster.peers.push(me);
+        cfg.cluster.join = true;
+        for c in &mut self.configs {
+            c.cluster.peers = cfg.cluster.peers.clone();
+        }
+        self.configs.push(cfg);
+        let node = self.spawn(id);
+        self.nodes.push(Some(node));
+        id
+    }
+
+    /// Waits (up to `secs`) until the running nodes in `ids` have the same applied index and the
+    /// same state digest; returns the digest.
+    pub fn converged(&self, ids: &[u64], secs: u64) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let digests: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| client().get(self.url(*id, "/_cluster/digest")).send().ok().and_then(|r| r.json().ok()))
+                .collect();
+            if digests.len() == ids.len() && digests.iter().all(|d| d == &digests[0]) {
+                return digests[0]["sha256"].as_str().unwrap_or_default().to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(secs), "nodes {ids:?} did not converge: {digests:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Writes `body` with PUT at `url`; returns the status and the version from the ETag.
+pub fn put(c: &reqwest::blocking::Client, url: &str, body: &Value) -> reqwest::Result<(u16, Option<u64>)> {
+    let r = c.put(url).header("content-type", "application/fhir+json").body(body.to_string()).send()?;
+    Ok((r.status().as_u16(), etag_version(&r)))
+}
+
+/// The version in a response's `ETag` (`W/"n"`).
+pub fn etag_version(r: &reqwest::blocking::Response) -> Option<u64> {
+    r.headers().get("etag")?.to_str().ok()?.trim_start_matches("W/\"").trim_end_matches('"').parse().ok()
 }
 
 /// A blocking HTTP client with FHIR defaults.

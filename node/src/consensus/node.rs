@@ -183,6 +183,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle
         queued: VecDeque::new(),
         by_index: BTreeMap::new(),
         reads: HashMap::new(),
+        checked_term: 0,
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
@@ -200,8 +201,8 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle
 enum Stage {
     /// Waiting for a leader (data kept to send).
     Queued { not_before: Instant },
-    /// Sent to the leader, no index yet (data kept in case the leader refuses it).
-    Forwarded,
+    /// Sent to the leader of `term`, no index yet (data kept in case the leader refuses it).
+    Forwarded { term: u64 },
     /// In the log at this index and term.
     Proposed { index: u64 },
 }
@@ -233,6 +234,8 @@ struct Node {
     /// Log index → request id of proposals in the log, to detect ones replaced by other entries.
     by_index: BTreeMap<u64, u64>,
     reads: HashMap<u64, ReadWaiter>,
+    /// Highest applied term for which unmatched forwards were already failed.
+    checked_term: u64,
     write_timeout: Duration,
     tick: Duration,
     keep_entries: u64,
@@ -376,8 +379,9 @@ impl Node {
                     }
                 }
             } else if let Some(t) = &self.transport {
-                w.stage = Stage::Forwarded;
-                t.send(leader, Frame::Forward { origin: self.me, req_id: req, data });
+                let term = self.raw.raft.term;
+                w.stage = Stage::Forwarded { term };
+                t.send(leader, Frame::Forward { origin: self.me, req_id: req, term, data });
             }
         }
         self.queued = later;
@@ -386,7 +390,7 @@ impl Node {
     /// A forward that did not make it into the log goes back to the queue, after a short pause.
     fn requeue(&mut self, req: u64) {
         if let Some(w) = self.waiters.get_mut(&req) {
-            if matches!(w.stage, Stage::Forwarded) {
+            if matches!(w.stage, Stage::Forwarded { .. }) {
                 w.stage = Stage::Queued { not_before: Instant::now() + Duration::from_millis(20) };
                 self.queued.push_back(req);
             }
@@ -477,10 +481,14 @@ impl Node {
                 }
                 Err(e) => tracing::warn!("undecodable raft message: {e}"),
             },
-            Inbound::Frame { from, frame: Frame::Forward { origin, req_id, data } } => {
-                let answer = match self.propose_local(context(origin, req_id), data) {
-                    Ok((index, term)) => Frame::ForwardAck { req_id, index, term },
-                    Err(e) => Frame::ForwardReject { req_id, reason: e.to_string() },
+            Inbound::Frame { from, frame: Frame::Forward { origin, req_id, term, data } } => {
+                let answer = if term != self.raw.raft.term {
+                    Frame::ForwardReject { req_id, reason: format!("forwarded in term {term}, leader is in term {}", self.raw.raft.term) }
+                } else {
+                    match self.propose_local(context(origin, req_id), data) {
+                        Ok((index, term)) => Frame::ForwardAck { req_id, index, term },
+                        Err(e) => Frame::ForwardReject { req_id, reason: e.to_string() },
+                    }
                 };
                 if let Some(t) = &self.transport {
                     t.send(from, answer);
@@ -488,7 +496,7 @@ impl Node {
             }
             Inbound::Frame { frame: Frame::ForwardAck { req_id, index, .. }, .. } => {
                 if let Some(w) = self.waiters.get_mut(&req_id) {
-                    if matches!(w.stage, Stage::Forwarded) {
+                    if matches!(w.stage, Stage::Forwarded { .. }) {
                         w.stage = Stage::Proposed { index };
                         w.data = None;
                         if index <= self.sm.applied_index() {
@@ -618,6 +626,25 @@ impl Node {
         }
         // The status shows a write as applied before its proposer hears back.
         self.publish_status();
+        // Forwards accepted in term T have entries of term T, and every entry of term T that will
+        // ever commit precedes the entries of later terms: once an entry of a later term is
+        // applied, an unmatched forward of T was never appended, or was overwritten.
+        let applied_term = self.sm.applied_term();
+        let lost: Vec<u64> = if applied_term > self.checked_term {
+            self.checked_term = applied_term;
+            self.waiters
+                .iter()
+                .filter(|(_, w)| matches!(w.stage, Stage::Forwarded { term } if term < applied_term))
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for req in lost {
+            if let Some(w) = self.waiters.remove(&req) {
+                replies.push((w.reply, Err(ConsensusError::Dropped)));
+            }
+        }
         // Proposals whose index was applied with another entry were lost in a leadership change.
         let applied = self.sm.applied_index();
         let stale: Vec<(u64, u64)> = self.by_index.range(..=applied).map(|(i, r)| (*i, *r)).collect();

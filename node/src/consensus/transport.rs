@@ -36,8 +36,9 @@ pub enum Frame {
     Hello { from: u64 },
     /// A raft-rs `Message`, protobuf-encoded.
     Raft(Vec<u8>),
-    /// A follower's write for the leader to propose, tagged with its origin.
-    Forward { origin: u64, req_id: u64, data: Vec<u8> },
+    /// A follower's write for the leader to propose, tagged with its origin. The leader proposes it
+    /// only in `term` (the follower's view), so an accepted forward's entry has exactly that term.
+    Forward { origin: u64, req_id: u64, term: u64, data: Vec<u8> },
     /// The leader proposed `req_id` at `index` in `term`.
     ForwardAck { req_id: u64, index: u64, term: u64 },
     /// The receiver did not propose `req_id` (it is not the leader); the origin may retry.
@@ -358,7 +359,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_oversize_is_refused() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &Frame::Forward { origin: 2, req_id: 9, data: vec![1, 2, 3] }).unwrap();
+        write_frame(&mut buf, &Frame::Forward { origin: 2, req_id: 9, term: 1, data: vec![1, 2, 3] }).unwrap();
         let f = read_frame(&mut buf.as_slice(), 1 << 20).unwrap();
         assert!(matches!(f, Frame::Forward { origin: 2, req_id: 9, ref data } if data == &[1, 2, 3]));
         assert!(read_frame(&mut buf.as_slice(), 4).is_err());

@@ -1,7 +1,7 @@
 //! Operator endpoints outside the FHIR API: `/_cluster/status` (consensus state; field names are
 //! documented in docs/operations.md and kept stable), membership changes (`POST /_cluster/nodes`,
-//! `DELETE /_cluster/nodes/{id}`, leader only), the test-only fault filter (`/_cluster/faults`)
-//! and `/_health`.
+//! `DELETE /_cluster/nodes/{id}`, leader only), `/_cluster/digest` (replica comparison), the
+//! test-only fault filter (`/_cluster/faults`) and `/_health`.
 
 use actix_web::{web, HttpResponse};
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -108,6 +108,15 @@ pub async fn faults(st: web::Data<AppState>, body: web::Bytes) -> Result<HttpRes
     let f: Faults = serde_json::from_slice(&body).map_err(|e| RequestError::InvalidJson(format!("faults request: {e}")))?;
     filter.isolate(f.isolate);
     Ok(HttpResponse::Ok().json(json!({ "isolated": filter.isolated() })))
+}
+
+/// `GET /_cluster/digest`: a digest of this node's replicated state, for comparing replicas.
+pub async fn digest(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = st.store.clone();
+    let (applied_index, sha256, pairs) = web::block(move || store.digest())
+        .await
+        .map_err(|e| crate::store::StoreError::Storage(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(json!({ "applied_index": applied_index, "sha256": sha256, "pairs": pairs })))
 }
 
 pub async fn health(st: web::Data<AppState>) -> HttpResponse {

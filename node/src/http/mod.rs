@@ -102,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/nodes", web::post().to(admin::add_node));
     cfg.route("/_cluster/nodes/{id}", web::delete().to(admin::remove_node));
     cfg.route("/_cluster/faults", web::post().to(admin::faults));
+    cfg.route("/_cluster/digest", web::get().to(admin::digest));
     cfg.route("/_health", web::get().to(admin::health));
     for i in INTERACTIONS {
         let method = Method::from_bytes(i.method.as_bytes()).expect("table methods are valid");

@@ -134,6 +134,20 @@ impl Store {
         Store { tree }
     }
 
+    /// Digest of the whole replicated state at one applied index: (applied index, sha256, pairs).
+    /// Retries while writes move the applied index during hashing.
+    pub fn digest(&self) -> Result<(u64, String, u64), StoreError> {
+        let applied = || -> Result<Vec<u8>, StoreError> { Ok(self.tree.get(keys::META_APPLIED)?.map(|v| v.to_vec()).unwrap_or_default()) };
+        loop {
+            let before = applied()?;
+            let (sha, count) = super::snapshot::digest(&self.tree)?;
+            if applied()? == before {
+                let index = before.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                return Ok((index, sha, count));
+            }
+        }
+    }
+
     pub fn current(&self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
         self.tree.get(keys::current(rtype, id))?.map(|b| Current::decode(&b)).transpose()
     }

@@ -60,6 +60,24 @@ pub fn install(tree: &sled::Tree, data: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// SHA-256 over every key and value of `tree` (with their lengths), plus the pair count. Two
+/// nodes at the same applied index must give the same digest; the caller checks the applied
+/// index did not move while hashing.
+pub fn digest(tree: &sled::Tree) -> Result<(String, u64), StoreError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut count = 0u64;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(&k);
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(&v);
+        count += 1;
+    }
+    Ok((hex::encode(h.finalize()), count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

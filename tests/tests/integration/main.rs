@@ -1,6 +1,7 @@
-//! One integration-test binary (fast linking): HTTP conformance, official examples, crash safety.
+//! One integration-test binary (fast linking): HTTP conformance, official examples, crash safety, 3-node clusters.
 
 mod bench_smoke;
+mod cluster;
 mod crash;
 mod crud;
 mod examples;

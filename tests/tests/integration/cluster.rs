@@ -1,0 +1,366 @@
+//! Three-node clusters of real `kiln serve` processes: replication and forwarding, leader kill -9
+//! under load, partitions, lost updates under node crashes, snapshot catch-up, membership, mTLS.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_tests::{client, etag_version, json, kiln_bin, put, TestCluster};
+use serde_json::{json, Value};
+
+fn patient(id: &str, text: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"text": text}]})
+}
+
+fn followers(c: &TestCluster, leader: u64) -> Vec<u64> {
+    c.running().into_iter().filter(|i| *i != leader).collect()
+}
+
+/// Polls GET `url` until it answers 200 (bounded).
+fn eventually_get(url: &str) -> reqwest::blocking::Response {
+    let start = Instant::now();
+    loop {
+        let r = client().get(url).send().expect("GET");
+        if r.status() == 200 || start.elapsed() > Duration::from_secs(10) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn writes_on_any_node_replicate_with_identical_versions() {
+    let c = TestCluster::start(3);
+    let leader = c.leader();
+    let f = followers(&c, leader);
+    let s = c.status(f[0]).unwrap();
+    assert_eq!(s["role"], "follower");
+    let ls = c.status(leader).unwrap();
+    assert_eq!(ls["role"], "leader");
+    assert_eq!(ls["peers"].as_array().unwrap().len(), 2);
+    assert!(ls["peers"][0]["match_index"].as_u64().is_some() && ls["peers"][0]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    for key in ["id", "term", "leader_id", "commit_index", "applied_index"] {
+        assert!(s[key].as_u64().is_some(), "status has {key}: {s}");
+    }
+
+    // Create on a follower: forwarded to the leader, answered after the follower applied it.
+    let http = client();
+    let r = http
+        .post(c.url(f[0], "/Patient"))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "name": [{"text": "from a follower"}]}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = location.split('/').rev().nth(2).unwrap().to_string();
+    let own = http.get(c.url(f[0], &format!("/Patient/{id}"))).send().unwrap();
+    assert_eq!(own.status(), 200, "a client reads its write back from the same node at once");
+
+    // Update on the other follower, then every node has the same two versions.
+    let (status, v) = put(&http, &c.url(f[1], &format!("/Patient/{id}")), &patient(&id, "updated")).unwrap();
+    assert_eq!((status, v), (200, Some(2)));
+    let mut bodies = Vec::new();
+    for n in c.ids() {
+        // Linearizable read: sees the update at once on every node.
+        let r = http.get(c.url(n, &format!("/Patient/{id}"))).header("Kiln-Consistency", "linearizable").send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(etag_version(&r), Some(2), "node {n}");
+        bodies.push(json(r));
+        let v1 = eventually_get(&c.url(n, &format!("/Patient/{id}/_history/1")));
+        assert_eq!(json(v1)["name"][0]["text"], "from a follower");
+    }
+    assert!(bodies.iter().all(|b| b == &bodies[0]), "same bytes (ids, versions, lastUpdated) on every node");
+    let bad = http.get(c.url(f[0], &format!("/Patient/{id}"))).header("Kiln-Consistency", "sometimes").send().unwrap();
+    assert_eq!(bad.status(), 400);
+    c.converged(&c.ids(), 20);
+}
+
+#[test]
+fn leader_kill_9_under_load_loses_no_acknowledged_write() {
+    let mut c = TestCluster::start(3);
+    let leader = c.leader();
+    let bases: Vec<(u64, String)> = c.ids().into_iter().map(|i| (i, c.base(i))).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dead = Arc::new(AtomicUsize::new(0));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let bases = bases.clone();
+            let (stop, dead, acked_count) = (stop.clone(), dead.clone(), acked_count.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let mut acked: Vec<(String, u64, String, Instant)> = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let choices: Vec<&(u64, String)> = bases.iter().filter(|(id, _)| *id as usize != dead.load(Ordering::Relaxed)).collect();
+                    let (_, base) = choices[(i as usize + t) % choices.len()];
+                    let id = if i % 3 == 0 { format!("k{t}") } else { format!("k{t}-{i}") };
+                    let text = format!("{t}/{i}");
+                    if let Ok((200 | 201, Some(v))) = put(&http, &format!("{base}/Patient/{id}"), &patient(&id, &text)) {
+                        acked.push((id, v, text, Instant::now()));
+                        acked_count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while acked_count.load(Ordering::Relaxed) < 100 && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dead.store(leader as usize, Ordering::Relaxed);
+    let killed_at = Instant::now();
+    c.kill9(leader);
+    let survivors = c.running();
+    let new_leader = c.leader_among(&survivors);
+    assert_ne!(new_leader, leader);
+    // Keep the load on until writes have resumed for a while.
+    let before = acked_count.load(Ordering::Relaxed);
+    while acked_count.load(Ordering::Relaxed) < before + 50 && killed_at.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<(String, u64, String, Instant)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let resumed = acked.iter().filter(|a| a.3 > killed_at).map(|a| a.3).min().expect("writes resumed after the kill");
+    eprintln!("failover: first acknowledged write {} ms after kill -9 of the leader", (resumed - killed_at).as_millis());
+    assert!(resumed - killed_at < Duration::from_secs(10), "writes resume within a few seconds");
+
+    let http = client();
+    for n in &survivors {
+        for (id, v, text, _) in &acked {
+            let r = http.get(c.url(*n, &format!("/Patient/{id}/_history/{v}"))).header("Kiln-Consistency", "linearizable").send().unwrap();
+            assert_eq!(r.status(), 200, "node {n} lost acknowledged Patient/{id} version {v}");
+            assert_eq!(json(r)["name"][0]["text"], text.as_str(), "node {n}: Patient/{id} version {v}");
+        }
+    }
+    c.restart(leader);
+    let digest = c.converged(&c.ids(), 60);
+    eprintln!("{} acknowledged writes present on the survivors; all 3 nodes converged to digest {digest}", acked.len());
+}
+
+#[test]
+fn isolated_leader_cannot_acknowledge_and_healing_leaves_one_history() {
+    let c = TestCluster::start_with(3, |cfg| cfg.write_timeout_ms = 2000);
+    let old = c.leader();
+    let http = client();
+    let (s, _) = put(&http, &c.url(old, "/Patient/before"), &patient("before", "0")).unwrap();
+    assert_eq!(s, 201);
+    c.isolate(old);
+    // The minority side cannot acknowledge: 503 with an OperationOutcome, within the timeout.
+    let t = Instant::now();
+    let r = http
+        .put(c.url(old, "/Patient/minority"))
+        .header("content-type", "application/fhir+json")
+        .body(patient("minority", "lost").to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(t.elapsed() < Duration::from_secs(6));
+    assert_eq!(json(r)["resourceType"], "OperationOutcome");
+    // The majority elects a leader and continues.
+    let majority: Vec<u64> = followers(&c, old);
+    let new = c.leader_among(&majority);
+    for i in 0..20 {
+        let (s, _) = put(&http, &c.url(majority[i % 2], &format!("/Patient/major-{i}")), &patient(&format!("major-{i}"), "m")).unwrap();
+        assert_eq!(s, 201, "majority write {i} (leader {new})");
+    }
+    c.heal(old);
+    c.leader();
+    let digest = c.converged(&c.ids(), 30);
+    for n in c.ids() {
+        assert_eq!(http.get(c.url(n, "/Patient/minority")).send().unwrap().status(), 404, "the unacknowledged write is nowhere");
+        assert_eq!(http.get(c.url(n, "/Patient/major-19")).send().unwrap().status(), 200);
+    }
+    eprintln!("partition healed: one history, digest {digest}");
+}
+
+#[test]
+fn no_lost_updates_while_nodes_crash() {
+    let mut c = TestCluster::start_with(3, |cfg| cfg.write_timeout_ms = 3000);
+    let http = client();
+    let counter = |n: i64| json!({"resourceType": "Patient", "id": "counter", "multipleBirthInteger": n});
+    let (s, _) = put(&http, &c.url(c.leader(), "/Patient/counter"), &counter(0)).unwrap();
+    assert_eq!(s, 201);
+    let bases: Vec<String> = c.ids().into_iter().map(|i| c.base(i)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|t| {
+            let (bases, stop) = (bases.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
+                let (mut acked, mut unknown) = (0u64, 0u64);
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let base = &bases[i % bases.len()];
+                    let Ok(r) = http.get(format!("{base}/Patient/counter")).send() else { continue };
+                    if r.status() != 200 {
+                        continue;
+                    }
+                    let v = etag_version(&r).unwrap();
+                    let n = json(r)["multipleBirthInteger"].as_i64().unwrap();
+                    let resp = http
+                        .put(format!("{base}/Patient/counter"))
+                        .header("content-type", "application/fhir+json")
+                        .header("if-match", format!("W/\"{v}\""))
+                        .body(counter(n + 1).to_string())
+                        .send();
+                    match resp.map(|r| r.status().as_u16()) {
+                        Ok(200) => acked += 1,
+                        Ok(412) => {}
+                        // 503 "no leader" was not applied; a timeout or a dropped connection may have been.
+                        Ok(503) | Ok(_) | Err(_) => unknown += 1,
+                    }
+                }
+                (acked, unknown)
+            })
+        })
+        .collect();
+    // Crash and restart nodes in turn while the clients run.
+    for victim in [1u64, 2, 3] {
+        std::thread::sleep(Duration::from_millis(1500));
+        c.kill9(victim);
+        std::thread::sleep(Duration::from_millis(1500));
+        c.restart(victim);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, unknown) = clients.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let leader = c.leader();
+    let r = http.get(c.url(leader, "/Patient/counter")).send().unwrap();
+    let final_version = etag_version(&r).unwrap();
+    let value = json(r)["multipleBirthInteger"].as_u64().unwrap();
+    assert!(acked > 10, "the clients made progress ({acked} acknowledged)");
+    assert!(value >= acked && value <= acked + unknown, "counter {value}: {acked} acknowledged, {unknown} unknown outcomes");
+    // Version n holds value n - 1: no gap, no duplicate, no lost update.
+    let mut seen = HashMap::new();
+    for v in 1..=final_version {
+        let body = json(http.get(c.url(leader, &format!("/Patient/counter/_history/{v}"))).send().unwrap());
+        seen.insert(v, body["multipleBirthInteger"].as_u64().unwrap());
+        assert_eq!(seen[&v], v - 1, "version {v}");
+    }
+    eprintln!("lost-update check: counter {value}, {acked} acknowledged, {unknown} unknown outcomes, {final_version} versions");
+    c.converged(&c.ids(), 60);
+}
+
+#[test]
+fn lagging_node_catches_up_by_snapshot_and_a_fourth_node_joins() {
+    let mut c = TestCluster::start_with(3, |cfg| cfg.raft.log_keep_entries = 20);
+    let leader = c.leader();
+    let lagging = followers(&c, leader)[0];
+    c.kill9(lagging);
+    let http = client();
+    let n = 300;
+    for i in 0..n {
+        let (s, _) = put(&http, &c.url(leader, &format!("/Patient/s{i}")), &patient(&format!("s{i}"), &i.to_string())).unwrap();
+        assert_eq!(s, 201);
+    }
+    let ls = c.status(leader).unwrap();
+    assert!(ls["first_index"].as_u64().unwrap() > 2, "the leader compacted its log: {ls}");
+    let t = Instant::now();
+    c.restart(lagging);
+    c.converged(&c.ids(), 60);
+    eprintln!("snapshot catch-up: {n} resources in {} ms (restart to identical digest)", t.elapsed().as_millis());
+    let s = c.status(lagging).unwrap();
+    assert!(s["first_index"].as_u64().unwrap() > 2, "node {lagging} started from a snapshot, not the full log: {s}");
+    assert_eq!(json(http.get(c.url(lagging, "/Patient/s299")).send().unwrap())["name"][0]["text"], "299");
+
+    // A 4th node joins through the CLI: learner, catch-up, promotion.
+    let new = c.start_joining_node();
+    let cfg = c.configs[(new - 1) as usize].clone();
+    let out = std::process::Command::new(kiln_bin())
+        .args(["cluster", "add-node", "--cluster", &c.base(lagging), "--id", &new.to_string()])
+        .args(["--raft-addr", cfg.cluster.raft_listen.as_deref().unwrap(), "--http-url", &c.base(new), "--timeout-secs", "60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "add-node: {}", String::from_utf8_lossy(&out.stderr));
+    let ls = c.status(c.leader()).unwrap();
+    assert_eq!(ls["voters"].as_array().unwrap().len(), 4, "{ls}");
+    let r = eventually_get(&c.url(new, "/Patient/s150"));
+    assert_eq!(json(r)["name"][0]["text"], "150");
+    let (s, _) = put(&http, &c.url(new, "/Patient/from-4"), &patient("from-4", "4")).unwrap();
+    assert_eq!(s, 201, "the new member accepts writes");
+    c.converged(&c.ids(), 60);
+    // And leaves again.
+    let out = std::process::Command::new(kiln_bin()).args(["cluster", "remove-node", "--cluster", &c.base(1), "--id", &new.to_string()]).output().unwrap();
+    assert!(out.status.success(), "remove-node: {}", String::from_utf8_lossy(&out.stderr));
+    let ls = c.status(c.leader_among(&[1, 2, 3])).unwrap();
+    assert_eq!(ls["voters"].as_array().unwrap().len(), 3, "{ls}");
+}
+
+#[test]
+fn mutual_tls_between_nodes() {
+    let certs = tempfile::tempdir().unwrap();
+    let other_ca = tempfile::tempdir().unwrap();
+    for dir in [certs.path(), other_ca.path()] {
+        let out = std::process::Command::new(kiln_bin()).args(["cluster", "certs", "--nodes", "3", "--out"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (good, bad) = (certs.path().to_path_buf(), other_ca.path().to_path_buf());
+    let c = TestCluster::start_with(3, move |cfg| {
+        // Node 3 holds a certificate from another CA: the others must refuse it.
+        let dir = if cfg.node_id == 3 { &bad } else { &good };
+        cfg.cluster.tls = Some(kiln::config::TlsConfig {
+            cert: dir.join(format!("node{}.pem", cfg.node_id)),
+            key: dir.join(format!("node{}.key", cfg.node_id)),
+            ca: good.join("ca.pem"),
+        });
+    });
+    let leader = c.leader_among(&[1, 2]);
+    let http = client();
+    let (s, _) = put(&http, &c.url(leader, "/Patient/tls"), &patient("tls", "over mTLS")).unwrap();
+    assert_eq!(s, 201);
+    let other = if leader == 1 { 2 } else { 1 };
+    assert_eq!(eventually_get(&c.url(other, "/Patient/tls")).status(), 200, "replicated over TLS");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(http.get(c.url(3, "/Patient/tls")).send().unwrap().status(), 404, "a node with a foreign certificate gets nothing");
+    assert_eq!(c.status(3).unwrap()["leader_id"], 0);
+}
+
+#[test]
+fn cluster_up_starts_three_nodes_and_stops_them_on_sigterm() {
+    // Three consecutive free ports for HTTP (and three for Raft): find a free run.
+    let (base, raft) = loop {
+        let p = kiln_tests::free_ports(1)[0];
+        if p < 60000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", p + 100 + i)).is_ok()) {
+            break (p, p + 100);
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = std::process::Command::new(kiln_bin())
+        .args(["cluster", "up", "--base-port", &base.to_string(), "--raft-base-port", &raft.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up.stdout.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("Ctrl-C");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let text = seen.join("\n");
+    assert!(text.contains(&format!("node 3: http://127.0.0.1:{}", base + 2)) && text.contains("leader: node"), "{text}");
+    let http = client();
+    let (s, _) = put(&http, &format!("http://127.0.0.1:{}/Patient/up", base + 1), &patient("up", "x")).unwrap();
+    assert_eq!(s, 201);
+    assert_eq!(eventually_get(&format!("http://127.0.0.1:{}/Patient/up", base + 2)).status(), 200);
+    nix_kill(up.id());
+    let status = up.wait().unwrap();
+    assert!(status.success(), "cluster up exits cleanly on SIGTERM: {status}");
+    assert!(http.get(format!("http://127.0.0.1:{base}/_health")).send().is_err(), "the nodes are stopped");
+}
+
+fn nix_kill(pid: u32) {
+    let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+}
