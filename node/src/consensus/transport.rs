@@ -361,7 +361,7 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &Frame::Forward { origin: 2, req_id: 9, term: 1, data: vec![1, 2, 3] }).unwrap();
         let f = read_frame(&mut buf.as_slice(), 1 << 20).unwrap();
-        assert!(matches!(f, Frame::Forward { origin: 2, req_id: 9, ref data } if data == &[1, 2, 3]));
+        assert!(matches!(f, Frame::Forward { origin: 2, req_id: 9, term: 1, ref data } if data == &[1, 2, 3]));
         assert!(read_frame(&mut buf.as_slice(), 4).is_err());
     }
 
