@@ -272,6 +272,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_files_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 4, "single-node.toml and node1..3.toml");
+    }
+
+    #[test]
     fn cluster_section() {
         let text = "node_id = 2\n[cluster]\nraft_listen = \"127.0.0.1:9002\"\npeers = [\n{ id = 1, raft_addr = \"127.0.0.1:9001\" },\n{ id = 2, raft_addr = \"127.0.0.1:9002\" }]\n";
         let c: Config = toml::from_str(text).unwrap();
