@@ -561,8 +561,14 @@ impl Node {
             persisted = true;
         }
         if let Some(hs) = ready.hs() {
+            // Term and vote must be durable before any message that depends on them; a commit
+            // index alone need not be (it is recomputed, and start-up raises it to the applied
+            // index), so a commit-only change rides on the next fsync.
+            let before = self.raw.store().hard_state()?;
+            if before.term != hs.term || before.vote != hs.vote {
+                persisted = true;
+            }
             self.raw.store().set_hard_state(hs)?;
-            persisted = true;
         }
         if persisted {
             // One fsync for every write in this Ready.

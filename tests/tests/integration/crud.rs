@@ -289,3 +289,19 @@ fn concurrent_writes_to_one_resource_get_distinct_versions() {
     let hist = json(client().get(format!("{url}/_history?_count=100")).send().unwrap());
     assert_eq!(hist["entry"].as_array().unwrap().len(), 80);
 }
+
+#[test]
+fn linearizable_reads_on_one_node() {
+    let node = TestNode::start_with(FhirVersion::R4, |c| c.cluster.read_consistency = kiln::config::ReadConsistency::Linearizable);
+    let c = client();
+    assert_eq!(put(&c, &node.url("/Patient/lin"), &json!({"resourceType": "Patient", "id": "lin"})).status(), StatusCode::CREATED);
+    for consistency in [None, Some("local"), Some("linearizable")] {
+        let mut req = c.get(node.url("/Patient/lin"));
+        if let Some(v) = consistency {
+            req = req.header("Kiln-Consistency", v);
+        }
+        assert_eq!(req.send().unwrap().status(), StatusCode::OK, "{consistency:?}");
+    }
+    let resp = c.get(node.url("/Patient/lin/_history")).header("Kiln-Consistency", "eventual").send().unwrap();
+    assert_outcome(resp, 400, "Kiln-Consistency");
+}
