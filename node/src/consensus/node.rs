@@ -126,15 +126,34 @@ impl RaftHandle {
 pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
-    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some(state), &voters)?;
+    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some(state.clone()), &voters)?;
     // The state machine is authoritative: its conf state and applied index are written in the
     // same batch as the data, the log's copies may lag after a crash.
     if let Some(bytes) = sm.conf_state().map_err(storage_failure)? {
         let cs = ConfState::parse_from_bytes(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?;
         storage.set_conf_state(&cs)?;
     }
-    if sm.applied_index() > storage.last_index()? {
-        storage.reset_to(sm.applied_index(), sm.applied_term(), None)?;
+    let fresh = sm.applied_index() == 0 && storage.last_index()? == 0 && storage.first_index()? == 1;
+    if fresh && !voters.is_empty() {
+        // Bootstrap: members of the initial cluster start from the same snapshot point (index 1,
+        // term 1, the initial voters) instead of an empty log. The log then starts at 2, so a
+        // node added later always receives a snapshot (with the current membership) rather
+        // than replaying conf changes from an empty configuration.
+        let mut cs = ConfState::default();
+        cs.voters = voters.clone();
+        let bytes = cs.write_to_bytes().map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        let mut sm = StateMachine::open(state.clone()).map_err(storage_failure)?;
+        sm.apply_conf(1, 1, &bytes, None).map_err(storage_failure)?;
+        storage.reset_to(1, 1, Some(&cs))?;
+        db.flush()?;
+    }
+    let sm = if fresh { StateMachine::open(state.clone()).map_err(storage_failure)? } else { sm };
+    // The log must agree with the state machine at its applied index; if a crash fell between
+    // installing a snapshot's state and resetting the log, reset it now.
+    let applied = sm.applied_index();
+    let mismatch = matches!(storage.term(applied), Ok(t) if t != sm.applied_term());
+    if applied > 0 && (applied > storage.last_index()? || mismatch) {
+        storage.reset_to(applied, sm.applied_term(), None)?;
     }
     let mut hs = storage.hard_state()?;
     if hs.commit < sm.applied_index() {
@@ -184,6 +203,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle
         by_index: BTreeMap::new(),
         reads: HashMap::new(),
         checked_term: 0,
+        snapshot_index: 0,
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
@@ -236,6 +256,8 @@ struct Node {
     reads: HashMap<u64, ReadWaiter>,
     /// Highest applied term for which unmatched forwards were already failed.
     checked_term: u64,
+    /// Index of the last snapshot installed by this process.
+    snapshot_index: u64,
     write_timeout: Duration,
     tick: Duration,
     keep_entries: u64,
@@ -457,8 +479,8 @@ impl Node {
                     Stage::Queued { .. } => ConsensusError::NoLeaderTimeout(ms),
                     _ => ConsensusError::Timeout(ms),
                 };
-                if let Stage::Proposed { index, .. } = w.stage {
-                    self.by_index.remove(&index);
+                if let Stage::Proposed { index } = w.stage {
+                    self.forget_index(index, req);
                 }
                 let _ = w.reply.send(Err(err));
             }
@@ -500,9 +522,11 @@ impl Node {
                         w.stage = Stage::Proposed { index };
                         w.data = None;
                         if index <= self.sm.applied_index() {
-                            // Applied before the ack arrived and not recognised: it was replaced.
+                            // Applied before the ack arrived and not recognised: replaced by
+                            // another entry, or skipped over by a snapshot (outcome unknown).
+                            let err = if index <= self.snapshot_index { ConsensusError::OutcomeUnknown } else { ConsensusError::Dropped };
                             if let Some(w) = self.waiters.remove(&req_id) {
-                                let _ = w.reply.send(Err(ConsensusError::Dropped));
+                                let _ = w.reply.send(Err(err));
                             }
                         } else {
                             self.by_index.insert(index, req_id);
@@ -515,16 +539,22 @@ impl Node {
                 self.requeue(req_id);
             }
             Inbound::Frame { frame: Frame::Hello { .. }, .. } => {}
-            Inbound::Undelivered { to, frame: Frame::Raft(bytes) } => {
+            Inbound::Frame { frame: Frame::Snapshot(bytes), from } => self.on_peer(Inbound::Frame { from, frame: Frame::Raft(bytes) }),
+            Inbound::Undelivered { to, frame: Frame::Raft(_) } => self.raw.report_unreachable(to),
+            Inbound::Undelivered { to, frame: Frame::Snapshot(_) } => {
                 self.raw.report_unreachable(to);
-                if let Ok(msg) = Message::parse_from_bytes(&bytes) {
-                    if msg.get_msg_type() == MessageType::MsgSnapshot {
-                        self.raw.report_snapshot(to, SnapshotStatus::Failure);
-                    }
-                }
+                self.raw.report_snapshot(to, SnapshotStatus::Failure);
             }
+            Inbound::SnapshotSent { to } => self.raw.report_snapshot(to, SnapshotStatus::Finish),
             Inbound::Undelivered { frame: Frame::Forward { req_id, .. }, .. } => self.requeue(req_id),
             Inbound::Undelivered { .. } => {}
+        }
+    }
+
+    /// Drops `index → req` unless a later proposal took that index over.
+    fn forget_index(&mut self, index: u64, req: u64) {
+        if self.by_index.get(&index) == Some(&req) {
+            self.by_index.remove(&index);
         }
     }
 
@@ -532,7 +562,9 @@ impl Node {
         let Some(t) = &self.transport else { return };
         for msg in msgs {
             let to = msg.to;
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
             match msg.write_to_bytes() {
+                Ok(bytes) if snapshot => t.send(to, Frame::Snapshot(bytes)),
                 Ok(bytes) => t.send(to, Frame::Raft(bytes)),
                 Err(e) => tracing::error!("cannot encode a raft message: {e}"),
             }
@@ -590,11 +622,17 @@ impl Node {
     fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), ConsensusError> {
         let meta = snap.get_metadata();
         tracing::info!(index = meta.index, bytes = snap.data.len(), "installing a snapshot");
+        // State first and durable, then the log: a crash in between leaves the state machine
+        // ahead of the log, which start-up repairs.
         self.sm.restore(&snap.data).map_err(storage_failure)?;
+        self.db.flush()?;
         self.raw.store().reset_to(meta.index, meta.term, Some(meta.get_conf_state()))?;
         self.db.flush()?;
-        // Proposals whose entries the snapshot covers cannot learn their outcome.
-        let covered: Vec<u64> = self.by_index.range(..=meta.index).map(|(_, r)| *r).collect();
+        self.snapshot_index = meta.index;
+        // Proposals whose entries the snapshot may cover cannot learn their outcome: those with a
+        // known index at or below it, and every forward not yet acknowledged.
+        let mut covered: Vec<u64> = self.by_index.range(..=meta.index).map(|(_, r)| *r).collect();
+        covered.extend(self.waiters.iter().filter(|(_, w)| matches!(w.stage, Stage::Forwarded { .. })).map(|(k, _)| *k));
         self.by_index.retain(|i, _| *i > meta.index);
         for req in covered {
             if let Some(w) = self.waiters.remove(&req) {
@@ -623,9 +661,9 @@ impl Node {
                     Vec::new()
                 }
             };
-            if let Some(w) = mine.and_then(|req| self.waiters.remove(&req)) {
-                if let Stage::Proposed { index, .. } = w.stage {
-                    self.by_index.remove(&index);
+            if let Some((req, w)) = mine.and_then(|req| self.waiters.remove(&req).map(|w| (req, w))) {
+                if let Stage::Proposed { index } = w.stage {
+                    self.forget_index(index, req);
                 }
                 replies.push((w.reply, Ok(result)));
             }
@@ -673,19 +711,21 @@ impl Node {
         } else {
             ConfChangeV2::parse_from_bytes(&entry.data).map_err(decode_err)?
         };
-        let cs = match self.raw.apply_conf_change(&cc) {
-            Ok(cs) => cs,
+        let (cs, peer) = match self.raw.apply_conf_change(&cc) {
+            // Added members bring their addresses in the change's context.
+            Ok(cs) => (
+                cs,
+                cc.changes.first().map(|c| match c.get_change_type() {
+                    ConfChangeType::RemoveNode => (c.node_id, None),
+                    _ => (c.node_id, (!cc.context.is_empty()).then(|| cc.context.to_vec())),
+                }),
+            ),
             Err(e) => {
                 // An invalid change is ignored identically on every node.
                 tracing::warn!(index = entry.index, "membership change refused: {e}");
-                self.raw.store().conf_state()?
+                (self.raw.store().conf_state()?, None)
             }
         };
-        // Added members bring their addresses in the change's context.
-        let peer = cc.changes.first().map(|c| match c.get_change_type() {
-            ConfChangeType::RemoveNode => (c.node_id, None),
-            _ => (c.node_id, (!cc.context.is_empty()).then(|| cc.context.to_vec())),
-        });
         let cs_bytes = cs.write_to_bytes().map_err(|e| ConsensusError::Raft(e.to_string()))?;
         self.sm.apply_conf(entry.index, entry.term, &cs_bytes, peer).map_err(storage_failure)?;
         self.raw.store().set_conf_state(&cs)?;

@@ -142,7 +142,8 @@ impl SledStorage {
             batch.insert(CONF_STATE, cs.write_to_bytes().map_err(store_err)?);
         }
         let mut hs = self.hard_state()?;
-        hs.commit = hs.commit.max(index);
+        // Everything after `index` is dropped, so the commit index cannot stay above it.
+        hs.commit = index;
         hs.term = hs.term.max(term);
         batch.insert(HARD_STATE, hs.write_to_bytes().map_err(store_err)?);
         self.tree.apply_batch(batch).map_err(store_err)?;

@@ -74,20 +74,27 @@ impl TlsSetup {
         let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let conn = ClientConnection::new(self.client.clone(), name).map_err(std::io::Error::other)?;
-        let mut s = StreamOwned::new(conn, tcp);
-        while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock)?;
-        }
-        Ok(s)
+        handshake(StreamOwned::new(conn, tcp))
     }
 
     /// Server side of an accepted connection; the handshake completes here.
     pub fn accept(&self, tcp: TcpStream) -> std::io::Result<StreamOwned<ServerConnection, TcpStream>> {
         let conn = ServerConnection::new(self.server.clone()).map_err(std::io::Error::other)?;
-        let mut s = StreamOwned::new(conn, tcp);
-        while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock)?;
-        }
-        Ok(s)
+        handshake(StreamOwned::new(conn, tcp))
     }
+}
+
+/// Completes a handshake within 10 s (a peer that accepts and then says nothing must not block
+/// the connection's thread forever).
+fn handshake<C, S>(mut s: StreamOwned<C, TcpStream>) -> std::io::Result<StreamOwned<C, TcpStream>>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    s.sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    s.sock.set_read_timeout(None)?;
+    Ok(s)
 }

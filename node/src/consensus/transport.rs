@@ -36,6 +36,9 @@ pub enum Frame {
     Hello { from: u64 },
     /// A raft-rs `Message`, protobuf-encoded.
     Raft(Vec<u8>),
+    /// A raft-rs `MsgSnapshot`, protobuf-encoded: like `Raft`, but its sender hears whether it
+    /// was sent (Raft keeps the peer paused until it does).
+    Snapshot(Vec<u8>),
     /// A follower's write for the leader to propose, tagged with its origin. The leader proposes it
     /// only in `term` (the follower's view), so an accepted forward's entry has exactly that term.
     Forward { origin: u64, req_id: u64, term: u64, data: Vec<u8> },
@@ -52,6 +55,8 @@ pub enum Inbound {
     Frame { from: u64, frame: Frame },
     /// A frame could not be sent to `to`.
     Undelivered { to: u64, frame: Frame },
+    /// A `Snapshot` frame was written and flushed to `to`.
+    SnapshotSent { to: u64 },
 }
 
 /// Drops traffic to and from isolated peers (both directions), like a network partition.
@@ -150,7 +155,13 @@ impl Transport {
 
     /// Queues a frame for `to`. Undeliverable frames come back through `deliver`.
     pub fn send(&self, to: u64, frame: Frame) {
-        if to == self.me || self.faults.blocks(to) {
+        if to == self.me {
+            return;
+        }
+        if self.faults.blocks(to) {
+            if matches!(frame, Frame::Snapshot(_)) {
+                (self.deliver)(Inbound::Undelivered { to, frame });
+            }
             return;
         }
         let sender = {
@@ -214,7 +225,7 @@ impl Transport {
     }
 
     fn serve_connection(&self, stream: TcpStream) -> std::io::Result<()> {
-        stream.set_nodelay(true)?;
+        tune(&stream)?;
         let reader: Box<dyn Read + Send> = match &self.tls {
             Some(tls) => Box::new(tls.accept(stream)?),
             None => Box::new(stream),
@@ -235,6 +246,17 @@ impl Transport {
             (self.deliver)(Inbound::Frame { from, frame });
         }
     }
+}
+
+/// No Nagle delay; TCP keepalive so a vanished peer (power loss, partition) is noticed and its
+/// threads end instead of blocking forever.
+fn tune(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 fn invalid(msg: String) -> std::io::Error {
@@ -279,7 +301,7 @@ impl Link {
             .next()
             .ok_or_else(|| invalid(format!("{} resolves to no address", self.peer.raft_addr)))?;
         let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-        stream.set_nodelay(true)?;
+        tune(&stream)?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
         let stream: Box<dyn Write + Send> = match &self.tls {
             Some(tls) => Box::new(tls.connect(stream, &self.peer.raft_addr)?),
@@ -304,6 +326,9 @@ impl Link {
                 return;
             }
             if self.faults.blocks(self.peer.id) {
+                if matches!(frame, Frame::Snapshot(_)) {
+                    (self.deliver)(Inbound::Undelivered { to: self.peer.id, frame });
+                }
                 continue;
             }
             if conn.is_none() && std::time::Instant::now() >= retry_at {
@@ -337,6 +362,11 @@ impl Link {
                 None => w.flush().err().map(|e| (0, e)),
                 Some(f) => Some(f),
             };
+            if failed.is_none() {
+                for _ in batch.iter().filter(|f| matches!(f, Frame::Snapshot(_))) {
+                    (self.deliver)(Inbound::SnapshotSent { to: self.peer.id });
+                }
+            }
             if let Some((from, e)) = failed {
                 tracing::debug!(peer = self.peer.id, "connection lost: {e}");
                 conn = None;
@@ -344,7 +374,7 @@ impl Link {
                 // Some of these may have reached the peer. Raft messages are safe to report (the
                 // peer is marked unreachable, Raft resends); a forwarded write is NOT reported,
                 // since retrying one that did arrive would apply it twice: its proposer times out.
-                for f in batch.into_iter().skip(from).filter(|f| matches!(f, Frame::Raft(_))) {
+                for f in batch.into_iter().skip(from).filter(|f| matches!(f, Frame::Raft(_) | Frame::Snapshot(_))) {
                     (self.deliver)(Inbound::Undelivered { to: self.peer.id, frame: f });
                 }
             }

@@ -76,6 +76,9 @@ pub async fn add_node(st: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
     if add.id == 0 || !add.raft_addr.contains(':') {
         return Err(RequestError::BadParameter { name: "id/raft_addr".into(), reason: "need a non-zero id and a host:port raft_addr".into() }.into());
     }
+    if ty == ConfChangeType::AddLearnerNode && st.raft.status().voters.contains(&add.id) {
+        return Err(ConsensusError::Membership(format!("node {} is already a voter; a learner change would demote it", add.id)).into());
+    }
     let peer = PeerConfig { id: add.id, raft_addr: add.raft_addr, http_url: add.http_url };
     let context = serde_json::to_vec(&peer).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     st.raft.change_membership(single_change(peer.id, ty, context)).await?;
