@@ -8,6 +8,7 @@
 //!   also generates the CapabilityStatement.
 //! - [`actors`]: one actor per resource type: the write pipeline (validate, stamp, group commit).
 //! - [`consensus`]: raft-rs `RawNode` loop, its sled log storage, the peer transport (mTLS).
+//! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
@@ -22,6 +23,7 @@ pub mod error;
 pub mod fhir;
 pub mod http;
 pub mod launcher;
+pub mod search;
 pub mod store;
 
 use std::net::SocketAddr;
