@@ -73,9 +73,10 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
 }
 
 /// Parses a FHIR date / dateTime / instant of any precision into the half-open range
-/// `[low, high)` of microseconds it covers. Without a time zone, UTC is assumed.
-pub fn parse_fhir_datetime(s: &str) -> Option<(u64, u64)> {
-    let to_micros = |t: OffsetDateTime| -> Option<u64> { u64::try_from(t.unix_timestamp_nanos() / 1000).ok() };
+/// `[low, high)` of microseconds since 1970 it covers (negative before 1970). Without a time
+/// zone, UTC is assumed. A range that ends past year 9999 is open: `high = i64::MAX`.
+pub fn parse_fhir_range(s: &str) -> Option<(i64, i64)> {
+    let to_micros = |t: OffsetDateTime| -> Option<i64> { i64::try_from(t.unix_timestamp_nanos() / 1000).ok() };
     if let Some(tpos) = s.find('T') {
         let (date, rest) = s.split_at(tpos + 1);
         let (clock, zone) = match rest.find(['Z', '+', '-']) {
@@ -124,9 +125,15 @@ pub fn parse_fhir_datetime(s: &str) -> Option<(u64, u64)> {
     };
     let high = match end {
         Some(e) => to_micros(e)?,
-        None => u64::MAX,
+        None => i64::MAX,
     };
     Some((to_micros(start)?, high))
+}
+
+/// [`parse_fhir_range`] for times after 1970 (earlier ones clamp to 0), open end = `u64::MAX`.
+pub fn parse_fhir_datetime(s: &str) -> Option<(u64, u64)> {
+    let (lo, hi) = parse_fhir_range(s)?;
+    Some((lo.max(0) as u64, if hi == i64::MAX { u64::MAX } else { hi.max(0) as u64 }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,133 @@
+//! Exact decimals for number and quantity search: the digits of the JSON text, never a float
+//! (6.3 stays 6.3). Values are kept as a mantissa and a count of fraction digits, compared
+//! exactly, and encoded into index keys as order-preserving fixed-point numbers with 18
+//! fraction digits (values needing more are rounded toward negative infinity in the key only).
+
+use std::cmp::Ordering;
+
+/// `mantissa × 10^-scale`. Equality is numeric: 6.3 == 6.30.
+#[derive(Debug, Clone, Copy)]
+pub struct Decimal {
+    pub mantissa: i128,
+    pub scale: u32,
+}
+
+/// Fraction digits of the key encoding.
+pub const KEY_SCALE: u32 = 18;
+
+impl Decimal {
+    /// Parses `-12.340`, `1e3`, `6.3E-2`. `None` for anything else or out of range.
+    pub fn parse(s: &str) -> Option<Decimal> {
+        let s = s.trim();
+        let (num, exp) = match s.find(['e', 'E']) {
+            Some(i) => (&s[..i], s[i + 1..].parse::<i32>().ok()?),
+            None => (s, 0),
+        };
+        let (neg, digits) = match num.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, num.strip_prefix('+').unwrap_or(num)),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        if int.is_empty() && frac.is_empty() || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) || int.len() + frac.len() > 36 {
+            return None;
+        }
+        let mut mantissa: i128 = format!("{int}{frac}").parse().ok()?;
+        let mut scale = frac.len() as i32 - exp;
+        while scale < 0 {
+            mantissa = mantissa.checked_mul(10)?;
+            scale += 1;
+        }
+        if scale > 36 {
+            return None;
+        }
+        Some(Decimal { mantissa: if neg { -mantissa } else { mantissa }, scale: scale as u32 })
+    }
+
+    fn rescale(&self, scale: u32) -> Option<i128> {
+        if scale >= self.scale {
+            self.mantissa.checked_mul(10i128.checked_pow(scale - self.scale)?)
+        } else {
+            Some(self.mantissa.div_euclid(10i128.pow(self.scale - scale)))
+        }
+    }
+
+    /// The implicit range of a search value (search.html#number): ± half a unit of its last
+    /// digit. `100` → [99.5, 100.5), `1.50` → [1.495, 1.505).
+    pub fn implicit_range(&self) -> (Decimal, Decimal) {
+        let m = self.mantissa * 10;
+        (Decimal { mantissa: m - 5, scale: self.scale + 1 }, Decimal { mantissa: m + 5, scale: self.scale + 1 })
+    }
+
+    /// Order-preserving 16-byte key at [`KEY_SCALE`] (saturating outside the range).
+    pub fn key(&self) -> [u8; 16] {
+        let v = self.rescale(KEY_SCALE).unwrap_or(if self.mantissa < 0 { i128::MIN } else { i128::MAX });
+        ((v as u128) ^ (1u128 << 127)).to_be_bytes()
+    }
+
+    pub fn from_key(k: &[u8]) -> Option<Decimal> {
+        let v = (u128::from_be_bytes(k.try_into().ok()?) ^ (1u128 << 127)) as i128;
+        Some(Decimal { mantissa: v, scale: KEY_SCALE })
+    }
+}
+
+impl PartialEq for Decimal {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Decimal {}
+
+impl PartialOrd for Decimal {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Decimal {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let scale = self.scale.max(other.scale);
+        match (self.rescale(scale), other.rescale(scale)) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            _ => self.key().cmp(&other.key()),
+        }
+    }
+}
+
+impl std::fmt::Display for Decimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let neg = self.mantissa < 0;
+        let digits = self.mantissa.unsigned_abs().to_string();
+        let scale = self.scale as usize;
+        let padded = if digits.len() <= scale { format!("{}{digits}", "0".repeat(scale + 1 - digits.len())) } else { digits };
+        let (int, frac) = padded.split_at(padded.len() - scale);
+        write!(f, "{}{int}{}{frac}", if neg { "-" } else { "" }, if scale > 0 { "." } else { "" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    #[test]
+    fn exact_parse_compare_ranges_and_keys() {
+        assert_eq!(d("6.3").to_string(), "6.3");
+        assert_eq!((d("6.30").mantissa, d("6.30").scale), (630, 2));
+        assert_eq!(d("6.3").cmp(&d("6.30")), Ordering::Equal);
+        assert!(d("-0.5") < d("0.25") && d("1e2") == d("100") && d("1.5E-1").to_string() == "0.15");
+        let (lo, hi) = d("100").implicit_range();
+        assert_eq!((lo.to_string(), hi.to_string()), ("99.5".into(), "100.5".into()));
+        let (lo, hi) = d("1.50").implicit_range();
+        assert_eq!((lo.to_string(), hi.to_string()), ("1.495".into(), "1.505".into()));
+        let mut ks: Vec<[u8; 16]> = ["-3", "-0.001", "0", "6.29", "6.3", "1e20"].iter().map(|s| d(s).key()).collect();
+        let sorted = ks.clone();
+        ks.sort();
+        assert_eq!(ks, sorted, "keys sort like the numbers");
+        assert_eq!(Decimal::from_key(&d("6.3").key()).unwrap(), d("6.3"));
+        assert!(Decimal::parse("abc").is_none() && Decimal::parse("1.2.3").is_none());
+    }
+}
