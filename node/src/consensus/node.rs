@@ -123,7 +123,7 @@ impl RaftHandle {
 }
 
 /// Starts the Raft thread (and, with peers configured, the transport) over `db`.
-pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
+pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
     let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some(state.clone()), &voters)?;
@@ -142,12 +142,10 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine) -> Result<(RaftHandle
         let mut cs = ConfState::default();
         cs.voters = voters.clone();
         let bytes = cs.write_to_bytes().map_err(|e| ConsensusError::Storage(e.to_string()))?;
-        let mut sm = StateMachine::open(state.clone()).map_err(storage_failure)?;
         sm.apply_conf(1, 1, &bytes, None).map_err(storage_failure)?;
         storage.reset_to(1, 1, Some(&cs))?;
         db.flush()?;
     }
-    let sm = if fresh { StateMachine::open(state.clone()).map_err(storage_failure)? } else { sm };
     // The log must agree with the state machine at its applied index; if a crash fell between
     // installing a snapshot's state and resetting the log, reset it now.
     let applied = sm.applied_index();

@@ -12,6 +12,8 @@ use super::keys;
 use super::resources::{Current, VersionRecord};
 use super::StoreError;
 use crate::fhir::meta;
+use crate::search::index;
+use crate::search::params::Registry;
 
 /// Applies commands to the `state` tree.
 pub struct StateMachine {
@@ -19,6 +21,8 @@ pub struct StateMachine {
     applied_index: u64,
     applied_term: u64,
     last_ts: u64,
+    /// Search parameters whose index rows are written with every version (`None`: no index).
+    search: Option<Arc<Registry>>,
 }
 
 fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError> {
@@ -43,7 +47,13 @@ impl StateMachine {
     pub fn open(tree: sled::Tree) -> Result<StateMachine, StoreError> {
         let (applied_index, applied_term) = read_u64_pair(&tree, keys::META_APPLIED)?;
         let (last_ts, _) = read_u64_pair(&tree, keys::META_LAST_TS)?;
-        Ok(StateMachine { tree, applied_index, applied_term, last_ts })
+        Ok(StateMachine { tree, applied_index, applied_term, last_ts, search: None })
+    }
+
+    /// Maintains the embedded search index of `registry` in every apply batch.
+    pub fn with_search(mut self, registry: Arc<Registry>) -> StateMachine {
+        self.search = Some(registry);
+        self
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -106,7 +116,8 @@ impl StateMachine {
     /// Replaces the state by a snapshot's data and resumes from the index recorded in it.
     pub fn restore(&mut self, data: &[u8]) -> Result<(), StoreError> {
         super::snapshot::install(&self.tree, data)?;
-        let reopened = StateMachine::open(self.tree.clone())?;
+        let mut reopened = StateMachine::open(self.tree.clone())?;
+        reopened.search = self.search.take();
         *self = reopened;
         Ok(())
     }
@@ -118,13 +129,18 @@ impl StateMachine {
             Ok(Command::V1(CommandV1::Writes { ts_micros, ops })) => {
                 let mut batch = sled::Batch::default();
                 let mut overlay: HashMap<Vec<u8>, Current> = HashMap::new();
+                let mut index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
                 let mut ts = ts_micros.max(self.last_ts + 1);
                 let mut outcomes = Vec::with_capacity(ops.len());
                 for op in &ops {
                     // A failed read is a storage failure: fatal, never a per-write result that
                     // would let this node's state differ from the others'.
                     let cur = self.current(&keys::current(&op.rtype, &op.id), &overlay)?;
-                    let out = self.apply_write(op, cur, ts, &mut batch, &mut overlay);
+                    let mut rows = None;
+                    let out = self.apply_write(op, cur, ts, &mut batch, &mut overlay, &mut rows);
+                    if let Some(rows) = rows {
+                        self.replace_index_rows(op, rows, &mut batch, &mut index_overlay)?;
+                    }
                     if matches!(&out, Ok(a) if !a.noop) {
                         self.last_ts = ts;
                         ts += 1;
@@ -155,6 +171,38 @@ impl StateMachine {
         self.tree.get(key)?.map(|b| Current::decode(&b)).transpose()
     }
 
+    /// Swaps a resource's index rows for `rows` (empty after a delete) in the batch.
+    fn replace_index_rows(
+        &self,
+        op: &WriteOp,
+        rows: Vec<Vec<u8>>,
+        batch: &mut sled::Batch,
+        index_overlay: &mut HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let rkey = index::reverse_key(&op.rtype, &op.id);
+        let old = match index_overlay.get(&rkey) {
+            Some(rows) => rows.clone(),
+            None => match self.tree.get(&rkey)? {
+                Some(b) => index::decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {}/{}", op.rtype, op.id)))?,
+                None => Vec::new(),
+            },
+        };
+        // Later operations in a batch win, so removing all old rows first is enough.
+        for k in &old {
+            batch.remove(k.as_slice());
+        }
+        for k in &rows {
+            batch.insert(k.as_slice(), &[]);
+        }
+        if rows.is_empty() {
+            batch.remove(rkey.as_slice());
+        } else {
+            batch.insert(rkey.as_slice(), index::encode_list(&rows));
+        }
+        index_overlay.insert(rkey, rows);
+        Ok(())
+    }
+
     fn apply_write(
         &self,
         op: &WriteOp,
@@ -162,6 +210,7 @@ impl StateMachine {
         ts: u64,
         batch: &mut sled::Batch,
         overlay: &mut HashMap<Vec<u8>, Current>,
+        rows: &mut Option<Vec<Vec<u8>>>,
     ) -> OpOutcome {
         let (rtype, id) = (op.rtype.as_str(), op.id.as_str());
         let ckey = keys::current(rtype, id);
@@ -197,11 +246,17 @@ impl StateMachine {
                 let mut value: Value = serde_json::from_str(text)
                     .map_err(|e| StoreError::Corrupt(format!("body of {rtype}/{id} in command: {e}")))?;
                 meta::stamp(&mut value, version, ts);
+                if let Some(reg) = &self.search {
+                    *rows = Some(index::rows(reg, rtype, id, &value));
+                }
                 Some(serde_json::to_vec(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?)
             }
             (None, _) => return Err(StoreError::Corrupt(format!("write of {rtype}/{id} without a body"))),
         };
         let deleted = op.action == Action::Delete;
+        if deleted && self.search.is_some() {
+            *rows = Some(Vec::new());
+        }
         let now = Current { version, deleted, ts };
         batch.insert(ckey.clone(), &now.encode());
         overlay.insert(ckey, now);

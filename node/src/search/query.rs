@@ -1,0 +1,559 @@
+//! Parsing a search request into criteria and running them on the embedded index. Semantics
+//! are search.html's: repeated parameters AND, comma-separated values OR; prefixes
+//! `eq ne gt lt ge le sa eb ap` with the implicit range of the value's precision; modifiers
+//! `:missing`, `:exact`, `:contains` (string), `:text`, `:not` (token), `:[type]` (reference),
+//! `:below`, `:above` (uri). What is not implemented yet is refused with a 400 that says so.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::decimal::Decimal;
+use super::extract::normalize;
+use super::index::{i64_from_key, param_prefix, push_str, row_id};
+use super::params::{ParamType, Registry, SearchParam};
+use crate::fhir::meta::{now_micros, parse_fhir_range};
+use crate::store::{keys, Current, StoreError};
+
+/// Why a search request is refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SearchError {
+    #[error("unknown search parameter '{param}' for {rtype} (see GET /metadata for the supported ones)")]
+    UnknownParameter { rtype: String, param: String },
+    #[error("invalid value for search parameter '{param}': {reason}")]
+    BadValue { param: String, reason: String },
+    #[error("'{0}' is not supported by this server yet")]
+    NotSupported(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sled::Error> for SearchError {
+    fn from(e: sled::Error) -> Self {
+        SearchError::Store(e.into())
+    }
+}
+
+/// Result parameters: handled by the HTTP layer, not criteria.
+pub const CONTROL: &[&str] = &["_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_page"];
+
+/// Control parameters of the spec that are refused with "not supported yet".
+const NOT_YET: &[&str] = &["_include", "_revinclude", "_has", "_contained", "_containedType", "_list", "_query", "_filter", "_text", "_content"];
+
+/// Prefixes of ordered types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+fn split_prefix(v: &str) -> (Prefix, &str) {
+    let p = match v.get(..2) {
+        Some("eq") => Prefix::Eq,
+        Some("ne") => Prefix::Ne,
+        Some("gt") => Prefix::Gt,
+        Some("lt") => Prefix::Lt,
+        Some("ge") => Prefix::Ge,
+        Some("le") => Prefix::Le,
+        Some("sa") => Prefix::Sa,
+        Some("eb") => Prefix::Eb,
+        Some("ap") => Prefix::Ap,
+        _ => return (Prefix::Eq, v),
+    };
+    (p, &v[2..])
+}
+
+/// One parameter occurrence: its values are OR-ed.
+#[derive(Debug, Clone)]
+pub struct Criterion {
+    pub param: Arc<SearchParam>,
+    pub modifier: Option<String>,
+    pub values: Vec<String>,
+}
+
+/// A parsed search: criteria (AND-ed) and the parameters ignored under `handling=lenient`.
+#[derive(Debug, Default)]
+pub struct Query {
+    pub criteria: Vec<Criterion>,
+    pub ignored: Vec<(String, String)>,
+}
+
+/// Splits on unescaped commas (`\,` is a literal comma).
+fn split_or(v: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if matches!(chars.peek(), Some(',' | '$' | '|' | '\\')) => out.last_mut().expect("one").push(chars.next().expect("peeked")),
+            ',' => out.push(String::new()),
+            c => out.last_mut().expect("one").push(c),
+        }
+    }
+    out
+}
+
+/// Parses the criteria of a type-level search.
+pub fn parse(reg: &Registry, rtype: &str, params: &[(String, String)], lenient: bool) -> Result<Query, SearchError> {
+    let mut q = Query::default();
+    for (name, value) in params {
+        if CONTROL.contains(&name.as_str()) {
+            continue;
+        }
+        let (code, modifier) = match name.split_once(':') {
+            Some((c, m)) => (c, Some(m.to_string())),
+            None => (name.as_str(), None),
+        };
+        let refuse = |e: SearchError, q: &mut Query| -> Result<(), SearchError> {
+            if lenient {
+                q.ignored.push((name.clone(), e.to_string()));
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
+        if NOT_YET.contains(&code) || code.contains('.') {
+            let what = if code.contains('.') { format!("chained search ({name})") } else { code.to_string() };
+            refuse(SearchError::NotSupported(what), &mut q)?;
+            continue;
+        }
+        let Some(param) = reg.get(rtype, code) else {
+            refuse(SearchError::UnknownParameter { rtype: rtype.into(), param: name.clone() }, &mut q)?;
+            continue;
+        };
+        if param.expr.is_none() || matches!(param.def.kind, ParamType::Composite | ParamType::Special) {
+            refuse(SearchError::NotSupported(format!("search parameter {code} ({:?})", param.def.kind)), &mut q)?;
+            continue;
+        }
+        if let Some(m) = &modifier {
+            if let Err(e) = check_modifier(param, m) {
+                refuse(e, &mut q)?;
+                continue;
+            }
+        }
+        q.criteria.push(Criterion { param: param.clone(), modifier, values: split_or(value) });
+    }
+    Ok(q)
+}
+
+fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
+    let ok = match (p.def.kind, m) {
+        (_, "missing") => true,
+        (ParamType::String, "exact" | "contains") => true,
+        (ParamType::Token, "text" | "not") => true,
+        (ParamType::Uri, "below" | "above") => true,
+        (ParamType::Reference, t) => t.starts_with(|c: char| c.is_ascii_uppercase()),
+        (_, "in" | "not-in" | "above" | "below" | "of-type" | "identifier" | "iterate") => {
+            return Err(SearchError::NotSupported(format!(":{m} on {} (a terminology server or identifier index is needed)", p.def.code)))
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(SearchError::BadValue { param: format!("{}:{m}", p.def.code), reason: format!("modifier :{m} does not apply to a {:?} parameter", p.def.kind) })
+    }
+}
+
+/// Runs queries against the `state` tree.
+pub struct Executor<'a> {
+    pub tree: &'a sled::Tree,
+    pub rtype: &'a str,
+}
+
+type Ids = BTreeSet<String>;
+
+impl Executor<'_> {
+    /// Every current, non-deleted resource of the type.
+    pub fn all(&self) -> Result<Ids, SearchError> {
+        let mut prefix = vec![keys::CURRENT];
+        prefix.extend_from_slice(self.rtype.as_bytes());
+        prefix.push(0);
+        let mut out = Ids::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if !Current::decode(&v)?.deleted {
+                out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan(&self, prefix: &[u8], out: &mut Ids) -> Result<(), SearchError> {
+        for k in self.tree.scan_prefix(prefix).keys() {
+            if let Some(id) = row_id(&k?) {
+                out.insert(id.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of one kind with the key part after `prefix` handed to `keep`.
+    fn scan_filter(&self, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut Ids) -> Result<(), SearchError> {
+        for k in self.tree.scan_prefix(prefix).keys() {
+            let k = k?;
+            if keep(&k[prefix.len()..]) {
+                if let Some(id) = row_id(&k) {
+                    out.insert(id.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids matching every criterion.
+    pub fn run(&self, q: &Query) -> Result<Ids, SearchError> {
+        let mut result: Option<Ids> = None;
+        for c in &q.criteria {
+            let ids = self.criterion(c)?;
+            result = Some(match result {
+                None => ids,
+                Some(r) => r.intersection(&ids).cloned().collect(),
+            });
+            if result.as_ref().is_some_and(|r| r.is_empty()) {
+                break;
+            }
+        }
+        match result {
+            Some(r) => Ok(r),
+            None => self.all(),
+        }
+    }
+
+    fn criterion(&self, c: &Criterion) -> Result<Ids, SearchError> {
+        let code = c.param.def.code.as_str();
+        let p = |kind: u8| param_prefix(self.rtype, code, kind);
+        let bad = |reason: String| SearchError::BadValue { param: code.to_string(), reason };
+        if c.modifier.as_deref() == Some("missing") {
+            let mut present = Ids::new();
+            self.scan(&p(b'p'), &mut present)?;
+            return match c.values.as_slice() {
+                [v] if v == "true" => Ok(self.all()?.difference(&present).cloned().collect()),
+                [v] if v == "false" => Ok(present),
+                _ => Err(bad(":missing takes true or false".into())),
+            };
+        }
+        if c.modifier.as_deref() == Some("not") {
+            let plain = Criterion { modifier: None, ..c.clone() };
+            let hits = self.criterion(&plain)?;
+            return Ok(self.all()?.difference(&hits).cloned().collect());
+        }
+        let mut out = Ids::new();
+        for v in &c.values {
+            if v.is_empty() {
+                return Err(bad("empty value".into()));
+            }
+            match c.param.def.kind {
+                ParamType::Token => self.token(c, v, &mut out)?,
+                ParamType::String => self.string(c, v, &mut out)?,
+                ParamType::Date => self.date(c, v, &mut out)?,
+                ParamType::Number => self.number(code, v, b'#', &[], &mut out)?,
+                ParamType::Quantity => self.quantity(code, v, &mut out)?,
+                ParamType::Reference => self.reference(c, v, &mut out)?,
+                ParamType::Uri => self.uri(c, v, &mut out)?,
+                ParamType::Composite | ParamType::Special => return Err(SearchError::NotSupported(code.into())),
+            }
+        }
+        Ok(out)
+    }
+
+    fn token(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        if c.modifier.as_deref() == Some("text") {
+            let mut k = param_prefix(self.rtype, code, b'x');
+            k.extend_from_slice(&escaped(&normalize(v)));
+            return self.scan(&k, out);
+        }
+        let mut k;
+        match v.split_once('|') {
+            None => {
+                k = param_prefix(self.rtype, code, b'a');
+                push_str(&mut k, v);
+            }
+            Some(("", c2)) => {
+                k = param_prefix(self.rtype, code, b'n');
+                push_str(&mut k, c2);
+            }
+            Some((s, "")) => {
+                k = param_prefix(self.rtype, code, b's');
+                push_str(&mut k, s);
+            }
+            Some((s, c2)) => {
+                k = param_prefix(self.rtype, code, b's');
+                push_str(&mut k, s);
+                push_str(&mut k, c2);
+            }
+        }
+        self.scan(&k, out)
+    }
+
+    fn string(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        match c.modifier.as_deref() {
+            Some("exact") => {
+                let mut k = param_prefix(self.rtype, code, b'e');
+                push_str(&mut k, v);
+                self.scan(&k, out)
+            }
+            Some("contains") => {
+                let needle = escaped(&normalize(v));
+                self.scan_filter(&param_prefix(self.rtype, code, b'l'), |rest| rest.windows(needle.len()).any(|w| w == needle.as_slice()), out)
+            }
+            _ => {
+                let mut k = param_prefix(self.rtype, code, b'l');
+                k.extend_from_slice(&escaped(&normalize(v)));
+                self.scan(&k, out)
+            }
+        }
+    }
+
+    fn date(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        let (prefix, text) = split_prefix(v);
+        let (lo, hi) = parse_fhir_range(text)
+            .ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a FHIR date, dateTime or instant") })?;
+        let (alo, ahi) = if prefix == Prefix::Ap {
+            // Approximately: the value widened by 10% of its distance from now (at least a day).
+            let now = now_micros() as i64;
+            let w = ((now - lo).abs() / 10).max(86_400_000_000);
+            (lo.saturating_sub(w), hi.saturating_add(w))
+        } else {
+            (lo, hi)
+        };
+        let keep = move |tlo: i64, thi: i64| -> bool {
+            let eq = tlo >= lo && thi <= hi;
+            match prefix {
+                Prefix::Eq => eq,
+                Prefix::Ne => !eq,
+                Prefix::Gt => thi > hi,
+                Prefix::Lt => tlo < lo,
+                Prefix::Ge => thi > hi || eq,
+                Prefix::Le => tlo < lo || eq,
+                Prefix::Sa => tlo >= hi,
+                Prefix::Eb => thi <= lo,
+                Prefix::Ap => tlo < ahi && thi > alo,
+            }
+        };
+        let prefix_d = param_prefix(self.rtype, code, b'd');
+        self.scan_filter(
+            &prefix_d,
+            |rest| match (i64_from_key(rest), rest.get(8..).and_then(i64_from_key)) {
+                (Some(tlo), Some(thi)) => keep(tlo, thi),
+                _ => false,
+            },
+            out,
+        )?;
+        Ok(())
+    }
+
+    /// Number semantics for number and quantity rows under `prefix + parts`.
+    fn number(&self, code: &str, v: &str, kind: u8, parts: &[&str], out: &mut Ids) -> Result<(), SearchError> {
+        let (prefix, text) = split_prefix(v);
+        let d = Decimal::parse(text).ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number") })?;
+        let (lo, hi) = d.implicit_range();
+        let tenth = Decimal { mantissa: (d.mantissa / 10).abs(), scale: d.scale };
+        let keep = move |t: Decimal| -> bool {
+            match prefix {
+                Prefix::Eq => t >= lo && t < hi,
+                Prefix::Ne => !(t >= lo && t < hi),
+                Prefix::Gt | Prefix::Sa => t > d,
+                Prefix::Lt | Prefix::Eb => t < d,
+                Prefix::Ge => t >= d,
+                Prefix::Le => t <= d,
+                Prefix::Ap => {
+                    let a = Decimal { mantissa: d.mantissa - tenth.mantissa, scale: d.scale };
+                    let b = Decimal { mantissa: d.mantissa + tenth.mantissa, scale: d.scale };
+                    t >= a && t <= b
+                }
+            }
+        };
+        let mut k = param_prefix(self.rtype, code, kind);
+        for s in parts {
+            push_str(&mut k, s);
+        }
+        self.scan_filter(&k, |rest| rest.get(..16).and_then(Decimal::from_key).is_some_and(keep), out)
+    }
+
+    fn quantity(&self, code: &str, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let parts: Vec<&str> = v.splitn(3, '|').collect();
+        match parts.as_slice() {
+            [n] => self.number(code, n, b'q', &[], out),
+            [n, "", unit] => self.number(code, n, b'c', &[unit], out),
+            [n, system, unit] => self.number(code, n, b'Q', &[system, unit], out),
+            _ => Err(SearchError::BadValue { param: code.into(), reason: "use number, number||code or number|system|code".into() }),
+        }
+    }
+
+    fn reference(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        let type_modifier = c.modifier.as_deref().filter(|m| m.starts_with(|ch: char| ch.is_ascii_uppercase()));
+        let segs: Vec<&str> = v.trim_end_matches('/').split('/').collect();
+        let n = segs.len();
+        let mut k;
+        if let Some(t) = type_modifier {
+            k = param_prefix(self.rtype, code, b'r');
+            push_str(&mut k, t);
+            push_str(&mut k, v);
+        } else if n == 1 && !v.contains(':') {
+            k = param_prefix(self.rtype, code, b'i');
+            push_str(&mut k, v);
+        } else if n >= 2 && segs[n - 2].starts_with(|ch: char| ch.is_ascii_uppercase()) && !segs[n - 1].is_empty() {
+            // `Type/id`, or a full URL ending in it: matched by type and id, as well as literally.
+            k = param_prefix(self.rtype, code, b'r');
+            push_str(&mut k, segs[n - 2]);
+            push_str(&mut k, segs[n - 1]);
+            let mut lit = param_prefix(self.rtype, code, b'R');
+            push_str(&mut lit, v);
+            self.scan(&lit, out)?;
+        } else {
+            k = param_prefix(self.rtype, code, b'R');
+            push_str(&mut k, v);
+        }
+        self.scan(&k, out)
+    }
+
+    fn uri(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        match c.modifier.as_deref() {
+            Some("below") => {
+                let mut k = param_prefix(self.rtype, code, b'u');
+                k.extend_from_slice(&escaped(v));
+                self.scan(&k, out)
+            }
+            Some("above") => {
+                // Every stored uri that is a prefix of the value at a path boundary.
+                let mut cut = v.len();
+                loop {
+                    let mut k = param_prefix(self.rtype, code, b'u');
+                    push_str(&mut k, &v[..cut]);
+                    self.scan(&k, out)?;
+                    match v[..cut].rfind('/') {
+                        Some(i) if i > 0 && !v[..i].ends_with('/') => cut = i,
+                        _ => return Ok(()),
+                    }
+                }
+            }
+            _ => {
+                let mut k = param_prefix(self.rtype, code, b'u');
+                push_str(&mut k, v);
+                self.scan(&k, out)
+            }
+        }
+    }
+}
+
+/// `s` escaped like [`push_str`] but without the terminator (a prefix to scan).
+fn escaped(s: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    push_str(&mut k, s);
+    k.pop();
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::FhirVersion;
+    use crate::store::command::{Action, Command, CommandV1, WriteOp};
+    use crate::store::StateMachine;
+    use serde_json::json;
+
+    fn setup(resources: &[serde_json::Value]) -> (tempfile::TempDir, sled::Tree, Arc<Registry>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("state").unwrap();
+        let reg = Arc::new(Registry::load(FhirVersion::R4));
+        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        let ops = resources
+            .iter()
+            .map(|r| WriteOp {
+                action: Action::Update,
+                rtype: r["resourceType"].as_str().unwrap().into(),
+                id: r["id"].as_str().unwrap().into(),
+                body: Some(r.to_string()),
+                if_match: None,
+                allow_create: true,
+            })
+            .collect();
+        sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1_000, ops }).encode()).unwrap();
+        (dir, tree, reg)
+    }
+
+    fn search(tree: &sled::Tree, reg: &Registry, rtype: &str, qs: &str) -> Result<Vec<String>, SearchError> {
+        let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).unwrap();
+        let q = parse(reg, rtype, &params, false)?;
+        Ok(Executor { tree, rtype }.run(&q)?.into_iter().collect())
+    }
+
+    #[test]
+    fn table_of_parameter_types() {
+        let pats = [
+            json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Chalmérs", "given": ["Peter"]}], "birthDate": "1974-12-25", "gender": "male", "active": true}),
+            json!({"resourceType": "Patient", "id": "b", "name": [{"family": "Chalmers-Smith"}], "birthDate": "1974-12", "gender": "female"}),
+            json!({"resourceType": "Patient", "id": "c", "name": [{"family": "Windsor"}], "birthDate": "2001-05-06T10:00:00Z",
+                "identifier": [{"system": "urn:oid:1.2", "value": "12345"}]}),
+            json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "15074-8"}], "text": "Glucose"},
+                "subject": {"reference": "Patient/a"}, "valueQuantity": {"value": 6.3, "system": "http://unitsofmeasure.org", "code": "mmol/L"}}),
+            json!({"resourceType": "Observation", "id": "o2", "status": "intent-free", "code": {"coding": [{"system": "http://snomed.info/sct", "code": "15074-8"}]},
+                "subject": {"reference": "Patient/b"}, "valueQuantity": {"value": 100, "unit": "mg"}}),
+        ];
+        let (_d, tree, reg) = setup(&pats);
+        let s = |rt: &str, qs: &str| search(&tree, &reg, rt, qs).unwrap();
+        // string: starts-with, case and accent insensitive; :exact; :contains
+        assert_eq!(s("Patient", "family=chalmers"), ["a", "b"]);
+        assert_eq!(s("Patient", "family:exact=Chalmers-Smith"), ["b"]);
+        assert!(s("Patient", "family:exact=chalmers-smith").is_empty());
+        assert_eq!(s("Patient", "family:contains=SMITH"), ["b"]);
+        assert_eq!(s("Patient", "name=pet"), ["a"]);
+        // token: code, system|code, |code, :not, booleans, identifiers
+        assert_eq!(s("Observation", "code=15074-8"), ["o1", "o2"]);
+        assert_eq!(s("Observation", "code=http://loinc.org|15074-8"), ["o1"]);
+        assert!(s("Observation", "code=|15074-8").is_empty());
+        assert_eq!(s("Observation", "code:text=gluc"), ["o1"]);
+        assert_eq!(s("Patient", "gender:not=male"), ["b", "c"]);
+        assert_eq!(s("Patient", "active=true"), ["a"]);
+        assert_eq!(s("Patient", "identifier=urn:oid:1.2|12345"), ["c"]);
+        assert!(s("Observation", "status=intent").is_empty(), "tokens never match by prefix");
+        // date: precision ranges and prefixes
+        assert_eq!(s("Patient", "birthdate=1974"), ["a", "b"]);
+        assert_eq!(s("Patient", "birthdate=1974-12-25"), ["a"]);
+        assert!(s("Patient", "birthdate=1974-12-25").len() == 1, "a month does not fit in a day");
+        assert_eq!(s("Patient", "birthdate=gt1990"), ["c"]);
+        assert_eq!(s("Patient", "birthdate=lt1974-12-25"), ["b"]);
+        // 1974-12 overlaps both the range above and the range below the day: it matches both.
+        assert_eq!(s("Patient", "birthdate=ge1974-12-25&birthdate=le1974-12-25"), ["a", "b"]);
+        assert_eq!(s("Patient", "birthdate=ge1974-12-25&birthdate=le1974-12-25&birthdate=eq1974-12-25"), ["a"]);
+        assert_eq!(s("Patient", "birthdate=sa1975"), ["c"]);
+        assert_eq!(s("Patient", "birthdate=eb1975"), ["a", "b"]);
+        assert_eq!(s("Patient", "birthdate=ne1974"), ["c"]);
+        // quantity / number: implicit precision, exact decimals, units
+        assert_eq!(s("Observation", "value-quantity=6.3"), ["o1"]);
+        assert_eq!(s("Observation", "value-quantity=6.3|http://unitsofmeasure.org|mmol/L"), ["o1"]);
+        assert_eq!(s("Observation", "value-quantity=100||mg"), ["o2"]);
+        assert_eq!(s("Observation", "value-quantity=gt6.29"), ["o1", "o2"]);
+        assert!(s("Observation", "value-quantity=6.31").is_empty());
+        assert_eq!(s("Observation", "value-quantity=6.30"), ["o1"]);
+        // reference: Type/id, id, :Type, full URL
+        assert_eq!(s("Observation", "subject=Patient/a"), ["o1"]);
+        assert_eq!(s("Observation", "subject=b"), ["o2"]);
+        assert_eq!(s("Observation", "subject:Patient=a"), ["o1"]);
+        assert_eq!(s("Observation", "patient=http://example.org/fhir/Patient/a"), ["o1"]);
+        // OR, AND, :missing, _id
+        assert_eq!(s("Patient", "family=windsor,smith"), ["c"]);
+        assert_eq!(s("Patient", "family=windsor,chal&gender=female"), ["b"]);
+        assert_eq!(s("Patient", "active:missing=true"), ["b", "c"]);
+        assert_eq!(s("Patient", "_id=a,c"), ["a", "c"]);
+        assert_eq!(s("Patient", ""), ["a", "b", "c"]);
+        // refusals
+        assert!(matches!(search(&tree, &reg, "Patient", "nonsense=1"), Err(SearchError::UnknownParameter { .. })));
+        assert!(matches!(search(&tree, &reg, "Patient", "birthdate=yesterday"), Err(SearchError::BadValue { .. })));
+        assert!(matches!(search(&tree, &reg, "Observation", "code:in=http://vs"), Err(SearchError::NotSupported(_))));
+        assert!(matches!(search(&tree, &reg, "Observation", "subject.name=x"), Err(SearchError::NotSupported(_))));
+        assert!(matches!(search(&tree, &reg, "Patient", "family:below=x"), Err(SearchError::NotSupported(_)) | Err(SearchError::BadValue { .. })));
+    }
+}
