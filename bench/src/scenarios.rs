@@ -15,6 +15,8 @@ pub enum Needs {
     Crud,
     History,
     Search,
+    SearchInclude,
+    SearchChain,
     Transaction,
 }
 
@@ -27,6 +29,8 @@ pub const ALL: [&str; 18] = [
 
 pub fn needs(name: &str) -> Needs {
     match name {
+        "search-include" => Needs::SearchInclude,
+        "search-chained" => Needs::SearchChain,
         n if n.starts_with("search-") => Needs::Search,
         n if n.starts_with("transaction-") => Needs::Transaction,
         n if n.starts_with("history-") => Needs::History,
@@ -39,6 +43,10 @@ pub fn needs(name: &str) -> Needs {
 pub struct Features {
     pub history: bool,
     pub search: bool,
+    /// `_include` (the Observation entry lists `searchInclude`).
+    pub include: bool,
+    /// Chained parameters (no CapabilityStatement element says so: probed with one request).
+    pub chain: bool,
     pub transaction: bool,
 }
 
@@ -51,9 +59,21 @@ impl Features {
         };
         let patient = rest["resource"].as_array().into_iter().flatten().find(|r| r["type"] == "Patient").cloned().unwrap_or_default();
         let type_codes = codes(&patient);
+        let search = type_codes.iter().any(|c| c == "search-type");
+        let observation = rest["resource"].as_array().into_iter().flatten().find(|r| r["type"] == "Observation").cloned().unwrap_or_default();
+        let include = observation["searchInclude"].as_array().is_some_and(|a| !a.is_empty());
+        let chain = search
+            && t.client
+                .get(format!("{}/Observation?subject:Patient.family=probe&_count=1", t.base))
+                .header("accept", "application/fhir+json")
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
         Ok(Features {
             history: type_codes.iter().any(|c| c == "history-instance"),
-            search: type_codes.iter().any(|c| c == "search-type"),
+            search,
+            include,
+            chain,
             transaction: codes(rest).iter().any(|c| c == "transaction"),
         })
     }
@@ -64,9 +84,13 @@ impl Features {
             Needs::Crud => return None,
             Needs::History if self.history => return None,
             Needs::Search if self.search => return None,
+            Needs::SearchInclude if self.search && self.include => return None,
+            Needs::SearchChain if self.search && self.chain => return None,
             Needs::Transaction if self.transaction => return None,
             Needs::History => "history",
             Needs::Search => "search (search-type)",
+            Needs::SearchInclude => "_include (searchInclude on Observation)",
+            Needs::SearchChain => "chained search (probe /Observation?subject:Patient.family=... did not answer 200)",
             Needs::Transaction => "transaction bundles",
         };
         Some(format!("skipped: the server's CapabilityStatement does not claim {missing}"))

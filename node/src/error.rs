@@ -12,6 +12,7 @@ use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
 use crate::fhir::{FhirError, FhirVersion};
 use crate::http::RequestError;
+use crate::search::query::SearchError;
 use crate::store::StoreError;
 
 /// Any error that ends a request.
@@ -29,6 +30,8 @@ pub enum ApiError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
 }
 
 /// `(HTTP status, FHIR issue code)` of an error: the table.
@@ -61,6 +64,12 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             WriteError::Mailbox(_) => (503, "transient"),
         },
         ApiError::Config(_) => (500, "exception"),
+        ApiError::Search(e) => match e {
+            SearchError::UnknownParameter { .. } => (400, "not-supported"),
+            SearchError::BadValue { .. } => (400, "value"),
+            SearchError::NotSupported(_) => (400, "not-supported"),
+            SearchError::Store(s) => classify_store(s),
+        },
     }
 }
 

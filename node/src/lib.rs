@@ -133,6 +133,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     store,
                     registry: registry.clone(),
                     raft: thread_raft,
+                    search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                 });
                 let server = HttpServer::new(move || {

@@ -4,10 +4,9 @@
 //! unless `_summary`, `_elements` or `_pretty` asks for changes.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Serialize;
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::bundle::{embed, link, relation, Bundle, Entry};
 use super::crud::type_and_id;
 use super::negotiate::Ctx;
 use super::{AppState, RequestError};
@@ -87,65 +86,22 @@ fn follows_delete(st: &AppState, rtype: &str, id: &str, version: u64) -> Result<
     }
 }
 
-fn link(ctx: &Ctx, path: &str, page: Option<String>) -> String {
-    let mut params: Vec<(&str, &str)> =
-        ctx.params.iter().filter(|(k, _)| k != "_page").map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    if let Some(p) = &page {
-        params.push(("_page", p));
-    }
-    let qs = serde_urlencoded::to_string(&params).unwrap_or_default();
-    if qs.is_empty() { format!("{}{path}", ctx.base) } else { format!("{}{path}?{qs}", ctx.base) }
-}
-
 fn respond(req: &HttpRequest, st: &AppState, scope: HistoryScope, path: String) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(req, st)?;
     let q = query(&ctx, st)?;
     let page = st.store.history(&scope, &q)?;
-    let bundle = bundle(&ctx, st, &path, &page)?;
-    let body = if ctx.pretty { serde_json::to_vec_pretty(&bundle) } else { serde_json::to_vec(&bundle) }
-        .map_err(|e| StoreError::Corrupt(format!("history bundle: {e}")))?;
+    let body = bundle(&ctx, st, &path, &page)?.to_bytes(&ctx)?;
     Ok(ctx.respond(HttpResponse::Ok(), body))
 }
 
-/// A resource inside an entry: the stored bytes as they are (no parse) unless the request wants
-/// them changed (`_summary`, `_elements`, `_pretty`).
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Resource<'a> {
-    Raw(&'a RawValue),
-    Parsed(Value),
-}
-
-#[derive(Serialize)]
-struct Entry<'a> {
-    #[serde(rename = "fullUrl")]
-    full_url: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<Resource<'a>>,
-    request: Value,
-    response: Value,
-}
-
-#[derive(Serialize)]
-struct Bundle<'a> {
-    #[serde(rename = "resourceType")]
-    resource_type: &'static str,
-    id: String,
-    meta: Value,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    link: Vec<Value>,
-    entry: Vec<Entry<'a>>,
-}
-
 fn bundle<'a>(ctx: &Ctx, st: &AppState, path: &str, page: &'a HistoryPage) -> Result<Bundle<'a>, ApiError> {
-    let self_url = link(ctx, path, ctx.param("_page").map(str::to_string));
-    let mut links = vec![json!({"relation": "self", "url": self_url}), json!({"relation": "first", "url": link(ctx, path, None)})];
+    let link = |page: Option<String>| link(ctx, path, &ctx.params, page);
+    let mut links = vec![relation("self", link(ctx.param("_page").map(str::to_string))), relation("first", link(None))];
     if let Some(k) = &page.newer {
-        links.push(json!({"relation": "previous", "url": link(ctx, path, Some(format!("n{}", hex::encode(k))))}));
+        links.push(relation("previous", link(Some(format!("n{}", hex::encode(k))))));
     }
     if let Some(k) = &page.older {
-        links.push(json!({"relation": "next", "url": link(ctx, path, Some(format!("o{}", hex::encode(k))))}));
+        links.push(relation("next", link(Some(format!("o{}", hex::encode(k))))));
     }
     let mut entries = Vec::with_capacity(page.entries.len());
     for e in &page.entries {
@@ -158,35 +114,18 @@ fn bundle<'a>(ctx: &Ctx, st: &AppState, path: &str, page: &'a HistoryPage) -> Re
             Action::Update | Action::Patch => (rec.action.method(), format!("{rtype}/{id}"), "200 OK"),
             Action::Delete => ("DELETE", format!("{rtype}/{id}"), "204 No Content"),
         };
-        let resource = if rec.is_delete() {
-            None
-        } else {
-            let corrupt = |err: serde_json::Error| StoreError::Corrupt(format!("stored body of {rtype}/{id}: {err}"));
-            Some(if ctx.subset.is_empty() && !ctx.pretty {
-                Resource::Raw(serde_json::from_slice(rec.body()).map_err(corrupt)?)
-            } else {
-                let mut v: Value = serde_json::from_slice(rec.body()).map_err(corrupt)?;
-                st.defs.subset(&mut v, &ctx.subset);
-                Resource::Parsed(v)
-            })
-        };
+        let resource = if rec.is_delete() { None } else { Some(embed(ctx, st, rec.body(), &format!("{rtype}/{id}"))?) };
         entries.push(Entry {
-            full_url: format!("{}/{rtype}/{id}", ctx.base),
+            full_url: Some(format!("{}/{rtype}/{id}", ctx.base)),
             resource,
-            request: json!({"method": method, "url": url}),
-            response: json!({
+            search: None,
+            request: Some(json!({"method": method, "url": url})),
+            response: Some(json!({
                 "status": status,
                 "etag": format!("W/\"{version}\""),
                 "lastModified": meta::format_instant(rec.ts)
-            }),
+            })),
         });
     }
-    Ok(Bundle {
-        resource_type: "Bundle",
-        id: uuid::Uuid::new_v4().to_string(),
-        meta: json!({"lastUpdated": meta::format_instant(meta::now_micros())}),
-        kind: "history",
-        link: links,
-        entry: entries,
-    })
+    Ok(Bundle::new("history", None, links, entries))
 }

@@ -8,6 +8,7 @@ use super::negotiate::Ctx;
 use super::{AppState, Level, INTERACTIONS};
 use crate::error::ApiError;
 use crate::fhir::FhirVersion;
+use crate::search::params::ParamType;
 
 pub async fn capability_statement(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
@@ -16,7 +17,33 @@ pub async fn capability_statement(req: HttpRequest, st: web::Data<AppState>) -> 
 }
 
 fn codes(level: Level) -> Vec<Value> {
-    INTERACTIONS.iter().filter(|i| i.level == level && !i.code.starts_with("history-system")).map(|i| json!({"code": i.code})).collect()
+    let mut seen = Vec::new();
+    for i in INTERACTIONS.iter().filter(|i| i.level == level && !i.code.starts_with("history-system")) {
+        let c = json!({"code": i.code});
+        if !seen.contains(&c) {
+            seen.push(c);
+        }
+    }
+    seen
+}
+
+/// The search parameters Kiln indexes for `rtype`, with their definitions.
+fn search_params(st: &AppState, rtype: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = st
+        .search
+        .for_type(rtype)
+        .filter(|p| p.expr.is_some() && !matches!(p.def.kind, ParamType::Composite | ParamType::Special))
+        .map(|p| {
+            json!({
+                "name": p.def.code,
+                "definition": p.def.url,
+                "type": format!("{:?}", p.def.kind).to_lowercase(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out.dedup_by(|a, b| a["name"] == b["name"]);
+    out
 }
 
 pub fn build(st: &AppState, base: &str) -> Value {
@@ -36,7 +63,8 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "conditionalCreate": false,
                 "conditionalRead": "full-support",
                 "conditionalUpdate": false,
-                "conditionalDelete": "not-supported"
+                "conditionalDelete": "not-supported",
+                "searchParam": search_params(st, t)
             })
         })
         .collect();
@@ -58,7 +86,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged.",
+            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Search: every official parameter except composite and special ones; modifiers :missing, :exact, :contains (string), :text, :not (token), :[type] (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), :of-type, :identifier, chaining, _has, _include, _revinclude, _sort on other than _id and _lastUpdated, composite parameters, _text, _content.",
             "resource": resources,
             "interaction": system
         }]

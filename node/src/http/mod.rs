@@ -1,13 +1,16 @@
 //! The FHIR REST API over actix-web. [`INTERACTIONS`] is the one table of what is served: the router
 //! registers exactly these routes and `/metadata` describes exactly these interactions. One file per
-//! interaction family: [`crud`], [`patch`], [`history`], [`metadata`], [`admin`].
+//! interaction family: [`crud`], [`patch`], [`history`], [`search`], [`metadata`], [`admin`];
+//! [`bundle`] holds what history and search bundles share.
 
 pub mod admin;
+pub mod bundle;
 pub mod crud;
 pub mod history;
 pub mod metadata;
 pub mod negotiate;
 pub mod patch;
+pub mod search;
 
 use std::sync::Arc;
 
@@ -61,6 +64,8 @@ pub struct AppState {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub raft: RaftHandle,
+    /// The search parameters of this node's FHIR version.
+    pub search: Arc<crate::search::params::Registry>,
     /// When this node started (CapabilityStatement.date).
     pub started: String,
 }
@@ -86,7 +91,9 @@ pub struct Interaction {
 pub const INTERACTIONS: &[Interaction] = &[
     Interaction { code: "history-system", level: Level::System, method: "GET", path: "/_history" },
     Interaction { code: "history-type", level: Level::Type, method: "GET", path: "/{type}/_history" },
+    Interaction { code: "search-type", level: Level::Type, method: "POST", path: "/{type}/_search" },
     Interaction { code: "create", level: Level::Type, method: "POST", path: "/{type}" },
+    Interaction { code: "search-type", level: Level::Type, method: "GET", path: "/{type}" },
     Interaction { code: "vread", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history/{vid}" },
     Interaction { code: "history-instance", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history" },
     Interaction { code: "read", level: Level::Instance, method: "GET", path: "/{type}/{id}" },
@@ -112,6 +119,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "history-type" => route.to(history::type_level),
             "history-instance" => route.to(history::instance),
             "create" => route.to(crud::create),
+            "search-type" if i.method == "GET" => route.to(search::get),
+            "search-type" => route.to(search::post),
             "read" => {
                 cfg.route(i.path, web::head().to(crud::read));
                 route.to(crud::read)
@@ -135,10 +144,6 @@ async fn fallback(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     let not_impl = |what: &str| Err(RequestError::NotImplemented(what.to_string()).into());
     match (method, segments.as_slice()) {
         ("POST", []) => not_impl("batch/transaction bundles (POST /)"),
-        ("GET" | "POST", [t]) | ("POST", [t, "_search"]) if !t.starts_with('$') && !t.starts_with('_') => {
-            st.defs.resource_type(t)?;
-            not_impl(&format!("search on {t}"))
-        }
         ("GET", []) => not_impl("system-level search"),
         ("PUT" | "DELETE" | "PATCH", [t]) => {
             st.defs.resource_type(t)?;

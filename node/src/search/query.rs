@@ -117,8 +117,8 @@ pub fn parse(reg: &Registry, rtype: &str, params: &[(String, String)], lenient: 
                 Err(e)
             }
         };
-        if NOT_YET.contains(&code) || code.contains('.') {
-            let what = if code.contains('.') { format!("chained search ({name})") } else { code.to_string() };
+        if NOT_YET.contains(&code) || name.contains('.') {
+            let what = if name.contains('.') { format!("chained search ({name})") } else { code.to_string() };
             refuse(SearchError::NotSupported(what), &mut q)?;
             continue;
         }
@@ -554,6 +554,7 @@ mod tests {
         assert!(matches!(search(&tree, &reg, "Patient", "birthdate=yesterday"), Err(SearchError::BadValue { .. })));
         assert!(matches!(search(&tree, &reg, "Observation", "code:in=http://vs"), Err(SearchError::NotSupported(_))));
         assert!(matches!(search(&tree, &reg, "Observation", "subject.name=x"), Err(SearchError::NotSupported(_))));
+        assert!(matches!(search(&tree, &reg, "Observation", "subject:Patient.name=x"), Err(SearchError::NotSupported(_))));
         assert!(matches!(search(&tree, &reg, "Patient", "family:below=x"), Err(SearchError::NotSupported(_)) | Err(SearchError::BadValue { .. })));
     }
 }

@@ -134,6 +134,11 @@ impl Store {
         Store { tree }
     }
 
+    /// The state tree (for the search executor, which reads index rows).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
     /// Digest of the whole replicated state at one applied index: (applied index, sha256, pairs).
     /// Retries while writes move the applied index during hashing.
     pub fn digest(&self) -> Result<(u64, String, u64), StoreError> {

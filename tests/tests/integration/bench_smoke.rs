@@ -34,11 +34,12 @@ fn bench_suite_smoke() {
         assert!(row.p50_ms > 0.0 && row.p99_ms >= row.p50_ms);
     }
     let ran: Vec<&str> = report.rows.iter().map(|r| r.scenario.as_str()).collect();
-    for s in ["read", "vread", "create", "update-if-match", "history-instance", "history-type", "history-system", "mixed-crud", "delete"] {
+    for s in ["read", "vread", "create", "update-if-match", "history-instance", "history-type", "history-system", "mixed-crud", "delete",
+        "search-token", "search-string", "search-date", "search-reference", "search-count"] {
         assert!(ran.contains(&s), "{s} did not run");
     }
     let skipped: Vec<&str> = report.skipped.iter().map(|(s, _)| s.as_str()).collect();
-    assert!(skipped.contains(&"search-token") && skipped.contains(&"transaction-100"), "{skipped:?}");
+    assert!(skipped.contains(&"search-include") && skipped.contains(&"search-chained") && skipped.contains(&"transaction-100"), "{skipped:?}");
     report.write(out.path()).unwrap();
     let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(md.contains("## read") && md.contains("## Skipped"));

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 fn entries(b: &Value) -> Vec<(String, String)> {
     b["entry"]
         .as_array()
-        .unwrap()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
         .map(|e| (e["request"]["method"].as_str().unwrap().to_string(), e["response"]["etag"].as_str().unwrap().to_string()))
         .collect()

@@ -1,0 +1,170 @@
+//! Type-level search: `GET /{type}?…` and `POST /{type}/_search` (form body merged with the URL
+//! parameters). Results are sorted by `_sort` (`_id`, `_lastUpdated`, either descending with `-`;
+//! default `_id`) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
+//! page does not shift when resources are added or removed elsewhere in the result, and the links
+//! do not expire. `_count` (0 allowed), `_total` (none / estimate / accurate), `_summary`,
+//! `_elements`; unknown or unsupported parameters are a 400, or with `Prefer: handling=lenient`
+//! ignored and reported in an OperationOutcome entry.
+
+use std::collections::BTreeSet;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::bundle::{embed, link, relation, Bundle, Entry};
+use super::negotiate::{self, Ctx};
+use super::{AppState, RequestError};
+use crate::error::{operation_outcome, ApiError};
+use crate::fhir::SummaryMode;
+use crate::search::query::{self, Executor, SearchError};
+use crate::store::StoreError;
+
+pub async fn get(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let rtype = st.defs.resource_type(&path)?;
+    negotiate::read_barrier(&req, &st).await?;
+    let params = ctx.params.clone();
+    respond(&ctx, &st, rtype, params).await
+}
+
+pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let rtype = st.defs.resource_type(&path)?;
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !body.is_empty() && !ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
+        return Err(RequestError::UnsupportedMediaType(format!(
+            "POST {rtype}/_search takes application/x-www-form-urlencoded parameters, not '{ct}'"
+        ))
+        .into());
+    }
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| RequestError::BadParameter { name: "form body".into(), reason: e.to_string() })?;
+    negotiate::read_barrier(&req, &st).await?;
+    let mut params = ctx.params.clone();
+    params.extend(form);
+    respond(&ctx, &st, rtype, params).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SortKey {
+    Id,
+    LastUpdated,
+}
+
+fn bad(name: &str, reason: impl Into<String>) -> ApiError {
+    RequestError::BadParameter { name: name.into(), reason: reason.into() }.into()
+}
+
+/// The sort key of a result: `_lastUpdated` as 20 digits, then the id.
+fn sort_key(st: &AppState, rtype: &str, id: &str, key: SortKey) -> Result<String, ApiError> {
+    Ok(match key {
+        SortKey::Id => id.to_string(),
+        SortKey::LastUpdated => {
+            let ts = st.store.current(rtype, id)?.map(|c| c.ts).unwrap_or(0);
+            format!("{ts:020}\u{1}{id}")
+        }
+    })
+}
+
+async fn respond(ctx: &Ctx, st: &AppState, rtype: &'static str, params: Vec<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let (key, descending) = match param("_sort") {
+        None | Some("_id") => (SortKey::Id, false),
+        Some("-_id") => (SortKey::Id, true),
+        Some("_lastUpdated") => (SortKey::LastUpdated, false),
+        Some("-_lastUpdated") => (SortKey::LastUpdated, true),
+        Some(other) => return Err(SearchError::NotSupported(format!("_sort={other} (supported: _id, _lastUpdated, with - for descending)")).into()),
+    };
+    let count = match param("_count") {
+        None => st.cfg.limits.default_page_size,
+        Some(c) => c.parse::<usize>().map_err(|_| bad("_count", format!("'{c}' is not a non-negative integer")))?.min(st.cfg.limits.max_page_size),
+    };
+    let total_mode = match param("_total") {
+        None | Some("accurate") | Some("estimate") => true,
+        Some("none") => false,
+        Some(other) => return Err(bad("_total", format!("'{other}' is not none, estimate or accurate"))),
+    };
+    let q = query::parse(&st.search, rtype, &params, ctx.lenient)?;
+    let ignored = q.ignored.clone();
+    let tree = st.store.tree().clone();
+    let ids: BTreeSet<String> = web::block(move || Executor { tree: &tree, rtype }.run(&q))
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??;
+    let total = ids.len();
+    let path = format!("/{rtype}");
+    let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
+    if ctx.subset.summary == Some(SummaryMode::Count) {
+        let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
+        return Ok(ctx.respond(HttpResponse::Ok(), body));
+    }
+    // Order by the sort key; page from the cursor.
+    let mut keyed: Vec<(String, String)> = Vec::with_capacity(ids.len());
+    for id in ids {
+        keyed.push((sort_key(st, rtype, &id, key)?, id));
+    }
+    keyed.sort();
+    if descending {
+        keyed.reverse();
+    }
+    let after = |k: &str, edge: &str| if descending { k < edge } else { k > edge };
+    let (start, end) = match param("_page") {
+        None => (0, count.min(keyed.len())),
+        Some(p) => {
+            let (dir, edge) = p.split_at(p.find(':').ok_or_else(|| bad("_page", "use the links of the search bundle"))?);
+            let edge = String::from_utf8(hex::decode(&edge[1..]).map_err(|_| bad("_page", "use the links of the search bundle"))?)
+                .map_err(|_| bad("_page", "use the links of the search bundle"))?;
+            match dir {
+                "n" => {
+                    let s = keyed.iter().position(|(k, _)| after(k, &edge)).unwrap_or(keyed.len());
+                    (s, (s + count).min(keyed.len()))
+                }
+                "p" => {
+                    let e = keyed.iter().position(|(k, _)| !after(&edge, k) ).unwrap_or(keyed.len());
+                    (e.saturating_sub(count), e)
+                }
+                _ => return Err(bad("_page", "use the links of the search bundle")),
+            }
+        }
+    };
+    links.push(relation("first", link(ctx, &path, &params, None)));
+    if start > 0 {
+        links.push(relation("previous", link(ctx, &path, &params, Some(format!("p:{}", hex::encode(&keyed[start].0))))));
+    }
+    if end < keyed.len() && count > 0 {
+        links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", hex::encode(&keyed[end - 1].0))))));
+    }
+    let mut bodies = Vec::with_capacity(end - start);
+    for (_, id) in &keyed[start..end] {
+        match st.store.read(rtype, id) {
+            Ok((_, rec)) => bodies.push((id.clone(), rec)),
+            // Deleted between the index scan and this read: not part of the page.
+            Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut entries = Vec::with_capacity(bodies.len() + 1);
+    for (id, rec) in &bodies {
+        entries.push(Entry {
+            full_url: Some(format!("{}/{rtype}/{id}", ctx.base)),
+            resource: Some(embed(ctx, st, rec.body(), &format!("{rtype}/{id}"))?),
+            search: Some(json!({"mode": "match"})),
+            request: None,
+            response: None,
+        });
+    }
+    let outcome;
+    if !ignored.is_empty() {
+        let text = ignored.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; ");
+        outcome = serde_json::to_vec(&operation_outcome("warning", "not-supported", &format!("ignored parameters (Prefer: handling=lenient): {text}")))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        entries.push(Entry {
+            full_url: None,
+            resource: Some(embed(ctx, st, &outcome, "OperationOutcome")?),
+            search: Some(json!({"mode": "outcome"})),
+            request: None,
+            response: None,
+        });
+    }
+    let body = Bundle::new("searchset", total_mode.then_some(total), links, entries).to_bytes(ctx)?;
+    Ok(ctx.respond(HttpResponse::Ok(), body))
+}
