@@ -7,3 +7,4 @@ mod crud;
 mod examples;
 mod history;
 mod negotiation;
+mod search;

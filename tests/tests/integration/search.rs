@@ -1,0 +1,111 @@
+//! Search over HTTP: paging that holds under concurrent writes, POST _search, lenient handling,
+//! _summary=count, _elements, _sort, and a search on a cluster follower right after a write.
+
+use kiln_tests::{client, json, put, TestCluster, TestNode};
+use serde_json::{json, Value};
+
+fn ids(b: &Value) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn link(b: &Value, rel: &str) -> Option<String> {
+    b["link"].as_array()?.iter().find(|l| l["relation"] == rel).map(|l| l["url"].as_str().unwrap().to_string())
+}
+
+fn obs(id: &str, code: &str, value: f64) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": value, "unit": "mg"}})
+}
+
+#[test]
+fn searchset_paging_holds_under_concurrent_writes() {
+    let node = TestNode::start();
+    let c = client();
+    for i in 0..7 {
+        assert_eq!(put(&c, &node.url(&format!("/Observation/o{i}")), &obs(&format!("o{i}"), "1234-5", i as f64)).unwrap().0, 201);
+    }
+    put(&c, &node.url("/Observation/other"), &obs("other", "9999-9", 1.0)).unwrap();
+    let first = json(c.get(node.url("/Observation?code=http://loinc.org|1234-5&_count=3")).send().unwrap());
+    assert_eq!(first["type"], "searchset");
+    assert_eq!(first["total"], 7);
+    assert_eq!(ids(&first), ["o0", "o1", "o2"]);
+    // A resource added before the cursor, and one deleted after it, do not shift the next page.
+    put(&c, &node.url("/Observation/o00"), &obs("o00", "1234-5", 0.5)).unwrap();
+    c.delete(node.url("/Observation/o4")).send().unwrap();
+    let second = json(c.get(link(&first, "next").unwrap()).send().unwrap());
+    assert_eq!(ids(&second), ["o3", "o5", "o6"]);
+    assert!(link(&second, "next").is_none());
+    let back = json(c.get(link(&second, "previous").unwrap()).send().unwrap());
+    // The page before o3, now that o00 exists: the three ids that precede it.
+    assert_eq!(ids(&back), ["o00", "o1", "o2"]);
+    // Descending sort, count only, zero count.
+    let desc = json(c.get(node.url("/Observation?code=1234-5&_sort=-_id&_count=2")).send().unwrap());
+    assert_eq!(ids(&desc), ["o6", "o5"]);
+    let count = json(c.get(node.url("/Observation?code=1234-5&_summary=count")).send().unwrap());
+    assert_eq!((count["total"].as_u64(), count.get("entry").is_none()), (Some(7), true));
+    let zero = json(c.get(node.url("/Observation?code=1234-5&_count=0")).send().unwrap());
+    assert_eq!((zero["total"].as_u64(), ids(&zero).len()), (Some(7), 0));
+    let none = json(c.get(node.url("/Observation?code=1234-5&_total=none&_count=1")).send().unwrap());
+    assert!(none.get("total").is_none());
+}
+
+#[test]
+fn post_search_lenient_handling_and_elements() {
+    let node = TestNode::start();
+    let c = client();
+    put(&c, &node.url("/Patient/a"), &json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Müller"}], "gender": "female", "birthDate": "1980-01-01"})).unwrap();
+    put(&c, &node.url("/Patient/b"), &json!({"resourceType": "Patient", "id": "b", "name": [{"family": "Miller"}], "gender": "male"})).unwrap();
+    let r = c
+        .post(node.url("/Patient/_search?gender=female"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("family=muller")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(ids(&json(r)), ["a"]);
+    let strict = c.get(node.url("/Patient?family=m&shoe-size=42")).send().unwrap();
+    assert_eq!(strict.status(), 400);
+    assert!(json(strict)["issue"][0]["diagnostics"].as_str().unwrap().contains("shoe-size"));
+    let lenient = json(c.get(node.url("/Patient?family=m&shoe-size=42")).header("prefer", "handling=lenient").send().unwrap());
+    assert_eq!(ids(&lenient), ["a", "b"]);
+    let outcome = lenient["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("outcome entry");
+    assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("shoe-size"));
+    let elements = json(c.get(node.url("/Patient?_id=a&_elements=gender")).send().unwrap());
+    let res = &elements["entry"][0]["resource"];
+    assert_eq!(res["gender"], "female");
+    assert!(res.get("name").is_none());
+    assert!(res["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
+    let bad = c.get(node.url("/Patient?birthdate=gt1980-13")).send().unwrap();
+    assert_eq!(bad.status(), 400);
+    let form = c.post(node.url("/Patient/_search")).header("content-type", "application/fhir+json").body("{}").send().unwrap();
+    assert_eq!(form.status(), 415);
+}
+
+#[test]
+fn a_follower_finds_a_write_it_acknowledged() {
+    let c = TestCluster::start(3);
+    let leader = c.leader();
+    let follower = c.running().into_iter().find(|i| *i != leader).unwrap();
+    let http = client();
+    for n in [follower, leader] {
+        let id = format!("s{n}");
+        let body = json!({"resourceType": "Patient", "id": id, "identifier": [{"system": "urn:test", "value": id}]});
+        assert_eq!(put(&http, &c.url(n, &format!("/Patient/{id}")), &body).unwrap().0, 201);
+        // The index is written in the same batch as the resource: no delay, on the same node.
+        let found = json(http.get(c.url(n, &format!("/Patient?identifier=urn:test|{id}"))).send().unwrap());
+        assert_eq!(ids(&found), [id]);
+    }
+    c.converged(&c.ids(), 20);
+    for n in c.ids() {
+        let all = json(http.get(c.url(n, "/Patient?identifier=urn:test|")).send().unwrap());
+        assert_eq!(all["total"], 2, "node {n}");
+    }
+}
