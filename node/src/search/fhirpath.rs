@@ -363,8 +363,9 @@ pub fn compile(src: &str) -> Result<Expr, FhirPathError> {
     Ok(e)
 }
 
-/// One value in an evaluation result.
-#[derive(Debug, Clone, PartialEq)]
+/// One value in an evaluation result. Two nodes are the same item when they are the same node
+/// of the resource (identity, not a deep comparison: unions stay cheap on large resources).
+#[derive(Debug, Clone)]
 pub enum Item<'a> {
     /// A JSON node, with its FHIR type when the path told it (choice suffix, `as`).
     Node { value: &'a Value, ty: Option<String> },
@@ -373,6 +374,17 @@ pub enum Item<'a> {
     Num(String),
     /// The target of a reference, known only by its type (`resolve()`).
     Resolved(String),
+}
+
+impl PartialEq for Item<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Item::Node { value: a, ty: ta }, Item::Node { value: b, ty: tb }) => std::ptr::eq(*a, *b) && ta == tb,
+            (Item::Bool(a), Item::Bool(b)) => a == b,
+            (Item::Str(a), Item::Str(b)) | (Item::Num(a), Item::Num(b)) | (Item::Resolved(a), Item::Resolved(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 fn lower_first(s: &str) -> String {

@@ -400,8 +400,12 @@ impl Executor<'_> {
             push_str(&mut k, t);
             push_str(&mut k, v);
         } else if n == 1 && !v.contains(':') {
+            // A bare id (any target type), or a literal such as `#contained` / a relative canonical.
             k = param_prefix(self.rtype, code, b'i');
             push_str(&mut k, v);
+            let mut lit = param_prefix(self.rtype, code, b'R');
+            push_str(&mut lit, v);
+            self.scan(&lit, out)?;
         } else if n >= 2 && segs[n - 2].starts_with(|ch: char| ch.is_ascii_uppercase()) && !segs[n - 1].is_empty() {
             // `Type/id`, or a full URL ending in it: matched by type and id, as well as literally.
             k = param_prefix(self.rtype, code, b'r');

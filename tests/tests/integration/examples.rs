@@ -11,14 +11,14 @@ use kiln::fhir::FhirVersion;
 use kiln_tests::{client, fhir_packages, without_server_meta, TestNode};
 use serde_json::Value;
 
-struct Example {
-    file: String,
-    rtype: String,
-    id: String,
-    body: Value,
+pub struct Example {
+    pub file: String,
+    pub rtype: String,
+    pub id: String,
+    pub body: Value,
 }
 
-fn load(dir: &Path) -> Vec<Example> {
+pub fn load(dir: &Path) -> Vec<Example> {
     let mut by_key: BTreeMap<(String, String), Example> = BTreeMap::new();
     let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();

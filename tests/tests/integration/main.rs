@@ -8,3 +8,4 @@ mod examples;
 mod history;
 mod negotiation;
 mod search;
+mod search_examples;
