@@ -9,11 +9,11 @@
 //!
 //! String parts are escaped (`\0` → `\1\1`, `\1` → `\1\2`, order kept) and end with `\0`;
 //! numbers and dates are fixed-width order-preserving binaries. The id is what follows the last
-//! `\0`. Kinds: `a` token code (any system) · `s` token system, code · `n` token code without
-//! system · `x` token text · `e` exact string · `l` normalized string · `d` date low, high ·
-//! `D` date high, low · `#` number · `q` quantity value · `c` quantity code-or-unit, value ·
-//! `Q` quantity system, code, value · `r` reference type, id · `i` reference id · `R` literal
-//! reference · `u` uri · `p` presence (the parameter has a value: `:missing`).
+//! `\0`. Kinds (one row per value, to keep writes cheap): `t` token code, system (empty when
+//! none) · `x` token text · `l` normalized string, with the exact strings as the row's value ·
+//! `d` date low, high · `#` number · `q` quantity value · `c` quantity code-or-unit, value ·
+//! `Q` quantity system, code, value · `r` reference type, id · `R` literal reference · `u` uri.
+//! Rows have empty values except `l`.
 
 use serde_json::Value;
 
@@ -46,13 +46,26 @@ pub fn i64_from_key(b: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(b.get(..8)?.try_into().ok()?) ^ (1 << 63)) as i64)
 }
 
-/// `x` type `\0` code `\0` kind: the prefix of every row of one parameter kind.
-pub fn param_prefix(rtype: &str, code: &str, kind: u8) -> Vec<u8> {
+/// `x` type `\0` code `\0`: the prefix of every row of one parameter.
+pub fn param_rows(rtype: &str, code: &str) -> Vec<u8> {
     let mut k = vec![ROW];
     push_str(&mut k, rtype);
     push_str(&mut k, code);
+    k
+}
+
+/// `x` type `\0` code `\0` kind: the prefix of every row of one parameter kind.
+pub fn param_prefix(rtype: &str, code: &str, kind: u8) -> Vec<u8> {
+    let mut k = param_rows(rtype, code);
     k.push(kind);
     k
+}
+
+/// One index row: key, and value (the exact strings of an `l` row, else empty).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
 }
 
 pub fn reverse_key(rtype: &str, id: &str) -> Vec<u8> {
@@ -74,8 +87,8 @@ fn finish(mut k: Vec<u8>, id: &str) -> Vec<u8> {
     k
 }
 
-/// The row keys (without the id) of one value.
-fn value_keys(rtype: &str, code: &str, v: &IndexValue) -> Vec<Vec<u8>> {
+/// The row keys (without the id) of one value, with the row value.
+fn value_keys(rtype: &str, code: &str, v: &IndexValue) -> Vec<(Vec<u8>, Option<String>)> {
     let p = |kind: u8| param_prefix(rtype, code, kind);
     let with = |kind: u8, parts: &[&str]| {
         let mut k = p(kind);
@@ -94,51 +107,45 @@ fn value_keys(rtype: &str, code: &str, v: &IndexValue) -> Vec<Vec<u8>> {
         k
     };
     match v {
-        IndexValue::Token { system, code: c } => {
-            let mut out = vec![with(b'a', &[c])];
-            match system {
-                Some(s) => out.push(with(b's', &[s, c])),
-                None => out.push(with(b'n', &[c])),
-            }
-            out
-        }
-        IndexValue::TokenText(t) => vec![with(b'x', &[t])],
-        IndexValue::String { exact, normalized } => vec![with(b'e', &[exact]), with(b'l', &[normalized])],
+        IndexValue::Token { system, code: c } => vec![(with(b't', &[c, system.as_deref().unwrap_or("")]), None)],
+        IndexValue::TokenText(t) => vec![(with(b'x', &[t]), None)],
+        IndexValue::String { exact, normalized } => vec![(with(b'l', &[normalized]), Some(exact.clone()))],
         IndexValue::Date { low, high } => {
             let mut d = p(b'd');
             d.extend_from_slice(&i64_key(*low));
             d.extend_from_slice(&i64_key(*high));
-            let mut dd = p(b'D');
-            dd.extend_from_slice(&i64_key(*high));
-            dd.extend_from_slice(&i64_key(*low));
-            vec![d, dd]
+            vec![(d, None)]
         }
-        IndexValue::Number(d) => vec![num(b'#', &[], d)],
+        IndexValue::Number(d) => vec![(num(b'#', &[], d), None)],
         IndexValue::Quantity { value, system, code: c, unit } => {
-            let mut out = vec![num(b'q', &[], value)];
+            let mut out = vec![(num(b'q', &[], value), None)];
             for cu in [c, unit].into_iter().flatten() {
-                out.push(num(b'c', &[cu], value));
+                out.push((num(b'c', &[cu], value), None));
             }
             if let Some(c) = c {
-                out.push(num(b'Q', &[system.as_deref().unwrap_or(""), c], value));
+                out.push((num(b'Q', &[system.as_deref().unwrap_or(""), c], value), None));
             }
             out
         }
         IndexValue::Reference { rtype: t, id, literal } => {
-            let mut out = vec![with(b'R', &[literal])];
+            let mut out = vec![(with(b'R', &[literal]), None)];
             if let (Some(t), Some(id)) = (t, id) {
-                out.push(with(b'r', &[t, id]));
-                out.push(with(b'i', &[id]));
+                out.push((with(b'r', &[t, id]), None));
             }
             out
         }
-        IndexValue::Uri(u) => vec![with(b'u', &[u])],
+        IndexValue::Uri(u) => vec![(with(b'u', &[u]), None)],
     }
 }
 
-/// Every index row of a resource, sorted and without duplicates.
-pub fn rows(reg: &Registry, rtype: &str, id: &str, resource: &Value) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
+/// Exact strings stored in an `l` row's value, `\0`-separated.
+pub fn exact_strings(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == 0)
+}
+
+/// Every index row of a resource, sorted by key, one row per key.
+pub fn rows(reg: &Registry, rtype: &str, id: &str, resource: &Value) -> Vec<Row> {
+    let mut out: std::collections::BTreeMap<Vec<u8>, Vec<String>> = std::collections::BTreeMap::new();
     for param in reg.for_type(rtype) {
         let Some(expr) = &param.expr else { continue };
         if matches!(param.def.kind, ParamType::Composite | ParamType::Special) {
@@ -148,16 +155,18 @@ pub fn rows(reg: &Registry, rtype: &str, id: &str, resource: &Value) -> Vec<Vec<
         if values.is_empty() {
             continue;
         }
-        out.push(finish(param_prefix(rtype, &param.def.code, b'p'), id));
         for v in &values {
-            for k in value_keys(rtype, &param.def.code, v) {
-                out.push(finish(k, id));
+            for (k, exact) in value_keys(rtype, &param.def.code, v) {
+                let strings = out.entry(finish(k, id)).or_default();
+                if let Some(e) = exact {
+                    if !strings.contains(&e) {
+                        strings.push(e);
+                    }
+                }
             }
         }
     }
-    out.sort();
-    out.dedup();
-    out
+    out.into_iter().map(|(key, strings)| Row { key, value: strings.join("\0").into_bytes() }).collect()
 }
 
 /// The reverse row's value: the keys, each with a u32 length.
@@ -194,14 +203,14 @@ mod tests {
             "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2013-04-02",
             "valueQuantity": {"value": 6.3, "system": "http://unitsofmeasure.org", "code": "mmol/L"},
             "meta": {"lastUpdated": "2024-01-01T00:00:00Z", "versionId": "1"}});
-        let rs = rows(&reg, "Observation", "o1", &obs);
+        let rs: Vec<Vec<u8>> = rows(&reg, "Observation", "o1", &obs).into_iter().map(|r| r.key).collect();
         assert!(rs.iter().all(|k| row_id(k) == Some("o1")));
-        let mut want = param_prefix("Observation", "code", b's');
-        push_str(&mut want, "http://loinc.org");
+        let mut want = param_prefix("Observation", "code", b't');
         push_str(&mut want, "15074-8");
-        assert!(rs.contains(&finish({ want.pop(); want }, "o1")), "system|code row");
+        push_str(&mut want, "http://loinc.org");
+        assert!(rs.contains(&finish({ want.pop(); want }, "o1")), "code, system row");
         for code in ["_id", "_lastUpdated", "status", "subject", "patient", "date", "value-quantity"] {
-            let p = param_prefix("Observation", code, b'p');
+            let p = param_rows("Observation", code);
             assert!(rs.iter().any(|k| k.starts_with(&p)), "{code} indexed");
         }
         let list = encode_list(&rs);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::decimal::Decimal;
 use super::extract::normalize;
-use super::index::{i64_from_key, param_prefix, push_str, row_id};
+use super::index::{exact_strings, i64_from_key, param_prefix, param_rows, push_str, row_id};
 use super::params::{ParamType, Registry, SearchParam};
 use crate::fhir::meta::{now_micros, parse_fhir_range};
 use crate::store::{keys, Current, StoreError};
@@ -227,11 +227,10 @@ impl Executor<'_> {
 
     fn criterion(&self, c: &Criterion) -> Result<Ids, SearchError> {
         let code = c.param.def.code.as_str();
-        let p = |kind: u8| param_prefix(self.rtype, code, kind);
         let bad = |reason: String| SearchError::BadValue { param: code.to_string(), reason };
         if c.modifier.as_deref() == Some("missing") {
             let mut present = Ids::new();
-            self.scan(&p(b'p'), &mut present)?;
+            self.scan(&param_rows(self.rtype, code), &mut present)?;
             return match c.values.as_slice() {
                 [v] if v == "true" => Ok(self.all()?.difference(&present).cloned().collect()),
                 [v] if v == "false" => Ok(present),
@@ -269,24 +268,26 @@ impl Executor<'_> {
             k.extend_from_slice(&escaped(&normalize(v)));
             return self.scan(&k, out);
         }
-        let mut k;
+        // Rows are `t` code, system: code-first, so `code` and `system|code` are prefix scans.
+        let mut k = param_prefix(self.rtype, code, b't');
         match v.split_once('|') {
-            None => {
-                k = param_prefix(self.rtype, code, b'a');
-                push_str(&mut k, v);
-            }
-            Some(("", c2)) => {
-                k = param_prefix(self.rtype, code, b'n');
-                push_str(&mut k, c2);
-            }
+            None => push_str(&mut k, v),
             Some((s, "")) => {
-                k = param_prefix(self.rtype, code, b's');
-                push_str(&mut k, s);
+                // Every code of one system: filter on the second part.
+                let sys = escaped(s);
+                return self.scan_filter(
+                    &k,
+                    |rest| {
+                        let mut parts = rest.splitn(3, |b| *b == 0);
+                        let _code = parts.next();
+                        parts.next() == Some(sys.as_slice())
+                    },
+                    out,
+                );
             }
             Some((s, c2)) => {
-                k = param_prefix(self.rtype, code, b's');
-                push_str(&mut k, s);
                 push_str(&mut k, c2);
+                push_str(&mut k, s);
             }
         }
         self.scan(&k, out)
@@ -296,9 +297,17 @@ impl Executor<'_> {
         let code = c.param.def.code.as_str();
         match c.modifier.as_deref() {
             Some("exact") => {
-                let mut k = param_prefix(self.rtype, code, b'e');
-                push_str(&mut k, v);
-                self.scan(&k, out)
+                let mut k = param_prefix(self.rtype, code, b'l');
+                push_str(&mut k, &normalize(v));
+                for item in self.tree.scan_prefix(&k) {
+                    let (key, value) = item?;
+                    if exact_strings(&value).any(|e| e == v.as_bytes()) {
+                        if let Some(id) = row_id(&key) {
+                            out.insert(id.to_string());
+                        }
+                    }
+                }
+                Ok(())
             }
             Some("contains") => {
                 let needle = escaped(&normalize(v));
@@ -400,12 +409,16 @@ impl Executor<'_> {
             push_str(&mut k, t);
             push_str(&mut k, v);
         } else if n == 1 && !v.contains(':') {
-            // A bare id (any target type), or a literal such as `#contained` / a relative canonical.
-            k = param_prefix(self.rtype, code, b'i');
+            // A bare id (of any of the parameter's target types), or a literal such as
+            // `#contained` / a relative canonical.
+            for t in &c.param.def.target {
+                let mut r = param_prefix(self.rtype, code, b'r');
+                push_str(&mut r, t);
+                push_str(&mut r, v);
+                self.scan(&r, out)?;
+            }
+            k = param_prefix(self.rtype, code, b'R');
             push_str(&mut k, v);
-            let mut lit = param_prefix(self.rtype, code, b'R');
-            push_str(&mut lit, v);
-            self.scan(&lit, out)?;
         } else if n >= 2 && segs[n - 2].starts_with(|ch: char| ch.is_ascii_uppercase()) && !segs[n - 1].is_empty() {
             // `Type/id`, or a full URL ending in it: matched by type and id, as well as literally.
             k = param_prefix(self.rtype, code, b'r');

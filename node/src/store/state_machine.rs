@@ -175,7 +175,7 @@ impl StateMachine {
     fn replace_index_rows(
         &self,
         op: &WriteOp,
-        rows: Vec<Vec<u8>>,
+        rows: Vec<index::Row>,
         batch: &mut sled::Batch,
         index_overlay: &mut HashMap<Vec<u8>, Vec<Vec<u8>>>,
     ) -> Result<(), StoreError> {
@@ -191,15 +191,16 @@ impl StateMachine {
         for k in &old {
             batch.remove(k.as_slice());
         }
-        for k in &rows {
-            batch.insert(k.as_slice(), &[]);
-        }
-        if rows.is_empty() {
+        let keys: Vec<Vec<u8>> = rows.into_iter().map(|r| {
+            batch.insert(r.key.as_slice(), r.value);
+            r.key
+        }).collect();
+        if keys.is_empty() {
             batch.remove(rkey.as_slice());
         } else {
-            batch.insert(rkey.as_slice(), index::encode_list(&rows));
+            batch.insert(rkey.as_slice(), index::encode_list(&keys));
         }
-        index_overlay.insert(rkey, rows);
+        index_overlay.insert(rkey, keys);
         Ok(())
     }
 
@@ -210,7 +211,7 @@ impl StateMachine {
         ts: u64,
         batch: &mut sled::Batch,
         overlay: &mut HashMap<Vec<u8>, Current>,
-        rows: &mut Option<Vec<Vec<u8>>>,
+        rows: &mut Option<Vec<index::Row>>,
     ) -> OpOutcome {
         let (rtype, id) = (op.rtype.as_str(), op.id.as_str());
         let ckey = keys::current(rtype, id);
