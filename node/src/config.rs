@@ -40,6 +40,8 @@ pub struct Config {
     pub allow_update_create: bool,
     /// How long a write waits for commit + apply before answering 503.
     pub write_timeout_ms: u64,
+    /// A conditional DELETE matching several resources deletes them all (else 412).
+    pub allow_multiple_conditional_delete: bool,
     pub limits: Limits,
     pub raft: RaftConfig,
     pub cluster: ClusterConfig,
@@ -139,6 +141,7 @@ impl Default for Config {
             http_workers: 0,
             allow_update_create: true,
             write_timeout_ms: 10_000,
+            allow_multiple_conditional_delete: false,
             limits: Limits::default(),
             raft: RaftConfig::default(),
             cluster: ClusterConfig::default(),

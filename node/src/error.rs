@@ -82,6 +82,8 @@ fn classify_store(s: &StoreError) -> (u16, &'static str) {
         StoreError::CreateViaUpdateDisabled { .. } => (405, "not-supported"),
         StoreError::AlreadyExists { .. } => (409, "duplicate"),
         StoreError::InvalidCursor => (400, "value"),
+        StoreError::MultipleMatches { .. } => (412, "multiple-matches"),
+        StoreError::BadCondition(_) => (400, "invalid"),
     }
 }
 
@@ -135,8 +137,13 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, mut code) = classify(self);
-        if THREAD_VERSION.with(Cell::get) == FhirVersion::Stu3 && code == "deleted" {
-            code = "not-found"; // STU3's IssueType has no "deleted"
+        if THREAD_VERSION.with(Cell::get) == FhirVersion::Stu3 {
+            // STU3's IssueType has neither "deleted" nor "multiple-matches".
+            code = match code {
+                "deleted" => "not-found",
+                "multiple-matches" => "conflict",
+                other => other,
+            };
         }
         if status >= 500 {
             tracing::error!("{self}");

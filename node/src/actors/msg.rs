@@ -4,7 +4,7 @@ use actix::Message;
 use serde_json::Value;
 
 use super::WriteError;
-use crate::store::command::{Action, Applied};
+use crate::store::command::{Action, Applied, Condition};
 
 /// A write for the actor of the resource's type.
 #[derive(Debug)]
@@ -16,6 +16,8 @@ pub struct WriteIntent {
     pub body: Option<Value>,
     /// `If-Match` version.
     pub if_match: Option<u64>,
+    /// A conditional create / update / delete: decided at apply by this search.
+    pub condition: Option<Condition>,
 }
 
 /// Ask a [`super::resource::ResourceActor`] to validate and commit one write.

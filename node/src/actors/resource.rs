@@ -124,11 +124,26 @@ impl ResourceActor {
 impl Handler<Write> for ResourceActor {
     type Result = ResponseFuture<Result<(String, Applied), WriteError>>;
 
-    fn handle(&mut self, Write(intent): Write, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Write(mut intent): Write, ctx: &mut Context<Self>) -> Self::Result {
+        let condition = intent.condition.take();
         let op = match self.prepare(intent) {
             Ok(op) => op,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
+        if let Some(condition) = condition {
+            // Alone in its entry: apply evaluates the search on the state before the entry.
+            let raft = self.raft.clone();
+            let cmd = Command::V1(CommandV1::Conditional { ts_micros: meta::now_micros(), op: op.clone(), condition });
+            return Box::pin(async move {
+                let mut first = None;
+                for out in raft.propose(&cmd).await? {
+                    let applied = out?;
+                    first.get_or_insert(applied);
+                }
+                let applied = first.ok_or_else(|| crate::store::StoreError::Corrupt("conditional write without outcome".into()))?;
+                Ok((applied.id.clone().unwrap_or(op.id), applied))
+            });
+        }
         let (tx, rx) = oneshot::channel();
         self.pending.push((op, tx));
         if !self.in_flight {

@@ -11,7 +11,7 @@ use super::{AppState, RequestError};
 use crate::actors::{Write, WriteError, WriteIntent};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::{valid_id, FhirError};
-use crate::store::command::{Action, Applied};
+use crate::store::command::{Action, Applied, Condition};
 
 /// Resolves `{type}` and `{id}` path segments.
 pub fn type_and_id<'a>(st: &AppState, rtype: &str, id: &'a str) -> Result<(&'static str, &'a str), ApiError> {
@@ -78,12 +78,17 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     let rtype = st.defs.resource_type(&path)?;
-    if req.headers().contains_key("if-none-exist") {
-        return Err(RequestError::NotImplemented("conditional create (If-None-Exist needs search)".into()).into());
-    }
+    // If-None-Exist: a query string (without '?'); 0 matches → create, 1 → 200 with it, 2+ → 412.
+    let condition = match req.headers().get("if-none-exist") {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().map_err(|_| RequestError::BadHeader { name: "If-None-Exist".into(), reason: "not visible ASCII".into() })?;
+            Some(condition(text.trim_start_matches('?'), "If-None-Exist", false)?)
+        }
+    };
     negotiate::require_json_body(&req)?;
     let body = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
-    let intent = WriteIntent { action: Action::Create, id: None, body: Some(body), if_match: None };
+    let intent = WriteIntent { action: Action::Create, id: None, body: Some(body), if_match: None, condition };
     let (id, applied) = send_write(&st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
@@ -97,21 +102,78 @@ pub async fn update(
     let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
     negotiate::require_json_body(&req)?;
     let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
-    let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match };
+    let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: None };
     let (id, applied) = send_write(&st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
 
 pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
-    let intent = WriteIntent { action: Action::Delete, id: Some(id.clone()), body: None, if_match };
+    let intent = WriteIntent { action: Action::Delete, id: Some(id.clone()), body: None, if_match, condition: None };
     let (_, applied) = send_write(&st, rtype, intent).await?;
+    delete_response(&ctx, rtype, &id, &applied)
+}
+
+/// A search condition from a query string; an empty one would match everything and is refused.
+fn condition(query: &str, what: &str, multiple: bool) -> Result<Condition, RequestError> {
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| RequestError::BadHeader { name: what.into(), reason: e.to_string() })?;
+    if params.is_empty() {
+        return Err(RequestError::BadParameter { name: what.into(), reason: "a conditional write needs search parameters".into() });
+    }
+    Ok(Condition { query: params, client_id: false, multiple })
+}
+
+/// `PUT /{type}?search`: 0 matches → create (at the body's id, or a new one), 1 → update it,
+/// 2+ → 412.
+pub async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let rtype = st.defs.resource_type(&path)?;
+    let mut cond = condition(req.query_string(), "search", false)?;
+    negotiate::require_json_body(&req)?;
+    let mut body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
+    let id = match obj.get("id").and_then(Value::as_str) {
+        Some(id) => {
+            cond.client_id = true;
+            id.to_string()
+        }
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            obj.insert("id".into(), Value::String(id.clone()));
+            id
+        }
+    };
+    let if_match = negotiate::if_match(&req)?;
+    let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: Some(cond) };
+    let (id, applied) = send_write(&st, rtype, intent).await?;
+    write_response(&ctx, &st, rtype, &id, &applied)
+}
+
+/// `DELETE /{type}?search`: 0 matches → 204, 1 → deleted, several → all deleted when
+/// `allow_multiple_conditional_delete`, else 412.
+pub async fn conditional_delete(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let rtype = st.defs.resource_type(&path)?;
+    let cond = condition(req.query_string(), "search", st.cfg.allow_multiple_conditional_delete)?;
+    let intent = WriteIntent { action: Action::Delete, id: Some(String::new()), body: None, if_match: None, condition: Some(cond) };
+    let (id, applied) = send_write(&st, rtype, intent).await?;
+    delete_response(&ctx, rtype, &id, &applied)
+}
+
+fn delete_response(ctx: &Ctx, rtype: &str, id: &str, applied: &Applied) -> Result<HttpResponse, ApiError> {
     let mut b = HttpResponse::build(if ctx.ret == Return::OperationOutcome { StatusCode::OK } else { StatusCode::NO_CONTENT });
     if let Some(v) = applied.version {
         b.insert_header((header::ETAG, format!("W/\"{v}\"")));
     }
     if ctx.ret == Return::OperationOutcome {
         let text = match (applied.noop, applied.version) {
+            _ if id.is_empty() => format!("no {rtype} matched the condition; nothing deleted"),
             (false, Some(v)) => format!("Deleted {rtype}/{id} (version {v})"),
             (true, Some(_)) => format!("{rtype}/{id} was already deleted"),
             _ => format!("{rtype}/{id} does not exist; nothing to delete"),

@@ -18,7 +18,8 @@ pub async fn capability_statement(req: HttpRequest, st: web::Data<AppState>) -> 
 
 fn codes(level: Level) -> Vec<Value> {
     let mut seen = Vec::new();
-    for i in INTERACTIONS.iter().filter(|i| i.level == level && !i.code.starts_with("history-system")) {
+    // Conditional update / delete are flags of the resource entry, not interaction codes.
+    for i in INTERACTIONS.iter().filter(|i| i.level == level && !i.code.starts_with("history-system") && !i.code.starts_with("conditional-")) {
         let c = json!({"code": i.code});
         if !seen.contains(&c) {
             seen.push(c);
@@ -60,10 +61,10 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": st.cfg.allow_update_create,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "full-support",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": if st.cfg.allow_multiple_conditional_delete { "multiple" } else { "single" },
                 "searchParam": search_params(st, t)
             })
         })

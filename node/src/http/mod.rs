@@ -94,6 +94,8 @@ pub const INTERACTIONS: &[Interaction] = &[
     Interaction { code: "search-type", level: Level::Type, method: "POST", path: "/{type}/_search" },
     Interaction { code: "create", level: Level::Type, method: "POST", path: "/{type}" },
     Interaction { code: "search-type", level: Level::Type, method: "GET", path: "/{type}" },
+    Interaction { code: "conditional-update", level: Level::Type, method: "PUT", path: "/{type}" },
+    Interaction { code: "conditional-delete", level: Level::Type, method: "DELETE", path: "/{type}" },
     Interaction { code: "vread", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history/{vid}" },
     Interaction { code: "history-instance", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history" },
     Interaction { code: "read", level: Level::Instance, method: "GET", path: "/{type}/{id}" },
@@ -121,6 +123,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "create" => route.to(crud::create),
             "search-type" if i.method == "GET" => route.to(search::get),
             "search-type" => route.to(search::post),
+            "conditional-update" => route.to(crud::conditional_update),
+            "conditional-delete" => route.to(crud::conditional_delete),
             "read" => {
                 cfg.route(i.path, web::head().to(crud::read));
                 route.to(crud::read)
@@ -145,9 +149,9 @@ async fn fallback(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     match (method, segments.as_slice()) {
         ("POST", []) => not_impl("batch/transaction bundles (POST /)"),
         ("GET", []) => not_impl("system-level search"),
-        ("PUT" | "DELETE" | "PATCH", [t]) => {
+        ("PATCH", [t]) => {
             st.defs.resource_type(t)?;
-            not_impl(&format!("conditional {method} on {t} (it needs search)"))
+            not_impl(&format!("conditional PATCH on {t}"))
         }
         (_, segs) if segs.iter().any(|s| s.starts_with('$')) => not_impl(&format!("operation {path}")),
         _ => {

@@ -48,7 +48,7 @@ pub async fn patch(
         if (body.get("resourceType").cloned(), body.get("id").cloned()) != before {
             return Err(RequestError::PatchChangesIdentity.into());
         }
-        let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(cur.version) };
+        let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(cur.version), condition: None };
         match send_write(&st, rtype, intent).await {
             Ok((id, applied)) => return write_response(&ctx, &st, rtype, &id, &applied),
             Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. })))

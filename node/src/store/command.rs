@@ -22,6 +22,26 @@ pub enum CommandV1 {
         ts_micros: u64,
         ops: Vec<WriteOp>,
     },
+    /// A conditional create / update / delete: the condition is a search evaluated at apply, so
+    /// the decision is atomic and the same on every node. Always alone in its entry.
+    Conditional {
+        ts_micros: u64,
+        /// Create: the new resource (id chosen by the proposer, used on no match). Update: the
+        /// resource (its id is used on no match). Delete: only `rtype` matters.
+        op: WriteOp,
+        condition: Condition,
+    },
+}
+
+/// The search of a conditional write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Condition {
+    /// Search parameters, as in a type-level search.
+    pub query: Vec<(String, String)>,
+    /// Update: the client's body carried an id (it must then equal the match's).
+    pub client_id: bool,
+    /// Delete: several matches may all be deleted (else 412).
+    pub multiple: bool,
 }
 
 /// What a write does to one resource.
@@ -94,6 +114,8 @@ pub struct Applied {
     pub noop: bool,
     /// The stored body, with meta stamped (not for deletes).
     pub body: Option<Arc<Vec<u8>>>,
+    /// The resource this is about, when a conditional write decided it (else the op's id).
+    pub id: Option<String>,
 }
 
 /// Per-op result of applying one entry.
@@ -126,7 +148,7 @@ mod tests {
                 allow_create: true,
             }],
         });
-        let Command::V1(CommandV1::Writes { ts_micros, ops }) = Command::decode(&c.encode()).unwrap();
+        let Command::V1(CommandV1::Writes { ts_micros, ops }) = Command::decode(&c.encode()).unwrap() else { panic!("writes") };
         assert_eq!(ts_micros, 42);
         assert_eq!(ops[0].if_match, Some(3));
         assert!(Command::decode(b"\xff\xff").is_err());

@@ -33,6 +33,10 @@ pub enum StoreError {
     InvalidCursor,
     #[error("{rtype}/{id} already exists")]
     AlreadyExists { rtype: String, id: String },
+    #[error("the condition matched {count} {rtype} resources; it must match at most one (make it more selective)")]
+    MultipleMatches { rtype: String, count: usize },
+    #[error("invalid condition: {0}")]
+    BadCondition(String),
 }
 
 impl From<sled::Error> for StoreError {

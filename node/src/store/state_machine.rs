@@ -7,13 +7,19 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::command::{Action, Applied, Command, CommandV1, OpOutcome, WriteOp};
+use super::command::{Action, Applied, Command, CommandV1, Condition, OpOutcome, WriteOp};
 use super::keys;
 use super::resources::{Current, VersionRecord};
 use super::StoreError;
 use crate::fhir::meta;
 use crate::search::index;
 use crate::search::params::Registry;
+
+/// What a conditional write turned into.
+enum Resolved {
+    Ops(Vec<WriteOp>),
+    Outcome(OpOutcome),
+}
 
 /// Applies commands to the `state` tree.
 pub struct StateMachine {
@@ -126,32 +132,22 @@ impl StateMachine {
     /// per-write outcomes such as version conflicts are in the returned list.
     pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Vec<OpOutcome>, StoreError> {
         let outcomes = match Command::decode(data) {
-            Ok(Command::V1(CommandV1::Writes { ts_micros, ops })) => {
-                let mut batch = sled::Batch::default();
-                let mut overlay: HashMap<Vec<u8>, Current> = HashMap::new();
-                let mut index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
-                let mut ts = ts_micros.max(self.last_ts + 1);
-                let mut outcomes = Vec::with_capacity(ops.len());
-                for op in &ops {
-                    // A failed read is a storage failure: fatal, never a per-write result that
-                    // would let this node's state differ from the others'.
-                    let cur = self.current(&keys::current(&op.rtype, &op.id), &overlay)?;
-                    let mut rows = None;
-                    let out = self.apply_write(op, cur, ts, &mut batch, &mut overlay, &mut rows);
-                    if let Some(rows) = rows {
-                        self.replace_index_rows(op, rows, &mut batch, &mut index_overlay)?;
+            Ok(Command::V1(CommandV1::Writes { ts_micros, ops })) => self.apply_writes(index, term, ts_micros, &ops)?,
+            Ok(Command::V1(CommandV1::Conditional { ts_micros, op, condition })) => match self.resolve(&op, &condition)? {
+                Resolved::Ops(ops) => {
+                    let mut outs = self.apply_writes(index, term, ts_micros, &ops)?;
+                    for (out, op) in outs.iter_mut().zip(&ops) {
+                        if let Ok(a) = out {
+                            a.id = Some(op.id.clone());
+                        }
                     }
-                    if matches!(&out, Ok(a) if !a.noop) {
-                        self.last_ts = ts;
-                        ts += 1;
-                    }
-                    outcomes.push(out);
+                    outs
                 }
-                batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
-                batch.insert(keys::META_APPLIED, &u64_pair(index, term));
-                self.tree.apply_batch(batch)?;
-                outcomes
-            }
+                Resolved::Outcome(out) => {
+                    self.tree.insert(keys::META_APPLIED, &u64_pair(index, term))?;
+                    vec![out]
+                }
+            },
             Err(e) => {
                 // An undecodable entry is skipped identically on every node.
                 tracing::error!(index, "skipping entry: {e}");
@@ -162,6 +158,90 @@ impl StateMachine {
         self.applied_index = index;
         self.applied_term = term;
         Ok(outcomes)
+    }
+
+    /// Writes of one entry in ONE batch, with the applied index and the clock.
+    fn apply_writes(&mut self, index: u64, term: u64, ts_micros: u64, ops: &[WriteOp]) -> Result<Vec<OpOutcome>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut overlay: HashMap<Vec<u8>, Current> = HashMap::new();
+        let mut index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
+        let mut ts = ts_micros.max(self.last_ts + 1);
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            // A failed read is a storage failure: fatal, never a per-write result that
+            // would let this node's state differ from the others'.
+            let cur = self.current(&keys::current(&op.rtype, &op.id), &overlay)?;
+            let mut rows = None;
+            let out = self.apply_write(op, cur, ts, &mut batch, &mut overlay, &mut rows);
+            if let Some(rows) = rows {
+                self.replace_index_rows(op, rows, &mut batch, &mut index_overlay)?;
+            }
+            if matches!(&out, Ok(a) if !a.noop) {
+                self.last_ts = ts;
+                ts += 1;
+            }
+            outcomes.push(out);
+        }
+        batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
+        batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+        self.tree.apply_batch(batch)?;
+        Ok(outcomes)
+    }
+
+    /// Decides a conditional write from a search on the applied state (the entry holds only it).
+    fn resolve(&self, op: &WriteOp, cond: &Condition) -> Result<Resolved, StoreError> {
+        let Some(reg) = &self.search else {
+            return Ok(Resolved::Outcome(Err(StoreError::BadCondition("this node keeps no search index".into()))));
+        };
+        let query = match crate::search::query::parse(reg, &op.rtype, &cond.query, false) {
+            Ok(q) => q,
+            Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
+        };
+        let found: Vec<String> = match (crate::search::query::Executor { tree: &self.tree, rtype: &op.rtype }).run(&query) {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(crate::search::query::SearchError::Store(e)) => return Err(e),
+            Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
+        };
+        let many = || StoreError::MultipleMatches { rtype: op.rtype.clone(), count: found.len() };
+        Ok(match (op.action, found.as_slice()) {
+            (Action::Create, []) | (Action::Update, []) => Resolved::Ops(vec![WriteOp { allow_create: true, ..op.clone() }]),
+            (Action::Create, [id]) => {
+                // Already there: nothing is written; the existing resource is the answer.
+                let cur = self.current(&keys::current(&op.rtype, id), &HashMap::new())?;
+                let rec = self.tree.get(keys::version(&op.rtype, id, cur.map(|c| c.version).unwrap_or(0)))?;
+                let rec = rec.map(VersionRecord::decode).transpose()?;
+                Resolved::Outcome(Ok(Applied {
+                    version: cur.map(|c| c.version),
+                    ts_micros: cur.map(|c| c.ts).unwrap_or(0),
+                    created: false,
+                    noop: true,
+                    body: rec.map(|r| Arc::new(r.body().to_vec())),
+                    id: Some(id.clone()),
+                }))
+            }
+            (Action::Update, [id]) if cond.client_id && *id != op.id => Resolved::Outcome(Err(StoreError::BadCondition(format!(
+                "the resource's id '{}' is not the id of the resource the condition matched ('{id}')",
+                op.id
+            )))),
+            (Action::Update, [id]) => {
+                let body = match &op.body {
+                    Some(text) => {
+                        let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("conditional body: {e}")))?;
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("id".into(), Value::String(id.clone()));
+                        }
+                        Some(v.to_string())
+                    }
+                    None => None,
+                };
+                Resolved::Ops(vec![WriteOp { id: id.clone(), body, ..op.clone() }])
+            }
+            (Action::Delete, []) => Resolved::Outcome(Ok(Applied { version: None, ts_micros: 0, created: false, noop: true, body: None, id: None })),
+            (Action::Delete, [_]) => Resolved::Ops(found.iter().map(|id| WriteOp { id: id.clone(), ..op.clone() }).collect()),
+            (Action::Delete, _) if cond.multiple => Resolved::Ops(found.iter().map(|id| WriteOp { id: id.clone(), ..op.clone() }).collect()),
+            (Action::Patch, _) => Resolved::Outcome(Err(StoreError::BadCondition("conditional patch is resolved before proposing".into()))),
+            _ => Resolved::Outcome(Err(many())),
+        })
     }
 
     fn current(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Current>) -> Result<Option<Current>, StoreError> {
@@ -234,10 +314,10 @@ impl StateMachine {
             (Action::Update | Action::Patch, None) => (1, true),
             (Action::Update | Action::Patch, Some(c)) => (c.version + 1, c.deleted),
             (Action::Delete, None) => {
-                return Ok(Applied { version: None, ts_micros: ts, created: false, noop: true, body: None })
+                return Ok(Applied { version: None, ts_micros: ts, created: false, noop: true, body: None, id: None })
             }
             (Action::Delete, Some(c)) if c.deleted => {
-                return Ok(Applied { version: Some(c.version), ts_micros: c.ts, created: false, noop: true, body: None })
+                return Ok(Applied { version: Some(c.version), ts_micros: c.ts, created: false, noop: true, body: None, id: None })
             }
             (Action::Delete, Some(c)) => (c.version + 1, false),
         };
@@ -265,7 +345,7 @@ impl StateMachine {
         batch.insert(keys::version(rtype, id, version), record);
         batch.insert(keys::sys_history(ts, rtype, id, version), &[]);
         batch.insert(keys::type_history(rtype, ts, id, version), &[]);
-        Ok(Applied { version: Some(version), ts_micros: ts, created, noop: false, body: body.map(Arc::new) })
+        Ok(Applied { version: Some(version), ts_micros: ts, created, noop: false, body: body.map(Arc::new), id: None })
     }
 }
 

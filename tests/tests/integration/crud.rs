@@ -175,8 +175,8 @@ fn bad_input_is_a_4xx_operation_outcome() {
     // Not implemented yet: said plainly.
     assert_outcome(c.get(node.url("/Patient?_has:Observation:subject:code=x")).send().unwrap(), 400, "not supported");
     assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Bundle", "type": "batch"})), 501, "bundles");
-    let resp = c.post(node.url("/Patient")).header("content-type", FHIR).header("if-none-exist", "identifier=x").body("{}").send().unwrap();
-    assert_outcome(resp, 501, "conditional create");
+    let resp = c.patch(node.url("/Patient?identifier=x")).header("content-type", "application/json-patch+json").body("[]").send().unwrap();
+    assert_outcome(resp, 501, "conditional PATCH");
     // The rejected writes left nothing behind.
     let hist = json(c.get(node.url("/_history")).send().unwrap());
     assert!(hist.get("entry").is_none(), "no entries (and no empty array): {hist}");

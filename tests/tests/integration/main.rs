@@ -2,6 +2,7 @@
 
 mod bench_smoke;
 mod cluster;
+mod conditional;
 mod crash;
 mod crud;
 mod examples;
