@@ -28,6 +28,28 @@ fn codes(level: Level) -> Vec<Value> {
     seen
 }
 
+/// `_include` values for `rtype`: each of its reference parameters.
+fn includes(st: &AppState, rtype: &str) -> Vec<String> {
+    let mut v: Vec<String> = st.search.for_type(rtype).filter(|p| p.def.kind == ParamType::Reference).map(|p| format!("{rtype}:{}", p.def.code)).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `_revinclude` values for `rtype`: every reference parameter that can point at it.
+fn revincludes(st: &AppState, rtype: &str) -> Vec<String> {
+    let mut v: Vec<String> = st
+        .search
+        .all
+        .iter()
+        .filter(|p| p.def.kind == ParamType::Reference && p.def.target.iter().any(|t| t == rtype))
+        .flat_map(|p| p.def.base.iter().map(move |b| format!("{b}:{}", p.def.code)))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// The search parameters Kiln indexes for `rtype`, with their definitions.
 fn search_params(st: &AppState, rtype: &str) -> Vec<Value> {
     let mut out: Vec<Value> = st
@@ -65,7 +87,9 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "conditionalRead": "full-support",
                 "conditionalUpdate": true,
                 "conditionalDelete": if st.cfg.allow_multiple_conditional_delete { "multiple" } else { "single" },
-                "searchParam": search_params(st, t)
+                "searchParam": search_params(st, t),
+                "searchInclude": includes(st, t),
+                "searchRevInclude": revincludes(st, t)
             })
         })
         .collect();
@@ -87,7 +111,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Search: every official parameter except composite and special ones; modifiers :missing, :exact, :contains (string), :text, :not (token), :[type] (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), :of-type, :identifier, chaining, _has, _include, _revinclude, _sort on other than _id and _lastUpdated, composite parameters, _text, _content.",
+            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Search: every official parameter except composite and special ones; modifiers :missing, :exact, :contains (string), :text, :not (token), :[type] (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining (any depth up to 8) and _has; _include and _revinclude (not :iterate, not *). Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), :of-type, :identifier, _include:iterate, _sort on other than _id and _lastUpdated, composite parameters, _text, _content, _filter.",
             "resource": resources,
             "interaction": system
         }]

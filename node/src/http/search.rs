@@ -3,8 +3,9 @@
 //! default `_id`) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
 //! page does not shift when resources are added or removed elsewhere in the result, and the links
 //! do not expire. `_count` (0 allowed), `_total` (none / estimate / accurate), `_summary`,
-//! `_elements`; unknown or unsupported parameters are a 400, or with `Prefer: handling=lenient`
-//! ignored and reported in an OperationOutcome entry.
+//! `_elements`, `_include` / `_revinclude` (entries with search.mode `include`); unknown or
+//! unsupported parameters are a 400, or with `Prefer: handling=lenient` ignored and reported in
+//! an OperationOutcome entry.
 
 use std::collections::BTreeSet;
 
@@ -17,7 +18,7 @@ use super::{AppState, RequestError};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::SummaryMode;
 use crate::search::query::{self, Executor, SearchError};
-use crate::store::StoreError;
+use crate::store::{StoreError, VersionRecord};
 
 pub async fn get(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
@@ -64,6 +65,64 @@ fn sort_key(st: &AppState, rtype: &str, id: &str, key: SortKey) -> Result<String
             format!("{ts:020}\u{1}{id}")
         }
     })
+}
+
+/// `_include=Source:param[:Target]` and `_revinclude=Source:param[:Target]` for the page's
+/// matches (not `:iterate`, not `*`): the resources they reference / that reference them.
+fn includes(st: &AppState, rtype: &str, params: &[(String, String)], page: &[String]) -> Result<Vec<(String, String, VersionRecord)>, ApiError> {
+    let tree = st.store.tree();
+    let mut seen: BTreeSet<(String, String)> = page.iter().map(|id| (rtype.to_string(), id.clone())).collect();
+    let mut out = Vec::new();
+    for (name, value) in params {
+        let reverse = match name.as_str() {
+            "_include" => false,
+            "_revinclude" => true,
+            n if n.starts_with("_include:") || n.starts_with("_revinclude:") => {
+                return Err(SearchError::NotSupported(format!("{n} (:iterate)")).into())
+            }
+            _ => continue,
+        };
+        let parts: Vec<&str> = value.split(':').collect();
+        let (source, code, target) = match parts.as_slice() {
+            [s, c] => (*s, *c, None),
+            [s, c, t] => (*s, *c, Some(*t)),
+            _ => return Err(bad(name, format!("'{value}' is not Type:parameter[:TargetType]"))),
+        };
+        if code == "*" {
+            return Err(SearchError::NotSupported(format!("{name}={value} (wildcard)")).into());
+        }
+        let ok = st.search.get(source, code).is_some_and(|p| p.def.kind == crate::search::params::ParamType::Reference);
+        if !ok {
+            return Err(bad(name, format!("{source} has no reference search parameter '{code}'")));
+        }
+        let mut found: Vec<(String, String)> = Vec::new();
+        if reverse {
+            if target.is_some_and(|t| t != rtype) {
+                continue;
+            }
+            for id in page {
+                found.extend(query::referrers(tree, source, code, rtype, id)?.into_iter().map(|r| (source.to_string(), r)));
+            }
+        } else {
+            if source != rtype {
+                return Err(bad(name, format!("_include on a {rtype} search must start with {rtype}:")));
+            }
+            for id in page {
+                found.extend(query::references(tree, rtype, id, code)?.into_iter().filter(|(t, _)| target.is_none_or(|want| want == t)));
+            }
+        }
+        for (t, id) in found {
+            if !seen.insert((t.clone(), id.clone())) || st.defs.resource_type(&t).is_err() {
+                continue;
+            }
+            match st.store.read(&t, &id) {
+                Ok((_, rec)) => out.push((t, id, rec)),
+                Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn respond(ctx: &Ctx, st: &AppState, rtype: &'static str, params: Vec<(String, String)>) -> Result<HttpResponse, ApiError> {
@@ -142,12 +201,13 @@ async fn respond(ctx: &Ctx, st: &AppState, rtype: &'static str, params: Vec<(Str
             Err(e) => return Err(e.into()),
         }
     }
-    let mut entries = Vec::with_capacity(bodies.len() + 1);
-    for (id, rec) in &bodies {
+    let included = includes(st, rtype, &params, &bodies.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())?;
+    let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
+    for (mode, (t, id, rec)) in bodies.iter().map(|(id, rec)| ("match", (rtype.to_string(), id, rec))).chain(included.iter().map(|(t, id, rec)| ("include", (t.clone(), id, rec)))) {
         entries.push(Entry {
-            full_url: Some(format!("{}/{rtype}/{id}", ctx.base)),
-            resource: Some(embed(ctx, st, rec.body(), &format!("{rtype}/{id}"))?),
-            search: Some(json!({"mode": "match"})),
+            full_url: Some(format!("{}/{t}/{id}", ctx.base)),
+            resource: Some(embed(ctx, st, rec.body(), &format!("{t}/{id}"))?),
+            search: Some(json!({"mode": mode})),
             request: None,
             response: None,
         });

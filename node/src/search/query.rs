@@ -34,10 +34,10 @@ impl From<sled::Error> for SearchError {
 }
 
 /// Result parameters: handled by the HTTP layer, not criteria.
-pub const CONTROL: &[&str] = &["_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_page"];
+pub const CONTROL: &[&str] = &["_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_page", "_include", "_revinclude", "_include:iterate", "_revinclude:iterate"];
 
 /// Control parameters of the spec that are refused with "not supported yet".
-const NOT_YET: &[&str] = &["_include", "_revinclude", "_has", "_contained", "_containedType", "_list", "_query", "_filter", "_text", "_content"];
+const NOT_YET: &[&str] = &["_contained", "_containedType", "_list", "_query", "_filter", "_text", "_content"];
 
 /// Prefixes of ordered types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,19 @@ pub struct Criterion {
     pub param: Arc<SearchParam>,
     pub modifier: Option<String>,
     pub values: Vec<String>,
+    /// Chaining or reverse chaining through `param` (a reference parameter).
+    pub link: Option<Link>,
+}
+
+/// How a criterion reaches other resources.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// `param[:Type].rest=value`: resources whose `param` references a target (of each listed
+    /// type) that matches the inner criterion.
+    Chain(Vec<(String, Criterion)>),
+    /// `_has:Source:param:rest=value`: resources referenced through `param` by a `Source`
+    /// resource matching the inner criterion.
+    Has { source: String, inner: Box<Criterion> },
 }
 
 /// A parsed search: criteria (AND-ed) and the parameters ignored under `handling=lenient`.
@@ -105,40 +118,77 @@ pub fn parse(reg: &Registry, rtype: &str, params: &[(String, String)], lenient: 
         if CONTROL.contains(&name.as_str()) {
             continue;
         }
-        let (code, modifier) = match name.split_once(':') {
-            Some((c, m)) => (c, Some(m.to_string())),
-            None => (name.as_str(), None),
-        };
-        let refuse = |e: SearchError, q: &mut Query| -> Result<(), SearchError> {
-            if lenient {
-                q.ignored.push((name.clone(), e.to_string()));
-                Ok(())
-            } else {
-                Err(e)
-            }
-        };
-        if NOT_YET.contains(&code) || name.contains('.') {
-            let what = if name.contains('.') { format!("chained search ({name})") } else { code.to_string() };
-            refuse(SearchError::NotSupported(what), &mut q)?;
-            continue;
+        match parse_one(reg, rtype, name, value, 0) {
+            Ok(c) => q.criteria.push(c),
+            Err(e) if lenient => q.ignored.push((name.clone(), e.to_string())),
+            Err(e) => return Err(e),
         }
-        let Some(param) = reg.get(rtype, code) else {
-            refuse(SearchError::UnknownParameter { rtype: rtype.into(), param: name.clone() }, &mut q)?;
-            continue;
-        };
-        if param.expr.is_none() || matches!(param.def.kind, ParamType::Composite | ParamType::Special) {
-            refuse(SearchError::NotSupported(format!("search parameter {code} ({:?})", param.def.kind)), &mut q)?;
-            continue;
-        }
-        if let Some(m) = &modifier {
-            if let Err(e) = check_modifier(param, m) {
-                refuse(e, &mut q)?;
-                continue;
-            }
-        }
-        q.criteria.push(Criterion { param: param.clone(), modifier, values: split_or(value) });
     }
     Ok(q)
+}
+
+/// Deepest chain / `_has` nesting accepted (a configuration-free guard against runaway input).
+const MAX_LINK_DEPTH: usize = 8;
+
+/// One `name=value` on `rtype`, following chains and `_has`.
+fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, depth: usize) -> Result<Criterion, SearchError> {
+    if depth > MAX_LINK_DEPTH {
+        return Err(SearchError::BadValue { param: name.into(), reason: format!("more than {MAX_LINK_DEPTH} chained links") });
+    }
+    if let Some(rest) = name.strip_prefix("_has:") {
+        // _has:Source:param:rest
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(code), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(SearchError::BadValue { param: name.into(), reason: "use _has:Type:parameter:criterion".into() });
+        };
+        let param = reg.get(source, code).filter(|p| p.def.kind == ParamType::Reference).ok_or_else(|| SearchError::UnknownParameter {
+            rtype: source.into(),
+            param: format!("{code} (a reference parameter, in {name})"),
+        })?;
+        let inner = parse_one(reg, source, inner, value, depth + 1)?;
+        return Ok(Criterion { param: param.clone(), modifier: None, values: Vec::new(), link: Some(Link::Has { source: source.into(), inner: Box::new(inner) }) });
+    }
+    if let Some((left, rest)) = name.split_once('.') {
+        let (code, modifier) = match left.split_once(':') {
+            Some((c, m)) => (c, Some(m.to_string())),
+            None => (left, None),
+        };
+        let param = reg.get(rtype, code).ok_or_else(|| SearchError::UnknownParameter { rtype: rtype.into(), param: name.into() })?;
+        if param.def.kind != ParamType::Reference {
+            return Err(SearchError::BadValue { param: name.into(), reason: format!("{code} is not a reference parameter and cannot be chained") });
+        }
+        let targets: Vec<String> = match &modifier {
+            Some(t) => vec![t.clone()],
+            None => param.def.target.clone(),
+        };
+        let mut links = Vec::new();
+        let mut last_err = None;
+        for t in targets {
+            match parse_one(reg, &t, rest, value, depth + 1) {
+                Ok(c) => links.push((t, c)),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if links.is_empty() {
+            return Err(last_err.unwrap_or_else(|| SearchError::BadValue { param: name.into(), reason: "the reference has no target types".into() }));
+        }
+        return Ok(Criterion { param: param.clone(), modifier, values: Vec::new(), link: Some(Link::Chain(links)) });
+    }
+    let (code, modifier) = match name.split_once(':') {
+        Some((c, m)) => (c, Some(m.to_string())),
+        None => (name, None),
+    };
+    if NOT_YET.contains(&code) {
+        return Err(SearchError::NotSupported(code.to_string()));
+    }
+    let param = reg.get(rtype, code).ok_or_else(|| SearchError::UnknownParameter { rtype: rtype.into(), param: name.into() })?;
+    if param.expr.is_none() || matches!(param.def.kind, ParamType::Composite | ParamType::Special) {
+        return Err(SearchError::NotSupported(format!("search parameter {code} ({:?})", param.def.kind)));
+    }
+    if let Some(m) = &modifier {
+        check_modifier(param, m)?;
+    }
+    Ok(Criterion { param: param.clone(), modifier, values: split_or(value), link: None })
 }
 
 fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
@@ -225,8 +275,34 @@ impl Executor<'_> {
         }
     }
 
-    fn criterion(&self, c: &Criterion) -> Result<Ids, SearchError> {
+    pub fn criterion(&self, c: &Criterion) -> Result<Ids, SearchError> {
         let code = c.param.def.code.as_str();
+        match &c.link {
+            Some(Link::Chain(links)) => {
+                let mut out = Ids::new();
+                for (target, inner) in links {
+                    for id in (Executor { tree: self.tree, rtype: target }).criterion(inner)? {
+                        let mut k = param_prefix(self.rtype, code, b'r');
+                        push_str(&mut k, target);
+                        push_str(&mut k, &id);
+                        self.scan(&k, &mut out)?;
+                    }
+                }
+                return Ok(out);
+            }
+            Some(Link::Has { source, inner }) => {
+                let mut out = Ids::new();
+                for id in (Executor { tree: self.tree, rtype: source }).criterion(inner)? {
+                    for (t, target) in references(self.tree, source, &id, code)? {
+                        if t == self.rtype {
+                            out.insert(target);
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            None => {}
+        }
         let bad = |reason: String| SearchError::BadValue { param: code.to_string(), reason };
         if c.modifier.as_deref() == Some("missing") {
             let mut present = Ids::new();
@@ -464,6 +540,47 @@ impl Executor<'_> {
     }
 }
 
+/// Undoes [`push_str`]'s escaping of one part.
+fn unescape(b: &[u8]) -> String {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == 1 && i + 1 < b.len() {
+            out.push(b[i + 1] - 1);
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The (type, id) targets of `rtype/id`'s reference parameter `code`, from its index rows.
+pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Result<Vec<(String, String)>, SearchError> {
+    let Some(list) = tree.get(super::index::reverse_key(rtype, id))? else { return Ok(Vec::new()) };
+    let rows = super::index::decode_list(&list).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?;
+    let prefix = param_prefix(rtype, code, b'r');
+    Ok(rows
+        .iter()
+        .filter_map(|k| k.strip_prefix(prefix.as_slice()))
+        .filter_map(|rest| {
+            let mut parts = rest.split(|b| *b == 0);
+            Some((unescape(parts.next()?), unescape(parts.next()?)))
+        })
+        .collect())
+}
+
+/// Resources of `source` whose reference parameter `code` points at `rtype/id`.
+pub fn referrers(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Vec<String>, SearchError> {
+    let mut k = param_prefix(source, code, b'r');
+    push_str(&mut k, rtype);
+    push_str(&mut k, id);
+    let mut out = Ids::new();
+    (Executor { tree, rtype: source }).scan(&k, &mut out)?;
+    Ok(out.into_iter().collect())
+}
+
 /// `s` escaped like [`push_str`] but without the terminator (a prefix to scan).
 fn escaped(s: &str) -> Vec<u8> {
     let mut k = Vec::new();
@@ -570,8 +687,13 @@ mod tests {
         assert!(matches!(search(&tree, &reg, "Patient", "nonsense=1"), Err(SearchError::UnknownParameter { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "birthdate=yesterday"), Err(SearchError::BadValue { .. })));
         assert!(matches!(search(&tree, &reg, "Observation", "code:in=http://vs"), Err(SearchError::NotSupported(_))));
-        assert!(matches!(search(&tree, &reg, "Observation", "subject.name=x"), Err(SearchError::NotSupported(_))));
-        assert!(matches!(search(&tree, &reg, "Observation", "subject:Patient.name=x"), Err(SearchError::NotSupported(_))));
+        // chains and reverse chains
+        assert_eq!(s("Observation", "subject:Patient.family=windsor,chalmers-smith"), ["o2"]);
+        assert_eq!(s("Observation", "patient.gender=male"), ["o1"]);
+        assert_eq!(s("Patient", "_has:Observation:subject:code=http://snomed.info/sct|15074-8"), ["b"]);
+        assert_eq!(s("Patient", "_has:Observation:patient:status=final"), ["a"]);
+        assert!(matches!(search(&tree, &reg, "Observation", "status.name=x"), Err(SearchError::BadValue { .. })));
+        assert!(matches!(search(&tree, &reg, "Patient", "_has:Observation:code:status=final"), Err(SearchError::UnknownParameter { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "family:below=x"), Err(SearchError::NotSupported(_)) | Err(SearchError::BadValue { .. })));
     }
 }

@@ -173,7 +173,7 @@ fn bad_input_is_a_4xx_operation_outcome() {
     assert_outcome(c.post(node.url("/Patient/a")).send().unwrap(), 405, "allowed: GET, PUT, PATCH, DELETE");
     assert_outcome(c.get(node.url("/Patient?colour=x")).send().unwrap(), 400, "unknown search parameter 'colour'");
     // Not implemented yet: said plainly.
-    assert_outcome(c.get(node.url("/Patient?_has:Observation:subject:code=x")).send().unwrap(), 400, "not supported");
+    assert_outcome(c.get(node.url("/Patient?_filter=name eq x")).send().unwrap(), 400, "not supported");
     assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Bundle", "type": "batch"})), 501, "bundles");
     let resp = c.patch(node.url("/Patient?identifier=x")).header("content-type", "application/json-patch+json").body("[]").send().unwrap();
     assert_outcome(resp, 501, "conditional PATCH");
@@ -226,7 +226,9 @@ fn capability_statement_claims_what_is_served() {
     let family = params.iter().find(|p| p["name"] == "family").expect("family is claimed");
     assert_eq!(family["definition"], "http://hl7.org/fhir/SearchParameter/individual-family");
     assert!(params.iter().any(|p| p["name"] == "_lastUpdated"));
-    assert!(patient.get("searchInclude").is_none(), "_include is not served yet and must not be claimed");
+    let includes = patient["searchInclude"].as_array().unwrap();
+    assert!(includes.iter().any(|i| i == "Patient:general-practitioner"), "{includes:?}");
+    assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
     assert_eq!(cs["rest"][0]["interaction"], json!([{"code": "history-system"}]));
 }
 

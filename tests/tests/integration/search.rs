@@ -109,3 +109,25 @@ fn a_follower_finds_a_write_it_acknowledged() {
         assert_eq!(all["total"], 2, "node {n}");
     }
 }
+
+#[test]
+fn include_revinclude_chain_and_has_over_http() {
+    let node = TestNode::start();
+    let c = client();
+    put(&c, &node.url("/Practitioner/dr"), &json!({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "Who"}]})).unwrap();
+    put(&c, &node.url("/Patient/p1"), &json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Pond"}], "generalPractitioner": [{"reference": "Practitioner/dr"}]})).unwrap();
+    put(&c, &node.url("/Patient/p2"), &json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Oswald"}]})).unwrap();
+    put(&c, &node.url("/Observation/o1"), &obs("o1", "1234-5", 1.0)).unwrap();
+    let b = json(c.get(node.url("/Observation?code=1234-5&_include=Observation:subject")).send().unwrap());
+    let modes: Vec<(String, String)> = b["entry"].as_array().unwrap().iter().map(|e| (e["search"]["mode"].as_str().unwrap().to_string(), e["fullUrl"].as_str().unwrap().rsplit('/').next().unwrap().to_string())).collect();
+    assert_eq!(modes, [("match".to_string(), "o1".to_string()), ("include".to_string(), "p1".to_string())]);
+    assert_eq!(b["total"], 1, "included resources do not count");
+    let b = json(c.get(node.url("/Patient?_id=p1,p2&_revinclude=Observation:subject&_include=Patient:general-practitioner")).send().unwrap());
+    let urls: Vec<&str> = b["entry"].as_array().unwrap().iter().map(|e| e["fullUrl"].as_str().unwrap()).collect();
+    assert_eq!(urls.len(), 4, "{urls:?}");
+    assert!(urls.iter().any(|u| u.ends_with("/Observation/o1")) && urls.iter().any(|u| u.ends_with("/Practitioner/dr")));
+    assert_eq!(ids(&json(c.get(node.url("/Observation?subject:Patient.general-practitioner.family=who")).send().unwrap())), ["o1"]);
+    assert_eq!(ids(&json(c.get(node.url("/Patient?_has:Observation:subject:code=1234-5")).send().unwrap())), ["p1"]);
+    assert_eq!(c.get(node.url("/Observation?_include=Observation:*")).send().unwrap().status(), 400);
+    assert_eq!(c.get(node.url("/Observation?_include:iterate=Observation:subject")).send().unwrap().status(), 400);
+}
