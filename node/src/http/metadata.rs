@@ -19,7 +19,7 @@ pub async fn capability_statement(req: HttpRequest, st: web::Data<AppState>) -> 
 fn codes(level: Level) -> Vec<Value> {
     let mut seen = Vec::new();
     // Conditional update / delete are flags of the resource entry, not interaction codes.
-    for i in INTERACTIONS.iter().filter(|i| i.level == level && !i.code.starts_with("history-system") && !i.code.starts_with("conditional-")) {
+    for i in INTERACTIONS.iter().filter(|i| i.level == level && !i.code.starts_with("history-system") && !i.code.starts_with("conditional-") && i.code != "search-compartment") {
         let c = json!({"code": i.code});
         if !seen.contains(&c) {
             seen.push(c);
@@ -33,6 +33,22 @@ fn includes(st: &AppState, rtype: &str) -> Vec<String> {
     let mut v: Vec<String> = st.search.for_type(rtype).filter(|p| p.def.kind == ParamType::Reference).map(|p| format!("{rtype}:{}", p.def.code)).collect();
     v.sort();
     v.dedup();
+    v
+}
+
+/// Canonical URLs of the compartments searchable as `/{Compartment}/{id}/{type}`.
+fn compartments(st: &AppState) -> Vec<String> {
+    let mut v: Vec<String> = st
+        .search
+        .compartments
+        .keys()
+        .map(|c| {
+            let mut name = c.clone();
+            name[..1].make_ascii_lowercase();
+            format!("http://hl7.org/fhir/CompartmentDefinition/{name}")
+        })
+        .collect();
+    v.sort();
     v
 }
 
@@ -111,6 +127,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "compartment": compartments(st),
             "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Search: every official parameter except composite and special ones; modifiers :missing, :exact, :contains (string), :text, :not (token), :[type] (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining (any depth up to 8) and _has; _include and _revinclude (not :iterate, not *). Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), :of-type, :identifier, _include:iterate, _sort on other than _id and _lastUpdated, composite parameters, _text, _content, _filter.",
             "resource": resources,
             "interaction": system

@@ -98,6 +98,7 @@ pub const INTERACTIONS: &[Interaction] = &[
     Interaction { code: "conditional-delete", level: Level::Type, method: "DELETE", path: "/{type}" },
     Interaction { code: "vread", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history/{vid}" },
     Interaction { code: "history-instance", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history" },
+    Interaction { code: "search-compartment", level: Level::Instance, method: "GET", path: "/{type}/{id}/{member}" },
     Interaction { code: "read", level: Level::Instance, method: "GET", path: "/{type}/{id}" },
     Interaction { code: "update", level: Level::Instance, method: "PUT", path: "/{type}/{id}" },
     Interaction { code: "patch", level: Level::Instance, method: "PATCH", path: "/{type}/{id}" },
@@ -124,6 +125,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "search-type" if i.method == "GET" => route.to(search::get),
             "search-type" => route.to(search::post),
             "conditional-update" => route.to(crud::conditional_update),
+            "search-compartment" => route.to(search::compartment),
             "conditional-delete" => route.to(crud::conditional_delete),
             "read" => {
                 cfg.route(i.path, web::head().to(crud::read));

@@ -25,7 +25,26 @@ pub async fn get(req: HttpRequest, path: web::Path<String>, st: web::Data<AppSta
     let rtype = st.defs.resource_type(&path)?;
     negotiate::read_barrier(&req, &st).await?;
     let params = ctx.params.clone();
-    respond(&ctx, &st, rtype, params).await
+    respond(&ctx, &st, rtype, params, None).await
+}
+
+/// `GET /{Compartment}/{id}/{type}?…`: the search restricted to the compartment of
+/// `Compartment/id` (CompartmentDefinition: the member type's linking parameters).
+pub async fn compartment(req: HttpRequest, path: web::Path<(String, String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let (ctype, cid) = super::crud::type_and_id(&st, &path.0, &path.1)?;
+    let rtype = st.defs.resource_type(&path.2)?;
+    let links = st
+        .search
+        .compartment_params(ctype, rtype)
+        .ok_or_else(|| RequestError::NoRoute(format!("/{ctype}/{cid}/{rtype}: {ctype} is not a compartment")))?;
+    negotiate::read_barrier(&req, &st).await?;
+    let mut members = BTreeSet::new();
+    for code in &links {
+        members.extend(query::referrers(st.store.tree(), rtype, code, ctype, cid)?);
+    }
+    let params = ctx.params.clone();
+    respond(&ctx, &st, rtype, params, Some((format!("/{ctype}/{cid}/{rtype}"), members))).await
 }
 
 pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -43,7 +62,7 @@ pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, s
     negotiate::read_barrier(&req, &st).await?;
     let mut params = ctx.params.clone();
     params.extend(form);
-    respond(&ctx, &st, rtype, params).await
+    respond(&ctx, &st, rtype, params, None).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,7 +144,14 @@ fn includes(st: &AppState, rtype: &str, params: &[(String, String)], page: &[Str
     Ok(out)
 }
 
-async fn respond(ctx: &Ctx, st: &AppState, rtype: &'static str, params: Vec<(String, String)>) -> Result<HttpResponse, ApiError> {
+/// Runs the search; `within` restricts it to a compartment (its path and member ids).
+async fn respond(
+    ctx: &Ctx,
+    st: &AppState,
+    rtype: &'static str,
+    params: Vec<(String, String)>,
+    within: Option<(String, BTreeSet<String>)>,
+) -> Result<HttpResponse, ApiError> {
     let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let (key, descending) = match param("_sort") {
         None | Some("_id") => (SortKey::Id, false),
@@ -146,11 +172,17 @@ async fn respond(ctx: &Ctx, st: &AppState, rtype: &'static str, params: Vec<(Str
     let q = query::parse(&st.search, rtype, &params, ctx.lenient)?;
     let ignored = q.ignored.clone();
     let tree = st.store.tree().clone();
-    let ids: BTreeSet<String> = web::block(move || Executor { tree: &tree, rtype }.run(&q))
+    let mut ids: BTreeSet<String> = web::block(move || Executor { tree: &tree, rtype }.run(&q))
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))??;
+    let path = match within {
+        Some((path, members)) => {
+            ids = ids.intersection(&members).cloned().collect();
+            path
+        }
+        None => format!("/{rtype}"),
+    };
     let total = ids.len();
-    let path = format!("/{rtype}");
     let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
     if ctx.subset.summary == Some(SummaryMode::Count) {
         let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;

@@ -73,6 +73,20 @@ pub struct Registry {
     pub all: Vec<Arc<SearchParam>>,
     /// Expressions that did not compile, with the error.
     pub failures: Vec<(String, FhirPathError)>,
+    /// Compartment definitions: compartment type → member type → parameters linking to it.
+    pub compartments: HashMap<String, HashMap<String, Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+struct CompartmentFile {
+    compartments: HashMap<String, HashMap<String, Vec<String>>>,
+}
+
+fn compartment_source(version: FhirVersion) -> &'static str {
+    match version {
+        FhirVersion::R4 => include_str!("../../../schemas/r4/compartments.json"),
+        FhirVersion::Stu3 => include_str!("../../../schemas/stu3/compartments.json"),
+    }
 }
 
 fn source(version: FhirVersion) -> &'static str {
@@ -87,6 +101,8 @@ impl Registry {
     pub fn load(version: FhirVersion) -> Registry {
         let file: File = serde_json::from_str(source(version)).expect("the committed search parameter registry is valid JSON");
         let mut reg = Registry::default();
+        let comps: CompartmentFile = serde_json::from_str(compartment_source(version)).expect("the committed compartment file is valid JSON");
+        reg.compartments = comps.compartments;
         for def in file.parameters {
             let expr = if def.expression.trim().is_empty() {
                 None
@@ -115,6 +131,14 @@ impl Registry {
             .and_then(|m| m.get(code))
             .or_else(|| self.by_type.get("DomainResource").and_then(|m| m.get(code)))
             .or_else(|| self.by_type.get("Resource").and_then(|m| m.get(code)))
+    }
+
+    /// The parameters of `rtype` that put it in compartment `ctype` (`None`: `ctype` is not a
+    /// compartment; empty: `rtype` is never in it). `{def}` (the compartment resource itself) is
+    /// left out.
+    pub fn compartment_params(&self, ctype: &str, rtype: &str) -> Option<Vec<String>> {
+        let c = self.compartments.get(ctype)?;
+        Some(c.get(rtype).map(|ps| ps.iter().filter(|p| !p.starts_with('{')).cloned().collect()).unwrap_or_default())
     }
 
     /// Parameters that apply to `rtype`.

@@ -128,6 +128,14 @@ fn include_revinclude_chain_and_has_over_http() {
     assert!(urls.iter().any(|u| u.ends_with("/Observation/o1")) && urls.iter().any(|u| u.ends_with("/Practitioner/dr")));
     assert_eq!(ids(&json(c.get(node.url("/Observation?subject:Patient.general-practitioner.family=who")).send().unwrap())), ["o1"]);
     assert_eq!(ids(&json(c.get(node.url("/Patient?_has:Observation:subject:code=1234-5")).send().unwrap())), ["p1"]);
+    // Compartment search: Patient/p1's Observations (subject or performer), with more criteria.
+    put(&c, &node.url("/Observation/o2"), &json!({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p2"}})).unwrap();
+    assert_eq!(ids(&json(c.get(node.url("/Patient/p1/Observation")).send().unwrap())), ["o1"]);
+    assert_eq!(ids(&json(c.get(node.url("/Patient/p2/Observation?status=final")).send().unwrap())), ["o2"]);
+    assert!(ids(&json(c.get(node.url("/Patient/p2/Observation?code=1234-5")).send().unwrap())).is_empty());
+    assert_eq!(c.get(node.url("/Observation/o1/Patient")).send().unwrap().status(), 404, "Observation is not a compartment");
+    let cs = json(c.get(node.url("/metadata")).send().unwrap());
+    assert!(cs["rest"][0]["compartment"].as_array().unwrap().iter().any(|u| u == "http://hl7.org/fhir/CompartmentDefinition/relatedPerson"));
     assert_eq!(c.get(node.url("/Observation?_include=Observation:*")).send().unwrap().status(), 400);
     assert_eq!(c.get(node.url("/Observation?_include:iterate=Observation:subject")).send().unwrap().status(), 400);
 }
