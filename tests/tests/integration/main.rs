@@ -10,3 +10,4 @@ mod history;
 mod negotiation;
 mod search;
 mod search_examples;
+mod search_property;
