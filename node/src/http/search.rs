@@ -1,6 +1,6 @@
 //! Type-level search: `GET /{type}?…` and `POST /{type}/_search` (form body merged with the URL
-//! parameters). Results are sorted by `_sort` (`_id`, `_lastUpdated`, either descending with `-`;
-//! default `_id`) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
+//! parameters). Results are sorted by `_sort` (any parameter, several keys, `-` for descending;
+//! default: id) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
 //! page does not shift when resources are added or removed elsewhere in the result, and the links
 //! do not expire. `_count` (0 allowed), `_total` (none / estimate / accurate), `_summary`,
 //! `_elements`, `_include` / `_revinclude` (entries with search.mode `include`); unknown or
@@ -18,6 +18,7 @@ use super::{AppState, RequestError};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::SummaryMode;
 use crate::search::query::{self, Executor, SearchError};
+use crate::search::sort;
 use crate::store::{StoreError, VersionRecord};
 
 pub async fn get(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -65,25 +66,8 @@ pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, s
     respond(&ctx, &st, rtype, params, None).await
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum SortKey {
-    Id,
-    LastUpdated,
-}
-
 fn bad(name: &str, reason: impl Into<String>) -> ApiError {
     RequestError::BadParameter { name: name.into(), reason: reason.into() }.into()
-}
-
-/// The sort key of a result: `_lastUpdated` as 20 digits, then the id.
-fn sort_key(st: &AppState, rtype: &str, id: &str, key: SortKey) -> Result<String, ApiError> {
-    Ok(match key {
-        SortKey::Id => id.to_string(),
-        SortKey::LastUpdated => {
-            let ts = st.store.current(rtype, id)?.map(|c| c.ts).unwrap_or(0);
-            format!("{ts:020}\u{1}{id}")
-        }
-    })
 }
 
 /// `_include=Source:param[:Target]` and `_revinclude=Source:param[:Target]` for the page's
@@ -153,13 +137,7 @@ async fn respond(
     within: Option<(String, BTreeSet<String>)>,
 ) -> Result<HttpResponse, ApiError> {
     let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-    let (key, descending) = match param("_sort") {
-        None | Some("_id") => (SortKey::Id, false),
-        Some("-_id") => (SortKey::Id, true),
-        Some("_lastUpdated") => (SortKey::LastUpdated, false),
-        Some("-_lastUpdated") => (SortKey::LastUpdated, true),
-        Some(other) => return Err(SearchError::NotSupported(format!("_sort={other} (supported: _id, _lastUpdated, with - for descending)")).into()),
-    };
+    let sort = sort::parse(&st.search, rtype, param("_sort"))?;
     let count = match param("_count") {
         None => st.cfg.limits.default_page_size,
         Some(c) => c.parse::<usize>().map_err(|_| bad("_count", format!("'{c}' is not a non-negative integer")))?.min(st.cfg.limits.max_page_size),
@@ -189,28 +167,23 @@ async fn respond(
         return Ok(ctx.respond(HttpResponse::Ok(), body));
     }
     // Order by the sort key; page from the cursor.
-    let mut keyed: Vec<(String, String)> = Vec::with_capacity(ids.len());
+    let mut keyed: Vec<(Vec<u8>, String)> = Vec::with_capacity(ids.len());
     for id in ids {
-        keyed.push((sort_key(st, rtype, &id, key)?, id));
+        keyed.push((sort::key(st.store.tree(), rtype, &id, &sort)?, id));
     }
     keyed.sort();
-    if descending {
-        keyed.reverse();
-    }
-    let after = |k: &str, edge: &str| if descending { k < edge } else { k > edge };
     let (start, end) = match param("_page") {
         None => (0, count.min(keyed.len())),
         Some(p) => {
             let (dir, edge) = p.split_at(p.find(':').ok_or_else(|| bad("_page", "use the links of the search bundle"))?);
-            let edge = String::from_utf8(hex::decode(&edge[1..]).map_err(|_| bad("_page", "use the links of the search bundle"))?)
-                .map_err(|_| bad("_page", "use the links of the search bundle"))?;
+            let edge = hex::decode(&edge[1..]).map_err(|_| bad("_page", "use the links of the search bundle"))?;
             match dir {
                 "n" => {
-                    let s = keyed.iter().position(|(k, _)| after(k, &edge)).unwrap_or(keyed.len());
+                    let s = keyed.iter().position(|(k, _)| *k > edge).unwrap_or(keyed.len());
                     (s, (s + count).min(keyed.len()))
                 }
                 "p" => {
-                    let e = keyed.iter().position(|(k, _)| !after(&edge, k) ).unwrap_or(keyed.len());
+                    let e = keyed.iter().position(|(k, _)| *k >= edge).unwrap_or(keyed.len());
                     (e.saturating_sub(count), e)
                 }
                 _ => return Err(bad("_page", "use the links of the search bundle")),

@@ -2,7 +2,7 @@
 //! ([`params`]), their FHIRPath expressions compiled once at start-up ([`fhirpath`]), value
 //! extraction per parameter type ([`extract`]) with exact decimals ([`decimal`]), and the index
 //! rows the state machine writes with every version ([`index`]); parsing and running a search
-//! on those rows ([`query`]).
+//! on those rows ([`query`]); `_sort` keys ([`sort`]).
 
 pub mod decimal;
 pub mod extract;
@@ -10,3 +10,4 @@ pub mod fhirpath;
 pub mod index;
 pub mod params;
 pub mod query;
+pub mod sort;

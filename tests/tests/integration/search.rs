@@ -139,3 +139,31 @@ fn include_revinclude_chain_and_has_over_http() {
     assert_eq!(c.get(node.url("/Observation?_include=Observation:*")).send().unwrap().status(), 400);
     assert_eq!(c.get(node.url("/Observation?_include:iterate=Observation:subject")).send().unwrap().status(), 400);
 }
+
+#[test]
+fn sort_on_any_parameter_with_several_keys_and_paging() {
+    let node = TestNode::start();
+    let c = client();
+    let people = [("a", "Zeta", Some("1990-05-01")), ("b", "alpha", Some("1980")), ("c", "Mu", None), ("d", "Alpha", Some("2001-01-01")), ("e", "beta", Some("1980-06"))];
+    for (id, family, birth) in people {
+        let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+        if let Some(b) = birth {
+            p["birthDate"] = json!(b);
+        }
+        put(&c, &node.url(&format!("/Patient/{id}")), &p).unwrap();
+    }
+    let get = |qs: &str| ids(&json(c.get(node.url(&format!("/Patient?{qs}"))).send().unwrap()));
+    assert_eq!(get("_sort=family"), ["b", "d", "e", "c", "a"], "case-insensitive, then id");
+    assert_eq!(get("_sort=-family"), ["a", "c", "e", "b", "d"]);
+    assert_eq!(get("_sort=birthdate"), ["b", "e", "a", "d", "c"], "no value sorts last");
+    assert_eq!(get("_sort=-birthdate,family"), ["d", "a", "e", "b", "c"]);
+    // Paging follows the sort order.
+    let first = json(c.get(node.url("/Patient?_sort=-birthdate&_count=2")).send().unwrap());
+    assert_eq!(ids(&first), ["d", "a"]);
+    let second = json(c.get(link(&first, "next").unwrap()).send().unwrap());
+    assert_eq!(ids(&second), ["e", "b"]);
+    let third = json(c.get(link(&second, "next").unwrap()).send().unwrap());
+    assert_eq!(ids(&third), ["c"]);
+    assert_eq!(ids(&json(c.get(link(&third, "previous").unwrap()).send().unwrap())), ["e", "b"]);
+    assert_eq!(c.get(node.url("/Patient?_sort=shoe")).send().unwrap().status(), 400);
+}
