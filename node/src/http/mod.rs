@@ -90,6 +90,7 @@ pub struct Interaction {
 /// Everything the FHIR API serves, in routing order (specific paths before `{id}`).
 pub const INTERACTIONS: &[Interaction] = &[
     Interaction { code: "history-system", level: Level::System, method: "GET", path: "/_history" },
+    Interaction { code: "search-system", level: Level::System, method: "GET", path: "/" },
     Interaction { code: "history-type", level: Level::Type, method: "GET", path: "/{type}/_history" },
     Interaction { code: "search-type", level: Level::Type, method: "POST", path: "/{type}/_search" },
     Interaction { code: "create", level: Level::Type, method: "POST", path: "/{type}" },
@@ -119,6 +120,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         let route = web::route().method(method);
         let route = match i.code {
             "history-system" => route.to(history::system),
+            "search-system" => route.to(search::system),
             "history-type" => route.to(history::type_level),
             "history-instance" => route.to(history::instance),
             "create" => route.to(crud::create),
@@ -150,7 +152,6 @@ async fn fallback(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     let not_impl = |what: &str| Err(RequestError::NotImplemented(what.to_string()).into());
     match (method, segments.as_slice()) {
         ("POST", []) => not_impl("batch/transaction bundles (POST /)"),
-        ("GET", []) => not_impl("system-level search"),
         ("PATCH", [t]) => {
             st.defs.resource_type(t)?;
             not_impl(&format!("conditional PATCH on {t}"))

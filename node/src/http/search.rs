@@ -128,7 +128,32 @@ fn includes(st: &AppState, rtype: &str, params: &[(String, String)], page: &[Str
     Ok(out)
 }
 
-/// Runs the search; `within` restricts it to a compartment (its path and member ids).
+/// `GET /?_type=A,B&…`: system search over the listed types (all types without `_type`); only
+/// parameters every listed type has (the common `_id`, `_lastUpdated`, `_tag`, … for all types).
+pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let mut types: Vec<&'static str> = Vec::new();
+    for (_, v) in ctx.params.iter().filter(|(k, _)| k == "_type") {
+        for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let t = st.defs.resource_type(t)?;
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
+    }
+    if types.is_empty() {
+        types = st.defs.types.iter().map(|t| st.defs.resource_type(t)).collect::<Result<_, _>>()?;
+    }
+    if ctx.params.iter().any(|(k, _)| k.starts_with("_include") || k.starts_with("_revinclude")) {
+        return Err(SearchError::NotSupported("_include / _revinclude on a system search".into()).into());
+    }
+    negotiate::read_barrier(&req, &st).await?;
+    let params: Vec<(String, String)> = ctx.params.iter().filter(|(k, _)| k != "_type").cloned().collect();
+    let link_params = ctx.params.clone();
+    respond_types(&ctx, &st, types, params, link_params, None, "/".into()).await
+}
+
+/// Runs a type-level search; `within` restricts it to a compartment (its path and member ids).
 async fn respond(
     ctx: &Ctx,
     st: &AppState,
@@ -136,8 +161,26 @@ async fn respond(
     params: Vec<(String, String)>,
     within: Option<(String, BTreeSet<String>)>,
 ) -> Result<HttpResponse, ApiError> {
+    let (path, within) = match within {
+        Some((path, members)) => (path, Some(members)),
+        None => (format!("/{rtype}"), None),
+    };
+    respond_types(ctx, st, vec![rtype], params.clone(), params, within, path).await
+}
+
+/// The search itself over one or more types: criteria, sort, keyset page, includes, bundle.
+/// `link_params` are repeated in the paging links.
+async fn respond_types(
+    ctx: &Ctx,
+    st: &AppState,
+    types: Vec<&'static str>,
+    params: Vec<(String, String)>,
+    link_params: Vec<(String, String)>,
+    within: Option<BTreeSet<String>>,
+    path: String,
+) -> Result<HttpResponse, ApiError> {
     let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-    let sort = sort::parse(&st.search, rtype, param("_sort"))?;
+    let sorts = types.iter().map(|t| sort::parse(&st.search, t, param("_sort"))).collect::<Result<Vec<_>, _>>()?;
     let count = match param("_count") {
         None => st.cfg.limits.default_page_size,
         Some(c) => c.parse::<usize>().map_err(|_| bad("_count", format!("'{c}' is not a non-negative integer")))?.min(st.cfg.limits.max_page_size),
@@ -147,29 +190,44 @@ async fn respond(
         Some("none") => false,
         Some(other) => return Err(bad("_total", format!("'{other}' is not none, estimate or accurate"))),
     };
-    let q = query::parse(&st.search, rtype, &params, ctx.lenient)?;
-    let ignored = q.ignored.clone();
-    let tree = st.store.tree().clone();
-    let mut ids: BTreeSet<String> = web::block(move || Executor { tree: &tree, rtype }.run(&q))
-        .await
-        .map_err(|e| StoreError::Storage(e.to_string()))??;
-    let path = match within {
-        Some((path, members)) => {
-            ids = ids.intersection(&members).cloned().collect();
-            path
+    let mut queries = Vec::with_capacity(types.len());
+    let mut ignored: Vec<(String, String)> = Vec::new();
+    for t in &types {
+        let q = query::parse(&st.search, t, &params, ctx.lenient)?;
+        for i in &q.ignored {
+            if !ignored.contains(i) {
+                ignored.push(i.clone());
+            }
         }
-        None => format!("/{rtype}"),
-    };
-    let total = ids.len();
+        queries.push((*t, q));
+    }
+    let tree = st.store.tree().clone();
+    let found: Vec<(&'static str, BTreeSet<String>)> = web::block(move || {
+        queries.into_iter().map(|(t, q)| Executor { tree: &tree, rtype: t }.run(&q).map(|ids| (t, ids))).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| StoreError::Storage(e.to_string()))??;
+    let mut hits: Vec<(&'static str, String)> = Vec::new();
+    for (t, ids) in found {
+        match &within {
+            Some(members) => hits.extend(ids.intersection(members).map(|id| (t, id.clone()))),
+            None => hits.extend(ids.into_iter().map(|id| (t, id))),
+        }
+    }
+    let total = hits.len();
+    let params = link_params;
     let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
     if ctx.subset.summary == Some(SummaryMode::Count) {
         let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
         return Ok(ctx.respond(HttpResponse::Ok(), body));
     }
     // Order by the sort key; page from the cursor.
-    let mut keyed: Vec<(Vec<u8>, String)> = Vec::with_capacity(ids.len());
-    for id in ids {
-        keyed.push((sort::key(st.store.tree(), rtype, &id, &sort)?, id));
+    let mut keyed: Vec<(Vec<u8>, (&'static str, String))> = Vec::with_capacity(hits.len());
+    for (t, id) in hits {
+        let i = types.iter().position(|x| *x == t).expect("listed type");
+        let mut k = sort::key(st.store.tree(), t, &id, &sorts[i])?;
+        k.extend_from_slice(t.as_bytes());
+        keyed.push((k, (t, id)));
     }
     keyed.sort();
     let (start, end) = match param("_page") {
@@ -198,17 +256,20 @@ async fn respond(
         links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", hex::encode(&keyed[end - 1].0))))));
     }
     let mut bodies = Vec::with_capacity(end - start);
-    for (_, id) in &keyed[start..end] {
-        match st.store.read(rtype, id) {
-            Ok((_, rec)) => bodies.push((id.clone(), rec)),
+    for (_, (t, id)) in &keyed[start..end] {
+        match st.store.read(t, id) {
+            Ok((_, rec)) => bodies.push((t.to_string(), id.clone(), rec)),
             // Deleted between the index scan and this read: not part of the page.
             Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let included = includes(st, rtype, &params, &bodies.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>())?;
+    let included = match types.as_slice() {
+        [rtype] => includes(st, rtype, &params, &bodies.iter().map(|(_, id, _)| id.clone()).collect::<Vec<_>>())?,
+        _ => Vec::new(),
+    };
     let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
-    for (mode, (t, id, rec)) in bodies.iter().map(|(id, rec)| ("match", (rtype.to_string(), id, rec))).chain(included.iter().map(|(t, id, rec)| ("include", (t.clone(), id, rec)))) {
+    for (mode, (t, id, rec)) in bodies.iter().map(|b| ("match", b)).chain(included.iter().map(|b| ("include", b))) {
         entries.push(Entry {
             full_url: Some(format!("{}/{t}/{id}", ctx.base)),
             resource: Some(embed(ctx, st, rec.body(), &format!("{t}/{id}"))?),

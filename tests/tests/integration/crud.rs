@@ -229,7 +229,7 @@ fn capability_statement_claims_what_is_served() {
     let includes = patient["searchInclude"].as_array().unwrap();
     assert!(includes.iter().any(|i| i == "Patient:general-practitioner"), "{includes:?}");
     assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
-    assert_eq!(cs["rest"][0]["interaction"], json!([{"code": "history-system"}]));
+    assert_eq!(cs["rest"][0]["interaction"], json!([{"code": "history-system"}, {"code": "search-system"}]));
 }
 
 #[test]

@@ -136,6 +136,15 @@ fn include_revinclude_chain_and_has_over_http() {
     assert_eq!(c.get(node.url("/Observation/o1/Patient")).send().unwrap().status(), 404, "Observation is not a compartment");
     let cs = json(c.get(node.url("/metadata")).send().unwrap());
     assert!(cs["rest"][0]["compartment"].as_array().unwrap().iter().any(|u| u == "http://hl7.org/fhir/CompartmentDefinition/relatedPerson"));
+    // System search: several types, common parameters; one type, its own parameters.
+    let sys = json(c.get(node.url("/?_type=Patient,Observation&_lastUpdated=gt2000-01-01&_count=3")).send().unwrap());
+    assert_eq!(sys["total"], 4, "two Patients and two Observations: {sys}");
+    assert_eq!(ids(&sys).len(), 3);
+    let rest = json(c.get(link(&sys, "next").unwrap()).send().unwrap());
+    assert_eq!(ids(&rest), ["p2"]);
+    assert_eq!(ids(&json(c.get(node.url("/?_id=p2")).send().unwrap())), ["p2"]);
+    assert_eq!(ids(&json(c.get(node.url("/?_type=Patient&family=pond")).send().unwrap())), ["p1"]);
+    assert_eq!(c.get(node.url("/?_type=Patient,Observation&family=pond")).send().unwrap().status(), 400);
     assert_eq!(c.get(node.url("/Observation?_include=Observation:*")).send().unwrap().status(), 400);
     assert_eq!(c.get(node.url("/Observation?_include:iterate=Observation:subject")).send().unwrap().status(), 400);
 }
