@@ -61,6 +61,22 @@ pub fn param_prefix(rtype: &str, code: &str, kind: u8) -> Vec<u8> {
     k
 }
 
+/// Prefix of the rows of one parameter kind whose leading parts equal `parts` exactly.
+pub fn exact_prefix(rtype: &str, code: &str, kind: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = param_prefix(rtype, code, kind);
+    for p in parts {
+        push_str(&mut k, p);
+    }
+    k
+}
+
+/// Prefix of the rows of one parameter kind whose first part starts with `text`.
+pub fn open_prefix(rtype: &str, code: &str, kind: u8, text: &str) -> Vec<u8> {
+    let mut k = exact_prefix(rtype, code, kind, &[text]);
+    k.pop(); // no terminator: any continuation matches
+    k
+}
+
 /// One index row: key, and value (the exact strings of an `l` row, else empty).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Row {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::decimal::Decimal;
 use super::extract::normalize;
-use super::index::{exact_strings, i64_from_key, param_prefix, param_rows, push_str, row_id};
+use super::index::{exact_prefix, exact_strings, i64_from_key, open_prefix, param_prefix, param_rows, push_str, row_id};
 use super::params::{ParamType, Registry, SearchParam};
 use crate::fhir::meta::{now_micros, parse_fhir_range};
 use crate::store::{keys, Current, StoreError};
@@ -282,10 +282,7 @@ impl Executor<'_> {
                 let mut out = Ids::new();
                 for (target, inner) in links {
                     for id in (Executor { tree: self.tree, rtype: target }).criterion(inner)? {
-                        let mut k = param_prefix(self.rtype, code, b'r');
-                        push_str(&mut k, target);
-                        push_str(&mut k, &id);
-                        self.scan(&k, &mut out)?;
+                        self.scan(&exact_prefix(self.rtype, code, b'r', &[target, &id]), &mut out)?;
                     }
                 }
                 return Ok(out);
@@ -340,9 +337,7 @@ impl Executor<'_> {
     fn token(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
         let code = c.param.def.code.as_str();
         if c.modifier.as_deref() == Some("text") {
-            let mut k = param_prefix(self.rtype, code, b'x');
-            k.extend_from_slice(&escaped(&normalize(v)));
-            return self.scan(&k, out);
+            return self.scan(&open_prefix(self.rtype, code, b'x', &normalize(v)), out);
         }
         // Rows are `t` code, system: code-first, so `code` and `system|code` are prefix scans.
         let mut k = param_prefix(self.rtype, code, b't');
@@ -373,9 +368,7 @@ impl Executor<'_> {
         let code = c.param.def.code.as_str();
         match c.modifier.as_deref() {
             Some("exact") => {
-                let mut k = param_prefix(self.rtype, code, b'l');
-                push_str(&mut k, &normalize(v));
-                for item in self.tree.scan_prefix(&k) {
+                for item in self.tree.scan_prefix(exact_prefix(self.rtype, code, b'l', &[&normalize(v)])) {
                     let (key, value) = item?;
                     if exact_strings(&value).any(|e| e == v.as_bytes()) {
                         if let Some(id) = row_id(&key) {
@@ -390,9 +383,7 @@ impl Executor<'_> {
                 self.scan_filter(&param_prefix(self.rtype, code, b'l'), |rest| rest.windows(needle.len()).any(|w| w == needle.as_slice()), out)
             }
             _ => {
-                let mut k = param_prefix(self.rtype, code, b'l');
-                k.extend_from_slice(&escaped(&normalize(v)));
-                self.scan(&k, out)
+                self.scan(&open_prefix(self.rtype, code, b'l', &normalize(v)), out)
             }
         }
     }
@@ -457,11 +448,7 @@ impl Executor<'_> {
                 }
             }
         };
-        let mut k = param_prefix(self.rtype, code, kind);
-        for s in parts {
-            push_str(&mut k, s);
-        }
-        self.scan_filter(&k, |rest| rest.get(..16).and_then(Decimal::from_key).is_some_and(keep), out)
+        self.scan_filter(&exact_prefix(self.rtype, code, kind, parts), |rest| rest.get(..16).and_then(Decimal::from_key).is_some_and(keep), out)
     }
 
     fn quantity(&self, code: &str, v: &str, out: &mut Ids) -> Result<(), SearchError> {
@@ -479,34 +466,22 @@ impl Executor<'_> {
         let type_modifier = c.modifier.as_deref().filter(|m| m.starts_with(|ch: char| ch.is_ascii_uppercase()));
         let segs: Vec<&str> = v.trim_end_matches('/').split('/').collect();
         let n = segs.len();
-        let mut k;
-        if let Some(t) = type_modifier {
-            k = param_prefix(self.rtype, code, b'r');
-            push_str(&mut k, t);
-            push_str(&mut k, v);
+        let k = if let Some(t) = type_modifier {
+            exact_prefix(self.rtype, code, b'r', &[t, v])
         } else if n == 1 && !v.contains(':') {
             // A bare id (of any of the parameter's target types), or a literal such as
             // `#contained` / a relative canonical.
             for t in &c.param.def.target {
-                let mut r = param_prefix(self.rtype, code, b'r');
-                push_str(&mut r, t);
-                push_str(&mut r, v);
-                self.scan(&r, out)?;
+                self.scan(&exact_prefix(self.rtype, code, b'r', &[t, v]), out)?;
             }
-            k = param_prefix(self.rtype, code, b'R');
-            push_str(&mut k, v);
+            exact_prefix(self.rtype, code, b'R', &[v])
         } else if n >= 2 && segs[n - 2].starts_with(|ch: char| ch.is_ascii_uppercase()) && !segs[n - 1].is_empty() {
             // `Type/id`, or a full URL ending in it: matched by type and id, as well as literally.
-            k = param_prefix(self.rtype, code, b'r');
-            push_str(&mut k, segs[n - 2]);
-            push_str(&mut k, segs[n - 1]);
-            let mut lit = param_prefix(self.rtype, code, b'R');
-            push_str(&mut lit, v);
-            self.scan(&lit, out)?;
+            self.scan(&exact_prefix(self.rtype, code, b'R', &[v]), out)?;
+            exact_prefix(self.rtype, code, b'r', &[segs[n - 2], segs[n - 1]])
         } else {
-            k = param_prefix(self.rtype, code, b'R');
-            push_str(&mut k, v);
-        }
+            exact_prefix(self.rtype, code, b'R', &[v])
+        };
         self.scan(&k, out)
     }
 
@@ -514,17 +489,13 @@ impl Executor<'_> {
         let code = c.param.def.code.as_str();
         match c.modifier.as_deref() {
             Some("below") => {
-                let mut k = param_prefix(self.rtype, code, b'u');
-                k.extend_from_slice(&escaped(v));
-                self.scan(&k, out)
+                self.scan(&open_prefix(self.rtype, code, b'u', v), out)
             }
             Some("above") => {
                 // Every stored uri that is a prefix of the value at a path boundary.
                 let mut cut = v.len();
                 loop {
-                    let mut k = param_prefix(self.rtype, code, b'u');
-                    push_str(&mut k, &v[..cut]);
-                    self.scan(&k, out)?;
+                    self.scan(&exact_prefix(self.rtype, code, b'u', &[&v[..cut]]), out)?;
                     match v[..cut].rfind('/') {
                         Some(i) if i > 0 && !v[..i].ends_with('/') => cut = i,
                         _ => return Ok(()),
@@ -532,9 +503,7 @@ impl Executor<'_> {
                 }
             }
             _ => {
-                let mut k = param_prefix(self.rtype, code, b'u');
-                push_str(&mut k, v);
-                self.scan(&k, out)
+                self.scan(&exact_prefix(self.rtype, code, b'u', &[v]), out)
             }
         }
     }
@@ -573,11 +542,8 @@ pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Resul
 
 /// Resources of `source` whose reference parameter `code` points at `rtype/id`.
 pub fn referrers(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Vec<String>, SearchError> {
-    let mut k = param_prefix(source, code, b'r');
-    push_str(&mut k, rtype);
-    push_str(&mut k, id);
     let mut out = Ids::new();
-    (Executor { tree, rtype: source }).scan(&k, &mut out)?;
+    (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
     Ok(out.into_iter().collect())
 }
 
