@@ -84,6 +84,10 @@ fn classify_store(s: &StoreError) -> (u16, &'static str) {
         StoreError::InvalidCursor => (400, "value"),
         StoreError::MultipleMatches { .. } => (412, "multiple-matches"),
         StoreError::BadCondition(_) => (400, "invalid"),
+        StoreError::NoneMatchFailed { .. } => (412, "conflict"),
+        StoreError::BadReference(_) => (400, "invalid"),
+        StoreError::DuplicateTarget(_) => (400, "business-rule"),
+        StoreError::EntryFailed { reason, .. } => classify_store(reason),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod elements;
 pub mod meta;
+pub mod references;
 pub mod schema;
 
 use std::collections::BTreeMap;

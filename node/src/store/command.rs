@@ -31,6 +31,28 @@ pub enum CommandV1 {
         op: WriteOp,
         condition: Condition,
     },
+    /// The writes of a batch or transaction bundle, in processing order. A transaction
+    /// (`atomic`) is applied all-or-nothing in one sled batch, with `urn:uuid:` / `urn:oid:`
+    /// fullUrls and conditional references resolved at apply; batch entries succeed or fail alone.
+    Bundle {
+        ts_micros: u64,
+        atomic: bool,
+        entries: Vec<BundleOp>,
+    },
+}
+
+/// One write entry of a [`CommandV1::Bundle`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleOp {
+    /// Position in the client's bundle (errors and responses name it).
+    pub index: u32,
+    pub op: WriteOp,
+    /// Conditional create / update / delete: decided by this search on the state before the bundle.
+    pub condition: Option<Condition>,
+    /// `ifNoneMatch: *` on a PUT: only when the resource does not exist.
+    pub if_none_match: bool,
+    /// The entry's fullUrl: references to it in other entries are rewritten to `Type/id`.
+    pub full_url: Option<String>,
 }
 
 /// The search of a conditional write.

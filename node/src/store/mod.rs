@@ -2,6 +2,7 @@
 //! (`state`), written only by [`state_machine::StateMachine::apply`] and read directly by the HTTP
 //! layer through [`resources::Store`].
 
+pub mod bundle_apply;
 pub mod command;
 pub mod keys;
 pub mod resources;
@@ -37,6 +38,15 @@ pub enum StoreError {
     MultipleMatches { rtype: String, count: usize },
     #[error("invalid condition: {0}")]
     BadCondition(String),
+    #[error("{rtype}/{id} already exists (ifNoneMatch: *)")]
+    NoneMatchFailed { rtype: String, id: String },
+    #[error("{0}")]
+    BadReference(String),
+    #[error("{0}")]
+    DuplicateTarget(String),
+    /// A transaction entry failed, so nothing of the transaction was applied.
+    #[error("{reason}")]
+    EntryFailed { entry: u32, reason: Box<StoreError> },
 }
 
 impl From<sled::Error> for StoreError {

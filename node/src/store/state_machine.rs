@@ -15,20 +15,37 @@ use crate::fhir::meta;
 use crate::search::index;
 use crate::search::params::Registry;
 
+/// Writes staged for one sled batch: the batch, what it changed so far (later writes of the same
+/// entry see earlier ones), and the clock.
+pub(super) struct Staged {
+    batch: sled::Batch,
+    overlay: HashMap<Vec<u8>, Current>,
+    index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    ts: u64,
+    last_ts: u64,
+}
+
+impl Staged {
+    /// The current pointers written so far.
+    pub(super) fn overlay(&self) -> &HashMap<Vec<u8>, Current> {
+        &self.overlay
+    }
+}
+
 /// What a conditional write turned into.
-enum Resolved {
+pub(super) enum Resolved {
     Ops(Vec<WriteOp>),
     Outcome(OpOutcome),
 }
 
 /// Applies commands to the `state` tree.
 pub struct StateMachine {
-    tree: sled::Tree,
+    pub(super) tree: sled::Tree,
     applied_index: u64,
     applied_term: u64,
     last_ts: u64,
     /// Search parameters whose index rows are written with every version (`None`: no index).
-    search: Option<Arc<Registry>>,
+    pub(super) search: Option<Arc<Registry>>,
 }
 
 fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError> {
@@ -42,7 +59,7 @@ fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError
     }
 }
 
-fn u64_pair(a: u64, b: u64) -> [u8; 16] {
+pub(super) fn u64_pair(a: u64, b: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&a.to_be_bytes());
     out[8..].copy_from_slice(&b.to_be_bytes());
@@ -133,6 +150,7 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Vec<OpOutcome>, StoreError> {
         let outcomes = match Command::decode(data) {
             Ok(Command::V1(CommandV1::Writes { ts_micros, ops })) => self.apply_writes(index, term, ts_micros, &ops)?,
+            Ok(Command::V1(CommandV1::Bundle { ts_micros, atomic, entries })) => self.apply_bundle(index, term, ts_micros, atomic, &entries)?,
             Ok(Command::V1(CommandV1::Conditional { ts_micros, op, condition })) => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
                     let mut outs = self.apply_writes(index, term, ts_micros, &ops)?;
@@ -162,34 +180,54 @@ impl StateMachine {
 
     /// Writes of one entry in ONE batch, with the applied index and the clock.
     fn apply_writes(&mut self, index: u64, term: u64, ts_micros: u64, ops: &[WriteOp]) -> Result<Vec<OpOutcome>, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut overlay: HashMap<Vec<u8>, Current> = HashMap::new();
-        let mut index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>> = HashMap::new();
-        let mut ts = ts_micros.max(self.last_ts + 1);
+        let mut staged = self.stage(ts_micros);
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
-            // A failed read is a storage failure: fatal, never a per-write result that
-            // would let this node's state differ from the others'.
-            let cur = self.current(&keys::current(&op.rtype, &op.id), &overlay)?;
-            let mut rows = None;
-            let out = self.apply_write(op, cur, ts, &mut batch, &mut overlay, &mut rows);
-            if let Some(rows) = rows {
-                self.replace_index_rows(op, rows, &mut batch, &mut index_overlay)?;
-            }
-            if matches!(&out, Ok(a) if !a.noop) {
-                self.last_ts = ts;
-                ts += 1;
-            }
-            outcomes.push(out);
+            outcomes.push(self.stage_op(&mut staged, op)?);
         }
-        batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
-        batch.insert(keys::META_APPLIED, &u64_pair(index, term));
-        self.tree.apply_batch(batch)?;
+        self.commit(staged, index, term)?;
         Ok(outcomes)
     }
 
-    /// Decides a conditional write from a search on the applied state (the entry holds only it).
-    fn resolve(&self, op: &WriteOp, cond: &Condition) -> Result<Resolved, StoreError> {
+    /// Starts a batch of writes whose timestamps follow `ts_micros` and the last applied one.
+    pub(super) fn stage(&self, ts_micros: u64) -> Staged {
+        Staged {
+            batch: sled::Batch::default(),
+            overlay: HashMap::new(),
+            index_overlay: HashMap::new(),
+            ts: ts_micros.max(self.last_ts + 1),
+            last_ts: self.last_ts,
+        }
+    }
+
+    /// Adds one write to `staged`. The outer `Err` is a storage failure (fatal: the node must
+    /// stop, never a per-write result that would let its state differ from the others');
+    /// the inner result is the write's own outcome (a failed write stages nothing).
+    pub(super) fn stage_op(&self, staged: &mut Staged, op: &WriteOp) -> Result<OpOutcome, StoreError> {
+        let cur = self.current(&keys::current(&op.rtype, &op.id), &staged.overlay)?;
+        let mut rows = None;
+        let out = self.apply_write(op, cur, staged.ts, &mut staged.batch, &mut staged.overlay, &mut rows);
+        if let Some(rows) = rows {
+            self.replace_index_rows(op, rows, &mut staged.batch, &mut staged.index_overlay)?;
+        }
+        if matches!(&out, Ok(a) if !a.noop) {
+            staged.last_ts = staged.ts;
+            staged.ts += 1;
+        }
+        Ok(out)
+    }
+
+    /// Writes a staged batch with the applied index and the clock.
+    pub(super) fn commit(&mut self, mut staged: Staged, index: u64, term: u64) -> Result<(), StoreError> {
+        self.last_ts = staged.last_ts;
+        staged.batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
+        staged.batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+        self.tree.apply_batch(staged.batch)?;
+        Ok(())
+    }
+
+    /// Decides a conditional write from a search on the applied state (before this entry's writes).
+    pub(super) fn resolve(&self, op: &WriteOp, cond: &Condition) -> Result<Resolved, StoreError> {
         let Some(reg) = &self.search else {
             return Ok(Resolved::Outcome(Err(StoreError::BadCondition("this node keeps no search index".into()))));
         };
@@ -244,7 +282,7 @@ impl StateMachine {
         })
     }
 
-    fn current(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Current>) -> Result<Option<Current>, StoreError> {
+    pub(super) fn current(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Current>) -> Result<Option<Current>, StoreError> {
         if let Some(c) = overlay.get(key) {
             return Ok(Some(*c));
         }

@@ -1,0 +1,333 @@
+//! Applying a batch or transaction bundle ([`CommandV1::Bundle`](super::command::CommandV1)) in
+//! the state machine, deterministically on every node:
+//! 1. conditions (`ifNoneExist`, conditional PUT / DELETE) are searches on the state BEFORE the
+//!    bundle, so their answer does not depend on the order of entries;
+//! 2. a transaction may write each resource once (a second write of it fails the transaction);
+//! 3. every `reference` (and narrative `href` / `src`) naming an entry's fullUrl (`urn:uuid:`,
+//!    `urn:oid:`, or the fullUrl of a created resource) becomes `Type/id`; conditional references
+//!    (`Patient?identifier=s|v`) become the one resource they match (a conditional create of the
+//!    same bundle with the same query counts as a match); 0 or 2+ matches fail the entry;
+//! 4. the writes are staged in ONE sled batch. A transaction commits it only if every entry
+//!    succeeded; otherwise nothing but the applied index is written and the outcome names the
+//!    failing entry. Batch entries succeed or fail alone.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::command::{Action, Applied, BundleOp, OpOutcome, WriteOp};
+use super::keys;
+use super::state_machine::{Resolved, StateMachine};
+use super::StoreError;
+use crate::fhir::references;
+use crate::search::query::{self, Executor, SearchError};
+
+/// What one entry turned into before staging.
+enum Plan {
+    /// Writes to stage (several for a multiple conditional delete).
+    Ops(Vec<WriteOp>),
+    /// Decided without writing (conditional create that matched, conditional delete of nothing).
+    Done(Applied),
+}
+
+/// The conditional creates of a bundle that create: (type, sorted query, id).
+type CreatedByCondition = Vec<(String, Vec<(String, String)>, String)>;
+
+fn sorted(q: &[(String, String)]) -> Vec<(String, String)> {
+    let mut q = q.to_vec();
+    q.sort();
+    q
+}
+
+impl StateMachine {
+    pub(super) fn apply_bundle(&mut self, index: u64, term: u64, ts_micros: u64, atomic: bool, entries: &[BundleOp]) -> Result<Vec<OpOutcome>, StoreError> {
+        let fail = |sm: &mut StateMachine, entry: u32, reason: StoreError| -> Result<Vec<OpOutcome>, StoreError> {
+            sm.apply_empty(index, term)?;
+            Ok(vec![Err(StoreError::EntryFailed { entry, reason: Box::new(reason) })])
+        };
+        // 1. Conditions, on the state before the bundle.
+        let mut plans: Vec<Result<Plan, StoreError>> = Vec::with_capacity(entries.len());
+        for e in entries {
+            let plan = match &e.condition {
+                None => Ok(Plan::Ops(vec![e.op.clone()])),
+                Some(cond) => match self.resolve(&e.op, cond)? {
+                    Resolved::Ops(ops) => Ok(Plan::Ops(ops)),
+                    Resolved::Outcome(Ok(a)) => Ok(Plan::Done(a)),
+                    Resolved::Outcome(Err(err)) => Err(err),
+                },
+            };
+            if atomic {
+                if let Err(err) = plan {
+                    return fail(self, e.index, err);
+                }
+            }
+            plans.push(plan);
+        }
+        // 2. One write per resource in a transaction; 3. what each fullUrl became.
+        let mut written: HashMap<(&str, &str), u32> = HashMap::new();
+        let mut full_urls: HashMap<String, String> = HashMap::new();
+        let mut created: CreatedByCondition = Vec::new();
+        for (e, plan) in entries.iter().zip(&plans) {
+            let target = match plan {
+                Ok(Plan::Ops(ops)) => {
+                    if atomic {
+                        for op in ops {
+                            if let Some(first) = written.insert((op.rtype.as_str(), op.id.as_str()), e.index) {
+                                let why = format!(
+                                    "Bundle.entry[{first}] and Bundle.entry[{}] both write {}/{}; a transaction may write a resource only once",
+                                    e.index, op.rtype, op.id
+                                );
+                                return fail(self, e.index, StoreError::DuplicateTarget(why));
+                            }
+                        }
+                    }
+                    ops.first().map(|op| op.id.clone())
+                }
+                Ok(Plan::Done(a)) => a.id.clone(),
+                Err(_) => None,
+            };
+            if let Some(id) = target {
+                if let (Some(cond), Action::Create) = (&e.condition, e.op.action) {
+                    created.push((e.op.rtype.clone(), sorted(&cond.query), id.clone()));
+                }
+                if let Some(url) = &e.full_url {
+                    full_urls.insert(url.clone(), format!("{}/{id}", e.op.rtype));
+                }
+            }
+        }
+        // 3. References rewritten in the bodies.
+        let mut resolved_refs: HashMap<String, String> = HashMap::new();
+        for (e, plan) in entries.iter().zip(plans.iter_mut()) {
+            let Ok(Plan::Ops(ops)) = plan else { continue };
+            let mut failed = None;
+            for op in ops.iter_mut() {
+                match self.rewrite_references(op, atomic, &full_urls, &created, &mut resolved_refs) {
+                    Ok(()) => {}
+                    Err(StoreError::BadReference(why)) => {
+                        failed = Some(StoreError::BadReference(why));
+                        break;
+                    }
+                    Err(fatal) => return Err(fatal),
+                }
+            }
+            if let Some(err) = failed {
+                if atomic {
+                    return fail(self, e.index, err);
+                }
+                *plan = Err(err);
+            }
+        }
+        // 4. Stage every write in one batch.
+        let mut staged = self.stage(ts_micros);
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for (e, plan) in entries.iter().zip(plans) {
+            let out = match plan {
+                Err(err) => Err(err),
+                Ok(Plan::Done(a)) => Ok(a),
+                Ok(Plan::Ops(ops)) => self.stage_entry(&mut staged, e, &ops)?,
+            };
+            if atomic {
+                if let Err(err) = out {
+                    return fail(self, e.index, err);
+                }
+            }
+            outcomes.push(out);
+        }
+        self.commit(staged, index, term)?;
+        Ok(outcomes)
+    }
+
+    /// Stages the writes of one entry; its outcome is the first write's (with the resource id).
+    fn stage_entry(&self, staged: &mut super::state_machine::Staged, e: &BundleOp, ops: &[WriteOp]) -> Result<OpOutcome, StoreError> {
+        let mut first: Option<OpOutcome> = None;
+        for op in ops {
+            if e.if_none_match {
+                let cur = self.current(&keys::current(&op.rtype, &op.id), staged.overlay())?;
+                if cur.is_some_and(|c| !c.deleted) {
+                    return Ok(Err(StoreError::NoneMatchFailed { rtype: op.rtype.clone(), id: op.id.clone() }));
+                }
+            }
+            let out = self.stage_op(staged, op)?.map(|mut a| {
+                a.id = Some(op.id.clone());
+                a
+            });
+            if out.is_err() {
+                return Ok(out);
+            }
+            first.get_or_insert(out);
+        }
+        Ok(first.unwrap_or(Ok(Applied { version: None, ts_micros: 0, created: false, noop: true, body: None, id: None })))
+    }
+
+    /// Rewrites the references of `op`'s body. `BadReference` is the entry's failure; other
+    /// errors are storage failures.
+    fn rewrite_references(
+        &self,
+        op: &mut WriteOp,
+        atomic: bool,
+        full_urls: &HashMap<String, String>,
+        created: &CreatedByCondition,
+        cache: &mut HashMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let Some(text) = &op.body else { return Ok(()) };
+        // Most bodies hold nothing to rewrite; only parse those that may.
+        let may = text.contains("urn:") || text.contains('?') || full_urls.keys().any(|u| text.contains(u.as_str()));
+        if !may {
+            return Ok(());
+        }
+        let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bundle body: {e}")))?;
+        let changed = references::rewrite(&mut v, &mut |r: &str| -> Result<Option<String>, StoreError> {
+            if let Some(to) = full_urls.get(r).or_else(|| cache.get(r)) {
+                return Ok(Some(to.clone()));
+            }
+            if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                if atomic {
+                    return Err(StoreError::BadReference(format!("the reference '{r}' in {} names no entry's fullUrl in this transaction", op.rtype)));
+                }
+                return Ok(None);
+            }
+            let Some((rtype, qs)) = conditional_reference(r) else { return Ok(None) };
+            let to = self.resolve_conditional_reference(r, rtype, qs, created)?;
+            cache.insert(r.to_string(), to.clone());
+            Ok(Some(to))
+        })?;
+        if changed {
+            op.body = Some(v.to_string());
+        }
+        Ok(())
+    }
+
+    /// `Type?query` → the `Type/id` of its only match (in the state, or created by a conditional
+    /// create of this bundle with the same query).
+    fn resolve_conditional_reference(&self, r: &str, rtype: &str, qs: &str, created: &CreatedByCondition) -> Result<String, StoreError> {
+        let bad = |why: String| StoreError::BadReference(format!("conditional reference '{r}': {why}"));
+        let Some(reg) = &self.search else { return Err(bad("this node keeps no search index".into())) };
+        let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).map_err(|e| bad(e.to_string()))?;
+        let q = query::parse(reg, rtype, &params, false).map_err(|e| bad(e.to_string()))?;
+        let mut ids: Vec<String> = match (Executor { tree: &self.tree, rtype }).run(&q) {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(SearchError::Store(e)) => return Err(e),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let key = sorted(&params);
+        for (t, query, id) in created {
+            if t == rtype && *query == key && !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        match ids.as_slice() {
+            [id] => Ok(format!("{rtype}/{id}")),
+            [] => Err(bad("no resource matches".into())),
+            many => Err(bad(format!("{} resources match; it must match exactly one", many.len()))),
+        }
+    }
+}
+
+/// `Type?query` with a plausible resource type name.
+fn conditional_reference(r: &str) -> Option<(&str, &str)> {
+    let (t, q) = r.split_once('?')?;
+    let ok = t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && t.chars().all(|c| c.is_ascii_alphanumeric()) && !q.is_empty();
+    ok.then_some((t, q))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fhir::FhirVersion;
+    use crate::search::params::Registry;
+    use crate::store::command::{Command, CommandV1, Condition};
+    use crate::store::resources::Store;
+
+    fn open() -> (tempfile::TempDir, StateMachine, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("state").unwrap();
+        let reg = Arc::new(Registry::load(FhirVersion::R4));
+        (dir, StateMachine::open(tree.clone()).unwrap().with_search(reg), Store::new(tree))
+    }
+
+    fn entry(index: u32, action: Action, rtype: &str, id: &str, body: Option<Value>, full_url: Option<&str>) -> BundleOp {
+        BundleOp {
+            index,
+            op: WriteOp { action, rtype: rtype.into(), id: id.into(), body: body.map(|b| b.to_string()), if_match: None, allow_create: true },
+            condition: None,
+            if_none_match: false,
+            full_url: full_url.map(String::from),
+        }
+    }
+
+    fn bundle(atomic: bool, entries: Vec<BundleOp>) -> Vec<u8> {
+        Command::V1(CommandV1::Bundle { ts_micros: 10, atomic, entries }).encode()
+    }
+
+    fn body(store: &Store, rtype: &str, id: &str) -> Value {
+        serde_json::from_slice(store.read(rtype, id).unwrap().1.body()).unwrap()
+    }
+
+    #[test]
+    fn transaction_rewrites_placeholders_and_conditional_references() {
+        let (_d, mut sm, store) = open();
+        let org = serde_json::json!({"resourceType": "Organization", "id": "o1", "identifier": [{"system": "s", "value": "org"}]});
+        sm.apply(1, 1, &bundle(true, vec![entry(0, Action::Update, "Organization", "o1", Some(org), None)])).unwrap();
+        let pat = serde_json::json!({"resourceType": "Patient", "id": "p1", "managingOrganization": {"reference": "Organization?identifier=s|org"},
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"urn:uuid:aa\">me</a></div>"}});
+        let obs = serde_json::json!({"resourceType": "Observation", "id": "b2", "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:aa"}});
+        let out = sm
+            .apply(2, 1, &bundle(true, vec![
+                entry(1, Action::Create, "Patient", "p1", Some(pat), Some("urn:uuid:aa")),
+                entry(0, Action::Create, "Observation", "b2", Some(obs), Some("urn:uuid:bb")),
+            ]))
+            .unwrap();
+        assert!(out.iter().all(|o| o.as_ref().is_ok_and(|a| a.created)), "{out:?}");
+        assert_eq!(body(&store, "Observation", "b2")["subject"]["reference"], "Patient/p1");
+        let p = body(&store, "Patient", "p1");
+        assert_eq!(p["managingOrganization"]["reference"], "Organization/o1");
+        assert!(p["text"]["div"].as_str().unwrap().contains("href=\"Patient/p1\""));
+    }
+
+    #[test]
+    fn a_failing_entry_leaves_no_trace() {
+        let (_d, mut sm, store) = open();
+        let p = |id: &str| Some(serde_json::json!({"resourceType": "Patient", "id": id}));
+        let mut bad = entry(2, Action::Update, "Patient", "c", p("c"), None);
+        bad.op.if_match = Some(7);
+        let out = sm
+            .apply(1, 1, &bundle(true, vec![entry(0, Action::Create, "Patient", "a", p("a"), None), entry(1, Action::Create, "Patient", "b", p("b"), None), bad]))
+            .unwrap();
+        assert!(matches!(&out[..], [Err(StoreError::EntryFailed { entry: 2, reason })] if matches!(**reason, StoreError::VersionConflict { .. })), "{out:?}");
+        assert!(matches!(store.read("Patient", "a"), Err(StoreError::NotFound { .. })));
+        assert_eq!(sm.applied_index(), 1);
+        // Written twice → refused; unknown placeholder → refused.
+        let out = sm.apply(2, 1, &bundle(true, vec![entry(0, Action::Update, "Patient", "a", p("a"), None), entry(1, Action::Delete, "Patient", "a", None, None)])).unwrap();
+        assert!(matches!(&out[..], [Err(StoreError::EntryFailed { entry: 1, reason })] if matches!(**reason, StoreError::DuplicateTarget(_))), "{out:?}");
+        let dangling = Some(serde_json::json!({"resourceType": "Patient", "id": "d", "link": [{"type": "seealso", "other": {"reference": "urn:uuid:nope"}}]}));
+        let out = sm.apply(3, 1, &bundle(true, vec![entry(4, Action::Create, "Patient", "d", dangling.clone(), None)])).unwrap();
+        assert!(matches!(&out[..], [Err(StoreError::EntryFailed { entry: 4, reason })] if matches!(**reason, StoreError::BadReference(_))), "{out:?}");
+        // The same in a batch: each entry alone.
+        let out = sm.apply(4, 1, &bundle(false, vec![entry(0, Action::Create, "Patient", "a", p("a"), None), entry(1, Action::Update, "Patient", "a", p("a"), None), entry(2, Action::Create, "Patient", "d", dangling, None)])).unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(store.read("Patient", "a").unwrap().0.version, 2);
+    }
+
+    #[test]
+    fn conditional_create_counts_for_conditional_references() {
+        let (_d, mut sm, store) = open();
+        let pat = serde_json::json!({"resourceType": "Patient", "id": "n1", "identifier": [{"system": "s", "value": "1"}]});
+        let obs = serde_json::json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient?identifier=s|1"}});
+        let cond = Condition { query: vec![("identifier".into(), "s|1".into())], client_id: false, multiple: false };
+        let mut create = entry(0, Action::Create, "Patient", "n1", Some(pat.clone()), None);
+        create.condition = Some(cond.clone());
+        let out = sm.apply(1, 1, &bundle(true, vec![create.clone(), entry(1, Action::Create, "Observation", "o", Some(obs), None)])).unwrap();
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert_eq!(body(&store, "Observation", "o")["subject"]["reference"], "Patient/n1");
+        // Again: the condition matches, nothing is created.
+        create.op.id = "n2".into();
+        let out = sm.apply(2, 1, &bundle(true, vec![create])).unwrap();
+        let a = out[0].as_ref().unwrap();
+        assert!(!a.created && a.noop && a.id.as_deref() == Some("n1"));
+        assert!(matches!(store.read("Patient", "n2"), Err(StoreError::NotFound { .. })));
+    }
+}
