@@ -114,6 +114,10 @@ pub struct Limits {
     pub default_page_size: usize,
     /// Largest `_count` accepted (larger values are clamped to it).
     pub max_page_size: usize,
+    /// Most entries in one batch / transaction bundle.
+    pub max_bundle_entries: usize,
+    /// Largest batch / transaction bundle body in bytes.
+    pub max_bundle_bytes: usize,
 }
 
 /// Consensus timing and log retention.
@@ -151,7 +155,14 @@ impl Default for Config {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 16 * 1024 * 1024, max_depth: 64, default_page_size: 50, max_page_size: 1000 }
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_depth: 64,
+            default_page_size: 50,
+            max_page_size: 1000,
+            max_bundle_entries: 20_000,
+            max_bundle_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -192,8 +203,8 @@ impl Config {
         if self.listen.parse::<SocketAddr>().is_err() {
             return bad(format!("listen = {:?} is not an IP:port address", self.listen));
         }
-        if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 {
-            return bad("limits.max_body_bytes and limits.max_depth must be positive".into());
+        if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
+            return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }
         if self.limits.default_page_size == 0 || self.limits.max_page_size < self.limits.default_page_size {
             return bad("limits: need 0 < default_page_size <= max_page_size".into());

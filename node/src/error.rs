@@ -32,6 +32,9 @@ pub enum ApiError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Search(#[from] SearchError),
+    /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
+    #[error("{label}: {cause}")]
+    Entry { label: String, cause: Box<ApiError> },
 }
 
 /// `(HTTP status, FHIR issue code)` of an error: the table.
@@ -41,7 +44,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             RequestError::NotAcceptable(_) => (406, "not-supported"),
             RequestError::UnsupportedMediaType(_) => (415, "not-supported"),
             RequestError::InvalidJson(_) => (400, "structure"),
-            RequestError::BodyTooLarge(_) => (413, "too-costly"),
+            RequestError::BodyTooLarge { .. } | RequestError::TooManyEntries { .. } => (413, "too-costly"),
             RequestError::BadParameter { .. } => (400, "value"),
             RequestError::UnknownParameter(_) => (400, "not-supported"),
             RequestError::BadHeader { .. } => (400, "value"),
@@ -70,6 +73,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             SearchError::NotSupported(_) => (400, "not-supported"),
             SearchError::Store(s) => classify_store(s),
         },
+        ApiError::Entry { cause, .. } => classify(cause),
     }
 }
 

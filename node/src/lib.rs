@@ -119,11 +119,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
                 let cfg = thread_cfg;
-                let settings = ActorSettings {
-                    allow_update_create: cfg.allow_update_create,
-                    max_depth: cfg.limits.max_depth,
-                    max_batch: 1024,
-                };
+                let settings = ActorSettings::from_config(&cfg);
                 let registry = Arc::new(Registry::start(defs.clone(), thread_raft.clone(), settings, workers));
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();

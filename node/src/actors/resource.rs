@@ -23,6 +23,12 @@ pub struct ActorSettings {
     pub max_batch: usize,
 }
 
+impl ActorSettings {
+    pub fn from_config(cfg: &crate::config::Config) -> ActorSettings {
+        ActorSettings { allow_update_create: cfg.allow_update_create, max_depth: cfg.limits.max_depth, max_batch: 1024 }
+    }
+}
+
 type Reply = oneshot::Sender<Result<(String, Applied), WriteError>>;
 
 pub struct ResourceActor {
@@ -41,48 +47,6 @@ impl Actor for ResourceActor {
 impl ResourceActor {
     pub fn new(rtype: &'static str, defs: Arc<Definitions>, raft: RaftHandle, settings: ActorSettings) -> Self {
         ResourceActor { rtype, defs, raft, settings, pending: Vec::new(), in_flight: false }
-    }
-
-    /// Validates and resolves a write into the op that is proposed.
-    fn prepare(&self, intent: WriteIntent) -> Result<WriteOp, WriteError> {
-        let rtype = self.rtype;
-        let id = match (intent.action, intent.id) {
-            (Action::Create, _) => uuid::Uuid::new_v4().to_string(),
-            (_, Some(id)) => id,
-            (_, None) => return Err(WriteError::MissingBody("resource id")),
-        };
-        let body = match (intent.action, intent.body) {
-            (Action::Delete, _) => None,
-            (_, None) => return Err(WriteError::MissingBody(rtype)),
-            (action, Some(mut body)) => {
-                let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
-                if action == Action::Create {
-                    // The server assigns the id of a created resource; a client id is ignored.
-                    obj.shift_remove("id");
-                    let at = obj.keys().position(|k| k == "resourceType").map(|i| i + 1).unwrap_or(0);
-                    obj.shift_insert(at, "id".into(), Value::String(id.clone()));
-                } else {
-                    match obj.get("id").and_then(Value::as_str) {
-                        None => return Err(FhirError::MissingId(id).into()),
-                        Some(found) if found != id => {
-                            return Err(FhirError::IdMismatch { expected: id, found: found.into() }.into())
-                        }
-                        Some(_) => {}
-                    }
-                }
-                meta::strip_server_meta(&mut body);
-                self.defs.validate(rtype, &body, self.settings.max_depth)?;
-                Some(serde_json::to_string(&body).map_err(|_| FhirError::NotAnObject)?)
-            }
-        };
-        Ok(WriteOp {
-            action: intent.action,
-            rtype: rtype.to_string(),
-            id,
-            body,
-            if_match: intent.if_match,
-            allow_create: self.settings.allow_update_create,
-        })
     }
 
     /// Sends everything pending as one proposal.
@@ -121,12 +85,54 @@ impl ResourceActor {
     }
 }
 
+/// Validates and resolves a write into the op that is proposed: assigns the id of a create
+/// (a client id is ignored), checks the id of an update, strips server-owned meta, validates.
+pub fn prepare(defs: &Definitions, settings: &ActorSettings, rtype: &'static str, intent: WriteIntent) -> Result<WriteOp, WriteError> {
+    let id = match (intent.action, intent.id) {
+        (Action::Create, _) => uuid::Uuid::new_v4().to_string(),
+        (_, Some(id)) => id,
+        (_, None) => return Err(WriteError::MissingBody("resource id")),
+    };
+    let body = match (intent.action, intent.body) {
+        (Action::Delete, _) => None,
+        (_, None) => return Err(WriteError::MissingBody(rtype)),
+        (action, Some(mut body)) => {
+            let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
+            if action == Action::Create {
+                // The server assigns the id of a created resource; a client id is ignored.
+                obj.shift_remove("id");
+                let at = obj.keys().position(|k| k == "resourceType").map(|i| i + 1).unwrap_or(0);
+                obj.shift_insert(at, "id".into(), Value::String(id.clone()));
+            } else {
+                match obj.get("id").and_then(Value::as_str) {
+                    None => return Err(FhirError::MissingId(id).into()),
+                    Some(found) if found != id => {
+                        return Err(FhirError::IdMismatch { expected: id, found: found.into() }.into())
+                    }
+                    Some(_) => {}
+                }
+            }
+            meta::strip_server_meta(&mut body);
+            defs.validate(rtype, &body, settings.max_depth)?;
+            Some(serde_json::to_string(&body).map_err(|_| FhirError::NotAnObject)?)
+        }
+    };
+    Ok(WriteOp {
+        action: intent.action,
+        rtype: rtype.to_string(),
+        id,
+        body,
+        if_match: intent.if_match,
+        allow_create: settings.allow_update_create,
+    })
+}
+
 impl Handler<Write> for ResourceActor {
     type Result = ResponseFuture<Result<(String, Applied), WriteError>>;
 
     fn handle(&mut self, Write(mut intent): Write, ctx: &mut Context<Self>) -> Self::Result {
         let condition = intent.condition.take();
-        let op = match self.prepare(intent) {
+        let op = match prepare(&self.defs, &self.settings, self.rtype, intent) {
             Ok(op) => op,
             Err(e) => return Box::pin(async move { Err(e) }),
         };

@@ -17,6 +17,7 @@ use crate::store::StoreError;
 #[serde(untagged)]
 pub enum Resource<'a> {
     Raw(&'a RawValue),
+    Owned(Box<RawValue>),
     Parsed(Value),
 }
 
@@ -56,6 +57,7 @@ pub struct Bundle<'a> {
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link: Vec<Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub entry: Vec<Entry<'a>>,

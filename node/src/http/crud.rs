@@ -83,7 +83,7 @@ pub async fn create(
         None => None,
         Some(v) => {
             let text = v.to_str().map_err(|_| RequestError::BadHeader { name: "If-None-Exist".into(), reason: "not visible ASCII".into() })?;
-            Some(condition(text.trim_start_matches('?'), "If-None-Exist", false)?)
+            Some(condition(if_none_exist_query(text), "If-None-Exist", false)?)
         }
     };
     negotiate::require_json_body(&req)?;
@@ -112,6 +112,14 @@ pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, st: web
     let intent = WriteIntent { action: Action::Delete, id: Some(id.clone()), body: None, if_match, condition: None };
     let (_, applied) = send_write(&st, rtype, intent).await?;
     delete_response(&ctx, rtype, &id, &applied)
+}
+
+/// The query of an `If-None-Exist` value: `identifier=x`, `?identifier=x` or `Patient?identifier=x`.
+pub fn if_none_exist_query(text: &str) -> &str {
+    match text.split_once('?') {
+        Some((prefix, q)) if !prefix.contains('=') && !prefix.contains('&') => q,
+        _ => text,
+    }
 }
 
 /// A search condition from a query string; an empty one would match everything and is refused.
@@ -185,18 +193,23 @@ fn delete_response(ctx: &Ctx, rtype: &str, id: &str, applied: &Applied) -> Resul
 
 pub async fn read(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
-    ctx.reject_count_summary()?;
-    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
     negotiate::read_barrier(&req, &st).await?;
+    read_in(&ctx, &st, &path.0, &path.1)
+}
+
+/// A read (`If-None-Match` / `If-Modified-Since` → 304).
+pub fn read_in(ctx: &Ctx, st: &AppState, rtype: &str, id: &str) -> Result<HttpResponse, ApiError> {
+    ctx.reject_count_summary()?;
+    let (rtype, id) = type_and_id(st, rtype, id)?;
     let (cur, record) = st.store.read(rtype, id)?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, cur.version, cur.ts);
-    if negotiate::not_modified(&req, cur.version, cur.ts)? {
+    if negotiate::not_modified(ctx, cur.version, cur.ts)? {
         let mut nm = HttpResponse::NotModified();
         negotiate::version_headers(&mut nm, cur.version, cur.ts);
         return Ok(nm.finish());
     }
-    let body = ctx.resource_bytes(&st, record.body())?;
+    let body = ctx.resource_bytes(st, record.body())?;
     Ok(ctx.respond(b, body))
 }
 
@@ -206,16 +219,21 @@ pub async fn vread(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
-    ctx.reject_count_summary()?;
-    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
-    let version: u64 = path.2.parse().map_err(|_| RequestError::BadParameter {
-        name: "version id".into(),
-        reason: format!("'{}' is not a version number", path.2),
-    })?;
     negotiate::read_barrier(&req, &st).await?;
+    vread_in(&ctx, &st, &path.0, &path.1, &path.2)
+}
+
+/// A read of one version.
+pub fn vread_in(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, vid: &str) -> Result<HttpResponse, ApiError> {
+    ctx.reject_count_summary()?;
+    let (rtype, id) = type_and_id(st, rtype, id)?;
+    let version: u64 = vid.parse().map_err(|_| RequestError::BadParameter {
+        name: "version id".into(),
+        reason: format!("'{vid}' is not a version number"),
+    })?;
     let record = st.store.vread(rtype, id, version)?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, version, record.ts);
-    let body = ctx.resource_bytes(&st, record.body())?;
+    let body = ctx.resource_bytes(st, record.body())?;
     Ok(ctx.respond(b, body))
 }

@@ -19,21 +19,40 @@ use crate::store::StoreError;
 const PARAMS: [&str; 8] = ["_count", "_since", "_at", "_page", "_format", "_pretty", "_summary", "_elements"];
 
 pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
     super::negotiate::read_barrier(&req, &st).await?;
-    respond(&req, &st, HistoryScope::System, "/_history".into())
+    history_in(&ctx, &st, None, None)
 }
 
 pub async fn type_level(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let rtype = st.defs.resource_type(&path)?;
+    let ctx = Ctx::new(&req, &st)?;
     super::negotiate::read_barrier(&req, &st).await?;
-    respond(&req, &st, HistoryScope::Type { rtype: rtype.into() }, format!("/{rtype}/_history"))
+    history_in(&ctx, &st, Some(&path), None)
 }
 
 pub async fn instance(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
-    let scope = HistoryScope::Instance { rtype: rtype.into(), id: id.into() };
+    let ctx = Ctx::new(&req, &st)?;
     super::negotiate::read_barrier(&req, &st).await?;
-    respond(&req, &st, scope, format!("/{rtype}/{id}/_history"))
+    history_in(&ctx, &st, Some(&path.0), Some(&path.1))
+}
+
+/// History of the system (no type), a type, or an instance (type and id).
+pub fn history_in(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str>) -> Result<HttpResponse, ApiError> {
+    let (scope, path) = match (rtype, id) {
+        (Some(t), Some(id)) => {
+            let (t, id) = type_and_id(st, t, id)?;
+            (HistoryScope::Instance { rtype: t.into(), id: id.into() }, format!("/{t}/{id}/_history"))
+        }
+        (Some(t), None) => {
+            let t = st.defs.resource_type(t)?;
+            (HistoryScope::Type { rtype: t.into() }, format!("/{t}/_history"))
+        }
+        _ => (HistoryScope::System, "/_history".into()),
+    };
+    let q = query(ctx, st)?;
+    let page = st.store.history(&scope, &q)?;
+    let body = bundle(ctx, st, &path, &page)?.to_bytes(ctx)?;
+    Ok(ctx.respond(HttpResponse::Ok(), body))
 }
 
 fn bad(name: &str, reason: String) -> RequestError {
@@ -84,14 +103,6 @@ fn follows_delete(st: &AppState, rtype: &str, id: &str, version: u64) -> Result<
         Ok(_) | Err(StoreError::VersionNotFound { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
-}
-
-fn respond(req: &HttpRequest, st: &AppState, scope: HistoryScope, path: String) -> Result<HttpResponse, ApiError> {
-    let ctx = Ctx::new(req, st)?;
-    let q = query(&ctx, st)?;
-    let page = st.store.history(&scope, &q)?;
-    let body = bundle(&ctx, st, &path, &page)?.to_bytes(&ctx)?;
-    Ok(ctx.respond(HttpResponse::Ok(), body))
 }
 
 fn bundle<'a>(ctx: &Ctx, st: &AppState, path: &str, page: &'a HistoryPage) -> Result<Bundle<'a>, ApiError> {

@@ -1,16 +1,19 @@
 //! The FHIR REST API over actix-web. [`INTERACTIONS`] is the one table of what is served: the router
 //! registers exactly these routes and `/metadata` describes exactly these interactions. One file per
-//! interaction family: [`crud`], [`patch`], [`history`], [`search`], [`metadata`], [`admin`];
-//! [`bundle`] holds what history and search bundles share.
+//! interaction family: [`crud`], [`patch`], [`history`], [`search`], [`transaction`] (with
+//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`]; [`bundle`] holds what bundles share.
 
 pub mod admin;
 pub mod bundle;
+pub mod bundle_plan;
 pub mod crud;
+pub mod dispatch;
 pub mod history;
 pub mod metadata;
 pub mod negotiate;
 pub mod patch;
 pub mod search;
+pub mod transaction;
 
 use std::sync::Arc;
 
@@ -33,8 +36,10 @@ pub enum RequestError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     InvalidJson(String),
-    #[error("the request body exceeds the limit of {0} bytes (config limits.max_body_bytes)")]
-    BodyTooLarge(usize),
+    #[error("the request body exceeds the limit of {limit} bytes (config {key})")]
+    BodyTooLarge { limit: usize, key: &'static str },
+    #[error("the bundle has {count} entries; the limit is {limit} (config limits.max_bundle_entries)")]
+    TooManyEntries { count: usize, limit: usize },
     #[error("invalid parameter {name}: {reason}")]
     BadParameter { name: String, reason: String },
     #[error("unknown parameter '{0}'")]
@@ -91,12 +96,15 @@ pub struct Interaction {
 pub const INTERACTIONS: &[Interaction] = &[
     Interaction { code: "history-system", level: Level::System, method: "GET", path: "/_history" },
     Interaction { code: "search-system", level: Level::System, method: "GET", path: "/" },
+    Interaction { code: "transaction", level: Level::System, method: "POST", path: "/" },
+    Interaction { code: "batch", level: Level::System, method: "POST", path: "/" },
     Interaction { code: "history-type", level: Level::Type, method: "GET", path: "/{type}/_history" },
     Interaction { code: "search-type", level: Level::Type, method: "POST", path: "/{type}/_search" },
     Interaction { code: "create", level: Level::Type, method: "POST", path: "/{type}" },
     Interaction { code: "search-type", level: Level::Type, method: "GET", path: "/{type}" },
     Interaction { code: "conditional-update", level: Level::Type, method: "PUT", path: "/{type}" },
     Interaction { code: "conditional-delete", level: Level::Type, method: "DELETE", path: "/{type}" },
+    Interaction { code: "conditional-patch", level: Level::Type, method: "PATCH", path: "/{type}" },
     Interaction { code: "vread", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history/{vid}" },
     Interaction { code: "history-instance", level: Level::Instance, method: "GET", path: "/{type}/{id}/_history" },
     Interaction { code: "search-compartment", level: Level::Instance, method: "GET", path: "/{type}/{id}/{member}" },
@@ -121,6 +129,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         let route = match i.code {
             "history-system" => route.to(history::system),
             "search-system" => route.to(search::system),
+            "transaction" => route.to(transaction::process),
+            // The same route as transaction (the bundle's type decides).
+            "batch" => continue,
             "history-type" => route.to(history::type_level),
             "history-instance" => route.to(history::instance),
             "create" => route.to(crud::create),
@@ -129,6 +140,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "conditional-update" => route.to(crud::conditional_update),
             "search-compartment" => route.to(search::compartment),
             "conditional-delete" => route.to(crud::conditional_delete),
+            "conditional-patch" => route.to(patch::conditional),
             "read" => {
                 cfg.route(i.path, web::head().to(crud::read));
                 route.to(crud::read)
@@ -145,17 +157,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// What is not routed: say whether the path exists under another method, or is not served yet.
-async fn fallback(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let path = req.path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().as_str();
     let not_impl = |what: &str| Err(RequestError::NotImplemented(what.to_string()).into());
     match (method, segments.as_slice()) {
-        ("POST", []) => not_impl("batch/transaction bundles (POST /)"),
-        ("PATCH", [t]) => {
-            st.defs.resource_type(t)?;
-            not_impl(&format!("conditional PATCH on {t}"))
-        }
         (_, segs) if segs.iter().any(|s| s.starts_with('$')) => not_impl(&format!("operation {path}")),
         _ => {
             let allowed: Vec<&str> = INTERACTIONS

@@ -37,6 +37,9 @@ pub struct Ctx {
     pub ret: Return,
     pub lenient: bool,
     pub base: String,
+    /// `If-None-Match` / `If-Modified-Since` of a read.
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
 }
 
 fn essence(v: &str) -> String {
@@ -75,15 +78,7 @@ impl Ctx {
             Some("true") => true,
             Some(v) => return Err(RequestError::BadParameter { name: "_pretty".into(), reason: format!("'{v}' is not true or false") }),
         };
-        let summary = match param("_summary") {
-            None => None,
-            Some(v) => Some(SummaryMode::parse(v).ok_or_else(|| RequestError::BadParameter {
-                name: "_summary".into(),
-                reason: format!("'{v}' is not one of true, text, data, count, false"),
-            })?),
-        };
-        let elements = param("_elements")
-            .map(|v| v.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| s.to_string()).collect());
+        let subset = subset(&params)?;
         let (ret, lenient) = prefer(header_str(req.headers(), "prefer")?)?;
         let base = match &st.cfg.base_url {
             Some(b) => b.trim_end_matches('/').to_string(),
@@ -92,7 +87,27 @@ impl Ctx {
                 format!("{}://{}", info.scheme(), info.host())
             }
         };
-        Ok(Ctx { params, content_type, pretty, subset: Subset { summary, elements }, ret, lenient, base })
+        let if_none_match = header_str(req.headers(), "if-none-match")?.map(String::from);
+        let if_modified_since = header_str(req.headers(), "if-modified-since")?.map(String::from);
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since })
+    }
+
+    /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
+    /// and preconditions, the outer request's format, `Prefer` and base.
+    pub fn entry(&self, query: &str, if_none_match: Option<&str>, if_modified_since: Option<&str>) -> Result<Ctx, RequestError> {
+        let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| RequestError::BadParameter { name: "request.url".into(), reason: e.to_string() })?;
+        Ok(Ctx {
+            subset: subset(&params)?,
+            params,
+            content_type: self.content_type,
+            pretty: false,
+            ret: self.ret,
+            lenient: self.lenient,
+            base: self.base.clone(),
+            if_none_match: if_none_match.map(String::from),
+            if_modified_since: if_modified_since.map(String::from),
+        })
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -130,6 +145,20 @@ impl Ctx {
     pub fn respond(&self, mut b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
         b.content_type(self.content_type).body(body)
     }
+}
+
+/// `_summary` and `_elements`.
+fn subset(params: &[(String, String)]) -> Result<Subset, RequestError> {
+    let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let summary = match param("_summary") {
+        None => None,
+        Some(v) => Some(SummaryMode::parse(v).ok_or_else(|| RequestError::BadParameter {
+            name: "_summary".into(),
+            reason: format!("'{v}' is not one of true, text, data, count, false"),
+        })?),
+    };
+    let elements = param("_elements").map(|v| v.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| s.to_string()).collect());
+    Ok(Subset { summary, elements })
 }
 
 /// Picks the response media type from `Accept`.
@@ -197,13 +226,18 @@ pub fn require_json_patch(req: &HttpRequest) -> Result<(), RequestError> {
     }
 }
 
-/// Reads the body up to the configured limit and parses it as JSON (a UTF-8 BOM is skipped).
-pub async fn read_json(mut payload: web::Payload, limit: usize) -> Result<Value, RequestError> {
+/// Reads a resource body up to `limits.max_body_bytes` and parses it as JSON.
+pub async fn read_json(payload: web::Payload, limit: usize) -> Result<Value, RequestError> {
+    read_json_limited(payload, limit, "limits.max_body_bytes").await
+}
+
+/// Reads the body up to `limit` (the config `key`) and parses it as JSON (a UTF-8 BOM is skipped).
+pub async fn read_json_limited(mut payload: web::Payload, limit: usize, key: &'static str) -> Result<Value, RequestError> {
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| RequestError::InvalidJson(format!("reading the body failed: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            return Err(RequestError::BodyTooLarge(limit));
+            return Err(RequestError::BodyTooLarge { limit, key });
         }
         buf.extend_from_slice(&chunk);
     }
@@ -257,8 +291,8 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<u64>, RequestError> {
 }
 
 /// Whether a read can answer 304 Not Modified (`If-None-Match`, then `If-Modified-Since`).
-pub fn not_modified(req: &HttpRequest, version: u64, ts: u64) -> Result<bool, RequestError> {
-    if let Some(inm) = header_str(req.headers(), "if-none-match")? {
+pub fn not_modified(ctx: &Ctx, version: u64, ts: u64) -> Result<bool, RequestError> {
+    if let Some(inm) = ctx.if_none_match.as_deref() {
         if inm.trim() == "*" {
             return Ok(true);
         }
@@ -268,10 +302,11 @@ pub fn not_modified(req: &HttpRequest, version: u64, ts: u64) -> Result<bool, Re
         }
         return Ok(false);
     }
-    if let Some(ims) = header_str(req.headers(), "if-modified-since")? {
-        let since = meta::parse_http_date(ims).ok_or_else(|| RequestError::BadHeader {
+    if let Some(ims) = ctx.if_modified_since.as_deref() {
+        // An HTTP-date (header) or a FHIR instant (a bundle entry's request.ifModifiedSince).
+        let since = meta::parse_http_date(ims).or_else(|| meta::parse_fhir_datetime(ims).map(|r| r.0)).ok_or_else(|| RequestError::BadHeader {
             name: "If-Modified-Since".into(),
-            reason: format!("'{ims}' is not an HTTP-date"),
+            reason: format!("'{ims}' is not an HTTP-date or an instant"),
         })?;
         return Ok(ts / 1_000_000 * 1_000_000 <= since);
     }

@@ -33,19 +33,30 @@ pub async fn get(req: HttpRequest, path: web::Path<String>, st: web::Data<AppSta
 /// `Compartment/id` (CompartmentDefinition: the member type's linking parameters).
 pub async fn compartment(req: HttpRequest, path: web::Path<(String, String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
-    let (ctype, cid) = super::crud::type_and_id(&st, &path.0, &path.1)?;
-    let rtype = st.defs.resource_type(&path.2)?;
+    negotiate::read_barrier(&req, &st).await?;
+    compartment_in(&ctx, &st, &path.0, &path.1, &path.2).await
+}
+
+/// A compartment search.
+pub async fn compartment_in(ctx: &Ctx, st: &AppState, ctype: &str, cid: &str, member: &str) -> Result<HttpResponse, ApiError> {
+    let (ctype, cid) = super::crud::type_and_id(st, ctype, cid)?;
+    let rtype = st.defs.resource_type(member)?;
     let links = st
         .search
         .compartment_params(ctype, rtype)
         .ok_or_else(|| RequestError::NoRoute(format!("/{ctype}/{cid}/{rtype}: {ctype} is not a compartment")))?;
-    negotiate::read_barrier(&req, &st).await?;
     let mut members = BTreeSet::new();
     for code in &links {
         members.extend(query::referrers(st.store.tree(), rtype, code, ctype, cid)?);
     }
     let params = ctx.params.clone();
-    respond(&ctx, &st, rtype, params, Some((format!("/{ctype}/{cid}/{rtype}"), members))).await
+    respond(ctx, st, rtype, params, Some((format!("/{ctype}/{cid}/{rtype}"), members))).await
+}
+
+/// A type-level search with the context's parameters.
+pub async fn type_in(ctx: &Ctx, st: &AppState, rtype: &str) -> Result<HttpResponse, ApiError> {
+    let rtype = st.defs.resource_type(rtype)?;
+    respond(ctx, st, rtype, ctx.params.clone(), None).await
 }
 
 pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -132,6 +143,12 @@ fn includes(st: &AppState, rtype: &str, params: &[(String, String)], page: &[Str
 /// parameters every listed type has (the common `_id`, `_lastUpdated`, `_tag`, … for all types).
 pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
+    negotiate::read_barrier(&req, &st).await?;
+    system_in(&ctx, &st).await
+}
+
+/// A system search with the context's parameters.
+pub async fn system_in(ctx: &Ctx, st: &AppState) -> Result<HttpResponse, ApiError> {
     let mut types: Vec<&'static str> = Vec::new();
     for (_, v) in ctx.params.iter().filter(|(k, _)| k == "_type") {
         for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
@@ -147,10 +164,9 @@ pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRes
     if ctx.params.iter().any(|(k, _)| k.starts_with("_include") || k.starts_with("_revinclude")) {
         return Err(SearchError::NotSupported("_include / _revinclude on a system search".into()).into());
     }
-    negotiate::read_barrier(&req, &st).await?;
     let params: Vec<(String, String)> = ctx.params.iter().filter(|(k, _)| k != "_type").cloned().collect();
     let link_params = ctx.params.clone();
-    respond_types(&ctx, &st, types, params, link_params, None, "/".into()).await
+    respond_types(ctx, st, types, params, link_params, None, "/".into()).await
 }
 
 /// Runs a type-level search; `within` restricts it to a compartment (its path and member ids).

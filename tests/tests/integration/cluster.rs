@@ -392,3 +392,49 @@ fn a_node_joins_a_young_cluster_with_the_right_membership() {
     let s = c.status(new).unwrap();
     assert_eq!(s["voters"].as_array().unwrap().len(), 4, "{s}");
 }
+
+#[test]
+fn a_transaction_is_seen_whole_or_not_at_all_on_every_node() {
+    let c = TestCluster::start(3);
+    let leader = c.leader();
+    let f = followers(&c, leader);
+    let n = 300;
+    let entries: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"fullUrl": format!("urn:uuid:00000000-0000-4000-8000-{i:012}"),
+                   "resource": {"resourceType": "Patient", "meta": {"tag": [{"system": "urn:t", "code": "whole"}]}, "name": [{"text": format!("p{i}")}]},
+                   "request": {"method": "POST", "url": "Patient"}})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    // Watchers poll the count on the other two nodes while a follower posts the transaction:
+    // they may see 0 or n, never anything in between.
+    let done = Arc::new(AtomicBool::new(false));
+    let seen: Vec<u64> = std::thread::scope(|s| {
+        let watchers: Vec<_> = [leader, f[1]]
+            .into_iter()
+            .map(|id| {
+                let (done, url) = (done.clone(), c.url(id, "/Patient?_tag=urn:t|whole&_summary=count"));
+                s.spawn(move || {
+                    let mut seen = Vec::new();
+                    loop {
+                        let total = json(client().get(&url).send().unwrap())["total"].as_u64().unwrap();
+                        seen.push(total);
+                        if total == n && done.load(Ordering::SeqCst) {
+                            return seen;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        let r = client().post(c.url(f[0], "/")).header("content-type", "application/fhir+json").body(bundle.to_string()).send().unwrap();
+        assert_eq!(r.status(), 200);
+        let own = json(client().get(c.url(f[0], "/Patient?_tag=urn:t|whole&_summary=count")).send().unwrap());
+        assert_eq!(own["total"], n, "the posting node answers after applying all of it");
+        done.store(true, Ordering::SeqCst);
+        watchers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert!(seen.iter().all(|t| *t == 0 || *t == n), "partial transaction visible: {seen:?}");
+    c.converged(&c.ids(), 20);
+}

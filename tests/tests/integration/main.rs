@@ -1,6 +1,7 @@
 //! One integration-test binary (fast linking): HTTP conformance, official examples, crash safety, 3-node clusters.
 
 mod bench_smoke;
+mod bundles;
 mod cluster;
 mod conditional;
 mod crash;

@@ -1,0 +1,185 @@
+//! `POST /` with a Bundle of type `batch` or `transaction` (http.html#transaction).
+//!
+//! The bundle is planned ([`super::bundle_plan`]: every entry checked, validated, ids assigned,
+//! patches applied), then ALL its writes are proposed as ONE Raft entry
+//! ([`CommandV1::Bundle`]), applied in one sled batch on every node
+//! ([`crate::store::bundle_apply`]): a transaction is all-or-nothing everywhere; batch entries
+//! succeed or fail alone. Transaction writes are processed DELETE, POST, PUT / PATCH; GET / HEAD
+//! entries run after the writes on this node (so they see them). The response lists the entries
+//! in the client's order with `status`, `location`, `etag`, `lastModified`, and the resource or an
+//! OperationOutcome per `Prefer: return=`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use super::bundle::{Bundle, Entry, Resource};
+use super::bundle_plan::{self, Kind, Method, Plan, Step};
+use super::negotiate::{self, Ctx, Return};
+use super::AppState;
+use crate::error::{operation_outcome, ApiError};
+use crate::fhir::meta;
+use crate::store::command::{Action, Applied, BundleOp, Command, CommandV1};
+use crate::store::{OpOutcome, StoreError};
+
+/// What became of one entry.
+enum Answer {
+    Write { rtype: String, action: Action, outcome: OpOutcome },
+    Read { response: Result<HttpResponse, ApiError>, head: bool },
+    Failed(ApiError),
+}
+
+pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    negotiate::require_json_body(&req)?;
+    let limits = &st.cfg.limits;
+    let body = negotiate::read_json_limited(payload, limits.max_bundle_bytes, "limits.max_bundle_bytes").await?;
+    let Plan { kind, entries } = {
+        let (st, base) = (st.clone(), ctx.base.clone());
+        web::block(move || bundle_plan::plan(&st, &base, body)).await.map_err(|e| StoreError::Storage(e.to_string()))??
+    };
+    let atomic = kind == Kind::Transaction;
+    negotiate::read_barrier(&req, &st).await?;
+    let labels: Vec<String> = entries.iter().map(|e| e.label()).collect();
+    let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
+    let mut writes: Vec<(Option<Method>, BundleOp)> = Vec::new();
+    let mut reads = Vec::new();
+    for e in entries {
+        match e.step {
+            Err(err) if atomic => return Err(ApiError::Entry { label: labels[e.index].clone(), cause: Box::new(err) }),
+            Err(err) => answers[e.index] = Some(Answer::Failed(err)),
+            Ok(Step::Write(op)) => writes.push((e.method, op)),
+            Ok(Step::Read(r)) => reads.push((e.index, r)),
+        }
+    }
+    if atomic {
+        writes.sort_by_key(|(m, op)| (m.map(Method::order), op.index));
+    }
+    if !writes.is_empty() {
+        let targets: Vec<(usize, String, Action)> = writes.iter().map(|(_, op)| (op.index as usize, op.op.rtype.clone(), op.op.action)).collect();
+        let cmd = Command::V1(CommandV1::Bundle { ts_micros: meta::now_micros(), atomic, entries: writes.into_iter().map(|(_, op)| op).collect() });
+        let outcomes = st.raft.propose(&cmd).await?;
+        if let [Err(StoreError::EntryFailed { entry, reason })] = outcomes.as_slice() {
+            let label = labels.get(*entry as usize).cloned().unwrap_or_default();
+            return Err(ApiError::Entry { label, cause: Box::new(ApiError::Store((**reason).clone())) });
+        }
+        if outcomes.len() != targets.len() {
+            return Err(StoreError::Corrupt(format!("{} outcomes for {} bundle writes", outcomes.len(), targets.len())).into());
+        }
+        for ((index, rtype, action), outcome) in targets.into_iter().zip(outcomes) {
+            answers[index] = Some(Answer::Write { rtype, action, outcome });
+        }
+    }
+    for (index, r) in reads {
+        let answer = match ctx.entry(&r.query, r.if_none_match.as_deref(), r.if_modified_since.as_deref()) {
+            Ok(ectx) => Answer::Read { response: r.route.run(&ectx, &st).await, head: r.head },
+            Err(e) => Answer::Failed(e.into()),
+        };
+        answers[index] = Some(answer);
+    }
+    let mut out = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let answer = answer.ok_or_else(|| StoreError::Corrupt("a bundle entry without an answer".into()))?;
+        out.push(entry(&ctx, answer).await?);
+    }
+    let kind = if atomic { "transaction-response" } else { "batch-response" };
+    let body = Bundle::new(kind, None, Vec::new(), out).to_bytes(&ctx)?;
+    Ok(ctx.respond(HttpResponse::Ok(), body))
+}
+
+fn status_line(s: StatusCode) -> String {
+    format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
+}
+
+fn raw(bytes: Vec<u8>) -> Result<Resource<'static>, ApiError> {
+    let text = String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("entry body: {e}")))?;
+    Ok(Resource::Owned(RawValue::from_string(text).map_err(|e| StoreError::Corrupt(format!("entry body: {e}")))?))
+}
+
+async fn entry(ctx: &Ctx, answer: Answer) -> Result<Entry<'static>, ApiError> {
+    match answer {
+        Answer::Write { rtype, action, outcome: Ok(applied) } => write_entry(ctx, &rtype, action, &applied),
+        Answer::Write { outcome: Err(e), .. } => response_entry(ApiError::Store(e).error_response(), false).await,
+        Answer::Read { response: Ok(r), head } => response_entry(r, head).await,
+        Answer::Read { response: Err(e), .. } | Answer::Failed(e) => response_entry(e.error_response(), false).await,
+    }
+}
+
+/// The entry of an applied write.
+fn write_entry(ctx: &Ctx, rtype: &str, action: Action, a: &Applied) -> Result<Entry<'static>, ApiError> {
+    let id = a.id.clone().unwrap_or_default();
+    let mut response = Map::new();
+    let text;
+    if action == Action::Delete {
+        response.insert("status".into(), json!(status_line(StatusCode::NO_CONTENT)));
+        text = match (a.noop, a.version) {
+            _ if id.is_empty() => format!("no {rtype} matched the condition; nothing deleted"),
+            (false, Some(v)) => format!("Deleted {rtype}/{id} (version {v})"),
+            _ => format!("{rtype}/{id} does not exist or was already deleted; nothing to delete"),
+        };
+    } else {
+        let version = a.version.unwrap_or_default();
+        let status = if a.created { StatusCode::CREATED } else { StatusCode::OK };
+        response.insert("status".into(), json!(status_line(status)));
+        response.insert("location".into(), json!(format!("{rtype}/{id}/_history/{version}")));
+        text = match (a.created, a.noop) {
+            (true, _) => format!("Created {rtype}/{id} version {version}"),
+            (false, true) => format!("{rtype}/{id} matched the condition; nothing was written"),
+            (false, false) => format!("Updated {rtype}/{id} version {version}"),
+        };
+    }
+    if let Some(v) = a.version {
+        response.insert("etag".into(), json!(format!("W/\"{v}\"")));
+        if a.ts_micros > 0 {
+            response.insert("lastModified".into(), json!(meta::format_instant(a.ts_micros)));
+        }
+    }
+    let mut resource = None;
+    match ctx.ret {
+        Return::Minimal => {}
+        Return::OperationOutcome => {
+            response.insert("outcome".into(), operation_outcome("information", "informational", &text));
+        }
+        Return::Representation => {
+            if let Some(body) = &a.body {
+                resource = Some(raw(body.to_vec())?);
+            }
+        }
+    }
+    Ok(Entry {
+        full_url: (!id.is_empty()).then(|| format!("{}/{rtype}/{id}", ctx.base)),
+        resource,
+        search: None,
+        request: None,
+        response: Some(Value::Object(response)),
+    })
+}
+
+/// The entry of a read, or of an error, from the HTTP response it would have been.
+async fn response_entry(r: HttpResponse, head: bool) -> Result<Entry<'static>, ApiError> {
+    let status = r.status();
+    let mut response = Map::new();
+    response.insert("status".into(), json!(status_line(status)));
+    let h = |name: header::HeaderName| r.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+    if let Some(loc) = h(header::LOCATION) {
+        response.insert("location".into(), json!(loc));
+    }
+    if let Some(etag) = h(header::ETAG) {
+        response.insert("etag".into(), json!(etag));
+    }
+    if let Some(lm) = h(header::LAST_MODIFIED).and_then(|d| meta::parse_http_date(&d)) {
+        response.insert("lastModified".into(), json!(meta::format_instant(lm)));
+    }
+    let bytes = actix_web::body::to_bytes(r.into_body()).await.map_err(|e| StoreError::Corrupt(format!("entry body: {e}")))?;
+    let mut resource = None;
+    if !bytes.is_empty() && !head {
+        if status.as_u16() >= 400 {
+            let outcome: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
+            response.insert("outcome".into(), outcome);
+        } else {
+            resource = Some(raw(bytes.to_vec())?);
+        }
+    }
+    Ok(Entry { full_url: None, resource, search: None, request: None, response: Some(Value::Object(response)) })
+}
