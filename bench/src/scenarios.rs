@@ -148,16 +148,21 @@ async fn send_json(t: &Target, method: reqwest::Method, path: &str, body: &Value
     Ok(())
 }
 
+/// A Synthea-style patient bundle: one Patient (POST, urn:uuid fullUrl) and `entries - 1`
+/// Observations (POST) whose subject is the Patient's urn:uuid, rewritten by the server.
 fn bundle(entries: usize, client: usize, i: u64) -> Value {
-    let entries: Vec<Value> = (0..entries)
-        .map(|k| {
-            let id = format!("tx-{client}-{i}-{k}");
-            json!({"fullUrl": format!("urn:uuid:00000000-0000-4000-8000-{:012}", k),
-                   "resource": {"resourceType": "Patient", "id": id, "active": true},
-                   "request": {"method": "PUT", "url": format!("Patient/{id}")}})
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    let patient = format!("urn:uuid:{:08x}-0000-4000-8000-{:012x}", client, i);
+    let mut out = vec![json!({"fullUrl": patient, "resource": {"resourceType": "Patient", "active": true, "name": [{"family": format!("Tx{client}-{i}")}]},
+        "request": {"method": "POST", "url": "Patient"}})];
+    out.extend((1..entries).map(|k| {
+        json!({"fullUrl": format!("urn:uuid:{:08x}-0001-4000-8000-{:012x}", client, k),
+               "resource": {"resourceType": "Observation", "status": "final",
+                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                   "subject": {"reference": patient}, "effectiveDateTime": "2024-01-01T10:00:00Z",
+                   "valueQuantity": {"value": 60 + (k % 40), "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+               "request": {"method": "POST", "url": "Observation"}})
+    }));
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": out})
 }
 
 /// One request (or request pair) of scenario `name`, by client `client`, iteration `i`.
