@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use kiln::fhir::FhirVersion;
 use kiln::Config;
 
+/// mimalloc instead of the system allocator: the apply path allocates many small buffers (sled
+/// nodes, index rows), and glibc malloc took ~30% of the Raft thread's time in a profile of
+/// transaction ingest (docs/benchmarks.md "Transactions").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Kiln: a replicated FHIR server")]
 struct Cli {
