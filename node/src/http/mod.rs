@@ -123,6 +123,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/faults", web::post().to(admin::faults));
     cfg.route("/_cluster/digest", web::get().to(admin::digest));
     cfg.route("/_health", web::get().to(admin::health));
+    // Operations (`$name` at system, type or instance level) are not served: say so (501) instead
+    // of reading `$name` as a type or an id.
+    for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {
+        cfg.route(path, web::route().to(fallback));
+    }
     for i in INTERACTIONS {
         let method = Method::from_bytes(i.method.as_bytes()).expect("table methods are valid");
         let route = web::route().method(method);

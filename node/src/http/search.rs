@@ -3,7 +3,8 @@
 //! default: id) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
 //! page does not shift when resources are added or removed elsewhere in the result, and the links
 //! do not expire. `_count` (0 allowed), `_total` (none / estimate / accurate), `_summary`,
-//! `_elements`, `_include` / `_revinclude` (entries with search.mode `include`); unknown or
+//! `_elements`, `_include` / `_revinclude` (with `:iterate` and `Type:*`; entries with search.mode
+//! `include`); unknown or
 //! unsupported parameters are a 400, or with `Prefer: handling=lenient` ignored and reported in
 //! an OperationOutcome entry.
 
@@ -17,7 +18,7 @@ use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::SummaryMode;
-use crate::search::query::{self, Executor, SearchError};
+use crate::search::query::{self, Executor};
 use crate::search::sort;
 use crate::store::{StoreError, VersionRecord};
 
@@ -81,60 +82,100 @@ fn bad(name: &str, reason: impl Into<String>) -> ApiError {
     RequestError::BadParameter { name: name.into(), reason: reason.into() }.into()
 }
 
-/// `_include=Source:param[:Target]` and `_revinclude=Source:param[:Target]` for the page's
-/// matches (not `:iterate`, not `*`): the resources they reference / that reference them.
-fn includes(st: &AppState, rtype: &str, params: &[(String, String)], page: &[String]) -> Result<Vec<(String, String, VersionRecord)>, ApiError> {
-    let tree = st.store.tree();
-    let mut seen: BTreeSet<(String, String)> = page.iter().map(|id| (rtype.to_string(), id.clone())).collect();
-    let mut out = Vec::new();
+/// One `_include` / `_revinclude` value: `Source:param[:Target]`, `param` may be `*` (every
+/// reference parameter of Source).
+struct IncludeSpec {
+    reverse: bool,
+    iterate: bool,
+    source: String,
+    codes: Vec<String>,
+    target: Option<String>,
+}
+
+fn include_specs(st: &AppState, types: &[&'static str], params: &[(String, String)]) -> Result<Vec<IncludeSpec>, ApiError> {
+    let mut specs = Vec::new();
     for (name, value) in params {
-        let reverse = match name.as_str() {
-            "_include" => false,
-            "_revinclude" => true,
-            n if n.starts_with("_include:") || n.starts_with("_revinclude:") => {
-                return Err(SearchError::NotSupported(format!("{n} (:iterate)")).into())
-            }
+        let (reverse, iterate) = match name.as_str() {
+            "_include" => (false, false),
+            "_revinclude" => (true, false),
+            "_include:iterate" | "_include:recurse" => (false, true),
+            "_revinclude:iterate" | "_revinclude:recurse" => (true, true),
+            n if n.starts_with("_include:") || n.starts_with("_revinclude:") => return Err(bad(n, "the only modifier is :iterate")),
             _ => continue,
         };
         let parts: Vec<&str> = value.split(':').collect();
         let (source, code, target) = match parts.as_slice() {
             [s, c] => (*s, *c, None),
-            [s, c, t] => (*s, *c, Some(*t)),
+            [s, c, t] => (*s, *c, Some(t.to_string())),
             _ => return Err(bad(name, format!("'{value}' is not Type:parameter[:TargetType]"))),
         };
-        if code == "*" {
-            return Err(SearchError::NotSupported(format!("{name}={value} (wildcard)")).into());
-        }
-        let ok = st.search.get(source, code).is_some_and(|p| p.def.kind == crate::search::params::ParamType::Reference);
-        if !ok {
-            return Err(bad(name, format!("{source} has no reference search parameter '{code}'")));
-        }
-        let mut found: Vec<(String, String)> = Vec::new();
-        if reverse {
-            if target.is_some_and(|t| t != rtype) {
-                continue;
-            }
-            for id in page {
-                found.extend(query::referrers(tree, source, code, rtype, id)?.into_iter().map(|r| (source.to_string(), r)));
-            }
+        let source = st.defs.resource_type(source)?;
+        let reference_params = || st.search.for_type(source).filter(|p| p.def.kind == crate::search::params::ParamType::Reference);
+        let codes: Vec<String> = if code == "*" {
+            let mut v: Vec<String> = reference_params().map(|p| p.def.code.clone()).collect();
+            v.sort();
+            v.dedup();
+            v
+        } else if reference_params().any(|p| p.def.code == code) {
+            vec![code.to_string()]
         } else {
-            if source != rtype {
-                return Err(bad(name, format!("_include on a {rtype} search must start with {rtype}:")));
-            }
-            for id in page {
-                found.extend(query::references(tree, rtype, id, code)?.into_iter().filter(|(t, _)| target.is_none_or(|want| want == t)));
+            return Err(bad(name, format!("{source} has no reference search parameter '{code}'")));
+        };
+        if !reverse && !iterate && !types.contains(&source) {
+            return Err(bad(name, format!("_include on a {} search must start with one of the searched types", types.join(","))));
+        }
+        specs.push(IncludeSpec { reverse, iterate, source: source.to_string(), codes, target });
+    }
+    Ok(specs)
+}
+
+/// The resources `_include` / `_revinclude` add to a page: they apply to the page's matches;
+/// the `:iterate` ones also to what was included, until nothing new is found (every resource
+/// appears once, so this ends).
+fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], page: &[(String, String)]) -> Result<Vec<(String, String, VersionRecord)>, ApiError> {
+    let specs = include_specs(st, types, params)?;
+    let tree = st.store.tree();
+    let mut seen: BTreeSet<(String, String)> = page.iter().cloned().collect();
+    let mut out = Vec::new();
+    let mut frontier: Vec<(String, String)> = page.to_vec();
+    let mut first = true;
+    while !frontier.is_empty() && !specs.is_empty() {
+        let mut next = Vec::new();
+        for spec in specs.iter().filter(|s| first || s.iterate) {
+            for (t, id) in &frontier {
+                let mut found: Vec<(String, String)> = Vec::new();
+                if spec.reverse {
+                    if spec.target.as_deref().is_some_and(|want| want != t) {
+                        continue;
+                    }
+                    for code in &spec.codes {
+                        found.extend(query::referrers(tree, &spec.source, code, t, id)?.into_iter().map(|r| (spec.source.clone(), r)));
+                    }
+                } else {
+                    if spec.source != *t {
+                        continue;
+                    }
+                    for code in &spec.codes {
+                        found.extend(query::references(tree, t, id, code)?.into_iter().filter(|(tt, _)| spec.target.as_deref().is_none_or(|want| want == tt)));
+                    }
+                }
+                for (ft, fid) in found {
+                    if st.defs.resource_type(&ft).is_err() || !seen.insert((ft.clone(), fid.clone())) {
+                        continue;
+                    }
+                    match st.store.read(&ft, &fid) {
+                        Ok((_, rec)) => {
+                            next.push((ft.clone(), fid.clone()));
+                            out.push((ft, fid, rec));
+                        }
+                        Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
         }
-        for (t, id) in found {
-            if !seen.insert((t.clone(), id.clone())) || st.defs.resource_type(&t).is_err() {
-                continue;
-            }
-            match st.store.read(&t, &id) {
-                Ok((_, rec)) => out.push((t, id, rec)),
-                Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        frontier = next;
+        first = false;
     }
     Ok(out)
 }
@@ -160,9 +201,6 @@ pub async fn system_in(ctx: &Ctx, st: &AppState) -> Result<HttpResponse, ApiErro
     }
     if types.is_empty() {
         types = st.defs.types.iter().map(|t| st.defs.resource_type(t)).collect::<Result<_, _>>()?;
-    }
-    if ctx.params.iter().any(|(k, _)| k.starts_with("_include") || k.starts_with("_revinclude")) {
-        return Err(SearchError::NotSupported("_include / _revinclude on a system search".into()).into());
     }
     let params: Vec<(String, String)> = ctx.params.iter().filter(|(k, _)| k != "_type").cloned().collect();
     let link_params = ctx.params.clone();
@@ -280,10 +318,7 @@ async fn respond_types(
             Err(e) => return Err(e.into()),
         }
     }
-    let included = match types.as_slice() {
-        [rtype] => includes(st, rtype, &params, &bodies.iter().map(|(_, id, _)| id.clone()).collect::<Vec<_>>())?,
-        _ => Vec::new(),
-    };
+    let included = includes(st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
     let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
     for (mode, (t, id, rec)) in bodies.iter().map(|b| ("match", b)).chain(included.iter().map(|b| ("include", b))) {
         entries.push(Entry {

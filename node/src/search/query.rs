@@ -34,7 +34,7 @@ impl From<sled::Error> for SearchError {
 }
 
 /// Result parameters: handled by the HTTP layer, not criteria.
-pub const CONTROL: &[&str] = &["_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_page", "_include", "_revinclude", "_include:iterate", "_revinclude:iterate"];
+pub const CONTROL: &[&str] = &["_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_page", "_include", "_revinclude", "_include:iterate", "_revinclude:iterate", "_include:recurse", "_revinclude:recurse"];
 
 /// Control parameters of the spec that are refused with "not supported yet".
 const NOT_YET: &[&str] = &["_contained", "_containedType", "_list", "_query", "_filter", "_text", "_content"];

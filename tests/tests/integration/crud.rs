@@ -174,9 +174,11 @@ fn bad_input_is_a_4xx_operation_outcome() {
     assert_outcome(c.get(node.url("/Patient?colour=x")).send().unwrap(), 400, "unknown search parameter 'colour'");
     // Not implemented yet: said plainly.
     assert_outcome(c.get(node.url("/Patient?_filter=name eq x")).send().unwrap(), 400, "not supported");
-    assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Bundle", "type": "batch"})), 501, "bundles");
+    assert_outcome(post(&c, &node.url("/$export"), &json!({})), 501, "operation");
+    assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Bundle", "type": "document"})), 400, "batch or a transaction");
+    assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Patient"})), 400, "takes a Bundle");
     let resp = c.patch(node.url("/Patient?identifier=x")).header("content-type", "application/json-patch+json").body("[]").send().unwrap();
-    assert_outcome(resp, 501, "conditional PATCH");
+    assert_outcome(resp, 404, "no match");
     // The rejected writes left nothing behind.
     let hist = json(c.get(node.url("/_history")).send().unwrap());
     assert!(hist.get("entry").is_none(), "no entries (and no empty array): {hist}");
@@ -229,7 +231,7 @@ fn capability_statement_claims_what_is_served() {
     let includes = patient["searchInclude"].as_array().unwrap();
     assert!(includes.iter().any(|i| i == "Patient:general-practitioner"), "{includes:?}");
     assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
-    assert_eq!(cs["rest"][0]["interaction"], json!([{"code": "history-system"}, {"code": "search-system"}]));
+    assert_eq!(cs["rest"][0]["interaction"], json!([{"code": "history-system"}, {"code": "search-system"}, {"code": "transaction"}, {"code": "batch"}]));
 }
 
 #[test]

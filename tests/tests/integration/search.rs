@@ -145,8 +145,21 @@ fn include_revinclude_chain_and_has_over_http() {
     assert_eq!(ids(&json(c.get(node.url("/?_id=p2")).send().unwrap())), ["p2"]);
     assert_eq!(ids(&json(c.get(node.url("/?_type=Patient&family=pond")).send().unwrap())), ["p1"]);
     assert_eq!(c.get(node.url("/?_type=Patient,Observation&family=pond")).send().unwrap().status(), 400);
-    assert_eq!(c.get(node.url("/Observation?_include=Observation:*")).send().unwrap().status(), 400);
-    assert_eq!(c.get(node.url("/Observation?_include:iterate=Observation:subject")).send().unwrap().status(), 400);
+    // Wildcard: every reference parameter of Observation (subject → p1).
+    let included = |b: &Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["fullUrl"].as_str().unwrap().rsplit('/').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("/")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(included(&json(c.get(node.url("/Observation?_id=o1&_include=Observation:*")).send().unwrap())), ["Patient/p1"]);
+    // :iterate follows from what was included: o1 → p1 → dr; without it, only p1.
+    assert_eq!(included(&json(c.get(node.url("/Observation?_id=o1&_include=Observation:subject&_include:iterate=Patient:general-practitioner")).send().unwrap())), ["Patient/p1", "Practitioner/dr"]);
+    assert_eq!(c.get(node.url("/Observation?_id=o1&_include=Observation:subject&_include=Patient:general-practitioner")).send().unwrap().status(), 400, "not iterate: Patient is not searched");
+    // _revinclude:iterate: Practitioner dr ← Patient p1 ← Observation o1.
+    assert_eq!(included(&json(c.get(node.url("/Practitioner?_id=dr&_revinclude=Patient:general-practitioner&_revinclude:iterate=Observation:subject")).send().unwrap())), ["Observation/o1", "Patient/p1"]);
+    // Includes on a system search.
+    assert_eq!(included(&json(c.get(node.url("/?_type=Observation&_id=o1&_include=Observation:subject")).send().unwrap())), ["Patient/p1"]);
+    assert_eq!(c.get(node.url("/Observation?_include=Observation:nothing")).send().unwrap().status(), 400);
 }
 
 #[test]
