@@ -71,7 +71,7 @@ fn search_params(st: &AppState, rtype: &str) -> Vec<Value> {
     let mut out: Vec<Value> = st
         .search
         .for_type(rtype)
-        .filter(|p| p.expr.is_some() && !matches!(p.def.kind, ParamType::Composite | ParamType::Special))
+        .filter(|p| p.searchable())
         .map(|p| {
             json!({
                 "name": p.def.code,
@@ -128,7 +128,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
         "rest": [{
             "mode": "server",
             "compartment": compartments(st),
-            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter except composite and special ones; modifiers :missing, :exact, :contains (string), :text, :not (token), :[type] (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining (any depth up to 8) and _has; _include and _revinclude (not :iterate, not *). Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), :of-type, :identifier, _include:iterate, _sort on composite parameters, composite parameters, _text, _content, _filter.",
+            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter listed in searchParam (composite ones with token/reference/string/uri leading components; of the special ones, near); modifiers :missing, :exact, :contains (string), :text, :not, :of-type (token), :[type], :identifier (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining (any depth up to 8) and _has; _include and _revinclude with :iterate and Type:*. Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), _sort on composite parameters, composite parameters with a leading number/date/quantity component, _text, _content, _filter, _list, _query.",
             "resource": resources,
             "interaction": system
         }]

@@ -64,6 +64,11 @@ impl Decimal {
         ((v as u128) ^ (1u128 << 127)).to_be_bytes()
     }
 
+    /// An approximation, for geometry (`near`) only.
+    pub fn to_f64(&self) -> f64 {
+        self.mantissa as f64 / 10f64.powi(self.scale as i32)
+    }
+
     pub fn from_key(k: &[u8]) -> Option<Decimal> {
         let v = (u128::from_be_bytes(k.try_into().ok()?) ^ (1u128 << 127)) as i128;
         Some(Decimal { mantissa: v, scale: KEY_SCALE })

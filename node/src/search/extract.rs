@@ -3,7 +3,8 @@
 //! Identifiers, ContactPoints and booleans; strings from primitives, HumanName and Address;
 //! dates as `[low, high)` microsecond ranges from date/dateTime/instant/Period/Timing;
 //! numbers and quantities as exact decimals; references as type/id plus the literal reference;
-//! uris. Decimal values are taken from the JSON text, never through floating point.
+//! uris; identifier types (`:of-type`), reference identifiers (`:identifier`) and positions
+//! (`near`). Decimal values are taken from the JSON text, never through floating point.
 
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
@@ -29,6 +30,12 @@ pub enum IndexValue {
     /// A reference: `Type` and `id` when the reference names them, and the literal text.
     Reference { rtype: Option<String>, id: Option<String>, literal: String },
     Uri(String),
+    /// An Identifier with a type, for `:of-type` (`type system|type code|value`).
+    IdentifierOfType { type_system: String, type_code: String, value: String },
+    /// `Reference.identifier`, for `:identifier` on reference parameters.
+    ReferenceIdentifier { system: Option<String>, value: String },
+    /// A geographic position (Location.position), for the special parameter `near`.
+    Position { latitude: Decimal, longitude: Decimal },
 }
 
 /// Lowercase, accents removed: what string search compares (search.html#string).
@@ -91,6 +98,13 @@ fn tokens(out: &mut Vec<IndexValue>, v: &Value, ty: Option<&str>) {
             } else if let Some(value) = text(v, "value") {
                 let system = text(v, "system");
                 let contact = ty == Some("ContactPoint") || system.as_deref().is_some_and(|s| CONTACT_SYSTEMS.contains(&s));
+                if !contact {
+                    for c in v.get("type").and_then(|t| t.get("coding")).and_then(Value::as_array).into_iter().flatten() {
+                        if let (Some(ts), Some(tc)) = (text(c, "system"), text(c, "code")) {
+                            out.push(IndexValue::IdentifierOfType { type_system: ts, type_code: tc, value: value.clone() });
+                        }
+                    }
+                }
                 out.push(IndexValue::Token { system, code: value });
                 if !contact {
                     if let Some(t) = v.get("type").and_then(|t| t.get("text")).and_then(Value::as_str) {
@@ -186,6 +200,11 @@ fn references(out: &mut Vec<IndexValue>, v: &Value) {
                 });
                 out.push(IndexValue::Reference { rtype, id, literal: r });
             }
+            if let Some(ident) = v.get("identifier") {
+                if let Some(value) = text(ident, "value") {
+                    out.push(IndexValue::ReferenceIdentifier { system: text(ident, "system"), value });
+                }
+            }
         }
         // canonical / uri references
         Value::String(s) => out.push(IndexValue::Reference { rtype: None, id: None, literal: s.clone() }),
@@ -216,7 +235,13 @@ pub fn extract(kind: ParamType, items: &[Item]) -> Vec<IndexValue> {
                             out.push(IndexValue::Uri(s.to_string()));
                         }
                     }
-                    ParamType::Composite | ParamType::Special => {}
+                    // `near` (Location.position): the only special parameter with an expression.
+                    ParamType::Special => {
+                        if let (Some(latitude), Some(longitude)) = (v.get("latitude").and_then(decimal), v.get("longitude").and_then(decimal)) {
+                            out.push(IndexValue::Position { latitude, longitude });
+                        }
+                    }
+                    ParamType::Composite => {}
                 }
             }
             Item::Bool(b) if kind == ParamType::Token => out.push(IndexValue::Token { system: None, code: b.to_string() }),

@@ -337,6 +337,8 @@ impl Parser {
             Tok::Num(n) => Ok(Expr::Num(n)),
             Tok::Ident(w) if w == "true" || w == "false" => Ok(Expr::Bool(w == "true")),
             Tok::Ident(w) if w == "$this" => Ok(Expr::This),
+            // The resource being indexed (composite components refer to it).
+            Tok::Ident(w) if w == "%resource" => Ok(Expr::Root("Resource".into())),
             Tok::Ident(w) if w.starts_with('%') || w.starts_with('$') => Err(FhirPathError::Unsupported(format!("variable {w}"))),
             Tok::Ident(w) => {
                 if self.peek() == &Tok::Sym("(") {

@@ -12,15 +12,17 @@
 //! `\0`. Kinds (one row per value, to keep writes cheap): `t` token code, system (empty when
 //! none) · `x` token text · `l` normalized string, with the exact strings as the row's value ·
 //! `d` date low, high · `#` number · `q` quantity value · `c` quantity code-or-unit, value ·
-//! `Q` quantity system, code, value · `r` reference type, id · `R` literal reference · `u` uri.
+//! `Q` quantity system, code, value · `r` reference type, id · `R` literal reference · `u` uri ·
+//! `o` identifier type system, type code, value · `i` reference identifier value, system ·
+//! `g` position latitude, longitude.
 //! Rows have empty values except `l`.
 
 use serde_json::Value;
 
 use super::decimal::Decimal;
 use super::extract::{extract, IndexValue};
-use super::fhirpath::eval_resource;
-use super::params::{ParamType, Registry};
+use super::fhirpath::{eval_resource, evaluate, Item};
+use super::params::{Component, ParamType, Registry};
 
 pub const ROW: u8 = b'x';
 pub const REVERSE: u8 = b'y';
@@ -56,24 +58,45 @@ pub fn param_rows(rtype: &str, code: &str) -> Vec<u8> {
 
 /// `x` type `\0` code `\0` kind: the prefix of every row of one parameter kind.
 pub fn param_prefix(rtype: &str, code: &str, kind: u8) -> Vec<u8> {
-    let mut k = param_rows(rtype, code);
-    k.push(kind);
-    k
+    kind_prefix(&param_rows(rtype, code), kind)
 }
 
 /// Prefix of the rows of one parameter kind whose leading parts equal `parts` exactly.
 pub fn exact_prefix(rtype: &str, code: &str, kind: u8, parts: &[&str]) -> Vec<u8> {
-    let mut k = param_prefix(rtype, code, kind);
+    base_exact(&param_rows(rtype, code), kind, parts)
+}
+
+/// The same under any base: [`param_rows`], or a composite's row prefix
+/// ([`composite_base`]) under which its last component's rows are written like a plain parameter's.
+pub fn kind_prefix(base: &[u8], kind: u8) -> Vec<u8> {
+    let mut k = base.to_vec();
+    k.push(kind);
+    k
+}
+
+pub fn base_exact(base: &[u8], kind: u8, parts: &[&str]) -> Vec<u8> {
+    let mut k = kind_prefix(base, kind);
     for p in parts {
         push_str(&mut k, p);
     }
     k
 }
 
-/// Prefix of the rows of one parameter kind whose first part starts with `text`.
-pub fn open_prefix(rtype: &str, code: &str, kind: u8, text: &str) -> Vec<u8> {
-    let mut k = exact_prefix(rtype, code, kind, &[text]);
+pub fn base_open(base: &[u8], kind: u8, text: &str) -> Vec<u8> {
+    let mut k = base_exact(base, kind, &[text]);
     k.pop(); // no terminator: any continuation matches
+    k
+}
+
+/// `x` type `\0` code `\0` `C` + the exact parts of a composite's leading components.
+pub fn composite_base(rtype: &str, code: &str, leading: &[Vec<String>]) -> Vec<u8> {
+    let mut k = param_rows(rtype, code);
+    k.push(b'C');
+    for parts in leading {
+        for p in parts {
+            push_str(&mut k, p);
+        }
+    }
     k
 }
 
@@ -103,9 +126,9 @@ fn finish(mut k: Vec<u8>, id: &str) -> Vec<u8> {
     k
 }
 
-/// The row keys (without the id) of one value, with the row value.
-fn value_keys(rtype: &str, code: &str, v: &IndexValue) -> Vec<(Vec<u8>, Option<String>)> {
-    let p = |kind: u8| param_prefix(rtype, code, kind);
+/// The row keys (without the id) of one value under `base`, with the row value.
+fn value_keys(base: &[u8], v: &IndexValue) -> Vec<(Vec<u8>, Option<String>)> {
+    let p = |kind: u8| kind_prefix(base, kind);
     let with = |kind: u8, parts: &[&str]| {
         let mut k = p(kind);
         for s in parts {
@@ -151,7 +174,49 @@ fn value_keys(rtype: &str, code: &str, v: &IndexValue) -> Vec<(Vec<u8>, Option<S
             out
         }
         IndexValue::Uri(u) => vec![(with(b'u', &[u]), None)],
+        IndexValue::IdentifierOfType { type_system, type_code, value } => vec![(with(b'o', &[type_system, type_code, value]), None)],
+        IndexValue::ReferenceIdentifier { system, value } => vec![(with(b'i', &[value, system.as_deref().unwrap_or("")]), None)],
+        IndexValue::Position { latitude, longitude } => {
+            let mut k = p(b'g');
+            k.extend_from_slice(&latitude.key());
+            k.extend_from_slice(&longitude.key());
+            vec![(k, None)]
+        }
     }
+}
+
+/// The exact-match parts of a composite's leading component value, one list per way it can be
+/// searched (token: `c` code, and `s` system code; reference: `R` literal, and `r` type id;
+/// string: `l` normalized; uri: `u`). Empty for types that can only lead with ranges.
+pub fn leading_parts(v: &IndexValue) -> Vec<Vec<String>> {
+    match v {
+        IndexValue::Token { system, code } => vec![vec!["c".into(), code.clone()], vec!["s".into(), system.clone().unwrap_or_default(), code.clone()]],
+        IndexValue::Reference { rtype, id, literal } => {
+            let mut out = vec![vec!["R".into(), literal.clone()]];
+            if let (Some(t), Some(id)) = (rtype, id) {
+                out.push(vec!["r".into(), t.clone(), id.clone()]);
+            }
+            out
+        }
+        IndexValue::String { normalized, .. } => vec![vec!["l".into(), normalized.clone()]],
+        IndexValue::Uri(u) => vec![vec!["u".into(), u.clone()]],
+        _ => Vec::new(),
+    }
+}
+
+/// The (leading parts, last value) combinations of one composite item: every combination of
+/// the leading components' values (each in each of its searchable forms) with each value of
+/// the last component, all taken from the same item (search.html#composite).
+fn composite_values(components: &[Component], resource: &Value, item: &Item) -> Vec<(Vec<Vec<String>>, IndexValue)> {
+    let Some((last, leading)) = components.split_last() else { return Vec::new() };
+    let values = |c: &Component| extract(c.param.def.kind, &evaluate(&c.expr, resource, std::slice::from_ref(item)));
+    let mut combos: Vec<Vec<Vec<String>>> = vec![Vec::new()];
+    for c in leading {
+        let forms: Vec<Vec<String>> = values(c).iter().flat_map(leading_parts).collect();
+        combos = combos.into_iter().flat_map(|combo| forms.iter().map(move |f| { let mut c = combo.clone(); c.push(f.clone()); c })).collect();
+    }
+    let lasts = values(last);
+    combos.into_iter().flat_map(|combo| lasts.iter().map(move |v| (combo.clone(), v.clone()))).collect()
 }
 
 /// Exact strings stored in an `l` row's value, `\0`-separated.
@@ -162,24 +227,29 @@ pub fn exact_strings(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// Every index row of a resource, sorted by key, one row per key.
 pub fn rows(reg: &Registry, rtype: &str, id: &str, resource: &Value) -> Vec<Row> {
     let mut out: std::collections::BTreeMap<Vec<u8>, Vec<String>> = std::collections::BTreeMap::new();
-    for param in reg.for_type(rtype) {
-        let Some(expr) = &param.expr else { continue };
-        if matches!(param.def.kind, ParamType::Composite | ParamType::Special) {
-            continue;
-        }
-        let values = extract(param.def.kind, &eval_resource(expr, resource));
-        if values.is_empty() {
-            continue;
-        }
-        for v in &values {
-            for (k, exact) in value_keys(rtype, &param.def.code, v) {
-                let strings = out.entry(finish(k, id)).or_default();
-                if let Some(e) = exact {
-                    if !strings.contains(&e) {
-                        strings.push(e);
-                    }
+    let mut add = |base: &[u8], v: &IndexValue| {
+        for (k, exact) in value_keys(base, v) {
+            let strings = out.entry(finish(k, id)).or_default();
+            if let Some(e) = exact {
+                if !strings.contains(&e) {
+                    strings.push(e);
                 }
             }
+        }
+    };
+    for param in reg.for_type(rtype) {
+        let Some(expr) = &param.expr else { continue };
+        if param.def.kind == ParamType::Composite {
+            for item in eval_resource(expr, resource) {
+                for (leading, last) in composite_values(&param.components, resource, &item) {
+                    add(&composite_base(rtype, &param.def.code, &leading), &last);
+                }
+            }
+            continue;
+        }
+        let base = param_rows(rtype, &param.def.code);
+        for v in &extract(param.def.kind, &eval_resource(expr, resource)) {
+            add(&base, v);
         }
     }
     out.into_iter().map(|(key, strings)| Row { key, value: strings.join("\0").into_bytes() }).collect()

@@ -27,10 +27,19 @@ pub enum ParamType {
     Special,
 }
 
+/// A composite's component as stored in the registry file.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Component {
+pub struct ComponentDef {
     pub definition: String,
     pub expression: String,
+}
+
+/// A composite's component ready to use: the parameter it is defined by (its type, code and
+/// targets) and its expression, evaluated on each item of the composite's expression.
+#[derive(Debug)]
+pub struct Component {
+    pub param: Arc<SearchParam>,
+    pub expr: Expr,
 }
 
 /// One SearchParameter as stored in the registry file.
@@ -49,7 +58,7 @@ pub struct ParamDef {
     #[serde(default)]
     pub comparator: Vec<String>,
     #[serde(default)]
-    pub component: Vec<Component>,
+    pub component: Vec<ComponentDef>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +72,29 @@ pub struct SearchParam {
     pub def: ParamDef,
     /// `None` when the expression is empty or listed as unsupported.
     pub expr: Option<Expr>,
+    /// A composite's components (empty for other types, or when one cannot be resolved).
+    pub components: Vec<Component>,
+}
+
+impl SearchParam {
+    /// Whether Kiln can search by this parameter: it has a compiled expression; a composite has
+    /// its components resolved and only token / reference / string / uri before the last one;
+    /// of the special parameters, `near`.
+    pub fn searchable(&self) -> bool {
+        if self.expr.is_none() {
+            return false;
+        }
+        match self.def.kind {
+            ParamType::Composite => {
+                self.components.len() >= 2
+                    && self.components[..self.components.len() - 1]
+                        .iter()
+                        .all(|c| matches!(c.param.def.kind, ParamType::Token | ParamType::Reference | ParamType::String | ParamType::Uri))
+            }
+            ParamType::Special => self.def.code == "near",
+            _ => true,
+        }
+    }
 }
 
 /// Every parameter of one version.
@@ -103,6 +135,9 @@ impl Registry {
         let mut reg = Registry::default();
         let comps: CompartmentFile = serde_json::from_str(compartment_source(version)).expect("the committed compartment file is valid JSON");
         reg.compartments = comps.compartments;
+        let by_url: HashMap<String, ParamDef> = file.parameters.iter().map(|d| (d.url.clone(), d.clone())).collect();
+        let by_base_code: HashMap<(String, String), ParamDef> =
+            file.parameters.iter().flat_map(|d| d.base.iter().map(move |b| ((b.clone(), d.code.clone()), d.clone()))).collect();
         for def in file.parameters {
             let expr = if def.expression.trim().is_empty() {
                 None
@@ -115,7 +150,23 @@ impl Registry {
                     }
                 }
             };
-            let p = Arc::new(SearchParam { def, expr });
+            let mut components = Vec::new();
+            for c in &def.component {
+                // By URL; STU3 also names some as `…/SearchParameter/Type-code` without such a URL.
+                let target = by_url.get(&c.definition).or_else(|| {
+                    let (t, code) = c.definition.rsplit('/').next()?.split_once('-')?;
+                    by_base_code.get(&(t.to_string(), code.to_string()))
+                });
+                match (target, compile(&c.expression)) {
+                    (Some(t), Ok(expr)) => components.push(Component { param: Arc::new(SearchParam { def: t.clone(), expr: None, components: Vec::new() }), expr }),
+                    (_, Err(e)) => reg.failures.push((format!("{} component {}", def.url, c.definition), e)),
+                    (None, Ok(_)) => {}
+                }
+            }
+            if components.len() != def.component.len() {
+                components.clear();
+            }
+            let p = Arc::new(SearchParam { def, expr, components });
             for base in &p.def.base {
                 reg.by_type.entry(base.clone()).or_default().insert(p.def.code.clone(), p.clone());
             }

@@ -2,14 +2,15 @@
 //! are search.html's: repeated parameters AND, comma-separated values OR; prefixes
 //! `eq ne gt lt ge le sa eb ap` with the implicit range of the value's precision; modifiers
 //! `:missing`, `:exact`, `:contains` (string), `:text`, `:not` (token), `:[type]` (reference),
-//! `:below`, `:above` (uri). What is not implemented yet is refused with a 400 that says so.
+//! `:below`, `:above` (uri), `:of-type` (token), `:identifier` (reference); composite parameters
+//! (`a$b`) and `near`. What is not implemented yet is refused with a 400 that says so.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::decimal::Decimal;
 use super::extract::normalize;
-use super::index::{exact_prefix, exact_strings, i64_from_key, open_prefix, param_prefix, param_rows, push_str, row_id};
+use super::index::{base_exact, base_open, composite_base, exact_prefix, exact_strings, i64_from_key, kind_prefix, param_prefix, param_rows, push_str, row_id};
 use super::params::{ParamType, Registry, SearchParam};
 use crate::fhir::meta::{now_micros, parse_fhir_range};
 use crate::store::{keys, Current, StoreError};
@@ -182,7 +183,7 @@ fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, depth: usize)
         return Err(SearchError::NotSupported(code.to_string()));
     }
     let param = reg.get(rtype, code).ok_or_else(|| SearchError::UnknownParameter { rtype: rtype.into(), param: name.into() })?;
-    if param.expr.is_none() || matches!(param.def.kind, ParamType::Composite | ParamType::Special) {
+    if !param.searchable() {
         return Err(SearchError::NotSupported(format!("search parameter {code} ({:?})", param.def.kind)));
     }
     if let Some(m) = &modifier {
@@ -195,11 +196,12 @@ fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
     let ok = match (p.def.kind, m) {
         (_, "missing") => true,
         (ParamType::String, "exact" | "contains") => true,
-        (ParamType::Token, "text" | "not") => true,
+        (ParamType::Token, "text" | "not" | "of-type") => true,
+        (ParamType::Reference, "identifier") => true,
         (ParamType::Uri, "below" | "above") => true,
         (ParamType::Reference, t) => t.starts_with(|c: char| c.is_ascii_uppercase()),
-        (_, "in" | "not-in" | "above" | "below" | "of-type" | "identifier" | "iterate") => {
-            return Err(SearchError::NotSupported(format!(":{m} on {} (a terminology server or identifier index is needed)", p.def.code)))
+        (ParamType::Token, "in" | "not-in" | "above" | "below") => {
+            return Err(SearchError::NotSupported(format!(":{m} on {} (a terminology server is needed)", p.def.code)))
         }
         _ => false,
     };
@@ -316,31 +318,115 @@ impl Executor<'_> {
             return Ok(self.all()?.difference(&hits).cloned().collect());
         }
         let mut out = Ids::new();
+        let base = param_rows(self.rtype, code);
         for v in &c.values {
             if v.is_empty() {
                 return Err(bad("empty value".into()));
             }
             match c.param.def.kind {
-                ParamType::Token => self.token(c, v, &mut out)?,
-                ParamType::String => self.string(c, v, &mut out)?,
-                ParamType::Date => self.date(c, v, &mut out)?,
-                ParamType::Number => self.number(code, v, b'#', &[], &mut out)?,
-                ParamType::Quantity => self.quantity(code, v, &mut out)?,
-                ParamType::Reference => self.reference(c, v, &mut out)?,
-                ParamType::Uri => self.uri(c, v, &mut out)?,
-                ParamType::Composite | ParamType::Special => return Err(SearchError::NotSupported(code.into())),
+                ParamType::Composite => self.composite(c, v, &mut out)?,
+                ParamType::Special => self.near(code, &base, v, &mut out)?,
+                _ => self.value(c, &base, v, &mut out)?,
             }
         }
         Ok(out)
     }
 
-    fn token(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+    /// One value of a plain parameter (or of a composite's last component) under `base`.
+    fn value(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        match c.param.def.kind {
+            ParamType::Token => self.token(c, base, v, out),
+            ParamType::String => self.string(c, base, v, out),
+            ParamType::Date => self.date(c, base, v, out),
+            ParamType::Number => self.number(code, base, v, b'#', &[], out),
+            ParamType::Quantity => self.quantity(code, base, v, out),
+            ParamType::Reference => self.reference(c, base, v, out),
+            ParamType::Uri => self.uri(c, base, v, out),
+            ParamType::Composite | ParamType::Special => Err(SearchError::NotSupported(code.into())),
+        }
+    }
+
+    /// `a$b[$c]`: the leading values match exactly (token `code`, `system|code`, `|code`;
+    /// reference; string, exact after normalization; uri), the last with its type's semantics
+    /// (prefixes included), all on the same element of the composite's expression.
+    fn composite(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let code = c.param.def.code.as_str();
+        let comps = &c.param.components;
+        let values: Vec<&str> = v.split('$').collect();
+        if values.len() != comps.len() {
+            return Err(SearchError::BadValue { param: code.into(), reason: format!("'{v}' needs {} values separated by '$'", comps.len()) });
+        }
+        let mut leading = Vec::new();
+        for (comp, val) in comps.iter().zip(&values).take(comps.len() - 1) {
+            let parts: Vec<String> = match comp.param.def.kind {
+                ParamType::Token => match val.split_once('|') {
+                    None => vec!["c".into(), val.to_string()],
+                    Some((s, c)) => vec!["s".into(), s.into(), c.into()],
+                },
+                ParamType::Reference => {
+                    let segs: Vec<&str> = val.split('/').collect();
+                    match segs.as_slice() {
+                        [t, id] if t.starts_with(|ch: char| ch.is_ascii_uppercase()) => vec!["r".into(), t.to_string(), id.to_string()],
+                        _ => vec!["R".into(), val.to_string()],
+                    }
+                }
+                ParamType::String => vec!["l".into(), normalize(val)],
+                ParamType::Uri => vec!["u".into(), val.to_string()],
+                other => return Err(SearchError::NotSupported(format!("{code}: a leading {other:?} component"))),
+            };
+            leading.push(parts);
+        }
+        let last = comps.last().expect("two or more components");
+        let inner = Criterion { param: last.param.clone(), modifier: None, values: Vec::new(), link: None };
+        self.value(&inner, &composite_base(self.rtype, code, &leading), values[values.len() - 1], out)
+    }
+
+    /// `near=latitude|longitude|distance|units` (Location.position): within `distance` (default
+    /// 10 km; units km, m, mi or [mi_i]; default km) on a sphere of radius 6,371 km.
+    fn near(&self, code: &str, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        let bad = |reason: String| SearchError::BadValue { param: code.into(), reason };
+        let parts: Vec<&str> = v.split('|').collect();
+        let num = |s: &str| s.trim().parse::<f64>().map_err(|_| bad(format!("'{s}' is not a number")));
+        let (lat, lon) = match parts.as_slice() {
+            [lat, lon, ..] => (num(lat)?, num(lon)?),
+            _ => return Err(bad("use latitude|longitude|distance|units".into())),
+        };
+        let distance = match parts.get(2).filter(|d| !d.is_empty()) {
+            Some(d) => num(d)?,
+            None => 10.0,
+        };
+        let km = distance
+            * match parts.get(3).copied().unwrap_or("km") {
+                "km" | "" => 1.0,
+                "m" => 0.001,
+                "mi" | "[mi_i]" | "[mi_us]" => 1.609_344,
+                other => return Err(bad(format!("unit '{other}': use km, m or [mi_i]"))),
+            };
+        let keep = |rest: &[u8]| -> bool {
+            let (Some(a), Some(b)) = (rest.get(..16).and_then(Decimal::from_key), rest.get(16..32).and_then(Decimal::from_key)) else { return false };
+            let (p1, p2) = (lat.to_radians(), a.to_f64().to_radians());
+            let dl = (b.to_f64() - lon).to_radians();
+            let h = ((p2 - p1) / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+            2.0 * 6371.0 * h.sqrt().asin() <= km
+        };
+        self.scan_filter(&kind_prefix(base, b'g'), keep, out)
+    }
+
+    fn token(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         let code = c.param.def.code.as_str();
         if c.modifier.as_deref() == Some("text") {
-            return self.scan(&open_prefix(self.rtype, code, b'x', &normalize(v)), out);
+            return self.scan(&base_open(base, b'x', &normalize(v)), out);
+        }
+        if c.modifier.as_deref() == Some("of-type") {
+            let parts: Vec<&str> = v.splitn(3, '|').collect();
+            let [ts, tc, value] = parts.as_slice() else {
+                return Err(SearchError::BadValue { param: format!("{code}:of-type"), reason: "use type-system|type-code|value".into() });
+            };
+            return self.scan(&base_exact(base, b'o', &[ts, tc, value]), out);
         }
         // Rows are `t` code, system: code-first, so `code` and `system|code` are prefix scans.
-        let mut k = param_prefix(self.rtype, code, b't');
+        let mut k = kind_prefix(base, b't');
         match v.split_once('|') {
             None => push_str(&mut k, v),
             Some((s, "")) => {
@@ -364,11 +450,10 @@ impl Executor<'_> {
         self.scan(&k, out)
     }
 
-    fn string(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let code = c.param.def.code.as_str();
+    fn string(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         match c.modifier.as_deref() {
             Some("exact") => {
-                for item in self.tree.scan_prefix(exact_prefix(self.rtype, code, b'l', &[&normalize(v)])) {
+                for item in self.tree.scan_prefix(base_exact(base, b'l', &[&normalize(v)])) {
                     let (key, value) = item?;
                     if exact_strings(&value).any(|e| e == v.as_bytes()) {
                         if let Some(id) = row_id(&key) {
@@ -380,15 +465,13 @@ impl Executor<'_> {
             }
             Some("contains") => {
                 let needle = escaped(&normalize(v));
-                self.scan_filter(&param_prefix(self.rtype, code, b'l'), |rest| rest.windows(needle.len()).any(|w| w == needle.as_slice()), out)
+                self.scan_filter(&kind_prefix(base, b'l'), |rest| rest.windows(needle.len()).any(|w| w == needle.as_slice()), out)
             }
-            _ => {
-                self.scan(&open_prefix(self.rtype, code, b'l', &normalize(v)), out)
-            }
+            _ => self.scan(&base_open(base, b'l', &normalize(v)), out),
         }
     }
 
-    fn date(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+    fn date(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         let code = c.param.def.code.as_str();
         let (prefix, text) = split_prefix(v);
         let (lo, hi) = parse_fhir_range(text)
@@ -415,7 +498,7 @@ impl Executor<'_> {
                 Prefix::Ap => tlo < ahi && thi > alo,
             }
         };
-        let prefix_d = param_prefix(self.rtype, code, b'd');
+        let prefix_d = kind_prefix(base, b'd');
         self.scan_filter(
             &prefix_d,
             |rest| match (i64_from_key(rest), rest.get(8..).and_then(i64_from_key)) {
@@ -428,7 +511,7 @@ impl Executor<'_> {
     }
 
     /// Number semantics for number and quantity rows under `prefix + parts`.
-    fn number(&self, code: &str, v: &str, kind: u8, parts: &[&str], out: &mut Ids) -> Result<(), SearchError> {
+    fn number(&self, code: &str, base: &[u8], v: &str, kind: u8, parts: &[&str], out: &mut Ids) -> Result<(), SearchError> {
         let (prefix, text) = split_prefix(v);
         let d = Decimal::parse(text).ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number") })?;
         let (lo, hi) = d.implicit_range();
@@ -448,63 +531,65 @@ impl Executor<'_> {
                 }
             }
         };
-        self.scan_filter(&exact_prefix(self.rtype, code, kind, parts), |rest| rest.get(..16).and_then(Decimal::from_key).is_some_and(keep), out)
+        self.scan_filter(&base_exact(base, kind, parts), |rest| rest.get(..16).and_then(Decimal::from_key).is_some_and(keep), out)
     }
 
-    fn quantity(&self, code: &str, v: &str, out: &mut Ids) -> Result<(), SearchError> {
+    fn quantity(&self, code: &str, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         let parts: Vec<&str> = v.splitn(3, '|').collect();
         match parts.as_slice() {
-            [n] => self.number(code, n, b'q', &[], out),
-            [n, "", unit] => self.number(code, n, b'c', &[unit], out),
-            [n, system, unit] => self.number(code, n, b'Q', &[system, unit], out),
+            [n] => self.number(code, base, n, b'q', &[], out),
+            [n, "", unit] => self.number(code, base, n, b'c', &[unit], out),
+            [n, system, unit] => self.number(code, base, n, b'Q', &[system, unit], out),
             _ => Err(SearchError::BadValue { param: code.into(), reason: "use number, number||code or number|system|code".into() }),
         }
     }
 
-    fn reference(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let code = c.param.def.code.as_str();
+    fn reference(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
+        if c.modifier.as_deref() == Some("identifier") {
+            // `system|value`, `|value` (no system) or `value` (any system).
+            let k = match v.split_once('|') {
+                Some((s, value)) => base_exact(base, b'i', &[value, s]),
+                None => base_exact(base, b'i', &[v]),
+            };
+            return self.scan(&k, out);
+        }
         let type_modifier = c.modifier.as_deref().filter(|m| m.starts_with(|ch: char| ch.is_ascii_uppercase()));
         let segs: Vec<&str> = v.trim_end_matches('/').split('/').collect();
         let n = segs.len();
         let k = if let Some(t) = type_modifier {
-            exact_prefix(self.rtype, code, b'r', &[t, v])
+            base_exact(base, b'r', &[t, v])
         } else if n == 1 && !v.contains(':') {
             // A bare id (of any of the parameter's target types), or a literal such as
             // `#contained` / a relative canonical.
             for t in &c.param.def.target {
-                self.scan(&exact_prefix(self.rtype, code, b'r', &[t, v]), out)?;
+                self.scan(&base_exact(base, b'r', &[t, v]), out)?;
             }
-            exact_prefix(self.rtype, code, b'R', &[v])
+            base_exact(base, b'R', &[v])
         } else if n >= 2 && segs[n - 2].starts_with(|ch: char| ch.is_ascii_uppercase()) && !segs[n - 1].is_empty() {
             // `Type/id`, or a full URL ending in it: matched by type and id, as well as literally.
-            self.scan(&exact_prefix(self.rtype, code, b'R', &[v]), out)?;
-            exact_prefix(self.rtype, code, b'r', &[segs[n - 2], segs[n - 1]])
+            self.scan(&base_exact(base, b'R', &[v]), out)?;
+            base_exact(base, b'r', &[segs[n - 2], segs[n - 1]])
         } else {
-            exact_prefix(self.rtype, code, b'R', &[v])
+            base_exact(base, b'R', &[v])
         };
         self.scan(&k, out)
     }
 
-    fn uri(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let code = c.param.def.code.as_str();
+    fn uri(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         match c.modifier.as_deref() {
-            Some("below") => {
-                self.scan(&open_prefix(self.rtype, code, b'u', v), out)
-            }
+            Some("below") => self.scan(&base_open(base, b'u', v), out),
             Some("above") => {
                 // Every stored uri that is a prefix of the value at a path boundary.
                 let mut cut = v.len();
                 loop {
-                    self.scan(&exact_prefix(self.rtype, code, b'u', &[&v[..cut]]), out)?;
+                    self.scan(&base_exact(base, b'u', &[&v[..cut]]), out)?;
                     match v[..cut].rfind('/') {
                         Some(i) if i > 0 && !v[..i].ends_with('/') => cut = i,
                         _ => return Ok(()),
                     }
                 }
             }
-            _ => {
-                self.scan(&exact_prefix(self.rtype, code, b'u', &[v]), out)
-            }
+            _ => self.scan(&base_exact(base, b'u', &[v]), out),
         }
     }
 }
@@ -661,5 +746,45 @@ mod tests {
         assert!(matches!(search(&tree, &reg, "Observation", "status.name=x"), Err(SearchError::BadValue { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "_has:Observation:code:status=final"), Err(SearchError::UnknownParameter { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "family:below=x"), Err(SearchError::NotSupported(_)) | Err(SearchError::BadValue { .. })));
+    }
+
+    #[test]
+    fn composite_special_and_identifier_modifiers() {
+        let res = [
+            // Blood pressure: two components, each a code with a value.
+            json!({"resourceType": "Observation", "id": "bp", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                "subject": {"reference": "Patient/p", "identifier": {"system": "urn:mrn", "value": "M1"}},
+                "component": [
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}),
+            json!({"resourceType": "Observation", "id": "hr", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "valueQuantity": {"value": 72, "unit": "/min"}, "effectiveDateTime": "2024-03-01"}),
+            json!({"resourceType": "Observation", "id": "dt", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "21112-8"}]}, "valueDateTime": "2024-03-01"}),
+            json!({"resourceType": "Patient", "id": "p", "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}, "system": "urn:mrn", "value": "M1"}]}),
+            json!({"resourceType": "Location", "id": "ams", "position": {"latitude": 52.3676, "longitude": 4.9041}}),
+            json!({"resourceType": "Location", "id": "rtm", "position": {"latitude": 51.9244, "longitude": 4.4777}}),
+        ];
+        let (_d, tree, reg) = setup(&res);
+        let s = |rt: &str, qs: &str| search(&tree, &reg, rt, qs).unwrap_or_else(|e| panic!("{qs}: {e}"));
+        // Composite: both parts on the SAME component; the last part with prefixes.
+        assert_eq!(s("Observation", "component-code-value-quantity=http://loinc.org|8480-6$gt100"), ["bp"]);
+        assert!(s("Observation", "component-code-value-quantity=8480-6$lt100").is_empty(), "80 belongs to the other component");
+        assert_eq!(s("Observation", "component-code-value-quantity=8462-4$80"), ["bp"]);
+        assert_eq!(s("Observation", "code-value-quantity=http://loinc.org|8867-4$72||/min"), ["hr"]);
+        assert_eq!(s("Observation", "combo-code-value-quantity=8480-6$120,8867-4$ge70"), ["bp", "hr"]);
+        assert_eq!(s("Observation", "code-value-date=21112-8$2024-03"), ["dt"]);
+        assert!(s("Observation", "code-value-date=21112-8$2025").is_empty());
+        assert!(matches!(search(&tree, &reg, "Observation", "code-value-quantity=8867-4"), Err(SearchError::BadValue { .. })));
+        // near: Amsterdam–Rotterdam is about 57 km.
+        assert_eq!(s("Location", "near=52.37|4.90|5|km"), ["ams"]);
+        assert_eq!(s("Location", "near=52.37|4.90|80|km"), ["ams", "rtm"]);
+        assert_eq!(s("Location", "near=52.37|4.90|40|[mi_i]"), ["ams", "rtm"]);
+        assert!(matches!(search(&tree, &reg, "Location", "near=north"), Err(SearchError::BadValue { .. })));
+        // :identifier (Reference.identifier) and :of-type (Identifier.type + value).
+        assert_eq!(s("Observation", "subject:identifier=urn:mrn|M1"), ["bp"]);
+        assert_eq!(s("Observation", "subject:identifier=M1"), ["bp"]);
+        assert!(s("Observation", "subject:identifier=urn:other|M1").is_empty());
+        assert_eq!(s("Patient", "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|M1"), ["p"]);
+        assert!(s("Patient", "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|SS|M1").is_empty());
     }
 }

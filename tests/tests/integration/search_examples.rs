@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use kiln::fhir::FhirVersion;
 use kiln::search::extract::{extract, IndexValue};
-use kiln::search::fhirpath::eval_resource;
-use kiln::search::params::{ParamType, Registry};
+use kiln::search::fhirpath::{eval_resource, evaluate, Item};
+use kiln::search::params::{ParamType, Registry, SearchParam};
 use kiln::search::query::{parse, Executor};
 use kiln::store::command::{Action, Command, CommandV1, WriteOp};
 use kiln::store::StateMachine;
@@ -44,8 +44,38 @@ fn query_for(code: &str, v: &IndexValue) -> Option<(String, String)> {
         IndexValue::Reference { literal, .. } if !literal.contains('|') => escape(literal),
         IndexValue::Reference { .. } => return None,
         IndexValue::Uri(u) => escape(u),
+        IndexValue::IdentifierOfType { type_system, type_code, value } if ![type_system, type_code, value].iter().any(|x| x.contains('|')) => {
+            return Some((format!("{code}:of-type"), escape(&format!("{type_system}|{type_code}|{value}"))))
+        }
+        IndexValue::ReferenceIdentifier { system, value } if !value.contains('|') => {
+            return Some((format!("{code}:identifier"), escape(&format!("{}|{value}", system.as_deref().unwrap_or("")))))
+        }
+        IndexValue::IdentifierOfType { .. } | IndexValue::ReferenceIdentifier { .. } => return None,
+        IndexValue::Position { latitude, longitude } => format!("{latitude}|{longitude}|1|km"),
     };
     Some((code.to_string(), q))
+}
+
+/// A composite query value (`lead$…$last`) for one item of the composite's expression.
+fn composite_query(p: &SearchParam, stored: &serde_json::Value, item: &Item) -> Option<(String, String)> {
+    let mut parts = Vec::new();
+    for (i, c) in p.components.iter().enumerate() {
+        let values = extract(c.param.def.kind, &evaluate(&c.expr, stored, std::slice::from_ref(item)));
+        let last = i + 1 == p.components.len();
+        let v = values.iter().find_map(|v| {
+            let text = match (last, v) {
+                (true, v) => query_for(&p.def.code, v).filter(|(name, _)| name == &p.def.code).map(|(_, q)| q)?,
+                (false, IndexValue::Token { system, code }) => format!("{}|{code}", system.as_deref().unwrap_or("")),
+                (false, IndexValue::Reference { rtype: Some(t), id: Some(id), .. }) => format!("{t}/{id}"),
+                (false, IndexValue::String { normalized, .. }) => normalized.clone(),
+                (false, IndexValue::Uri(u)) => u.clone(),
+                _ => return None,
+            };
+            (!text.contains('$') && !text.contains(',') && (last || text.matches('|').count() <= 1)).then_some(text)
+        })?;
+        parts.push(v);
+    }
+    Some((p.def.code.clone(), parts.join("$")))
 }
 
 fn check(version: FhirVersion, folder: &str) {
@@ -72,7 +102,7 @@ fn check(version: FhirVersion, folder: &str) {
     let (mut checked, mut without_example, mut failures) = (0, 0, Vec::new());
     for p in &reg.all {
         let Some(expr) = &p.expr else { continue };
-        if matches!(p.def.kind, ParamType::Composite | ParamType::Special) {
+        if !p.searchable() {
             continue;
         }
         for base in &p.def.base {
@@ -83,8 +113,13 @@ fn check(version: FhirVersion, folder: &str) {
                     // The stored version (with meta stamped) is what was indexed.
                     let (_, rec) = kiln::store::Store::new(tree.clone()).read(rtype, &e.id).unwrap();
                     let stored: serde_json::Value = serde_json::from_slice(rec.body()).unwrap();
-                    let values = extract(p.def.kind, &eval_resource(expr, &stored));
-                    let Some((name, value)) = values.iter().find_map(|v| query_for(&p.def.code, v)) else { continue };
+                    let items = eval_resource(expr, &stored);
+                    let query = if p.def.kind == ParamType::Composite {
+                        items.iter().find_map(|item| composite_query(p, &stored, item))
+                    } else {
+                        extract(p.def.kind, &items).iter().find_map(|v| query_for(&p.def.code, v))
+                    };
+                    let Some((name, value)) = query else { continue };
                     found = true;
                     checked += 1;
                     let params = vec![(name.clone(), value.clone())];
