@@ -186,11 +186,12 @@ fn value_keys(base: &[u8], v: &IndexValue) -> Vec<(Vec<u8>, Option<String>)> {
 }
 
 /// The exact-match parts of a composite's leading component value, one list per way it can be
-/// searched (token: `c` code, and `s` system code; reference: `R` literal, and `r` type id;
-/// string: `l` normalized; uri: `u`). Empty for types that can only lead with ranges.
+/// searched (token: `t` code, system — a code without system is found by skipping from system
+/// to system; reference: `R` literal, and `r` type id; string: `l` normalized; uri: `u`). Empty
+/// for types that can only lead with ranges.
 pub fn leading_parts(v: &IndexValue) -> Vec<Vec<String>> {
     match v {
-        IndexValue::Token { system, code } => vec![vec!["c".into(), code.clone()], vec!["s".into(), system.clone().unwrap_or_default(), code.clone()]],
+        IndexValue::Token { system, code } => vec![vec!["t".into(), code.clone(), system.clone().unwrap_or_default()]],
         IndexValue::Reference { rtype, id, literal } => {
             let mut out = vec![vec!["R".into(), literal.clone()]];
             if let (Some(t), Some(id)) = (rtype, id) {

@@ -357,12 +357,24 @@ impl Executor<'_> {
         if values.len() != comps.len() {
             return Err(SearchError::BadValue { param: code.into(), reason: format!("'{v}' needs {} values separated by '$'", comps.len()) });
         }
-        let mut leading = Vec::new();
+        // The row prefixes the leading values select: one, or one per system for a token
+        // given without one (found by skipping from system to system, not by reading every row).
+        let mut bases: Vec<Vec<u8>> = vec![composite_base(self.rtype, code, &[])];
         for (comp, val) in comps.iter().zip(&values).take(comps.len() - 1) {
             let parts: Vec<String> = match comp.param.def.kind {
                 ParamType::Token => match val.split_once('|') {
-                    None => vec!["c".into(), val.to_string()],
-                    Some((s, c)) => vec!["s".into(), s.into(), c.into()],
+                    None => {
+                        let mut next = Vec::new();
+                        for b in &bases {
+                            let mut p = b.clone();
+                            push_str(&mut p, "t");
+                            push_str(&mut p, val);
+                            next.extend(self.distinct_parts(&p)?);
+                        }
+                        bases = next;
+                        continue;
+                    }
+                    Some((s, c)) => vec!["t".into(), c.into(), s.into()],
                 },
                 ParamType::Reference => {
                     let segs: Vec<&str> = val.split('/').collect();
@@ -375,11 +387,38 @@ impl Executor<'_> {
                 ParamType::Uri => vec!["u".into(), val.to_string()],
                 other => return Err(SearchError::NotSupported(format!("{code}: a leading {other:?} component"))),
             };
-            leading.push(parts);
+            for b in bases.iter_mut() {
+                for p in &parts {
+                    push_str(b, p);
+                }
+            }
         }
         let last = comps.last().expect("two or more components");
         let inner = Criterion { param: last.param.clone(), modifier: None, values: Vec::new(), link: None };
-        self.value(&inner, &composite_base(self.rtype, code, &leading), values[values.len() - 1], out)
+        for b in &bases {
+            self.value(&inner, b, values[values.len() - 1], out)?;
+        }
+        Ok(())
+    }
+
+    /// `prefix` extended by each distinct next part (escaped, with its terminator) found under
+    /// it, seeking past each part's rows instead of reading them.
+    fn distinct_parts(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
+        let mut out = Vec::new();
+        let mut from = prefix.to_vec();
+        while let Some(k) = self.tree.range(from.clone()..).keys().next() {
+            let k = k?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let Some(end) = k[prefix.len()..].iter().position(|b| *b == 0) else { break };
+            let with_part = k[..prefix.len() + end + 1].to_vec();
+            // Just past every key under `with_part` (its last byte is the 0 terminator).
+            from = with_part.clone();
+            *from.last_mut().expect("terminator") = 1;
+            out.push(with_part);
+        }
+        Ok(out)
     }
 
     /// `near=latitude|longitude|distance|units` (Location.position): within `distance` (default
@@ -759,6 +798,7 @@ mod tests {
                     {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}),
             json!({"resourceType": "Observation", "id": "hr", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
                 "valueQuantity": {"value": 72, "unit": "/min"}, "effectiveDateTime": "2024-03-01"}),
+            json!({"resourceType": "Observation", "id": "hr2", "status": "final", "code": {"coding": [{"system": "urn:other", "code": "8867-4"}]}, "valueQuantity": {"value": 50}}),
             json!({"resourceType": "Observation", "id": "dt", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "21112-8"}]}, "valueDateTime": "2024-03-01"}),
             json!({"resourceType": "Patient", "id": "p", "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}, "system": "urn:mrn", "value": "M1"}]}),
             json!({"resourceType": "Location", "id": "ams", "position": {"latitude": 52.3676, "longitude": 4.9041}}),
@@ -772,6 +812,10 @@ mod tests {
         assert_eq!(s("Observation", "component-code-value-quantity=8462-4$80"), ["bp"]);
         assert_eq!(s("Observation", "code-value-quantity=http://loinc.org|8867-4$72||/min"), ["hr"]);
         assert_eq!(s("Observation", "combo-code-value-quantity=8480-6$120,8867-4$ge70"), ["bp", "hr"]);
+        // A code without system: every system that has it (hr: loinc, hr2: urn:other).
+        assert_eq!(s("Observation", "code-value-quantity=8867-4$ge0"), ["hr", "hr2"]);
+        assert_eq!(s("Observation", "code-value-quantity=8867-4$lt60"), ["hr2"]);
+        assert_eq!(s("Observation", "code-value-quantity=urn:other|8867-4$ge0"), ["hr2"]);
         assert_eq!(s("Observation", "code-value-date=21112-8$2024-03"), ["dt"]);
         assert!(s("Observation", "code-value-date=21112-8$2025").is_empty());
         assert!(matches!(search(&tree, &reg, "Observation", "code-value-quantity=8867-4"), Err(SearchError::BadValue { .. })));
