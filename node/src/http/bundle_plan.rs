@@ -191,11 +191,7 @@ fn header<'a>(e: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 fn condition(query: &str, multiple: bool) -> Result<Condition, ApiError> {
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(query).map_err(|e| bad("request.url", e.to_string()))?;
-    if params.is_empty() {
-        return Err(bad("request.url", "a conditional write needs search parameters"));
-    }
-    Ok(Condition { query: params, client_id: false, multiple })
+    Ok(super::crud::condition(query, "request.url", multiple)?)
 }
 
 fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize, method: Option<Method>, url: &str, mut e: Value) -> Result<Step, ApiError> {
@@ -248,17 +244,7 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
             let rtype = st.defs.resource_type(t)?;
             let mut cond = condition(query, false)?;
             let mut body = resource_of(rtype)?;
-            let id = match body.get("id").and_then(Value::as_str) {
-                Some(id) => {
-                    cond.client_id = true;
-                    id.to_string()
-                }
-                None => {
-                    let id = uuid::Uuid::new_v4().to_string();
-                    body["id"] = Value::String(id.clone());
-                    id
-                }
-            };
+            let id = super::crud::conditional_update_id(&mut body, &mut cond)?;
             let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: None };
             write(intent, rtype, Some(cond), false)
         }

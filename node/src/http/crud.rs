@@ -123,13 +123,30 @@ pub fn if_none_exist_query(text: &str) -> &str {
 }
 
 /// A search condition from a query string; an empty one would match everything and is refused.
-fn condition(query: &str, what: &str, multiple: bool) -> Result<Condition, RequestError> {
+pub fn condition(query: &str, what: &str, multiple: bool) -> Result<Condition, RequestError> {
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| RequestError::BadHeader { name: what.into(), reason: e.to_string() })?;
+        .map_err(|e| RequestError::BadParameter { name: what.into(), reason: e.to_string() })?;
     if params.is_empty() {
         return Err(RequestError::BadParameter { name: what.into(), reason: "a conditional write needs search parameters".into() });
     }
     Ok(Condition { query: params, client_id: false, multiple })
+}
+
+/// The id a conditional update writes at when nothing matches: the body's (the match must then
+/// have it), or a new one put into the body.
+pub fn conditional_update_id(body: &mut Value, cond: &mut Condition) -> Result<String, FhirError> {
+    let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
+    Ok(match obj.get("id").and_then(Value::as_str) {
+        Some(id) => {
+            cond.client_id = true;
+            id.to_string()
+        }
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            obj.insert("id".into(), Value::String(id.clone()));
+            id
+        }
+    })
 }
 
 /// `PUT /{type}?search`: 0 matches → create (at the body's id, or a new one), 1 → update it,
@@ -145,18 +162,7 @@ pub async fn conditional_update(
     let mut cond = condition(req.query_string(), "search", false)?;
     negotiate::require_json_body(&req)?;
     let mut body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
-    let obj = body.as_object_mut().ok_or(FhirError::NotAnObject)?;
-    let id = match obj.get("id").and_then(Value::as_str) {
-        Some(id) => {
-            cond.client_id = true;
-            id.to_string()
-        }
-        None => {
-            let id = uuid::Uuid::new_v4().to_string();
-            obj.insert("id".into(), Value::String(id.clone()));
-            id
-        }
-    };
+    let id = conditional_update_id(&mut body, &mut cond)?;
     let if_match = negotiate::if_match(&req)?;
     let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: Some(cond) };
     let (id, applied) = send_write(&st, rtype, intent).await?;

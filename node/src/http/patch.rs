@@ -54,11 +54,7 @@ pub fn parse_patch(doc: Value) -> Result<json_patch::Patch, RequestError> {
 
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
 pub fn match_one(st: &AppState, rtype: &'static str, query_string: &str) -> Result<String, ApiError> {
-    let params: Vec<(String, String)> = serde_urlencoded::from_str(query_string)
-        .map_err(|e| RequestError::BadParameter { name: "search".into(), reason: e.to_string() })?;
-    if params.is_empty() {
-        return Err(RequestError::BadParameter { name: "search".into(), reason: "a conditional write needs search parameters".into() }.into());
-    }
+    let params = super::crud::condition(query_string, "search", false)?.query;
     let q = query::parse(&st.search, rtype, &params, false)?;
     let ids = Executor { tree: st.store.tree(), rtype }.run(&q)?;
     match ids.len() {
