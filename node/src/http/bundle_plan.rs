@@ -259,14 +259,15 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
         }
         (Method::Patch, [t, rest @ ..]) if rest.len() == 1 || (rest.is_empty() && !query.is_empty()) => {
             let rtype = st.defs.resource_type(t)?;
-            let id = match rest {
-                [id] => super::crud::type_and_id(st, rtype, id)?.1.to_string(),
-                _ => patch::match_one(st, rtype, query)?,
+            // Conditional: the match found here is re-checked at apply (see http/patch.rs).
+            let (id, cond) = match rest {
+                [id] => (super::crud::type_and_id(st, rtype, id)?.1.to_string(), None),
+                _ => (patch::match_one(st, rtype, query)?, Some(condition(query, false)?)),
             };
             let ops = patch::parse_patch(patch_document(resource)?)?;
             let (body, version) = patch::patched(st, rtype, &id, &ops, if_match)?;
             let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: None };
-            write(intent, rtype, None, false)
+            write(intent, rtype, cond, false)
         }
         (m, _) => Err(bad("request.url", format!("{} {url} is not an interaction a bundle entry can carry", m.as_str()))),
     }

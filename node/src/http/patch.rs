@@ -3,7 +3,9 @@
 //! the current version, applies the patch and proposes the result as an update conditioned on
 //! that version, so a concurrent write is never lost: on a conflict the patch is re-applied to the
 //! new version (unless the client sent `If-Match`, which then answers 412). A conditional patch
-//! resolves its search on this node once, then behaves like an instance patch of the match.
+//! finds its match on this node and patches it, then proposes the result as a conditional write:
+//! at apply the search runs again and the patch is written only if it still selects exactly that
+//! resource at the version read (else the whole is retried, as for a conflict).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -37,8 +39,18 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     let rtype = st.defs.resource_type(&path)?;
     let if_match = negotiate::if_match(&req)?;
     let ops = read_patch(&req, payload, &st).await?;
-    let id = match_one(&st, rtype, req.query_string())?;
-    patch_and_respond(&ctx, &st, rtype, &id, &ops, if_match).await
+    let cond = super::crud::condition(req.query_string(), "search", false)?;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let id = match_one(&st, rtype, req.query_string())?;
+        let (body, version) = patched(&st, rtype, &id, &ops, if_match)?;
+        let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: Some(cond.clone()) };
+        match send_write(&st, rtype, intent).await {
+            Ok((id, applied)) => return write_response(&ctx, &st, rtype, &id, &applied),
+            Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if if_match.is_none() && attempt < MAX_ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(RequestError::PreconditionFailed(format!("{rtype}?{} kept changing; the patch was not applied", req.query_string())).into())
 }
 
 async fn read_patch(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Result<json_patch::Patch, ApiError> {

@@ -330,4 +330,24 @@ mod tests {
         assert!(!a.created && a.noop && a.id.as_deref() == Some("n1"));
         assert!(matches!(store.read("Patient", "n2"), Err(StoreError::NotFound { .. })));
     }
+
+    #[test]
+    fn conditional_patch_is_rechecked_at_apply() {
+        let (_d, mut sm, store) = open();
+        let p = |id: &str, v: &str| serde_json::json!({"resourceType": "Patient", "id": id, "identifier": [{"system": "s", "value": v}]});
+        sm.apply(1, 1, &bundle(true, vec![entry(0, Action::Update, "Patient", "a", Some(p("a", "x")), None)])).unwrap();
+        let cond = Condition { query: vec![("identifier".into(), "s|x".into())], client_id: false, multiple: false };
+        let patch = |id: &str, version: u64| {
+            let op = WriteOp { action: Action::Patch, rtype: "Patient".into(), id: id.into(), body: Some(p(id, "x").to_string()), if_match: Some(version), allow_create: false };
+            Command::V1(CommandV1::Conditional { ts_micros: 5, op, condition: cond.clone() }).encode()
+        };
+        // The proposer saw a at version 1: written.
+        assert_eq!(sm.apply(2, 1, &patch("a", 1)).unwrap()[0].as_ref().unwrap().version, Some(2));
+        // The condition now selects a, not b: refused (the proposer retries).
+        assert!(matches!(sm.apply(3, 1, &patch("b", 1)).unwrap()[0], Err(StoreError::VersionConflict { .. })));
+        // A second match appeared: 412 multiple matches.
+        sm.apply(4, 1, &bundle(true, vec![entry(0, Action::Update, "Patient", "c", Some(p("c", "x")), None)])).unwrap();
+        assert!(matches!(sm.apply(5, 1, &patch("a", 2)).unwrap()[0], Err(StoreError::MultipleMatches { count: 2, .. })));
+        assert_eq!(store.read("Patient", "a").unwrap().0.version, 2);
+    }
 }

@@ -277,7 +277,16 @@ impl StateMachine {
             (Action::Delete, []) => Resolved::Outcome(Ok(Applied { version: None, ts_micros: 0, created: false, noop: true, body: None, id: None })),
             (Action::Delete, [_]) => Resolved::Ops(found.iter().map(|id| WriteOp { id: id.clone(), ..op.clone() }).collect()),
             (Action::Delete, _) if cond.multiple => Resolved::Ops(found.iter().map(|id| WriteOp { id: id.clone(), ..op.clone() }).collect()),
-            (Action::Patch, _) => Resolved::Outcome(Err(StoreError::BadCondition("conditional patch is resolved before proposing".into()))),
+            // Conditional patch: the proposer patched the match it found at the version it read
+            // (`if_match`); it is written only if the condition still selects exactly that resource.
+            (Action::Patch, [id]) if *id == op.id => Resolved::Ops(vec![op.clone()]),
+            (Action::Patch, [id]) => Resolved::Outcome(Err(StoreError::VersionConflict {
+                rtype: op.rtype.clone(),
+                id: id.clone(),
+                expected: op.if_match.unwrap_or_default(),
+                current: None,
+            })),
+            (Action::Patch, []) => Resolved::Outcome(Err(StoreError::NotFound { rtype: op.rtype.clone(), id: format!("{} (no match for the condition)", op.id) })),
             _ => Resolved::Outcome(Err(many())),
         })
     }
