@@ -132,6 +132,9 @@ pub struct RaftConfig {
     pub heartbeat_ticks: usize,
     /// Applied log entries kept behind the applied index before compaction.
     pub log_keep_entries: u64,
+    /// Bytes of applied entries after which the log is compacted regardless of the entry count
+    /// (keeping the last 100 entries, or `log_keep_entries` if fewer).
+    pub log_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -168,7 +171,7 @@ impl Default for Limits {
 
 impl Default for RaftConfig {
     fn default() -> Self {
-        RaftConfig { tick_ms: 100, election_ticks: 10, heartbeat_ticks: 2, log_keep_entries: 10_000 }
+        RaftConfig { tick_ms: 100, election_ticks: 10, heartbeat_ticks: 2, log_keep_entries: 10_000, log_max_bytes: 256 * 1024 * 1024 }
     }
 }
 

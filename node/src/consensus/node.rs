@@ -205,6 +205,8 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine) -> Result<(RaftHa
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
+        max_log_bytes: cfg.raft.log_max_bytes,
+        bytes_since_compact: 0,
         status: status.clone(),
     };
     node.refresh_peers();
@@ -259,8 +261,14 @@ struct Node {
     write_timeout: Duration,
     tick: Duration,
     keep_entries: u64,
+    /// Applied entry bytes after which the log is compacted whatever the entry count.
+    max_log_bytes: u64,
+    bytes_since_compact: u64,
     status: Arc<RwLock<RaftStatus>>,
 }
+
+/// Entries kept behind the applied index by a compaction triggered by size.
+const MIN_KEPT_ENTRIES: u64 = 100;
 
 /// Entry context: origin node and request id.
 fn context(origin: u64, req: u64) -> Vec<u8> {
@@ -653,7 +661,10 @@ impl Node {
                     self.sm.apply_empty(entry.index, entry.term).map_err(storage_failure)?;
                     Vec::new()
                 }
-                EntryType::EntryNormal => self.sm.apply(entry.index, entry.term, &entry.data).map_err(storage_failure)?,
+                EntryType::EntryNormal => {
+                    self.bytes_since_compact += entry.data.len() as u64;
+                    self.sm.apply(entry.index, entry.term, &entry.data).map_err(storage_failure)?
+                }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(&entry)?;
                     Vec::new()
@@ -747,11 +758,22 @@ impl Node {
         }
     }
 
+    /// Compacts the log to `log_keep_entries` behind the applied index once it holds twice that,
+    /// or to a short tail ([`MIN_KEPT_ENTRIES`]) once the entries applied since the last compaction
+    /// exceed `log_max_bytes` (large bundles would otherwise keep gigabytes of log).
     fn maybe_compact(&mut self) -> Result<(), ConsensusError> {
         let applied = self.sm.applied_index();
         let first = self.raw.store().first_index()?;
-        if applied > first + 2 * self.keep_entries {
-            self.raw.store().compact(applied - self.keep_entries)?;
+        let keep = if applied > first + 2 * self.keep_entries {
+            self.keep_entries
+        } else if self.bytes_since_compact > self.max_log_bytes {
+            self.keep_entries.min(MIN_KEPT_ENTRIES)
+        } else {
+            return Ok(());
+        };
+        if applied > keep && applied - keep >= first {
+            self.raw.store().compact(applied - keep)?;
+            self.bytes_since_compact = 0;
         }
         Ok(())
     }
