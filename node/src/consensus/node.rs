@@ -32,7 +32,7 @@ use crate::store::{Command, OpOutcome, StateMachine};
 pub type ProposalResult = Result<Vec<OpOutcome>, ConsensusError>;
 
 enum Msg {
-    Propose { data: Vec<u8>, reply: oneshot::Sender<ProposalResult> },
+    Propose { data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult> },
     ConfChange { cc: ConfChangeV2, reply: oneshot::Sender<ProposalResult> },
     ReadIndex { reply: oneshot::Sender<Result<u64, ConsensusError>> },
     Peer(Inbound),
@@ -81,19 +81,30 @@ pub struct RaftHandle {
 
 impl RaftHandle {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Msg) -> Result<T, ConsensusError> {
+        self.ask_within(self.write_timeout, make).await
+    }
+
+    async fn ask_within<T>(&self, timeout: Duration, make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Msg) -> Result<T, ConsensusError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).map_err(|_| ConsensusError::Stopped)?;
         // The Raft thread answers at its own deadline; this one only guards against a lost reply.
-        match tokio::time::timeout(self.write_timeout + Duration::from_secs(2), rx).await {
+        match tokio::time::timeout(timeout + Duration::from_secs(2), rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ConsensusError::Stopped),
-            Err(_) => Err(ConsensusError::Timeout(self.write_timeout.as_millis() as u64)),
+            Err(_) => Err(ConsensusError::Timeout(timeout.as_millis() as u64)),
         }
     }
 
     /// Proposes a command; resolves once it is committed, durable and applied on THIS node.
     pub async fn propose(&self, cmd: &Command) -> ProposalResult {
-        self.ask(|reply| Msg::Propose { data: cmd.encode(), reply }).await
+        self.propose_within(cmd, Duration::ZERO).await
+    }
+
+    /// [`Self::propose`] for a large command (a bundle), allowed `extra` time beyond
+    /// `write_timeout_ms` to be replicated and applied.
+    pub async fn propose_within(&self, cmd: &Command, extra: Duration) -> ProposalResult {
+        let timeout = self.write_timeout + extra;
+        self.ask_within(timeout, |reply| Msg::Propose { data: cmd.encode(), timeout, reply }).await
     }
 
     /// Proposes a membership change (leader only).
@@ -230,6 +241,8 @@ enum Stage {
 struct Waiter {
     reply: oneshot::Sender<ProposalResult>,
     deadline: Instant,
+    /// The time it was given (for the error message).
+    timeout: Duration,
     data: Option<Vec<u8>>,
     stage: Stage,
 }
@@ -300,7 +313,7 @@ impl Node {
             // Group commit: everything already queued joins this turn's Ready.
             for msg in first.into_iter().chain(rx.try_iter()) {
                 match msg {
-                    Msg::Propose { data, reply } => self.enqueue(data, reply),
+                    Msg::Propose { data, timeout, reply } => self.enqueue(data, timeout, reply),
                     Msg::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
                     Msg::ReadIndex { reply } => self.start_read(reply),
                     Msg::Peer(m) => self.on_peer(m),
@@ -341,10 +354,10 @@ impl Node {
         self.next_req
     }
 
-    fn enqueue(&mut self, data: Vec<u8>, reply: oneshot::Sender<ProposalResult>) {
+    fn enqueue(&mut self, data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult>) {
         let req = self.new_req();
         let now = Instant::now();
-        self.waiters.insert(req, Waiter { reply, deadline: now + self.write_timeout, data: Some(data), stage: Stage::Queued { not_before: now } });
+        self.waiters.insert(req, Waiter { reply, deadline: now + timeout, timeout, data: Some(data), stage: Stage::Queued { not_before: now } });
         self.queued.push_back(req);
     }
 
@@ -436,7 +449,7 @@ impl Node {
             Ok(()) if self.raw.raft.raft_log.last_index() == before + 1 => {
                 let index = before + 1;
                 let stage = Stage::Proposed { index };
-                self.waiters.insert(req, Waiter { reply, deadline: Instant::now() + self.write_timeout, data: None, stage });
+                self.waiters.insert(req, Waiter { reply, deadline: Instant::now() + self.write_timeout, timeout: self.write_timeout, data: None, stage });
                 self.by_index.insert(index, req);
             }
             Ok(()) => {
@@ -481,9 +494,10 @@ impl Node {
         let late: Vec<u64> = self.waiters.iter().filter(|(_, w)| w.deadline <= now).map(|(k, _)| *k).collect();
         for req in late {
             if let Some(w) = self.waiters.remove(&req) {
+                let waited = w.timeout.as_millis() as u64;
                 let err = match w.stage {
-                    Stage::Queued { .. } => ConsensusError::NoLeaderTimeout(ms),
-                    _ => ConsensusError::Timeout(ms),
+                    Stage::Queued { .. } => ConsensusError::NoLeaderTimeout(waited),
+                    _ => ConsensusError::Timeout(waited),
                 };
                 if let Stage::Proposed { index } = w.stage {
                     self.forget_index(index, req);

@@ -59,7 +59,8 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
     if !writes.is_empty() {
         let targets: Vec<(usize, String, Action)> = writes.iter().map(|(_, op)| (op.index as usize, op.op.rtype.clone(), op.op.action)).collect();
         let cmd = Command::V1(CommandV1::Bundle { ts_micros: meta::now_micros(), atomic, entries: writes.into_iter().map(|(_, op)| op).collect() });
-        let outcomes = st.raft.propose(&cmd).await?;
+        // A large bundle takes a while to replicate and apply: 2 ms per write beyond write_timeout_ms.
+        let outcomes = st.raft.propose_within(&cmd, std::time::Duration::from_millis(2 * targets.len() as u64)).await?;
         if let [Err(StoreError::EntryFailed { entry, reason })] = outcomes.as_slice() {
             let label = labels.get(*entry as usize).cloned().unwrap_or_default();
             return Err(ApiError::Entry { label, cause: Box::new(ApiError::Store((**reason).clone())) });

@@ -300,3 +300,15 @@ fn concurrent_transactions_on_one_resource_serialize() {
     assert_eq!(values, (1..=won).collect::<Vec<_>>());
     assert!(won >= 15, "some transactions must win: {won}");
 }
+
+#[test]
+fn the_default_limits_take_a_10000_entry_transaction() {
+    let node = TestNode::start();
+    let entries: Vec<Value> = (0..10_000).map(|i| post_entry(&format!("urn:uuid:00000000-0000-4000-9000-{i:012}"), tagged(i, "t10k"))).collect();
+    let started = std::time::Instant::now();
+    let (status, resp) = post_bundle_to(&node.url("/"), &tx(entries), Some("return=minimal"));
+    assert_eq!(status, 200, "{resp}");
+    eprintln!("10,000-entry transaction (debug build): {} ms", started.elapsed().as_millis());
+    assert_eq!(statuses(&resp).len(), 10_000);
+    assert_eq!(total(&node, "/Patient?_tag=urn:test|t10k"), 10_000);
+}
