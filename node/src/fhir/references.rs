@@ -1,20 +1,33 @@
 //! Finding and rewriting the references inside a resource: every `reference` string (at any depth,
 //! extensions and contained resources included) and the `href` / `src` attributes of narrative
 //! `div`s. Transactions use it to replace `urn:uuid:` placeholders and conditional references by
-//! the `Type/id` they resolve to.
+//! the `Type/id` they resolve to. A Bundle inside the resource (or the resource itself being a
+//! Bundle) is left alone: its references are relative to its own entries.
 
 use serde_json::Value;
 
+/// Where a reference was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A `reference` element.
+    Element,
+    /// An `href` / `src` attribute of the narrative.
+    Narrative,
+}
+
 /// Calls `f` on every reference in `v`; where it answers `Some(new)`, the reference becomes `new`.
 /// Stops at the first error of `f`. Returns whether anything changed.
-pub fn rewrite<E>(v: &mut Value, f: &mut impl FnMut(&str) -> Result<Option<String>, E>) -> Result<bool, E> {
+pub fn rewrite<E>(v: &mut Value, f: &mut impl FnMut(&str, Place) -> Result<Option<String>, E>) -> Result<bool, E> {
     let mut changed = false;
     match v {
         Value::Object(map) => {
+            if map.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+                return Ok(false);
+            }
             for (k, child) in map.iter_mut() {
                 match (k.as_str(), child) {
                     ("reference", Value::String(s)) => {
-                        if let Some(new) = f(s)? {
+                        if let Some(new) = f(s, Place::Element)? {
                             *s = new;
                             changed = true;
                         }
@@ -40,17 +53,17 @@ pub fn rewrite<E>(v: &mut Value, f: &mut impl FnMut(&str) -> Result<Option<Strin
 }
 
 /// Rewrites `href="…"` and `src="…"` attribute values of a narrative (either quote style).
-fn rewrite_xhtml<E>(div: &str, f: &mut impl FnMut(&str) -> Result<Option<String>, E>) -> Result<Option<String>, E> {
+fn rewrite_xhtml<E>(div: &str, f: &mut impl FnMut(&str, Place) -> Result<Option<String>, E>) -> Result<Option<String>, E> {
     let mut out = String::with_capacity(div.len());
     let mut rest = div;
     let mut changed = false;
     while let Some(pos) = next_attribute(rest) {
-        let (attr_end, quote) = pos;
-        out.push_str(&rest[..attr_end]);
-        let value_start = attr_end;
+        let (value_start, quote) = pos;
+        // An unterminated value: nothing more to rewrite.
         let Some(len) = rest[value_start..].find(quote) else { break };
+        out.push_str(&rest[..value_start]);
         let value = &rest[value_start..value_start + len];
-        match f(value)? {
+        match f(value, Place::Narrative)? {
             Some(new) => {
                 out.push_str(&new);
                 changed = true;
@@ -95,7 +108,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(s: &str) -> Result<Option<String>, ()> {
+    fn map(s: &str, _: Place) -> Result<Option<String>, ()> {
         Ok(match s {
             "urn:uuid:1" => Some("Patient/p1".into()),
             "urn:uuid:2" => Some("Practitioner/d2".into()),
@@ -123,12 +136,19 @@ mod tests {
         assert!(div.contains("href=\"Patient/p1\"") && div.contains("src='Practitioner/d2'") && div.contains("href=\"other\""), "{div}");
         let mut untouched = json!({"subject": {"reference": "Patient/x"}});
         assert!(!rewrite(&mut untouched, &mut map).unwrap());
+        // A Bundle inside (a document in a Parameters, or the resource itself) is left alone.
+        let mut nested = json!({"resourceType": "Parameters", "parameter": [{"resource": {"resourceType": "Bundle", "entry": [{"resource": {"subject": {"reference": "urn:uuid:1"}}}]}}]});
+        assert!(!rewrite(&mut nested, &mut map).unwrap());
+        // An unterminated attribute value keeps the text as it was.
+        let mut broken = json!({"div": "<div><a href=\"urn:uuid:1\">x</a> src=\"oops</div>"});
+        assert!(rewrite(&mut broken, &mut map).unwrap());
+        assert_eq!(broken["div"], "<div><a href=\"Patient/p1\">x</a> src=\"oops</div>");
     }
 
     #[test]
     fn errors_stop_the_walk() {
         let mut v = json!({"a": {"reference": "bad"}});
-        let r: Result<bool, String> = rewrite(&mut v, &mut |s: &str| if s == "bad" { Err(format!("no {s}")) } else { Ok(None) });
+        let r: Result<bool, String> = rewrite(&mut v, &mut |s: &str, _| if s == "bad" { Err(format!("no {s}")) } else { Ok(None) });
         assert_eq!(r.unwrap_err(), "no bad");
     }
 }

@@ -92,6 +92,8 @@ pub struct EntryPlan {
     pub method: Option<Method>,
     pub url: String,
     pub step: Result<Step, ApiError>,
+    /// A PATCH without `ifMatch`: a version conflict at apply means "plan again".
+    pub retry_on_conflict: bool,
 }
 
 impl EntryPlan {
@@ -134,6 +136,15 @@ pub fn plan(st: &AppState, base: &str, body: Value) -> Result<Plan, ApiError> {
     if entries.len() > st.cfg.limits.max_bundle_entries {
         return Err(RequestError::TooManyEntries { count: entries.len(), limit: st.cfg.limits.max_bundle_entries }.into());
     }
+    // bdl-7: fullUrls are unique (a reference to one must name one entry).
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let Some(url) = e.get("fullUrl").and_then(Value::as_str) {
+            if let Some(first) = seen.insert(url, i) {
+                return Err(bad("Bundle.entry.fullUrl", format!("Bundle.entry[{first}] and Bundle.entry[{i}] have the same fullUrl '{url}'")));
+            }
+        }
+    }
     let settings = ActorSettings::from_config(&st.cfg);
     let entries = entries
         .into_iter()
@@ -142,11 +153,19 @@ pub fn plan(st: &AppState, base: &str, body: Value) -> Result<Plan, ApiError> {
             let request = e.get("request");
             let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).and_then(Method::parse);
             let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("").to_string();
+            let retry_on_conflict = method == Some(Method::Patch) && header(&e, "ifMatch").is_none();
             let step = plan_entry(st, &settings, base, index, method, &url, e);
-            EntryPlan { index, method, url, step }
+            EntryPlan { index, method, url, step, retry_on_conflict }
         })
         .collect();
     Ok(Plan { kind, entries })
+}
+
+/// Whether the bundle has a PATCH entry without `ifMatch` (one that may have to be planned again).
+pub fn has_unconditioned_patch(body: &Value) -> bool {
+    body.get("entry").and_then(Value::as_array).is_some_and(|entries| {
+        entries.iter().any(|e| header(e, "method") == Some("PATCH") && header(e, "ifMatch").is_none())
+    })
 }
 
 /// The per-entry hook: every entry passes here before it is planned. Authorization (per-entry
@@ -218,7 +237,7 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
     }
     match (method, segments.as_slice()) {
         (Method::Get | Method::Head, _) => Ok(Step::Read(Read {
-            route: super::dispatch::Route::parse(path)?,
+            route: super::dispatch::Route::parse(path)?.checked(st)?,
             query: query.to_string(),
             head: method == Method::Head,
             if_none_match: header(&e, "ifNoneMatch").map(String::from),
@@ -254,6 +273,9 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
         }
         (Method::Delete, [t]) if !query.is_empty() => {
             let rtype = st.defs.resource_type(t)?;
+            if if_match.is_some() {
+                return Err(bad("ifMatch", "a conditional DELETE takes no ifMatch (it may delete several versions of several resources)"));
+            }
             let cond = condition(query, st.cfg.allow_multiple_conditional_delete)?;
             write(WriteIntent { action: Action::Delete, id: Some(String::new()), body: None, if_match: None, condition: None }, rtype, Some(cond), false)
         }

@@ -1,6 +1,7 @@
 //! Running a GET / HEAD given as a URL inside a batch or transaction: the URL is matched against
-//! the GET shapes of [`super::INTERACTIONS`] up front ([`Route::parse`], so a transaction with a
-//! bad URL fails before anything is written) and served by the same functions as the HTTP routes.
+//! the GET shapes of [`super::INTERACTIONS`] up front ([`Route::parse`] and [`Route::checked`], so
+//! a transaction with a malformed URL or an unknown type fails before anything is written) and
+//! served by the same functions as the HTTP routes.
 
 use actix_web::HttpResponse;
 
@@ -36,6 +37,23 @@ impl Route {
             [c, id, t] => Route::Compartment(c.to_string(), id.to_string(), t.to_string()),
             _ => return Err(RequestError::NoRoute(format!("GET /{path}"))),
         })
+    }
+
+    /// Checks the type names (and ids) in the URL, so a transaction with a read of an unknown
+    /// type fails before anything is written.
+    pub fn checked(self, st: &AppState) -> Result<Route, ApiError> {
+        let ty = |t: &str| st.defs.resource_type(t).map(|_| ());
+        let id = |t: &str, id: &str| crud::type_and_id(st, t, id).map(|_| ());
+        match &self {
+            Route::SystemSearch | Route::SystemHistory => {}
+            Route::TypeSearch(t) | Route::TypeHistory(t) => ty(t)?,
+            Route::Read(t, i) | Route::InstanceHistory(t, i) | Route::Vread(t, i, _) => id(t, i)?,
+            Route::Compartment(c, i, t) => {
+                id(c, i)?;
+                ty(t)?;
+            }
+        }
+        Ok(self)
     }
 
     /// Serves the read as its HTTP route would.

@@ -20,7 +20,15 @@ use crate::store::command::Action;
 use crate::store::StoreError;
 
 /// Attempts when concurrent writes keep moving the version.
-const MAX_ATTEMPTS: usize = 8;
+pub const MAX_ATTEMPTS: usize = 16;
+
+/// Waits a random time growing with `attempt` (up to ~64 ms), so that writers racing for one
+/// resource do not keep colliding.
+pub async fn backoff(attempt: usize) {
+    let ceiling = 1u128 << attempt.min(6);
+    let ms = uuid::Uuid::new_v4().as_u128() % ceiling;
+    tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+}
 
 pub async fn patch(
     req: HttpRequest,
@@ -46,7 +54,7 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
         let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: Some(cond.clone()) };
         match send_write(&st, rtype, intent).await {
             Ok((id, applied)) => return write_response(&ctx, &st, rtype, &id, &applied),
-            Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if if_match.is_none() && attempt < MAX_ATTEMPTS => {}
+            Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if if_match.is_none() && attempt < MAX_ATTEMPTS => backoff(attempt).await,
             Err(e) => return Err(e),
         }
     }
@@ -99,7 +107,7 @@ async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &s
         let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(version), condition: None };
         match send_write(st, rtype, intent).await {
             Ok((id, applied)) => return write_response(ctx, st, rtype, &id, &applied),
-            Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if client_if_match.is_none() && attempt < MAX_ATTEMPTS => {}
+            Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if client_if_match.is_none() && attempt < MAX_ATTEMPTS => backoff(attempt).await,
             Err(e) => return Err(e),
         }
     }

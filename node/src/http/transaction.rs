@@ -5,7 +5,8 @@
 //! ([`CommandV1::Bundle`]), applied in one sled batch on every node
 //! ([`crate::store::bundle_apply`]): a transaction is all-or-nothing everywhere; batch entries
 //! succeed or fail alone. Transaction writes are processed DELETE, POST, PUT / PATCH; GET / HEAD
-//! entries run after the writes on this node (so they see them). The response lists the entries
+//! entries run after the writes on this node (so they see them; a failing read is answered in its
+//! entry and does not undo the writes). The response lists the entries
 //! in the client's order with `status`, `location`, `etag`, `lastModified`, and the resource or an
 //! OperationOutcome per `Prefer: return=`.
 
@@ -17,6 +18,7 @@ use serde_json::{json, Map, Value};
 use super::bundle::{Bundle, Entry, Resource};
 use super::bundle_plan::{self, Kind, Method, Plan, Step};
 use super::negotiate::{self, Ctx, Return};
+use super::patch::MAX_ATTEMPTS;
 use super::AppState;
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::meta;
@@ -35,19 +37,61 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
     negotiate::require_json_body(&req)?;
     let limits = &st.cfg.limits;
     let body = negotiate::read_json_limited(payload, limits.max_bundle_bytes, "limits.max_bundle_bytes").await?;
-    let Plan { kind, entries } = {
-        let (st, base) = (st.clone(), ctx.base.clone());
-        web::block(move || bundle_plan::plan(&st, &base, body)).await.map_err(|e| StoreError::Storage(e.to_string()))??
-    };
-    let atomic = kind == Kind::Transaction;
+    // Planning reads current versions (PATCH) and runs searches: after the barrier, if asked.
     negotiate::read_barrier(&req, &st).await?;
+    // A PATCH entry is applied to the version read here; if another write changes that resource
+    // before the bundle commits, plan and propose again (only the body is kept for that).
+    let mut spare = bundle_plan::has_unconditioned_patch(&body).then(|| body.clone());
+    let mut body = Some(body);
+    for attempt in 1..=MAX_ATTEMPTS {
+        if attempt > 1 {
+            super::patch::backoff(attempt).await;
+        }
+        let current = match body.take() {
+            Some(b) => b,
+            None => spare.clone().ok_or_else(|| StoreError::Corrupt("bundle body kept for a retry".into()))?,
+        };
+        let plan = {
+            let (st, base) = (st.clone(), ctx.base.clone());
+            web::block(move || bundle_plan::plan(&st, &base, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
+        };
+        match execute(&ctx, &st, plan).await {
+            Err(Retry::Conflict(_)) if attempt < MAX_ATTEMPTS => continue,
+            Err(Retry::Conflict(e) | Retry::Fatal(e)) => return Err(e),
+            Ok(response) => {
+                spare.take();
+                return Ok(response);
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Why [`execute`] did not answer.
+enum Retry {
+    /// A PATCH entry without `ifMatch` met a newer version: plan again.
+    Conflict(ApiError),
+    Fatal(ApiError),
+}
+
+impl<E: Into<ApiError>> From<E> for Retry {
+    fn from(e: E) -> Self {
+        Retry::Fatal(e.into())
+    }
+}
+
+/// Proposes the plan's writes as one entry, runs its reads, and builds the response bundle.
+async fn execute(ctx: &Ctx, st: &AppState, plan: Plan) -> Result<HttpResponse, Retry> {
+    let Plan { kind, entries } = plan;
+    let atomic = kind == Kind::Transaction;
     let labels: Vec<String> = entries.iter().map(|e| e.label()).collect();
+    let retry: Vec<bool> = entries.iter().map(|e| e.retry_on_conflict).collect();
     let mut answers: Vec<Option<Answer>> = (0..entries.len()).map(|_| None).collect();
     let mut writes: Vec<(Option<Method>, BundleOp)> = Vec::new();
     let mut reads = Vec::new();
     for e in entries {
         match e.step {
-            Err(err) if atomic => return Err(ApiError::Entry { label: labels[e.index].clone(), cause: Box::new(err) }),
+            Err(err) if atomic => return Err(Retry::Fatal(ApiError::Entry { label: labels[e.index].clone(), cause: Box::new(err) })),
             Err(err) => answers[e.index] = Some(Answer::Failed(err)),
             Ok(Step::Write(op)) => writes.push((e.method, op)),
             Ok(Step::Read(r)) => reads.push((e.index, r)),
@@ -62,8 +106,10 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
         // A large bundle takes a while to replicate and apply: 2 ms per write beyond write_timeout_ms.
         let outcomes = st.raft.propose_within(&cmd, std::time::Duration::from_millis(2 * targets.len() as u64)).await?;
         if let [Err(StoreError::EntryFailed { entry, reason })] = outcomes.as_slice() {
-            let label = labels.get(*entry as usize).cloned().unwrap_or_default();
-            return Err(ApiError::Entry { label, cause: Box::new(ApiError::Store((**reason).clone())) });
+            let i = *entry as usize;
+            let err = ApiError::Entry { label: labels.get(i).cloned().unwrap_or_default(), cause: Box::new(ApiError::Store((**reason).clone())) };
+            let conflict = matches!(**reason, StoreError::VersionConflict { .. }) && retry.get(i).copied().unwrap_or(false);
+            return Err(if conflict { Retry::Conflict(err) } else { Retry::Fatal(err) });
         }
         if outcomes.len() != targets.len() {
             return Err(StoreError::Corrupt(format!("{} outcomes for {} bundle writes", outcomes.len(), targets.len())).into());
@@ -74,7 +120,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
     }
     for (index, r) in reads {
         let answer = match ctx.entry(&r.query, r.if_none_match.as_deref(), r.if_modified_since.as_deref()) {
-            Ok(ectx) => Answer::Read { response: r.route.run(&ectx, &st).await, head: r.head },
+            Ok(ectx) => Answer::Read { response: r.route.run(&ectx, st).await, head: r.head },
             Err(e) => Answer::Failed(e.into()),
         };
         answers[index] = Some(answer);
@@ -82,10 +128,10 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
     let mut out = Vec::with_capacity(answers.len());
     for answer in answers {
         let answer = answer.ok_or_else(|| StoreError::Corrupt("a bundle entry without an answer".into()))?;
-        out.push(entry(&ctx, answer).await?);
+        out.push(entry(ctx, answer).await?);
     }
     let kind = if atomic { "transaction-response" } else { "batch-response" };
-    let body = Bundle::new(kind, None, Vec::new(), out).to_bytes(&ctx)?;
+    let body = Bundle::new(kind, None, Vec::new(), out).to_bytes(ctx)?;
     Ok(ctx.respond(HttpResponse::Ok(), body))
 }
 

@@ -98,6 +98,28 @@ pub struct Query {
     pub ignored: Vec<(String, String)>,
 }
 
+impl Query {
+    /// Whether the answer depends on the current time (the `ap` prefix on dates): such a query
+    /// cannot decide a replicated write.
+    pub fn uses_now(&self) -> bool {
+        fn uses(c: &Criterion) -> bool {
+            match &c.link {
+                Some(Link::Chain(links)) => links.iter().any(|(_, inner)| uses(inner)),
+                Some(Link::Has { inner, .. }) => uses(inner),
+                None => {
+                    let last_is_date = match c.param.def.kind {
+                        ParamType::Date => true,
+                        ParamType::Composite => c.param.components.last().is_some_and(|l| l.param.def.kind == ParamType::Date),
+                        _ => false,
+                    };
+                    last_is_date && c.values.iter().any(|v| v.rsplit('$').next().is_some_and(|last| last.starts_with("ap")))
+                }
+            }
+        }
+        self.criteria.iter().any(uses)
+    }
+}
+
 /// Splits on unescaped commas (`\,` is a literal comma).
 fn split_or(v: &str) -> Vec<String> {
     let mut out = vec![String::new()];

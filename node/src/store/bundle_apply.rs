@@ -1,25 +1,31 @@
 //! Applying a batch or transaction bundle ([`CommandV1::Bundle`](super::command::CommandV1)) in
 //! the state machine, deterministically on every node:
-//! 1. conditions (`ifNoneExist`, conditional PUT / DELETE) are searches on the state BEFORE the
-//!    bundle, so their answer does not depend on the order of entries;
-//! 2. a transaction may write each resource once (a second write of it fails the transaction);
-//! 3. every `reference` (and narrative `href` / `src`) naming an entry's fullUrl (`urn:uuid:`,
-//!    `urn:oid:`, or the fullUrl of a created resource) becomes `Type/id`; conditional references
+//! 1. conditions (`ifNoneExist`, conditional PUT / DELETE / PATCH) are searches on the state
+//!    before the bundle, less the resources its DELETE entries remove; two conditional creates
+//!    with the same type and query name one resource; the `ap` date prefix (it depends on the
+//!    clock) is refused in conditions;
+//! 2. a transaction may touch each resource once (a second write of it, or a write of what a
+//!    conditional create matched, fails the transaction);
+//! 3. every `reference` naming an entry's fullUrl (`urn:uuid:`, `urn:oid:`, the fullUrl of a
+//!    created resource, its `Type/id` form, with or without `/_history/n`) becomes `Type/id`, and
+//!    so do narrative `href` / `src` equal to a fullUrl; conditional references
 //!    (`Patient?identifier=s|v`) become the one resource they match (a conditional create of the
-//!    same bundle with the same query counts as a match); 0 or 2+ matches fail the entry;
+//!    same bundle with the same query counts as a match); 0 or 2+ matches fail the entry; nested
+//!    Bundles are left alone;
 //! 4. the writes are staged in ONE sled batch. A transaction commits it only if every entry
 //!    succeeded; otherwise nothing but the applied index is written and the outcome names the
 //!    failing entry. Batch entries succeed or fail alone.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::command::{Action, Applied, BundleOp, OpOutcome, WriteOp};
+use super::command::{Action, Applied, BundleOp, Condition, OpOutcome, WriteOp};
 use super::keys;
 use super::state_machine::{Resolved, StateMachine};
 use super::StoreError;
-use crate::fhir::references;
+use crate::fhir::references::{self, Place};
 use crate::search::query::{self, Executor, SearchError};
 
 /// What one entry turned into before staging.
@@ -28,6 +34,9 @@ enum Plan {
     Ops(Vec<WriteOp>),
     /// Decided without writing (conditional create that matched, conditional delete of nothing).
     Done(Applied),
+    /// A conditional create with the same type and query as the entry at this position (in
+    /// processing order): it names the same resource and writes nothing.
+    SameAs(usize),
 }
 
 /// The conditional creates of a bundle that create: (type, sorted query, id).
@@ -39,61 +48,96 @@ fn sorted(q: &[(String, String)]) -> Vec<(String, String)> {
     q
 }
 
+/// `Type/id` for an absolute `http(s)://…/Type/id` fullUrl: relative references to it in other
+/// entries mean the same entry (bundle.html#references).
+fn relative_form(url: &str) -> Option<String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let segs: Vec<&str> = url.trim_end_matches('/').rsplitn(3, '/').collect();
+    match segs.as_slice() {
+        [id, t, _] if t.starts_with(|c: char| c.is_ascii_uppercase()) => Some(format!("{t}/{id}")),
+        _ => None,
+    }
+}
+
+/// A reference without a trailing `/_history/n`.
+fn unversioned(r: &str) -> &str {
+    match r.rfind("/_history/") {
+        Some(i) => &r[..i],
+        None => r,
+    }
+}
+
 impl StateMachine {
     pub(super) fn apply_bundle(&mut self, index: u64, term: u64, ts_micros: u64, atomic: bool, entries: &[BundleOp]) -> Result<Vec<OpOutcome>, StoreError> {
         let fail = |sm: &mut StateMachine, entry: u32, reason: StoreError| -> Result<Vec<OpOutcome>, StoreError> {
             sm.apply_empty(index, term)?;
             Ok(vec![Err(StoreError::EntryFailed { entry, reason: Box::new(reason) })])
         };
-        // 1. Conditions, on the state before the bundle.
+        // 1. Conditions, on the state before the bundle less what its DELETE entries (processed
+        //    first) remove; identical conditional creates name one resource.
         let mut plans: Vec<Result<Plan, StoreError>> = Vec::with_capacity(entries.len());
-        for e in entries {
+        let mut gone: HashSet<(String, String)> = HashSet::new();
+        let mut first_create: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
+        for (pos, e) in entries.iter().enumerate() {
             let plan = match &e.condition {
                 None => Ok(Plan::Ops(vec![e.op.clone()])),
-                Some(cond) => match self.resolve(&e.op, cond)? {
-                    Resolved::Ops(ops) => Ok(Plan::Ops(ops)),
-                    Resolved::Outcome(Ok(a)) => Ok(Plan::Done(a)),
-                    Resolved::Outcome(Err(err)) => Err(err),
+                Some(cond) if e.op.action == Action::Create && atomic => match first_create.entry((e.op.rtype.clone(), sorted(&cond.query))) {
+                    Entry::Occupied(o) => Ok(Plan::SameAs(*o.get())),
+                    Entry::Vacant(v) => {
+                        v.insert(pos);
+                        self.resolve_plan(e, cond, &gone)?
+                    }
                 },
+                Some(cond) => self.resolve_plan(e, cond, &gone)?,
             };
-            if atomic {
-                if let Err(err) = plan {
-                    return fail(self, e.index, err);
-                }
+            match &plan {
+                Err(err) if atomic => return fail(self, e.index, err.clone()),
+                Ok(Plan::Ops(ops)) if atomic && e.op.action == Action::Delete => gone.extend(ops.iter().map(|op| (op.rtype.clone(), op.id.clone()))),
+                _ => {}
             }
             plans.push(plan);
         }
-        // 2. One write per resource in a transaction; 3. what each fullUrl became.
-        let mut written: HashMap<(&str, &str), u32> = HashMap::new();
+        // 2. One write per resource in a transaction (a conditional create that matched counts
+        //    as touching it); 3. what each fullUrl became.
+        let mut touched: HashMap<(String, String), u32> = HashMap::new();
         let mut full_urls: HashMap<String, String> = HashMap::new();
         let mut created: CreatedByCondition = Vec::new();
+        let mut targets: Vec<Option<String>> = Vec::with_capacity(entries.len());
         for (e, plan) in entries.iter().zip(&plans) {
-            let target = match plan {
-                Ok(Plan::Ops(ops)) => {
-                    if atomic {
-                        for op in ops {
-                            if let Some(first) = written.insert((op.rtype.as_str(), op.id.as_str()), e.index) {
-                                let why = format!(
-                                    "Bundle.entry[{first}] and Bundle.entry[{}] both write {}/{}; a transaction may write a resource only once",
-                                    e.index, op.rtype, op.id
-                                );
-                                return fail(self, e.index, StoreError::DuplicateTarget(why));
-                            }
-                        }
-                    }
-                    ops.first().map(|op| op.id.clone())
-                }
-                Ok(Plan::Done(a)) => a.id.clone(),
-                Err(_) => None,
+            let (target, ids): (Option<String>, Vec<String>) = match plan {
+                Ok(Plan::Ops(ops)) => (ops.first().map(|op| op.id.clone()), ops.iter().map(|op| op.id.clone()).collect()),
+                Ok(Plan::Done(a)) => (a.id.clone(), a.id.iter().cloned().collect()),
+                Ok(Plan::SameAs(pos)) => (targets[*pos].clone(), Vec::new()),
+                Err(_) => (None, Vec::new()),
             };
-            if let Some(id) = target {
+            if atomic {
+                for id in ids {
+                    if let Some(first) = touched.insert((e.op.rtype.clone(), id.clone()), e.index) {
+                        let why = format!(
+                            "Bundle.entry[{first}] and Bundle.entry[{}] both touch {}/{id}; a transaction may write a resource only once",
+                            e.index, e.op.rtype
+                        );
+                        return fail(self, e.index, StoreError::DuplicateTarget(why));
+                    }
+                }
+            }
+            if let Some(id) = &target {
                 if let (Some(cond), Action::Create) = (&e.condition, e.op.action) {
                     created.push((e.op.rtype.clone(), sorted(&cond.query), id.clone()));
                 }
                 if let Some(url) = &e.full_url {
-                    full_urls.insert(url.clone(), format!("{}/{id}", e.op.rtype));
+                    let to = format!("{}/{id}", e.op.rtype);
+                    if e.op.action == Action::Create {
+                        if let Some(rel) = relative_form(url) {
+                            full_urls.insert(rel, to.clone());
+                        }
+                    }
+                    full_urls.insert(url.clone(), to);
                 }
             }
+            targets.push(target);
         }
         // 3. References rewritten in the bodies.
         let mut resolved_refs: HashMap<String, String> = HashMap::new();
@@ -101,7 +145,7 @@ impl StateMachine {
             let Ok(Plan::Ops(ops)) = plan else { continue };
             let mut failed = None;
             for op in ops.iter_mut() {
-                match self.rewrite_references(op, atomic, &full_urls, &created, &mut resolved_refs) {
+                match self.rewrite_references(op, atomic, &full_urls, &created, &gone, &mut resolved_refs) {
                     Ok(()) => {}
                     Err(StoreError::BadReference(why)) => {
                         failed = Some(StoreError::BadReference(why));
@@ -119,11 +163,12 @@ impl StateMachine {
         }
         // 4. Stage every write in one batch.
         let mut staged = self.stage(ts_micros);
-        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut outcomes: Vec<OpOutcome> = Vec::with_capacity(entries.len());
         for (e, plan) in entries.iter().zip(plans) {
             let out = match plan {
                 Err(err) => Err(err),
                 Ok(Plan::Done(a)) => Ok(a),
+                Ok(Plan::SameAs(pos)) => outcomes[pos].clone().map(|a| Applied { created: false, noop: true, ..a }),
                 Ok(Plan::Ops(ops)) => self.stage_entry(&mut staged, e, &ops)?,
             };
             if atomic {
@@ -135,6 +180,16 @@ impl StateMachine {
         }
         self.commit(staged, index, term)?;
         Ok(outcomes)
+    }
+
+    /// An entry's condition decided on the state, ignoring resources in `gone`.
+    fn resolve_plan(&self, e: &BundleOp, cond: &Condition, gone: &HashSet<(String, String)>) -> Result<Result<Plan, StoreError>, StoreError> {
+        let exclude = |id: &str| gone.contains(&(e.op.rtype.clone(), id.to_string()));
+        Ok(match self.resolve_excluding(&e.op, cond, &exclude)? {
+            Resolved::Ops(ops) => Ok(Plan::Ops(ops)),
+            Resolved::Outcome(Ok(a)) => Ok(Plan::Done(a)),
+            Resolved::Outcome(Err(err)) => Err(err),
+        })
     }
 
     /// Stages the writes of one entry; its outcome is the first write's (with the resource id).
@@ -160,24 +215,31 @@ impl StateMachine {
     }
 
     /// Rewrites the references of `op`'s body. `BadReference` is the entry's failure; other
-    /// errors are storage failures.
+    /// errors are storage failures. In the narrative only exact fullUrls are replaced, and
+    /// nothing there fails the entry.
     fn rewrite_references(
         &self,
         op: &mut WriteOp,
         atomic: bool,
         full_urls: &HashMap<String, String>,
         created: &CreatedByCondition,
+        gone: &HashSet<(String, String)>,
         cache: &mut HashMap<String, String>,
     ) -> Result<(), StoreError> {
         let Some(text) = &op.body else { return Ok(()) };
-        // Most bodies hold nothing to rewrite; only parse those that may.
-        let may = text.contains("urn:") || text.contains('?') || full_urls.keys().any(|u| text.contains(u.as_str()));
-        if !may {
+        // Without fullUrls, only placeholders and conditional references can need a rewrite.
+        if full_urls.is_empty() && !text.contains("urn:") && !text.contains('?') {
             return Ok(());
         }
         let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bundle body: {e}")))?;
-        let changed = references::rewrite(&mut v, &mut |r: &str| -> Result<Option<String>, StoreError> {
-            if let Some(to) = full_urls.get(r).or_else(|| cache.get(r)) {
+        let changed = references::rewrite(&mut v, &mut |r: &str, place: Place| -> Result<Option<String>, StoreError> {
+            if let Some(to) = full_urls.get(r).or_else(|| full_urls.get(unversioned(r))) {
+                return Ok(Some(to.clone()));
+            }
+            if place == Place::Narrative {
+                return Ok(None);
+            }
+            if let Some(to) = cache.get(r) {
                 return Ok(Some(to.clone()));
             }
             if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
@@ -187,7 +249,7 @@ impl StateMachine {
                 return Ok(None);
             }
             let Some((rtype, qs)) = conditional_reference(r) else { return Ok(None) };
-            let to = self.resolve_conditional_reference(r, rtype, qs, created)?;
+            let to = self.resolve_conditional_reference(r, rtype, qs, created, gone)?;
             cache.insert(r.to_string(), to.clone());
             Ok(Some(to))
         })?;
@@ -199,13 +261,16 @@ impl StateMachine {
 
     /// `Type?query` → the `Type/id` of its only match (in the state, or created by a conditional
     /// create of this bundle with the same query).
-    fn resolve_conditional_reference(&self, r: &str, rtype: &str, qs: &str, created: &CreatedByCondition) -> Result<String, StoreError> {
+    fn resolve_conditional_reference(&self, r: &str, rtype: &str, qs: &str, created: &CreatedByCondition, gone: &HashSet<(String, String)>) -> Result<String, StoreError> {
         let bad = |why: String| StoreError::BadReference(format!("conditional reference '{r}': {why}"));
         let Some(reg) = &self.search else { return Err(bad("this node keeps no search index".into())) };
         let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).map_err(|e| bad(e.to_string()))?;
         let q = query::parse(reg, rtype, &params, false).map_err(|e| bad(e.to_string()))?;
+        if q.uses_now() {
+            return Err(bad("the ap prefix depends on the current time and cannot be used in a condition".into()));
+        }
         let mut ids: Vec<String> = match (Executor { tree: &self.tree, rtype }).run(&q) {
-            Ok(ids) => ids.into_iter().collect(),
+            Ok(ids) => ids.into_iter().filter(|id| !gone.contains(&(rtype.to_string(), id.clone()))).collect(),
             Err(SearchError::Store(e)) => return Err(e),
             Err(e) => return Err(bad(e.to_string())),
         };
@@ -349,5 +414,48 @@ mod tests {
         sm.apply(4, 1, &bundle(true, vec![entry(0, Action::Update, "Patient", "c", Some(p("c", "x")), None)])).unwrap();
         assert!(matches!(sm.apply(5, 1, &patch("a", 2)).unwrap()[0], Err(StoreError::MultipleMatches { count: 2, .. })));
         assert_eq!(store.read("Patient", "a").unwrap().0.version, 2);
+    }
+
+    #[test]
+    fn processing_order_duplicates_and_relative_fullurls() {
+        let (_d, mut sm, store) = open();
+        let pat = |id: &str| serde_json::json!({"resourceType": "Patient", "id": id, "identifier": [{"system": "s", "value": "1"}]});
+        let cond = Condition { query: vec![("identifier".into(), "s|1".into())], client_id: false, multiple: false };
+        sm.apply(1, 1, &bundle(true, vec![entry(0, Action::Update, "Patient", "old", Some(pat("old")), None)])).unwrap();
+        // DELETE (processed first) removes the match; the conditional create then creates.
+        let mut del = entry(0, Action::Delete, "Patient", "", None, None);
+        del.condition = Some(cond.clone());
+        let mut create = entry(1, Action::Create, "Patient", "new", Some(pat("new")), Some("http://example.org/fhir/Patient/tmp"));
+        create.condition = Some(cond.clone());
+        // The same conditional create twice names one resource.
+        let mut again = entry(2, Action::Create, "Patient", "new2", Some(pat("new2")), Some("urn:uuid:again"));
+        again.condition = Some(cond.clone());
+        // A relative and a versioned reference to the absolute fullUrl; a narrative link that
+        // looks like a query is left alone.
+        let obs = serde_json::json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/tmp"}, "focus": [{"reference": "http://example.org/fhir/Patient/tmp/_history/1"}, {"reference": "urn:uuid:again"}],
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"Observation?code=x\">more</a></div>"}});
+        let out = sm.apply(2, 1, &bundle(true, vec![del, create, again, entry(3, Action::Create, "Observation", "o", Some(obs), None)])).unwrap();
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        assert!(out[1].as_ref().unwrap().created);
+        let second = out[2].as_ref().unwrap();
+        assert!(!second.created && second.id.as_deref() == Some("new"));
+        assert!(matches!(store.read("Patient", "old"), Err(StoreError::Gone { .. })));
+        assert!(matches!(store.read("Patient", "new2"), Err(StoreError::NotFound { .. })));
+        let o = body(&store, "Observation", "o");
+        assert_eq!(o["subject"]["reference"], "Patient/new");
+        assert_eq!(o["focus"][0]["reference"], "Patient/new");
+        assert_eq!(o["focus"][1]["reference"], "Patient/new");
+        assert!(o["text"]["div"].as_str().unwrap().contains("Observation?code=x"));
+        // A conditional create that matched `new`, and a PUT of `new`: touched twice.
+        let mut matched = entry(0, Action::Create, "Patient", "n3", Some(pat("n3")), None);
+        matched.condition = Some(cond.clone());
+        let out = sm.apply(3, 1, &bundle(true, vec![matched, entry(1, Action::Update, "Patient", "new", Some(pat("new")), None)])).unwrap();
+        assert!(matches!(&out[..], [Err(StoreError::EntryFailed { entry: 1, reason })] if matches!(**reason, StoreError::DuplicateTarget(_))), "{out:?}");
+        // `ap` depends on the clock: refused in a condition.
+        let mut ap = entry(0, Action::Create, "Patient", "n4", Some(pat("n4")), None);
+        ap.condition = Some(Condition { query: vec![("birthdate".into(), "ap2000-01-01".into())], client_id: false, multiple: false });
+        let out = sm.apply(4, 1, &bundle(true, vec![ap])).unwrap();
+        assert!(matches!(&out[..], [Err(StoreError::EntryFailed { reason, .. })] if matches!(**reason, StoreError::BadCondition(_))), "{out:?}");
     }
 }

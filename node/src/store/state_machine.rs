@@ -228,6 +228,12 @@ impl StateMachine {
 
     /// Decides a conditional write from a search on the applied state (before this entry's writes).
     pub(super) fn resolve(&self, op: &WriteOp, cond: &Condition) -> Result<Resolved, StoreError> {
+        self.resolve_excluding(op, cond, &|_| false)
+    }
+
+    /// [`Self::resolve`], ignoring matches for which `exclude(id)` holds (deleted earlier in the
+    /// same transaction).
+    pub(super) fn resolve_excluding(&self, op: &WriteOp, cond: &Condition, exclude: &dyn Fn(&str) -> bool) -> Result<Resolved, StoreError> {
         let Some(reg) = &self.search else {
             return Ok(Resolved::Outcome(Err(StoreError::BadCondition("this node keeps no search index".into()))));
         };
@@ -235,8 +241,11 @@ impl StateMachine {
             Ok(q) => q,
             Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
         };
+        if query.uses_now() {
+            return Ok(Resolved::Outcome(Err(StoreError::BadCondition("the ap prefix depends on the current time and cannot be used in a condition".into()))));
+        }
         let found: Vec<String> = match (crate::search::query::Executor { tree: &self.tree, rtype: &op.rtype }).run(&query) {
-            Ok(ids) => ids.into_iter().collect(),
+            Ok(ids) => ids.into_iter().filter(|id| !exclude(id)).collect(),
             Err(crate::search::query::SearchError::Store(e)) => return Err(e),
             Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
         };

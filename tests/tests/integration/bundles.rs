@@ -227,6 +227,25 @@ fn batch_entries_succeed_or_fail_alone_and_prefer_shapes_entries() {
     // Not a batch / transaction → 400.
     let (status, _) = post_bundle(&node, &json!({"resourceType": "Bundle", "type": "collection"}));
     assert_eq!(status, 400);
+    // Bundle-level checks fail a transaction before anything is written.
+    let write = |id: &str| json!({"fullUrl": "urn:uuid:11111111-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient", "id": id}, "request": {"method": "PUT", "url": format!("Patient/{id}")}});
+    let (status, oo) = post_bundle(&node, &tx(vec![write("d1"), write("d2")]));
+    assert_eq!(status, 400, "{oo}");
+    assert!(diagnostics(&oo).contains("same fullUrl"), "{oo}");
+    let (status, oo) = post_bundle(&node, &tx(vec![json!({"resource": {"resourceType": "Patient", "id": "d3"}, "request": {"method": "PUT", "url": "Patient/d3"}}),
+        json!({"request": {"method": "GET", "url": "Nonsense/1"}})]));
+    assert_eq!(status, 404, "{oo}");
+    assert!(diagnostics(&oo).contains("Bundle.entry[1] (GET Nonsense/1)"), "{oo}");
+    let (status, oo) = post_bundle(&node, &tx(vec![json!({"request": {"method": "DELETE", "url": "Patient?name=x", "ifMatch": "W/\"1\""}})]));
+    assert_eq!(status, 400, "{oo}");
+    for id in ["d1", "d2", "d3"] {
+        assert_eq!(client().get(node.url(&format!("/Patient/{id}"))).send().unwrap().status(), 404);
+    }
+    // A read that fails after the writes is answered in its entry; the writes stay.
+    let (status, resp) = post_bundle(&node, &tx(vec![json!({"resource": {"resourceType": "Patient", "id": "d4"}, "request": {"method": "PUT", "url": "Patient/d4"}}),
+        json!({"request": {"method": "GET", "url": "Patient/absent"}})]));
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(statuses(&resp), ["201 Created", "404 Not Found"]);
 }
 
 #[test]
@@ -311,4 +330,28 @@ fn the_default_limits_take_a_10000_entry_transaction() {
     eprintln!("10,000-entry transaction (debug build): {} ms", started.elapsed().as_millis());
     assert_eq!(statuses(&resp).len(), 10_000);
     assert_eq!(total(&node, "/Patient?_tag=urn:test|t10k"), 10_000);
+}
+
+#[test]
+fn concurrent_patch_entries_without_if_match_are_retried_not_lost() {
+    let node = TestNode::start();
+    client().put(node.url("/Patient/pp")).header("content-type", FHIR).body(json!({"resourceType": "Patient", "id": "pp", "name": [{"text": "start"}]}).to_string()).send().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let node = &node;
+            s.spawn(move || {
+                for i in 0..10 {
+                    let ops = json!([{"op": "add", "path": "/name/-", "value": {"text": format!("t{t}-{i}")}}]);
+                    let data = base64::engine::general_purpose::STANDARD.encode(ops.to_string());
+                    let bundle = tx(vec![json!({"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data},
+                        "request": {"method": "PATCH", "url": "Patient/pp"}})]);
+                    let (status, resp) = post_bundle(node, &bundle);
+                    assert_eq!(status, 200, "{resp}");
+                }
+            });
+        }
+    });
+    let p = json(client().get(node.url("/Patient/pp")).send().unwrap());
+    assert_eq!(p["name"].as_array().unwrap().len(), 41, "every patch applied once: {p}");
+    assert_eq!(p["meta"]["versionId"], "41");
 }
