@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 
-/// A replicated command. The outer enum is the wire version: add `V2` rather than changing `V1`.
+/// A replicated command. The outer enum is the wire version: add `V2` rather than changing `V1`'s
+/// existing variants; new kinds of command are appended to `V1` (bincode numbers variants by
+/// position, so older entries still decode). A node that meets an entry it cannot decode (written
+/// by a newer binary) stops applying rather than skip it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     V1(CommandV1),

@@ -166,12 +166,9 @@ impl StateMachine {
                     vec![out]
                 }
             },
-            Err(e) => {
-                // An undecodable entry is skipped identically on every node.
-                tracing::error!(index, "skipping entry: {e}");
-                self.tree.insert(keys::META_APPLIED, &u64_pair(index, term))?;
-                Vec::new()
-            }
+            // Skipping it would let this node's state differ from nodes that understand it (a
+            // newer binary wrote it): stop applying instead, with the reason.
+            Err(e) => return Err(StoreError::Corrupt(format!("log entry {index} cannot be decoded ({e}); it was probably written by a newer Kiln: upgrade this node"))),
         };
         self.applied_index = index;
         self.applied_term = term;
@@ -472,6 +469,13 @@ mod tests {
         let a = out[0].as_ref().unwrap();
         assert_eq!((a.version, a.created), (Some(4), true));
         assert_eq!(a.ts_micros, 103, "timestamps never go backwards along the log");
+    }
+
+    #[test]
+    fn an_entry_this_binary_cannot_decode_stops_apply() {
+        let (_d, mut sm, _store) = open();
+        assert!(matches!(sm.apply(1, 1, b"\x07\x00\x00\x00garbage"), Err(StoreError::Corrupt(_))));
+        assert_eq!(sm.applied_index(), 0, "nothing recorded as applied");
     }
 
     #[test]
