@@ -219,13 +219,14 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let if_match = header(&e, "ifMatch").map(|v| super::negotiate::parse_etag("ifMatch", v)).transpose()?;
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(String::from);
-    let resource = e.as_object_mut().and_then(|o| o.remove("resource"));
+    let mut resource = e.as_object_mut().and_then(|o| o.remove("resource"));
     let write = |op: WriteIntent, rtype: &'static str, condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
         let op = prepare(&st.defs, settings, rtype, op)?;
         Ok(Step::Write(BundleOp { index: index as u32, op, condition, if_none_match, full_url: full_url.clone() }))
     };
-    let resource_of = |rtype: &str| -> Result<Value, ApiError> {
-        let r = resource.clone().ok_or_else(|| bad("resource", format!("a {} entry needs a resource", method.as_str())))?;
+    // Each entry uses its resource once: moved out, not copied.
+    let mut resource_of = |rtype: &str| -> Result<Value, ApiError> {
+        let r = resource.take().ok_or_else(|| bad("resource", format!("a {} entry needs a resource", method.as_str())))?;
         match r.get("resourceType").and_then(Value::as_str) {
             Some(t) if t == rtype => Ok(r),
             Some(t) => Err(FhirError::TypeMismatch { expected: rtype.to_string(), found: t.to_string() }.into()),
@@ -286,7 +287,7 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
                 [id] => (super::crud::type_and_id(st, rtype, id)?.1.to_string(), None),
                 _ => (patch::match_one(st, rtype, query)?, Some(condition(query, false)?)),
             };
-            let ops = patch::parse_patch(patch_document(resource)?)?;
+            let ops = patch::parse_patch(patch_document(resource.take())?)?;
             let (body, version) = patch::patched(st, rtype, &id, &ops, if_match)?;
             let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: None };
             write(intent, rtype, cond, false)
