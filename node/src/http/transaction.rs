@@ -19,7 +19,7 @@ use super::bundle::{Bundle, Entry, Resource};
 use super::bundle_plan::{self, Kind, Method, Plan, Step};
 use super::negotiate::{self, Ctx, Return};
 use super::patch::MAX_ATTEMPTS;
-use super::AppState;
+use super::{AppState, RequestError};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::meta;
 use crate::store::command::{Action, Applied, BundleOp, Command, CommandV1};
@@ -41,7 +41,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
     negotiate::read_barrier(&req, &st).await?;
     // A PATCH entry is applied to the version read here; if another write changes that resource
     // before the bundle commits, plan and propose again (only the body is kept for that).
-    let mut spare = bundle_plan::has_unconditioned_patch(&body).then(|| body.clone());
+    let spare = bundle_plan::has_unconditioned_patch(&body).then(|| body.clone());
     let mut body = Some(body);
     for attempt in 1..=MAX_ATTEMPTS {
         if attempt > 1 {
@@ -56,15 +56,13 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
             web::block(move || bundle_plan::plan(&st, &base, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
         };
         match execute(&ctx, &st, plan).await {
-            Err(Retry::Conflict(_)) if attempt < MAX_ATTEMPTS => continue,
-            Err(Retry::Conflict(e) | Retry::Fatal(e)) => return Err(e),
-            Ok(response) => {
-                spare.take();
-                return Ok(response);
-            }
+            Ok(response) => return Ok(response),
+            Err(Retry::Fatal(e)) => return Err(e),
+            Err(Retry::Conflict(e)) if attempt == MAX_ATTEMPTS => return Err(e),
+            Err(Retry::Conflict(_)) => {}
         }
     }
-    unreachable!("the last attempt returns")
+    Err(RequestError::PreconditionFailed("the bundle's PATCH targets kept changing; nothing was applied".into()).into())
 }
 
 /// Why [`execute`] did not answer.
