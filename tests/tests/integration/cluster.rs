@@ -384,6 +384,11 @@ fn a_node_joins_a_young_cluster_with_the_right_membership() {
     };
     assert_eq!(add("learner").status(), 200);
     assert_eq!(eventually_get(&c.url(new, "/Patient/y4")).status(), 200, "the learner has the data");
+    // The data entries can be applied a Ready before the membership entry that follows them.
+    let start = Instant::now();
+    while c.status(new).is_none_or(|s| s["role"] != "learner") && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(c.status(new).unwrap()["role"], "learner");
     assert_eq!(add("voter").status(), 200);
     let demote = add("learner");
