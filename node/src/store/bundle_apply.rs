@@ -70,7 +70,7 @@ fn unversioned(r: &str) -> &str {
 }
 
 impl StateMachine {
-    pub(super) fn apply_bundle(&mut self, index: u64, term: u64, ts_micros: u64, atomic: bool, entries: &[BundleOp]) -> Result<Vec<OpOutcome>, StoreError> {
+    pub(super) fn apply_bundle(&mut self, index: u64, term: u64, ts_micros: u64, atomic: bool, mut entries: Vec<BundleOp>) -> Result<Vec<OpOutcome>, StoreError> {
         let fail = |sm: &mut StateMachine, entry: u32, reason: StoreError| -> Result<Vec<OpOutcome>, StoreError> {
             sm.apply_empty(index, term)?;
             Ok(vec![Err(StoreError::EntryFailed { entry, reason: Box::new(reason) })])
@@ -80,9 +80,13 @@ impl StateMachine {
         let mut plans: Vec<Result<Plan, StoreError>> = Vec::with_capacity(entries.len());
         let mut gone: HashSet<(String, String)> = HashSet::new();
         let mut first_create: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
-        for (pos, e) in entries.iter().enumerate() {
+        for (pos, e) in entries.iter_mut().enumerate() {
             let plan = match &e.condition {
-                None => Ok(Plan::Ops(vec![e.op.clone()])),
+                None => {
+                    // The body moves into the plan (the entry keeps what the later steps read).
+                    let body = e.op.body.take();
+                    Ok(Plan::Ops(vec![WriteOp { body, ..e.op.clone() }]))
+                }
                 Some(cond) if e.op.action == Action::Create && atomic => match first_create.entry((e.op.rtype.clone(), sorted(&cond.query))) {
                     Entry::Occupied(o) => Ok(Plan::SameAs(*o.get())),
                     Entry::Vacant(v) => {
@@ -227,8 +231,10 @@ impl StateMachine {
         cache: &mut HashMap<String, String>,
     ) -> Result<(), StoreError> {
         let Some(text) = &op.body else { return Ok(()) };
-        // Without fullUrls, only placeholders and conditional references can need a rewrite.
-        if full_urls.is_empty() && !text.contains("urn:") && !text.contains('?') {
+        // Only `reference` elements and narrative links are rewritten: a body without any is
+        // not parsed; without fullUrls, only placeholders and conditional references can need it.
+        let has_links = text.contains("\"reference\"") || text.contains("href") || text.contains("src");
+        if !has_links || (full_urls.is_empty() && !text.contains("urn:") && !text.contains('?')) {
             return Ok(());
         }
         let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bundle body: {e}")))?;

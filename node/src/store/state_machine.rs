@@ -150,7 +150,7 @@ impl StateMachine {
     pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Vec<OpOutcome>, StoreError> {
         let outcomes = match Command::decode(data) {
             Ok(Command::V1(CommandV1::Writes { ts_micros, ops })) => self.apply_writes(index, term, ts_micros, &ops)?,
-            Ok(Command::V1(CommandV1::Bundle { ts_micros, atomic, entries })) => self.apply_bundle(index, term, ts_micros, atomic, &entries)?,
+            Ok(Command::V1(CommandV1::Bundle { ts_micros, atomic, entries })) => self.apply_bundle(index, term, ts_micros, atomic, entries)?,
             Ok(Command::V1(CommandV1::Conditional { ts_micros, op, condition })) => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
                     let mut outs = self.apply_writes(index, term, ts_micros, &ops)?;
