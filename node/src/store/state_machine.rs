@@ -487,7 +487,18 @@ mod tests {
             sm.apply(7, 2, &writes(1000, vec![op(Action::Create, "x", Some(P), None)])).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        // sled's background flusher can hold the file lock for a moment after the drop.
+        let start = std::time::Instant::now();
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let sm = StateMachine::open(db.open_tree("state").unwrap()).unwrap();
         assert_eq!((sm.applied_index(), sm.applied_term(), sm.last_ts), (7, 2, 1000));
     }
