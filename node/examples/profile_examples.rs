@@ -29,7 +29,7 @@ fn main() {
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         let t = Instant::now();
         let n = match mode.as_str() {
-            "index" => kiln::search::index::rows(&reg, rt, "x", &v).len(),
+            "index" => kiln::search::index::rows(&reg, rt, &v).len(),
             _ => match defs.validate(rt, &v, 64) {
                 Ok(()) => 1,
                 Err(err) => {

@@ -104,7 +104,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
     let state = db.open_tree("state").map_err(StoreError::from)?;
     let search = Arc::new(search::params::Registry::load(cfg.fhir_version));
-    let sm = StateMachine::open(state.clone())?.with_search(search.clone());
+    let mut sm = StateMachine::open(state.clone())?.with_search(search.clone());
+    sm.ensure_index()?;
     let store = Store::new(state);
     let defs = Arc::new(Definitions::load(cfg.fhir_version));
     let (raft, raft_thread) = consensus::node::start(&cfg, db, sm)?;

@@ -76,7 +76,7 @@ pub fn parse_patch(doc: Value) -> Result<json_patch::Patch, RequestError> {
 pub fn match_one(st: &AppState, rtype: &'static str, query_string: &str) -> Result<String, ApiError> {
     let params = super::crud::condition(query_string, "search", false)?.query;
     let q = query::parse(&st.search, rtype, &params, false)?;
-    let ids = Executor { tree: st.store.tree(), rtype }.run(&q)?;
+    let ids = Executor { tree: st.store.tree(), rtype }.run_ids(&q)?;
     match ids.len() {
         1 => Ok(ids.into_iter().next().expect("one id")),
         0 => Err(StoreError::NotFound { rtype: rtype.into(), id: format!("?{query_string} (no match)") }.into()),

@@ -18,8 +18,8 @@ use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::SummaryMode;
-use crate::search::query::{self, Executor};
-use crate::search::sort;
+use crate::search::query::{self, Executor, SearchError};
+use crate::search::{page, sort};
 use crate::store::{StoreError, VersionRecord};
 
 pub async fn get(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -256,63 +256,56 @@ async fn respond_types(
         queries.push((*t, q));
     }
     let tree = st.store.tree().clone();
-    let found: Vec<(&'static str, BTreeSet<String>)> = web::block(move || {
-        queries.into_iter().map(|(t, q)| Executor { tree: &tree, rtype: t }.run(&q).map(|ids| (t, ids))).collect::<Result<Vec<_>, _>>()
+    let counting = ctx.subset.summary == Some(SummaryMode::Count);
+    let cursor = param("_page").map(String::from);
+    let (ordered, start, end) = web::block(move || -> Result<_, SearchError> {
+        let mut found = Vec::with_capacity(queries.len());
+        for (t, q) in &queries {
+            let on_type = Executor { tree: &tree, rtype: t };
+            let mut docs = on_type.run(q)?;
+            if let Some(members) = &within {
+                docs &= on_type.docs(members.iter().map(String::as_str))?;
+            }
+            found.push((*t, docs));
+        }
+        if counting {
+            let total: u64 = found.iter().map(|(_, d)| d.len()).sum();
+            return Ok((None, total as usize, 0));
+        }
+        let ordered = page::order(&tree, found, &sorts)?;
+        let (start, end) = ordered.page(cursor.as_deref(), count)?;
+        Ok((Some(ordered), start, end))
     })
     .await
     .map_err(|e| StoreError::Storage(e.to_string()))??;
-    let mut hits: Vec<(&'static str, String)> = Vec::new();
-    for (t, ids) in found {
-        match &within {
-            Some(members) => hits.extend(ids.intersection(members).map(|id| (t, id.clone()))),
-            None => hits.extend(ids.into_iter().map(|id| (t, id))),
-        }
-    }
-    let total = hits.len();
     let params = link_params;
     let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
-    if ctx.subset.summary == Some(SummaryMode::Count) {
-        let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
+    let Some(ordered) = ordered else {
+        // `_summary=count`: `start` holds the total.
+        let body = Bundle::new("searchset", Some(start), links, Vec::new()).to_bytes(ctx)?;
         return Ok(ctx.respond(HttpResponse::Ok(), body));
-    }
-    // Order by the sort key; page from the cursor.
-    let mut keyed: Vec<(Vec<u8>, (&'static str, String))> = Vec::with_capacity(hits.len());
-    for (t, id) in hits {
-        let i = types.iter().position(|x| *x == t).expect("listed type");
-        let mut k = sort::key(st.store.tree(), t, &id, &sorts[i])?;
-        k.extend_from_slice(t.as_bytes());
-        keyed.push((k, (t, id)));
-    }
-    keyed.sort();
-    let (start, end) = match param("_page") {
-        None => (0, count.min(keyed.len())),
-        Some(p) => {
-            let (dir, edge) = p.split_at(p.find(':').ok_or_else(|| bad("_page", "use the links of the search bundle"))?);
-            let edge = hex::decode(&edge[1..]).map_err(|_| bad("_page", "use the links of the search bundle"))?;
-            match dir {
-                "n" => {
-                    let s = keyed.iter().position(|(k, _)| *k > edge).unwrap_or(keyed.len());
-                    (s, (s + count).min(keyed.len()))
-                }
-                "p" => {
-                    let e = keyed.iter().position(|(k, _)| *k >= edge).unwrap_or(keyed.len());
-                    (e.saturating_sub(count), e)
-                }
-                _ => return Err(bad("_page", "use the links of the search bundle")),
-            }
-        }
     };
+    let total = ordered.len();
+    let edge = |i: usize| ordered.key(i).map(hex::encode).unwrap_or_default();
     links.push(relation("first", link(ctx, &path, &params, None)));
     if start > 0 {
-        links.push(relation("previous", link(ctx, &path, &params, Some(format!("p:{}", hex::encode(&keyed[start].0))))));
+        // Before the first match of this page; past the end, just after the last match.
+        let before = if start < total { edge(start) } else { edge(total - 1) + "00" };
+        links.push(relation("previous", link(ctx, &path, &params, Some(format!("p:{before}")))));
     }
-    if end < keyed.len() && count > 0 {
-        links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", hex::encode(&keyed[end - 1].0))))));
+    if end < total && count > 0 {
+        links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", edge(end - 1))))));
+    }
+    let tree = st.store.tree();
+    let mut page_ids: Vec<(String, String)> = Vec::with_capacity(end - start);
+    for i in start..end {
+        let Some((t, doc)) = ordered.get(i) else { break };
+        page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(doc)?));
     }
     let mut bodies = Vec::with_capacity(end - start);
-    for (_, (t, id)) in &keyed[start..end] {
-        match st.store.read(t, id) {
-            Ok((_, rec)) => bodies.push((t.to_string(), id.clone(), rec)),
+    for (t, id) in page_ids {
+        match st.store.read(&t, &id) {
+            Ok((_, rec)) => bodies.push((t, id, rec)),
             // Deleted between the index scan and this read: not part of the page.
             Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),

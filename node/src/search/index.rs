@@ -1,21 +1,21 @@
 //! The embedded search index: rows in the `state` tree, written by the state machine in the same
 //! sled batch as the resource version (so every node holds the same index and a search right
-//! after a write sees it). All encodings live here.
+//! after a write sees it). All row encodings live here; the posting lists stored under them are
+//! [`super::posting`]'s.
 //!
 //! | key | meaning |
 //! |---|---|
-//! | `x` type `\0` code `\0` kind parts… `\0` id | one value of parameter `code` on `type/id` |
-//! | `y` type `\0` id | the list of the resource's `x` keys (to replace them on update/delete) |
+//! | `x` type `\0` code `\0` kind parts… block | the doc numbers of one block with that value of `code` |
+//! | `x` type `\0` `\0` `*` block | every live resource of the type |
+//! | `y` type `\0` id | the list of the resource's rows (to replace them on update/delete) |
 //!
 //! String parts are escaped (`\0` → `\1\1`, `\1` → `\1\2`, order kept) and end with `\0`;
-//! numbers and dates are fixed-width order-preserving binaries. The id is what follows the last
-//! `\0`. Kinds (one row per value, to keep writes cheap): `t` token code, system (empty when
-//! none) · `x` token text · `l` normalized string, with the exact strings as the row's value ·
-//! `d` date low, high · `#` number · `q` quantity value · `c` quantity code-or-unit, value ·
-//! `Q` quantity system, code, value · `r` reference type, id · `R` literal reference · `u` uri ·
-//! `o` identifier type system, type code, value · `i` reference identifier value, system ·
-//! `g` position latitude, longitude.
-//! Rows have empty values except `l`.
+//! numbers and dates are fixed-width order-preserving binaries; the 4-byte block number follows
+//! the last part. Kinds: `t` token code, system (empty when none) · `x` token text · `l`
+//! normalized string, exact string · `d` date low, high · `#` number · `q` quantity value · `c`
+//! quantity code-or-unit, value · `Q` quantity system, code, value · `r` reference type, id ·
+//! `R` literal reference · `u` uri · `o` identifier type system, type code, value · `i`
+//! reference identifier value, system · `g` position latitude, longitude.
 
 use serde_json::Value;
 
@@ -100,13 +100,6 @@ pub fn composite_base(rtype: &str, code: &str, leading: &[Vec<String>]) -> Vec<u
     k
 }
 
-/// One index row: key, and value (the exact strings of an `l` row, else empty).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Row {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-}
-
 pub fn reverse_key(rtype: &str, id: &str) -> Vec<u8> {
     let mut k = vec![REVERSE];
     push_str(&mut k, rtype);
@@ -114,27 +107,14 @@ pub fn reverse_key(rtype: &str, id: &str) -> Vec<u8> {
     k
 }
 
-/// The id at the end of a row key.
-pub fn row_id(key: &[u8]) -> Option<&str> {
-    let at = key.iter().rposition(|b| *b == 0)?;
-    std::str::from_utf8(&key[at + 1..]).ok()
-}
-
-fn finish(mut k: Vec<u8>, id: &str) -> Vec<u8> {
-    k.push(0);
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-/// The row keys (without the id) of one value under `base`, with the row value.
-fn value_keys(base: &[u8], v: &IndexValue) -> Vec<(Vec<u8>, Option<String>)> {
+/// The row keys of one value under `base`.
+fn value_keys(base: &[u8], v: &IndexValue) -> Vec<Vec<u8>> {
     let p = |kind: u8| kind_prefix(base, kind);
     let with = |kind: u8, parts: &[&str]| {
         let mut k = p(kind);
         for s in parts {
             push_str(&mut k, s);
         }
-        k.pop(); // the id separator follows
         k
     };
     let num = |kind: u8, prefix_parts: &[&str], d: &Decimal| {
@@ -146,41 +126,41 @@ fn value_keys(base: &[u8], v: &IndexValue) -> Vec<(Vec<u8>, Option<String>)> {
         k
     };
     match v {
-        IndexValue::Token { system, code: c } => vec![(with(b't', &[c, system.as_deref().unwrap_or("")]), None)],
-        IndexValue::TokenText(t) => vec![(with(b'x', &[t]), None)],
-        IndexValue::String { exact, normalized } => vec![(with(b'l', &[normalized]), Some(exact.clone()))],
+        IndexValue::Token { system, code: c } => vec![with(b't', &[c, system.as_deref().unwrap_or("")])],
+        IndexValue::TokenText(t) => vec![with(b'x', &[t])],
+        IndexValue::String { exact, normalized } => vec![with(b'l', &[normalized, exact])],
         IndexValue::Date { low, high } => {
             let mut d = p(b'd');
             d.extend_from_slice(&i64_key(*low));
             d.extend_from_slice(&i64_key(*high));
-            vec![(d, None)]
+            vec![d]
         }
-        IndexValue::Number(d) => vec![(num(b'#', &[], d), None)],
+        IndexValue::Number(d) => vec![num(b'#', &[], d)],
         IndexValue::Quantity { value, system, code: c, unit } => {
-            let mut out = vec![(num(b'q', &[], value), None)];
+            let mut out = vec![num(b'q', &[], value)];
             for cu in [c, unit].into_iter().flatten() {
-                out.push((num(b'c', &[cu], value), None));
+                out.push(num(b'c', &[cu], value));
             }
             if let Some(c) = c {
-                out.push((num(b'Q', &[system.as_deref().unwrap_or(""), c], value), None));
+                out.push(num(b'Q', &[system.as_deref().unwrap_or(""), c], value));
             }
             out
         }
         IndexValue::Reference { rtype: t, id, literal } => {
-            let mut out = vec![(with(b'R', &[literal]), None)];
+            let mut out = vec![with(b'R', &[literal])];
             if let (Some(t), Some(id)) = (t, id) {
-                out.push((with(b'r', &[t, id]), None));
+                out.push(with(b'r', &[t, id]));
             }
             out
         }
-        IndexValue::Uri(u) => vec![(with(b'u', &[u]), None)],
-        IndexValue::IdentifierOfType { type_system, type_code, value } => vec![(with(b'o', &[type_system, type_code, value]), None)],
-        IndexValue::ReferenceIdentifier { system, value } => vec![(with(b'i', &[value, system.as_deref().unwrap_or("")]), None)],
+        IndexValue::Uri(u) => vec![with(b'u', &[u])],
+        IndexValue::IdentifierOfType { type_system, type_code, value } => vec![with(b'o', &[type_system, type_code, value])],
+        IndexValue::ReferenceIdentifier { system, value } => vec![with(b'i', &[value, system.as_deref().unwrap_or("")])],
         IndexValue::Position { latitude, longitude } => {
             let mut k = p(b'g');
             k.extend_from_slice(&latitude.key());
             k.extend_from_slice(&longitude.key());
-            vec![(k, None)]
+            vec![k]
         }
     }
 }
@@ -220,24 +200,16 @@ fn composite_values(components: &[Component], resource: &Value, item: &Item) -> 
     combos.into_iter().flat_map(|combo| lasts.iter().map(move |v| (combo.clone(), v.clone()))).collect()
 }
 
-/// Exact strings stored in an `l` row's value, `\0`-separated.
-pub fn exact_strings(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == 0)
+/// `x` type `\0` `\0` `*`: the row every live resource of the type is in.
+pub fn live_row(rtype: &str) -> Vec<u8> {
+    kind_prefix(&param_rows(rtype, ""), b'*')
 }
 
-/// Every index row of a resource, sorted by key, one row per key.
-pub fn rows(reg: &Registry, rtype: &str, id: &str, resource: &Value) -> Vec<Row> {
-    let mut out: std::collections::BTreeMap<Vec<u8>, Vec<String>> = std::collections::BTreeMap::new();
-    let mut add = |base: &[u8], v: &IndexValue| {
-        for (k, exact) in value_keys(base, v) {
-            let strings = out.entry(finish(k, id)).or_default();
-            if let Some(e) = exact {
-                if !strings.contains(&e) {
-                    strings.push(e);
-                }
-            }
-        }
-    };
+/// Every index row key of a (live) resource, sorted, each once.
+pub fn rows(reg: &Registry, rtype: &str, resource: &Value) -> Vec<Vec<u8>> {
+    let mut out = std::collections::BTreeSet::new();
+    out.insert(live_row(rtype));
+    let mut add = |base: &[u8], v: &IndexValue| out.extend(value_keys(base, v));
     for param in reg.for_type(rtype) {
         let Some(expr) = &param.expr else { continue };
         if param.def.kind == ParamType::Composite {
@@ -253,7 +225,7 @@ pub fn rows(reg: &Registry, rtype: &str, id: &str, resource: &Value) -> Vec<Row>
             add(&base, v);
         }
     }
-    out.into_iter().map(|(key, strings)| Row { key, value: strings.join("\0").into_bytes() }).collect()
+    out.into_iter().collect()
 }
 
 /// The reverse row's value: the keys, each with a u32 length.
@@ -283,23 +255,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn rows_carry_the_id_and_sort_by_value() {
+    fn rows_are_value_keys_and_include_the_live_row() {
         let reg = Registry::load(FhirVersion::R4);
         let obs = json!({"resourceType": "Observation", "id": "o1", "status": "final",
             "code": {"coding": [{"system": "http://loinc.org", "code": "15074-8"}]},
             "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2013-04-02",
             "valueQuantity": {"value": 6.3, "system": "http://unitsofmeasure.org", "code": "mmol/L"},
             "meta": {"lastUpdated": "2024-01-01T00:00:00Z", "versionId": "1"}});
-        let rs: Vec<Vec<u8>> = rows(&reg, "Observation", "o1", &obs).into_iter().map(|r| r.key).collect();
-        assert!(rs.iter().all(|k| row_id(k) == Some("o1")));
+        let rs = rows(&reg, "Observation", &obs);
+        assert!(rs.contains(&live_row("Observation")));
+        assert!(rs.windows(2).all(|w| w[0] < w[1]), "sorted, each once");
         let mut want = param_prefix("Observation", "code", b't');
         push_str(&mut want, "15074-8");
         push_str(&mut want, "http://loinc.org");
-        assert!(rs.contains(&finish({ want.pop(); want }, "o1")), "code, system row");
+        assert!(rs.contains(&want), "code, system row");
         for code in ["_id", "_lastUpdated", "status", "subject", "patient", "date", "value-quantity"] {
             let p = param_rows("Observation", code);
             assert!(rs.iter().any(|k| k.starts_with(&p)), "{code} indexed");
         }
+        let pat = json!({"resourceType": "Patient", "id": "p", "name": [{"family": "Chalmérs"}]});
+        let mut exact = param_prefix("Patient", "family", b'l');
+        push_str(&mut exact, "chalmers");
+        push_str(&mut exact, "Chalmérs");
+        assert!(rows(&reg, "Patient", &pat).contains(&exact), "string rows: normalized, then exact");
         let list = encode_list(&rs);
         assert_eq!(decode_list(&list).unwrap(), rs);
         assert!(i64_key(-5) < i64_key(3) && i64_from_key(&i64_key(-5)) == Some(-5));

@@ -1,13 +1,16 @@
 //! FHIR search: the parameter registry built from the official SearchParameter definitions
 //! ([`params`]), their FHIRPath expressions compiled once at start-up ([`fhirpath`]), value
 //! extraction per parameter type ([`extract`]) with exact decimals ([`decimal`]), and the index
-//! rows the state machine writes with every version ([`index`]); parsing and running a search
-//! on those rows ([`query`]); `_sort` keys ([`sort`]).
+//! rows the state machine writes with every version ([`index`]) and their compact posting lists
+//! ([`posting`]); parsing and running a search
+//! on those rows ([`query`]); `_sort` keys ([`sort`]); result order and keyset pages ([`page`]).
 
 pub mod decimal;
 pub mod extract;
 pub mod fhirpath;
 pub mod index;
+pub mod page;
 pub mod params;
+pub mod posting;
 pub mod query;
 pub mod sort;

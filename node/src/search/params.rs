@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
+use sha2::Digest;
 
 use super::fhirpath::{compile, Expr, FhirPathError};
 use crate::fhir::FhirVersion;
@@ -107,6 +108,8 @@ pub struct Registry {
     pub failures: Vec<(String, FhirPathError)>,
     /// Compartment definitions: compartment type → member type → parameters linking to it.
     pub compartments: HashMap<String, HashMap<String, Vec<String>>>,
+    /// Identifies the definitions the registry was built from (the index records it).
+    pub fingerprint: String,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +136,7 @@ impl Registry {
     pub fn load(version: FhirVersion) -> Registry {
         let file: File = serde_json::from_str(source(version)).expect("the committed search parameter registry is valid JSON");
         let mut reg = Registry::default();
+        reg.fingerprint = format!("{version:?}-{}", hex::encode(&sha2::Sha256::digest(source(version).as_bytes())[..8]));
         let comps: CompartmentFile = serde_json::from_str(compartment_source(version)).expect("the committed compartment file is valid JSON");
         reg.compartments = comps.compartments;
         let by_url: HashMap<String, ParamDef> = file.parameters.iter().map(|d| (d.url.clone(), d.clone())).collect();

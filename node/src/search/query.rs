@@ -5,15 +5,17 @@
 //! `:below`, `:above` (uri), `:of-type` (token), `:identifier` (reference); composite parameters
 //! (`a$b`) and `near`. What is not implemented yet is refused with a 400 that says so.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use roaring::RoaringBitmap;
 
 use super::decimal::Decimal;
 use super::extract::normalize;
-use super::index::{base_exact, base_open, composite_base, exact_prefix, exact_strings, i64_from_key, kind_prefix, param_prefix, param_rows, push_str, row_id};
+use super::index::{base_exact, base_open, composite_base, exact_prefix, i64_from_key, kind_prefix, live_row, param_prefix, param_rows, push_str};
+use super::posting::{self, PostingError};
 use super::params::{ParamType, Registry, SearchParam};
 use crate::fhir::meta::{now_micros, parse_fhir_range};
-use crate::store::{keys, Current, StoreError};
+use crate::store::StoreError;
 
 /// Why a search request is refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,6 +28,12 @@ pub enum SearchError {
     NotSupported(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<PostingError> for SearchError {
+    fn from(e: PostingError) -> Self {
+        SearchError::Store(e.into())
+    }
 }
 
 impl From<sled::Error> for SearchError {
@@ -240,54 +248,34 @@ pub struct Executor<'a> {
     pub rtype: &'a str,
 }
 
-type Ids = BTreeSet<String>;
+/// A result: doc numbers of `rtype` ([`super::posting`]), in creation order.
+pub type Ids = RoaringBitmap;
 
 impl Executor<'_> {
     /// Every current, non-deleted resource of the type.
     pub fn all(&self) -> Result<Ids, SearchError> {
-        let mut prefix = vec![keys::CURRENT];
-        prefix.extend_from_slice(self.rtype.as_bytes());
-        prefix.push(0);
         let mut out = Ids::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            if !Current::decode(&v)?.deleted {
-                out.insert(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
-            }
-        }
+        self.scan(&live_row(self.rtype), &mut out)?;
         Ok(out)
     }
 
     fn scan(&self, prefix: &[u8], out: &mut Ids) -> Result<(), SearchError> {
-        for k in self.tree.scan_prefix(prefix).keys() {
-            if let Some(id) = row_id(&k?) {
-                out.insert(id.to_string());
-            }
-        }
-        Ok(())
+        Ok(posting::scan(self.tree, prefix, out)?)
     }
 
     /// Rows of one kind with the key part after `prefix` handed to `keep`.
     fn scan_filter(&self, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut Ids) -> Result<(), SearchError> {
-        for k in self.tree.scan_prefix(prefix).keys() {
-            let k = k?;
-            if keep(&k[prefix.len()..]) {
-                if let Some(id) = row_id(&k) {
-                    out.insert(id.to_string());
-                }
-            }
-        }
-        Ok(())
+        Ok(posting::scan_filter(self.tree, prefix, keep, out)?)
     }
 
-    /// The ids matching every criterion.
+    /// The doc numbers matching every criterion.
     pub fn run(&self, q: &Query) -> Result<Ids, SearchError> {
         let mut result: Option<Ids> = None;
         for c in &q.criteria {
             let ids = self.criterion(c)?;
             result = Some(match result {
                 None => ids,
-                Some(r) => r.intersection(&ids).cloned().collect(),
+                Some(r) => r & ids,
             });
             if result.as_ref().is_some_and(|r| r.is_empty()) {
                 break;
@@ -299,28 +287,52 @@ impl Executor<'_> {
         }
     }
 
+    /// The ids matching every criterion, in doc number order.
+    pub fn run_ids(&self, q: &Query) -> Result<Vec<String>, SearchError> {
+        self.ids(&self.run(q)?)
+    }
+
+    /// The ids of doc numbers of this type.
+    pub fn ids(&self, docs: &Ids) -> Result<Vec<String>, SearchError> {
+        docs.iter().map(|d| self.id(d)).collect()
+    }
+
+    /// The id of one doc number of this type.
+    pub fn id(&self, doc: u32) -> Result<String, SearchError> {
+        Ok(posting::doc_id(self.tree, self.rtype, doc)?.ok_or_else(|| StoreError::Corrupt(format!("{} doc number {doc} has no id", self.rtype)))?)
+    }
+
+    /// The doc numbers of ids of this type (ids never written are left out).
+    pub fn docs<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> Result<Ids, SearchError> {
+        let mut out = Ids::new();
+        for id in ids {
+            if let Some(d) = posting::docnum(self.tree, self.rtype, id)? {
+                out.insert(d);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn criterion(&self, c: &Criterion) -> Result<Ids, SearchError> {
         let code = c.param.def.code.as_str();
         match &c.link {
             Some(Link::Chain(links)) => {
                 let mut out = Ids::new();
                 for (target, inner) in links {
-                    for id in (Executor { tree: self.tree, rtype: target }).criterion(inner)? {
+                    let on_target = Executor { tree: self.tree, rtype: target };
+                    for id in on_target.ids(&on_target.criterion(inner)?)? {
                         self.scan(&exact_prefix(self.rtype, code, b'r', &[target, &id]), &mut out)?;
                     }
                 }
                 return Ok(out);
             }
             Some(Link::Has { source, inner }) => {
-                let mut out = Ids::new();
-                for id in (Executor { tree: self.tree, rtype: source }).criterion(inner)? {
-                    for (t, target) in references(self.tree, source, &id, code)? {
-                        if t == self.rtype {
-                            out.insert(target);
-                        }
-                    }
+                let mut targets = Vec::new();
+                let on_source = Executor { tree: self.tree, rtype: source };
+                for id in on_source.ids(&on_source.criterion(inner)?)? {
+                    targets.extend(references(self.tree, source, &id, code)?.into_iter().filter(|(t, _)| t == self.rtype).map(|(_, target)| target));
                 }
-                return Ok(out);
+                return self.docs(targets.iter().map(String::as_str));
             }
             None => {}
         }
@@ -329,7 +341,7 @@ impl Executor<'_> {
             let mut present = Ids::new();
             self.scan(&param_rows(self.rtype, code), &mut present)?;
             return match c.values.as_slice() {
-                [v] if v == "true" => Ok(self.all()?.difference(&present).cloned().collect()),
+                [v] if v == "true" => Ok(self.all()? - present),
                 [v] if v == "false" => Ok(present),
                 _ => Err(bad(":missing takes true or false".into())),
             };
@@ -337,7 +349,7 @@ impl Executor<'_> {
         if c.modifier.as_deref() == Some("not") {
             let plain = Criterion { modifier: None, ..c.clone() };
             let hits = self.criterion(&plain)?;
-            return Ok(self.all()?.difference(&hits).cloned().collect());
+            return Ok(self.all()? - hits);
         }
         let mut out = Ids::new();
         let base = param_rows(self.rtype, code);
@@ -513,17 +525,7 @@ impl Executor<'_> {
 
     fn string(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         match c.modifier.as_deref() {
-            Some("exact") => {
-                for item in self.tree.scan_prefix(base_exact(base, b'l', &[&normalize(v)])) {
-                    let (key, value) = item?;
-                    if exact_strings(&value).any(|e| e == v.as_bytes()) {
-                        if let Some(id) = row_id(&key) {
-                            out.insert(id.to_string());
-                        }
-                    }
-                }
-                Ok(())
-            }
+            Some("exact") => self.scan(&base_exact(base, b'l', &[&normalize(v), v]), out),
             Some("contains") => {
                 let needle = escaped(&normalize(v));
                 self.scan_filter(&kind_prefix(base, b'l'), |rest| rest.windows(needle.len()).any(|w| w == needle.as_slice()), out)
@@ -688,9 +690,10 @@ pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Resul
 
 /// Resources of `source` whose reference parameter `code` points at `rtype/id`.
 pub fn referrers(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Vec<String>, SearchError> {
+    let on_source = Executor { tree, rtype: source };
     let mut out = Ids::new();
-    (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
-    Ok(out.into_iter().collect())
+    on_source.scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
+    on_source.ids(&out)
 }
 
 /// `s` escaped like [`push_str`] but without the terminator (a prefix to scan).
@@ -733,7 +736,9 @@ mod tests {
     fn search(tree: &sled::Tree, reg: &Registry, rtype: &str, qs: &str) -> Result<Vec<String>, SearchError> {
         let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).unwrap();
         let q = parse(reg, rtype, &params, false)?;
-        Ok(Executor { tree, rtype }.run(&q)?.into_iter().collect())
+        let mut ids = Executor { tree, rtype }.run_ids(&q)?;
+        ids.sort();
+        Ok(ids)
     }
 
     #[test]

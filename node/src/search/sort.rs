@@ -1,12 +1,13 @@
 //! `_sort`: any parameter, several keys, `-` for descending. A result's sort key is built from its
 //! index rows (their value bytes are order-preserving): per key the lowest value (ascending) or the
 //! highest (descending), resources without a value last; the keys are joined into one byte string
-//! that compares in the requested order (descending parts inverted), then the id. Paging cursors
-//! are these byte strings.
+//! that compares in the requested order (descending parts inverted), then the doc number (creation
+//! order, also the whole key without `_sort`). Paging cursors are these byte strings.
 
 use std::sync::Arc;
 
 use super::index::{decode_list, param_rows, reverse_key};
+use super::posting;
 use super::params::{ParamType, Registry, SearchParam};
 use super::query::SearchError;
 use crate::store::StoreError;
@@ -17,7 +18,7 @@ pub struct SortSpec {
     pub keys: Vec<(Arc<SearchParam>, bool)>,
 }
 
-/// `_sort=a,-b`; `None` / empty sorts by id.
+/// `_sort=a,-b`; `None` / empty sorts by doc number (creation order).
 pub fn parse(reg: &Registry, rtype: &str, value: Option<&str>) -> Result<SortSpec, SearchError> {
     let mut spec = SortSpec::default();
     for part in value.unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -65,21 +66,25 @@ fn encode(out: &mut Vec<u8>, bytes: &[u8], invert: bool) {
     }
 }
 
-/// The sort key of `rtype/id`.
-pub fn key(tree: &sled::Tree, rtype: &str, id: &str, spec: &SortSpec) -> Result<Vec<u8>, SearchError> {
+/// The sort key of doc number `doc` of `rtype`.
+pub fn key(tree: &sled::Tree, rtype: &str, doc: u32, spec: &SortSpec) -> Result<Vec<u8>, SearchError> {
     let mut out = Vec::new();
     if !spec.keys.is_empty() {
-        let rows = match tree.get(reverse_key(rtype, id))? {
-            Some(b) => decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?,
+        let rows = match posting::doc_id(tree, rtype, doc)? {
+            Some(id) => match tree.get(reverse_key(rtype, &id))? {
+                Some(b) => decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?,
+                None => Vec::new(),
+            },
             None => Vec::new(),
         };
         for (param, desc) in &spec.keys {
             let mut prefix = param_rows(rtype, &param.def.code);
             prefix.push(primary_kind(param.def.kind).expect("checked at parse"));
-            let values = rows.iter().filter_map(|k| {
-                let rest = k.strip_prefix(prefix.as_slice())?;
-                let end = rest.iter().rposition(|b| *b == 0)?;
-                Some(&rest[..end])
+            // Strings sort by their normalized form only (case and accents do not order them).
+            let normalized_only = param.def.kind == ParamType::String;
+            let values = rows.iter().filter_map(|k| k.strip_prefix(prefix.as_slice())).map(|v| match v.iter().position(|b| *b == 0) {
+                Some(end) if normalized_only => &v[..=end],
+                _ => v,
             });
             let pick = if *desc { values.max() } else { values.min() };
             match pick {
@@ -91,7 +96,7 @@ pub fn key(tree: &sled::Tree, rtype: &str, id: &str, spec: &SortSpec) -> Result<
             }
         }
     }
-    encode(&mut out, id.as_bytes(), false);
+    out.extend_from_slice(&doc.to_be_bytes());
     Ok(out)
 }
 

@@ -275,7 +275,7 @@ impl StateMachine {
         if q.uses_now() {
             return Err(bad("the ap prefix depends on the current time and cannot be used in a condition".into()));
         }
-        let mut ids: Vec<String> = match (Executor { tree: &self.tree, rtype }).run(&q) {
+        let mut ids: Vec<String> = match (Executor { tree: &self.tree, rtype }).run_ids(&q) {
             Ok(ids) => ids.into_iter().filter(|id| !gone.contains(&(rtype.to_string(), id.clone()))).collect(),
             Err(SearchError::Store(e)) => return Err(e),
             Err(e) => return Err(bad(e.to_string())),

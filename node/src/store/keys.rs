@@ -97,6 +97,13 @@ fn text(b: &[u8]) -> Option<String> {
     String::from_utf8(b.to_vec()).ok()
 }
 
+/// Decodes a `c` key: (type, id).
+pub fn decode_current(k: &[u8]) -> Option<(String, String)> {
+    let rest = k.get(1..)?;
+    let sep = rest.iter().position(|b| *b == 0)?;
+    Some((text(&rest[..sep])?, text(&rest[sep + 1..])?))
+}
+
 /// Decodes a `h` key.
 pub fn decode_sys_history(k: &[u8]) -> Option<HistoryKey> {
     let ts = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
@@ -157,5 +164,6 @@ mod tests {
         assert!(!version("Patient", "ab", 1).starts_with(&versions_of("Patient", "a")));
         assert_eq!(decode_version(&version("Patient", "a.b", 7)).unwrap(), ("Patient".into(), "a.b".into(), 7));
         assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert_eq!(decode_current(&current("Patient", "a-1")).unwrap(), ("Patient".into(), "a-1".into()));
     }
 }

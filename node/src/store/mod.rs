@@ -5,6 +5,7 @@
 pub mod bundle_apply;
 pub mod command;
 pub mod keys;
+pub mod reindex;
 pub mod resources;
 pub mod snapshot;
 pub mod state_machine;
@@ -52,6 +53,15 @@ pub enum StoreError {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Storage(e.to_string())
+    }
+}
+
+impl From<crate::search::posting::PostingError> for StoreError {
+    fn from(e: crate::search::posting::PostingError) -> Self {
+        match e {
+            crate::search::posting::PostingError::Storage(e) => e.into(),
+            crate::search::posting::PostingError::Corrupt(what) => StoreError::Corrupt(what),
+        }
     }
 }
 

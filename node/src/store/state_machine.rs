@@ -12,7 +12,7 @@ use super::keys;
 use super::resources::{Current, VersionRecord};
 use super::StoreError;
 use crate::fhir::meta;
-use crate::search::index;
+use crate::search::{index, posting};
 use crate::search::params::Registry;
 
 /// Writes staged for one sled batch: the batch, what it changed so far (later writes of the same
@@ -21,6 +21,7 @@ pub(super) struct Staged {
     batch: sled::Batch,
     overlay: HashMap<Vec<u8>, Current>,
     index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    postings: posting::Changes,
     ts: u64,
     last_ts: u64,
 }
@@ -192,6 +193,7 @@ impl StateMachine {
             batch: sled::Batch::default(),
             overlay: HashMap::new(),
             index_overlay: HashMap::new(),
+            postings: posting::Changes::default(),
             ts: ts_micros.max(self.last_ts + 1),
             last_ts: self.last_ts,
         }
@@ -205,7 +207,7 @@ impl StateMachine {
         let mut rows = None;
         let out = self.apply_write(op, cur, staged.ts, &mut staged.batch, &mut staged.overlay, &mut rows);
         if let Some(rows) = rows {
-            self.replace_index_rows(op, rows, &mut staged.batch, &mut staged.index_overlay)?;
+            self.replace_index_rows(&op.rtype, &op.id, rows, staged)?;
         }
         if matches!(&out, Ok(a) if !a.noop) {
             staged.last_ts = staged.ts;
@@ -219,6 +221,14 @@ impl StateMachine {
         self.last_ts = staged.last_ts;
         staged.batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
         staged.batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+        std::mem::take(&mut staged.postings).flush(&self.tree, &mut staged.batch)?;
+        self.tree.apply_batch(staged.batch)?;
+        Ok(())
+    }
+
+    /// Writes a batch of index changes only (no applied index, no clock): the index rebuild.
+    pub(super) fn write_index(&self, mut staged: Staged) -> Result<(), StoreError> {
+        std::mem::take(&mut staged.postings).flush(&self.tree, &mut staged.batch)?;
         self.tree.apply_batch(staged.batch)?;
         Ok(())
     }
@@ -241,7 +251,7 @@ impl StateMachine {
         if query.uses_now() {
             return Ok(Resolved::Outcome(Err(StoreError::BadCondition("the ap prefix depends on the current time and cannot be used in a condition".into()))));
         }
-        let found: Vec<String> = match (crate::search::query::Executor { tree: &self.tree, rtype: &op.rtype }).run(&query) {
+        let found: Vec<String> = match (crate::search::query::Executor { tree: &self.tree, rtype: &op.rtype }).run_ids(&query) {
             Ok(ids) => ids.into_iter().filter(|id| !exclude(id)).collect(),
             Err(crate::search::query::SearchError::Store(e)) => return Err(e),
             Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
@@ -304,36 +314,50 @@ impl StateMachine {
         self.tree.get(key)?.map(|b| Current::decode(&b)).transpose()
     }
 
-    /// Swaps a resource's index rows for `rows` (empty after a delete) in the batch.
-    fn replace_index_rows(
-        &self,
-        op: &WriteOp,
-        rows: Vec<index::Row>,
-        batch: &mut sled::Batch,
-        index_overlay: &mut HashMap<Vec<u8>, Vec<Vec<u8>>>,
-    ) -> Result<(), StoreError> {
-        let rkey = index::reverse_key(&op.rtype, &op.id);
-        let old = match index_overlay.get(&rkey) {
+    /// Swaps a resource's index rows for `rows` (empty after a delete): its doc number leaves
+    /// the posting lists of rows it no longer has and joins the new ones.
+    pub(super) fn replace_index_rows(&self, rtype: &str, id: &str, rows: Vec<Vec<u8>>, staged: &mut Staged) -> Result<(), StoreError> {
+        let rkey = index::reverse_key(rtype, id);
+        let old = match staged.index_overlay.get(&rkey) {
             Some(rows) => rows.clone(),
             None => match self.tree.get(&rkey)? {
-                Some(b) => index::decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {}/{}", op.rtype, op.id)))?,
+                Some(b) => index::decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?,
                 None => Vec::new(),
             },
         };
-        // Later operations in a batch win, so removing all old rows first is enough.
-        for k in &old {
-            batch.remove(k.as_slice());
+        if old.is_empty() && rows.is_empty() {
+            return Ok(());
         }
-        let keys: Vec<Vec<u8>> = rows.into_iter().map(|r| {
-            batch.insert(r.key.as_slice(), r.value);
-            r.key
-        }).collect();
-        if keys.is_empty() {
-            batch.remove(rkey.as_slice());
+        let doc = staged.postings.docnum(&self.tree, &mut staged.batch, rtype, id)?;
+        // Both lists are sorted: walk them together.
+        let (mut i, mut j) = (0, 0);
+        loop {
+            match (old.get(i), rows.get(j)) {
+                (None, None) => break,
+                (Some(o), Some(n)) if o == n => {
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o > n => {
+                    staged.postings.add(n, doc);
+                    j += 1;
+                }
+                (Some(o), _) => {
+                    staged.postings.remove(o, doc);
+                    i += 1;
+                }
+                (None, Some(n)) => {
+                    staged.postings.add(n, doc);
+                    j += 1;
+                }
+            }
+        }
+        if rows.is_empty() {
+            staged.batch.remove(rkey.as_slice());
         } else {
-            batch.insert(rkey.as_slice(), index::encode_list(&keys));
+            staged.batch.insert(rkey.as_slice(), index::encode_list(&rows));
         }
-        index_overlay.insert(rkey, keys);
+        staged.index_overlay.insert(rkey, rows);
         Ok(())
     }
 
@@ -344,7 +368,7 @@ impl StateMachine {
         ts: u64,
         batch: &mut sled::Batch,
         overlay: &mut HashMap<Vec<u8>, Current>,
-        rows: &mut Option<Vec<index::Row>>,
+        rows: &mut Option<Vec<Vec<u8>>>,
     ) -> OpOutcome {
         let (rtype, id) = (op.rtype.as_str(), op.id.as_str());
         let ckey = keys::current(rtype, id);
@@ -381,7 +405,7 @@ impl StateMachine {
                     .map_err(|e| StoreError::Corrupt(format!("body of {rtype}/{id} in command: {e}")))?;
                 meta::stamp(&mut value, version, ts);
                 if let Some(reg) = &self.search {
-                    *rows = Some(index::rows(reg, rtype, id, &value));
+                    *rows = Some(index::rows(reg, rtype, &value));
                 }
                 Some(serde_json::to_vec(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?)
             }

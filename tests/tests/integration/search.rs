@@ -29,6 +29,8 @@ fn obs(id: &str, code: &str, value: f64) -> Value {
 fn searchset_paging_holds_under_concurrent_writes() {
     let node = TestNode::start();
     let c = client();
+    // Created first, with another code: it joins the result later, before the cursor.
+    put(&c, &node.url("/Observation/early"), &obs("early", "9999-9", 0.5)).unwrap();
     for i in 0..7 {
         assert_eq!(put(&c, &node.url(&format!("/Observation/o{i}")), &obs(&format!("o{i}"), "1234-5", i as f64)).unwrap().0, 201);
     }
@@ -36,16 +38,19 @@ fn searchset_paging_holds_under_concurrent_writes() {
     let first = json(c.get(node.url("/Observation?code=http://loinc.org|1234-5&_count=3")).send().unwrap());
     assert_eq!(first["type"], "searchset");
     assert_eq!(first["total"], 7);
-    assert_eq!(ids(&first), ["o0", "o1", "o2"]);
-    // A resource added before the cursor, and one deleted after it, do not shift the next page.
-    put(&c, &node.url("/Observation/o00"), &obs("o00", "1234-5", 0.5)).unwrap();
+    assert_eq!(ids(&first), ["o0", "o1", "o2"], "default order: creation order");
+    // A resource entering the result before the cursor, and one deleted after it, do not shift
+    // the next page.
+    put(&c, &node.url("/Observation/early"), &obs("early", "1234-5", 0.5)).unwrap();
     c.delete(node.url("/Observation/o4")).send().unwrap();
     let second = json(c.get(link(&first, "next").unwrap()).send().unwrap());
     assert_eq!(ids(&second), ["o3", "o5", "o6"]);
     assert!(link(&second, "next").is_none());
     let back = json(c.get(link(&second, "previous").unwrap()).send().unwrap());
-    // The page before o3, now that o00 exists: the three ids that precede it.
-    assert_eq!(ids(&back), ["o00", "o1", "o2"]);
+    // The page before o3: the three that precede it; from the start, `early` now comes first.
+    assert_eq!(ids(&back), ["o0", "o1", "o2"]);
+    assert_eq!(ids(&json(c.get(link(&back, "previous").unwrap()).send().unwrap())), ["early"]);
+    assert_eq!(ids(&json(c.get(link(&first, "first").unwrap()).send().unwrap())), ["early", "o0", "o1"]);
     // Descending sort, count only, zero count.
     let desc = json(c.get(node.url("/Observation?code=1234-5&_sort=-_id&_count=2")).send().unwrap());
     assert_eq!(ids(&desc), ["o6", "o5"]);
@@ -175,8 +180,8 @@ fn sort_on_any_parameter_with_several_keys_and_paging() {
         put(&c, &node.url(&format!("/Patient/{id}")), &p).unwrap();
     }
     let get = |qs: &str| ids(&json(c.get(node.url(&format!("/Patient?{qs}"))).send().unwrap()));
-    assert_eq!(get("_sort=family"), ["b", "d", "e", "c", "a"], "case-insensitive, then id");
-    assert_eq!(get("_sort=-family"), ["a", "c", "e", "b", "d"]);
+    assert_eq!(get("_sort=family"), ["b", "d", "e", "c", "a"], "case-insensitive, then creation order");
+    assert_eq!(get("_sort=-family"), ["a", "c", "e", "b", "d"], "ties stay in creation order");
     assert_eq!(get("_sort=birthdate"), ["b", "e", "a", "d", "c"], "no value sorts last");
     assert_eq!(get("_sort=-birthdate,family"), ["d", "a", "e", "b", "c"]);
     // Paging follows the sort order.

@@ -1,0 +1,113 @@
+//! Rebuilding the embedded search index from the stored resources when the index on disk was
+//! written in another layout (an older Kiln) or for other search parameters. It runs when a node
+//! opens its state, before Raft applies anything: every node rebuilds from the state it holds at
+//! its applied index, walking current pointers in key order, so nodes at the same index assign
+//! the same doc numbers and write the same bytes.
+
+use serde_json::Value;
+
+use super::state_machine::StateMachine;
+use super::{keys, Current, StoreError, VersionRecord};
+use crate::search::{index, posting};
+
+/// Stored with the index: its layout version and the parameter set it was built for.
+pub const FORMAT_KEY: &[u8] = b"mindex_format";
+/// Bumped whenever the row or posting layout changes.
+const LAYOUT: u32 = 2;
+/// Resources re-indexed per sled batch.
+const CHUNK: usize = 1_000;
+
+impl StateMachine {
+    /// The format string this binary writes for its registry (`None` without a search index).
+    fn index_format(&self) -> Option<String> {
+        self.search.as_ref().map(|reg| format!("{LAYOUT}:{}", reg.fingerprint))
+    }
+
+    /// Rebuilds the index if it was not written by this layout for these parameters. Returns how
+    /// many resources were re-indexed (`None`: the index was current).
+    pub fn ensure_index(&mut self) -> Result<Option<usize>, StoreError> {
+        let Some(want) = self.index_format() else { return Ok(None) };
+        if self.tree.get(FORMAT_KEY)?.as_deref() == Some(want.as_bytes()) {
+            return Ok(None);
+        }
+        for prefix in [&[index::ROW][..], &[index::REVERSE], &[posting::DOCNUM], &[posting::DOC_ID], posting::COUNTER] {
+            let mut batch = sled::Batch::default();
+            for (n, k) in self.tree.scan_prefix(prefix).keys().enumerate() {
+                batch.remove(k?);
+                if n % 10_000 == 9_999 {
+                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                }
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        let mut count = 0;
+        let mut staged = self.stage(0);
+        for item in self.tree.scan_prefix([keys::CURRENT]) {
+            let (k, v) = item?;
+            let cur = Current::decode(&v)?;
+            if cur.deleted {
+                continue;
+            }
+            let (rtype, id) = keys::decode_current(&k).ok_or_else(|| StoreError::Corrupt("current pointer key".into()))?;
+            let record = self.tree.get(keys::version(&rtype, &id, cur.version))?.ok_or_else(|| StoreError::Corrupt(format!("{rtype}/{id} has no version {}", cur.version)))?;
+            let body: Value = serde_json::from_slice(VersionRecord::decode(record)?.body()).map_err(|e| StoreError::Corrupt(format!("{rtype}/{id}: {e}")))?;
+            let reg = self.search.clone().expect("checked above");
+            self.replace_index_rows(&rtype, &id, index::rows(&reg, &rtype, &body), &mut staged)?;
+            count += 1;
+            if count % CHUNK == 0 {
+                self.write_index(std::mem::replace(&mut staged, self.stage(0)))?;
+            }
+        }
+        self.write_index(staged)?;
+        self.tree.insert(FORMAT_KEY, want.as_bytes())?;
+        tracing::info!(resources = count, "search index rebuilt");
+        Ok(Some(count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fhir::FhirVersion;
+    use crate::search::params::Registry;
+    use crate::search::query::{parse, Executor};
+    use crate::store::command::{Action, Command, CommandV1, WriteOp};
+
+    #[test]
+    fn an_index_in_another_format_is_rebuilt_the_same_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
+        let reg = Arc::new(Registry::load(FhirVersion::R4));
+        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        assert_eq!(sm.ensure_index().unwrap(), Some(0), "a new store records its format");
+        assert_eq!(sm.ensure_index().unwrap(), None);
+        let put = |id: &str, family: &str| WriteOp {
+            action: Action::Update,
+            rtype: "Patient".into(),
+            id: id.into(),
+            body: Some(format!(r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"{family}"}}]}}"#)),
+            if_match: None,
+            allow_create: true,
+        };
+        let del = WriteOp { action: Action::Delete, body: None, ..put("b", "") };
+        let ops = vec![put("c", "Smith"), put("a", "Smith"), put("b", "Smith"), del, put("d", "Jones")];
+        sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1, ops }).encode()).unwrap();
+        let search = |qs: &str| {
+            let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).unwrap();
+            Executor { tree: &tree, rtype: "Patient" }.run_ids(&parse(&reg, "Patient", &params, false).unwrap()).unwrap()
+        };
+        assert_eq!(search("family=smith"), ["c", "a"]);
+        // An older layout: a stale row, no format key. Opening rebuilds from the resources.
+        tree.insert(b"xPatient\0family\0lstale\0\0\0\0\0", &[0u8, 0, 0][..]).unwrap();
+        tree.remove(FORMAT_KEY).unwrap();
+        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        assert_eq!(sm.ensure_index().unwrap(), Some(3), "live resources re-indexed");
+        assert!(tree.get(b"xPatient\0family\0lstale\0\0\0\0\0").unwrap().is_none());
+        // Rebuilt in key order: a, c, d.
+        assert_eq!(search("family=smith"), ["a", "c"]);
+        assert_eq!(search(""), ["a", "c", "d"]);
+        assert_eq!(search("family=jones"), ["d"]);
+    }
+}
