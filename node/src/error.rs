@@ -71,6 +71,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             SearchError::UnknownParameter { .. } => (400, "not-supported"),
             SearchError::BadValue { .. } => (400, "value"),
             SearchError::NotSupported(_) => (400, "not-supported"),
+            SearchError::TooCostly(_) => (400, "too-costly"),
             SearchError::Store(s) => classify_store(s),
         },
         ApiError::Entry { cause, .. } => classify(cause),

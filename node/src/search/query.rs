@@ -26,6 +26,8 @@ pub enum SearchError {
     BadValue { param: String, reason: String },
     #[error("'{0}' is not supported by this server yet")]
     NotSupported(String),
+    #[error("search too costly: {0}")]
+    TooCostly(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -149,7 +151,7 @@ pub fn parse(reg: &Registry, rtype: &str, params: &[(String, String)], lenient: 
         if CONTROL.contains(&name.as_str()) {
             continue;
         }
-        match parse_one(reg, rtype, name, value, 0) {
+        match parse_one(reg, rtype, name, value, &mut Links::default()) {
             Ok(c) => q.criteria.push(c),
             Err(e) if lenient => q.ignored.push((name.clone(), e.to_string())),
             Err(e) => return Err(e),
@@ -158,14 +160,40 @@ pub fn parse(reg: &Registry, rtype: &str, params: &[(String, String)], lenient: 
     Ok(q)
 }
 
-/// Deepest chain / `_has` nesting accepted (a configuration-free guard against runaway input).
-const MAX_LINK_DEPTH: usize = 8;
+/// Deepest chain / `_has` nesting accepted: far beyond any path through FHIR's resource graph,
+/// and a bound on the recursion a crafted query can cause. Fixed, not configuration: conditional
+/// writes run searches inside the state machine, where every node must decide alike.
+pub const MAX_LINK_DEPTH: usize = 64;
+/// Most links one parameter may expand to: a chain without `:Type` follows every target type of
+/// each reference, so its size can grow with each step. Reaching it is an error, never a cut.
+pub const MAX_LINKS: usize = 10_000;
+
+/// The links of one parameter so far, and how deep the current one is.
+#[derive(Default)]
+struct Links {
+    depth: usize,
+    total: usize,
+}
 
 /// One `name=value` on `rtype`, following chains and `_has`.
-fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, depth: usize) -> Result<Criterion, SearchError> {
-    if depth > MAX_LINK_DEPTH {
-        return Err(SearchError::BadValue { param: name.into(), reason: format!("more than {MAX_LINK_DEPTH} chained links") });
+fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, links: &mut Links) -> Result<Criterion, SearchError> {
+    if name.starts_with("_has:") || name.contains('.') {
+        links.total += 1;
+        if links.depth >= MAX_LINK_DEPTH {
+            return Err(SearchError::TooCostly(format!("{name}: more than {MAX_LINK_DEPTH} chained links")));
+        }
+        if links.total > MAX_LINKS {
+            return Err(SearchError::TooCostly(format!(
+                "{name}: the chain expands to more than {MAX_LINKS} links (every target type of each reference); name the types with :Type"
+            )));
+        }
     }
+    let deeper = |reg: &Registry, t: &str, rest: &str, links: &mut Links| {
+        links.depth += 1;
+        let out = parse_one(reg, t, rest, value, links);
+        links.depth -= 1;
+        out
+    };
     if let Some(rest) = name.strip_prefix("_has:") {
         // _has:Source:param:rest
         let mut parts = rest.splitn(3, ':');
@@ -176,7 +204,7 @@ fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, depth: usize)
             rtype: source.into(),
             param: format!("{code} (a reference parameter, in {name})"),
         })?;
-        let inner = parse_one(reg, source, inner, value, depth + 1)?;
+        let inner = deeper(reg, source, inner, links)?;
         return Ok(Criterion { param: param.clone(), modifier: None, values: Vec::new(), link: Some(Link::Has { source: source.into(), inner: Box::new(inner) }) });
     }
     if let Some((left, rest)) = name.split_once('.') {
@@ -192,18 +220,20 @@ fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, depth: usize)
             Some(t) => vec![t.clone()],
             None => param.def.target.clone(),
         };
-        let mut links = Vec::new();
+        let mut branches = Vec::new();
         let mut last_err = None;
         for t in targets {
-            match parse_one(reg, &t, rest, value, depth + 1) {
-                Ok(c) => links.push((t, c)),
+            match deeper(reg, &t, rest, links) {
+                Ok(c) => branches.push((t, c)),
+                // A limit is never a reason to leave a target type out of the answer.
+                Err(e @ SearchError::TooCostly(_)) => return Err(e),
                 Err(e) => last_err = Some(e),
             }
         }
-        if links.is_empty() {
+        if branches.is_empty() {
             return Err(last_err.unwrap_or_else(|| SearchError::BadValue { param: name.into(), reason: "the reference has no target types".into() }));
         }
-        return Ok(Criterion { param: param.clone(), modifier, values: Vec::new(), link: Some(Link::Chain(links)) });
+        return Ok(Criterion { param: param.clone(), modifier, values: Vec::new(), link: Some(Link::Chain(branches)) });
     }
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m.to_string())),

@@ -194,3 +194,31 @@ fn sort_on_any_parameter_with_several_keys_and_paging() {
     assert_eq!(ids(&json(c.get(link(&third, "previous").unwrap()).send().unwrap())), ["e", "b"]);
     assert_eq!(c.get(node.url("/Patient?_sort=shoe")).send().unwrap().status(), 400);
 }
+
+#[test]
+fn chains_follow_many_links_and_refuse_past_the_documented_depth() {
+    let node = TestNode::start();
+    let c = client();
+    // p0 → p1 → … → p40 through Patient.link.other; only p40 is called "End".
+    put(&c, &node.url("/Patient/p40"), &json!({"resourceType": "Patient", "id": "p40", "name": [{"family": "End"}]})).unwrap();
+    for i in 0..40 {
+        let p = json!({"resourceType": "Patient", "id": format!("p{i}"), "name": [{"family": format!("Step{i}")}],
+            "link": [{"other": {"reference": format!("Patient/p{}", i + 1)}, "type": "seealso"}]});
+        assert_eq!(put(&c, &node.url(&format!("/Patient/p{i}")), &p).unwrap().0, 201);
+    }
+    let get = |qs: &str| c.get(node.url(&format!("/Patient?{qs}"))).send().unwrap();
+    let typed = format!("{}family=end", "link:Patient.".repeat(40));
+    assert_eq!(ids(&json(get(&typed))), ["p0"], "40 links with :Patient");
+    // Without :Type each step also tries RelatedPerson (the other target of Patient.link).
+    let untyped = format!("{}family=end", "link.".repeat(40));
+    assert_eq!(ids(&json(get(&untyped))), ["p0"], "40 links, every target type");
+    assert_eq!(ids(&json(get(&format!("{}family=end", "link:Patient.".repeat(39))))), ["p1"]);
+    // Reverse: _has 40 deep from p40 back to p0's link.
+    let has = format!("{}_id=p0", "_has:Patient:link:".repeat(40));
+    assert_eq!(ids(&json(get(&has))), ["p40"]);
+    // Past 64 links: 400 too-costly, never a shortened answer.
+    let r = get(&format!("{}family=end", "link:Patient.".repeat(65)));
+    assert_eq!(r.status(), 400);
+    let body = json(r);
+    assert_eq!(body["issue"][0]["code"], "too-costly", "{body}");
+}
