@@ -12,7 +12,7 @@
 //! String parts are escaped (`\0` → `\1\1`, `\1` → `\1\2`, order kept) and end with `\0`;
 //! numbers and dates are fixed-width order-preserving binaries; the 4-byte block number follows
 //! the last part. Kinds: `t` token code, system (empty when none) · `x` token text · `l`
-//! normalized string, exact string · `d` date low, high · `#` number · `q` quantity value · `c`
+//! normalized string, exact string · `d` date low, high · `D` date high, low · `#` number · `q` quantity value · `c`
 //! quantity code-or-unit, value · `Q` quantity system, code, value · `r` reference type, id ·
 //! `R` literal reference · `u` uri · `o` identifier type system, type code, value · `i`
 //! reference identifier value, system · `g` position latitude, longitude.
@@ -130,10 +130,14 @@ fn value_keys(base: &[u8], v: &IndexValue) -> Vec<Vec<u8>> {
         IndexValue::TokenText(t) => vec![with(b'x', &[t])],
         IndexValue::String { exact, normalized } => vec![with(b'l', &[normalized, exact])],
         IndexValue::Date { low, high } => {
+            // By low end, and by high end: a range prefix scans one of them from a bound.
             let mut d = p(b'd');
             d.extend_from_slice(&i64_key(*low));
             d.extend_from_slice(&i64_key(*high));
-            vec![d]
+            let mut by_high = p(b'D');
+            by_high.extend_from_slice(&i64_key(*high));
+            by_high.extend_from_slice(&i64_key(*low));
+            vec![d, by_high]
         }
         IndexValue::Number(d) => vec![num(b'#', &[], d)],
         IndexValue::Quantity { value, system, code: c, unit } => {

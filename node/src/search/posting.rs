@@ -252,6 +252,31 @@ pub fn scan(tree: &sled::Tree, prefix: &[u8], out: &mut RoaringBitmap) -> Result
     Ok(())
 }
 
+/// The rows under `prefix` whose next 8 bytes lie in `[from, to)` (`None`: unbounded), kept when
+/// their parts after `prefix` satisfy `keep`.
+pub fn scan_range(tree: &sled::Tree, prefix: &[u8], from: Option<[u8; 8]>, to: Option<[u8; 8]>, keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
+    let bound = |b: [u8; 8]| {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(&b);
+        k
+    };
+    let start = from.map(bound).unwrap_or_else(|| prefix.to_vec());
+    let end = match to {
+        Some(b) => bound(b),
+        None => crate::store::keys::prefix_end(prefix),
+    };
+    if start >= end {
+        return Ok(());
+    }
+    for item in tree.range(start..end) {
+        let (k, v) = item?;
+        if keep(&row_of(&k)[prefix.len()..]) {
+            add_block(&k, &v, out)?;
+        }
+    }
+    Ok(())
+}
+
 /// [`scan`], keeping only rows whose parts after `prefix` satisfy `keep`.
 pub fn scan_filter(tree: &sled::Tree, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
     for item in tree.scan_prefix(prefix) {

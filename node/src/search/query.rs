@@ -11,7 +11,7 @@ use roaring::RoaringBitmap;
 
 use super::decimal::Decimal;
 use super::extract::normalize;
-use super::index::{base_exact, base_open, composite_base, exact_prefix, i64_from_key, kind_prefix, live_row, param_prefix, param_rows, push_str};
+use super::index::{base_exact, base_open, composite_base, exact_prefix, i64_from_key, i64_key, kind_prefix, live_row, param_prefix, param_rows, push_str};
 use super::posting::{self, PostingError};
 use super::params::{ParamType, Registry, SearchParam};
 use crate::fhir::meta::{now_micros, parse_fhir_range};
@@ -591,15 +591,33 @@ impl Executor<'_> {
                 Prefix::Ap => tlo < ahi && thi > alo,
             }
         };
-        let prefix_d = kind_prefix(base, b'd');
-        self.scan_filter(
-            &prefix_d,
-            |rest| match (i64_from_key(rest), rest.get(8..).and_then(i64_from_key)) {
-                (Some(tlo), Some(thi)) => keep(tlo, thi),
-                _ => false,
-            },
-            out,
-        )?;
+        // Rows by low end (`d`: low, high) and by high end (`D`: high, low). Each prefix scans
+        // only the key range that can hold its matches ([from, to), on the leading end) and
+        // still tests every row it reads.
+        let by_low = |from: Option<i64>, to: Option<i64>, out: &mut Ids| {
+            let keep = |rest: &[u8]| matches!((i64_from_key(rest), rest.get(8..).and_then(i64_from_key)), (Some(tlo), Some(thi)) if keep(tlo, thi));
+            posting::scan_range(self.tree, &kind_prefix(base, b'd'), from.map(i64_key), to.map(i64_key), keep, out)
+        };
+        let by_high = |from: Option<i64>, to: Option<i64>, out: &mut Ids| {
+            let keep = |rest: &[u8]| matches!((i64_from_key(rest), rest.get(8..).and_then(i64_from_key)), (Some(thi), Some(tlo)) if keep(tlo, thi));
+            posting::scan_range(self.tree, &kind_prefix(base, b'D'), from.map(i64_key), to.map(i64_key), keep, out)
+        };
+        let after = |x: i64| x.saturating_add(1);
+        match prefix {
+            // tlo <= thi, so a range inside [lo, hi] starts in it.
+            Prefix::Eq => by_low(Some(lo), Some(after(hi)), out)?,
+            Prefix::Ne => by_low(None, None, out)?,
+            Prefix::Gt => by_high(Some(after(hi)), None, out)?,
+            Prefix::Lt => by_low(None, Some(lo), out)?,
+            Prefix::Ge => {
+                by_high(Some(after(hi)), None, out)?;
+                by_low(Some(lo), Some(after(hi)), out)?;
+            }
+            Prefix::Le => by_low(None, Some(after(hi)), out)?,
+            Prefix::Sa => by_low(Some(hi), None, out)?,
+            Prefix::Eb => by_high(None, Some(after(lo)), out)?,
+            Prefix::Ap => by_high(Some(after(alo)), None, out)?,
+        }
         Ok(())
     }
 
@@ -812,6 +830,9 @@ mod tests {
         assert_eq!(s("Patient", "birthdate=sa1975"), ["c"]);
         assert_eq!(s("Patient", "birthdate=eb1975"), ["a", "b"]);
         assert_eq!(s("Patient", "birthdate=ne1974"), ["c"]);
+        // ap: within 10% of the distance from now (about 5 years for 1974).
+        assert_eq!(s("Patient", "birthdate=ap1976"), ["a", "b"]);
+        assert!(s("Patient", "birthdate=ap1990").is_empty());
         // quantity / number: implicit precision, exact decimals, units
         assert_eq!(s("Observation", "value-quantity=6.3"), ["o1"]);
         assert_eq!(s("Observation", "value-quantity=6.3|http://unitsofmeasure.org|mmol/L"), ["o1"]);
