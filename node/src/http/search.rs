@@ -1,6 +1,6 @@
 //! Type-level search: `GET /{type}?…` and `POST /{type}/_search` (form body merged with the URL
 //! parameters). Results are sorted by `_sort` (any parameter, several keys, `-` for descending;
-//! default: id) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
+//! default: creation order, [`crate::search::page`]) and paged by keyset cursors (`_page` holds the sort key of the page edge), so a
 //! page does not shift when resources are added or removed elsewhere in the result, and the links
 //! do not expire. `_count` (0 allowed), `_total` (none / estimate / accurate), `_summary`,
 //! `_elements`, `_include` / `_revinclude` (with `:iterate` and `Type:*`; entries with search.mode
@@ -258,7 +258,7 @@ async fn respond_types(
     let tree = st.store.tree().clone();
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
     let cursor = param("_page").map(String::from);
-    let (ordered, start, end) = web::block(move || -> Result<_, SearchError> {
+    let (counted, page) = web::block(move || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
         for (t, q) in &queries {
             let on_type = Executor { tree: &tree, rtype: t };
@@ -270,39 +270,32 @@ async fn respond_types(
         }
         if counting {
             let total: u64 = found.iter().map(|(_, d)| d.len()).sum();
-            return Ok((None, total as usize, 0));
+            return Ok((Some(total as usize), page::Page::default()));
         }
-        let ordered = page::order(&tree, found, &sorts)?;
-        let (start, end) = ordered.page(cursor.as_deref(), count)?;
-        Ok((Some(ordered), start, end))
+        Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count)?))
     })
     .await
     .map_err(|e| StoreError::Storage(e.to_string()))??;
     let params = link_params;
     let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
-    let Some(ordered) = ordered else {
-        // `_summary=count`: `start` holds the total.
-        let body = Bundle::new("searchset", Some(start), links, Vec::new()).to_bytes(ctx)?;
+    if let Some(total) = counted {
+        let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
         return Ok(ctx.respond(HttpResponse::Ok(), body));
-    };
-    let total = ordered.len();
-    let edge = |i: usize| ordered.key(i).map(hex::encode).unwrap_or_default();
+    }
     links.push(relation("first", link(ctx, &path, &params, None)));
-    if start > 0 {
-        // Before the first match of this page; past the end, just after the last match.
-        let before = if start < total { edge(start) } else { edge(total - 1) + "00" };
-        links.push(relation("previous", link(ctx, &path, &params, Some(format!("p:{before}")))));
+    if let Some(edge) = &page.previous {
+        links.push(relation("previous", link(ctx, &path, &params, Some(format!("p:{}", hex::encode(edge))))));
     }
-    if end < total && count > 0 {
-        links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", edge(end - 1))))));
+    if let Some(edge) = &page.next {
+        links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", hex::encode(edge))))));
     }
+    let total = page.total;
     let tree = st.store.tree();
-    let mut page_ids: Vec<(String, String)> = Vec::with_capacity(end - start);
-    for i in start..end {
-        let Some((t, doc)) = ordered.get(i) else { break };
-        page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(doc)?));
+    let mut page_ids: Vec<(String, String)> = Vec::with_capacity(page.items.len());
+    for (t, doc) in &page.items {
+        page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(*doc)?));
     }
-    let mut bodies = Vec::with_capacity(end - start);
+    let mut bodies = Vec::with_capacity(page_ids.len());
     for (t, id) in page_ids {
         match st.store.read(&t, &id) {
             Ok((_, rec)) => bodies.push((t, id, rec)),

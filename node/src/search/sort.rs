@@ -66,6 +66,61 @@ fn encode(out: &mut Vec<u8>, bytes: &[u8], invert: bool) {
     }
 }
 
+/// `x` type `\0` code `\0` kind: the rows whose values order a sort parameter.
+pub fn rows_prefix(rtype: &str, param: &SearchParam) -> Vec<u8> {
+    let mut prefix = param_rows(rtype, &param.def.code);
+    prefix.push(primary_kind(param.def.kind).expect("checked at parse"));
+    prefix
+}
+
+/// The part of a row's value (after [`rows_prefix`]) that orders it: strings sort by their
+/// normalized form only (case and accents do not order them), the rest by the whole value.
+pub fn sort_value(kind: ParamType, rest: &[u8]) -> &[u8] {
+    match rest.iter().position(|b| *b == 0) {
+        Some(end) if kind == ParamType::String => &rest[..=end],
+        _ => rest,
+    }
+}
+
+/// Appends one sort key part: the chosen value, or none (sorts last either way).
+pub fn push_part(out: &mut Vec<u8>, value: Option<&[u8]>, desc: bool) {
+    match value {
+        Some(v) => {
+            out.push(1);
+            encode(out, v, desc);
+        }
+        None => out.push(2),
+    }
+}
+
+/// The value and doc number of a one-key sort key made by [`key`] (`None` value: no value).
+pub fn decode_single(key: &[u8], desc: bool) -> Option<(Option<Vec<u8>>, u32)> {
+    let doc = |b: &[u8]| b.get(..4).map(|d| u32::from_be_bytes(d.try_into().expect("4 bytes")));
+    match key.split_first()? {
+        (2, rest) => Some((None, doc(rest)?)),
+        (1, rest) => {
+            let flip = |b: u8| if desc { !b } else { b };
+            let mut value = Vec::new();
+            let mut i = 0;
+            loop {
+                match (flip(*rest.get(i)?), rest.get(i + 1).map(|b| flip(*b))) {
+                    (0, Some(0xff)) => value.push(0),
+                    (0, Some(1)) => break,
+                    (0, _) => return None,
+                    (b, _) => {
+                        value.push(b);
+                        i += 1;
+                        continue;
+                    }
+                }
+                i += 2;
+            }
+            Some((Some(value), doc(&rest[i + 2..])?))
+        }
+        _ => None,
+    }
+}
+
 /// The sort key of doc number `doc` of `rtype`.
 pub fn key(tree: &sled::Tree, rtype: &str, doc: u32, spec: &SortSpec) -> Result<Vec<u8>, SearchError> {
     let mut out = Vec::new();
@@ -78,22 +133,9 @@ pub fn key(tree: &sled::Tree, rtype: &str, doc: u32, spec: &SortSpec) -> Result<
             None => Vec::new(),
         };
         for (param, desc) in &spec.keys {
-            let mut prefix = param_rows(rtype, &param.def.code);
-            prefix.push(primary_kind(param.def.kind).expect("checked at parse"));
-            // Strings sort by their normalized form only (case and accents do not order them).
-            let normalized_only = param.def.kind == ParamType::String;
-            let values = rows.iter().filter_map(|k| k.strip_prefix(prefix.as_slice())).map(|v| match v.iter().position(|b| *b == 0) {
-                Some(end) if normalized_only => &v[..=end],
-                _ => v,
-            });
-            let pick = if *desc { values.max() } else { values.min() };
-            match pick {
-                Some(v) => {
-                    out.push(1);
-                    encode(&mut out, v, *desc);
-                }
-                None => out.push(2),
-            }
+            let prefix = rows_prefix(rtype, param);
+            let values = rows.iter().filter_map(|k| k.strip_prefix(prefix.as_slice())).map(|v| sort_value(param.def.kind, v));
+            push_part(&mut out, if *desc { values.max() } else { values.min() }, *desc);
         }
     }
     out.extend_from_slice(&doc.to_be_bytes());
@@ -103,6 +145,21 @@ pub fn key(tree: &sled::Tree, rtype: &str, doc: u32, spec: &SortSpec) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_keys_decode_back() {
+        for desc in [false, true] {
+            for v in [&b""[..], b"a", b"a\0b", b"\xff\0"] {
+                let mut k = Vec::new();
+                push_part(&mut k, Some(v), desc);
+                k.extend_from_slice(&7u32.to_be_bytes());
+                k.extend_from_slice(b"Patient");
+                assert_eq!(decode_single(&k, desc), Some((Some(v.to_vec()), 7)));
+            }
+            assert_eq!(decode_single(&[2, 0, 0, 0, 9], desc), Some((None, 9)));
+            assert_eq!(decode_single(&[1, 5], desc), None);
+        }
+    }
 
     #[test]
     fn inverted_parts_sort_in_reverse() {
