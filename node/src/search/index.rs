@@ -130,7 +130,9 @@ fn value_keys(base: &[u8], v: &IndexValue) -> Vec<Vec<u8>> {
         IndexValue::TokenText(t) => vec![with(b'x', &[t])],
         IndexValue::String { exact, normalized } => vec![with(b'l', &[normalized, exact])],
         IndexValue::Date { low, high } => {
-            // By low end, and by high end: a range prefix scans one of them from a bound.
+            // By low end, and by high end: a range prefix scans one of them from a bound. A
+            // Period given end-first (invalid, but stored as sent) is indexed as its range.
+            let (low, high) = (low.min(high), low.max(high));
             let mut d = p(b'd');
             d.extend_from_slice(&i64_key(*low));
             d.extend_from_slice(&i64_key(*high));

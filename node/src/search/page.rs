@@ -145,15 +145,16 @@ impl Ordered {
                 let s = self.count_before(edge, true);
                 (s, (s + count).min(len))
             }
-            Cursor::Before(edge) => {
-                let e = self.count_before(edge, false);
-                (e.saturating_sub(count), e)
-            }
+            // Fewer than a page before the edge (matches were deleted): the first page.
+            Cursor::Before(edge) => match self.count_before(edge, false) {
+                e if e < count => (0, count.min(len)),
+                e => (e - count, e),
+            },
         };
         let items = (start..end).filter_map(|i| self.get(i)).collect();
         // Before the first match of this page; past the end, just after the last match.
         let previous = (start > 0).then(|| if start < len { self.key(start) } else { self.key(len - 1).map(just_after) }).flatten();
-        let next = (end < len && count > 0).then(|| self.key(end - 1)).flatten();
+        let next = (end < len && end > start).then(|| self.key(end - 1)).flatten();
         Page { items, total: len, previous, next }
     }
 }
@@ -188,18 +189,15 @@ fn walk_page(tree: &sled::Tree, rtype: &'static str, docs: &Ids, spec: &SortSpec
         }
         Cursor::Before(edge) => {
             let mut items = w.collect(Some((edge, false)), false, count + 1)?;
+            if items.len() < count {
+                // Fewer than a page before the edge (matches were deleted): the first page.
+                return walk_page(w.tree, rtype, docs, spec, &Cursor::First, count);
+            }
             let more = items.len() > count;
             items.truncate(count);
             items.reverse();
             let after = !w.collect(Some((edge, true)), true, 1)?.is_empty();
-            // Nothing before the edge: the next page is the first one.
-            let next = after.then(|| items.last().map(|(_, k)| k.clone()));
-            let next = match next {
-                Some(Some(k)) => Some(k),
-                Some(None) => return walk_page(tree, rtype, docs, spec, &Cursor::First, count),
-                None => None,
-            };
-            Page { previous: more.then(|| items.first().map(|(_, k)| k.clone())).flatten(), next, items: w.finish(items), total }
+            Page { previous: more.then(|| items.first().map(|(_, k)| k.clone())).flatten(), next: after.then(|| items.last().map(|(_, k)| k.clone())).flatten(), items: w.finish(items), total }
         }
     };
     Ok(page)
@@ -371,7 +369,10 @@ mod tests {
             assert_eq!(docs_of(&o.page(&before(second.previous.clone().unwrap()), 2)), [6, 9]);
             // An edge that is no longer in the result (deleted): the next page starts after it.
             assert_eq!(docs_of(&o.page(&after(doc_key("Patient", 7)), 10)), [9, 300, 70_000]);
-            assert_eq!(docs_of(&o.page(&before(doc_key("Patient", 7)), 10)), [1, 5, 6]);
+            assert_eq!(docs_of(&o.page(&before(doc_key("Patient", 7)), 2)), [5, 6]);
+            // Fewer than a page before the edge: the first page, whole.
+            assert_eq!(docs_of(&o.page(&before(doc_key("Patient", 7)), 4)), [1, 5, 6, 9]);
+            assert!(o.page(&before(doc_key("Patient", 0)), 4).next.is_some(), "no underflow before the first match");
             // Past the end: empty, with a way back to the last match.
             let past = o.page(&after(doc_key("Patient", 80_000)), 3);
             assert!(past.items.is_empty());

@@ -362,7 +362,8 @@ impl Executor<'_> {
                 for id in on_source.ids(&on_source.criterion(inner)?)? {
                     targets.extend(references(self.tree, source, &id, code)?.into_iter().filter(|(t, _)| t == self.rtype).map(|(_, target)| target));
                 }
-                return self.docs(targets.iter().map(String::as_str));
+                // Doc numbers outlive deletes: keep the targets that still exist.
+                return Ok(self.docs(targets.iter().map(String::as_str))? & self.all()?);
             }
             None => {}
         }
@@ -863,6 +864,27 @@ mod tests {
         assert!(matches!(search(&tree, &reg, "Observation", "status.name=x"), Err(SearchError::BadValue { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "_has:Observation:code:status=final"), Err(SearchError::UnknownParameter { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "family:below=x"), Err(SearchError::NotSupported(_)) | Err(SearchError::BadValue { .. })));
+    }
+
+    #[test]
+    fn deleted_targets_and_end_first_periods() {
+        let res = [
+            json!({"resourceType": "Patient", "id": "p"}),
+            json!({"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p"},
+                "effectivePeriod": {"start": "2021-06-01", "end": "2020-03-01"}}),
+        ];
+        let (_d, tree, reg) = setup(&res);
+        let s = |rt: &str, qs: &str| search(&tree, &reg, rt, qs).unwrap_or_else(|e| panic!("{qs}: {e}"));
+        // An end-first Period is searched as the range it spans.
+        assert_eq!(s("Observation", "date=lt2020-04"), ["o"]);
+        assert_eq!(s("Observation", "date=gt2021-01"), ["o"]);
+        assert_eq!(s("Observation", "date=ge2021-01"), ["o"]);
+        assert_eq!(s("Patient", "_has:Observation:subject:status=final"), ["p"]);
+        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        let del = WriteOp { action: Action::Delete, rtype: "Patient".into(), id: "p".into(), body: None, if_match: None, allow_create: false };
+        sm.apply(2, 1, &Command::V1(CommandV1::Writes { ts_micros: 2_000, ops: vec![del] }).encode()).unwrap();
+        assert!(s("Patient", "_has:Observation:subject:status=final").is_empty(), "a deleted target is not a match");
+        assert_eq!(s("Observation", "subject=Patient/p"), ["o"], "the reference itself is still there");
     }
 
     #[test]

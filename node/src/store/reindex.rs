@@ -1,8 +1,9 @@
 //! Rebuilding the embedded search index from the stored resources when the index on disk was
 //! written in another layout (an older Kiln) or for other search parameters. It runs when a node
-//! opens its state, before Raft applies anything: every node rebuilds from the state it holds at
-//! its applied index, walking current pointers in key order, so nodes at the same index assign
-//! the same doc numbers and write the same bytes.
+//! opens its state or installs a snapshot, before Raft applies anything further. Doc numbers are
+//! assigned in the order the log first wrote each resource (the type history, by timestamp,
+//! deleted resources included), which is the order applying the log assigns them: nodes that
+//! rebuild at different applied indexes still agree on every number and write the same bytes.
 
 use serde_json::Value;
 
@@ -13,7 +14,7 @@ use crate::search::{index, posting};
 /// Stored with the index: its layout version and the parameter set it was built for.
 pub const FORMAT_KEY: &[u8] = b"mindex_format";
 /// Bumped whenever the row or posting layout changes.
-const LAYOUT: u32 = 3;
+const LAYOUT: u32 = 4;
 /// Resources re-indexed per sled batch.
 const CHUNK: usize = 1_000;
 
@@ -40,8 +41,19 @@ impl StateMachine {
             }
             self.tree.apply_batch(batch)?;
         }
-        let mut count = 0;
+        // Doc numbers first, in first-write order per type.
         let mut staged = self.stage(0);
+        for (n, k) in self.tree.scan_prefix([keys::TYPE_HISTORY]).keys().enumerate() {
+            let k = k?;
+            let h = keys::decode_type_history(&k).ok_or_else(|| StoreError::Corrupt("type history key".into()))?;
+            staged.assign_docnum(&self.tree, &h.rtype, &h.id)?;
+            if n % (10 * CHUNK) == 10 * CHUNK - 1 {
+                self.write_index(std::mem::replace(&mut staged, self.stage(0)))?;
+            }
+        }
+        self.write_index(std::mem::replace(&mut staged, self.stage(0)))?;
+        // Then the rows of every live resource.
+        let mut count = 0;
         for item in self.tree.scan_prefix([keys::CURRENT]) {
             let (k, v) = item?;
             let cur = Current::decode(&v)?;
@@ -105,9 +117,10 @@ mod tests {
         let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
         assert_eq!(sm.ensure_index().unwrap(), Some(3), "live resources re-indexed");
         assert!(tree.get(b"xPatient\0family\0lstale\0\0\0\0\0").unwrap().is_none());
-        // Rebuilt in key order: a, c, d.
-        assert_eq!(search("family=smith"), ["a", "c"]);
-        assert_eq!(search(""), ["a", "c", "d"]);
+        // The same doc numbers as applying the log gave: first-write order (c, a, b, d).
+        assert_eq!(search("family=smith"), ["c", "a"]);
+        assert_eq!(search(""), ["c", "a", "d"]);
+        assert_eq!(crate::search::posting::docnum(&tree, "Patient", "d").unwrap(), Some(3), "the deleted b kept its number");
         assert_eq!(search("family=jones"), ["d"]);
     }
 }

@@ -27,6 +27,11 @@ pub(super) struct Staged {
 }
 
 impl Staged {
+    /// Gives `rtype/id` a doc number if it has none yet (the index rebuild).
+    pub(super) fn assign_docnum(&mut self, tree: &sled::Tree, rtype: &str, id: &str) -> Result<u32, StoreError> {
+        Ok(self.postings.docnum(tree, &mut self.batch, rtype, id)?)
+    }
+
     /// The current pointers written so far.
     pub(super) fn overlay(&self) -> &HashMap<Vec<u8>, Current> {
         &self.overlay
@@ -143,6 +148,8 @@ impl StateMachine {
         let mut reopened = StateMachine::open(self.tree.clone())?;
         reopened.search = self.search.take();
         *self = reopened;
+        // A snapshot from a node of another version may carry another index layout.
+        self.ensure_index()?;
         Ok(())
     }
 
@@ -252,7 +259,12 @@ impl StateMachine {
             return Ok(Resolved::Outcome(Err(StoreError::BadCondition("the ap prefix depends on the current time and cannot be used in a condition".into()))));
         }
         let found: Vec<String> = match (crate::search::query::Executor { tree: &self.tree, rtype: &op.rtype }).run_ids(&query) {
-            Ok(ids) => ids.into_iter().filter(|id| !exclude(id)).collect(),
+            // By id: a multiple delete stages its writes (and their timestamps) in this order.
+            Ok(mut ids) => {
+                ids.retain(|id| !exclude(id));
+                ids.sort();
+                ids
+            }
             Err(crate::search::query::SearchError::Store(e)) => return Err(e),
             Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
         };
