@@ -4,14 +4,19 @@
 //! the spec's matching rules directly: string = case- and accent-insensitive starts-with, `:exact`;
 //! token `code`, `system|code`, `|code`, `system|`; date prefixes over the implicit range of each
 //! value's precision (Periods as ranges); quantity prefixes with the implicit range of the search
-//! value's digits, exact decimals; reference `Type/id` and bare id. Both must return the same ids.
+//! value's digits, exact decimals; reference `Type/id` and bare id. Both must return the same ids;
+//! with a random `_sort` and page size, the pages (followed by their `next` links, then back by
+//! their `previous` links) must list them in the reference's order: lowest value ascending,
+//! highest descending, resources without a value last, ties in creation order.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use kiln::fhir::FhirVersion;
+use kiln::search::page;
 use kiln::search::params::Registry;
 use kiln::search::query::{parse, Executor};
+use kiln::search::sort;
 use kiln::store::command::{Action, Command, CommandV1, WriteOp};
 use kiln::store::StateMachine;
 use serde_json::{json, Value};
@@ -92,6 +97,47 @@ fn resources(r: &mut Rng) -> Vec<Value> {
 }
 
 // ---- the reference evaluator ------------------------------------------------------------------
+
+/// What a resource sorts by (each resource here has at most one value per sort parameter).
+enum SortValue {
+    Text(String),
+    Range(i128, i128),
+    Number((i128, u32)),
+}
+
+fn sort_value(res: &Value, code: &str) -> Option<SortValue> {
+    let s = |v: &Value| v.as_str().map(String::from);
+    match code {
+        "family" => s(&res["name"][0]["family"]).map(|f| SortValue::Text(fold(&f))),
+        "_id" => s(&res["id"]).map(SortValue::Text),
+        "birthdate" => s(&res["birthDate"]).map(|d| {
+            let (lo, hi) = range(&d);
+            SortValue::Range(lo, hi)
+        }),
+        "date" => {
+            if let Some(d) = s(&res["effectiveDateTime"]) {
+                let (lo, hi) = range(&d);
+                Some(SortValue::Range(lo, hi))
+            } else {
+                let p = res.get("effectivePeriod")?;
+                let lo = p.get("start").and_then(|x| x.as_str()).map(|x| range(x).0).unwrap_or(i128::MIN);
+                let hi = p.get("end").and_then(|x| x.as_str()).map(|x| range(x).1).unwrap_or(i128::MAX);
+                Some(SortValue::Range(lo, hi))
+            }
+        }
+        "value-quantity" => res.get("valueQuantity").map(|q| SortValue::Number(dec(&q["value"].to_string()))),
+        other => unreachable!("{other}"),
+    }
+}
+
+fn cmp_sort(a: &SortValue, b: &SortValue) -> std::cmp::Ordering {
+    match (a, b) {
+        (SortValue::Text(x), SortValue::Text(y)) => x.cmp(y),
+        (SortValue::Range(a1, a2), SortValue::Range(b1, b2)) => (a1, a2).cmp(&(b1, b2)),
+        (SortValue::Number(x), SortValue::Number(y)) => cmp_dec(*x, *y),
+        _ => unreachable!("one parameter, one kind of value"),
+    }
+}
 
 fn fold(s: &str) -> String {
     s.chars()
@@ -274,9 +320,50 @@ fn index_engine_agrees_with_the_reference_evaluator() {
                 .map(|r| r["id"].as_str().unwrap().to_string())
                 .collect();
             let q = parse(&reg, rtype, &criteria, false).unwrap();
-            let got: BTreeSet<String> = Executor { tree: &tree, rtype }.run_ids(&q).unwrap().into_iter().collect();
+            let exec = Executor { tree: &tree, rtype };
+            let docs = exec.run(&q).unwrap();
+            let got: BTreeSet<String> = exec.ids(&docs).unwrap().into_iter().collect();
             assert_eq!(got, want, "round {round}: {rtype}?{criteria:?}");
             compared += 1;
+            // Sorted and paged.
+            let sorts: &[&str] = if rtype == "Patient" { &["family", "-family", "birthdate", "-birthdate", "_id", "-_id"] } else { &["date", "-date", "value-quantity", "-value-quantity", "_id"] };
+            let sort_by = *rng.pick(sorts);
+            let count = 1 + rng.below(5) as usize;
+            let (code, desc) = match sort_by.strip_prefix('-') {
+                Some(c) => (c, true),
+                None => (sort_by, false),
+            };
+            let mut order: Vec<&Value> = data.iter().filter(|r| r["resourceType"] == rtype && want.contains(r["id"].as_str().unwrap())).collect();
+            order.sort_by(|a, b| match (sort_value(a, code), sort_value(b, code)) {
+                (Some(x), Some(y)) if desc => cmp_sort(&y, &x),
+                (Some(x), Some(y)) => cmp_sort(&x, &y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+            let want_order: Vec<String> = order.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+            let spec = sort::parse(&reg, rtype, Some(sort_by)).unwrap();
+            let get = |cursor: Option<String>| page::page(&tree, vec![(rtype, docs.clone())], std::slice::from_ref(&spec), cursor.as_deref(), count).unwrap();
+            let ids_of = |p: &page::Page| p.items.iter().map(|(_, d)| exec.id(*d).unwrap()).collect::<Vec<_>>();
+            let (mut forward, mut pages) = (Vec::new(), get(None));
+            loop {
+                assert!(pages.items.len() <= count);
+                forward.extend(ids_of(&pages));
+                match &pages.next {
+                    Some(edge) => pages = get(Some(format!("n:{}", hex::encode(edge)))),
+                    None => break,
+                }
+            }
+            assert_eq!(forward, want_order, "round {round}: {rtype}?{criteria:?}&_sort={sort_by}&_count={count}, forward");
+            let mut backward = Vec::new();
+            loop {
+                backward.splice(0..0, ids_of(&pages));
+                match &pages.previous {
+                    Some(edge) => pages = get(Some(format!("p:{}", hex::encode(edge)))),
+                    None => break,
+                }
+            }
+            assert_eq!(backward, want_order, "round {round}: {rtype}?{criteria:?}&_sort={sort_by}&_count={count}, backward");
         }
     }
     eprintln!("{compared} random queries: index engine == reference evaluator");
