@@ -14,3 +14,5 @@ pub mod params;
 pub mod posting;
 pub mod query;
 pub mod sort;
+#[cfg(test)]
+pub mod testing;

@@ -344,14 +344,9 @@ impl Walk<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::fhir::FhirVersion;
-    use crate::search::params::Registry;
     use crate::search::query::{parse, Executor};
     use crate::store::command::{Action, Command, CommandV1, WriteOp};
-    use crate::store::StateMachine;
 
     #[test]
     fn doc_order_pages_match_keyed_pages() {
@@ -422,20 +417,17 @@ mod tests {
 
     #[test]
     fn walking_sort_rows_gives_the_same_pages_as_sorting_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
-        let reg = Arc::new(Registry::load(FhirVersion::R4));
-        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
         // Several names per patient (a patient sorts at its lowest / highest), shared values,
         // case variants of one name, dates of different precision, patients without values.
         let families = ["Smith", "smith", "Zed", "Alpha", "mu", "Mu", "beta"];
         let ops: Vec<WriteOp> = (0..60)
             .map(|i: usize| {
-                let mut p = serde_json::json!({"resourceType": "Patient", "id": format!("p{i:02}"), "gender": if i % 3 == 0 { "male" } else { "female" }});
-                if i % 5 != 0 {
+                let mut p = serde_json::json!({"resourceType": "Patient", "id": format!("p{i:02}"), "gender": if i.is_multiple_of(3) { "male" } else { "female" }});
+                if !i.is_multiple_of(5) {
                     p["name"] = serde_json::json!([{"family": families[i % 7]}, {"family": families[(i * 3) % 7]}]);
                 }
-                if i % 4 != 0 {
+                if !i.is_multiple_of(4) {
                     p["birthDate"] = serde_json::json!(match i % 3 { 0 => format!("19{:02}", i), 1 => format!("19{:02}-0{}", i % 50, 1 + i % 9), _ => format!("1970-01-{:02}", 1 + i % 28) });
                 }
                 WriteOp { action: Action::Update, rtype: "Patient".into(), id: format!("p{i:02}"), body: Some(p.to_string()), if_match: None, allow_create: true }

@@ -756,30 +756,14 @@ fn escaped(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::FhirVersion;
     use crate::store::command::{Action, Command, CommandV1, WriteOp};
     use crate::store::StateMachine;
     use serde_json::json;
 
     fn setup(resources: &[serde_json::Value]) -> (tempfile::TempDir, sled::Tree, Arc<Registry>) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("state").unwrap();
-        let reg = Arc::new(Registry::load(FhirVersion::R4));
-        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
-        let ops = resources
-            .iter()
-            .map(|r| WriteOp {
-                action: Action::Update,
-                rtype: r["resourceType"].as_str().unwrap().into(),
-                id: r["id"].as_str().unwrap().into(),
-                body: Some(r.to_string()),
-                if_match: None,
-                allow_create: true,
-            })
-            .collect();
-        sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1_000, ops }).encode()).unwrap();
-        (dir, tree, reg)
+        let mut ix = crate::search::testing::indexed();
+        crate::search::testing::put_all(&mut ix.sm, 1, resources);
+        (ix.dir, ix.tree, ix.reg)
     }
 
     fn search(tree: &sled::Tree, reg: &Registry, rtype: &str, qs: &str) -> Result<Vec<String>, SearchError> {

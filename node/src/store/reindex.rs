@@ -79,20 +79,13 @@ impl StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::fhir::FhirVersion;
-    use crate::search::params::Registry;
     use crate::search::query::{parse, Executor};
     use crate::store::command::{Action, Command, CommandV1, WriteOp};
 
     #[test]
     fn an_index_in_another_format_is_rebuilt_the_same_way() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
-        let reg = Arc::new(Registry::load(FhirVersion::R4));
-        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
         assert_eq!(sm.ensure_index().unwrap(), Some(0), "a new store records its format");
         assert_eq!(sm.ensure_index().unwrap(), None);
         let put = |id: &str, family: &str| WriteOp {
