@@ -21,9 +21,9 @@ pub enum Needs {
 }
 
 /// Every scenario, in report order.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 19] = [
     "read", "vread", "create", "update-if-match", "history-instance", "history-type", "mixed-crud", "search-token",
-    "search-string", "search-date", "search-reference", "search-chained", "search-include", "search-count",
+    "search-string", "search-date", "search-reference", "search-chained", "search-include", "search-count", "search-sort",
     "transaction-100", "transaction-1000", "history-system", "delete",
 ];
 
@@ -229,6 +229,7 @@ pub async fn step(t: Arc<Target>, name: &'static str, client: usize, i: u64) -> 
         "search-chained" => get(&t, "/Observation?subject:Patient.family=Smith&_count=20").await,
         "search-include" => get(&t, &format!("/Observation?subject=Patient/pat-{p}&_include=Observation:subject&_count=20")).await,
         "search-count" => get(&t, "/Observation?code=http://loinc.org|8867-4&_summary=count").await,
+        "search-sort" => get(&t, "/Observation?code=http://loinc.org|8867-4&_sort=-date&_count=20").await,
         "transaction-100" | "transaction-1000" => {
             let n = if name == "transaction-100" { 100 } else { 1000 };
             send_json(&t, reqwest::Method::POST, "", &bundle(n, client, i), None, &[200]).await
