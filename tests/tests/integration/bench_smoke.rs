@@ -37,7 +37,7 @@ fn bench_suite_smoke() {
     }
     let ran: Vec<&str> = report.rows.iter().map(|r| r.scenario.as_str()).collect();
     for s in ["read", "vread", "create", "update-if-match", "history-instance", "history-type", "history-system", "mixed-crud", "delete",
-        "search-token", "search-string", "search-date", "search-reference", "search-count", "search-chained", "search-include",
+        "search-token", "search-string", "search-date", "search-reference", "search-count", "search-sort", "search-chained", "search-include",
         "transaction-100", "transaction-1000"] {
         assert!(ran.contains(&s), "{s} did not run");
     }
