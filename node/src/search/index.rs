@@ -12,7 +12,8 @@
 //! String parts are escaped (`\0` → `\1\1`, `\1` → `\1\2`, order kept) and end with `\0`;
 //! numbers and dates are fixed-width order-preserving binaries; the 4-byte block number follows
 //! the last part. Kinds: `t` token code, system (empty when none) · `x` token text · `l`
-//! normalized string, exact string · `d` date low, high · `D` date high, low · `#` number · `q` quantity value · `c`
+//! normalized string, exact string · `d` date low, high · `k` date span class, low, high ·
+//! `M` (no parts) two or more date values · `#` number · `q` quantity value · `c`
 //! quantity code-or-unit, value · `Q` quantity system, code, value · `r` reference type, id ·
 //! `R` literal reference · `u` uri · `o` identifier type system, type code, value · `i`
 //! reference identifier value, system · `g` position latitude, longitude.
@@ -130,16 +131,19 @@ fn value_keys(base: &[u8], v: &IndexValue) -> Vec<Vec<u8>> {
         IndexValue::TokenText(t) => vec![with(b'x', &[t])],
         IndexValue::String { exact, normalized } => vec![with(b'l', &[normalized, exact])],
         IndexValue::Date { low, high } => {
-            // By low end, and by high end: a range prefix scans one of them from a bound. A
-            // Period given end-first (invalid, but stored as sent) is indexed as its range.
-            let (low, high) = (low.min(high), low.max(high));
+            // By low end (`d`: sorting, and prefixes bounded by the low end), and by span class
+            // then low end (`k`: a range's low end is within its class's span of its high end, so
+            // "ends after X" becomes a bounded scan). A Period given end-first (invalid, but
+            // stored as sent) is indexed as the range it spans.
+            let (low, high) = (*low.min(high), *low.max(high));
             let mut d = p(b'd');
-            d.extend_from_slice(&i64_key(*low));
-            d.extend_from_slice(&i64_key(*high));
-            let mut by_high = p(b'D');
-            by_high.extend_from_slice(&i64_key(*high));
-            by_high.extend_from_slice(&i64_key(*low));
-            vec![d, by_high]
+            d.extend_from_slice(&i64_key(low));
+            d.extend_from_slice(&i64_key(high));
+            let mut k = p(b'k');
+            k.push(date_class(low, high));
+            k.extend_from_slice(&i64_key(low));
+            k.extend_from_slice(&i64_key(high));
+            vec![d, k]
         }
         IndexValue::Number(d) => vec![num(b'#', &[], d)],
         IndexValue::Quantity { value, system, code: c, unit } => {
@@ -206,6 +210,22 @@ fn composite_values(components: &[Component], resource: &Value, item: &Item) -> 
     combos.into_iter().flat_map(|combo| lasts.iter().map(move |v| (combo.clone(), v.clone()))).collect()
 }
 
+/// Upper bounds (µs) of the span of date range classes 0..=4 (a second, a day, 32 days, 367
+/// days, 3,700 days); class 5 is unbounded (open-ended Periods and longer ranges).
+pub const DATE_SPANS: [i64; 5] = [1_000_000, 86_400_000_000, 32 * 86_400_000_000, 367 * 86_400_000_000, 3_700 * 86_400_000_000];
+
+/// The span class of `[low, high)`.
+pub fn date_class(low: i64, high: i64) -> u8 {
+    let span = high.saturating_sub(low);
+    DATE_SPANS.iter().position(|max| span <= *max).unwrap_or(DATE_SPANS.len()) as u8
+}
+
+/// `x` type `\0` code `\0` `M`: the row of resources with two or more values of a date
+/// parameter (a range query on one value at a time is exact for the others).
+pub fn multi_date_row(rtype: &str, code: &str) -> Vec<u8> {
+    kind_prefix(&param_rows(rtype, code), b'M')
+}
+
 /// `x` type `\0` `\0` `*`: the row every live resource of the type is in.
 pub fn live_row(rtype: &str) -> Vec<u8> {
     kind_prefix(&param_rows(rtype, ""), b'*')
@@ -215,23 +235,40 @@ pub fn live_row(rtype: &str) -> Vec<u8> {
 pub fn rows(reg: &Registry, rtype: &str, resource: &Value) -> Vec<Vec<u8>> {
     let mut out = std::collections::BTreeSet::new();
     out.insert(live_row(rtype));
-    let mut add = |base: &[u8], v: &IndexValue| out.extend(value_keys(base, v));
     for param in reg.for_type(rtype) {
         let Some(expr) = &param.expr else { continue };
         if param.def.kind == ParamType::Composite {
             for item in eval_resource(expr, resource) {
                 for (leading, last) in composite_values(&param.components, resource, &item) {
-                    add(&composite_base(rtype, &param.def.code, &leading), &last);
+                    out.extend(value_keys(&composite_base(rtype, &param.def.code, &leading), &last));
                 }
             }
             continue;
         }
         let base = param_rows(rtype, &param.def.code);
-        for v in &extract(param.def.kind, &eval_resource(expr, resource)) {
-            add(&base, v);
+        let values = extract(param.def.kind, &eval_resource(expr, resource));
+        for v in &values {
+            out.extend(value_keys(&base, v));
+        }
+        if param.def.kind == ParamType::Date && distinct_dates(&values) > 1 {
+            out.insert(multi_date_row(rtype, &param.def.code));
         }
     }
     out.into_iter().collect()
+}
+
+/// How many different ranges a date parameter's values span.
+fn distinct_dates(values: &[IndexValue]) -> usize {
+    let mut ranges: Vec<(i64, i64)> = values
+        .iter()
+        .filter_map(|v| match v {
+            IndexValue::Date { low, high } => Some((*low.min(high), *low.max(high))),
+            _ => None,
+        })
+        .collect();
+    ranges.sort_unstable();
+    ranges.dedup();
+    ranges.len()
 }
 
 /// The reverse row's value: the keys, each with a u32 length.

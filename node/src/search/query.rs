@@ -11,10 +11,10 @@ use roaring::RoaringBitmap;
 
 use super::decimal::Decimal;
 use super::extract::normalize;
-use super::index::{base_exact, base_open, composite_base, exact_prefix, i64_from_key, i64_key, kind_prefix, live_row, param_prefix, param_rows, push_str};
+use super::index::{base_exact, base_open, composite_base, exact_prefix, kind_prefix, live_row, param_prefix, param_rows, push_str};
+use super::date_query::{self, DateTest};
 use super::posting::{self, PostingError};
 use super::params::{ParamType, Registry, SearchParam};
-use crate::fhir::meta::{now_micros, parse_fhir_range};
 use crate::store::StoreError;
 
 /// Why a search request is refused.
@@ -64,7 +64,7 @@ pub enum Prefix {
     Ap,
 }
 
-fn split_prefix(v: &str) -> (Prefix, &str) {
+pub(super) fn split_prefix(v: &str) -> (Prefix, &str) {
     let p = match v.get(..2) {
         Some("eq") => Prefix::Eq,
         Some("ne") => Prefix::Ne,
@@ -301,13 +301,31 @@ impl Executor<'_> {
     /// The doc numbers matching every criterion.
     pub fn run(&self, q: &Query) -> Result<Ids, SearchError> {
         let mut result: Option<Ids> = None;
-        for c in &q.criteria {
-            let ids = self.criterion(c)?;
-            result = Some(match result {
+        let mut and = |ids: Ids| {
+            let r = match result.take() {
                 None => ids,
                 Some(r) => r & ids,
-            });
-            if result.as_ref().is_some_and(|r| r.is_empty()) {
+            };
+            let empty = r.is_empty();
+            result = Some(r);
+            empty
+        };
+        // A lower and an upper bound on one date parameter: one scan bounded on both sides.
+        let mut done = vec![false; q.criteria.len()];
+        for (i, j) in date_pairs(&q.criteria) {
+            let (l, u) = (&q.criteria[i], &q.criteria[j]);
+            let code = &l.param.def.code;
+            let (Ok(lt), Ok(ut)) = (DateTest::parse(code, &l.values[0]), DateTest::parse(code, &u.values[0])) else { continue };
+            if let Some(ids) = date_query::range_pair(self, code, &lt, &ut)? {
+                done[i] = true;
+                done[j] = true;
+                if and(ids) {
+                    return Ok(result.unwrap_or_default());
+                }
+            }
+        }
+        for (c, _) in q.criteria.iter().zip(&done).filter(|(_, d)| !**d) {
+            if and(self.criterion(c)?) {
                 break;
             }
         }
@@ -566,60 +584,7 @@ impl Executor<'_> {
     }
 
     fn date(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let code = c.param.def.code.as_str();
-        let (prefix, text) = split_prefix(v);
-        let (lo, hi) = parse_fhir_range(text)
-            .ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a FHIR date, dateTime or instant") })?;
-        let (alo, ahi) = if prefix == Prefix::Ap {
-            // Approximately: the value widened by 10% of its distance from now (at least a day).
-            let now = now_micros() as i64;
-            let w = ((now - lo).abs() / 10).max(86_400_000_000);
-            (lo.saturating_sub(w), hi.saturating_add(w))
-        } else {
-            (lo, hi)
-        };
-        let keep = move |tlo: i64, thi: i64| -> bool {
-            let eq = tlo >= lo && thi <= hi;
-            match prefix {
-                Prefix::Eq => eq,
-                Prefix::Ne => !eq,
-                Prefix::Gt => thi > hi,
-                Prefix::Lt => tlo < lo,
-                Prefix::Ge => thi > hi || eq,
-                Prefix::Le => tlo < lo || eq,
-                Prefix::Sa => tlo >= hi,
-                Prefix::Eb => thi <= lo,
-                Prefix::Ap => tlo < ahi && thi > alo,
-            }
-        };
-        // Rows by low end (`d`: low, high) and by high end (`D`: high, low). Each prefix scans
-        // only the key range that can hold its matches ([from, to), on the leading end) and
-        // still tests every row it reads.
-        let by_low = |from: Option<i64>, to: Option<i64>, out: &mut Ids| {
-            let keep = |rest: &[u8]| matches!((i64_from_key(rest), rest.get(8..).and_then(i64_from_key)), (Some(tlo), Some(thi)) if keep(tlo, thi));
-            posting::scan_range(self.tree, &kind_prefix(base, b'd'), from.map(i64_key), to.map(i64_key), keep, out)
-        };
-        let by_high = |from: Option<i64>, to: Option<i64>, out: &mut Ids| {
-            let keep = |rest: &[u8]| matches!((i64_from_key(rest), rest.get(8..).and_then(i64_from_key)), (Some(thi), Some(tlo)) if keep(tlo, thi));
-            posting::scan_range(self.tree, &kind_prefix(base, b'D'), from.map(i64_key), to.map(i64_key), keep, out)
-        };
-        let after = |x: i64| x.saturating_add(1);
-        match prefix {
-            // tlo <= thi, so a range inside [lo, hi] starts in it.
-            Prefix::Eq => by_low(Some(lo), Some(after(hi)), out)?,
-            Prefix::Ne => by_low(None, None, out)?,
-            Prefix::Gt => by_high(Some(after(hi)), None, out)?,
-            Prefix::Lt => by_low(None, Some(lo), out)?,
-            Prefix::Ge => {
-                by_high(Some(after(hi)), None, out)?;
-                by_low(Some(lo), Some(after(hi)), out)?;
-            }
-            Prefix::Le => by_low(None, Some(after(hi)), out)?,
-            Prefix::Sa => by_low(Some(hi), None, out)?,
-            Prefix::Eb => by_high(None, Some(after(lo)), out)?,
-            Prefix::Ap => by_high(Some(after(alo)), None, out)?,
-        }
-        Ok(())
+        date_query::scan(self.tree, base, &DateTest::parse(&c.param.def.code, v)?, out)
     }
 
     /// Number semantics for number and quantity rows under `prefix + parts`.
@@ -722,14 +687,42 @@ fn unescape(b: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The (type, id) targets of `rtype/id`'s reference parameter `code`, from its index rows.
-pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Result<Vec<(String, String)>, SearchError> {
+/// Pairs (lower bound, upper bound) of single-value, unmodified criteria on the same plain date
+/// parameter, each criterion in at most one pair.
+fn date_pairs(criteria: &[Criterion]) -> Vec<(usize, usize)> {
+    let plain_date = |c: &Criterion| c.link.is_none() && c.modifier.is_none() && c.values.len() == 1 && c.param.def.kind == ParamType::Date;
+    let bound = |c: &Criterion, lower: bool| {
+        plain_date(c) && {
+            let (p, _) = split_prefix(&c.values[0]);
+            if lower { matches!(p, Prefix::Ge | Prefix::Gt | Prefix::Sa) } else { matches!(p, Prefix::Le | Prefix::Lt | Prefix::Eb) }
+        }
+    };
+    let mut used = vec![false; criteria.len()];
+    let mut out = Vec::new();
+    for i in 0..criteria.len() {
+        if used[i] || !bound(&criteria[i], true) {
+            continue;
+        }
+        if let Some(j) = (0..criteria.len()).find(|&j| !used[j] && bound(&criteria[j], false) && criteria[j].param.def.code == criteria[i].param.def.code) {
+            used[i] = true;
+            used[j] = true;
+            out.push((i, j));
+        }
+    }
+    out
+}
+
+/// The parts after `prefix` of `rtype/id`'s index rows that start with it (its reverse list).
+pub fn rows_under(tree: &sled::Tree, rtype: &str, id: &str, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
     let Some(list) = tree.get(super::index::reverse_key(rtype, id))? else { return Ok(Vec::new()) };
     let rows = super::index::decode_list(&list).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?;
-    let prefix = param_prefix(rtype, code, b'r');
-    Ok(rows
+    Ok(rows.into_iter().filter_map(|k| k.strip_prefix(prefix).map(<[u8]>::to_vec)).collect())
+}
+
+/// The (type, id) targets of `rtype/id`'s reference parameter `code`, from its index rows.
+pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Result<Vec<(String, String)>, SearchError> {
+    Ok(rows_under(tree, rtype, id, &param_prefix(rtype, code, b'r'))?
         .iter()
-        .filter_map(|k| k.strip_prefix(prefix.as_slice()))
         .filter_map(|rest| {
             let mut parts = rest.split(|b| *b == 0);
             Some((unescape(parts.next()?), unescape(parts.next()?)))

@@ -5,7 +5,8 @@
 //! token `code`, `system|code`, `|code`, `system|`; date prefixes over the implicit range of each
 //! value's precision (Periods as ranges); quantity prefixes with the implicit range of the search
 //! value's digits, exact decimals; reference `Type/id` and bare id. Both must return the same ids;
-//! with a random `_sort` and page size, the pages (followed by their `next` links, then back by
+//! date criteria include lower + upper bound pairs on one parameter, and Goals with several due
+//! dates; with a random `_sort` and page size, the pages (followed by their `next` links, then back by
 //! their `previous` links) must list them in the reference's order: lowest value ascending,
 //! highest descending, resources without a value last, ties in creation order.
 
@@ -93,21 +94,36 @@ fn resources(r: &mut Rng) -> Vec<Value> {
         }
         out.push(o);
     }
+    // Goals: zero to three targets, each with a due date: a date parameter with several values.
+    for i in 0..10 {
+        let targets: Vec<Value> = (0..r.below(4)).map(|_| json!({"dueDate": date_text(r).chars().take(10).collect::<String>()})).collect();
+        let mut g = json!({"resourceType": "Goal", "id": format!("g{i}"), "lifecycleStatus": "active", "description": {"text": "x"}, "subject": {"reference": "Patient/p0"}});
+        if !targets.is_empty() {
+            g["target"] = json!(targets);
+        }
+        out.push(g);
+    }
     out
 }
 
 // ---- the reference evaluator ------------------------------------------------------------------
 
-/// What a resource sorts by (each resource here has at most one value per sort parameter).
+/// What a resource sorts by.
 enum SortValue {
     Text(String),
     Range(i128, i128),
     Number((i128, u32)),
 }
 
-fn sort_value(res: &Value, code: &str) -> Option<SortValue> {
+/// The value a resource sorts by: its lowest ascending, its highest descending.
+fn sort_value(res: &Value, code: &str, desc: bool) -> Option<SortValue> {
     let s = |v: &Value| v.as_str().map(String::from);
     match code {
+        "target-date" => {
+            let ranges = res["target"].as_array().into_iter().flatten().filter_map(|t| t["dueDate"].as_str()).map(range);
+            let pick = if desc { ranges.max() } else { ranges.min() };
+            pick.map(|(lo, hi)| SortValue::Range(lo, hi))
+        }
         "family" => s(&res["name"][0]["family"]).map(|f| SortValue::Text(fold(&f))),
         "_id" => s(&res["id"]).map(SortValue::Text),
         "birthdate" => s(&res["birthDate"]).map(|d| {
@@ -255,12 +271,33 @@ fn matches(res: &Value, param: &str, value: &str) -> bool {
             let r = s(&res["subject"]["reference"]);
             r == value || r.rsplit('/').next() == Some(value)
         }
+        "target-date" => res["target"].as_array().into_iter().flatten().any(|t| t.get("dueDate").is_some_and(|d| date_matches(range(&s(d)), value))),
         _ => unreachable!("{param}"),
     }
 }
 
+/// A lower and an upper bound on one date parameter (`ge…&lt…`): the engine answers such pairs
+/// with one bounded scan.
+fn random_range(r: &mut Rng) -> (&'static str, Vec<(String, String)>) {
+    let (rtype, param, day_only) = match r.below(3) {
+        0 => ("Patient", "birthdate", true),
+        1 => ("Observation", "date", false),
+        _ => ("Goal", "target-date", true),
+    };
+    let value = |r: &mut Rng, prefixes: &[&str]| {
+        let d = date_text(r);
+        format!("{}{}", r.pick(prefixes), if day_only { d.chars().take(10).collect::<String>() } else { d })
+    };
+    let lower = value(r, &["ge", "gt", "sa"]);
+    let upper = value(r, &["le", "lt", "eb"]);
+    (rtype, vec![(param.to_string(), lower), (param.to_string(), upper)])
+}
+
 fn random_query(r: &mut Rng) -> (&'static str, &'static str, String) {
     let prefixes = ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"];
+    if r.below(9) == 0 {
+        return ("Goal", "target-date", format!("{}{}", r.pick(&prefixes), date_text(r).chars().take(10).collect::<String>()));
+    }
     match r.below(8) {
         0 => {
             let f = r.pick(&FAMILIES);
@@ -305,8 +342,12 @@ fn index_engine_agrees_with_the_reference_evaluator() {
         sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1, ops }).encode()).unwrap();
         for _ in 0..40 {
             // One to two criteria, AND-ed, on the same type.
-            let (rtype, param, value) = random_query(&mut rng);
-            let mut criteria = vec![(param.to_string(), value)];
+            let (rtype, mut criteria) = if rng.below(4) == 0 {
+                random_range(&mut rng)
+            } else {
+                let (rtype, param, value) = random_query(&mut rng);
+                (rtype, vec![(param.to_string(), value)])
+            };
             if rng.below(3) == 0 {
                 let (t2, p2, v2) = random_query(&mut rng);
                 if t2 == rtype {
@@ -326,7 +367,11 @@ fn index_engine_agrees_with_the_reference_evaluator() {
             assert_eq!(got, want, "round {round}: {rtype}?{criteria:?}");
             compared += 1;
             // Sorted and paged.
-            let sorts: &[&str] = if rtype == "Patient" { &["family", "-family", "birthdate", "-birthdate", "_id", "-_id"] } else { &["date", "-date", "value-quantity", "-value-quantity", "_id"] };
+            let sorts: &[&str] = match rtype {
+                "Patient" => &["family", "-family", "birthdate", "-birthdate", "_id", "-_id"],
+                "Observation" => &["date", "-date", "value-quantity", "-value-quantity", "_id"],
+                _ => &["target-date", "-target-date", "_id"],
+            };
             let sort_by = *rng.pick(sorts);
             let count = 1 + rng.below(5) as usize;
             let (code, desc) = match sort_by.strip_prefix('-') {
@@ -334,7 +379,7 @@ fn index_engine_agrees_with_the_reference_evaluator() {
                 None => (sort_by, false),
             };
             let mut order: Vec<&Value> = data.iter().filter(|r| r["resourceType"] == rtype && want.contains(r["id"].as_str().unwrap())).collect();
-            order.sort_by(|a, b| match (sort_value(a, code), sort_value(b, code)) {
+            order.sort_by(|a, b| match (sort_value(a, code, desc), sort_value(b, code, desc)) {
                 (Some(x), Some(y)) if desc => cmp_sort(&y, &x),
                 (Some(x), Some(y)) => cmp_sort(&x, &y),
                 (Some(_), None) => std::cmp::Ordering::Less,
