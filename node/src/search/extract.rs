@@ -157,8 +157,13 @@ fn dates(out: &mut Vec<IndexValue>, v: &Value) {
             }
         }
         Value::Object(o) if o.contains_key("start") || o.contains_key("end") => {
-            let low = o.get("start").and_then(Value::as_str).and_then(date_range).map(|r| r.0).unwrap_or(i64::MIN);
-            let high = o.get("end").and_then(Value::as_str).and_then(date_range).map(|r| r.1).unwrap_or(i64::MAX);
+            let start = o.get("start").and_then(Value::as_str).and_then(date_range);
+            let end = o.get("end").and_then(Value::as_str).and_then(date_range);
+            let (low, high) = match (start, end) {
+                // An end-first Period (invalid, stored as sent): from the end to the start.
+                (Some(s), Some(e)) if s.0 >= e.1 => (e.0, s.1),
+                (s, e) => (s.map(|r| r.0).unwrap_or(i64::MIN), e.map(|r| r.1).unwrap_or(i64::MAX)),
+            };
             out.push(IndexValue::Date { low, high });
         }
         Value::Object(o) if o.contains_key("event") || o.contains_key("repeat") => {

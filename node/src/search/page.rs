@@ -152,8 +152,9 @@ impl Ordered {
             },
         };
         let items = (start..end).filter_map(|i| self.get(i)).collect();
-        // Before the first match of this page; past the end, just after the last match.
-        let previous = (start > 0).then(|| if start < len { self.key(start) } else { self.key(len - 1).map(just_after) }).flatten();
+        // Before the first match of this page; past the end, just after the last match. A
+        // `_count=0` page (the total only) has no neighbours.
+        let previous = (start > 0 && count > 0).then(|| if start < len { self.key(start) } else { self.key(len - 1).map(just_after) }).flatten();
         let next = (end < len && end > start).then(|| self.key(end - 1)).flatten();
         Page { items, total: len, previous, next }
     }
@@ -183,8 +184,13 @@ fn walk_page(tree: &sled::Tree, rtype: &'static str, docs: &Ids, spec: &SortSpec
             let mut items = w.collect(Some((edge, false)), true, count + 1)?;
             let more = items.len() > count;
             items.truncate(count);
-            let before = !w.collect(Some((edge, true)), false, 1)?.is_empty();
-            let previous = before.then(|| items.first().map(|(_, k)| k.clone()).unwrap_or_else(|| just_after(edge.clone())));
+            // Past the end (the edge was deleted): just after the last match, as the sorted path.
+            let last_before = w.collect(Some((edge, true)), false, 1)?;
+            let previous = match (items.first(), last_before.first()) {
+                (_, None) => None,
+                (Some((_, k)), Some(_)) => Some(k.clone()),
+                (None, Some((_, k))) => Some(just_after(k.clone())),
+            };
             Page { next: more.then(|| items.last().map(|(_, k)| k.clone())).flatten(), previous, items: w.finish(items), total }
         }
         Cursor::Before(edge) => {
@@ -374,6 +380,8 @@ mod tests {
             assert_eq!(docs_of(&o.page(&before(past.previous.unwrap()), 3)), [9, 300, 70_000]);
         }
         assert!(fast.page(&after(vec![0]), 1).items.len() == 1, "a short cursor never panics");
+        let counted = fast.page(&after(doc_key("Patient", 5)), 0);
+        assert!(counted.items.is_empty() && counted.previous.is_none() && counted.next.is_none(), "_count=0: the total only");
         assert!(parse_cursor(Some("x:00")).is_err());
         assert!(parse_cursor(Some("n:zz")).is_err());
     }

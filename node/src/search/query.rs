@@ -249,7 +249,33 @@ fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, links: &mut L
     if let Some(m) = &modifier {
         check_modifier(param, m)?;
     }
-    Ok(Criterion { param: param.clone(), modifier, values: split_or(value), link: None })
+    let values = split_or(value);
+    if modifier.is_none() {
+        check_values(param, &values)?;
+    }
+    Ok(Criterion { param: param.clone(), modifier, values, link: None })
+}
+
+/// Date and number values are checked when the search is parsed, so a bad one is a 400 (or,
+/// under lenient handling, an ignored parameter) whatever else the search finds.
+fn check_values(p: &SearchParam, values: &[String]) -> Result<(), SearchError> {
+    let code = p.def.code.as_str();
+    for v in values {
+        match p.def.kind {
+            ParamType::Date => {
+                DateTest::parse(code, v)?;
+            }
+            ParamType::Number | ParamType::Quantity => {
+                let number = v.split('|').next().unwrap_or_default();
+                let (_, text) = split_prefix(number);
+                if Decimal::parse(text).is_none() {
+                    return Err(SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number") });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
@@ -856,6 +882,12 @@ mod tests {
         assert_eq!(s("Observation", "date=lt2020-04"), ["o"]);
         assert_eq!(s("Observation", "date=gt2021-01"), ["o"]);
         assert_eq!(s("Observation", "date=ge2021-01"), ["o"]);
+        // It spans 2020-03-01 to the end of 2021-06-01.
+        assert_eq!(s("Observation", "date=lt2020-03-02"), ["o"]);
+        assert!(s("Observation", "date=eb2021-06-01").is_empty());
+        // A bad value is refused even when another criterion finds nothing.
+        assert!(matches!(search(&tree, &reg, "Observation", "date=ge2030&date=lt2020&date=notadate"), Err(SearchError::BadValue { .. })));
+        assert!(matches!(search(&tree, &reg, "Observation", "code=zzz&value-quantity=ten"), Err(SearchError::BadValue { .. })));
         assert_eq!(s("Patient", "_has:Observation:subject:status=final"), ["p"]);
         let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
         let del = WriteOp { action: Action::Delete, rtype: "Patient".into(), id: "p".into(), body: None, if_match: None, allow_create: false };

@@ -14,7 +14,7 @@ use crate::search::{index, posting};
 /// Stored with the index: its layout version and the parameter set it was built for.
 pub const FORMAT_KEY: &[u8] = b"mindex_format";
 /// Bumped whenever the row or posting layout changes.
-const LAYOUT: u32 = 5;
+const LAYOUT: u32 = 6;
 /// Resources re-indexed per sled batch.
 const CHUNK: usize = 1_000;
 
