@@ -456,6 +456,15 @@ mod tests {
                     assert_eq!(walk_f, keyed_f, "{filter} {sort} {count}: walk forward");
                     assert_eq!(walk_b, keyed_f, "{filter} {sort} {count}: walk backward");
                 }
+                // A cursor past every match (its resource deleted): both give the same way back.
+                let mut beyond = vec![2];
+                beyond.extend_from_slice(&u32::MAX.to_be_bytes());
+                beyond.extend_from_slice(b"Patient");
+                let walked = walk_page(&tree, "Patient", &docs, &spec, &Cursor::After(beyond.clone()), 5).unwrap();
+                let sorted = page(&tree, vec![("Patient", docs.clone())], std::slice::from_ref(&spec), Some(&format!("n:{}", hex::encode(&beyond))), 5).unwrap();
+                assert!(walked.items.is_empty() && sorted.items.is_empty());
+                assert_eq!((walked.previous.as_ref(), walked.next.as_ref()), (sorted.previous.as_ref(), sorted.next.as_ref()), "{filter} {sort}: past the end");
+                assert!(walked.previous.is_some());
             }
         }
     }
