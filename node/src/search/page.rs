@@ -52,11 +52,14 @@ fn bad_cursor() -> SearchError {
 pub fn page(tree: &sled::Tree, found: Vec<(&'static str, Ids)>, sorts: &[SortSpec], cursor: Option<&str>, count: usize) -> Result<Page, SearchError> {
     let cursor = parse_cursor(cursor)?;
     if let ([(t, docs)], [spec]) = (found.as_slice(), sorts) {
-        if spec.keys.is_empty() {
-            return Ok(Ordered::Docs(t, docs.clone()).page(&cursor, count));
-        }
         if spec.keys.len() == 1 && walk_pays(tree, t, docs, count)? {
             return walk_page(tree, t, docs, spec, &cursor, count);
+        }
+    }
+    if let ([_], [spec]) = (found.as_slice(), sorts) {
+        if spec.keys.is_empty() {
+            let (t, docs) = found.into_iter().next().expect("one type");
+            return Ok(Ordered::Docs(t, docs).page(&cursor, count));
         }
     }
     let mut keyed = Vec::with_capacity(found.iter().map(|(_, d)| d.len() as usize).sum());

@@ -228,12 +228,10 @@ impl StateMachine {
         self.last_ts = staged.last_ts;
         staged.batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
         staged.batch.insert(keys::META_APPLIED, &u64_pair(index, term));
-        std::mem::take(&mut staged.postings).flush(&self.tree, &mut staged.batch)?;
-        self.tree.apply_batch(staged.batch)?;
-        Ok(())
+        self.write_index(staged)
     }
 
-    /// Writes a batch of index changes only (no applied index, no clock): the index rebuild.
+    /// Writes a staged batch with its posting block changes (alone: the index rebuild).
     pub(super) fn write_index(&self, mut staged: Staged) -> Result<(), StoreError> {
         std::mem::take(&mut staged.postings).flush(&self.tree, &mut staged.batch)?;
         self.tree.apply_batch(staged.batch)?;
