@@ -46,9 +46,9 @@ pub async fn compartment_in(ctx: &Ctx, st: &AppState, ctype: &str, cid: &str, me
         .search
         .compartment_params(ctype, rtype)
         .ok_or_else(|| RequestError::NoRoute(format!("/{ctype}/{cid}/{rtype}: {ctype} is not a compartment")))?;
-    let mut members = BTreeSet::new();
+    let mut members = query::Ids::new();
     for code in &links {
-        members.extend(query::referrers(st.store.tree(), rtype, code, ctype, cid)?);
+        members |= query::referrer_docs(st.store.tree(), rtype, code, ctype, cid)?;
     }
     let params = ctx.params.clone();
     respond(ctx, st, rtype, params, Some((format!("/{ctype}/{cid}/{rtype}"), members))).await
@@ -207,13 +207,13 @@ pub async fn system_in(ctx: &Ctx, st: &AppState) -> Result<HttpResponse, ApiErro
     respond_types(ctx, st, types, params, link_params, None, "/".into()).await
 }
 
-/// Runs a type-level search; `within` restricts it to a compartment (its path and member ids).
+/// Runs a type-level search; `within` restricts it to a compartment (its path and members' doc numbers).
 async fn respond(
     ctx: &Ctx,
     st: &AppState,
     rtype: &'static str,
     params: Vec<(String, String)>,
-    within: Option<(String, BTreeSet<String>)>,
+    within: Option<(String, query::Ids)>,
 ) -> Result<HttpResponse, ApiError> {
     let (path, within) = match within {
         Some((path, members)) => (path, Some(members)),
@@ -230,7 +230,7 @@ async fn respond_types(
     types: Vec<&'static str>,
     params: Vec<(String, String)>,
     link_params: Vec<(String, String)>,
-    within: Option<BTreeSet<String>>,
+    within: Option<query::Ids>,
     path: String,
 ) -> Result<HttpResponse, ApiError> {
     let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
@@ -264,7 +264,7 @@ async fn respond_types(
             let on_type = Executor { tree: &tree, rtype: t };
             let mut docs = on_type.run(q)?;
             if let Some(members) = &within {
-                docs &= on_type.docs(members.iter().map(String::as_str))?;
+                docs &= members;
             }
             found.push((*t, docs));
         }

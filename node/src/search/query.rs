@@ -758,10 +758,14 @@ pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Resul
 
 /// Resources of `source` whose reference parameter `code` points at `rtype/id`.
 pub fn referrers(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Vec<String>, SearchError> {
-    let on_source = Executor { tree, rtype: source };
+    (Executor { tree, rtype: source }).ids(&referrer_docs(tree, source, code, rtype, id)?)
+}
+
+/// [`referrers`] as doc numbers of `source`.
+pub fn referrer_docs(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Ids, SearchError> {
     let mut out = Ids::new();
-    on_source.scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
-    on_source.ids(&out)
+    (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
+    Ok(out)
 }
 
 /// `s` escaped like [`push_str`] but without the terminator (a prefix to scan).
