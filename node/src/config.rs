@@ -42,6 +42,14 @@ pub struct Config {
     pub write_timeout_ms: u64,
     /// A conditional DELETE matching several resources deletes them all (else 412).
     pub allow_multiple_conditional_delete: bool,
+    /// Address of the operator API (`/_cluster/nodes`, `/_cluster/digest`, `/_cluster/faults`,
+    /// plus `/_cluster/status` and `/_health`), separate from the FHIR API. Unset: no operator
+    /// API (membership cannot be changed at run time). A non-loopback address needs
+    /// `admin_token_file`.
+    pub admin_listen: Option<String>,
+    /// File holding the operator API's bearer token (`Authorization: Bearer <token>`). When set,
+    /// every operator request must carry it.
+    pub admin_token_file: Option<PathBuf>,
     pub limits: Limits,
     pub raft: RaftConfig,
     pub cluster: ClusterConfig,
@@ -69,6 +77,10 @@ pub struct ClusterConfig {
     pub fault_injection: bool,
     /// Mutual TLS between nodes; plain TCP when absent.
     pub tls: Option<TlsConfig>,
+    /// Allows plain TCP between nodes on a non-loopback `raft_listen`. Without TLS any process
+    /// that reaches the Raft port can act as a member: set this only on a network where nothing
+    /// else can connect.
+    pub allow_insecure_transport: bool,
 }
 
 /// One member of the cluster.
@@ -81,6 +93,10 @@ pub struct PeerConfig {
     /// The peer's FHIR base URL (shown in `/_cluster/status`, used by the CLI to find the leader).
     #[serde(default)]
     pub http_url: String,
+    /// The peer's operator API base URL (its `admin_listen`), used by `kiln cluster add-node` /
+    /// `remove-node` to reach the leader's membership endpoints.
+    #[serde(default)]
+    pub admin_url: String,
 }
 
 /// PEM files for node-to-node mutual TLS. Every node presents `cert` and accepts only peers whose
@@ -118,6 +134,15 @@ pub struct Limits {
     pub max_bundle_entries: usize,
     /// Largest batch / transaction bundle body in bytes.
     pub max_bundle_bytes: usize,
+    /// Most operations in one JSON Patch document (the patched result is bounded by
+    /// `max_body_bytes`).
+    pub max_patch_ops: usize,
+    /// Most resources a search page adds through `_include` / `_revinclude` (also `:iterate`);
+    /// past it the page lists the first ones and an OperationOutcome entry says it was cut.
+    pub max_include_resources: usize,
+    /// Most history rows read to answer one `_history` page (`_at` and `_since` filters skip rows);
+    /// past it the request answers 400 too-costly.
+    pub max_history_scan: usize,
 }
 
 /// Consensus timing and log retention.
@@ -149,6 +174,8 @@ impl Default for Config {
             allow_update_create: true,
             write_timeout_ms: 10_000,
             allow_multiple_conditional_delete: false,
+            admin_listen: None,
+            admin_token_file: None,
             limits: Limits::default(),
             raft: RaftConfig::default(),
             cluster: ClusterConfig::default(),
@@ -165,6 +192,9 @@ impl Default for Limits {
             max_page_size: 1000,
             max_bundle_entries: 20_000,
             max_bundle_bytes: 256 * 1024 * 1024,
+            max_patch_ops: 1000,
+            max_include_resources: 1000,
+            max_history_scan: 100_000,
         }
     }
 }
@@ -185,6 +215,7 @@ impl Default for ClusterConfig {
             max_frame_bytes: 1 << 30,
             fault_injection: false,
             tls: None,
+            allow_insecure_transport: false,
         }
     }
 }
@@ -214,6 +245,27 @@ impl Config {
         }
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 || self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft: need tick_ms > 0 and election_ticks > heartbeat_ticks > 0".into());
+        }
+        if self.limits.max_patch_ops == 0 || self.limits.max_include_resources == 0 || self.limits.max_history_scan == 0 {
+            return bad("limits.max_patch_ops, max_include_resources and max_history_scan must be positive".into());
+        }
+        // Every write is one Raft entry and every entry travels in one frame: a body or bundle
+        // must fit, with room for the entry's encoding.
+        let frame = self.cluster.max_frame_bytes;
+        for (key, v) in [("max_body_bytes", self.limits.max_body_bytes), ("max_bundle_bytes", self.limits.max_bundle_bytes)] {
+            if v > frame / 2 {
+                return bad(format!("limits.{key} = {v} must be at most half of cluster.max_frame_bytes = {frame} (a write travels between nodes as one frame)"));
+            }
+        }
+        if let Some(admin) = &self.admin_listen {
+            match admin.parse::<SocketAddr>() {
+                Ok(a) if !a.ip().is_loopback() && self.admin_token_file.is_none() => {
+                    return bad(format!("admin_listen = {admin:?} is not a loopback address: set admin_token_file so that the operator API needs a token"))
+                }
+                Ok(a) if a.to_string() == self.listen => return bad("admin_listen must differ from listen".into()),
+                Ok(_) => {}
+                Err(_) => return bad(format!("admin_listen = {admin:?} is not an IP:port address")),
+            }
         }
         self.cluster.validate(self.node_id)?;
         if let Some(base) = &self.base_url {
@@ -250,6 +302,15 @@ impl ClusterConfig {
         }
         if let Some(p) = self.peers.iter().find(|p| !p.raft_addr.contains(':')) {
             return bad(format!("cluster.peers: raft_addr {:?} of node {} is not host:port", p.raft_addr, p.id));
+        }
+        if let (Some(Ok(addr)), None, false) = (self.raft_listen.as_ref().map(|a| a.parse::<SocketAddr>()), &self.tls, self.allow_insecure_transport) {
+            if !addr.ip().is_loopback() {
+                return bad(format!(
+                    "cluster.raft_listen = {addr} is not a loopback address and [cluster.tls] is not set: any process that reaches \
+                     the Raft port could act as a member. Configure mutual TLS (kiln cluster certs), or set \
+                     cluster.allow_insecure_transport = true on a network where nothing else can connect"
+                ));
+            }
         }
         if self.max_frame_bytes < 1024 * 1024 {
             return bad("cluster.max_frame_bytes must be at least 1 MiB".into());
@@ -301,6 +362,24 @@ mod tests {
             }
         }
         assert_eq!(seen, 4, "single-node.toml and node1..3.toml");
+    }
+
+    #[test]
+    fn limits_must_fit_the_frame_and_exposed_ports_need_protection() {
+        let mut c = Config::default();
+        c.limits.max_bundle_bytes = c.cluster.max_frame_bytes;
+        assert!(c.validate().unwrap_err().to_string().contains("max_bundle_bytes"));
+        let text = "node_id = 1\n[cluster]\nraft_listen = \"0.0.0.0:9001\"\npeers = [{ id = 1, raft_addr = \"10.0.0.1:9001\" }]\n";
+        let mut c: Config = toml::from_str(text).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("tls"), "plain TCP on a public Raft port is refused");
+        c.cluster.allow_insecure_transport = true;
+        c.validate().unwrap();
+        let mut c = Config { admin_listen: Some("0.0.0.0:9100".into()), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("admin_token_file"));
+        c.admin_token_file = Some("token".into());
+        c.validate().unwrap();
+        let c = Config { admin_listen: Some("127.0.0.1:9100".into()), ..Config::default() };
+        c.validate().unwrap();
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             RequestError::InvalidPatch(_) => (400, "structure"),
             RequestError::PatchFailed(_) => (422, "processing"),
             RequestError::PatchChangesIdentity => (422, "business-rule"),
+            RequestError::PatchTooCostly(_) => (422, "too-costly"),
             RequestError::PreconditionFailed(_) => (412, "conflict"),
+            RequestError::Unauthorized(_) => (401, "login"),
         },
         ApiError::Fhir(f) => classify_fhir(f),
         ApiError::Store(s) => classify_store(s),
@@ -99,9 +101,12 @@ fn classify_store(s: &StoreError) -> (u16, &'static str) {
 fn classify_consensus(c: &ConsensusError) -> (u16, &'static str) {
     match c {
         ConsensusError::Stopped | ConsensusError::NoLeader | ConsensusError::Dropped => (503, "transient"),
+        ConsensusError::StoppedOutcomeUnknown => (503, "timeout"),
         ConsensusError::NotLeader(_) => (503, "transient"),
         ConsensusError::Timeout(_) | ConsensusError::NoLeaderTimeout(_) | ConsensusError::OutcomeUnknown => (503, "timeout"),
         ConsensusError::Membership(_) => (409, "conflict"),
+        ConsensusError::TooLarge { .. } => (413, "too-costly"),
+        ConsensusError::Refused(_) => (400, "invalid"),
         ConsensusError::Transport(_) => (500, "exception"),
         ConsensusError::Raft(_) | ConsensusError::Storage(_) => (500, "exception"),
     }

@@ -29,14 +29,16 @@ pub enum LauncherError {
     Cluster(String),
 }
 
-/// The layout of a local cluster: node i listens for HTTP on `base_port + i - 1` and for Raft on
-/// `raft_base_port + i - 1`, data in `data_dir/node<i>`.
+/// The layout of a local cluster: node i listens for HTTP on `base_port + i - 1`, for Raft on
+/// `raft_base_port + i - 1` and for the operator API on `admin_base_port + i - 1` (loopback),
+/// data in `data_dir/node<i>`.
 #[derive(Debug, Clone)]
 pub struct LocalCluster {
     pub nodes: u64,
     pub data_dir: PathBuf,
     pub base_port: u16,
     pub raft_base_port: u16,
+    pub admin_base_port: u16,
     pub fhir_version: FhirVersion,
     pub tls: bool,
 }
@@ -49,6 +51,7 @@ impl LocalCluster {
                 id: i,
                 raft_addr: format!("127.0.0.1:{}", self.raft_base_port as u64 + i - 1),
                 http_url: format!("http://127.0.0.1:{}", self.base_port as u64 + i - 1),
+                admin_url: format!("http://127.0.0.1:{}", self.admin_base_port as u64 + i - 1),
             })
             .collect();
         let certs = self.data_dir.join("certs");
@@ -57,6 +60,7 @@ impl LocalCluster {
                 node_id: i,
                 data_dir: self.data_dir.join(format!("node{i}")),
                 listen: format!("127.0.0.1:{}", self.base_port as u64 + i - 1),
+                admin_listen: Some(format!("127.0.0.1:{}", self.admin_base_port as u64 + i - 1)),
                 fhir_version: self.fhir_version,
                 cluster: ClusterConfig {
                     raft_listen: Some(peers[(i - 1) as usize].raft_addr.clone()),
@@ -77,7 +81,7 @@ impl LocalCluster {
     pub fn write(&self) -> Result<Vec<PathBuf>, LauncherError> {
         std::fs::create_dir_all(&self.data_dir)?;
         if self.tls {
-            write_certs(&self.data_dir.join("certs"), self.nodes, &["127.0.0.1".into(), "localhost".into()])?;
+            write_certs(&self.data_dir.join("certs"), &(1..=self.nodes).collect::<Vec<_>>(), &["127.0.0.1".into(), "localhost".into()])?;
         }
         let mut paths = Vec::new();
         for cfg in self.configs() {
@@ -90,29 +94,55 @@ impl LocalCluster {
     }
 }
 
-/// Writes `ca.pem`, `node<i>.pem`, `node<i>.key` (i = 1..=nodes) into `dir`; node certificates
-/// carry `hosts` as subject alternative names (IP addresses become IP SANs) and are valid for
-/// both server and client authentication.
-pub fn write_certs(dir: &Path, nodes: u64, hosts: &[String]) -> Result<(), LauncherError> {
+/// Writes `ca.pem`, `node<i>.pem`, `node<i>.key` (i in `nodes`) into `dir`. Node certificates
+/// carry `hosts` as subject alternative names (IP addresses become IP SANs) plus the node's own
+/// name `kiln-node-<i>` (peers check it against the id a node claims), and are valid for both
+/// server and client authentication. The CA's key is kept as `ca.key` and reused when present, so
+/// a node added later gets a certificate from the same CA. Private keys are written 0600.
+pub fn write_certs(dir: &Path, nodes: &[u64], hosts: &[String]) -> Result<(), LauncherError> {
     use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
     let e = |e: rcgen::Error| LauncherError::Certs(e.to_string());
     std::fs::create_dir_all(dir)?;
-    let ca_key = KeyPair::generate().map_err(e)?;
+    let ca_key_path = dir.join("ca.key");
+    let existing = ca_key_path.exists();
+    let ca_key = if existing {
+        KeyPair::from_pem(&std::fs::read_to_string(&ca_key_path)?).map_err(e)?
+    } else {
+        KeyPair::generate().map_err(e)?
+    };
+    // The issuer is named by its subject and verified by its key: re-creating the CA's
+    // certificate from the same name and key signs certificates that chain to the ca.pem on disk.
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Kiln cluster CA");
     let ca = ca_params.self_signed(&ca_key).map_err(e)?;
-    std::fs::write(dir.join("ca.pem"), ca.pem())?;
-    for i in 1..=nodes {
+    if !existing {
+        write_private(&ca_key_path, &ca_key.serialize_pem())?;
+        std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    }
+    for &i in nodes {
         let key = KeyPair::generate().map_err(e)?;
-        let mut params = CertificateParams::new(hosts.to_vec()).map_err(e)?;
+        let mut names = hosts.to_vec();
+        names.push(crate::consensus::tls::node_name(i));
+        let mut params = CertificateParams::new(names).map_err(e)?;
         params.distinguished_name.push(rcgen::DnType::CommonName, format!("kiln node {i}"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &ca, &ca_key).map_err(e)?;
         std::fs::write(dir.join(format!("node{i}.pem")), cert.pem())?;
-        std::fs::write(dir.join(format!("node{i}.key")), key.serialize_pem())?;
+        write_private(&dir.join(format!("node{i}.key")), &key.serialize_pem())?;
     }
     Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode on open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
 }
 
 struct Running {
@@ -154,16 +184,21 @@ fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client")
 }
 
-fn get_json(url: &str) -> Result<Value, LauncherError> {
-    let err = |e: reqwest::Error| LauncherError::Http { url: url.to_string(), reason: e.to_string() };
-    http().get(url).send().map_err(err)?.json().map_err(err)
+/// The operator API's token for the membership commands (`--admin-token-file`), if any.
+pub type AdminAuth<'a> = Option<&'a str>;
+
+fn get_json(url: &str, token: AdminAuth) -> Result<Value, LauncherError> {
+    send_json(reqwest::Method::GET, url, None, token)
 }
 
-fn send_json(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value, LauncherError> {
+fn send_json(method: reqwest::Method, url: &str, body: Option<Value>, token: AdminAuth) -> Result<Value, LauncherError> {
     let err = |e: reqwest::Error| LauncherError::Http { url: url.to_string(), reason: e.to_string() };
     let mut req = http().request(method, url);
     if let Some(b) = body {
         req = req.json(&b);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
     }
     let resp = req.send().map_err(err)?;
     let status = resp.status();
@@ -179,7 +214,7 @@ fn send_json(method: reqwest::Method, url: &str, body: Option<Value>) -> Result<
 pub fn wait_for_leader(url: &str, timeout: Duration) -> Result<Value, LauncherError> {
     let start = Instant::now();
     loop {
-        if let Ok(s) = get_json(&format!("{url}/_cluster/status")) {
+        if let Ok(s) = get_json(&format!("{url}/_cluster/status"), None) {
             if s["leader_id"].as_u64().unwrap_or(0) != 0 && !s["leader_url"].as_str().unwrap_or("").is_empty() {
                 return Ok(s);
             }
@@ -262,21 +297,27 @@ fn terminate(nodes: &mut [Running]) {
     }
 }
 
-/// The leader's base URL, found from any node.
-pub fn leader_url(any: &str) -> Result<String, LauncherError> {
+/// The leader's operator API URL, found from any node's FHIR URL.
+pub fn leader_admin_url(any: &str) -> Result<String, LauncherError> {
     let s = wait_for_leader(any.trim_end_matches('/'), Duration::from_secs(30))?;
-    Ok(s["leader_url"].as_str().unwrap_or_default().trim_end_matches('/').to_string())
+    match s["leader_admin_url"].as_str().unwrap_or_default().trim_end_matches('/') {
+        "" => Err(LauncherError::Cluster(format!(
+            "the leader (node {}) has no admin_url in its cluster.peers entry: the membership commands need its operator API (admin_listen)",
+            s["leader_id"]
+        ))),
+        url => Ok(url.to_string()),
+    }
 }
 
 /// `kiln cluster add-node`: adds the node as a learner, waits until it has caught up with the
 /// leader's log, then (unless `learner_only`) promotes it to voter.
-pub fn add_node(any: &str, peer: &PeerConfig, learner_only: bool, timeout: Duration) -> Result<Value, LauncherError> {
-    let leader = leader_url(any)?;
-    let body = |role: &str| json!({"id": peer.id, "raft_addr": peer.raft_addr, "http_url": peer.http_url, "role": role});
-    send_json(reqwest::Method::POST, &format!("{leader}/_cluster/nodes"), Some(body("learner")))?;
+pub fn add_node(any: &str, peer: &PeerConfig, learner_only: bool, timeout: Duration, token: AdminAuth) -> Result<Value, LauncherError> {
+    let leader = leader_admin_url(any)?;
+    let body = |role: &str| json!({"id": peer.id, "raft_addr": peer.raft_addr, "http_url": peer.http_url, "admin_url": peer.admin_url, "role": role});
+    send_json(reqwest::Method::POST, &format!("{leader}/_cluster/nodes"), Some(body("learner")), token)?;
     let start = Instant::now();
     loop {
-        let s = get_json(&format!("{leader}/_cluster/status"))?;
+        let s = get_json(&format!("{leader}/_cluster/status"), token)?;
         let caught_up = s["peers"]
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["id"].as_u64() == Some(peer.id)))
@@ -290,20 +331,20 @@ pub fn add_node(any: &str, peer: &PeerConfig, learner_only: bool, timeout: Durat
         std::thread::sleep(Duration::from_millis(200));
     }
     if learner_only {
-        return get_json(&format!("{leader}/_cluster/status"));
+        return get_json(&format!("{leader}/_cluster/status"), token);
     }
-    send_json(reqwest::Method::POST, &format!("{leader}/_cluster/nodes"), Some(body("voter")))
+    send_json(reqwest::Method::POST, &format!("{leader}/_cluster/nodes"), Some(body("voter")), token)
 }
 
 /// `kiln cluster remove-node`.
-pub fn remove_node(any: &str, id: u64) -> Result<Value, LauncherError> {
-    let leader = leader_url(any)?;
-    send_json(reqwest::Method::DELETE, &format!("{leader}/_cluster/nodes/{id}"), None)
+pub fn remove_node(any: &str, id: u64, token: AdminAuth) -> Result<Value, LauncherError> {
+    let leader = leader_admin_url(any)?;
+    send_json(reqwest::Method::DELETE, &format!("{leader}/_cluster/nodes/{id}"), None, token)
 }
 
 /// `kiln cluster status`.
 pub fn status(any: &str) -> Result<Value, LauncherError> {
-    get_json(&format!("{}/_cluster/status", any.trim_end_matches('/')))
+    get_json(&format!("{}/_cluster/status", any.trim_end_matches('/')), None)
 }
 
 #[cfg(test)]
@@ -313,7 +354,7 @@ mod tests {
     #[test]
     fn local_configs_are_valid_and_agree_on_peers() {
         let dir = tempfile::tempdir().unwrap();
-        let lc = LocalCluster { nodes: 3, data_dir: dir.path().into(), base_port: 8080, raft_base_port: 9080, fhir_version: FhirVersion::R4, tls: true };
+        let lc = LocalCluster { nodes: 3, data_dir: dir.path().into(), base_port: 8080, raft_base_port: 9080, admin_base_port: 8180, fhir_version: FhirVersion::R4, tls: true };
         let paths = lc.write().unwrap();
         for (i, p) in paths.iter().enumerate() {
             let cfg = Config::from_file(p).unwrap();

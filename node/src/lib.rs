@@ -55,14 +55,19 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("the HTTP server thread failed to start")]
     HttpThread,
+    #[error("cannot read admin_token_file {path}: {reason}")]
+    AdminToken { path: String, reason: String },
 }
 
 /// A running node.
 pub struct NodeHandle {
     /// The address the HTTP API listens on (the real port when 0 was configured).
     pub addr: SocketAddr,
+    /// The operator API's address, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub raft: RaftHandle,
     server: actix_web::dev::ServerHandle,
+    admin_server: Option<actix_web::dev::ServerHandle>,
     http_thread: Option<JoinHandle<()>>,
     raft_thread: Option<JoinHandle<()>>,
 }
@@ -75,6 +80,9 @@ impl NodeHandle {
 
     /// Stops accepting requests, finishes those in flight, stops Raft and flushes storage.
     pub fn stop(mut self) {
+        if let Some(admin) = &self.admin_server {
+            futures::executor::block_on(admin.stop(true));
+        }
         futures::executor::block_on(self.server.stop(true));
         self.join();
     }
@@ -95,6 +103,17 @@ impl NodeHandle {
     }
 }
 
+/// How the leader vets a write a follower forwards: it must decode and pass the same checks the
+/// follower's actor made, and it takes the leader's clock (a follower's clock never sets
+/// `lastUpdated`, so one node with a clock in the future cannot pin the cluster's timestamps).
+fn forward_check(defs: Arc<Definitions>, max_depth: usize) -> consensus::transport::ForwardCheck {
+    Arc::new(move |data: Vec<u8>| {
+        let cmd = store::Command::decode(&data).map_err(|e| e.to_string())?;
+        cmd.check(&defs, max_depth)?;
+        Ok(cmd.with_ts(fhir::meta::now_micros()).encode())
+    })
+}
+
 /// Starts a node: storage, Raft, the per-type actors and the HTTP API. Returns once it listens.
 pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     cfg.validate()?;
@@ -108,8 +127,19 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     sm.ensure_index()?;
     let store = Store::new(state);
     let defs = Arc::new(Definitions::load(cfg.fhir_version));
-    let (raft, raft_thread) = consensus::node::start(&cfg, db, sm)?;
+    let (raft, raft_thread) = consensus::node::start(&cfg, db, sm, forward_check(defs.clone(), cfg.limits.max_depth))?;
 
+    let admin_token = match &cfg.admin_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| StartError::AdminToken { path: path.display().to_string(), reason: e.to_string() })?;
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                return Err(StartError::AdminToken { path: path.display().to_string(), reason: "the token must be at least 16 characters".into() });
+            }
+            Some(Arc::<str>::from(token))
+        }
+        None => None,
+    };
     let workers = if cfg.http_workers == 0 { num_cpus::get() } else { cfg.http_workers };
     let (tx, rx) = std::sync::mpsc::channel();
     let thread_cfg = cfg.clone();
@@ -124,6 +154,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let registry = Arc::new(Registry::start(defs.clone(), thread_raft.clone(), settings, workers));
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();
+                let admin_listen = cfg.admin_listen.clone();
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
@@ -133,6 +164,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                 });
+                let admin_state = state.clone();
                 let server = HttpServer::new(move || {
                     error::set_thread_version(version);
                     App::new().app_data(state.clone()).configure(http::configure)
@@ -152,16 +184,44 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     }
                 };
                 let addr = server.addrs()[0];
+                let admin = match admin_listen {
+                    None => None,
+                    Some(admin_listen) => {
+                        let token = web::Data::new(http::admin::AdminToken(admin_token));
+                        let server = HttpServer::new(move || {
+                            error::set_thread_version(version);
+                            App::new()
+                                .app_data(admin_state.clone())
+                                .app_data(token.clone())
+                                .wrap(actix_web::middleware::from_fn(http::admin::require_token))
+                                .configure(http::admin::configure_admin)
+                        })
+                        .workers(1)
+                        .bind(&admin_listen);
+                        match server {
+                            Ok(s) => Some(s),
+                            Err(source) => {
+                                let _ = tx.send(Err(StartError::Listen { addr: admin_listen, source }));
+                                return;
+                            }
+                        }
+                    }
+                };
+                let admin = admin.map(|s| (s.addrs()[0], s.run()));
                 let running = server.run();
-                let _ = tx.send(Ok((addr, running.handle())));
+                let _ = tx.send(Ok((addr, running.handle(), admin.as_ref().map(|(a, r)| (*a, r.handle())))));
+                let admin_task = admin.map(|(_, r)| actix_web::rt::spawn(r));
                 if let Err(e) = running.await {
                     tracing::error!("HTTP server: {e}");
+                }
+                if let Some(t) = admin_task {
+                    let _ = t.await;
                 }
                 registry.stop();
             });
         })
         .map_err(|_| StartError::HttpThread)?;
-    let (addr, server) = match rx.recv() {
+    let (addr, server, admin) = match rx.recv() {
         Ok(Ok(started)) => started,
         Ok(Err(e)) => {
             raft.stop();
@@ -172,5 +232,9 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         Err(_) => return Err(StartError::HttpThread),
     };
     tracing::info!(node = cfg.node_id, %addr, version = %cfg.fhir_version, "Kiln node listening");
-    Ok(NodeHandle { addr, raft, server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
+    if let Some((a, _)) = &admin {
+        tracing::info!(node = cfg.node_id, addr = %a, "operator API listening");
+    }
+    let (admin_addr, admin_server) = admin.map(|(a, h)| (Some(a), Some(h))).unwrap_or((None, None));
+    Ok(NodeHandle { addr, admin_addr, raft, server, admin_server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
 }

@@ -44,6 +44,9 @@ enum ClusterCommand {
         /// Default: base-port + 1000.
         #[arg(long)]
         raft_base_port: Option<u16>,
+        /// Operator API (membership, digest) on loopback. Default: base-port + 100.
+        #[arg(long)]
+        admin_base_port: Option<u16>,
         #[arg(long, value_parser = parse_version, default_value = "4.0.1")]
         fhir_version: FhirVersion,
         /// Mutual TLS between the nodes (certificates generated into DATA_DIR/certs).
@@ -64,6 +67,12 @@ enum ClusterCommand {
         /// The new node's FHIR base URL.
         #[arg(long, default_value = "")]
         http_url: String,
+        /// The new node's operator API URL (its admin_listen).
+        #[arg(long, default_value = "")]
+        admin_url: String,
+        /// File with the operator API token (the leader's admin_token_file), when one is set.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
         /// Leave it a learner (replica that does not vote).
         #[arg(long)]
         learner: bool,
@@ -76,18 +85,26 @@ enum ClusterCommand {
         cluster: String,
         #[arg(long)]
         id: u64,
+        /// File with the operator API token, when one is set.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
     },
     /// Print /_cluster/status of a node.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         node: String,
     },
-    /// Write a CA and node certificates (PEM) for cluster.tls.
+    /// Write a CA and node certificates (PEM) for cluster.tls. A CA already in OUT (ca.key) is
+    /// reused, so `--node 4` adds node 4's certificate to an existing cluster.
     Certs {
         #[arg(long)]
         out: PathBuf,
+        /// Certificates for nodes 1..=N.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Only these node ids (repeatable), instead of 1..=N.
+        #[arg(long = "node")]
+        only: Vec<u64>,
         /// Host names / IPs the node certificates are valid for (repeatable).
         #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
         hosts: Vec<String>,
@@ -99,33 +116,43 @@ fn cluster(cmd: ClusterCommand) -> Result<(), String> {
     let e = |e: launcher::LauncherError| e.to_string();
     let print = |v: serde_json::Value| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     match cmd {
-        ClusterCommand::Up { nodes, data_dir, base_port, raft_base_port, fhir_version, tls } => {
+        ClusterCommand::Up { nodes, data_dir, base_port, raft_base_port, admin_base_port, fhir_version, tls } => {
             if nodes == 0 {
                 return Err("--nodes must be at least 1".into());
             }
             let raft_base_port = raft_base_port.unwrap_or(base_port.saturating_add(1000));
-            let lc = launcher::LocalCluster { nodes, data_dir, base_port, raft_base_port, fhir_version, tls };
+            let admin_base_port = admin_base_port.unwrap_or(base_port.saturating_add(100));
+            let lc = launcher::LocalCluster { nodes, data_dir, base_port, raft_base_port, admin_base_port, fhir_version, tls };
             launcher::up(&lc).map_err(e)
         }
-        ClusterCommand::AddNode { cluster, id, raft_addr, http_url, learner, timeout_secs } => {
-            let peer = kiln::config::PeerConfig { id, raft_addr, http_url };
-            print(launcher::add_node(&cluster, &peer, learner, std::time::Duration::from_secs(timeout_secs)).map_err(e)?);
+        ClusterCommand::AddNode { cluster, id, raft_addr, http_url, admin_url, admin_token_file, learner, timeout_secs } => {
+            let token = read_token(admin_token_file)?;
+            let peer = kiln::config::PeerConfig { id, raft_addr, http_url, admin_url };
+            print(launcher::add_node(&cluster, &peer, learner, std::time::Duration::from_secs(timeout_secs), token.as_deref()).map_err(e)?);
             Ok(())
         }
-        ClusterCommand::RemoveNode { cluster, id } => {
-            print(launcher::remove_node(&cluster, id).map_err(e)?);
+        ClusterCommand::RemoveNode { cluster, id, admin_token_file } => {
+            let token = read_token(admin_token_file)?;
+            print(launcher::remove_node(&cluster, id, token.as_deref()).map_err(e)?);
             Ok(())
         }
         ClusterCommand::Status { node } => {
             print(launcher::status(&node).map_err(e)?);
             Ok(())
         }
-        ClusterCommand::Certs { out, nodes, hosts } => {
-            launcher::write_certs(&out, nodes, &hosts).map_err(e)?;
-            println!("wrote ca.pem and node1..{nodes} .pem/.key to {}", out.display());
+        ClusterCommand::Certs { out, nodes, only, hosts } => {
+            let ids: Vec<u64> = if only.is_empty() { (1..=nodes).collect() } else { only };
+            launcher::write_certs(&out, &ids, &hosts).map_err(e)?;
+            let list: Vec<String> = ids.iter().map(|i| format!("node{i}")).collect();
+            println!("wrote ca.pem and {} .pem/.key to {}", list.join(", "), out.display());
             Ok(())
         }
     }
+}
+
+fn read_token(path: Option<PathBuf>) -> Result<Option<String>, String> {
+    path.map(|p| std::fs::read_to_string(&p).map(|t| t.trim().to_string()).map_err(|e| format!("cannot read {}: {e}", p.display())))
+        .transpose()
 }
 
 #[derive(clap::Args)]
@@ -145,6 +172,9 @@ struct ServeArgs {
     /// Raft node id.
     #[arg(long)]
     node_id: Option<u64>,
+    /// Operator API listen address (membership, digest), e.g. 127.0.0.1:8180.
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Absolute base URL for Location headers and links.
     #[arg(long)]
     base_url: Option<String>,
@@ -170,6 +200,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(n) = args.node_id {
         cfg.node_id = n;
+    }
+    if let Some(a) = args.admin_listen {
+        cfg.admin_listen = Some(a);
     }
     if let Some(b) = args.base_url {
         cfg.base_url = Some(b);

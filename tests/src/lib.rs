@@ -161,12 +161,13 @@ impl TestCluster {
     /// `tweak` is applied to every node's config before it is written.
     pub fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports = free_ports(2 * n);
+        let ports = free_ports(3 * n);
         let peers: Vec<PeerConfig> = (0..n)
             .map(|i| PeerConfig {
                 id: i as u64 + 1,
                 raft_addr: format!("127.0.0.1:{}", ports[n + i]),
                 http_url: format!("http://127.0.0.1:{}", ports[i]),
+                admin_url: format!("http://127.0.0.1:{}", ports[2 * n + i]),
             })
             .collect();
         let configs: Vec<Config> = (0..n)
@@ -175,6 +176,7 @@ impl TestCluster {
                     node_id: i as u64 + 1,
                     data_dir: dir.path().join(format!("node{}", i + 1)),
                     listen: format!("127.0.0.1:{}", ports[i]),
+                    admin_listen: Some(format!("127.0.0.1:{}", ports[2 * n + i])),
                     http_workers: 2,
                     write_timeout_ms: 5000,
                     ..Config::default()
@@ -220,6 +222,12 @@ impl TestCluster {
 
     pub fn url(&self, id: u64, path: &str) -> String {
         format!("{}{path}", self.base(id))
+    }
+
+    /// A URL on node `id`'s operator API (membership, digest, faults).
+    pub fn admin_url(&self, id: u64, path: &str) -> String {
+        let cfg = &self.configs[(id - 1) as usize];
+        format!("http://{}{path}", cfg.admin_listen.as_deref().expect("test nodes have an operator API"))
     }
 
     /// `/_cluster/status` of a node, `None` when it does not answer.
@@ -271,19 +279,25 @@ impl TestCluster {
     }
 
     fn set_faults(&self, id: u64, isolate: &[u64]) {
-        let resp = client().post(self.url(id, "/_cluster/faults")).json(&serde_json::json!({ "isolate": isolate })).send().expect("faults request");
+        let resp = client().post(self.admin_url(id, "/_cluster/faults")).json(&serde_json::json!({ "isolate": isolate })).send().expect("faults request");
         assert_eq!(resp.status(), 200, "fault filter on node {id}");
     }
 
     /// Starts a new node with `cluster.join = true` (it waits to be added); returns its id.
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.configs.len() as u64 + 1;
-        let ports = free_ports(2);
-        let me = PeerConfig { id, raft_addr: format!("127.0.0.1:{}", ports[1]), http_url: format!("http://127.0.0.1:{}", ports[0]) };
+        let ports = free_ports(3);
+        let me = PeerConfig {
+            id,
+            raft_addr: format!("127.0.0.1:{}", ports[1]),
+            http_url: format!("http://127.0.0.1:{}", ports[0]),
+            admin_url: format!("http://127.0.0.1:{}", ports[2]),
+        };
         let mut cfg = self.configs[0].clone();
         cfg.node_id = id;
         cfg.data_dir = self.dir.path().join(format!("node{id}"));
         cfg.listen = format!("127.0.0.1:{}", ports[0]);
+        cfg.admin_listen = Some(format!("127.0.0.1:{}", ports[2]));
         cfg.cluster.raft_listen = Some(me.raft_addr.clone());
         cfg.cluster.peers.push(me);
         cfg.cluster.join = true;
@@ -303,7 +317,7 @@ impl TestCluster {
         loop {
             let digests: Vec<Value> = ids
                 .iter()
-                .filter_map(|id| client().get(self.url(*id, "/_cluster/digest")).send().ok().and_then(|r| r.json().ok()))
+                .filter_map(|id| client().get(self.admin_url(*id, "/_cluster/digest")).send().ok().and_then(|r| r.json().ok()))
                 .collect();
             if digests.len() == ids.len() && digests.iter().all(|d| d == &digests[0]) {
                 return digests[0]["sha256"].as_str().unwrap_or_default().to_string();

@@ -21,11 +21,19 @@ pub struct ActorSettings {
     pub max_depth: usize,
     /// Most writes in one proposal.
     pub max_batch: usize,
+    /// Most body bytes in one proposal (a single larger write still goes, alone): every Raft entry
+    /// must fit in one transport frame (`cluster.max_frame_bytes`), or followers refuse it.
+    pub max_batch_bytes: usize,
 }
 
 impl ActorSettings {
     pub fn from_config(cfg: &crate::config::Config) -> ActorSettings {
-        ActorSettings { allow_update_create: cfg.allow_update_create, max_depth: cfg.limits.max_depth, max_batch: 1024 }
+        ActorSettings {
+            allow_update_create: cfg.allow_update_create,
+            max_depth: cfg.limits.max_depth,
+            max_batch: 1024,
+            max_batch_bytes: cfg.limits.max_body_bytes,
+        }
     }
 }
 
@@ -51,7 +59,7 @@ impl ResourceActor {
 
     /// Sends everything pending as one proposal.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let take = self.pending.len().min(self.settings.max_batch);
+        let take = batch_len(self.pending.iter().map(|(op, _)| op), self.settings.max_batch, self.settings.max_batch_bytes);
         let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
         if batch.is_empty() {
             return;
@@ -83,6 +91,21 @@ impl ResourceActor {
             act.flush(ctx);
         }));
     }
+}
+
+/// How many of `ops` (at least one) go into the next proposal: at most `max_ops`, and no more
+/// than `max_bytes` of bodies in all.
+fn batch_len<'a>(ops: impl Iterator<Item = &'a WriteOp>, max_ops: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for op in ops.take(max_ops) {
+        bytes = bytes.saturating_add(op.body.as_ref().map_or(0, String::len) + op.id.len() + op.rtype.len());
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// Validates and resolves a write into the op that is proposed: assigns the id of a create
@@ -157,5 +180,26 @@ impl Handler<Write> for ResourceActor {
         }
         let rtype = self.rtype;
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(WriteError::Mailbox(rtype.to_string()))) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::Action;
+
+    fn op(body_len: usize) -> WriteOp {
+        WriteOp { action: Action::Create, rtype: "Patient".into(), id: "i".into(), body: Some("x".repeat(body_len)), if_match: None, allow_create: true }
+    }
+
+    #[test]
+    fn batches_are_capped_by_count_and_bytes() {
+        let ops: Vec<WriteOp> = (0..10).map(|_| op(1000)).collect();
+        assert_eq!(batch_len(ops.iter(), 1024, 1 << 20), 10);
+        assert_eq!(batch_len(ops.iter(), 4, 1 << 20), 4);
+        assert_eq!(batch_len(ops.iter(), 1024, 3100), 3, "three bodies of ~1 KB fit in 3,100 bytes");
+        let big = [op(5000), op(10)];
+        assert_eq!(batch_len(big.iter(), 1024, 3000), 1, "one write larger than the cap still goes, alone");
+        assert_eq!(batch_len(std::iter::empty(), 1024, 3000), 0);
     }
 }

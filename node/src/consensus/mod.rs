@@ -12,8 +12,10 @@ pub use node::{RaftHandle, RaftStatus};
 /// Why a proposal did not produce a result.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConsensusError {
-    #[error("the consensus loop has stopped (node shutting down or storage failed)")]
+    #[error("the consensus loop has stopped (node shutting down or storage failed); the write was not accepted")]
     Stopped,
+    #[error("the consensus loop stopped (node shutting down or storage failed) after the write was sent to the log: it may have been applied, read before retrying")]
+    StoppedOutcomeUnknown,
     #[error("no leader is known; the write was not accepted, retry shortly")]
     NoLeader,
     #[error("no leader was known for {0} ms; the write was not accepted (is a majority of the cluster up?)")]
@@ -30,6 +32,10 @@ pub enum ConsensusError {
     Dropped,
     #[error("the write was not confirmed within {0} ms; it may still be applied")]
     Timeout(u64),
+    #[error("the write is {bytes} bytes once encoded; a log entry may hold at most {limit} (cluster.max_frame_bytes)")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("the leader refused the write: {0}")]
+    Refused(String),
     #[error("raft: {0}")]
     Raft(String),
     #[error("raft log storage: {0}")]

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::storage::SledStorage;
-use super::transport::{FaultFilter, Frame, Inbound, Transport};
+use super::transport::{FaultFilter, ForwardCheck, Frame, Inbound, Transport};
 use super::ConsensusError;
 use crate::config::{Config, PeerConfig};
 use crate::store::{Command, OpOutcome, StateMachine};
@@ -46,6 +46,7 @@ pub struct PeerStatus {
     /// Raft transport address.
     pub address: String,
     pub http_url: String,
+    pub admin_url: String,
     /// "voter" or "learner".
     pub role: &'static str,
     /// Highest log index known to be replicated on the peer (known on the leader only).
@@ -77,6 +78,8 @@ pub struct RaftHandle {
     status: Arc<RwLock<RaftStatus>>,
     write_timeout: Duration,
     faults: Option<Arc<FaultFilter>>,
+    /// Largest command accepted for the log: every entry must fit in one transport frame.
+    max_entry_bytes: usize,
 }
 
 impl RaftHandle {
@@ -90,7 +93,8 @@ impl RaftHandle {
         // The Raft thread answers at its own deadline; this one only guards against a lost reply.
         match tokio::time::timeout(timeout + Duration::from_secs(2), rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ConsensusError::Stopped),
+            // The loop ended without answering: the request may have reached the log.
+            Ok(Err(_)) => Err(ConsensusError::StoppedOutcomeUnknown),
             Err(_) => Err(ConsensusError::Timeout(timeout.as_millis() as u64)),
         }
     }
@@ -104,7 +108,11 @@ impl RaftHandle {
     /// `write_timeout_ms` to be replicated and applied.
     pub async fn propose_within(&self, cmd: &Command, extra: Duration) -> ProposalResult {
         let timeout = self.write_timeout + extra;
-        self.ask_within(timeout, |reply| Msg::Propose { data: cmd.encode(), timeout, reply }).await
+        let data = cmd.encode();
+        if data.len() > self.max_entry_bytes {
+            return Err(ConsensusError::TooLarge { bytes: data.len(), limit: self.max_entry_bytes });
+        }
+        self.ask_within(timeout, |reply| Msg::Propose { data, timeout, reply }).await
     }
 
     /// Proposes a membership change (leader only).
@@ -134,7 +142,8 @@ impl RaftHandle {
 }
 
 /// Starts the Raft thread (and, with peers configured, the transport) over `db`.
-pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
+/// `check` vets the command of every write a follower forwards, before this node proposes it.
+pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine, check: ForwardCheck) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
     let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some(state.clone()), &voters)?;
@@ -174,7 +183,8 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine) -> Result<(RaftHa
         election_tick: cfg.raft.election_ticks,
         heartbeat_tick: cfg.raft.heartbeat_ticks,
         applied: sm.applied_index(),
-        max_size_per_msg: 1024 * 1024,
+        // A message carries entries up to this size (or one larger entry), so it fits in a frame.
+        max_size_per_msg: (cfg.cluster.max_frame_bytes as u64 / 4).min(1024 * 1024),
         max_inflight_msgs: 256,
         pre_vote: true,
         check_quorum: true,
@@ -193,9 +203,14 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine) -> Result<(RaftHa
         None
     } else {
         let inbox = tx.clone();
-        let t = Transport::start(cfg.node_id, &cfg.cluster, Arc::new(move |m| {
-            let _ = inbox.send(Msg::Peer(m));
-        }))
+        let t = Transport::start(
+            cfg.node_id,
+            &cfg.cluster,
+            Arc::new(move |m| {
+                let _ = inbox.send(Msg::Peer(m));
+            }),
+            check,
+        )
         .map_err(|e| ConsensusError::Transport(e.to_string()))?;
         Some(t)
     };
@@ -226,7 +241,13 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine) -> Result<(RaftHa
         .spawn(move || node.run(rx))
         .map_err(|e| ConsensusError::Raft(format!("cannot start the raft thread: {e}")))?;
     let faults = transport.map(|t| t.faults.clone());
-    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults }, handle))
+    let max_entry_bytes = max_entry_bytes(cfg.cluster.max_frame_bytes);
+    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults, max_entry_bytes }, handle))
+}
+
+/// The largest entry that fits in a frame of `max_frame` bytes with its Raft message around it.
+pub fn max_entry_bytes(max_frame: usize) -> usize {
+    max_frame - (max_frame / 16).min(1024 * 1024)
 }
 
 enum Stage {
@@ -335,7 +356,11 @@ impl Node {
             self.publish_status();
         }
         for (_, w) in std::mem::take(&mut self.waiters) {
-            let _ = w.reply.send(Err(ConsensusError::Stopped));
+            let err = match w.stage {
+                Stage::Queued { .. } => ConsensusError::Stopped,
+                Stage::Forwarded { .. } | Stage::Proposed { .. } => ConsensusError::StoppedOutcomeUnknown,
+            };
+            let _ = w.reply.send(Err(err));
         }
         for (_, r) in std::mem::take(&mut self.reads) {
             let _ = r.reply.send(Err(ConsensusError::Stopped));
@@ -557,6 +582,11 @@ impl Node {
             Inbound::Frame { frame: Frame::ForwardReject { req_id, reason }, .. } => {
                 tracing::debug!(req_id, "forward refused: {reason}");
                 self.requeue(req_id);
+            }
+            Inbound::Frame { frame: Frame::ForwardInvalid { req_id, reason }, .. } => {
+                if let Some(w) = self.waiters.remove(&req_id) {
+                    let _ = w.reply.send(Err(ConsensusError::Refused(reason)));
+                }
             }
             Inbound::Frame { frame: Frame::Hello { .. }, .. } => {}
             Inbound::Frame { frame: Frame::Snapshot(bytes), from } => self.on_peer(Inbound::Frame { from, frame: Frame::Raft(bytes) }),
@@ -816,6 +846,7 @@ impl Node {
                     id: *id,
                     address: addr.map(|a| a.raft_addr.clone()).unwrap_or_default(),
                     http_url: addr.map(|a| a.http_url.clone()).unwrap_or_default(),
+                    admin_url: addr.map(|a| a.admin_url.clone()).unwrap_or_default(),
                     role: if learners.contains(id) { "learner" } else { "voter" },
                     match_index: matched,
                     lag: matched.map(|m| last.saturating_sub(m)),

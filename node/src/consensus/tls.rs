@@ -1,7 +1,8 @@
 //! Mutual TLS for the node-to-node transport (rustls, ring provider). Every node presents its
 //! certificate and trusts only peers whose certificate chains to the cluster CA; client
 //! certificates are required. Peers are checked against the host in their `raft_addr`
-//! (an IP SAN for IP addresses).
+//! (an IP SAN for IP addresses), and against their node id: a node's certificate carries the DNS
+//! name `kiln-node-<id>` ([`node_name`]), so a member cannot speak as another.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -81,6 +82,28 @@ impl TlsSetup {
     pub fn accept(&self, tcp: TcpStream) -> std::io::Result<StreamOwned<ServerConnection, TcpStream>> {
         let conn = ServerConnection::new(self.server.clone()).map_err(std::io::Error::other)?;
         handshake(StreamOwned::new(conn, tcp))
+    }
+}
+
+/// The DNS name a node's certificate carries for its node id.
+pub fn node_name(id: u64) -> String {
+    format!("kiln-node-{id}")
+}
+
+/// The end-entity certificate the peer presented on a finished handshake.
+pub fn peer_certificate<S>(conn: &rustls::ConnectionCommon<S>) -> Option<CertificateDer<'static>> {
+    conn.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned())
+}
+
+impl TlsSetup {
+    /// Whether `cert` (already verified against the CA by the handshake) names node `id`.
+    pub fn check_node_id(&self, cert: Option<&CertificateDer<'static>>, id: u64) -> std::io::Result<()> {
+        let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+        let cert = cert.ok_or_else(|| refuse("the peer presented no certificate".into()))?;
+        let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| refuse(format!("peer certificate: {e}")))?;
+        let name = ServerName::try_from(node_name(id)).map_err(|e| refuse(e.to_string()))?;
+        ee.verify_is_valid_for_subject_name(&name)
+            .map_err(|_| refuse(format!("the peer's certificate is not node {id}'s (it lacks the name {}); regenerate it with kiln cluster certs", node_name(id))))
     }
 }
 

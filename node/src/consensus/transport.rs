@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
+use bincode::Options as _;
 use serde::{Deserialize, Serialize};
 
 use super::tls::{TlsError, TlsSetup};
@@ -46,6 +47,8 @@ pub enum Frame {
     ForwardAck { req_id: u64, index: u64, term: u64 },
     /// The receiver did not propose `req_id` (it is not the leader); the origin may retry.
     ForwardReject { req_id: u64, reason: String },
+    /// The receiver refused `req_id` for good: the command failed its checks.
+    ForwardInvalid { req_id: u64, reason: String },
 }
 
 /// What the transport hands to the Raft thread.
@@ -83,6 +86,10 @@ impl FaultFilter {
 
 type Deliver = Arc<dyn Fn(Inbound) + Send + Sync>;
 
+/// Checks (and may rewrite) the command of a forwarded write on the connection's own thread,
+/// before it reaches the Raft thread; `Err` refuses it with a reason.
+pub type ForwardCheck = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
+
 const QUEUE: usize = 8192;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -93,6 +100,7 @@ pub struct Transport {
     peers: RwLock<HashMap<u64, PeerConfig>>,
     senders: Mutex<HashMap<u64, Sender<Frame>>>,
     deliver: Deliver,
+    check: ForwardCheck,
     pub faults: Arc<FaultFilter>,
     tls: Option<Arc<TlsSetup>>,
     max_frame: usize,
@@ -102,7 +110,7 @@ pub struct Transport {
 
 impl Transport {
     /// Binds the peer listener and starts accepting. `deliver` receives every inbound frame.
-    pub fn start(me: u64, cfg: &ClusterConfig, deliver: Deliver) -> Result<Arc<Transport>, TransportError> {
+    pub fn start(me: u64, cfg: &ClusterConfig, deliver: Deliver, check: ForwardCheck) -> Result<Arc<Transport>, TransportError> {
         let addr = cfg.raft_listen.clone().unwrap_or_default();
         // A node restarted in the same process may find its old listener not yet closed.
         let mut tries = 0;
@@ -123,6 +131,7 @@ impl Transport {
             peers: RwLock::new(cfg.peers.iter().map(|p| (p.id, p.clone())).collect()),
             senders: Mutex::new(HashMap::new()),
             deliver,
+            check,
             faults: Arc::new(FaultFilter::default()),
             tls,
             max_frame: cfg.max_frame_bytes,
@@ -226,15 +235,27 @@ impl Transport {
 
     fn serve_connection(&self, stream: TcpStream) -> std::io::Result<()> {
         tune(&stream)?;
-        let reader: Box<dyn Read + Send> = match &self.tls {
-            Some(tls) => Box::new(tls.accept(stream)?),
-            None => Box::new(stream),
+        // A caller has 10 s to say who it is (a connection that says nothing ties up no thread
+        // for long); after the Hello, a quiet peer is normal and keepalive watches the link.
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let (reader, peer_cert): (Box<dyn Read + Send>, _) = match &self.tls {
+            Some(tls) => {
+                let s = tls.accept(stream.try_clone()?)?;
+                let cert = super::tls::peer_certificate(&s.conn);
+                (Box::new(s), cert)
+            }
+            None => (Box::new(stream.try_clone()?), None),
         };
         let mut reader = BufReader::with_capacity(256 * 1024, reader);
         let from = match read_frame(&mut reader, self.max_frame)? {
             Frame::Hello { from } => from,
-            other => return Err(invalid(format!("expected Hello, got {other:?}"))),
+            other => return Err(invalid(format!("expected Hello, got {}", other.kind()))),
         };
+        if let Some(tls) = &self.tls {
+            // A peer is the node its certificate names, not whatever its Hello claims.
+            tls.check_node_id(peer_cert.as_ref(), from)?;
+        }
+        stream.set_read_timeout(None)?;
         loop {
             let frame = read_frame(&mut reader, self.max_frame)?;
             if self.stopped.load(Ordering::SeqCst) {
@@ -243,7 +264,35 @@ impl Transport {
             if self.faults.blocks(from) {
                 continue;
             }
+            let frame = match frame {
+                Frame::Forward { origin, req_id, term, data } => match (self.check)(data) {
+                    Ok(data) if origin == from => Frame::Forward { origin, req_id, term, data },
+                    Ok(_) => return Err(invalid(format!("node {from} forwarded a write on behalf of node {origin}"))),
+                    Err(reason) => {
+                        tracing::warn!(peer = from, req_id, "refused a forwarded write: {reason}");
+                        self.send(from, Frame::ForwardInvalid { req_id, reason });
+                        continue;
+                    }
+                },
+                Frame::Hello { .. } => return Err(invalid("a second Hello on one connection".into())),
+                other => other,
+            };
             (self.deliver)(Inbound::Frame { from, frame });
+        }
+    }
+}
+
+impl Frame {
+    /// The frame's kind, for messages (never its payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Raft(_) => "Raft",
+            Frame::Snapshot(_) => "Snapshot",
+            Frame::Forward { .. } => "Forward",
+            Frame::ForwardAck { .. } => "ForwardAck",
+            Frame::ForwardReject { .. } => "ForwardReject",
+            Frame::ForwardInvalid { .. } => "ForwardInvalid",
         }
     }
 }
@@ -270,9 +319,18 @@ fn read_frame(r: &mut impl Read, max: usize) -> std::io::Result<Frame> {
     if len > max {
         return Err(invalid(format!("frame of {len} bytes exceeds cluster.max_frame_bytes = {max}")));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    bincode::deserialize(&buf).map_err(|e| invalid(format!("bad frame: {e}")))
+    // Memory follows the bytes that actually arrive, not the length a peer announces.
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    r.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() != len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed inside a frame"));
+    }
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(len as u64)
+        .deserialize(&buf)
+        .map_err(|e| invalid(format!("bad frame: {e}")))
 }
 
 fn write_frame(w: &mut impl Write, frame: &Frame) -> std::io::Result<()> {
@@ -304,7 +362,12 @@ impl Link {
         tune(&stream)?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
         let stream: Box<dyn Write + Send> = match &self.tls {
-            Some(tls) => Box::new(tls.connect(stream, &self.peer.raft_addr)?),
+            Some(tls) => {
+                let s = tls.connect(stream, &self.peer.raft_addr)?;
+                // The node at that address must be the member we mean to reach.
+                tls.check_node_id(super::tls::peer_certificate(&s.conn).as_ref(), self.peer.id)?;
+                Box::new(s)
+            }
             None => Box::new(stream),
         };
         let mut w = BufWriter::with_capacity(256 * 1024, stream);
@@ -395,6 +458,47 @@ mod tests {
         assert!(read_frame(&mut buf.as_slice(), 4).is_err());
     }
 
+    fn pass() -> ForwardCheck {
+        Arc::new(Ok)
+    }
+
+    #[test]
+    fn a_huge_announced_length_allocates_nothing_up_front() {
+        // 1 GiB announced, 3 bytes sent: an error, without a 1 GiB buffer.
+        let mut buf = (1u32 << 30).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"abc");
+        let err = read_frame(&mut buf.as_slice(), 1 << 30).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        // A frame whose Vec length field claims more than the frame holds is refused too.
+        let mut frame = Vec::new();
+        write_frame(&mut frame, &Frame::Raft(vec![1, 2, 3])).unwrap();
+        let n = frame.len();
+        frame[n - 11..n - 3].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(read_frame(&mut frame.as_slice(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn forwarded_writes_are_checked_on_arrival() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cfg = ClusterConfig { raft_listen: Some("127.0.0.1:0".into()), ..ClusterConfig::default() };
+        let tx1 = tx.clone();
+        let refuse_odd: ForwardCheck = Arc::new(|d: Vec<u8>| if d.len() % 2 == 1 { Err("odd".into()) } else { Ok(d) });
+        let a = Transport::start(1, &cfg, Arc::new(move |i| { let _ = tx1.send((1, i)); }), pass()).unwrap();
+        let b = Transport::start(2, &cfg, Arc::new(move |i| { let _ = tx.send((2, i)); }), refuse_odd).unwrap();
+        a.set_peer(PeerConfig { id: 2, raft_addr: b.local_addr.to_string(), http_url: String::new(), admin_url: String::new() });
+        b.set_peer(PeerConfig { id: 1, raft_addr: a.local_addr.to_string(), http_url: String::new(), admin_url: String::new() });
+        a.send(2, Frame::Forward { origin: 1, req_id: 1, term: 1, data: vec![1] });
+        let (at, got) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(at, 1, "the sender hears that its write was refused");
+        assert!(matches!(got, Inbound::Frame { from: 2, frame: Frame::ForwardInvalid { req_id: 1, .. } }));
+        a.send(2, Frame::Forward { origin: 1, req_id: 2, term: 1, data: vec![1, 2] });
+        let (at, got) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(at, 2);
+        assert!(matches!(got, Inbound::Frame { from: 1, frame: Frame::Forward { req_id: 2, .. } }));
+        a.stop();
+        b.stop();
+    }
+
     #[test]
     fn two_transports_talk_and_faults_cut_them() {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -404,9 +508,9 @@ mod tests {
             ..ClusterConfig::default()
         };
         let tx1 = tx.clone();
-        let a = Transport::start(1, &cfg(0), Arc::new(move |i| { let _ = tx1.send((1, i)); })).unwrap();
-        let b = Transport::start(2, &cfg(0), Arc::new(move |i| { let _ = tx.send((2, i)); })).unwrap();
-        a.set_peer(PeerConfig { id: 2, raft_addr: b.local_addr.to_string(), http_url: String::new() });
+        let a = Transport::start(1, &cfg(0), Arc::new(move |i| { let _ = tx1.send((1, i)); }), pass()).unwrap();
+        let b = Transport::start(2, &cfg(0), Arc::new(move |i| { let _ = tx.send((2, i)); }), pass()).unwrap();
+        a.set_peer(PeerConfig { id: 2, raft_addr: b.local_addr.to_string(), http_url: String::new(), admin_url: String::new() });
         a.send(2, Frame::ForwardAck { req_id: 1, index: 5, term: 1 });
         let (at, got) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(at, 2);

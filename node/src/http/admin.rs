@@ -1,9 +1,13 @@
-//! Operator endpoints outside the FHIR API: `/_cluster/status` (consensus state; field names are
-//! documented in docs/operations.md and kept stable), membership changes (`POST /_cluster/nodes`,
-//! `DELETE /_cluster/nodes/{id}`, leader only), `/_cluster/digest` (replica comparison), the
-//! test-only fault filter (`/_cluster/faults`) and `/_health`.
+//! Operator endpoints outside the FHIR API. On the FHIR port only the read-only `/_cluster/status`
+//! (consensus state; field names are documented in docs/operations.md and kept stable) and
+//! `/_health`. Everything that changes or reads the whole cluster is served on the separate
+//! operator listener (`admin_listen`, loopback unless a token protects it; [`configure_admin`]):
+//! membership changes (`POST /_cluster/nodes`, `DELETE /_cluster/nodes/{id}`, leader only),
+//! `/_cluster/digest` (replica comparison, hashes the whole state) and the test-only fault filter
+//! (`/_cluster/faults`). With `admin_token_file` every operator request needs
+//! `Authorization: Bearer <token>`; that check is [`require_token`], in front of every route.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,11 +19,11 @@ use crate::error::ApiError;
 
 fn status_json(st: &AppState) -> serde_json::Value {
     let s = st.raft.status();
-    let own_url = st.cfg.cluster.peers.iter().find(|p| p.id == s.id).map(|p| p.http_url.clone()).unwrap_or_default();
-    let leader_url = if s.leader_id == s.id {
-        own_url
+    let own = st.cfg.cluster.peers.iter().find(|p| p.id == s.id);
+    let (leader_url, leader_admin_url) = if s.leader_id == s.id {
+        own.map(|p| (p.http_url.clone(), p.admin_url.clone())).unwrap_or_default()
     } else {
-        s.peers.iter().find(|p| p.id == s.leader_id).map(|p| p.http_url.clone()).unwrap_or_default()
+        s.peers.iter().find(|p| p.id == s.leader_id).map(|p| (p.http_url.clone(), p.admin_url.clone())).unwrap_or_default()
     };
     json!({
         "id": s.id,
@@ -27,6 +31,7 @@ fn status_json(st: &AppState) -> serde_json::Value {
         "term": s.term,
         "leader_id": s.leader_id,
         "leader_url": leader_url,
+        "leader_admin_url": leader_admin_url,
         "commit_index": s.commit_index,
         "applied_index": s.applied_index,
         "first_index": s.first_index,
@@ -50,6 +55,8 @@ pub struct AddNode {
     pub raft_addr: String,
     #[serde(default)]
     pub http_url: String,
+    #[serde(default)]
+    pub admin_url: String,
     /// `learner` (default: receives the log, does not vote) or `voter`.
     #[serde(default)]
     pub role: Option<String>,
@@ -79,7 +86,7 @@ pub async fn add_node(st: web::Data<AppState>, body: web::Bytes) -> Result<HttpR
     if ty == ConfChangeType::AddLearnerNode && st.raft.status().voters.contains(&add.id) {
         return Err(ConsensusError::Membership(format!("node {} is already a voter; a learner change would demote it", add.id)).into());
     }
-    let peer = PeerConfig { id: add.id, raft_addr: add.raft_addr, http_url: add.http_url };
+    let peer = PeerConfig { id: add.id, raft_addr: add.raft_addr, http_url: add.http_url, admin_url: add.admin_url };
     let context = serde_json::to_vec(&peer).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
     st.raft.change_membership(single_change(peer.id, ty, context)).await?;
     Ok(HttpResponse::Ok().json(status_json(&st)))
@@ -122,9 +129,79 @@ pub async fn digest(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({ "applied_index": applied_index, "sha256": sha256, "pairs": pairs })))
 }
 
+/// The operator listener's routes (see the module doc).
+pub fn configure_admin(cfg: &mut web::ServiceConfig) {
+    cfg.route("/_cluster/status", web::get().to(cluster_status));
+    cfg.route("/_health", web::get().to(health));
+    cfg.route("/_cluster/nodes", web::post().to(add_node));
+    cfg.route("/_cluster/nodes/{id}", web::delete().to(remove_node));
+    cfg.route("/_cluster/faults", web::post().to(faults));
+    cfg.route("/_cluster/digest", web::get().to(digest));
+    cfg.default_service(web::to(|req: HttpRequest| async move {
+        Err::<HttpResponse, ApiError>(RequestError::NoRoute(format!("{} {} (operator API)", req.method(), req.path())).into())
+    }));
+}
+
+/// The operator routes on the FHIR port: a 404 that says where they are.
+pub async fn not_here(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(RequestError::NoRoute(format!("{} (the operator API is served on the admin_listen address, not the FHIR port)", req.path())).into())
+}
+
+/// The operator API's bearer token, when `admin_token_file` is set.
+#[derive(Clone)]
+pub struct AdminToken(pub Option<std::sync::Arc<str>>);
+
+/// Middleware of the operator listener: without a configured token every request passes (the
+/// listener is then loopback-only, checked at start); with one, a request must carry it.
+pub async fn require_token(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let expected = req.app_data::<web::Data<AdminToken>>().and_then(|t| t.0.clone());
+    if let Some(expected) = expected {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !same_secret(given.as_bytes(), expected.as_bytes()) {
+            let err = ApiError::from(RequestError::Unauthorized("the operator API needs Authorization: Bearer <the token in admin_token_file>".into()));
+            let resp = actix_web::ResponseError::error_response(&err);
+            let resp = HttpResponse::build(resp.status())
+                .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer realm=\"kiln-admin\""))
+                .content_type(crate::http::negotiate::FHIR_JSON)
+                .body(actix_web::body::to_bytes(resp.into_body()).await.unwrap_or_default());
+            return Ok(req.into_response(resp));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    // Hashing first makes the comparison independent of the lengths too.
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
 pub async fn health(st: web::Data<AppState>) -> HttpResponse {
     let s = st.raft.status();
     let ok = matches!(s.role, "leader" | "follower" | "learner") && s.leader_id != 0;
     let body = json!({"status": if ok { "ok" } else { "unavailable" }, "role": s.role});
     if ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"abc"));
+    }
 }

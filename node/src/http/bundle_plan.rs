@@ -287,7 +287,7 @@ fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize,
                 [id] => (super::crud::type_and_id(st, rtype, id)?.1.to_string(), None),
                 _ => (patch::match_one(st, rtype, query)?, Some(condition(query, false)?)),
             };
-            let ops = patch::parse_patch(patch_document(resource.take())?)?;
+            let ops = patch::parse_patch(patch_document(resource.take())?, st.cfg.limits.max_patch_ops)?;
             let (body, version) = patch::patched(st, rtype, &id, &ops, if_match)?;
             let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: None };
             write(intent, rtype, cond, false)

@@ -56,10 +56,14 @@ pub enum RequestError {
     InvalidPatch(String),
     #[error("the JSON Patch could not be applied: {0}")]
     PatchFailed(String),
+    #[error("the JSON Patch is refused: {0}")]
+    PatchTooCostly(String),
     #[error("a patch must not change the resource's resourceType or id")]
     PatchChangesIdentity,
     #[error("{0}")]
     PreconditionFailed(String),
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 /// Shared state of every handler.
@@ -118,11 +122,9 @@ pub const INTERACTIONS: &[Interaction] = &[
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metadata", web::get().to(metadata::capability_statement));
     cfg.route("/_cluster/status", web::get().to(admin::cluster_status));
-    cfg.route("/_cluster/nodes", web::post().to(admin::add_node));
-    cfg.route("/_cluster/nodes/{id}", web::delete().to(admin::remove_node));
-    cfg.route("/_cluster/faults", web::post().to(admin::faults));
-    cfg.route("/_cluster/digest", web::get().to(admin::digest));
     cfg.route("/_health", web::get().to(admin::health));
+    // Membership, digest and faults live on the operator listener only.
+    cfg.route("/_cluster/{rest:.*}", web::route().to(admin::not_here));
     // Operations (`$name` at system, type or instance level) are not served: say so (501) instead
     // of reading `$name` as a type or an id.
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {

@@ -64,12 +64,52 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
 async fn read_patch(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Result<json_patch::Patch, ApiError> {
     negotiate::require_json_patch(req)?;
     let doc = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
-    Ok(parse_patch(doc)?)
+    Ok(parse_patch(doc, st.cfg.limits.max_patch_ops)?)
 }
 
-/// A JSON Patch document.
-pub fn parse_patch(doc: Value) -> Result<json_patch::Patch, RequestError> {
+/// A JSON Patch document, refused when it has more than `max_ops` operations.
+pub fn parse_patch(doc: Value, max_ops: usize) -> Result<json_patch::Patch, RequestError> {
+    if let Some(ops) = doc.as_array() {
+        if ops.len() > max_ops {
+            return Err(RequestError::PatchTooCostly(format!("it has {} operations; the limit is {max_ops} (config limits.max_patch_ops)", ops.len())));
+        }
+    }
     serde_json::from_value(doc).map_err(|e| RequestError::InvalidPatch(e.to_string()))
+}
+
+/// Approximate serialized size of a JSON value in bytes (what a patch result is bounded by).
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(n) => n.to_string().len(),
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(|x| json_size(x) + 1).sum::<usize>(),
+        Value::Object(o) => 2 + o.iter().map(|(k, x)| k.len() + 4 + json_size(x)).sum::<usize>(),
+    }
+}
+
+/// Applies `ops` to `body` one at a time, refusing (before it is done) any operation that could
+/// take the result past `max_bytes`: `copy` can double the document with each operation, so the
+/// size is tracked as an upper bound (removals are not subtracted). Measuring a copy's source
+/// costs at most its size, which the bound then absorbs, so the work is O(max_bytes).
+pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize) -> Result<(), RequestError> {
+    use json_patch::PatchOperation as Op;
+    let too_big = || RequestError::PatchTooCostly(format!("its result would exceed {max_bytes} bytes (config limits.max_body_bytes)"));
+    let mut size = json_size(body);
+    for op in ops.iter() {
+        let added = match op {
+            Op::Add(a) => json_size(&a.value),
+            Op::Replace(r) => json_size(&r.value),
+            Op::Copy(c) => body.pointer(c.from.as_str()).map(json_size).unwrap_or(0),
+            Op::Remove(_) | Op::Move(_) | Op::Test(_) => 0,
+        };
+        size = size.saturating_add(added);
+        if size > max_bytes {
+            return Err(too_big());
+        }
+        json_patch::patch_unsafe(body, std::slice::from_ref(op)).map_err(|e| RequestError::PatchFailed(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
@@ -94,7 +134,7 @@ pub fn patched(st: &AppState, rtype: &str, id: &str, ops: &json_patch::Patch, cl
     }
     let mut body: Value = serde_json::from_slice(record.body()).map_err(|e| StoreError::Corrupt(format!("stored body: {e}")))?;
     let before = (body.get("resourceType").cloned(), body.get("id").cloned());
-    json_patch::patch(&mut body, ops).map_err(|e| RequestError::PatchFailed(e.to_string()))?;
+    apply_bounded(&mut body, ops, st.cfg.limits.max_body_bytes)?;
     if (body.get("resourceType").cloned(), body.get("id").cloned()) != before {
         return Err(RequestError::PatchChangesIdentity.into());
     }
@@ -112,4 +152,35 @@ async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &s
         }
     }
     Err(RequestError::PreconditionFailed(format!("{rtype}/{id} kept changing; the patch was not applied")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn copy_doubling_is_refused_before_it_grows() {
+        // 40 copies of the whole document would be 2^40 times its size.
+        let ops: Vec<Value> = (0..40).map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")})).collect();
+        let ops = parse_patch(Value::Array(ops), 1000).unwrap();
+        let mut body = json!({"resourceType": "Patient", "id": "a", "name": [{"family": "x".repeat(1000)}]});
+        let err = apply_bounded(&mut body, &ops, 1 << 20).unwrap_err();
+        assert!(matches!(err, RequestError::PatchTooCostly(_)), "{err}");
+        assert!(json_size(&body) <= 1 << 20, "refused before the document passed the bound");
+    }
+
+    #[test]
+    fn op_count_limit_and_ordinary_patches() {
+        let many = Value::Array((0..11).map(|_| json!({"op": "test", "path": "/id", "value": "a"})).collect());
+        assert!(matches!(parse_patch(many.clone(), 10), Err(RequestError::PatchTooCostly(_))));
+        let ops = parse_patch(many, 11).unwrap();
+        let mut body = json!({"resourceType": "Patient", "id": "a"});
+        apply_bounded(&mut body, &ops, 1000).unwrap();
+        let ops = parse_patch(json!([{"op": "add", "path": "/active", "value": true}, {"op": "copy", "from": "/active", "path": "/b"}]), 10).unwrap();
+        apply_bounded(&mut body, &ops, 1000).unwrap();
+        assert_eq!(body, json!({"resourceType": "Patient", "id": "a", "active": true, "b": true}));
+        let bad = parse_patch(json!([{"op": "remove", "path": "/nope"}]), 10).unwrap();
+        assert!(matches!(apply_bounded(&mut body, &bad, 1000), Err(RequestError::PatchFailed(_))));
+    }
 }

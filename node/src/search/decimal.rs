@@ -15,12 +15,21 @@ pub struct Decimal {
 /// Fraction digits of the key encoding.
 pub const KEY_SCALE: u32 = 18;
 
+/// Most significant digits, and most fraction digits, of a decimal Kiln stores exactly.
+pub const MAX_DIGITS: usize = 36;
+
+/// Largest exponent magnitude accepted in `1e…` notation.
+const MAX_EXPONENT: u64 = 76;
+
 impl Decimal {
-    /// Parses `-12.340`, `1e3`, `6.3E-2`. `None` for anything else or out of range.
+    /// Parses `-12.340`, `1e3`, `6.3E-2`. `None` for anything else or out of range: more than
+    /// [`MAX_DIGITS`] digits, a magnitude of 10^38 or more, or more than [`MAX_DIGITS`] fraction
+    /// digits. The work is bounded by the length of `s` whatever its exponent (`0e2147483647` is
+    /// refused at once, not computed).
     pub fn parse(s: &str) -> Option<Decimal> {
         let s = s.trim();
         let (num, exp) = match s.find(['e', 'E']) {
-            Some(i) => (&s[..i], s[i + 1..].parse::<i32>().ok()?),
+            Some(i) => (&s[..i], s[i + 1..].parse::<i64>().ok()?),
             None => (s, 0),
         };
         let (neg, digits) = match num.strip_prefix('-') {
@@ -28,16 +37,21 @@ impl Decimal {
             None => (false, num.strip_prefix('+').unwrap_or(num)),
         };
         let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        if int.is_empty() && frac.is_empty() || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) || int.len() + frac.len() > 36 {
+        if int.is_empty() && frac.is_empty() || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) || int.len() + frac.len() > MAX_DIGITS {
+            return None;
+        }
+        // No decimal that can be stored needs an exponent this large, whatever its digits.
+        if exp.unsigned_abs() > MAX_EXPONENT {
             return None;
         }
         let mut mantissa: i128 = format!("{int}{frac}").parse().ok()?;
-        let mut scale = frac.len() as i32 - exp;
-        while scale < 0 {
-            mantissa = mantissa.checked_mul(10)?;
-            scale += 1;
+        let mut scale = frac.len() as i64 - exp;
+        if scale < 0 {
+            // At most MAX_EXPONENT + MAX_DIGITS steps; overflow means the value is out of range.
+            mantissa = mantissa.checked_mul(10i128.checked_pow(u32::try_from(-scale).ok()?)?)?;
+            scale = 0;
         }
-        if scale > 36 {
+        if scale > MAX_DIGITS as i64 {
             return None;
         }
         Some(Decimal { mantissa: if neg { -mantissa } else { mantissa }, scale: scale as u32 })
@@ -53,9 +67,9 @@ impl Decimal {
 
     /// The implicit range of a search value (search.html#number): ± half a unit of its last
     /// digit. `100` → [99.5, 100.5), `1.50` → [1.495, 1.505).
-    pub fn implicit_range(&self) -> (Decimal, Decimal) {
-        let m = self.mantissa * 10;
-        (Decimal { mantissa: m - 5, scale: self.scale + 1 }, Decimal { mantissa: m + 5, scale: self.scale + 1 })
+    pub fn implicit_range(&self) -> Option<(Decimal, Decimal)> {
+        let m = self.mantissa.checked_mul(10)?;
+        Some((Decimal { mantissa: m.checked_sub(5)?, scale: self.scale + 1 }, Decimal { mantissa: m.checked_add(5)?, scale: self.scale + 1 }))
     }
 
     /// Order-preserving 16-byte key at [`KEY_SCALE`] (saturating outside the range).
@@ -124,9 +138,9 @@ mod tests {
         assert_eq!((d("6.30").mantissa, d("6.30").scale), (630, 2));
         assert_eq!(d("6.3").cmp(&d("6.30")), Ordering::Equal);
         assert!(d("-0.5") < d("0.25") && d("1e2") == d("100") && d("1.5E-1").to_string() == "0.15");
-        let (lo, hi) = d("100").implicit_range();
+        let (lo, hi) = d("100").implicit_range().unwrap();
         assert_eq!((lo.to_string(), hi.to_string()), ("99.5".into(), "100.5".into()));
-        let (lo, hi) = d("1.50").implicit_range();
+        let (lo, hi) = d("1.50").implicit_range().unwrap();
         assert_eq!((lo.to_string(), hi.to_string()), ("1.495".into(), "1.505".into()));
         let mut ks: Vec<[u8; 16]> = ["-3", "-0.001", "0", "6.29", "6.3", "1e20"].iter().map(|s| d(s).key()).collect();
         let sorted = ks.clone();
@@ -134,5 +148,22 @@ mod tests {
         assert_eq!(ks, sorted, "keys sort like the numbers");
         assert_eq!(Decimal::from_key(&d("6.3").key()).unwrap(), d("6.3"));
         assert!(Decimal::parse("abc").is_none() && Decimal::parse("1.2.3").is_none());
+    }
+
+    #[test]
+    fn huge_exponents_and_edges_are_refused_at_once() {
+        // Was: a loop of 2^31 multiplications by 10 (zero never overflows), seconds of CPU per value.
+        for s in ["0e2147483647", "0e9223372036854775807", "1e2147483647", "0e-2147483648", "1e-99999999999", "0E77"] {
+            assert!(Decimal::parse(s).is_none(), "{s}");
+        }
+        assert_eq!(d("0e5"), d("0"));
+        assert_eq!(d("1e37").to_string(), format!("1{}", "0".repeat(37)));
+        assert!(Decimal::parse("1e38").is_some() && Decimal::parse("1e39").is_none(), "i128 holds up to ~1.7e38");
+        assert_eq!(d("12e-36").to_string(), format!("0.{}12", "0".repeat(34)));
+        assert!(Decimal::parse("1e-37").is_none(), "more than 36 fraction digits");
+        // Was: mantissa * 10 overflowed (a panic in debug builds, wrong matches in release).
+        assert!(d("1e38").implicit_range().is_none());
+        assert!(d("-1e38").implicit_range().is_none());
+        assert!(d("1e37").implicit_range().is_some());
     }
 }

@@ -268,8 +268,8 @@ fn check_values(p: &SearchParam, values: &[String]) -> Result<(), SearchError> {
             ParamType::Number | ParamType::Quantity => {
                 let number = v.split('|').next().unwrap_or_default();
                 let (_, text) = split_prefix(number);
-                if Decimal::parse(text).is_none() {
-                    return Err(SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number") });
+                if Decimal::parse(text).and_then(|d| d.implicit_range()).is_none() {
+                    return Err(SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number Kiln can search on (at most 36 digits, magnitude below 10^38)") });
                 }
             }
             _ => {}
@@ -617,7 +617,7 @@ impl Executor<'_> {
     fn number(&self, code: &str, base: &[u8], v: &str, kind: u8, parts: &[&str], out: &mut Ids) -> Result<(), SearchError> {
         let (prefix, text) = split_prefix(v);
         let d = Decimal::parse(text).ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number") })?;
-        let (lo, hi) = d.implicit_range();
+        let (lo, hi) = d.implicit_range().ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is too large to search on (its magnitude must be below 10^38)") })?;
         let tenth = Decimal { mantissa: (d.mantissa / 10).abs(), scale: d.scale };
         let keep = move |t: Decimal| -> bool {
             match prefix {

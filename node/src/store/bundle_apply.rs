@@ -237,7 +237,8 @@ impl StateMachine {
         if !has_links || (full_urls.is_empty() && !text.contains("urn:") && !text.contains('?')) {
             return Ok(());
         }
-        let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bundle body: {e}")))?;
+        // Checked before proposing; if it still is not JSON the entry fails (never apply).
+        let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::BadReference(format!("the {} entry's body is not valid JSON: {e}", op.rtype)))?;
         let changed = references::rewrite(&mut v, &mut |r: &str, place: Place| -> Result<Option<String>, StoreError> {
             if let Some(to) = full_urls.get(r).or_else(|| full_urls.get(unversioned(r))) {
                 return Ok(Some(to.clone()));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::fhir::{valid_id, Definitions};
 
 /// A replicated command. The outer enum is the wire version: add `V2` rather than changing `V1`'s
 /// existing variants; new kinds of command are appended to `V1` (bincode numbers variants by
@@ -147,6 +148,44 @@ pub struct Applied {
 pub type OpOutcome = Result<Applied, StoreError>;
 
 impl Command {
+    /// Checks a command that arrived from a peer before the leader proposes it, as the proposing
+    /// node's actor checked it: known resource types, valid ids, and bodies that are resources of
+    /// their type passing validation. The log then never holds a write that apply cannot take.
+    pub fn check(&self, defs: &Definitions, max_depth: usize) -> Result<(), String> {
+        let ops: Vec<&WriteOp> = match self {
+            Command::V1(CommandV1::Writes { ops, .. }) => ops.iter().collect(),
+            Command::V1(CommandV1::Conditional { op, .. }) => vec![op],
+            Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| &e.op).collect(),
+        };
+        for op in ops {
+            let rtype = defs.resource_type(&op.rtype).map_err(|e| e.to_string())?;
+            if !valid_id(&op.id) {
+                return Err(format!("invalid id {:?}", op.id));
+            }
+            match (op.action, &op.body) {
+                (Action::Delete, None) => {}
+                (Action::Delete, Some(_)) => return Err("a delete carries no body".into()),
+                (_, None) => return Err(format!("a write of {rtype} without a body")),
+                (_, Some(text)) => {
+                    let body: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("body of {rtype}/{}: {e}", op.id))?;
+                    defs.validate(rtype, &body, max_depth).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The same command with its timestamp replaced (the leader stamps forwarded writes with its
+    /// own clock, so a follower's clock never moves `lastUpdated`).
+    pub fn with_ts(mut self, ts: u64) -> Command {
+        match &mut self {
+            Command::V1(CommandV1::Writes { ts_micros, .. })
+            | Command::V1(CommandV1::Conditional { ts_micros, .. })
+            | Command::V1(CommandV1::Bundle { ts_micros, .. }) => *ts_micros = ts,
+        }
+        self
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         bincode::serialize(self).expect("commands always serialize")
     }
@@ -177,8 +216,34 @@ mod tests {
         assert_eq!(ts_micros, 42);
         assert_eq!(ops[0].if_match, Some(3));
         assert!(Command::decode(b"\xff\xff").is_err());
+        let Command::V1(CommandV1::Writes { ts_micros, .. }) = c.with_ts(7) else { panic!("writes") };
+        assert_eq!(ts_micros, 7);
         for a in [Action::Create, Action::Update, Action::Patch, Action::Delete] {
             assert_eq!(Action::from_code(a.code()), Some(a));
+        }
+    }
+
+    #[test]
+    fn forwarded_commands_are_checked() {
+        let defs = Definitions::load(crate::fhir::FhirVersion::R4);
+        let w = |rtype: &str, id: &str, action: Action, body: Option<&str>| {
+            Command::V1(CommandV1::Writes {
+                ts_micros: 1,
+                ops: vec![WriteOp { action, rtype: rtype.into(), id: id.into(), body: body.map(String::from), if_match: None, allow_create: true }],
+            })
+        };
+        assert!(w("Patient", "a", Action::Update, Some(r#"{"resourceType":"Patient","id":"a"}"#)).check(&defs, 64).is_ok());
+        assert!(w("Patient", "a", Action::Delete, None).check(&defs, 64).is_ok());
+        for bad in [
+            w("Nope", "a", Action::Update, Some(r#"{"resourceType":"Nope"}"#)),
+            w("Patient", "a/b", Action::Update, Some(r#"{"resourceType":"Patient"}"#)),
+            w("Patient", "a", Action::Update, Some("not json")),
+            w("Patient", "a", Action::Update, Some(r#"{"resourceType":"Observation"}"#)),
+            w("Patient", "a", Action::Update, Some(r#"{"resourceType":"Patient","active":"yes"}"#)),
+            w("Patient", "a", Action::Update, None),
+            w("Patient", "a", Action::Delete, Some("{}")),
+        ] {
+            assert!(bad.check(&defs, 64).is_err(), "{bad:?}");
         }
     }
 }

@@ -290,7 +290,12 @@ impl StateMachine {
             (Action::Update, [id]) => {
                 let body = match &op.body {
                     Some(text) => {
-                        let mut v: Value = serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("conditional body: {e}")))?;
+                        // Checked before proposing; a body that still is not JSON fails this write
+                        // alone (identically on every node), it never stops apply.
+                        let mut v: Value = match serde_json::from_str(text) {
+                            Ok(v) => v,
+                            Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(format!("the resource is not valid JSON: {e}"))))),
+                        };
                         if let Some(o) = v.as_object_mut() {
                             o.insert("id".into(), Value::String(id.clone()));
                         }

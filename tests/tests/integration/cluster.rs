@@ -380,7 +380,7 @@ fn a_node_joins_a_young_cluster_with_the_right_membership() {
     let cfg = c.configs[(new - 1) as usize].clone();
     let add = |role: &str| {
         let body = json!({"id": new, "raft_addr": cfg.cluster.raft_listen, "http_url": c.base(new), "role": role});
-        http.post(c.url(leader, "/_cluster/nodes")).json(&body).send().unwrap()
+        http.post(c.admin_url(leader, "/_cluster/nodes")).json(&body).send().unwrap()
     };
     assert_eq!(add("learner").status(), 200);
     assert_eq!(eventually_get(&c.url(new, "/Patient/y4")).status(), 200, "the learner has the data");
