@@ -247,7 +247,7 @@ pub fn up(cluster: &LocalCluster) -> Result<(), LauncherError> {
     let status = wait_for_leader(&nodes[0].url, Duration::from_secs(30));
     println!("Kiln cluster: {} nodes (configs and data in {})", nodes.len(), cluster.data_dir.display());
     for n in &nodes {
-        println!("  node {}: {}", n.id, n.url);
+        println!("  node {}: {} (operator API: http://127.0.0.1:{})", n.id, n.url, cluster.admin_base_port as u64 + n.id - 1);
     }
     match &status {
         Ok(s) => println!("  leader: node {} ({})", s["leader_id"], s["leader_url"].as_str().unwrap_or("")),

@@ -26,6 +26,7 @@ use super::storage::SledStorage;
 use super::transport::{FaultFilter, ForwardCheck, Frame, Inbound, Transport};
 use super::ConsensusError;
 use crate::config::{Config, PeerConfig};
+use crate::store::command::CommandV1;
 use crate::store::{Command, OpOutcome, StateMachine};
 
 /// What a proposer gets back: the per-write outcomes of its applied entry.
@@ -215,19 +216,24 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine, check: ForwardChe
         Some(t)
     };
     let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, ..Default::default() }));
+    let start_applied = sm.applied_index();
     let mut node = Node {
         me: cfg.node_id,
         raw,
         sm,
         db,
         transport: transport.clone(),
-        next_req: crate::fhir::meta::now_micros(),
+        // Random, not the clock: ids of a restarted process must not meet its old entries' ids
+        // still in the log (a clock set back would repeat them).
+        next_req: uuid::Uuid::new_v4().as_u64_pair().0 >> 2,
         waiters: HashMap::new(),
         queued: VecDeque::new(),
         by_index: BTreeMap::new(),
         reads: HashMap::new(),
         checked_term: 0,
         snapshot_index: 0,
+        pinned_term: 0,
+        durable_applied: start_applied,
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
@@ -292,6 +298,10 @@ struct Node {
     checked_term: u64,
     /// Index of the last snapshot installed by this process.
     snapshot_index: u64,
+    /// The term in which this node, as leader, last checked the index format pin.
+    pinned_term: u64,
+    /// Applied index covered by the last fsync (log compaction never passes it).
+    durable_applied: u64,
     write_timeout: Duration,
     tick: Duration,
     keep_entries: u64,
@@ -353,6 +363,7 @@ impl Node {
                 break;
             }
             self.answer_reads();
+            self.maybe_pin();
             self.publish_status();
         }
         for (_, w) in std::mem::take(&mut self.waiters) {
@@ -404,6 +415,25 @@ impl Node {
             }
             Err(raft::Error::ProposalDropped) => Err(ConsensusError::NoLeader),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new leader whose index format is not the one the cluster is pinned to (or none is yet)
+    /// proposes a Pin with its own, once per term, ahead of the writes it will propose: every
+    /// replica then applies with the same search definitions or stops (store::state_machine).
+    fn maybe_pin(&mut self) {
+        let term = self.raw.raft.term;
+        if self.raw.raft.state != StateRole::Leader || self.pinned_term == term {
+            return;
+        }
+        self.pinned_term = term;
+        if let Some(format) = self.sm.needs_pin() {
+            tracing::info!(%format, "pinning the cluster's index format");
+            let data = Command::V1(CommandV1::Pin { format }).encode();
+            if let Err(e) = self.propose_local(context(self.me, 0), data) {
+                tracing::warn!("could not propose the index format pin: {e}");
+                self.pinned_term = 0;
+            }
         }
     }
 
@@ -653,8 +683,10 @@ impl Node {
             self.raw.store().set_hard_state(hs)?;
         }
         if persisted {
-            // One fsync for every write in this Ready.
+            // One fsync for every write in this Ready (and every entry applied so far).
+            let applied = self.sm.applied_index();
             self.db.flush()?;
+            self.durable_applied = applied;
         }
         self.send_messages(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
@@ -678,6 +710,7 @@ impl Node {
         self.db.flush()?;
         self.raw.store().reset_to(meta.index, meta.term, Some(meta.get_conf_state()))?;
         self.db.flush()?;
+        self.durable_applied = self.sm.applied_index();
         self.snapshot_index = meta.index;
         // Proposals whose entries the snapshot may cover cannot learn their outcome: those with a
         // known index at or below it, and every forward not yet acknowledged.
@@ -806,7 +839,9 @@ impl Node {
     /// or to a short tail ([`MIN_KEPT_ENTRIES`]) once the entries applied since the last compaction
     /// exceed `log_max_bytes` (large bundles would otherwise keep gigabytes of log).
     fn maybe_compact(&mut self) -> Result<(), ConsensusError> {
-        let applied = self.sm.applied_index();
+        // Only entries whose application is on disk: after a crash the state machine resumes
+        // from its last flushed applied index and must find every later entry in the log.
+        let applied = self.durable_applied;
         let first = self.raw.store().first_index()?;
         let keep = if applied > first + 2 * self.keep_entries {
             self.keep_entries

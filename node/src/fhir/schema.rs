@@ -242,18 +242,6 @@ impl Validators {
             problems.push(format!("at {}: expected {want}, found {}", at(path), short(&value.to_string())));
             return;
         }
-        if let Some(n) = value.as_number() {
-            // A number must be one the search index stores exactly (it is parsed on every node at apply).
-            if crate::search::decimal::Decimal::parse(&n.to_string()).is_none() {
-                problems.push(format!(
-                    "at {}: the number {} is outside the range Kiln stores (at most {} digits and {} fraction digits, magnitude below 10^38)",
-                    at(path),
-                    short(&n.to_string()),
-                    crate::search::decimal::MAX_DIGITS,
-                    crate::search::decimal::MAX_DIGITS
-                ));
-            }
-        }
         if let (Some(p), Some(s)) = (node.pattern, value.as_str()) {
             if !self.patterns[p].1.is_match(s) {
                 problems.push(format!("at {}: {} does not match the pattern {}", at(path), short(&value.to_string()), self.patterns[p].0));

@@ -57,6 +57,56 @@ impl Decimal {
         Some(Decimal { mantissa: if neg { -mantissa } else { mantissa }, scale: scale as u32 })
     }
 
+    /// A stored value as the index keeps it: [`Self::parse`] when exact, else the nearest value
+    /// it can hold, rounded toward negative infinity: beyond ±10^38 saturates, digits past 36
+    /// fraction digits (or past 38 significant ones) are dropped (`1e-245` → 0, `-1e-245` →
+    /// -10^-36). FHIR decimals have no range limit (the spec's own examples hold 1e245), so a
+    /// resource keeps its value as sent and only its index row is approximate. `None` when `s` is
+    /// not a JSON number. Work is linear in `s.len()`, whatever the exponent.
+    pub fn parse_saturating(s: &str) -> Option<Decimal> {
+        if let Some(d) = Decimal::parse(s) {
+            return Some(d);
+        }
+        let s = s.trim();
+        let (num, exp) = match s.find(['e', 'E']) {
+            Some(i) => (&s[..i], &s[i + 1..]),
+            None => (s, "0"),
+        };
+        let (neg, digits) = match num.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, num.strip_prefix('+').unwrap_or(num)),
+        };
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let exp_digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        if int.is_empty() && frac.is_empty() || !int.chars().chain(frac.chars()).chain(exp_digits.chars()).all(|c| c.is_ascii_digit()) || exp_digits.is_empty() {
+            return None;
+        }
+        // An exponent too long for i64 is huge either way: clamp it (the value saturates).
+        let exp: i64 = exp.parse().unwrap_or(if exp.starts_with('-') { -(1 << 40) } else { 1 << 40 });
+        let all: String = format!("{int}{frac}");
+        let Some(first) = all.find(|c| c != '0') else { return Some(Decimal { mantissa: 0, scale: 0 }) };
+        let sig = &all[first..];
+        // value = 0.sig × 10^top, where top counts the integer digits of the value.
+        let top = (int.len() as i64 - first as i64).saturating_add(exp);
+        if top > 38 {
+            let m = if neg { i128::MIN } else { i128::MAX };
+            return Some(Decimal { mantissa: m, scale: 0 });
+        }
+        // Keep digits down to 10^-scale, with scale ≤ 36 and at most 38 significant digits.
+        let scale = (MAX_DIGITS as i64).min(38 - top);
+        let keep = (top + scale).clamp(0, sig.len() as i64) as usize;
+        let dropped = sig[keep..].bytes().any(|b| b != b'0') || top + scale < 0;
+        let kept = &sig[..keep];
+        let mut mantissa: i128 = if kept.is_empty() { 0 } else { kept.parse().ok()? };
+        // Pad when the kept digits end above 10^-scale.
+        let pad = (top + scale - keep as i64).max(0) as u32;
+        mantissa = mantissa.checked_mul(10i128.checked_pow(pad)?)?;
+        if neg {
+            mantissa = -mantissa - i128::from(dropped);
+        }
+        Some(Decimal { mantissa, scale: scale.max(0) as u32 })
+    }
+
     fn rescale(&self, scale: u32) -> Option<i128> {
         if scale >= self.scale {
             self.mantissa.checked_mul(10i128.checked_pow(scale - self.scale)?)
@@ -165,5 +215,30 @@ mod tests {
         assert!(d("1e38").implicit_range().is_none());
         assert!(d("-1e38").implicit_range().is_none());
         assert!(d("1e37").implicit_range().is_some());
+    }
+
+    #[test]
+    fn stored_values_out_of_range_saturate_in_the_index() {
+        let sat = |s: &str| Decimal::parse_saturating(s).unwrap();
+        // The official R4 example Observation-decimal holds these.
+        assert_eq!(sat("1.000000000000000000e-245"), d("0"));
+        assert_eq!(sat("-1.000000000000000000e-245").to_string(), format!("-0.{}1", "0".repeat(35)));
+        assert_eq!(sat("-1.000000000000000000e+245").mantissa, i128::MIN);
+        assert_eq!(sat("1e245").mantissa, i128::MAX);
+        assert_eq!(sat("0e2147483647"), d("0"));
+        assert_eq!(sat("7e99999999999999999999999").mantissa, i128::MAX);
+        assert_eq!(sat("7e-99999999999999999999999"), d("0"));
+        assert_eq!(sat("6.3"), d("6.3"), "exact values are exact");
+        let long = format!("0.{}", "1".repeat(40));
+        assert_eq!(sat(&long).to_string(), format!("0.{}", "1".repeat(36)), "rounded toward -inf at 36 fraction digits");
+        let neg_long = format!("-0.{}", "1".repeat(40));
+        assert_eq!(sat(&neg_long).to_string(), format!("-0.{}2", "1".repeat(35)));
+        let big = "123456789012345678901234567890123456.789";
+        assert_eq!(sat(big).to_string(), "123456789012345678901234567890123456.78", "38 significant digits kept");
+        assert!(Decimal::parse_saturating("1e").is_none() && Decimal::parse_saturating("x").is_none() && Decimal::parse_saturating("1.2.3").is_none());
+        // Order survives saturation.
+        let vals = ["-1e245", "-1e30", "-1e-245", "0", "1e-245", "1e-30", "1e30", "1e245"];
+        let keys: Vec<[u8; 16]> = vals.iter().map(|v| sat(v).key()).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{vals:?}");
     }
 }

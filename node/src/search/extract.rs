@@ -61,8 +61,8 @@ fn string_value(s: &str) -> IndexValue {
 
 fn decimal(v: &Value) -> Option<Decimal> {
     match v {
-        Value::Number(n) => Decimal::parse(&n.to_string()),
-        Value::String(s) => Decimal::parse(s),
+        Value::Number(n) => Decimal::parse_saturating(&n.to_string()),
+        Value::String(s) => Decimal::parse_saturating(s),
         _ => None,
     }
 }

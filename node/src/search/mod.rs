@@ -3,8 +3,9 @@
 //! extraction per parameter type ([`extract`]) with exact decimals ([`decimal`]), and the index
 //! rows the state machine writes with every version ([`index`]) and their compact posting lists
 //! ([`posting`]); parsing and running a search
-//! on those rows ([`query`], dates in [`date_query`]); `_sort` keys ([`sort`]); result order and keyset pages ([`page`]).
+//! on those rows ([`query`], dates in [`date_query`], the row budget of conditions in [`cost`]); `_sort` keys ([`sort`]); result order and keyset pages ([`page`]).
 
+pub mod cost;
 pub mod date_query;
 pub mod decimal;
 pub mod extract;

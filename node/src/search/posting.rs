@@ -41,6 +41,8 @@ pub const COUNTER: &[u8] = b"mdocs\0";
 pub enum PostingError {
     #[error("storage failure: {0}")]
     Storage(#[from] sled::Error),
+    #[error(transparent)]
+    TooCostly(#[from] super::cost::Exhausted),
     #[error("corrupt posting data under key {0}")]
     Corrupt(String),
 }
@@ -82,12 +84,14 @@ fn u32_value(key: &[u8], v: &[u8]) -> Result<u32, PostingError> {
 
 /// The doc number of `rtype/id`, if it was ever written.
 pub fn docnum(tree: &sled::Tree, rtype: &str, id: &str) -> Result<Option<u32>, PostingError> {
+    super::cost::charge(1)?;
     let k = docnum_key(rtype, id);
     tree.get(&k)?.map(|v| u32_value(&k, &v)).transpose()
 }
 
 /// The id of a doc number.
 pub fn doc_id(tree: &sled::Tree, rtype: &str, doc: u32) -> Result<Option<String>, PostingError> {
+    super::cost::charge(1)?;
     let k = doc_id_key(rtype, doc);
     tree.get(&k)?.map(|v| String::from_utf8(v.to_vec()).map_err(|_| corrupt(&k))).transpose()
 }
@@ -246,6 +250,7 @@ impl Changes {
 /// Every doc number under a key prefix (all blocks of all rows starting with `prefix`).
 pub fn scan(tree: &sled::Tree, prefix: &[u8], out: &mut RoaringBitmap) -> Result<(), PostingError> {
     for item in tree.scan_prefix(prefix) {
+        super::cost::charge(1)?;
         let (k, v) = item?;
         add_block(&k, &v, out)?;
     }
@@ -269,6 +274,7 @@ pub fn scan_range(tree: &sled::Tree, prefix: &[u8], from: Option<[u8; 8]>, to: O
         return Ok(());
     }
     for item in tree.range(start..end) {
+        super::cost::charge(1)?;
         let (k, v) = item?;
         if keep(&row_of(&k)[prefix.len()..]) {
             add_block(&k, &v, out)?;
@@ -280,6 +286,7 @@ pub fn scan_range(tree: &sled::Tree, prefix: &[u8], from: Option<[u8; 8]>, to: O
 /// [`scan`], keeping only rows whose parts after `prefix` satisfy `keep`.
 pub fn scan_filter(tree: &sled::Tree, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
     for item in tree.scan_prefix(prefix) {
+        super::cost::charge(1)?;
         let (k, v) = item?;
         if keep(&row_of(&k)[prefix.len()..]) {
             add_block(&k, &v, out)?;

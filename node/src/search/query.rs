@@ -34,7 +34,16 @@ pub enum SearchError {
 
 impl From<PostingError> for SearchError {
     fn from(e: PostingError) -> Self {
-        SearchError::Store(e.into())
+        match e {
+            PostingError::TooCostly(x) => x.into(),
+            e => SearchError::Store(e.into()),
+        }
+    }
+}
+
+impl From<super::cost::Exhausted> for SearchError {
+    fn from(e: super::cost::Exhausted) -> Self {
+        SearchError::TooCostly(e.to_string())
     }
 }
 
@@ -108,25 +117,52 @@ pub struct Query {
     pub ignored: Vec<(String, String)>,
 }
 
+/// The ids of `rtype` matching a condition (a search that decides a replicated write), in id
+/// order, read within the row budget of [`super::cost`]. Refused, identically on every node:
+/// parameters that do not parse, and queries whose answer is not a function of the replicated
+/// state alone (`ap` reads the clock, `near` computes with platform floating point).
+pub fn condition_ids(reg: &Registry, tree: &sled::Tree, rtype: &str, params: &[(String, String)]) -> Result<Vec<String>, SearchError> {
+    let q = parse(reg, rtype, params, false)?;
+    if q.uses_now() {
+        return Err(SearchError::NotSupported("the ap prefix in a condition (it depends on the current time)".into()));
+    }
+    if q.uses_near() {
+        return Err(SearchError::NotSupported("near in a condition (its distance is computed in floating point, which replicas need not share)".into()));
+    }
+    let mut ids = super::cost::limited(super::cost::CONDITION_ROWS, || (Executor { tree, rtype }).run_ids(&q))?;
+    ids.sort();
+    Ok(ids)
+}
+
 impl Query {
+    /// Whether a criterion (also inside a chain or `_has`) satisfies `test`.
+    fn any(&self, test: &dyn Fn(&Criterion) -> bool) -> bool {
+        fn walk(c: &Criterion, test: &dyn Fn(&Criterion) -> bool) -> bool {
+            match &c.link {
+                Some(Link::Chain(links)) => links.iter().any(|(_, inner)| walk(inner, test)),
+                Some(Link::Has { inner, .. }) => walk(inner, test),
+                None => test(c),
+            }
+        }
+        self.criteria.iter().any(|c| walk(c, test))
+    }
+
+    /// Whether the answer uses `near` (geometry in floating point).
+    pub fn uses_near(&self) -> bool {
+        self.any(&|c| c.param.def.kind == ParamType::Special)
+    }
+
     /// Whether the answer depends on the current time (the `ap` prefix on dates): such a query
     /// cannot decide a replicated write.
     pub fn uses_now(&self) -> bool {
-        fn uses(c: &Criterion) -> bool {
-            match &c.link {
-                Some(Link::Chain(links)) => links.iter().any(|(_, inner)| uses(inner)),
-                Some(Link::Has { inner, .. }) => uses(inner),
-                None => {
-                    let last_is_date = match c.param.def.kind {
-                        ParamType::Date => true,
-                        ParamType::Composite => c.param.components.last().is_some_and(|l| l.param.def.kind == ParamType::Date),
-                        _ => false,
-                    };
-                    last_is_date && c.values.iter().any(|v| v.rsplit('$').next().is_some_and(|last| last.starts_with("ap")))
-                }
-            }
-        }
-        self.criteria.iter().any(uses)
+        self.any(&|c| {
+            let last_is_date = match c.param.def.kind {
+                ParamType::Date => true,
+                ParamType::Composite => c.param.components.last().is_some_and(|l| l.param.def.kind == ParamType::Date),
+                _ => false,
+            };
+            last_is_date && c.values.iter().any(|v| v.rsplit('$').next().is_some_and(|last| last.starts_with("ap")))
+        })
     }
 }
 
@@ -516,6 +552,7 @@ impl Executor<'_> {
         let mut out = Vec::new();
         let mut from = prefix.to_vec();
         while let Some(k) = self.tree.range(from.clone()..).keys().next() {
+            super::cost::charge(1)?;
             let k = k?;
             if !k.starts_with(prefix) {
                 break;
@@ -740,6 +777,7 @@ fn date_pairs(criteria: &[Criterion]) -> Vec<(usize, usize)> {
 
 /// The parts after `prefix` of `rtype/id`'s index rows that start with it (its reverse list).
 pub fn rows_under(tree: &sled::Tree, rtype: &str, id: &str, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
+    super::cost::charge(1)?;
     let Some(list) = tree.get(super::index::reverse_key(rtype, id))? else { return Ok(Vec::new()) };
     let rows = super::index::decode_list(&list).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?;
     Ok(rows.into_iter().filter_map(|k| k.strip_prefix(prefix).map(<[u8]>::to_vec)).collect())

@@ -26,7 +26,7 @@ use super::keys;
 use super::state_machine::{Resolved, StateMachine};
 use super::StoreError;
 use crate::fhir::references::{self, Place};
-use crate::search::query::{self, Executor, SearchError};
+use crate::search::query::{self, SearchError};
 
 /// What one entry turned into before staging.
 enum Plan {
@@ -272,11 +272,7 @@ impl StateMachine {
         let bad = |why: String| StoreError::BadReference(format!("conditional reference '{r}': {why}"));
         let Some(reg) = &self.search else { return Err(bad("this node keeps no search index".into())) };
         let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).map_err(|e| bad(e.to_string()))?;
-        let q = query::parse(reg, rtype, &params, false).map_err(|e| bad(e.to_string()))?;
-        if q.uses_now() {
-            return Err(bad("the ap prefix depends on the current time and cannot be used in a condition".into()));
-        }
-        let mut ids: Vec<String> = match (Executor { tree: &self.tree, rtype }).run_ids(&q) {
+        let mut ids: Vec<String> = match query::condition_ids(reg, &self.tree, rtype, &params) {
             Ok(ids) => ids.into_iter().filter(|id| !gone.contains(&(rtype.to_string(), id.clone()))).collect(),
             Err(SearchError::Store(e)) => return Err(e),
             Err(e) => return Err(bad(e.to_string())),

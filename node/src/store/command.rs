@@ -43,6 +43,11 @@ pub enum CommandV1 {
         atomic: bool,
         entries: Vec<BundleOp>,
     },
+    /// Pins the cluster to one index format (the FHIR version and the search parameter set every
+    /// replica must evaluate conditions and write index rows with). Proposed by a leader whose
+    /// own format differs from the pinned one; a replica with another format refuses to apply it
+    /// and every later write (a mixed cluster stops instead of diverging).
+    Pin { format: String },
 }
 
 /// One write entry of a [`CommandV1::Bundle`].
@@ -156,6 +161,7 @@ impl Command {
             Command::V1(CommandV1::Writes { ops, .. }) => ops.iter().collect(),
             Command::V1(CommandV1::Conditional { op, .. }) => vec![op],
             Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| &e.op).collect(),
+            Command::V1(CommandV1::Pin { .. }) => return Err("a Pin is proposed by the leader itself, never forwarded".into()),
         };
         for op in ops {
             let rtype = defs.resource_type(&op.rtype).map_err(|e| e.to_string())?;
@@ -182,6 +188,7 @@ impl Command {
             Command::V1(CommandV1::Writes { ts_micros, .. })
             | Command::V1(CommandV1::Conditional { ts_micros, .. })
             | Command::V1(CommandV1::Bundle { ts_micros, .. }) => *ts_micros = ts,
+            Command::V1(CommandV1::Pin { .. }) => {}
         }
         self
     }

@@ -19,6 +19,9 @@ pub const META: u8 = b'm';
 pub const META_APPLIED: &[u8] = b"mapplied";
 pub const META_LAST_TS: &[u8] = b"mlast_ts";
 pub const META_CONF: &[u8] = b"mconf";
+/// The index format (layout + FHIR version + search parameter fingerprint) the cluster is pinned
+/// to, written by a replicated `Pin` command.
+pub const META_PIN: &[u8] = b"mpin";
 pub const META_PEER_PREFIX: &[u8] = b"mpeer\0";
 
 pub fn meta_peer(id: u64) -> Vec<u8> {

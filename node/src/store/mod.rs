@@ -61,6 +61,8 @@ impl From<crate::search::posting::PostingError> for StoreError {
         match e {
             crate::search::posting::PostingError::Storage(e) => e.into(),
             crate::search::posting::PostingError::Corrupt(what) => StoreError::Corrupt(what),
+            // Only searches run under a budget (search::cost), and they map it to TooCostly first.
+            crate::search::posting::PostingError::TooCostly(e) => StoreError::BadCondition(e.to_string()),
         }
     }
 }

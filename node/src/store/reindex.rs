@@ -14,13 +14,13 @@ use crate::search::{index, posting};
 /// Stored with the index: its layout version and the parameter set it was built for.
 pub const FORMAT_KEY: &[u8] = b"mindex_format";
 /// Bumped whenever the row or posting layout changes.
-const LAYOUT: u32 = 6;
+const LAYOUT: u32 = 7;
 /// Resources re-indexed per sled batch.
 const CHUNK: usize = 1_000;
 
 impl StateMachine {
     /// The format string this binary writes for its registry (`None` without a search index).
-    fn index_format(&self) -> Option<String> {
+    pub(super) fn index_format(&self) -> Option<String> {
         self.search.as_ref().map(|reg| format!("{LAYOUT}:{}", reg.fingerprint))
     }
 

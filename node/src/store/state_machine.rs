@@ -52,6 +52,8 @@ pub struct StateMachine {
     last_ts: u64,
     /// Search parameters whose index rows are written with every version (`None`: no index).
     pub(super) search: Option<Arc<Registry>>,
+    /// The index format the cluster is pinned to ([`CommandV1::Pin`]), if any yet.
+    pin: Option<String>,
 }
 
 fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError> {
@@ -76,7 +78,8 @@ impl StateMachine {
     pub fn open(tree: sled::Tree) -> Result<StateMachine, StoreError> {
         let (applied_index, applied_term) = read_u64_pair(&tree, keys::META_APPLIED)?;
         let (last_ts, _) = read_u64_pair(&tree, keys::META_LAST_TS)?;
-        Ok(StateMachine { tree, applied_index, applied_term, last_ts, search: None })
+        let pin = tree.get(keys::META_PIN)?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        Ok(StateMachine { tree, applied_index, applied_term, last_ts, search: None, pin })
     }
 
     /// Maintains the embedded search index of `registry` in every apply batch.
@@ -148,6 +151,8 @@ impl StateMachine {
         let mut reopened = StateMachine::open(self.tree.clone())?;
         reopened.search = self.search.take();
         *self = reopened;
+        // A snapshot of a cluster pinned to other search definitions: refuse it loudly.
+        self.check_pin(self.applied_index, None)?;
         // A snapshot from a node of another version may carry another index layout.
         self.ensure_index()?;
         Ok(())
@@ -156,10 +161,53 @@ impl StateMachine {
     /// Applies one committed entry. `Err` means storage failed (the node must stop applying);
     /// per-write outcomes such as version conflicts are in the returned list.
     pub fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Vec<OpOutcome>, StoreError> {
-        let outcomes = match Command::decode(data) {
-            Ok(Command::V1(CommandV1::Writes { ts_micros, ops })) => self.apply_writes(index, term, ts_micros, &ops)?,
-            Ok(Command::V1(CommandV1::Bundle { ts_micros, atomic, entries })) => self.apply_bundle(index, term, ts_micros, atomic, entries)?,
-            Ok(Command::V1(CommandV1::Conditional { ts_micros, op, condition })) => match self.resolve(&op, &condition)? {
+        // Every search this entry's conditions make shares one row budget (search::cost).
+        crate::search::cost::pool(crate::search::cost::ENTRY_ROWS, || self.apply_entry(index, term, data))
+    }
+
+    /// Whether this node's index format differs from the cluster's pin (or there is none yet):
+    /// a leader then proposes a [`CommandV1::Pin`] with its own.
+    pub fn needs_pin(&self) -> Option<String> {
+        let mine = self.index_format()?;
+        (self.pin.as_deref() != Some(mine.as_str())).then_some(mine)
+    }
+
+    /// `Err` when the cluster is pinned to another index format than this node's.
+    fn check_pin(&self, index: u64, incoming: Option<&str>) -> Result<(), StoreError> {
+        let (Some(mine), Some(pinned)) = (self.index_format(), incoming.or(self.pin.as_deref())) else { return Ok(()) };
+        if mine == pinned {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt(format!(
+            "log entry {index}: the cluster is pinned to index format {pinned:?} (FHIR version and search parameters), this node runs {mine:?}; \
+             replicas with different search definitions would decide conditions differently, so this node stops applying. \
+             Run the same Kiln binary and FHIR version on every node (docs/operations.md, upgrades)"
+        )))
+    }
+
+    fn apply_entry(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Vec<OpOutcome>, StoreError> {
+        // Skipping an entry this binary cannot decode would let this node's state differ from
+        // nodes that understand it (a newer binary wrote it): stop applying instead, with the reason.
+        let command = Command::decode(data)
+            .map_err(|e| StoreError::Corrupt(format!("log entry {index} cannot be decoded ({e}); it was probably written by a newer Kiln: upgrade this node")))?;
+        let Command::V1(command) = command;
+        let pinning = match &command {
+            CommandV1::Pin { format } => Some(format.as_str()),
+            _ => None,
+        };
+        self.check_pin(index, pinning)?;
+        let outcomes = match command {
+            CommandV1::Writes { ts_micros, ops } => self.apply_writes(index, term, ts_micros, &ops)?,
+            CommandV1::Bundle { ts_micros, atomic, entries } => self.apply_bundle(index, term, ts_micros, atomic, entries)?,
+            CommandV1::Pin { format } => {
+                let mut batch = sled::Batch::default();
+                batch.insert(keys::META_PIN, format.as_bytes());
+                batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+                self.tree.apply_batch(batch)?;
+                self.pin = Some(format);
+                Vec::new()
+            }
+            CommandV1::Conditional { ts_micros, op, condition } => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
                     let mut outs = self.apply_writes(index, term, ts_micros, &ops)?;
                     for (out, op) in outs.iter_mut().zip(&ops) {
@@ -174,9 +222,6 @@ impl StateMachine {
                     vec![out]
                 }
             },
-            // Skipping it would let this node's state differ from nodes that understand it (a
-            // newer binary wrote it): stop applying instead, with the reason.
-            Err(e) => return Err(StoreError::Corrupt(format!("log entry {index} cannot be decoded ({e}); it was probably written by a newer Kiln: upgrade this node"))),
         };
         self.applied_index = index;
         self.applied_term = term;
@@ -249,18 +294,10 @@ impl StateMachine {
         let Some(reg) = &self.search else {
             return Ok(Resolved::Outcome(Err(StoreError::BadCondition("this node keeps no search index".into()))));
         };
-        let query = match crate::search::query::parse(reg, &op.rtype, &cond.query, false) {
-            Ok(q) => q,
-            Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
-        };
-        if query.uses_now() {
-            return Ok(Resolved::Outcome(Err(StoreError::BadCondition("the ap prefix depends on the current time and cannot be used in a condition".into()))));
-        }
-        let found: Vec<String> = match (crate::search::query::Executor { tree: &self.tree, rtype: &op.rtype }).run_ids(&query) {
+        let found: Vec<String> = match crate::search::query::condition_ids(reg, &self.tree, &op.rtype, &cond.query) {
             // By id: a multiple delete stages its writes (and their timestamps) in this order.
             Ok(mut ids) => {
                 ids.retain(|id| !exclude(id));
-                ids.sort();
                 ids
             }
             Err(crate::search::query::SearchError::Store(e)) => return Err(e),
@@ -444,6 +481,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::command::Condition;
     use crate::store::resources::{HistoryQuery, HistoryScope, PageDir, Store};
 
     fn op(action: Action, id: &str, body: Option<&str>, if_match: Option<u64>) -> WriteOp {
@@ -564,5 +602,53 @@ mod tests {
         assert_eq!(sys.entries.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 4, 3]);
         let at = store.history(&scope, &HistoryQuery { since: None, at: Some((12, 13)), count: 10, cursor: None }).unwrap();
         assert_eq!(at.entries.iter().map(|e| e.version).collect::<Vec<_>>(), [3]);
+    }
+
+    fn conditional_delete(query: &str) -> Vec<u8> {
+        let op = WriteOp { action: Action::Delete, rtype: "Patient".into(), id: "x".into(), body: None, if_match: None, allow_create: true };
+        let condition = Condition { query: serde_urlencoded::from_str(query).unwrap(), client_id: false, multiple: true };
+        Command::V1(CommandV1::Conditional { ts_micros: 5_000, op, condition }).encode()
+    }
+
+    #[test]
+    fn a_condition_past_its_row_budget_fails_alike_everywhere() {
+        let mut ix = crate::search::testing::indexed();
+        // 3,000 Patients with distinct names: `name:contains=a` reads one row per name.
+        let people: Vec<Value> = (0..3_000).map(|i| serde_json::json!({"resourceType": "Patient", "id": format!("p{i}"), "name": [{"family": format!("fam{i}a")}]})).collect();
+        crate::search::testing::put_all(&mut ix.sm, 1, &people);
+        let cheap = ix.sm.apply(2, 1, &conditional_delete("_id=p1")).unwrap();
+        assert!(cheap[0].is_ok(), "{cheap:?}");
+        let all = crate::search::query::condition_ids(&ix.reg, &ix.tree, "Patient", &[("name:contains".into(), "a".into())]).unwrap();
+        assert_eq!(all.len(), 2_999, "within the default budget (p1 was deleted)");
+        // An entry's pool smaller than what the condition reads: it fails, with the limit named.
+        let out = crate::search::cost::pool(1_000, || crate::search::query::condition_ids(&ix.reg, &ix.tree, "Patient", &[("name:contains".into(), "a".into())]));
+        let err = out.unwrap_err().to_string();
+        assert!(err.contains("too costly") && err.contains("1000"), "{err}");
+        // Inside apply, the outcome is a per-write failure: the entry is applied (as a no-op).
+        let before = ix.sm.applied_index();
+        let many = crate::search::cost::pool(1_000, || ix.sm.apply(before + 1, 1, &conditional_delete("name:contains=a")));
+        assert!(matches!(&many.unwrap()[0], Err(StoreError::BadCondition(m)) if m.contains("too costly")));
+        assert_eq!(ix.sm.applied_index(), before + 1);
+        assert!(ix.sm.apply(before + 2, 1, &conditional_delete("near=1|2|3|km")).unwrap()[0].is_err(), "near is refused in conditions");
+    }
+
+    #[test]
+    fn a_replica_with_other_search_definitions_stops_instead_of_diverging() {
+        let mut ix = crate::search::testing::indexed();
+        let mine = ix.sm.needs_pin().expect("no pin yet");
+        let pin = |format: &str| Command::V1(CommandV1::Pin { format: format.into() }).encode();
+        assert!(matches!(ix.sm.apply(1, 1, &pin("6:Stu3-0000")), Err(StoreError::Corrupt(m)) if m.contains("pinned")), "a foreign pin is refused");
+        assert_eq!(ix.sm.applied_index(), 0);
+        ix.sm.apply(1, 1, &pin(&mine)).unwrap();
+        assert!(ix.sm.needs_pin().is_none());
+        crate::search::testing::put_all(&mut ix.sm, 2, &[serde_json::json!({"resourceType": "Patient", "id": "a"})]);
+        // The cluster re-pinned by a leader with other definitions: this node stops at the pin,
+        // and (were the pin already in its state, from a snapshot) at any later write.
+        assert!(ix.sm.apply(3, 1, &pin("99:R4-other")).is_err());
+        ix.tree.insert(keys::META_PIN, b"99:R4-other".as_slice()).unwrap();
+        let mut reopened = StateMachine::open(ix.tree.clone()).unwrap().with_search(ix.reg.clone());
+        assert!(reopened.needs_pin().is_some());
+        assert!(matches!(reopened.apply(3, 1, &conditional_delete("_id=a")), Err(StoreError::Corrupt(_))));
+        assert_eq!(reopened.applied_index(), 2, "nothing applied");
     }
 }

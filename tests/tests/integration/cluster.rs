@@ -323,16 +323,17 @@ fn mutual_tls_between_nodes() {
 
 #[test]
 fn cluster_up_starts_three_nodes_and_stops_them_on_sigterm() {
-    // Three consecutive free ports for HTTP (and three for Raft): find a free run.
-    let (base, raft) = loop {
+    // Three consecutive free ports for HTTP (and three each for Raft and the operator API).
+    let (base, raft, admin) = loop {
         let p = kiln_tests::free_ports(1)[0];
-        if p < 60000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", p + 100 + i)).is_ok()) {
-            break (p, p + 100);
+        let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
+        if p < 60000 && (0..3).all(|i| free(p + i) && free(p + 100 + i) && free(p + 200 + i)) {
+            break (p, p + 100, p + 200);
         }
     };
     let dir = tempfile::tempdir().unwrap();
     let mut up = std::process::Command::new(kiln_bin())
-        .args(["cluster", "up", "--base-port", &base.to_string(), "--raft-base-port", &raft.to_string(), "--data-dir"])
+        .args(["cluster", "up", "--base-port", &base.to_string(), "--raft-base-port", &raft.to_string(), "--admin-base-port", &admin.to_string(), "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
