@@ -140,6 +140,9 @@ pub struct Limits {
     /// Most resources a search page adds through `_include` / `_revinclude` (also `:iterate`);
     /// past it the page lists the first ones and an OperationOutcome entry says it was cut.
     pub max_include_resources: usize,
+    /// Most matches a search may order by a key per match (a search over several types, or a
+    /// `_sort` the sort-row walk does not serve); past it the search answers 400 too-costly.
+    pub max_sort_matches: u64,
     /// Most history rows read to answer one `_history` page (`_at` and `_since` filters skip rows);
     /// past it the request answers 400 too-costly.
     pub max_history_scan: usize,
@@ -194,6 +197,7 @@ impl Default for Limits {
             max_bundle_bytes: 256 * 1024 * 1024,
             max_patch_ops: 1000,
             max_include_resources: 1000,
+            max_sort_matches: 100_000,
             max_history_scan: 100_000,
         }
     }
@@ -246,8 +250,8 @@ impl Config {
         if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 || self.raft.election_ticks <= self.raft.heartbeat_ticks {
             return bad("raft: need tick_ms > 0 and election_ticks > heartbeat_ticks > 0".into());
         }
-        if self.limits.max_patch_ops == 0 || self.limits.max_include_resources == 0 || self.limits.max_history_scan == 0 {
-            return bad("limits.max_patch_ops, max_include_resources and max_history_scan must be positive".into());
+        if self.limits.max_patch_ops == 0 || self.limits.max_include_resources == 0 || self.limits.max_history_scan == 0 || self.limits.max_sort_matches == 0 {
+            return bad("limits.max_patch_ops, max_include_resources, max_sort_matches and max_history_scan must be positive".into());
         }
         // Every write is one Raft entry and every entry travels in one frame: a body or bundle
         // must fit, with room for the entry's encoding.

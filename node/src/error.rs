@@ -89,6 +89,7 @@ fn classify_store(s: &StoreError) -> (u16, &'static str) {
         StoreError::CreateViaUpdateDisabled { .. } => (405, "not-supported"),
         StoreError::AlreadyExists { .. } => (409, "duplicate"),
         StoreError::InvalidCursor => (400, "value"),
+        StoreError::TooCostly(_) => (400, "too-costly"),
         StoreError::MultipleMatches { .. } => (412, "multiple-matches"),
         StoreError::BadCondition(_) => (400, "invalid"),
         StoreError::NoneMatchFailed { .. } => (412, "conflict"),

@@ -121,3 +121,53 @@ where
     s.sock.set_read_timeout(None)?;
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn certificates_name_their_node_and_keys_stay_private() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::launcher::write_certs(dir.path(), &[1, 2], &["127.0.0.1".into()]).unwrap();
+        let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        // A node added later: the CA is reused, not replaced.
+        crate::launcher::write_certs(dir.path(), &[3], &["127.0.0.1".into()]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+        for key in ["ca.key", "node1.key", "node3.key"] {
+            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{key}");
+        }
+        let cfg = |i: u64| TlsConfig { cert: dir.path().join(format!("node{i}.pem")), key: dir.path().join(format!("node{i}.key")), ca: dir.path().join("ca.pem") };
+        let setup = TlsSetup::load(&cfg(1)).unwrap();
+        TlsSetup::load(&cfg(3)).unwrap();
+        let cert = |i: u64| CertificateDer::from_pem_file(dir.path().join(format!("node{i}.pem"))).unwrap();
+        setup.check_node_id(Some(&cert(2)), 2).unwrap();
+        setup.check_node_id(Some(&cert(3)), 3).unwrap();
+        assert!(setup.check_node_id(Some(&cert(2)), 3).is_err(), "node 2's certificate cannot speak for node 3");
+        assert!(setup.check_node_id(None, 2).is_err());
+    }
+
+    #[test]
+    fn a_peer_with_another_nodes_certificate_is_refused_over_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::launcher::write_certs(dir.path(), &[1, 2], &["127.0.0.1".into()]).unwrap();
+        let cfg = |i: u64| TlsConfig { cert: dir.path().join(format!("node{i}.pem")), key: dir.path().join(format!("node{i}.key")), ca: dir.path().join("ca.pem") };
+        let server = Arc::new(TlsSetup::load(&cfg(1)).unwrap());
+        let client = TlsSetup::load(&cfg(2)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = server.clone();
+        let accept = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = s.accept(tcp).unwrap();
+            peer_certificate(&conn.conn)
+        });
+        let conn = client.connect(std::net::TcpStream::connect(addr).unwrap(), &addr.to_string()).unwrap();
+        client.check_node_id(peer_certificate(&conn.conn).as_ref(), 1).unwrap();
+        let seen = accept.join().unwrap();
+        server.check_node_id(seen.as_ref(), 2).unwrap();
+        assert!(server.check_node_id(seen.as_ref(), 3).is_err(), "a Hello claiming node 3 is refused");
+    }
+}

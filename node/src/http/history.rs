@@ -93,7 +93,7 @@ fn query(ctx: &Ctx, st: &AppState) -> Result<HistoryQuery, RequestError> {
             Ok((key, dir))
         })
         .transpose()?;
-    Ok(HistoryQuery { since, at, count, cursor })
+    Ok(HistoryQuery { since, at, count, cursor, max_scan: st.cfg.limits.max_history_scan })
 }
 
 /// Whether the version before `version` is a deletion (the update re-created the resource).

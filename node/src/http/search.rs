@@ -16,7 +16,7 @@ use serde_json::json;
 use super::bundle::{embed, link, relation, Bundle, Entry};
 use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
-use crate::error::{operation_outcome, ApiError};
+use crate::error::ApiError;
 use crate::fhir::SummaryMode;
 use crate::search::query::{self, Executor, SearchError};
 use crate::search::{page, sort};
@@ -132,8 +132,10 @@ fn include_specs(st: &AppState, types: &[&'static str], params: &[(String, Strin
 /// The resources `_include` / `_revinclude` add to a page: they apply to the page's matches;
 /// the `:iterate` ones also to what was included, until nothing new is found (every resource
 /// appears once, so this ends).
-fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], page: &[(String, String)]) -> Result<Vec<(String, String, VersionRecord)>, ApiError> {
+/// At most `limits.max_include_resources` are added; the flag says whether more were found.
+fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], page: &[(String, String)]) -> Result<(Vec<(String, String, VersionRecord)>, bool), ApiError> {
     let specs = include_specs(st, types, params)?;
+    let limit = st.cfg.limits.max_include_resources;
     let tree = st.store.tree();
     let mut seen: BTreeSet<(String, String)> = page.iter().cloned().collect();
     let mut out = Vec::new();
@@ -149,7 +151,13 @@ fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], 
                         continue;
                     }
                     for code in &spec.codes {
-                        found.extend(query::referrers(tree, &spec.source, code, t, id)?.into_iter().map(|r| (spec.source.clone(), r)));
+                        // Only as many referrers as could still be included (plus one, to know
+                        // whether the list was cut) are mapped to ids.
+                        let docs = query::referrer_docs(tree, &spec.source, code, t, id)?;
+                        let on_source = query::Executor { tree, rtype: &spec.source };
+                        for doc in docs.iter().take(limit + 1 - out.len().min(limit)) {
+                            found.push((spec.source.clone(), on_source.id(doc)?));
+                        }
                     }
                 } else {
                     if spec.source != *t {
@@ -164,6 +172,7 @@ fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], 
                         continue;
                     }
                     match st.store.read(&ft, &fid) {
+                        Ok(_) if out.len() == limit => return Ok((out, true)),
                         Ok((_, rec)) => {
                             next.push((ft.clone(), fid.clone()));
                             out.push((ft, fid, rec));
@@ -177,7 +186,7 @@ fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], 
         frontier = next;
         first = false;
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// `GET /?_type=A,B&…`: system search over the listed types (all types without `_type`); only
@@ -258,6 +267,7 @@ async fn respond_types(
     let tree = st.store.tree().clone();
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
     let cursor = param("_page").map(String::from);
+    let max_keyed = st.cfg.limits.max_sort_matches;
     let (counted, page) = web::block(move || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
         for (t, q) in &queries {
@@ -272,11 +282,13 @@ async fn respond_types(
             let total: u64 = found.iter().map(|(_, d)| d.len()).sum();
             return Ok((Some(total as usize), page::Page::default()));
         }
-        Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count)?))
+        Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count, max_keyed)?))
     })
     .await
     .map_err(|e| StoreError::Storage(e.to_string()))??;
-    let params = link_params;
+    // Links show only the parameters the search used (search.html): not those ignored under
+    // handling=lenient.
+    let params: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();
     let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
     if let Some(total) = counted {
         let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
@@ -304,7 +316,7 @@ async fn respond_types(
             Err(e) => return Err(e.into()),
         }
     }
-    let included = includes(st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
+    let (included, cut) = includes(st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
     let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
     for (mode, (t, id, rec)) in bodies.iter().map(|b| ("match", b)).chain(included.iter().map(|b| ("include", b))) {
         entries.push(Entry {
@@ -316,10 +328,20 @@ async fn respond_types(
         });
     }
     let outcome;
+    let mut warnings = Vec::new();
     if !ignored.is_empty() {
         let text = ignored.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; ");
-        outcome = serde_json::to_vec(&operation_outcome("warning", "not-supported", &format!("ignored parameters (Prefer: handling=lenient): {text}")))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        warnings.push(("not-supported", format!("ignored parameters (Prefer: handling=lenient): {text}")));
+    }
+    if cut {
+        warnings.push((
+            "too-costly",
+            format!("_include/_revinclude found more resources than this page may carry; the first {} are included (limits.max_include_resources)", st.cfg.limits.max_include_resources),
+        ));
+    }
+    if !warnings.is_empty() {
+        let issues: Vec<serde_json::Value> = warnings.iter().map(|(code, text)| json!({"severity": "warning", "code": code, "diagnostics": text})).collect();
+        outcome = serde_json::to_vec(&json!({"resourceType": "OperationOutcome", "issue": issues})).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         entries.push(Entry {
             full_url: None,
             resource: Some(embed(ctx, st, &outcome, "OperationOutcome")?),

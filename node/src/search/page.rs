@@ -49,7 +49,10 @@ fn bad_cursor() -> SearchError {
 }
 
 /// The page of `found` (doc numbers per type; `sorts` in the same order) at `cursor`.
-pub fn page(tree: &sled::Tree, found: Vec<(&'static str, Ids)>, sorts: &[SortSpec], cursor: Option<&str>, count: usize) -> Result<Page, SearchError> {
+/// `max_keyed` bounds the matches that may need a sort key each (several types, or a sort the
+/// row walk does not serve): past it the search is refused as too costly rather than holding a
+/// key per match in memory.
+pub fn page(tree: &sled::Tree, found: Vec<(&'static str, Ids)>, sorts: &[SortSpec], cursor: Option<&str>, count: usize, max_keyed: u64) -> Result<Page, SearchError> {
     let cursor = parse_cursor(cursor)?;
     if let ([(t, docs)], [spec]) = (found.as_slice(), sorts) {
         if spec.keys.len() == 1 && walk_pays(tree, t, docs, count)? {
@@ -62,7 +65,14 @@ pub fn page(tree: &sled::Tree, found: Vec<(&'static str, Ids)>, sorts: &[SortSpe
             return Ok(Ordered::Docs(t, docs).page(&cursor, count));
         }
     }
-    let mut keyed = Vec::with_capacity(found.iter().map(|(_, d)| d.len() as usize).sum());
+    let matches: u64 = found.iter().map(|(_, d)| d.len()).sum();
+    if matches > max_keyed {
+        return Err(SearchError::TooCostly(format!(
+            "ordering {matches} matches{} needs a sort key for each; the limit is {max_keyed} (limits.max_sort_matches): add criteria, or search one type",
+            if found.len() > 1 { format!(" of {} types", found.len()) } else { String::new() }
+        )));
+    }
+    let mut keyed = Vec::with_capacity(matches as usize);
     for ((t, docs), spec) in found.into_iter().zip(sorts) {
         for doc in &docs {
             let mut k = sort::key(tree, t, doc, spec)?;
@@ -358,6 +368,18 @@ mod tests {
     use crate::store::command::{Action, Command, CommandV1, WriteOp};
 
     #[test]
+    fn ordering_more_matches_than_the_key_limit_is_refused() {
+        let ix = crate::search::testing::indexed();
+        let a: Ids = (0..10u32).collect();
+        let b: Ids = (0..5u32).collect();
+        let spec = SortSpec::default();
+        let err = page(&ix.tree, vec![("Patient", a.clone()), ("Observation", b.clone())], &[spec.clone(), spec.clone()], None, 5, 14).unwrap_err();
+        assert!(matches!(err, SearchError::TooCostly(ref m) if m.contains("15 matches of 2 types")), "{err}");
+        // One type in creation order needs no keys: no limit applies.
+        assert!(page(&ix.tree, vec![("Patient", a)], std::slice::from_ref(&spec), None, 5, 1).is_ok());
+    }
+
+    #[test]
     fn doc_order_pages_match_keyed_pages() {
         let docs: Ids = [1u32, 5, 6, 9, 300, 70_000].into_iter().collect();
         let fast = Ordered::Docs("Patient", docs.clone());
@@ -399,7 +421,7 @@ mod tests {
                     Cursor::First => None,
                     Cursor::After(e) => Some(format!("n:{}", hex::encode(e))),
                     Cursor::Before(e) => Some(format!("p:{}", hex::encode(e))),
-                }.as_deref(), count).unwrap()
+                }.as_deref(), count, u64::MAX).unwrap()
             }
         };
         let mut forward = Vec::new();
@@ -464,7 +486,7 @@ mod tests {
                 beyond.extend_from_slice(&u32::MAX.to_be_bytes());
                 beyond.extend_from_slice(b"Patient");
                 let walked = walk_page(&tree, "Patient", &docs, &spec, &Cursor::After(beyond.clone()), 5).unwrap();
-                let sorted = page(&tree, vec![("Patient", docs.clone())], std::slice::from_ref(&spec), Some(&format!("n:{}", hex::encode(&beyond))), 5).unwrap();
+                let sorted = page(&tree, vec![("Patient", docs.clone())], std::slice::from_ref(&spec), Some(&format!("n:{}", hex::encode(&beyond))), 5, u64::MAX).unwrap();
                 assert!(walked.items.is_empty() && sorted.items.is_empty());
                 assert_eq!((walked.previous.as_ref(), walked.next.as_ref()), (sorted.previous.as_ref(), sorted.next.as_ref()), "{filter} {sort}: past the end");
                 assert!(walked.previous.is_some());

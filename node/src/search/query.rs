@@ -794,12 +794,7 @@ pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Resul
         .collect())
 }
 
-/// Resources of `source` whose reference parameter `code` points at `rtype/id`.
-pub fn referrers(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Vec<String>, SearchError> {
-    (Executor { tree, rtype: source }).ids(&referrer_docs(tree, source, code, rtype, id)?)
-}
-
-/// [`referrers`] as doc numbers of `source`.
+/// Doc numbers of the `source` resources whose reference parameter `code` points at `rtype/id`.
 pub fn referrer_docs(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Ids, SearchError> {
     let mut out = Ids::new();
     (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;

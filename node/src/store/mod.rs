@@ -33,6 +33,8 @@ pub enum StoreError {
     CreateViaUpdateDisabled { rtype: String, id: String },
     #[error("the _page cursor does not belong to this history; use the links of the history bundle")]
     InvalidCursor,
+    #[error("history too costly: {0}")]
+    TooCostly(String),
     #[error("{rtype}/{id} already exists")]
     AlreadyExists { rtype: String, id: String },
     #[error("the condition matched {count} {rtype} resources; it must match at most one (make it more selective)")]

@@ -102,6 +102,8 @@ pub struct HistoryQuery {
     pub at: Option<(u64, u64)>,
     pub count: usize,
     pub cursor: Option<(Vec<u8>, PageDir)>,
+    /// Most history rows one page may read (`_since` / `_at` skip rows); past it: too costly.
+    pub max_scan: usize,
 }
 
 /// One history entry.
@@ -203,7 +205,15 @@ impl Store {
                 low.extend_from_slice(&since.to_be_bytes());
             }
         }
-        let high = keys::prefix_end(&prefix);
+        // `_at` likewise bounds it from above: no version written at or after its end matters.
+        let high = match (ts_in_key, q.at) {
+            (true, Some((_, hi))) => {
+                let mut h = prefix.clone();
+                h.extend_from_slice(&hi.to_be_bytes());
+                h
+            }
+            _ => keys::prefix_end(&prefix),
+        };
         if let Some((c, _)) = &q.cursor {
             if !c.starts_with(&prefix) {
                 return Err(StoreError::InvalidCursor);
@@ -221,7 +231,13 @@ impl Store {
 
         let mut picked: Vec<(Vec<u8>, HistoryEntry)> = Vec::new();
         let mut more = false;
-        for item in iter {
+        for (scanned, item) in iter.enumerate() {
+            if scanned == q.max_scan {
+                return Err(StoreError::TooCostly(format!(
+                    "this page would read more than {} history rows (limits.max_history_scan) to find {} entries; narrow it with _since, _at closer to now, or a type or instance history",
+                    q.max_scan, q.count
+                )));
+            }
             let (k, v) = item?;
             let entry = self.entry_for(scope, &k, v)?;
             if !self.matches(&entry, q)? {

@@ -587,7 +587,7 @@ mod tests {
             sm.apply(i + 1, 1, &writes(10 + i, vec![op(Action::Update, "a", Some(P), None)])).unwrap();
         }
         let scope = HistoryScope::Instance { rtype: "Patient".into(), id: "a".into() };
-        let q = |cursor| HistoryQuery { since: None, at: None, count: 2, cursor };
+        let q = |cursor| HistoryQuery { since: None, at: None, count: 2, cursor, max_scan: 1000 };
         let p1 = store.history(&scope, &q(None)).unwrap();
         assert_eq!(p1.entries.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 4]);
         assert!(p1.newer.is_none());
@@ -598,9 +598,14 @@ mod tests {
         assert!(p3.older.is_none());
         let back = store.history(&scope, &q(Some((p3.newer.clone().unwrap(), PageDir::Newer)))).unwrap();
         assert_eq!(back.entries.iter().map(|e| e.version).collect::<Vec<_>>(), [3, 2]);
-        let sys = store.history(&HistoryScope::System, &HistoryQuery { since: Some(12), at: None, count: 10, cursor: None }).unwrap();
+        let sys = store.history(&HistoryScope::System, &HistoryQuery { since: Some(12), at: None, count: 10, cursor: None, max_scan: 1000 }).unwrap();
         assert_eq!(sys.entries.iter().map(|e| e.version).collect::<Vec<_>>(), [5, 4, 3]);
-        let at = store.history(&scope, &HistoryQuery { since: None, at: Some((12, 13)), count: 10, cursor: None }).unwrap();
+        let at = store.history(&scope, &HistoryQuery { since: None, at: Some((12, 13)), count: 10, cursor: None, max_scan: 1000 }).unwrap();
+        // `_at` before everything reads nothing on the system history (was: every version).
+        let early = store.history(&HistoryScope::System, &HistoryQuery { since: None, at: Some((0, 1)), count: 10, cursor: None, max_scan: 1 }).unwrap();
+        assert!(early.entries.is_empty());
+        let costly = store.history(&HistoryScope::System, &HistoryQuery { since: Some(10), at: Some((11, 12)), count: 10, cursor: None, max_scan: 1 });
+        assert!(matches!(costly, Err(StoreError::TooCostly(_))), "{costly:?}");
         assert_eq!(at.entries.iter().map(|e| e.version).collect::<Vec<_>>(), [3]);
     }
 

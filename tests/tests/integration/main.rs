@@ -1,5 +1,6 @@
 //! One integration-test binary (fast linking): HTTP conformance, official examples, crash safety, 3-node clusters.
 
+mod abuse;
 mod bench_smoke;
 mod bundles;
 mod cluster;
