@@ -10,6 +10,7 @@
 //! - [`consensus`]: raft-rs `RawNode` loop, its sled log storage, the peer transport (mTLS).
 //! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
+//! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -21,6 +22,7 @@ pub mod config;
 pub mod consensus;
 pub mod error;
 pub mod fhir;
+pub mod fuzzing;
 pub mod http;
 pub mod launcher;
 pub mod search;

@@ -312,7 +312,7 @@ fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
 }
 
-fn read_frame(r: &mut impl Read, max: usize) -> std::io::Result<Frame> {
+pub fn read_frame(r: &mut impl Read, max: usize) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
