@@ -3,6 +3,7 @@
 //! A single node is a one-voter group on the same code path.
 
 pub mod node;
+pub mod snapshot_send;
 pub mod storage;
 pub mod tls;
 pub mod transport;

@@ -23,10 +23,11 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::storage::SledStorage;
-use super::transport::{FaultFilter, ForwardCheck, Frame, Inbound, Transport};
+use super::transport::{FaultFilter, ForwardCheck, Frame, Hooks, Inbound, Transport};
 use super::ConsensusError;
 use crate::config::{Config, PeerConfig};
 use crate::store::command::CommandV1;
+use crate::store::snapshot::{Capture, Staging};
 use crate::store::{Command, OpOutcome, StateMachine};
 
 /// What a proposer gets back: the per-write outcomes of its applied entry.
@@ -144,10 +145,24 @@ impl RaftHandle {
 
 /// Starts the Raft thread (and, with peers configured, the transport) over `db`.
 /// `check` vets the command of every write a follower forwards, before this node proposes it.
-pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine, check: ForwardCheck) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
+pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
-    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some(state.clone()), &voters)?;
+    let capture = Arc::new(Capture::new(db.open_tree("snapshot_preimages")?));
+    let staging = Arc::new(Staging::new(db.open_tree("snapshot_incoming")?));
+    let mut sm = sm.with_capture(capture.clone());
+    let interrupted = crate::store::snapshot::interrupted_install(&state).map_err(storage_failure)?;
+    if interrupted {
+        // A crash in the middle of installing a snapshot: the state is part old, part new. Start
+        // over as an empty member; the leader sends a snapshot again.
+        tracing::warn!("a snapshot install was interrupted: discarding the partial state, the leader will send a new snapshot");
+        sm.reset_empty().map_err(storage_failure)?;
+    }
+    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some((state.clone(), capture)), &voters)?;
+    if interrupted {
+        storage.reset_to(0, 0, None)?;
+        db.flush()?;
+    }
     // The state machine is authoritative: its conf state and applied index are written in the
     // same batch as the data, the log's copies may lag after a crash.
     if let Some(bytes) = sm.conf_state().map_err(storage_failure)? {
@@ -204,13 +219,18 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine, check: ForwardChe
         None
     } else {
         let inbox = tx.clone();
+        let sink = staging.clone();
+        let hooks = Hooks {
+            forward: check,
+            snapshot: Arc::new(move |id, seq, last, data: &[u8]| sink.accept(id, seq, last, data).map_err(|e| e.to_string())),
+        };
         let t = Transport::start(
             cfg.node_id,
             &cfg.cluster,
             Arc::new(move |m| {
                 let _ = inbox.send(Msg::Peer(m));
             }),
-            check,
+            hooks,
         )
         .map_err(|e| ConsensusError::Transport(e.to_string()))?;
         Some(t)
@@ -234,6 +254,8 @@ pub fn start(cfg: &Config, db: sled::Db, mut sm: StateMachine, check: ForwardChe
         snapshot_index: 0,
         pinned_term: 0,
         durable_applied: start_applied,
+        staging,
+        chunk_bytes: (cfg.cluster.max_frame_bytes / 4).min(4 * 1024 * 1024),
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         tick: Duration::from_millis(cfg.raft.tick_ms),
         keep_entries: cfg.raft.log_keep_entries,
@@ -302,6 +324,10 @@ struct Node {
     pinned_term: u64,
     /// Applied index covered by the last fsync (log compaction never passes it).
     durable_applied: u64,
+    /// Snapshot streams arriving from the leader.
+    staging: Arc<Staging>,
+    /// Bytes per snapshot chunk sent to a peer.
+    chunk_bytes: usize,
     write_timeout: Duration,
     tick: Duration,
     keep_entries: u64,
@@ -618,8 +644,20 @@ impl Node {
                     let _ = w.reply.send(Err(ConsensusError::Refused(reason)));
                 }
             }
-            Inbound::Frame { frame: Frame::Hello { .. }, .. } => {}
-            Inbound::Frame { frame: Frame::Snapshot(bytes), from } => self.on_peer(Inbound::Frame { from, frame: Frame::Raft(bytes) }),
+            // Hello is consumed by the transport, chunks go to the staging tree on the connection's thread.
+            Inbound::Frame { frame: Frame::Hello { .. } | Frame::SnapshotChunk { .. }, .. } => {}
+            Inbound::Frame { frame: Frame::Snapshot(bytes), from } => {
+                // Step a snapshot only once its stream arrived whole (else the leader, hearing
+                // nothing applied, sends another).
+                let stream = Message::parse_from_bytes(&bytes).ok().map(|m| crate::store::snapshot::parse_descriptor(m.get_snapshot().get_data()));
+                match stream {
+                    Some(Some(id)) if !self.staging.complete(id) => {
+                        tracing::warn!(peer = from, stream = id, "snapshot message without its complete stream: ignored");
+                    }
+                    Some(Some(_)) => self.on_peer(Inbound::Frame { from, frame: Frame::Raft(bytes) }),
+                    _ => tracing::warn!(peer = from, "a snapshot frame that is not a Kiln snapshot: ignored"),
+                }
+            }
             Inbound::Undelivered { to, frame: Frame::Raft(_) } => self.raw.report_unreachable(to),
             Inbound::Undelivered { to, frame: Frame::Snapshot(_) } => {
                 self.raw.report_unreachable(to);
@@ -643,8 +681,12 @@ impl Node {
         for msg in msgs {
             let to = msg.to;
             let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let stream = crate::store::snapshot::parse_descriptor(msg.get_snapshot().get_data());
             match msg.write_to_bytes() {
-                Ok(bytes) if snapshot => t.send(to, Frame::Snapshot(bytes)),
+                Ok(bytes) if snapshot => match stream {
+                    Some(id) => super::snapshot_send::spawn(t.clone(), self.sm.capture().clone(), self.sm.tree().clone(), to, id, bytes, self.chunk_bytes),
+                    None => t.send(to, Frame::Snapshot(bytes)),
+                },
                 Ok(bytes) => t.send(to, Frame::Raft(bytes)),
                 Err(e) => tracing::error!("cannot encode a raft message: {e}"),
             }
@@ -706,7 +748,9 @@ impl Node {
         tracing::info!(index = meta.index, bytes = snap.data.len(), "installing a snapshot");
         // State first and durable, then the log: a crash in between leaves the state machine
         // ahead of the log, which start-up repairs.
-        self.sm.restore(&snap.data).map_err(storage_failure)?;
+        let id = crate::store::snapshot::parse_descriptor(&snap.data)
+            .ok_or_else(|| ConsensusError::Storage("snapshot data is not a Kiln stream descriptor".into()))?;
+        self.sm.restore(&self.staging, id).map_err(storage_failure)?;
         self.db.flush()?;
         self.raw.store().reset_to(meta.index, meta.term, Some(meta.get_conf_state()))?;
         self.db.flush()?;

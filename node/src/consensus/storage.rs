@@ -1,13 +1,18 @@
 //! `raft::Storage` on a sled tree (`raft`). Entries are keyed `e` + index (big-endian) with the value
 //! `term (8 bytes) + protobuf Entry`, so `term()` needs no decode. Hard state, conf state and the
 //! compaction point live under `s:` keys. Writes come only from the Raft thread; the caller flushes
-//! (fsyncs) once per Ready. A snapshot is the state machine's `state` tree at its applied index
-//! (see `store::snapshot`), built when the leader needs to ship one to a lagging peer.
+//! (fsyncs) once per Ready. A snapshot is the state machine's `state` tree at its applied index:
+//! asked for one, this storage starts a capture and answers with a descriptor; the tree itself is
+//! streamed by a sender thread (`store::snapshot`, `consensus::snapshot_send`).
+
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::store::snapshot::Capture;
 
 const HARD_STATE: &[u8] = b"s:hard_state";
 const CONF_STATE: &[u8] = b"s:conf_state";
@@ -36,8 +41,8 @@ struct Bounds {
 pub struct SledStorage {
     tree: sled::Tree,
     bounds: RwLock<Bounds>,
-    /// The state machine's tree, for snapshots.
-    state: Option<sled::Tree>,
+    /// The state machine's tree and the capture that streams it, for snapshots.
+    snap: Option<(sled::Tree, Arc<Capture>)>,
 }
 
 impl SledStorage {
@@ -46,8 +51,8 @@ impl SledStorage {
         Self::open_with_state(tree, None, voters)
     }
 
-    /// Opens the log of a node whose state machine lives in `state` (snapshots are built from it).
-    pub fn open_with_state(tree: sled::Tree, state: Option<sled::Tree>, voters: &[u64]) -> Result<SledStorage, raft::Error> {
+    /// Opens the log of a node whose state machine lives in `state` (snapshots are streamed from it).
+    pub fn open_with_state(tree: sled::Tree, snap: Option<(sled::Tree, Arc<Capture>)>, voters: &[u64]) -> Result<SledStorage, raft::Error> {
         let mut bounds = Bounds::default();
         if let Some(b) = tree.get(COMPACTED).map_err(store_err)? {
             let mut m = SnapshotMetadata::default();
@@ -59,7 +64,7 @@ impl SledStorage {
             Some(k) => u64::from_be_bytes(k.map_err(store_err)?[1..].try_into().map_err(store_err)?),
             None => bounds.compacted_index,
         };
-        let s = SledStorage { tree, bounds: RwLock::new(bounds), state };
+        let s = SledStorage { tree, bounds: RwLock::new(bounds), snap };
         if s.tree.get(CONF_STATE).map_err(store_err)?.is_none() {
             let mut cs = ConfState::default();
             cs.voters = voters.to_vec();
@@ -231,26 +236,30 @@ impl raft::Storage for SledStorage {
         Ok(self.bounds.read().last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let Some(state) = &self.state else {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        };
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let Some((state, capture)) = &self.snap else { return Err(unavailable()) };
+        // Called on the Raft thread between entries: the tree is exactly at the applied index.
         let sm = crate::store::StateMachine::open(state.clone()).map_err(store_err)?;
         if sm.applied_index() < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(unavailable());
         }
         let conf = match sm.conf_state().map_err(store_err)? {
             Some(bytes) => ConfState::parse_from_bytes(&bytes).map_err(store_err)?,
             None => self.conf_state()?,
         };
-        let (index, term, data) = sm.snapshot().map_err(store_err)?;
+        let id = uuid::Uuid::new_v4().as_u64_pair().0;
+        if !capture.start(id).map_err(store_err)? {
+            // Another transfer is running: Raft asks again later.
+            return Err(unavailable());
+        }
         let mut snap = Snapshot::default();
-        snap.data = data.into();
+        snap.data = crate::store::snapshot::descriptor(id).into();
         let meta = snap.mut_metadata();
-        meta.index = index;
-        meta.term = term;
+        meta.index = sm.applied_index();
+        meta.term = sm.applied_term();
         meta.set_conf_state(conf);
-        tracing::info!(index, bytes = snap.data.len(), "built a snapshot for a lagging peer");
+        tracing::info!(index = meta.index, peer = to, stream = id, "streaming a snapshot to a lagging peer");
         Ok(snap)
     }
 }

@@ -49,6 +49,9 @@ pub enum Frame {
     ForwardReject { req_id: u64, reason: String },
     /// The receiver refused `req_id` for good: the command failed its checks.
     ForwardInvalid { req_id: u64, reason: String },
+    /// Chunk `seq` of snapshot stream `id` (store::snapshot), sent ahead of the `Snapshot` frame
+    /// that names the stream; `last` (an empty chunk) ends it.
+    SnapshotChunk { id: u64, seq: u64, last: bool, data: Vec<u8> },
 }
 
 /// What the transport hands to the Raft thread.
@@ -90,7 +93,19 @@ type Deliver = Arc<dyn Fn(Inbound) + Send + Sync>;
 /// before it reaches the Raft thread; `Err` refuses it with a reason.
 pub type ForwardCheck = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
 
+/// Takes an incoming snapshot chunk `(id, seq, last, data)` on the connection's own thread.
+pub type SnapshotSink = Arc<dyn Fn(u64, u64, bool, &[u8]) -> Result<(), String> + Send + Sync>;
+
+/// What the transport does with frames on the connection's thread, off the Raft thread.
+#[derive(Clone)]
+pub struct Hooks {
+    pub forward: ForwardCheck,
+    pub snapshot: SnapshotSink,
+}
+
 const QUEUE: usize = 8192;
+/// Queued frames below which [`Transport::send_paced`] adds another.
+const PACED_QUEUE: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -100,7 +115,7 @@ pub struct Transport {
     peers: RwLock<HashMap<u64, PeerConfig>>,
     senders: Mutex<HashMap<u64, Sender<Frame>>>,
     deliver: Deliver,
-    check: ForwardCheck,
+    hooks: Hooks,
     pub faults: Arc<FaultFilter>,
     tls: Option<Arc<TlsSetup>>,
     max_frame: usize,
@@ -110,7 +125,7 @@ pub struct Transport {
 
 impl Transport {
     /// Binds the peer listener and starts accepting. `deliver` receives every inbound frame.
-    pub fn start(me: u64, cfg: &ClusterConfig, deliver: Deliver, check: ForwardCheck) -> Result<Arc<Transport>, TransportError> {
+    pub fn start(me: u64, cfg: &ClusterConfig, deliver: Deliver, hooks: Hooks) -> Result<Arc<Transport>, TransportError> {
         let addr = cfg.raft_listen.clone().unwrap_or_default();
         // A node restarted in the same process may find its old listener not yet closed.
         let mut tries = 0;
@@ -131,7 +146,7 @@ impl Transport {
             peers: RwLock::new(cfg.peers.iter().map(|p| (p.id, p.clone())).collect()),
             senders: Mutex::new(HashMap::new()),
             deliver,
-            check,
+            hooks,
             faults: Arc::new(FaultFilter::default()),
             tls,
             max_frame: cfg.max_frame_bytes,
@@ -162,6 +177,20 @@ impl Transport {
         v
     }
 
+    /// The queue of `to`'s sender thread, started on first use (`None`: unknown peer).
+    fn sender_for(&self, to: u64) -> Option<Sender<Frame>> {
+        let mut senders = self.senders.lock();
+        if let Some(s) = senders.get(&to) {
+            return Some(s.clone());
+        }
+        let peer = self.peers.read().get(&to).cloned()?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let link = Link { me: self.me, peer, deliver: self.deliver.clone(), tls: self.tls.clone(), stopped: self.stopped.clone(), faults: self.faults.clone() };
+        std::thread::Builder::new().name(format!("raft-send-{}-{to}", self.me)).spawn(move || link.run(rx)).ok()?;
+        senders.insert(to, tx.clone());
+        Some(tx)
+    }
+
     /// Queues a frame for `to`. Undeliverable frames come back through `deliver`.
     pub fn send(&self, to: u64, frame: Frame) {
         if to == self.me {
@@ -173,34 +202,9 @@ impl Transport {
             }
             return;
         }
-        let sender = {
-            let mut senders = self.senders.lock();
-            match senders.get(&to) {
-                Some(s) => s.clone(),
-                None => {
-                    let Some(peer) = self.peers.read().get(&to).cloned() else {
-                        drop(senders);
-                        (self.deliver)(Inbound::Undelivered { to, frame });
-                        return;
-                    };
-                    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-                    let link = Link {
-                        me: self.me,
-                        peer,
-                        deliver: self.deliver.clone(),
-                        tls: self.tls.clone(),
-                        stopped: self.stopped.clone(),
-                        faults: self.faults.clone(),
-                    };
-                    if std::thread::Builder::new().name(format!("raft-send-{}-{to}", self.me)).spawn(move || link.run(rx)).is_err() {
-                        drop(senders);
-                        (self.deliver)(Inbound::Undelivered { to, frame });
-                        return;
-                    }
-                    senders.insert(to, tx.clone());
-                    tx
-                }
-            }
+        let Some(sender) = self.sender_for(to) else {
+            (self.deliver)(Inbound::Undelivered { to, frame });
+            return;
         };
         match sender.try_send(frame) {
             Ok(()) => {}
@@ -208,6 +212,28 @@ impl Transport {
                 (self.deliver)(Inbound::Undelivered { to, frame });
             }
         }
+    }
+
+    /// Queues a large frame for `to` once its queue is nearly empty (at most a few large frames
+    /// wait in memory), giving up after `timeout`. Returns whether it was queued.
+    pub fn send_paced(&self, to: u64, frame: Frame, timeout: Duration) -> bool {
+        if to == self.me || self.faults.blocks(to) {
+            return false;
+        }
+        let Some(sender) = self.sender_for(to) else { return false };
+        let deadline = std::time::Instant::now() + timeout;
+        while sender.len() >= PACED_QUEUE {
+            if std::time::Instant::now() > deadline || self.stopped.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sender.send_timeout(frame, deadline.saturating_duration_since(std::time::Instant::now())).is_ok()
+    }
+
+    /// Hands `m` to the Raft thread as if the transport had produced it.
+    pub fn report(&self, m: Inbound) {
+        (self.deliver)(m);
     }
 
     /// Stops accepting and ends every sender thread.
@@ -265,7 +291,13 @@ impl Transport {
                 continue;
             }
             let frame = match frame {
-                Frame::Forward { origin, req_id, term, data } => match (self.check)(data) {
+                Frame::SnapshotChunk { id, seq, last, data } => {
+                    if let Err(e) = (self.hooks.snapshot)(id, seq, last, &data) {
+                        tracing::warn!(peer = from, id, seq, "snapshot chunk refused: {e}");
+                    }
+                    continue;
+                }
+                Frame::Forward { origin, req_id, term, data } => match (self.hooks.forward)(data) {
                     Ok(data) if origin == from => Frame::Forward { origin, req_id, term, data },
                     Ok(_) => return Err(invalid(format!("node {from} forwarded a write on behalf of node {origin}"))),
                     Err(reason) => {
@@ -293,6 +325,7 @@ impl Frame {
             Frame::ForwardAck { .. } => "ForwardAck",
             Frame::ForwardReject { .. } => "ForwardReject",
             Frame::ForwardInvalid { .. } => "ForwardInvalid",
+            Frame::SnapshotChunk { .. } => "SnapshotChunk",
         }
     }
 }
@@ -458,8 +491,12 @@ mod tests {
         assert!(read_frame(&mut buf.as_slice(), 4).is_err());
     }
 
-    fn pass() -> ForwardCheck {
-        Arc::new(Ok)
+    fn pass() -> Hooks {
+        hooks(Arc::new(Ok))
+    }
+
+    fn hooks(forward: ForwardCheck) -> Hooks {
+        Hooks { forward, snapshot: Arc::new(|_, _, _, _| Ok(())) }
     }
 
     #[test]
@@ -484,7 +521,7 @@ mod tests {
         let tx1 = tx.clone();
         let refuse_odd: ForwardCheck = Arc::new(|d: Vec<u8>| if d.len() % 2 == 1 { Err("odd".into()) } else { Ok(d) });
         let a = Transport::start(1, &cfg, Arc::new(move |i| { let _ = tx1.send((1, i)); }), pass()).unwrap();
-        let b = Transport::start(2, &cfg, Arc::new(move |i| { let _ = tx.send((2, i)); }), refuse_odd).unwrap();
+        let b = Transport::start(2, &cfg, Arc::new(move |i| { let _ = tx.send((2, i)); }), hooks(refuse_odd)).unwrap();
         a.set_peer(PeerConfig { id: 2, raft_addr: b.local_addr.to_string(), http_url: String::new(), admin_url: String::new() });
         b.set_peer(PeerConfig { id: 1, raft_addr: a.local_addr.to_string(), http_url: String::new(), admin_url: String::new() });
         a.send(2, Frame::Forward { origin: 1, req_id: 1, term: 1, data: vec![1] });

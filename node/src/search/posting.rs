@@ -19,6 +19,7 @@
 //! Doc number keys (in the `state` tree): `n` type `\0` id → `u32`; `N` type `\0` `u32` → id;
 //! `mdocs\0` type → the next unassigned number.
 
+use crate::store::writes::Writes;
 use std::collections::{BTreeMap, HashMap};
 
 use roaring::RoaringBitmap;
@@ -196,7 +197,7 @@ impl Changes {
     }
 
     /// The doc number of `rtype/id`, assigning the type's next one (in this batch) when it has none.
-    pub fn docnum(&mut self, tree: &sled::Tree, batch: &mut sled::Batch, rtype: &str, id: &str) -> Result<u32, PostingError> {
+    pub fn docnum(&mut self, tree: &sled::Tree, batch: &mut Writes, rtype: &str, id: &str) -> Result<u32, PostingError> {
         let key = docnum_key(rtype, id);
         if let Some(d) = self.docnums.get(&key) {
             return Ok(*d);
@@ -224,7 +225,7 @@ impl Changes {
 
     /// Writes every changed block into `batch` (read from `tree`, changed, re-encoded; removed
     /// when empty).
-    pub fn flush(self, tree: &sled::Tree, batch: &mut sled::Batch) -> Result<(), PostingError> {
+    pub fn flush(self, tree: &sled::Tree, batch: &mut Writes) -> Result<(), PostingError> {
         for (key, changes) in self.blocks {
             let mut bits = match tree.get(&key)? {
                 Some(v) => bits_of(&key, &v)?,
@@ -316,9 +317,9 @@ mod tests {
         for d in &docs {
             ch.add(&row, *d);
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         ch.flush(&tree, &mut batch).unwrap();
-        tree.apply_batch(batch).unwrap();
+        tree.apply_batch(batch.into_batch()).unwrap();
         let b0 = tree.get(block_key(&row, 0)).unwrap().unwrap();
         let b1 = tree.get(block_key(&row, 4096)).unwrap().unwrap();
         assert_eq!((b0[0], b0.len()), (ARRAY, 7));
@@ -335,9 +336,9 @@ mod tests {
         }
         ch.add(&row, 4096 + 3); // added and removed in one batch: the later change wins
         ch.remove(&row, 4096 + 3);
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         ch.flush(&tree, &mut batch).unwrap();
-        tree.apply_batch(batch).unwrap();
+        tree.apply_batch(batch.into_batch()).unwrap();
         assert!(tree.get(block_key(&row, 0)).unwrap().is_none());
         let b1 = tree.get(block_key(&row, 4096)).unwrap().unwrap();
         assert_eq!((b1[0], b1.len()), (ARRAY, 401));
@@ -350,17 +351,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("t").unwrap();
         let mut ch = Changes::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         assert_eq!(ch.docnum(&tree, &mut batch, "Patient", "a").unwrap(), 0);
         assert_eq!(ch.docnum(&tree, &mut batch, "Patient", "b").unwrap(), 1);
         assert_eq!(ch.docnum(&tree, &mut batch, "Patient", "a").unwrap(), 0);
         assert_eq!(ch.docnum(&tree, &mut batch, "Observation", "a").unwrap(), 0);
-        tree.apply_batch(batch).unwrap();
+        tree.apply_batch(batch.into_batch()).unwrap();
         let mut ch = Changes::default();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         assert_eq!(ch.docnum(&tree, &mut batch, "Patient", "c").unwrap(), 2);
         assert_eq!(ch.docnum(&tree, &mut batch, "Patient", "b").unwrap(), 1);
-        tree.apply_batch(batch).unwrap();
+        tree.apply_batch(batch.into_batch()).unwrap();
         assert_eq!(doc_id(&tree, "Patient", 2).unwrap().as_deref(), Some("c"));
         assert_eq!(docnum(&tree, "Observation", "a").unwrap(), Some(0));
         assert_eq!(docnum(&tree, "Observation", "zz").unwrap(), None);

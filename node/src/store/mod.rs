@@ -9,6 +9,7 @@ pub mod reindex;
 pub mod resources;
 pub mod snapshot;
 pub mod state_machine;
+pub mod writes;
 
 pub use command::{Action, Command, OpOutcome, WriteOp};
 pub use resources::{Current, Store, VersionRecord};

@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use super::state_machine::StateMachine;
+use super::writes::Writes;
 use super::{keys, Current, StoreError, VersionRecord};
 use crate::search::{index, posting};
 
@@ -32,14 +33,14 @@ impl StateMachine {
             return Ok(None);
         }
         for prefix in [&[index::ROW][..], &[index::REVERSE], &[posting::DOCNUM], &[posting::DOC_ID], posting::COUNTER] {
-            let mut batch = sled::Batch::default();
+            let mut batch = Writes::default();
             for (n, k) in self.tree.scan_prefix(prefix).keys().enumerate() {
                 batch.remove(k?);
                 if n % 10_000 == 9_999 {
-                    self.tree.apply_batch(std::mem::take(&mut batch))?;
+                    self.write(std::mem::take(&mut batch))?;
                 }
             }
-            self.tree.apply_batch(batch)?;
+            self.write(batch)?;
         }
         // Doc numbers first, in first-write order per type.
         let mut staged = self.stage(0);
@@ -71,7 +72,9 @@ impl StateMachine {
             }
         }
         self.write_index(staged)?;
-        self.tree.insert(FORMAT_KEY, want.as_bytes())?;
+        let mut w = Writes::default();
+        w.insert(FORMAT_KEY, want.as_bytes());
+        self.write(w)?;
         tracing::info!(resources = count, "search index rebuilt");
         Ok(Some(count))
     }

@@ -1,42 +1,67 @@
-//! The state machine as one byte string, for Raft snapshots: a lagging or new node receives the
-//! whole `state` tree (resources, history, index rows, metadata with the applied index and conf
-//! state) and installs it in ONE sled batch, so a crash mid-install leaves the old state intact.
+//! Raft snapshots of the state machine, streamed in chunks with memory bounded by the chunk size,
+//! never by the size of the data.
 //!
-//! Format: `KSNAP1`, then per key/value pair `u32 key length, key, u32 value length, value`
-//! (big-endian), in key order.
+//! The Raft snapshot message carries only a descriptor (`KSNAP2` + stream id); the `state` tree
+//! itself travels ahead of it on the same peer connection as numbered chunks of key/value pairs.
+//!
+//! - Leader ([`Capture`]): the snapshot is the state at the applied index when Raft asked for it,
+//!   read from the live tree by a sender thread while the Raft thread keeps applying. Before the
+//!   Raft thread writes a key the sender has not reached yet, it keeps the key's old value (or its
+//!   absence) in the `snapshot_preimages` tree; the sender sends that instead. The sender thus
+//!   streams exactly the state at the snapshot's index, and the pre-images cost disk, bounded by
+//!   what is written during the transfer, not memory.
+//! - Follower ([`Staging`]): chunks are written to the `snapshot_incoming` tree by the connection's
+//!   thread as they arrive (off the Raft thread); when the snapshot message follows a complete
+//!   stream, the Raft thread installs it: a marker key first, then the state tree replaced in
+//!   batches, then the marker removed. A node that finds the marker at start-up crashed mid-install
+//!   and starts over as an empty member (the leader sends it a snapshot again).
+//!
+//! Chunk format: per pair `u32 key length, key, u32 value length, value` (big-endian).
+
+use std::ops::Bound;
+
+use parking_lot::Mutex;
+use sled::IVec;
 
 use super::StoreError;
 
-const MAGIC: &[u8] = b"KSNAP1";
+const MAGIC: &[u8] = b"KSNAP2";
 
-/// Serializes every pair of `tree`. Only the Raft thread writes the tree, and it is the caller,
-/// so the result is the state at one applied index.
-pub fn dump(tree: &sled::Tree) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(MAGIC.len() + 64 * tree.len());
-    out.extend_from_slice(MAGIC);
-    for item in tree.iter() {
-        let (k, v) = item?;
-        for part in [&k[..], &v[..]] {
-            let len = u32::try_from(part.len()).map_err(|_| StoreError::Corrupt("value over 4 GiB in state".into()))?;
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(part);
-        }
-    }
-    Ok(out)
+/// Present in the `state` tree while a snapshot is being installed (value: the stream id).
+pub const META_INSTALLING: &[u8] = b"minstalling";
+
+/// Pairs per batch when the follower replaces its state.
+const INSTALL_BATCH: usize = 10_000;
+
+/// The snapshot data of a Raft message: the stream `id`.
+pub fn descriptor(id: u64) -> Vec<u8> {
+    let mut d = MAGIC.to_vec();
+    d.extend_from_slice(&id.to_be_bytes());
+    d
+}
+
+/// The stream id of a descriptor.
+pub fn parse_descriptor(data: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(data.strip_prefix(MAGIC)?.try_into().ok()?))
+}
+
+fn push_part(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    out.extend_from_slice(part);
 }
 
 /// Takes one length-prefixed part off the front of `rest`.
 fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let part = rest.get(4..4 + len)?;
+    let part = rest.get(4..4usize.checked_add(len)?)?;
     *rest = &rest[4 + len..];
     Some(part)
 }
 
-/// Decodes a dump into its pairs.
+/// Decodes a chunk into its pairs.
 pub fn pairs(data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, StoreError> {
-    let bad = || StoreError::Corrupt("snapshot data is truncated or not a Kiln snapshot".into());
-    let mut rest = data.strip_prefix(MAGIC).ok_or_else(bad)?;
+    let bad = || StoreError::Corrupt("snapshot chunk is truncated".into());
+    let mut rest = data;
     let mut out = Vec::new();
     while !rest.is_empty() {
         let k = take(&mut rest).ok_or_else(bad)?;
@@ -46,18 +71,223 @@ pub fn pairs(data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, StoreError> {
     Ok(out)
 }
 
-/// Replaces the whole content of `tree` by `data` in one atomic batch.
-pub fn install(tree: &sled::Tree, data: &[u8]) -> Result<(), StoreError> {
-    let incoming = pairs(data)?;
-    let mut batch = sled::Batch::default();
-    for key in tree.iter().keys() {
-        batch.remove(key?);
+/// The leader's side of one snapshot transfer (see the module doc).
+pub struct Capture {
+    /// Old values of keys written since the snapshot's index (`None`: snapshots unavailable).
+    pre: Option<sled::Tree>,
+    active: Mutex<Option<Active>>,
+}
+
+struct Active {
+    id: u64,
+    /// The last key sent; pre-images are kept only for keys after it.
+    cursor: Option<IVec>,
+}
+
+/// Pre-image markers: the key did not exist / had this value.
+const ABSENT: u8 = 0;
+const PRESENT: u8 = 1;
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture { pre: None, active: Mutex::new(None) }
     }
-    for (k, v) in incoming {
-        batch.insert(k, v);
+}
+
+impl Capture {
+    /// A capture keeping pre-images in `pre` (a tree of its own, emptied at each start).
+    pub fn new(pre: sled::Tree) -> Capture {
+        Capture { pre: Some(pre), active: Mutex::new(None) }
     }
-    tree.apply_batch(batch)?;
-    Ok(())
+
+    /// Starts capturing the state as it is now under stream `id`. `false` when another transfer
+    /// is running or snapshots are unavailable (Raft asks again later).
+    pub fn start(&self, id: u64) -> Result<bool, StoreError> {
+        let Some(pre) = &self.pre else { return Ok(false) };
+        let mut active = self.active.lock();
+        if active.is_some() {
+            return Ok(false);
+        }
+        pre.clear()?;
+        *active = Some(Active { id, cursor: None });
+        Ok(true)
+    }
+
+    /// Called by the Raft thread before it writes `keys`: keeps the current value of each key
+    /// the running transfer has not sent yet (the first time only).
+    pub fn before_write(&self, state: &sled::Tree, keys: &[IVec]) -> Result<(), StoreError> {
+        let active = self.active.lock();
+        let (Some(a), Some(pre)) = (active.as_ref(), &self.pre) else { return Ok(()) };
+        for k in keys {
+            if a.cursor.as_ref().is_some_and(|c| k <= c) || pre.contains_key(k)? {
+                continue;
+            }
+            let old = match state.get(k)? {
+                None => vec![ABSENT],
+                Some(v) => {
+                    let mut o = Vec::with_capacity(v.len() + 1);
+                    o.push(PRESENT);
+                    o.extend_from_slice(&v);
+                    o
+                }
+            };
+            pre.insert(k, old)?;
+        }
+        Ok(())
+    }
+
+    /// The next pairs of stream `id`, about `max_bytes` of them, in key order; empty when the
+    /// whole state was sent. `Err` if the transfer was cancelled.
+    pub fn next_chunk(&self, id: u64, state: &sled::Tree, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
+        let pre = self.pre.as_ref().ok_or_else(|| StoreError::Storage("snapshots are unavailable".into()))?;
+        let mut out = Vec::new();
+        while out.len() < max_bytes {
+            let mut active = self.active.lock();
+            let a = match active.as_mut() {
+                Some(a) if a.id == id => a,
+                _ => return Err(StoreError::Storage(format!("snapshot stream {id} was cancelled"))),
+            };
+            let from = match &a.cursor {
+                Some(c) => Bound::Excluded(c.clone()),
+                None => Bound::Unbounded,
+            };
+            let live = state.range::<IVec, _>((from.clone(), Bound::Unbounded)).keys().next().transpose()?;
+            let kept = pre.range::<IVec, _>((from, Bound::Unbounded)).keys().next().transpose()?;
+            let key = match (live, kept) {
+                (None, None) => break,
+                (Some(l), Some(k)) => l.min(k),
+                (Some(k), None) | (None, Some(k)) => k,
+            };
+            let value = match pre.get(&key)? {
+                Some(p) if p.first() == Some(&ABSENT) => None,
+                Some(p) => Some(IVec::from(&p[1..])),
+                None => state.get(&key)?,
+            };
+            if let Some(v) = value {
+                push_part(&mut out, &key);
+                push_part(&mut out, &v);
+            }
+            a.cursor = Some(key);
+        }
+        Ok(out)
+    }
+
+    /// Ends stream `id` (done or failed) and drops its pre-images.
+    pub fn finish(&self, id: u64) {
+        let mut active = self.active.lock();
+        if active.as_ref().is_some_and(|a| a.id == id) {
+            *active = None;
+            if let Some(pre) = &self.pre {
+                if let Err(e) = pre.clear() {
+                    tracing::warn!("cannot clear snapshot pre-images: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The follower's side: chunks of one incoming stream, kept on disk until installed.
+pub struct Staging {
+    tree: sled::Tree,
+    lock: Mutex<()>,
+}
+
+/// Staging keys: `0` the stream's state, `1` + key the pairs.
+const STAGE_META: &[u8] = &[0];
+const STAGE_DATA: u8 = 1;
+
+impl Staging {
+    pub fn new(tree: sled::Tree) -> Staging {
+        Staging { tree, lock: Mutex::new(()) }
+    }
+
+    /// (id, next expected chunk, complete).
+    fn meta(&self) -> Result<Option<(u64, u64, bool)>, StoreError> {
+        Ok(self.tree.get(STAGE_META)?.and_then(|m| {
+            let id = u64::from_be_bytes(m.get(..8)?.try_into().ok()?);
+            let seq = u64::from_be_bytes(m.get(8..16)?.try_into().ok()?);
+            Some((id, seq, *m.get(16)? == 1))
+        }))
+    }
+
+    fn set_meta(&self, batch: &mut sled::Batch, id: u64, seq: u64, complete: bool) {
+        let mut m = Vec::with_capacity(17);
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.push(u8::from(complete));
+        batch.insert(STAGE_META, m);
+    }
+
+    /// Stores chunk `seq` of stream `id`. Chunk 0 starts a new stream (dropping any other); a
+    /// chunk out of order is refused and the stream stays incomplete.
+    pub fn accept(&self, id: u64, seq: u64, last: bool, chunk: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.lock.lock();
+        if seq == 0 {
+            self.tree.clear()?;
+        } else {
+            match self.meta()? {
+                Some((sid, next, false)) if sid == id && next == seq => {}
+                other => return Err(StoreError::Corrupt(format!("snapshot chunk {seq} of stream {id} out of order (staged: {other:?})"))),
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in pairs(chunk)? {
+            let mut key = Vec::with_capacity(k.len() + 1);
+            key.push(STAGE_DATA);
+            key.extend_from_slice(k);
+            batch.insert(key, v);
+        }
+        self.set_meta(&mut batch, id, seq + 1, last);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Whether stream `id` arrived whole.
+    pub fn complete(&self, id: u64) -> bool {
+        matches!(self.meta(), Ok(Some((sid, _, true))) if sid == id)
+    }
+
+    /// Replaces the whole `state` tree by stream `id` (see the module doc for crash safety).
+    pub fn install(&self, id: u64, state: &sled::Tree) -> Result<(), StoreError> {
+        let _guard = self.lock.lock();
+        if !matches!(self.meta()?, Some((sid, _, true)) if sid == id) {
+            return Err(StoreError::Corrupt(format!("snapshot stream {id} is not complete")));
+        }
+        state.insert(META_INSTALLING, &id.to_be_bytes())?;
+        state.flush()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for key in state.iter().keys() {
+            let key = key?;
+            if key != META_INSTALLING {
+                batch.remove(key);
+                n += 1;
+            }
+            if n == INSTALL_BATCH {
+                state.apply_batch(std::mem::take(&mut batch))?;
+                n = 0;
+            }
+        }
+        for item in self.tree.scan_prefix([STAGE_DATA]) {
+            let (k, v) = item?;
+            batch.insert(&k[1..], v);
+            n += 1;
+            if n == INSTALL_BATCH {
+                state.apply_batch(std::mem::take(&mut batch))?;
+                n = 0;
+            }
+        }
+        batch.remove(META_INSTALLING);
+        state.apply_batch(batch)?;
+        state.flush()?;
+        self.tree.clear()?;
+        Ok(())
+    }
+}
+
+/// Whether `state` holds a snapshot install that never finished (a crash in the middle).
+pub fn interrupted_install(state: &sled::Tree) -> Result<bool, StoreError> {
+    Ok(state.contains_key(META_INSTALLING)?)
 }
 
 /// SHA-256 over every key and value of `tree` (with their lengths), plus the pair count. Two
@@ -82,21 +312,82 @@ pub fn digest(tree: &sled::Tree) -> Result<(String, u64), StoreError> {
 mod tests {
     use super::*;
 
+    fn iv(s: String) -> IVec {
+        IVec::from(s.as_bytes())
+    }
+
+    fn dump(tree: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.iter().map(|r| r.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
     #[test]
-    fn dump_and_install_replace_everything() {
+    fn a_stream_is_the_state_at_its_start_while_writes_go_on() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let a = db.open_tree("a").unwrap();
-        let b = db.open_tree("b").unwrap();
-        a.insert(b"k1", b"v1".as_slice()).unwrap();
-        a.insert(b"k2", vec![7u8; 1000]).unwrap();
-        b.insert(b"old", b"gone".as_slice()).unwrap();
-        install(&b, &dump(&a).unwrap()).unwrap();
-        let got: Vec<_> = b.iter().map(|r| r.unwrap()).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(&got[0].0[..], b"k1");
-        assert_eq!(got[1].1.len(), 1000);
-        assert!(install(&b, b"KSNAP1\0\0\0\x09abc").is_err(), "a truncated dump is refused");
-        assert_eq!(b.len(), 2, "and changes nothing");
+        let state = db.open_tree("state").unwrap();
+        for i in 0..500u32 {
+            state.insert(format!("k{i:04}"), vec![i as u8; 100]).unwrap();
+        }
+        let at_start = dump(&state);
+        let capture = Capture::new(db.open_tree("pre").unwrap());
+        assert!(capture.start(7).unwrap());
+        assert!(!capture.start(8).unwrap(), "one transfer at a time");
+        let write = |keys: Vec<IVec>, f: &dyn Fn(&sled::Tree)| {
+            capture.before_write(&state, &keys).unwrap();
+            f(&state);
+        };
+        let staging = Staging::new(db.open_tree("incoming").unwrap());
+        let (mut seq, mut sent) = (0u64, 0);
+        loop {
+            let chunk = capture.next_chunk(7, &state, 2_000).unwrap();
+            // Between chunks the Raft thread changes keys before and after the cursor, deletes
+            // some and adds new ones.
+            let n = 3 * seq as usize;
+            write(vec![iv(format!("k{:04}", n)), iv(format!("k{:04}", 499 - n))], &|s| {
+                s.insert(format!("k{:04}", n), b"changed".as_slice()).unwrap();
+                s.remove(format!("k{:04}", 499 - n)).unwrap();
+            });
+            write(vec![iv(format!("new{seq}")), iv(format!("k{:04}a", n))], &|s| {
+                s.insert(format!("new{seq}"), b"x".as_slice()).unwrap();
+                s.insert(format!("k{:04}a", n), b"y".as_slice()).unwrap();
+            });
+            let last = chunk.is_empty();
+            staging.accept(7, seq, last, &chunk).unwrap();
+            sent += pairs(&chunk).unwrap().len();
+            seq += 1;
+            if last {
+                break;
+            }
+        }
+        capture.finish(7);
+        assert_eq!(sent, 500);
+        assert!(seq > 10, "many chunks");
+        assert!(staging.complete(7));
+        let follower = db.open_tree("follower").unwrap();
+        follower.insert(b"stale", b"gone".as_slice()).unwrap();
+        staging.install(7, &follower).unwrap();
+        assert_eq!(dump(&follower), at_start, "exactly the state at the start");
+        assert!(!interrupted_install(&follower).unwrap());
+        assert!(capture.start(9).unwrap(), "finished: a new transfer may start");
+    }
+
+    #[test]
+    fn out_of_order_or_partial_streams_are_never_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let staging = Staging::new(db.open_tree("incoming").unwrap());
+        let mut chunk = Vec::new();
+        push_part(&mut chunk, b"a");
+        push_part(&mut chunk, b"1");
+        staging.accept(1, 0, false, &chunk).unwrap();
+        assert!(staging.accept(1, 2, true, &chunk).is_err(), "a gap");
+        assert!(staging.accept(2, 1, true, &chunk).is_err(), "another stream");
+        assert!(!staging.complete(1));
+        let state = db.open_tree("state").unwrap();
+        state.insert(b"keep", b"me".as_slice()).unwrap();
+        assert!(staging.install(1, &state).is_err());
+        assert_eq!(dump(&state).len(), 1, "untouched");
+        assert!(staging.accept(1, 1, true, b"\x00\x00\x00\x09abc").is_err(), "a truncated chunk");
+        assert!(parse_descriptor(&descriptor(42)) == Some(42) && parse_descriptor(b"KSNAP1xxxxxxxx").is_none());
     }
 }

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use super::command::{Action, Applied, Command, CommandV1, Condition, OpOutcome, WriteOp};
 use super::keys;
+use super::snapshot::{Capture, Staging};
+use super::writes::Writes;
 use super::resources::{Current, VersionRecord};
 use super::StoreError;
 use crate::fhir::meta;
@@ -18,7 +20,7 @@ use crate::search::params::Registry;
 /// Writes staged for one sled batch: the batch, what it changed so far (later writes of the same
 /// entry see earlier ones), and the clock.
 pub(super) struct Staged {
-    batch: sled::Batch,
+    batch: Writes,
     overlay: HashMap<Vec<u8>, Current>,
     index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     postings: posting::Changes,
@@ -54,6 +56,8 @@ pub struct StateMachine {
     pub(super) search: Option<Arc<Registry>>,
     /// The index format the cluster is pinned to ([`CommandV1::Pin`]), if any yet.
     pin: Option<String>,
+    /// The snapshot being streamed to a peer, if any (shared with its sender thread).
+    capture: Arc<Capture>,
 }
 
 fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError> {
@@ -79,7 +83,7 @@ impl StateMachine {
         let (applied_index, applied_term) = read_u64_pair(&tree, keys::META_APPLIED)?;
         let (last_ts, _) = read_u64_pair(&tree, keys::META_LAST_TS)?;
         let pin = tree.get(keys::META_PIN)?.map(|v| String::from_utf8_lossy(&v).into_owned());
-        Ok(StateMachine { tree, applied_index, applied_term, last_ts, search: None, pin })
+        Ok(StateMachine { tree, applied_index, applied_term, last_ts, search: None, pin, capture: Arc::new(Capture::default()) })
     }
 
     /// Maintains the embedded search index of `registry` in every apply batch.
@@ -98,7 +102,9 @@ impl StateMachine {
 
     /// Records an entry that carries no command (leader no-op, configuration change).
     pub fn apply_empty(&mut self, index: u64, term: u64) -> Result<(), StoreError> {
-        self.tree.insert(keys::META_APPLIED, &u64_pair(index, term))?;
+        let mut w = Writes::default();
+        w.insert(keys::META_APPLIED, &u64_pair(index, term));
+        self.write(w)?;
         self.applied_index = index;
         self.applied_term = term;
         Ok(())
@@ -107,7 +113,7 @@ impl StateMachine {
     /// Records a membership change: the new Raft conf state (protobuf bytes) and, for an added
     /// member, its addresses (`Some(json)`) or, for a removed one, `None`.
     pub fn apply_conf(&mut self, index: u64, term: u64, conf_state: &[u8], peer: Option<(u64, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         batch.insert(keys::META_CONF, conf_state);
         match peer {
             Some((id, Some(info))) => batch.insert(keys::meta_peer(id), info),
@@ -115,7 +121,7 @@ impl StateMachine {
             None => {}
         }
         batch.insert(keys::META_APPLIED, &u64_pair(index, term));
-        self.tree.apply_batch(batch)?;
+        self.write(batch)?;
         self.applied_index = index;
         self.applied_term = term;
         Ok(())
@@ -140,16 +146,40 @@ impl StateMachine {
         Ok(out)
     }
 
-    /// The whole state as snapshot data, with the index and term it reflects.
-    pub fn snapshot(&self) -> Result<(u64, u64, Vec<u8>), StoreError> {
-        Ok((self.applied_index, self.applied_term, super::snapshot::dump(&self.tree)?))
-    }
-
-    /// Replaces the state by a snapshot's data and resumes from the index recorded in it.
-    pub fn restore(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        super::snapshot::install(&self.tree, data)?;
+    /// Empties the state (a snapshot install was interrupted): the node starts over as an empty
+    /// member.
+    pub fn reset_empty(&mut self) -> Result<(), StoreError> {
+        self.tree.clear()?;
+        self.tree.flush()?;
         let mut reopened = StateMachine::open(self.tree.clone())?;
         reopened.search = self.search.take();
+        reopened.capture = self.capture.clone();
+        *self = reopened;
+        Ok(())
+    }
+
+    /// Shares `capture` with the snapshot sender (the leader's side of a transfer).
+    pub fn with_capture(mut self, capture: Arc<Capture>) -> StateMachine {
+        self.capture = capture;
+        self
+    }
+
+    /// The snapshot capture this state machine feeds.
+    pub fn capture(&self) -> &Arc<Capture> {
+        &self.capture
+    }
+
+    /// The `state` tree (read by the snapshot sender).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Replaces the state by the staged snapshot stream `id` and resumes from the index recorded in it.
+    pub fn restore(&mut self, staging: &Staging, id: u64) -> Result<(), StoreError> {
+        staging.install(id, &self.tree)?;
+        let mut reopened = StateMachine::open(self.tree.clone())?;
+        reopened.search = self.search.take();
+        reopened.capture = self.capture.clone();
         *self = reopened;
         // A snapshot of a cluster pinned to other search definitions: refuse it loudly.
         self.check_pin(self.applied_index, None)?;
@@ -200,10 +230,10 @@ impl StateMachine {
             CommandV1::Writes { ts_micros, ops } => self.apply_writes(index, term, ts_micros, &ops)?,
             CommandV1::Bundle { ts_micros, atomic, entries } => self.apply_bundle(index, term, ts_micros, atomic, entries)?,
             CommandV1::Pin { format } => {
-                let mut batch = sled::Batch::default();
+                let mut batch = Writes::default();
                 batch.insert(keys::META_PIN, format.as_bytes());
                 batch.insert(keys::META_APPLIED, &u64_pair(index, term));
-                self.tree.apply_batch(batch)?;
+                self.write(batch)?;
                 self.pin = Some(format);
                 Vec::new()
             }
@@ -218,7 +248,9 @@ impl StateMachine {
                     outs
                 }
                 Resolved::Outcome(out) => {
-                    self.tree.insert(keys::META_APPLIED, &u64_pair(index, term))?;
+                    let mut w = Writes::default();
+                    w.insert(keys::META_APPLIED, &u64_pair(index, term));
+                    self.write(w)?;
                     vec![out]
                 }
             },
@@ -242,7 +274,7 @@ impl StateMachine {
     /// Starts a batch of writes whose timestamps follow `ts_micros` and the last applied one.
     pub(super) fn stage(&self, ts_micros: u64) -> Staged {
         Staged {
-            batch: sled::Batch::default(),
+            batch: Writes::default(),
             overlay: HashMap::new(),
             index_overlay: HashMap::new(),
             postings: posting::Changes::default(),
@@ -279,7 +311,14 @@ impl StateMachine {
     /// Writes a staged batch with its posting block changes (alone: the index rebuild).
     pub(super) fn write_index(&self, mut staged: Staged) -> Result<(), StoreError> {
         std::mem::take(&mut staged.postings).flush(&self.tree, &mut staged.batch)?;
-        self.tree.apply_batch(staged.batch)?;
+        self.write(staged.batch)
+    }
+
+    /// Writes a batch to the state tree: the one place the state changes, so that a snapshot
+    /// being streamed first keeps the values it still has to send ([`Capture`]).
+    pub(super) fn write(&self, w: Writes) -> Result<(), StoreError> {
+        self.capture.before_write(&self.tree, w.keys())?;
+        self.tree.apply_batch(w.into_batch())?;
         Ok(())
     }
 
@@ -418,7 +457,7 @@ impl StateMachine {
         op: &WriteOp,
         cur: Option<Current>,
         ts: u64,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         overlay: &mut HashMap<Vec<u8>, Current>,
         rows: &mut Option<Vec<Vec<u8>>>,
     ) -> OpOutcome {

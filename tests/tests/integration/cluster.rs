@@ -293,6 +293,40 @@ fn lagging_node_catches_up_by_snapshot_and_a_fourth_node_joins() {
 }
 
 #[test]
+fn a_snapshot_larger_than_a_frame_streams_in_chunks() {
+    // Frames of 1 MiB, a state of ~3 MB: the snapshot used to travel as one frame, which the
+    // follower refused, and the leader rebuilt and resent it forever.
+    let mut c = TestCluster::start_with(3, |cfg| {
+        cfg.raft.log_keep_entries = 10;
+        cfg.cluster.max_frame_bytes = 1024 * 1024;
+        cfg.limits.max_body_bytes = 512 * 1024;
+        cfg.limits.max_bundle_bytes = 512 * 1024;
+    });
+    let leader = c.leader();
+    let lagging = followers(&c, leader)[0];
+    c.kill9(lagging);
+    let http = client();
+    let text = "y".repeat(30 * 1024);
+    for i in 0..100 {
+        let (s, _) = put(&http, &c.url(leader, &format!("/Patient/big{i}")), &patient(&format!("big{i}"), &format!("{i}{text}"))).unwrap();
+        assert_eq!(s, 201);
+    }
+    let ls = c.status(leader).unwrap();
+    assert!(ls["first_index"].as_u64().unwrap() > 2, "the leader compacted its log: {ls}");
+    c.restart(lagging);
+    // Writes go on while the snapshot streams: the stream is the state at its index, the log
+    // brings the rest.
+    for i in 0..20 {
+        let (s, _) = put(&http, &c.url(leader, &format!("/Patient/during{i}")), &patient(&format!("during{i}"), "x")).unwrap();
+        assert_eq!(s, 201);
+    }
+    c.converged(&c.ids(), 90);
+    let s = c.status(lagging).unwrap();
+    assert!(s["first_index"].as_u64().unwrap() > 2, "node {lagging} started from a snapshot: {s}");
+    assert_eq!(http.get(c.url(lagging, "/Patient/big99")).send().unwrap().status(), 200);
+}
+
+#[test]
 fn mutual_tls_between_nodes() {
     let certs = tempfile::tempdir().unwrap();
     let other_ca = tempfile::tempdir().unwrap();
