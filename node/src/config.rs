@@ -134,6 +134,10 @@ pub struct Limits {
     pub max_bundle_entries: usize,
     /// Largest batch / transaction bundle body in bytes.
     pub max_bundle_bytes: usize,
+    /// Bundle body bytes all batch / transaction requests of this node may hold at once; a
+    /// bundle waits for room (up to `write_timeout_ms`, then 503). A parsed bundle takes several
+    /// times its body in memory, so this bounds the node's memory under many large bundles.
+    pub max_inflight_bundle_bytes: usize,
     /// Most operations in one JSON Patch document (the patched result is bounded by
     /// `max_body_bytes`).
     pub max_patch_ops: usize,
@@ -195,6 +199,7 @@ impl Default for Limits {
             max_page_size: 1000,
             max_bundle_entries: 20_000,
             max_bundle_bytes: 256 * 1024 * 1024,
+            max_inflight_bundle_bytes: 256 * 1024 * 1024,
             max_patch_ops: 1000,
             max_include_resources: 1000,
             max_sort_matches: 100_000,
@@ -252,6 +257,9 @@ impl Config {
         }
         if self.limits.max_patch_ops == 0 || self.limits.max_include_resources == 0 || self.limits.max_history_scan == 0 || self.limits.max_sort_matches == 0 {
             return bad("limits.max_patch_ops, max_include_resources, max_sort_matches and max_history_scan must be positive".into());
+        }
+        if self.limits.max_inflight_bundle_bytes < self.limits.max_bundle_bytes {
+            return bad("limits.max_inflight_bundle_bytes must be at least limits.max_bundle_bytes".into());
         }
         // Every write is one Raft entry and every entry travels in one frame: a body or bundle
         // must fit, with room for the entry's encoding.

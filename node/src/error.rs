@@ -57,6 +57,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             RequestError::PatchTooCostly(_) => (422, "too-costly"),
             RequestError::PreconditionFailed(_) => (412, "conflict"),
             RequestError::Unauthorized(_) => (401, "login"),
+            RequestError::Busy(_) => (503, "throttled"),
         },
         ApiError::Fhir(f) => classify_fhir(f),
         ApiError::Store(s) => classify_store(s),

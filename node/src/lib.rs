@@ -157,6 +157,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();
                 let admin_listen = cfg.admin_listen.clone();
+                let bundle_room = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_inflight_bundle_bytes.div_ceil(1024).min(tokio::sync::Semaphore::MAX_PERMITS)));
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
@@ -165,6 +166,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     raft: thread_raft,
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
+                    bundle_room,
                 });
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {

@@ -42,10 +42,29 @@ impl InstanceWrite {
 
 /// Sends a write to the actor of its type and waits for it to be applied.
 pub async fn send_write(st: &AppState, rtype: &'static str, intent: WriteIntent) -> Result<(String, Applied), ApiError> {
+    if let Some(cond) = &intent.condition {
+        precheck(st, rtype, cond).await?;
+    }
     let addr = st.registry.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
     match addr.send(Write(intent)).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(WriteError::Mailbox(rtype.to_string()).into()),
+    }
+}
+
+/// Runs a conditional write's search here first, on an HTTP worker's blocking pool with the same
+/// row budget apply gives it (search::cost): a condition that cannot be decided (too costly, `ap`,
+/// `near`, a bad value) is answered 400 at once and never reaches the log or the Raft thread.
+/// Apply still decides on the state it sees then.
+async fn precheck(st: &AppState, rtype: &'static str, cond: &Condition) -> Result<(), ApiError> {
+    let (tree, reg, query) = (st.store.tree().clone(), st.search.clone(), cond.query.clone());
+    let found = web::block(move || crate::search::query::condition_ids(&reg, &tree, rtype, &query))
+        .await
+        .map_err(|e| crate::store::StoreError::Storage(e.to_string()))?;
+    match found {
+        Ok(_) => Ok(()),
+        Err(crate::search::query::SearchError::Store(e)) => Err(e.into()),
+        Err(e) => Err(crate::store::StoreError::BadCondition(e.to_string()).into()),
     }
 }
 

@@ -64,6 +64,8 @@ pub enum RequestError {
     PreconditionFailed(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Shared state of every handler.
@@ -77,6 +79,8 @@ pub struct AppState {
     pub search: Arc<crate::search::params::Registry>,
     /// When this node started (CapabilityStatement.date).
     pub started: String,
+    /// Room for bundle bodies in flight, in KiB (`limits.max_inflight_bundle_bytes`).
+    pub bundle_room: Arc<tokio::sync::Semaphore>,
 }
 
 /// The level an interaction works at.

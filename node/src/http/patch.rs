@@ -15,7 +15,7 @@ use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::actors::{WriteError, WriteIntent};
 use crate::error::ApiError;
-use crate::search::query::{self, Executor};
+use crate::search::query;
 use crate::store::command::Action;
 use crate::store::StoreError;
 
@@ -115,8 +115,8 @@ pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
 pub fn match_one(st: &AppState, rtype: &'static str, query_string: &str) -> Result<String, ApiError> {
     let params = super::crud::condition(query_string, "search", false)?.query;
-    let q = query::parse(&st.search, rtype, &params, false)?;
-    let ids = Executor { tree: st.store.tree(), rtype }.run_ids(&q)?;
+    // The same search, budget and refusals as apply uses for the condition.
+    let ids = query::condition_ids(&st.search, st.store.tree(), rtype, &params)?;
     match ids.len() {
         1 => Ok(ids.into_iter().next().expect("one id")),
         0 => Err(StoreError::NotFound { rtype: rtype.into(), id: format!("?{query_string} (no match)") }.into()),

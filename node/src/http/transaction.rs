@@ -36,6 +36,24 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
     let ctx = Ctx::new(&req, &st)?;
     negotiate::require_json_body(&req)?;
     let limits = &st.cfg.limits;
+    // Room for this body among the bundles in flight: its declared length, or the most a body
+    // may be when it comes chunked.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(limits.max_bundle_bytes)
+        .min(limits.max_bundle_bytes);
+    let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let wait = std::time::Duration::from_millis(st.cfg.write_timeout_ms);
+    let _room = match tokio::time::timeout(wait, st.bundle_room.acquire_many(kib)).await {
+        Ok(Ok(permit)) => permit,
+        _ => return Err(RequestError::Busy(format!(
+            "too many large bundles are being processed (limits.max_inflight_bundle_bytes = {}); retry later",
+            limits.max_inflight_bundle_bytes
+        )).into()),
+    };
     let body = negotiate::read_json_limited(payload, limits.max_bundle_bytes, "limits.max_bundle_bytes").await?;
     // Planning reads current versions (PATCH) and runs searches: after the barrier, if asked.
     negotiate::read_barrier(&req, &st).await?;

@@ -130,11 +130,17 @@ fn hostile_requests_are_refused_quickly_and_the_node_keeps_serving() {
     expect("_history at the epoch", c.get(node.url("/_history?_at=1970-01-01")), 200);
     expect("system search sorted without _type", c.get(node.url("/?_sort=_lastUpdated")), 200);
 
-    // 5. Headers.
+    // 5. Conditions that cannot decide a replicated write the same way everywhere.
+    let loc = r#"{"resourceType":"Location","name":"x"}"#.to_string();
+    let oo = expect("conditional create on near", post(&c, &node.url("/Location"), loc.clone()).header("if-none-exist", "near=1|2|3|km"), 400);
+    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("near"), "{oo}");
+    expect("conditional delete on ap", c.delete(node.url("/Patient?birthdate=ap2020")), 400);
+
+    // 6. Headers.
     let req = c.put(node.url("/Patient/reader")).header("content-type", FHIR).header("if-match", "W/\"abc").body(r#"{"resourceType":"Patient","id":"reader"}"#);
     expect("malformed If-Match", req, 400);
 
-    // 6. The operator API is not on the FHIR port.
+    // 7. The operator API is not on the FHIR port.
     expect("membership on the FHIR port", c.post(node.url("/_cluster/nodes")).body(r#"{"id":9,"raft_addr":"127.0.0.1:1"}"#), 404);
     expect("digest on the FHIR port", c.get(node.url("/_cluster/digest")), 404);
     expect("status stays readable", c.get(node.url("/_cluster/status")), 200);
@@ -243,4 +249,53 @@ fn forged_forwards_on_the_raft_port_change_nothing() {
     drop(s);
     let (st, _) = put(&c, &cluster.url(leader, "/Patient/after-oversize"), &json!({"resourceType": "Patient", "id": "after-oversize"})).unwrap();
     assert_eq!(st, 201);
+}
+
+/// A request body fed from a channel: the test decides when each piece is sent.
+struct Trickle {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => (self.buf, self.pos) = (b, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn bundle_bodies_in_flight_are_bounded() {
+    let node = TestNode::start_with(FhirVersion::R4, |c| {
+        c.limits.max_bundle_bytes = 1 << 20;
+        c.limits.max_inflight_bundle_bytes = 1 << 20;
+        c.write_timeout_ms = 500;
+    });
+    let url = node.url("/");
+    // A: a chunked body (no length: it may be as large as a bundle may be) kept open.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let a_url = url.clone();
+    let a = std::thread::spawn(move || {
+        let body = reqwest::blocking::Body::new(Trickle { rx, buf: Vec::new(), pos: 0 });
+        client().post(a_url).header("content-type", FHIR).body(body).send().map(|r| r.status().as_u16()).unwrap_or(0)
+    });
+    tx.send(br#"{"resourceType":"Bundle","#.to_vec()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let small = json!({"resourceType": "Bundle", "type": "batch", "entry": []}).to_string();
+    let c = client();
+    let oo = expect("a bundle while the room is taken", post(&c, &url, small.clone()), 503);
+    assert_eq!(oo["issue"][0]["code"], "throttled");
+    tx.send(br#""type":"batch","entry":[]}"#.to_vec()).unwrap();
+    drop(tx);
+    assert_eq!(a.join().unwrap(), 200);
+    expect("the same bundle once the room is free", post(&c, &url, small), 200);
 }
