@@ -157,15 +157,18 @@ impl Command {
     /// node's actor checked it: known resource types, valid ids, and bodies that are resources of
     /// their type passing validation. The log then never holds a write that apply cannot take.
     pub fn check(&self, defs: &Definitions, max_depth: usize) -> Result<(), String> {
-        let ops: Vec<&WriteOp> = match self {
-            Command::V1(CommandV1::Writes { ops, .. }) => ops.iter().collect(),
-            Command::V1(CommandV1::Conditional { op, .. }) => vec![op],
-            Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| &e.op).collect(),
+        // (op, whether a condition decides its target)
+        let ops: Vec<(&WriteOp, bool)> = match self {
+            Command::V1(CommandV1::Writes { ops, .. }) => ops.iter().map(|op| (op, false)).collect(),
+            Command::V1(CommandV1::Conditional { op, .. }) => vec![(op, true)],
+            Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| (&e.op, e.condition.is_some())).collect(),
             Command::V1(CommandV1::Pin { .. }) => return Err("a Pin is proposed by the leader itself, never forwarded".into()),
         };
-        for op in ops {
+        for (op, conditional) in ops {
             let rtype = defs.resource_type(&op.rtype).map_err(|e| e.to_string())?;
-            if !valid_id(&op.id) {
+            // A conditional delete names no resource: the condition finds them at apply.
+            let unnamed = conditional && op.action == Action::Delete && op.id.is_empty();
+            if !unnamed && !valid_id(&op.id) {
                 return Err(format!("invalid id {:?}", op.id));
             }
             match (op.action, &op.body) {
@@ -241,6 +244,17 @@ mod tests {
         };
         assert!(w("Patient", "a", Action::Update, Some(r#"{"resourceType":"Patient","id":"a"}"#)).check(&defs, 64).is_ok());
         assert!(w("Patient", "a", Action::Delete, None).check(&defs, 64).is_ok());
+        let cond = Condition { query: vec![("name".into(), "x".into())], client_id: false, multiple: false };
+        let del = WriteOp { action: Action::Delete, rtype: "Patient".into(), id: String::new(), body: None, if_match: None, allow_create: true };
+        let conditional_delete = Command::V1(CommandV1::Conditional { ts_micros: 1, op: del.clone(), condition: cond.clone() });
+        assert!(conditional_delete.check(&defs, 64).is_ok(), "a conditional delete names no id");
+        let in_bundle = Command::V1(CommandV1::Bundle {
+            ts_micros: 1,
+            atomic: true,
+            entries: vec![BundleOp { index: 0, op: del.clone(), condition: Some(cond), if_none_match: false, full_url: None }],
+        });
+        assert!(in_bundle.check(&defs, 64).is_ok());
+        assert!(Command::V1(CommandV1::Writes { ts_micros: 1, ops: vec![del] }).check(&defs, 64).is_err(), "a plain delete needs an id");
         for bad in [
             w("Nope", "a", Action::Update, Some(r#"{"resourceType":"Nope"}"#)),
             w("Patient", "a/b", Action::Update, Some(r#"{"resourceType":"Patient"}"#)),

@@ -238,6 +238,25 @@ fn forged_forwards_on_the_raft_port_change_nothing() {
     assert_eq!(st, 201, "the cluster still takes writes");
     let (st, _) = put(&c, &cluster.url(follower, "/Patient/via-follower"), &json!({"resourceType": "Patient", "id": "via-follower"})).unwrap();
     assert_eq!(st, 201, "forwarding still works");
+    // Every kind of write a follower forwards passes the leader's checks.
+    let f = |p: &str| cluster.url(follower, p);
+    let body = |v: Value| v.to_string();
+    let created = post(&c, &f("/Patient"), body(json!({"resourceType": "Patient", "identifier": [{"system": "s", "value": "v1"}]})))
+        .header("if-none-exist", "identifier=s|v1")
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), 201, "conditional create via a follower");
+    let updated = c.put(f("/Patient?identifier=s|v1")).header("content-type", FHIR).body(body(json!({"resourceType": "Patient", "identifier": [{"system": "s", "value": "v1"}], "active": true}))).send().unwrap();
+    assert_eq!(updated.status(), 200, "conditional update via a follower");
+    let patched = c.patch(f("/Patient/via-follower")).header("content-type", "application/json-patch+json").body(r#"[{"op":"add","path":"/active","value":false}]"#).send().unwrap();
+    assert_eq!(patched.status(), 200, "patch via a follower");
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient?identifier=s|v1"}},
+        {"fullUrl": "urn:uuid:0c3d0e2a-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient", "active": true}, "request": {"method": "POST", "url": "Patient"}}]});
+    let resp = post(&c, &f("/"), body(tx)).send().unwrap();
+    assert_eq!(resp.status(), 200, "transaction with a conditional delete via a follower: {}", resp.text().unwrap_or_default());
+    let deleted = c.delete(f("/Patient?_id=via-follower")).send().unwrap();
+    assert_eq!(deleted.status(), 204, "conditional delete via a follower");
     cluster.converged(&cluster.ids(), 30);
     for id in cluster.ids() {
         assert_eq!(cluster.status(id).unwrap()["role"].as_str().map(|r| r != "stopped"), Some(true));
