@@ -41,16 +41,19 @@ def http(method, url, body=None, timeout=10, headers=None):
 class Cluster:
     def __init__(self, kiln, n=3, keep_entries=10000):
         self.kiln, self.n, self.dir = kiln, n, tempfile.mkdtemp(prefix="kiln-bench-cluster-")
-        ports = free_ports(2 * n)
+        ports = free_ports(3 * n)
         self.http = ports[:n]
-        self.raft = ports[n:]
+        self.raft = ports[n:2 * n]
+        self.admin = ports[2 * n:]
         peers = "".join(
-            f'[[cluster.peers]]\nid = {i + 1}\nraft_addr = "127.0.0.1:{self.raft[i]}"\nhttp_url = "http://127.0.0.1:{self.http[i]}"\n\n'
+            f'[[cluster.peers]]\nid = {i + 1}\nraft_addr = "127.0.0.1:{self.raft[i]}"\nhttp_url = "http://127.0.0.1:{self.http[i]}"\n'
+            f'admin_url = "http://127.0.0.1:{self.admin[i]}"\n\n'
             for i in range(n))
         self.procs = {}
         for i in range(n):
             with open(self.cfg(i + 1), "w") as f:
                 f.write(f'node_id = {i + 1}\ndata_dir = "{self.dir}/node{i + 1}"\nlisten = "127.0.0.1:{self.http[i]}"\n'
+                        f'admin_listen = "127.0.0.1:{self.admin[i]}"\n'
                         f'[raft]\nlog_keep_entries = {keep_entries}\n'
                         f'[cluster]\nraft_listen = "127.0.0.1:{self.raft[i]}"\n{peers}')
         for i in range(1, n + 1):
@@ -89,7 +92,8 @@ class Cluster:
         raise RuntimeError("no leader")
 
     def digest(self, i):
-        code, body = http("GET", self.base(i) + "/_cluster/digest", timeout=60)
+        # The digest is on the operator API (admin_listen), not the FHIR port.
+        code, body = http("GET", f"http://127.0.0.1:{self.admin[i - 1]}/_cluster/digest", timeout=60)
         return json.loads(body) if code == 200 else None
 
     def stop(self):
