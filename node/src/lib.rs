@@ -125,6 +125,11 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
     let state = db.open_tree("state").map_err(StoreError::from)?;
     let search = Arc::new(search::params::Registry::load(cfg.fhir_version));
+    // A crash in the middle of a snapshot install left part old, part new state: finish the
+    // install first (before anything reads the state).
+    if store::snapshot::resume_interrupted_install(&db, &state)? {
+        tracing::warn!("finished a snapshot install that a crash had interrupted");
+    }
     let mut sm = StateMachine::open(state.clone())?.with_search(search.clone());
     sm.ensure_index()?;
     let store = Store::new(state);

@@ -149,20 +149,9 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
     let capture = Arc::new(Capture::new(db.open_tree("snapshot_preimages")?));
-    let staging = Arc::new(Staging::new(db.open_tree("snapshot_incoming")?));
+    let staging = Arc::new(Staging::new(db.open_tree(crate::store::snapshot::STAGING_TREE)?));
     let mut sm = sm.with_capture(capture.clone());
-    let interrupted = crate::store::snapshot::interrupted_install(&state).map_err(storage_failure)?;
-    if interrupted {
-        // A crash in the middle of installing a snapshot: the state is part old, part new. Start
-        // over as an empty member; the leader sends a snapshot again.
-        tracing::warn!("a snapshot install was interrupted: discarding the partial state, the leader will send a new snapshot");
-        sm.reset_empty().map_err(storage_failure)?;
-    }
     let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some((state.clone(), capture)), &voters)?;
-    if interrupted {
-        storage.reset_to(0, 0, None)?;
-        db.flush()?;
-    }
     // The state machine is authoritative: its conf state and applied index are written in the
     // same batch as the data, the log's copies may lag after a crash.
     if let Some(bytes) = sm.conf_state().map_err(storage_failure)? {
@@ -215,14 +204,22 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
         raw.campaign()?;
     }
     let (tx, rx) = crossbeam_channel::unbounded();
+    let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, ..Default::default() }));
     let transport = if cfg.cluster.peers.is_empty() {
         None
     } else {
         let inbox = tx.clone();
-        let sink = staging.clone();
+        let (sink, known) = (staging.clone(), status.clone());
         let hooks = Hooks {
             forward: check,
-            snapshot: Arc::new(move |id, seq, last, data: &[u8]| sink.accept(id, seq, last, data).map_err(|e| e.to_string())),
+            // Only the leader this node knows may stream it a snapshot.
+            snapshot: Arc::new(move |from, id, seq, last, data: &[u8]| {
+                let leader = known.read().leader_id;
+                if from != leader {
+                    return Err(format!("node {from} is not the leader (node {leader})"));
+                }
+                sink.accept(id, seq, last, data).map_err(|e| e.to_string())
+            }),
         };
         let t = Transport::start(
             cfg.node_id,
@@ -235,7 +232,6 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
         .map_err(|e| ConsensusError::Transport(e.to_string()))?;
         Some(t)
     };
-    let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, ..Default::default() }));
     let start_applied = sm.applied_index();
     let mut node = Node {
         me: cfg.node_id,
@@ -281,8 +277,8 @@ pub fn max_entry_bytes(max_frame: usize) -> usize {
 enum Stage {
     /// Waiting for a leader (data kept to send).
     Queued { not_before: Instant },
-    /// Sent to the leader of `term`, no index yet (data kept in case the leader refuses it).
-    Forwarded { term: u64 },
+    /// Sent to `leader` in `term`, no index yet (data kept in case the leader refuses it).
+    Forwarded { term: u64, leader: u64 },
     /// In the log at this index and term.
     Proposed { index: u64 },
 }
@@ -340,6 +336,23 @@ struct Node {
 /// Entries kept behind the applied index by a compaction triggered by size.
 const MIN_KEPT_ENTRIES: u64 = 100;
 
+/// Why a Raft message from peer `from` must not be stepped (`None`: step it).
+fn peer_message_refusal(msg: &Message, from: u64, me: u64) -> Option<String> {
+    if msg.from != from {
+        return Some(format!("it claims to come from node {} on node {from}'s connection", msg.from));
+    }
+    if msg.to != me {
+        return Some(format!("it is addressed to node {}", msg.to));
+    }
+    match msg.get_msg_type() {
+        MessageType::MsgPropose => Some("proposals travel as checked forwards, never as raft messages".into()),
+        MessageType::MsgHup | MessageType::MsgBeat | MessageType::MsgUnreachable | MessageType::MsgSnapStatus | MessageType::MsgCheckQuorum => {
+            Some(format!("{:?} is a local message", msg.get_msg_type()))
+        }
+        _ => None,
+    }
+}
+
 /// Entry context: origin node and request id.
 fn context(origin: u64, req: u64) -> Vec<u8> {
     let mut c = Vec::with_capacity(16);
@@ -384,7 +397,9 @@ impl Node {
                 self.retry_reads();
             }
             self.submit_queued();
-            if let Err(e) = self.on_ready() {
+            let ready = self.on_ready();
+            self.staging.release();
+            if let Err(e) = ready {
                 tracing::error!("raft loop stopping: {e}");
                 break;
             }
@@ -428,6 +443,9 @@ impl Node {
         if self.raw.raft.state != StateRole::Leader {
             return Err(ConsensusError::NoLeader);
         }
+        // The first proposal of a term is the pin when one is needed, whatever comes first
+        // (a queued write, a forward, this loop's own check).
+        self.maybe_pin();
         let before = self.raw.raft.raft_log.last_index();
         match self.raw.propose(ctx, data) {
             Ok(()) => {
@@ -502,7 +520,7 @@ impl Node {
                 }
             } else if let Some(t) = &self.transport {
                 let term = self.raw.raft.term;
-                w.stage = Stage::Forwarded { term };
+                w.stage = Stage::Forwarded { term, leader };
                 t.send(leader, Frame::Forward { origin: self.me, req_id: req, term, data });
             }
         }
@@ -596,12 +614,18 @@ impl Node {
 
     fn on_peer(&mut self, m: Inbound) {
         match m {
-            Inbound::Frame { frame: Frame::Raft(bytes), .. } => match Message::parse_from_bytes(&bytes) {
-                Ok(msg) => {
-                    if let Err(e) = self.raw.step(msg) {
-                        tracing::debug!("raft step: {e}");
+            Inbound::Frame { frame: Frame::Raft(bytes), from } => match Message::parse_from_bytes(&bytes) {
+                Ok(msg) => match peer_message_refusal(&msg, from, self.me) {
+                    // A member speaks only for itself, and proposes only through Forward (checked):
+                    // a MsgPropose from the wire would put unchecked commands in the log (and an
+                    // empty one panics raft-rs).
+                    Some(why) => tracing::warn!(peer = from, "raft message refused: {why}"),
+                    None => {
+                        if let Err(e) = self.raw.step(msg) {
+                            tracing::debug!("raft step: {e}");
+                        }
                     }
-                }
+                },
                 Err(e) => tracing::warn!("undecodable raft message: {e}"),
             },
             Inbound::Frame { from, frame: Frame::Forward { origin, req_id, term, data } } => {
@@ -617,9 +641,9 @@ impl Node {
                     t.send(from, answer);
                 }
             }
-            Inbound::Frame { frame: Frame::ForwardAck { req_id, index, .. }, .. } => {
+            Inbound::Frame { frame: Frame::ForwardAck { req_id, index, .. }, from } => {
                 if let Some(w) = self.waiters.get_mut(&req_id) {
-                    if matches!(w.stage, Stage::Forwarded { .. }) {
+                    if matches!(w.stage, Stage::Forwarded { leader, .. } if leader == from) {
                         w.stage = Stage::Proposed { index };
                         w.data = None;
                         if index <= self.sm.applied_index() {
@@ -635,13 +659,17 @@ impl Node {
                     }
                 }
             }
-            Inbound::Frame { frame: Frame::ForwardReject { req_id, reason }, .. } => {
-                tracing::debug!(req_id, "forward refused: {reason}");
-                self.requeue(req_id);
+            Inbound::Frame { frame: Frame::ForwardReject { req_id, reason }, from } => {
+                if self.forwarded_to(req_id) == Some(from) {
+                    tracing::debug!(req_id, "forward refused: {reason}");
+                    self.requeue(req_id);
+                }
             }
-            Inbound::Frame { frame: Frame::ForwardInvalid { req_id, reason }, .. } => {
-                if let Some(w) = self.waiters.remove(&req_id) {
-                    let _ = w.reply.send(Err(ConsensusError::Refused(reason)));
+            Inbound::Frame { frame: Frame::ForwardInvalid { req_id, reason }, from } => {
+                if self.forwarded_to(req_id) == Some(from) {
+                    if let Some(w) = self.waiters.remove(&req_id) {
+                        let _ = w.reply.send(Err(ConsensusError::Refused(reason)));
+                    }
                 }
             }
             // Hello is consumed by the transport, chunks go to the staging tree on the connection's thread.
@@ -651,7 +679,8 @@ impl Node {
                 // nothing applied, sends another).
                 let stream = Message::parse_from_bytes(&bytes).ok().map(|m| crate::store::snapshot::parse_descriptor(m.get_snapshot().get_data()));
                 match stream {
-                    Some(Some(id)) if !self.staging.complete(id) => {
+                    // Claimed: no chunk can replace the stream until this turn's Ready installs it.
+                    Some(Some(id)) if !self.staging.claim(id) => {
                         tracing::warn!(peer = from, stream = id, "snapshot message without its complete stream: ignored");
                     }
                     Some(Some(_)) => self.on_peer(Inbound::Frame { from, frame: Frame::Raft(bytes) }),
@@ -669,6 +698,14 @@ impl Node {
         }
     }
 
+    /// The leader a pending forward was sent to.
+    fn forwarded_to(&self, req: u64) -> Option<u64> {
+        match self.waiters.get(&req)?.stage {
+            Stage::Forwarded { leader, .. } => Some(leader),
+            _ => None,
+        }
+    }
+
     /// Drops `index → req` unless a later proposal took that index over.
     fn forget_index(&mut self, index: u64, req: u64) {
         if self.by_index.get(&index) == Some(&req) {
@@ -681,8 +718,12 @@ impl Node {
         for msg in msgs {
             let to = msg.to;
             let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            let stream = crate::store::snapshot::parse_descriptor(msg.get_snapshot().get_data());
-            match msg.write_to_bytes() {
+            let stream = if snapshot { crate::store::snapshot::parse_descriptor(msg.get_snapshot().get_data()) } else { None };
+            let encoded = msg.write_to_bytes();
+            if let (Err(_), Some(id)) = (&encoded, stream) {
+                self.sm.capture().finish(id);
+            }
+            match encoded {
                 Ok(bytes) if snapshot => match stream {
                     Some(id) => super::snapshot_send::spawn(t.clone(), self.sm.capture().clone(), self.sm.tree().clone(), to, id, bytes, self.chunk_bytes),
                     None => t.send(to, Frame::Snapshot(bytes)),
@@ -808,7 +849,7 @@ impl Node {
             self.checked_term = applied_term;
             self.waiters
                 .iter()
-                .filter(|(_, w)| matches!(w.stage, Stage::Forwarded { term } if term < applied_term))
+                .filter(|(_, w)| matches!(w.stage, Stage::Forwarded { term, .. } if term < applied_term))
                 .map(|(k, _)| *k)
                 .collect()
         } else {
@@ -894,8 +935,10 @@ impl Node {
         } else {
             return Ok(());
         };
-        if applied > keep && applied - keep >= first {
-            self.raw.store().compact(applied - keep)?;
+        // Not past a snapshot being streamed: its follower continues from the log after it.
+        let to = (applied.saturating_sub(keep)).min(self.sm.capture().index().unwrap_or(u64::MAX));
+        if applied > keep && to >= first {
+            self.raw.store().compact(to)?;
             self.bytes_since_compact = 0;
         }
         Ok(())

@@ -249,7 +249,7 @@ impl raft::Storage for SledStorage {
             None => self.conf_state()?,
         };
         let id = uuid::Uuid::new_v4().as_u64_pair().0;
-        if !capture.start(id).map_err(store_err)? {
+        if !capture.start(id, sm.applied_index()).map_err(store_err)? {
             // Another transfer is running: Raft asks again later.
             return Err(unavailable());
         }

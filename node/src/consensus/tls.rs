@@ -154,8 +154,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         crate::launcher::write_certs(dir.path(), &[1, 2], &["127.0.0.1".into()]).unwrap();
         let cfg = |i: u64| TlsConfig { cert: dir.path().join(format!("node{i}.pem")), key: dir.path().join(format!("node{i}.key")), ca: dir.path().join("ca.pem") };
+        // Node 3's certificate comes from a later run that reused the CA: it must chain too.
+        crate::launcher::write_certs(dir.path(), &[3], &["127.0.0.1".into()]).unwrap();
         let server = Arc::new(TlsSetup::load(&cfg(1)).unwrap());
-        let client = TlsSetup::load(&cfg(2)).unwrap();
+        for (i, client) in [(2, TlsSetup::load(&cfg(2)).unwrap()), (3, TlsSetup::load(&cfg(3)).unwrap())] {
+            handshake_as(&server, &client, i);
+        }
+    }
+
+    fn handshake_as(server: &Arc<TlsSetup>, client: &TlsSetup, id: u64) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let s = server.clone();
@@ -167,7 +174,7 @@ mod tests {
         let conn = client.connect(std::net::TcpStream::connect(addr).unwrap(), &addr.to_string()).unwrap();
         client.check_node_id(peer_certificate(&conn.conn).as_ref(), 1).unwrap();
         let seen = accept.join().unwrap();
-        server.check_node_id(seen.as_ref(), 2).unwrap();
-        assert!(server.check_node_id(seen.as_ref(), 3).is_err(), "a Hello claiming node 3 is refused");
+        server.check_node_id(seen.as_ref(), id).unwrap();
+        assert!(server.check_node_id(seen.as_ref(), id + 10).is_err(), "a Hello claiming another node is refused");
     }
 }

@@ -93,8 +93,8 @@ type Deliver = Arc<dyn Fn(Inbound) + Send + Sync>;
 /// before it reaches the Raft thread; `Err` refuses it with a reason.
 pub type ForwardCheck = Arc<dyn Fn(Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
 
-/// Takes an incoming snapshot chunk `(id, seq, last, data)` on the connection's own thread.
-pub type SnapshotSink = Arc<dyn Fn(u64, u64, bool, &[u8]) -> Result<(), String> + Send + Sync>;
+/// Takes an incoming snapshot chunk `(from, id, seq, last, data)` on the connection's own thread.
+pub type SnapshotSink = Arc<dyn Fn(u64, u64, u64, bool, &[u8]) -> Result<(), String> + Send + Sync>;
 
 /// What the transport does with frames on the connection's thread, off the Raft thread.
 #[derive(Clone)]
@@ -272,6 +272,8 @@ impl Transport {
             }
             None => (Box::new(stream.try_clone()?), None),
         };
+        // The TLS handshake clears the socket's timeout when it is done: set it again for the Hello.
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut reader = BufReader::with_capacity(256 * 1024, reader);
         let from = match read_frame(&mut reader, self.max_frame)? {
             Frame::Hello { from } => from,
@@ -292,7 +294,7 @@ impl Transport {
             }
             let frame = match frame {
                 Frame::SnapshotChunk { id, seq, last, data } => {
-                    if let Err(e) = (self.hooks.snapshot)(id, seq, last, &data) {
+                    if let Err(e) = (self.hooks.snapshot)(from, id, seq, last, &data) {
                         tracing::warn!(peer = from, id, seq, "snapshot chunk refused: {e}");
                     }
                     continue;
@@ -352,9 +354,7 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> std::io::Result<Frame> {
     if len > max {
         return Err(invalid(format!("frame of {len} bytes exceeds cluster.max_frame_bytes = {max}")));
     }
-    // Memory follows the bytes that actually arrive, not the length a peer announces.
-    let mut buf = Vec::with_capacity(len.min(1 << 20));
-    r.take(len as u64).read_to_end(&mut buf)?;
+    let buf = read_up_to(r, len)?;
     if buf.len() != len {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed inside a frame"));
     }
@@ -364,6 +364,14 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> std::io::Result<Frame> {
         .with_limit(len as u64)
         .deserialize(&buf)
         .map_err(|e| invalid(format!("bad frame: {e}")))
+}
+
+/// Up to `len` bytes of `r` (fewer if it ends first). Memory follows the bytes that actually
+/// arrive, not the length a peer announces.
+fn read_up_to(r: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    r.take(len as u64).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 fn write_frame(w: &mut impl Write, frame: &Frame) -> std::io::Result<()> {
@@ -496,7 +504,7 @@ mod tests {
     }
 
     fn hooks(forward: ForwardCheck) -> Hooks {
-        Hooks { forward, snapshot: Arc::new(|_, _, _, _| Ok(())) }
+        Hooks { forward, snapshot: Arc::new(|_, _, _, _, _| Ok(())) }
     }
 
     #[test]
@@ -506,6 +514,9 @@ mod tests {
         buf.extend_from_slice(b"abc");
         let err = read_frame(&mut buf.as_slice(), 1 << 30).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        let got = read_up_to(&mut &b"abc"[..], 1 << 30).unwrap();
+        assert_eq!(got, b"abc");
+        assert!(got.capacity() <= 1 << 20, "no buffer of the announced size: {}", got.capacity());
         // A frame whose Vec length field claims more than the frame holds is refused too.
         let mut frame = Vec::new();
         write_frame(&mut frame, &Frame::Raft(vec![1, 2, 3])).unwrap();

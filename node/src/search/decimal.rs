@@ -82,7 +82,9 @@ impl Decimal {
             return None;
         }
         // An exponent too long for i64 is huge either way: clamp it (the value saturates).
-        let exp: i64 = exp.parse().unwrap_or(if exp.starts_with('-') { -(1 << 40) } else { 1 << 40 });
+        // Clamped: every exponent past ±2^40 gives the same saturated value, and the arithmetic
+        // below stays far from overflow.
+        let exp: i64 = exp.parse::<i64>().unwrap_or(if exp.starts_with('-') { i64::MIN } else { i64::MAX }).clamp(-(1 << 40), 1 << 40);
         let all: String = format!("{int}{frac}");
         let Some(first) = all.find(|c| c != '0') else { return Some(Decimal { mantissa: 0, scale: 0 }) };
         let sig = &all[first..];
@@ -228,6 +230,10 @@ mod tests {
         assert_eq!(sat("0e2147483647"), d("0"));
         assert_eq!(sat("7e99999999999999999999999").mantissa, i128::MAX);
         assert_eq!(sat("7e-99999999999999999999999"), d("0"));
+        // Exponents at the ends of i64: no overflow (was: `38 - top` overflowed, a panic at apply).
+        assert_eq!(sat("1e-9223372036854775808"), d("0"));
+        assert_eq!(sat("-1e-9223372036854775808").to_string(), format!("-0.{}1", "0".repeat(35)));
+        assert_eq!(sat("1e9223372036854775807").mantissa, i128::MAX);
         assert_eq!(sat("6.3"), d("6.3"), "exact values are exact");
         let long = format!("0.{}", "1".repeat(40));
         assert_eq!(sat(&long).to_string(), format!("0.{}", "1".repeat(36)), "rounded toward -inf at 36 fraction digits");

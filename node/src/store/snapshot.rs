@@ -80,6 +80,8 @@ pub struct Capture {
 
 struct Active {
     id: u64,
+    /// The applied index the stream reflects.
+    index: u64,
     /// The last key sent; pre-images are kept only for keys after it.
     cursor: Option<IVec>,
 }
@@ -102,15 +104,20 @@ impl Capture {
 
     /// Starts capturing the state as it is now under stream `id`. `false` when another transfer
     /// is running or snapshots are unavailable (Raft asks again later).
-    pub fn start(&self, id: u64) -> Result<bool, StoreError> {
+    pub fn start(&self, id: u64, index: u64) -> Result<bool, StoreError> {
         let Some(pre) = &self.pre else { return Ok(false) };
         let mut active = self.active.lock();
         if active.is_some() {
             return Ok(false);
         }
         pre.clear()?;
-        *active = Some(Active { id, cursor: None });
+        *active = Some(Active { id, index, cursor: None });
         Ok(true)
+    }
+
+    /// The index of the snapshot being streamed, if any (the log is not compacted past it).
+    pub fn index(&self) -> Option<u64> {
+        self.active.lock().as_ref().map(|a| a.index)
     }
 
     /// Called by the Raft thread before it writes `keys`: keeps the current value of each key
@@ -172,6 +179,15 @@ impl Capture {
         Ok(out)
     }
 
+    /// Cancels whatever transfer is running (the state is about to be replaced wholesale): its
+    /// sender's next chunk fails and the transfer is reported failed.
+    pub fn abort(&self) {
+        let id = self.active.lock().as_ref().map(|a| a.id);
+        if let Some(id) = id {
+            self.finish(id);
+        }
+    }
+
     /// Ends stream `id` (done or failed) and drops its pre-images.
     pub fn finish(&self, id: u64) {
         let mut active = self.active.lock();
@@ -189,7 +205,9 @@ impl Capture {
 /// The follower's side: chunks of one incoming stream, kept on disk until installed.
 pub struct Staging {
     tree: sled::Tree,
-    lock: Mutex<()>,
+    /// The stream the Raft thread claimed for installing in its current turn, if any: no chunk
+    /// may replace it meanwhile.
+    lock: Mutex<Option<u64>>,
 }
 
 /// Staging keys: `0` the stream's state, `1` + key the pairs.
@@ -198,7 +216,7 @@ const STAGE_DATA: u8 = 1;
 
 impl Staging {
     pub fn new(tree: sled::Tree) -> Staging {
-        Staging { tree, lock: Mutex::new(()) }
+        Staging { tree, lock: Mutex::new(None) }
     }
 
     /// (id, next expected chunk, complete).
@@ -221,7 +239,10 @@ impl Staging {
     /// Stores chunk `seq` of stream `id`. Chunk 0 starts a new stream (dropping any other); a
     /// chunk out of order is refused and the stream stays incomplete.
     pub fn accept(&self, id: u64, seq: u64, last: bool, chunk: &[u8]) -> Result<(), StoreError> {
-        let _guard = self.lock.lock();
+        let claimed = self.lock.lock();
+        if let Some(c) = *claimed {
+            return Err(StoreError::Corrupt(format!("stream {c} is being installed; chunk {seq} of stream {id} refused")));
+        }
         if seq == 0 {
             self.tree.clear()?;
         } else {
@@ -247,9 +268,25 @@ impl Staging {
         matches!(self.meta(), Ok(Some((sid, _, true))) if sid == id)
     }
 
+    /// Reserves stream `id` for installing if it arrived whole: until [`Self::release`], chunks
+    /// are refused. `false` when it is not complete.
+    pub fn claim(&self, id: u64) -> bool {
+        let mut claimed = self.lock.lock();
+        if !self.complete(id) {
+            return false;
+        }
+        *claimed = Some(id);
+        true
+    }
+
+    /// Ends a claim (after the Raft thread's turn, installed or not).
+    pub fn release(&self) {
+        *self.lock.lock() = None;
+    }
+
     /// Replaces the whole `state` tree by stream `id` (see the module doc for crash safety).
     pub fn install(&self, id: u64, state: &sled::Tree) -> Result<(), StoreError> {
-        let _guard = self.lock.lock();
+        let _claimed = self.lock.lock();
         if !matches!(self.meta()?, Some((sid, _, true)) if sid == id) {
             return Err(StoreError::Corrupt(format!("snapshot stream {id} is not complete")));
         }
@@ -285,9 +322,36 @@ impl Staging {
     }
 }
 
-/// Whether `state` holds a snapshot install that never finished (a crash in the middle).
-pub fn interrupted_install(state: &sled::Tree) -> Result<bool, StoreError> {
-    Ok(state.contains_key(META_INSTALLING)?)
+/// Finishes a snapshot install that a crash cut short: the marker names the stream, which is
+/// still whole in the staging tree (it is cleared only after the install), so the install runs
+/// again from the start. Returns whether it did. The node then resumes at the snapshot's index
+/// (its log is reset to that point at start-up), like after any install: a node never forgets
+/// entries it acknowledged, which Raft requires.
+pub fn resume_interrupted_install(db: &sled::Db, state: &sled::Tree) -> Result<bool, StoreError> {
+    let Some(marker) = state.get(META_INSTALLING)? else { return Ok(false) };
+    let id = u64::from_be_bytes(marker.as_ref().try_into().map_err(|_| StoreError::Corrupt("snapshot install marker".into()))?);
+    let staging = Staging::new(db.open_tree(STAGING_TREE)?);
+    if !staging.complete(id) {
+        return Err(StoreError::Corrupt(format!(
+            "a snapshot install (stream {id}) was interrupted and its stream is no longer staged: this data dir is inconsistent; \
+             replace it (restore a backup, or remove the node, wipe it and add it again)"
+        )));
+    }
+    staging.install(id, state)?;
+    Ok(true)
+}
+
+/// The tree incoming snapshot streams are staged in.
+pub const STAGING_TREE: &str = "snapshot_incoming";
+
+/// A chunk holding `pairs` (for tests and tools that stage a stream by hand).
+pub fn chunk_of<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        push_part(&mut out, k);
+        push_part(&mut out, v);
+    }
+    out
 }
 
 /// SHA-256 over every key and value of `tree` (with their lengths), plus the pair count. Two
@@ -330,8 +394,9 @@ mod tests {
         }
         let at_start = dump(&state);
         let capture = Capture::new(db.open_tree("pre").unwrap());
-        assert!(capture.start(7).unwrap());
-        assert!(!capture.start(8).unwrap(), "one transfer at a time");
+        assert!(capture.start(7, 42).unwrap());
+        assert!(!capture.start(8, 43).unwrap(), "one transfer at a time");
+        assert_eq!(capture.index(), Some(42));
         let write = |keys: Vec<IVec>, f: &dyn Fn(&sled::Tree)| {
             capture.before_write(&state, &keys).unwrap();
             f(&state);
@@ -363,12 +428,17 @@ mod tests {
         assert_eq!(sent, 500);
         assert!(seq > 10, "many chunks");
         assert!(staging.complete(7));
+        assert!(staging.claim(7));
+        assert!(staging.accept(8, 0, false, &[]).is_err(), "a claimed stream is not replaced before it is installed");
         let follower = db.open_tree("follower").unwrap();
         follower.insert(b"stale", b"gone".as_slice()).unwrap();
         staging.install(7, &follower).unwrap();
+        staging.release();
         assert_eq!(dump(&follower), at_start, "exactly the state at the start");
-        assert!(!interrupted_install(&follower).unwrap());
-        assert!(capture.start(9).unwrap(), "finished: a new transfer may start");
+        assert!(!follower.contains_key(META_INSTALLING).unwrap());
+        assert!(capture.start(9, 50).unwrap(), "finished: a new transfer may start");
+        capture.abort();
+        assert!(capture.next_chunk(9, &state, 100).is_err(), "an aborted transfer cannot go on");
     }
 
     #[test]
@@ -383,6 +453,7 @@ mod tests {
         assert!(staging.accept(1, 2, true, &chunk).is_err(), "a gap");
         assert!(staging.accept(2, 1, true, &chunk).is_err(), "another stream");
         assert!(!staging.complete(1));
+        assert!(!staging.claim(1), "an incomplete stream cannot be claimed");
         let state = db.open_tree("state").unwrap();
         state.insert(b"keep", b"me".as_slice()).unwrap();
         assert!(staging.install(1, &state).is_err());

@@ -146,18 +146,6 @@ impl StateMachine {
         Ok(out)
     }
 
-    /// Empties the state (a snapshot install was interrupted): the node starts over as an empty
-    /// member.
-    pub fn reset_empty(&mut self) -> Result<(), StoreError> {
-        self.tree.clear()?;
-        self.tree.flush()?;
-        let mut reopened = StateMachine::open(self.tree.clone())?;
-        reopened.search = self.search.take();
-        reopened.capture = self.capture.clone();
-        *self = reopened;
-        Ok(())
-    }
-
     /// Shares `capture` with the snapshot sender (the leader's side of a transfer).
     pub fn with_capture(mut self, capture: Arc<Capture>) -> StateMachine {
         self.capture = capture;
@@ -176,6 +164,8 @@ impl StateMachine {
 
     /// Replaces the state by the staged snapshot stream `id` and resumes from the index recorded in it.
     pub fn restore(&mut self, staging: &Staging, id: u64) -> Result<(), StoreError> {
+        // A transfer this node was streaming as leader cannot go on from a replaced state.
+        self.capture.abort();
         staging.install(id, &self.tree)?;
         let mut reopened = StateMachine::open(self.tree.clone())?;
         reopened.search = self.search.take();

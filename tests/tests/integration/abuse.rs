@@ -87,7 +87,7 @@ fn hostile_requests_are_refused_quickly_and_the_node_keeps_serving() {
     // 1. Decimal bomb: the value is stored as sent (FHIR decimals have no range; the official
     //    example Observation-decimal holds 1e245), indexed saturated, and costs nothing.
     let bomb = |v: &str| format!(r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{v}}}}}"#);
-    for v in ["0e2147483647", "1e2147483647", "0e-2147483648", "-1e999999999999999999999"] {
+    for v in ["0e2147483647", "1e2147483647", "0e-2147483648", "-1e999999999999999999999", "1e-9223372036854775808", "-1e-9223372036854775807"] {
         expect(&format!("create with value {v}"), post(&c, &node.url("/Observation"), bomb(v)), 201);
     }
     let many: Vec<String> = (0..200).map(|_| "0e2147483647".to_string()).collect();
@@ -226,10 +226,25 @@ fn forged_forwards_on_the_raft_port_change_nothing() {
     let term = status["term"].as_u64().unwrap();
     let follower = cluster.ids().into_iter().find(|i| *i != leader).unwrap();
     let raft_addr = cluster.configs[(leader - 1) as usize].cluster.raft_listen.clone().unwrap();
-    // Claim to be a follower and forward an undecodable command, then one naming another origin.
+    // Claim to be a follower and forward an undecodable command.
     let mut s = std::net::TcpStream::connect(&raft_addr).unwrap();
     s.write_all(&frame(0, &[follower], None)).unwrap();
     s.write_all(&frame(3, &[follower, 1, term], Some(b"\x07\x00\x00\x00not a command"))).unwrap();
+    s.flush().unwrap();
+    // A forward on behalf of another node closes the connection.
+    let other = cluster.ids().into_iter().find(|i| *i != leader && *i != follower).unwrap();
+    let mut s2 = std::net::TcpStream::connect(&raft_addr).unwrap();
+    s2.write_all(&frame(0, &[follower], None)).unwrap();
+    s2.write_all(&frame(3, &[other, 2, term], Some(b"x"))).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    assert!(matches!(std::io::Read::read(&mut s2, &mut byte), Ok(0) | Err(_)), "the leader closed the connection");
+    // A raft MsgPropose (type 2) with no entries from a peer: dropped (raft-rs would panic on it),
+    // as is a message claiming another sender. protobuf: field 1 msg_type, 2 to, 3 from, 4 term.
+    let propose = [0x08, 0x02, 0x10, leader as u8, 0x18, follower as u8, 0x20, term as u8];
+    s.write_all(&frame(1, &[], Some(&propose))).unwrap();
+    let vote_as_other = [0x08, 0x06, 0x10, leader as u8, 0x18, other as u8, 0x20, term as u8];
+    s.write_all(&frame(1, &[], Some(&vote_as_other))).unwrap();
     s.flush().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     // Before the fix the leader proposed those bytes and every node stopped applying for good.
