@@ -145,30 +145,48 @@ impl Capture {
 
     /// The next pairs of stream `id`, about `max_bytes` of them, in key order; empty when the
     /// whole state was sent. `Err` if the transfer was cancelled.
+    ///
+    /// One chunk is read under the capture's lock, merging the live tree with the pre-images
+    /// after the cursor (a pre-image wins; an absent one hides the live key): the Raft thread
+    /// records pre-images only under that lock and before it writes, so every key after the
+    /// cursor is seen as it was at the snapshot's index.
     pub fn next_chunk(&self, id: u64, state: &sled::Tree, max_bytes: usize) -> Result<Vec<u8>, StoreError> {
         let pre = self.pre.as_ref().ok_or_else(|| StoreError::Storage("snapshots are unavailable".into()))?;
+        let mut active = self.active.lock();
+        let a = match active.as_mut() {
+            Some(a) if a.id == id => a,
+            _ => return Err(StoreError::Storage(format!("snapshot stream {id} was cancelled"))),
+        };
+        let from = match &a.cursor {
+            Some(c) => Bound::Excluded(c.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut live = state.range::<IVec, _>((from.clone(), Bound::Unbounded));
+        let mut kept = pre.range::<IVec, _>((from, Bound::Unbounded));
+        let (mut l, mut k) = (live.next().transpose()?, kept.next().transpose()?);
         let mut out = Vec::new();
         while out.len() < max_bytes {
-            let mut active = self.active.lock();
-            let a = match active.as_mut() {
-                Some(a) if a.id == id => a,
-                _ => return Err(StoreError::Storage(format!("snapshot stream {id} was cancelled"))),
-            };
-            let from = match &a.cursor {
-                Some(c) => Bound::Excluded(c.clone()),
-                None => Bound::Unbounded,
-            };
-            let live = state.range::<IVec, _>((from.clone(), Bound::Unbounded)).keys().next().transpose()?;
-            let kept = pre.range::<IVec, _>((from, Bound::Unbounded)).keys().next().transpose()?;
-            let key = match (live, kept) {
+            let (key, value) = match (&l, &k) {
                 (None, None) => break,
-                (Some(l), Some(k)) => l.min(k),
-                (Some(k), None) | (None, Some(k)) => k,
-            };
-            let value = match pre.get(&key)? {
-                Some(p) if p.first() == Some(&ABSENT) => None,
-                Some(p) => Some(IVec::from(&p[1..])),
-                None => state.get(&key)?,
+                (Some((lk, _)), Some((kk, _))) if kk <= lk => {
+                    let same = kk == lk;
+                    let (key, p) = k.take().expect("present");
+                    k = kept.next().transpose()?;
+                    if same {
+                        l = live.next().transpose()?;
+                    }
+                    (key, (p.first() == Some(&PRESENT)).then(|| IVec::from(&p[1..])))
+                }
+                (Some(_), _) => {
+                    let (key, v) = l.take().expect("present");
+                    l = live.next().transpose()?;
+                    (key, Some(v))
+                }
+                (None, Some(_)) => {
+                    let (key, p) = k.take().expect("present");
+                    k = kept.next().transpose()?;
+                    (key, (p.first() == Some(&PRESENT)).then(|| IVec::from(&p[1..])))
+                }
             };
             if let Some(v) = value {
                 push_part(&mut out, &key);
