@@ -34,7 +34,8 @@ pub enum Method {
 }
 
 impl Method {
-    fn parse(s: &str) -> Option<Method> {
+    /// The method of a `request.method` value.
+    pub fn parse(s: &str) -> Option<Method> {
         Some(match s {
             "DELETE" => Method::Delete,
             "POST" => Method::Post,

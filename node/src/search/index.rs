@@ -195,19 +195,33 @@ pub fn leading_parts(v: &IndexValue) -> Vec<Vec<String>> {
     }
 }
 
+/// Fewest (leading parts, last value) combinations a composite item may have indexed; an item
+/// with more values than this may have as many combinations as it has values.
+const MIN_COMPOSITE_COMBINATIONS: usize = 64;
+
 /// The (leading parts, last value) combinations of one composite item: every combination of
 /// the leading components' values (each in each of its searchable forms) with each value of
-/// the last component, all taken from the same item (search.html#composite).
+/// the last component, all taken from the same item (search.html#composite). The product of
+/// the value counts is cut (deterministically: the first combinations, in value order) at
+/// [`MIN_COMPOSITE_COMBINATIONS`] or the item's number of values, whichever is larger, so a
+/// resource's rows stay linear in its size: 400 codes × 400 values in one Observation are
+/// 800 combinations, not 160,000. Items with a few values of each component (real ones) are
+/// indexed completely.
 fn composite_values(components: &[Component], resource: &Value, item: &Item) -> Vec<(Vec<Vec<String>>, IndexValue)> {
     let Some((last, leading)) = components.split_last() else { return Vec::new() };
     let values = |c: &Component| extract(c.param.def.kind, &evaluate(&c.expr, resource, std::slice::from_ref(item)));
-    let mut combos: Vec<Vec<Vec<String>>> = vec![Vec::new()];
-    for c in leading {
-        let forms: Vec<Vec<String>> = values(c).iter().flat_map(leading_parts).collect();
-        combos = combos.into_iter().flat_map(|combo| forms.iter().map(move |f| { let mut c = combo.clone(); c.push(f.clone()); c })).collect();
-    }
+    let leading_forms: Vec<Vec<Vec<String>>> = leading.iter().map(|c| values(c).iter().flat_map(leading_parts).collect()).collect();
     let lasts = values(last);
-    combos.into_iter().flat_map(|combo| lasts.iter().map(move |v| (combo.clone(), v.clone()))).collect()
+    let limit = MIN_COMPOSITE_COMBINATIONS.max(leading_forms.iter().map(Vec::len).sum::<usize>() + lasts.len());
+    let mut combos: Vec<Vec<Vec<String>>> = vec![Vec::new()];
+    for forms in &leading_forms {
+        combos = combos
+            .iter()
+            .flat_map(|combo| forms.iter().map(move |f| { let mut c = combo.clone(); c.push(f.clone()); c }))
+            .take(limit)
+            .collect();
+    }
+    combos.iter().flat_map(|combo| lasts.iter().map(move |v| (combo.clone(), v.clone()))).take(limit).collect()
 }
 
 /// Upper bounds (µs) of the span of date range classes 0..=4 (a second, a day, 32 days, 367
@@ -296,6 +310,32 @@ mod tests {
     use super::*;
     use crate::fhir::FhirVersion;
     use serde_json::json;
+
+    #[test]
+    fn composite_rows_stay_linear_in_the_values() {
+        // Was: every code paired with every value: 400 codings in `code` and 400 in
+        // `valueCodeableConcept` (a 23 KB valid Observation) made 321,603 rows (16.8 MB of keys),
+        // written on every replica; a body of a few hundred KB would exhaust memory.
+        let reg = Registry::load(FhirVersion::R4);
+        let codings = |n: usize, p: &str| -> Vec<Value> { (0..n).map(|i| json!({"system": "s", "code": format!("{p}{i}")})).collect() };
+        let obs = json!({"resourceType": "Observation", "id": "x", "status": "final",
+            "code": {"coding": codings(400, "c")}, "valueCodeableConcept": {"coding": codings(400, "v")}});
+        let rs = rows(&reg, "Observation", &obs);
+        let composite = |code: &str| rs.iter().filter(|k| k.starts_with(&param_rows("Observation", code))).count();
+        assert!(composite("code-value-concept") <= 800 && composite("combo-code-value-concept") <= 800, "{}", composite("code-value-concept"));
+        assert!(rs.len() < 10_000, "{} rows", rs.len());
+        // A few values of each: every combination is indexed.
+        let small = json!({"resourceType": "Observation", "id": "y", "status": "final",
+            "code": {"coding": codings(8, "c")}, "valueCodeableConcept": {"coding": codings(8, "v")}});
+        let rs = rows(&reg, "Observation", &small);
+        let n = rs.iter().filter(|k| k.starts_with(&param_rows("Observation", "code-value-concept"))).count();
+        assert_eq!(n, 64, "8 codes × 8 values");
+        let lopsided = json!({"resourceType": "Observation", "id": "z", "status": "final",
+            "code": {"coding": codings(1, "c")}, "valueCodeableConcept": {"coding": codings(500, "v")}});
+        let rs = rows(&reg, "Observation", &lopsided);
+        let n = rs.iter().filter(|k| k.starts_with(&param_rows("Observation", "code-value-concept"))).count();
+        assert_eq!(n, 500, "one code × 500 values: all indexed");
+    }
 
     #[test]
     fn rows_are_value_keys_and_include_the_live_row() {
