@@ -190,5 +190,10 @@ mod tests {
         assert_eq!(classify(&unknown), (404, "not-supported"));
         assert!(unknown.to_string().contains("Foo"));
         assert_eq!(classify(&ApiError::Consensus(ConsensusError::Timeout(5))), (503, "timeout"));
+        // A write the stopping loop had already sent on may be applied: never "transient" (retry).
+        let unknown = ApiError::Consensus(ConsensusError::StoppedOutcomeUnknown);
+        assert_eq!(classify(&unknown), (503, "timeout"));
+        assert!(unknown.to_string().contains("may have been applied"));
+        assert_eq!(classify(&ApiError::Consensus(ConsensusError::Stopped)), (503, "transient"));
     }
 }

@@ -247,3 +247,22 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     let (admin_addr, admin_server) = admin.map(|(a, h)| (Some(a), Some(h))).unwrap_or((None, None));
     Ok(NodeHandle { addr, admin_addr, raft, server, admin_server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::{Action, Command, CommandV1, WriteOp};
+
+    #[test]
+    fn a_forwarded_write_takes_the_leaders_clock() {
+        let check = forward_check(Arc::new(Definitions::load(fhir::FhirVersion::R4)), 64);
+        let ten_years = 10 * 365 * 24 * 3600 * 1_000_000u64;
+        let op = WriteOp { action: Action::Update, rtype: "Patient".into(), id: "a".into(), body: Some(r#"{"resourceType":"Patient","id":"a"}"#.into()), if_match: None, allow_create: true };
+        let from_the_future = Command::V1(CommandV1::Writes { ts_micros: fhir::meta::now_micros() + ten_years, ops: vec![op] });
+        let out = check(from_the_future.encode()).unwrap();
+        let Command::V1(CommandV1::Writes { ts_micros, .. }) = Command::decode(&out).unwrap() else { panic!("writes") };
+        let now = fhir::meta::now_micros();
+        assert!(ts_micros <= now && now - ts_micros < 60_000_000, "stamped with this node's clock, not the follower's");
+        assert!(check(b"garbage".to_vec()).is_err());
+    }
+}

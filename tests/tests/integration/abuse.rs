@@ -140,7 +140,12 @@ fn hostile_requests_are_refused_quickly_and_the_node_keeps_serving() {
     let req = c.put(node.url("/Patient/reader")).header("content-type", FHIR).header("if-match", "W/\"abc").body(r#"{"resourceType":"Patient","id":"reader"}"#);
     expect("malformed If-Match", req, 400);
 
-    // 7. The operator API is not on the FHIR port.
+    // 7. Lenient handling: the self link lists only the parameters the search used.
+    let b = expect("lenient search", c.get(node.url("/Patient?nonsense=1&_id=reader")).header("prefer", "handling=lenient"), 200);
+    let own = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "self").unwrap()["url"].as_str().unwrap().to_string();
+    assert!(own.contains("_id=reader") && !own.contains("nonsense"), "{own}");
+
+    // 8. The operator API is not on the FHIR port.
     expect("membership on the FHIR port", c.post(node.url("/_cluster/nodes")).body(r#"{"id":9,"raft_addr":"127.0.0.1:1"}"#), 404);
     expect("digest on the FHIR port", c.get(node.url("/_cluster/digest")), 404);
     expect("status stays readable", c.get(node.url("/_cluster/status")), 200);
