@@ -53,6 +53,8 @@ pub struct Config {
     pub limits: Limits,
     pub raft: RaftConfig,
     pub cluster: ClusterConfig,
+    /// Authentication and authorization of the FHIR API (docs/security.md).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -186,6 +188,7 @@ impl Default for Config {
             limits: Limits::default(),
             raft: RaftConfig::default(),
             cluster: ClusterConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -280,6 +283,8 @@ impl Config {
             }
         }
         self.cluster.validate(self.node_id)?;
+        let loopback = self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+        self.auth.validate(loopback).map_err(ConfigError::Invalid)?;
         if let Some(base) = &self.base_url {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return bad(format!("base_url = {base:?} must start with http:// or https://"));

@@ -8,6 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::actors::WriteError;
+use crate::auth::AuthError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
 use crate::fhir::{FhirError, FhirVersion};
@@ -32,6 +33,8 @@ pub enum ApiError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Search(#[from] SearchError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -76,6 +79,11 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             SearchError::NotSupported(_) => (400, "not-supported"),
             SearchError::TooCostly(_) => (400, "too-costly"),
             SearchError::Store(s) => classify_store(s),
+        },
+        ApiError::Auth(a) => match a {
+            AuthError::Missing | AuthError::Invalid(_) => (401, "login"),
+            AuthError::Forbidden(_) => (403, "forbidden"),
+            AuthError::Config(_) => (500, "exception"),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }
@@ -165,9 +173,16 @@ impl ResponseError for ApiError {
             tracing::error!("{self}");
         }
         let body = operation_outcome("error", code, &self.to_string());
-        HttpResponse::build(self.status_code())
-            .content_type(crate::http::negotiate::FHIR_JSON)
-            .body(serde_json::to_vec(&body).unwrap_or_default())
+        let mut b = HttpResponse::build(self.status_code());
+        if status == 401 {
+            // RFC 6750: say how to authenticate, and why a token was refused.
+            let challenge = match self {
+                ApiError::Auth(AuthError::Invalid(why)) => format!("Bearer realm=\"kiln\", error=\"invalid_token\", error_description=\"{}\"", why.replace(['"', '\\'], "'")),
+                _ => "Bearer realm=\"kiln\"".to_string(),
+            };
+            b.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
+        b.content_type(crate::http::negotiate::FHIR_JSON).body(serde_json::to_vec(&body).unwrap_or_default())
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`http`]: the REST API (actix-web), one file per interaction family; the routing table that
 //!   also generates the CapabilityStatement.
 //! - [`actors`]: one actor per resource type: the write pipeline (validate, stamp, group commit).
+//! - [`auth`]: authentication (JWT, API keys) and authorization (group rules, SMART scopes,
+//!   the patient compartment), enforced by one middleware and the guards the handlers share.
 //! - [`consensus`]: raft-rs `RawNode` loop, its sled log storage, the peer transport (mTLS).
 //! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
@@ -18,6 +20,7 @@
 //! [`start_node`] is the one way to start a node (used by `kiln serve` and by the tests).
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod consensus;
 pub mod error;
@@ -57,6 +60,8 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("the HTTP server thread failed to start")]
     HttpThread,
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     #[error("cannot read admin_token_file {path}: {reason}")]
     AdminToken { path: String, reason: String },
 }
@@ -147,6 +152,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         }
         None => None,
     };
+    let authority = Arc::new(auth::Authority::load(&cfg.auth)?);
     let workers = if cfg.http_workers == 0 { num_cpus::get() } else { cfg.http_workers };
     let (tx, rx) = std::sync::mpsc::channel();
     let thread_cfg = cfg.clone();
@@ -172,11 +178,15 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                     bundle_room,
+                    auth: authority,
                 });
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {
                     error::set_thread_version(version);
-                    App::new().app_data(state.clone()).configure(http::configure)
+                    App::new()
+                        .app_data(state.clone())
+                        .wrap(actix_web::middleware::from_fn(auth::middleware::authenticate))
+                        .configure(http::configure)
                 })
                 .workers(workers)
                 // Generous timers: a client on a busy node must not see its keep-alive

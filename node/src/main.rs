@@ -1,5 +1,6 @@
 //! The `kiln` command line: `kiln serve` runs one node from a config file and flags; `kiln cluster`
-//! runs a local cluster and manages membership (see `kiln::launcher`).
+//! runs a local cluster and manages membership (see `kiln::launcher`); `kiln token` prints a
+//! development JWT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,61 @@ enum Command {
     /// A local multi-node cluster, and membership of a running one.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print an HS256 JWT for development and tests (the node's [auth] hs256_secret_file verifies it).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// File holding the HS256 secret (the node's hs256_secret_file).
+    #[arg(long)]
+    secret_file: PathBuf,
+    /// The subject (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Groups, comma-separated (in the groups claim, default cognito:groups).
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// SMART scopes, space-separated, e.g. "patient/Observation.rs user/*.read".
+    #[arg(long)]
+    scope: Option<String>,
+    /// Tenant (in the tenant claim, default custom:tenantId).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The patient launch context (`patient` claim) for patient/ scopes.
+    #[arg(long)]
+    patient: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// A node config whose [auth] names the claims (groups_claim, tenant_claim) and iss/aud.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `iss` claim.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` claim.
+    #[arg(long)]
+    audience: Option<String>,
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    let auth = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?.auth,
+        None => kiln::auth::AuthConfig::default(),
+    };
+    let spec = kiln::auth::token::TokenSpec {
+        sub: args.sub,
+        groups: args.groups.into_iter().filter(|g| !g.is_empty()).collect(),
+        scope: args.scope,
+        tenant: args.tenant,
+        patient: args.patient,
+        ttl_secs: args.ttl,
+        issuer: args.issuer,
+        audience: args.audience,
+    };
+    println!("{}", kiln::auth::token::mint(&args.secret_file, &spec, &auth).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -178,6 +234,10 @@ struct ServeArgs {
     /// Absolute base URL for Location headers and links.
     #[arg(long)]
     base_url: Option<String>,
+    /// Serve without authentication on a non-loopback address (auth.insecure_no_auth): only
+    /// behind a proxy that authenticates.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 fn parse_version(s: &str) -> Result<FhirVersion, String> {
@@ -207,6 +267,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(b) = args.base_url {
         cfg.base_url = Some(b);
     }
+    if args.insecure_no_auth {
+        cfg.auth.insecure_no_auth = true;
+    }
     let node = kiln::start_node(cfg).map_err(|e| e.to_string())?;
     println!("Kiln listening on {}", node.base_url());
     node.wait();
@@ -225,6 +288,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cluster(cmd) => cluster(cmd),
+        Command::Token(args) => token(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -167,12 +167,7 @@ pub async fn require_token(
             .unwrap_or_default();
         if !same_secret(given.as_bytes(), expected.as_bytes()) {
             let err = ApiError::from(RequestError::Unauthorized("the operator API needs Authorization: Bearer <the token in admin_token_file>".into()));
-            let resp = actix_web::ResponseError::error_response(&err);
-            let resp = HttpResponse::build(resp.status())
-                .insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer realm=\"kiln-admin\""))
-                .content_type(crate::http::negotiate::FHIR_JSON)
-                .body(actix_web::body::to_bytes(resp.into_body()).await.unwrap_or_default());
-            return Ok(req.into_response(resp));
+            return Ok(req.into_response(actix_web::ResponseError::error_response(&err)));
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())

@@ -2,7 +2,7 @@
 //! `request` (method, url, ifMatch, ifNoneMatch, ifNoneExist, ifModifiedSince) is checked, its
 //! resource validated and given its id (the same pipeline as a single write:
 //! [`crate::actors::resource::prepare`]), a PATCH applied to the current version, and GET / HEAD
-//! URLs parsed. [`check_entry`] is the per-entry hook where authorization will plug in.
+//! URLs parsed. Each write entry passes the caller's rights check ([`crate::auth::guard`]) here.
 //! Errors are per entry: a transaction fails on the first, a batch answers each in its entry.
 
 use base64::Engine;
@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{patch, AppState, RequestError};
 use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
+use crate::auth::{guard, Principal};
 use crate::error::ApiError;
 use crate::fhir::FhirError;
 use crate::store::command::{Action, BundleOp, Condition};
@@ -116,7 +117,7 @@ fn bad(name: &str, reason: impl Into<String>) -> ApiError {
 }
 
 /// Plans a Bundle body. Errors about the bundle itself (not one entry) are returned as `Err`.
-pub fn plan(st: &AppState, base: &str, body: Value) -> Result<Plan, ApiError> {
+pub fn plan(st: &AppState, principal: &Principal, base: &str, body: Value) -> Result<Plan, ApiError> {
     let Value::Object(mut bundle) = body else { return Err(FhirError::NotAnObject.into()) };
     match bundle.get("resourceType").and_then(Value::as_str) {
         Some("Bundle") => {}
@@ -129,6 +130,7 @@ pub fn plan(st: &AppState, base: &str, body: Value) -> Result<Plan, ApiError> {
         Some(other) => return Err(bad("Bundle.type", format!("'{other}' cannot be processed; POST / takes a batch or a transaction"))),
         None => return Err(bad("Bundle.type", "missing; POST / takes a batch or a transaction")),
     };
+    principal.allows_bundle(&st.auth.rules, if kind == Kind::Batch { "batch" } else { "transaction" })?;
     let entries = match bundle.remove("entry") {
         None => Vec::new(),
         Some(Value::Array(a)) => a,
@@ -155,7 +157,7 @@ pub fn plan(st: &AppState, base: &str, body: Value) -> Result<Plan, ApiError> {
             let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).and_then(Method::parse);
             let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("").to_string();
             let retry_on_conflict = method == Some(Method::Patch) && header(&e, "ifMatch").is_none();
-            let step = plan_entry(st, &settings, base, index, method, &url, e);
+            let step = plan_entry(st, principal, &settings, base, index, method, &url, e);
             EntryPlan { index, method, url, step, retry_on_conflict }
         })
         .collect();
@@ -169,8 +171,9 @@ pub fn has_unconditioned_patch(body: &Value) -> bool {
     })
 }
 
-/// The per-entry hook: every entry passes here before it is planned. Authorization (per-entry
-/// scopes and rules) plugs in here; today it checks that the method and URL are present.
+/// Every entry passes here before it is planned: the method and URL must be present. (The
+/// caller's rights are checked per entry where the entry is planned: writes in `plan_entry`,
+/// reads where they run, by the same guards as outside a bundle.)
 pub fn check_entry(index: usize, method: Option<Method>, url: &str) -> Result<Method, ApiError> {
     let method = method.ok_or_else(|| bad(&format!("Bundle.entry[{index}].request.method"), "missing or not one of GET, HEAD, POST, PUT, PATCH, DELETE"))?;
     if url.is_empty() {
@@ -214,14 +217,21 @@ fn condition(query: &str, multiple: bool) -> Result<Condition, ApiError> {
     Ok(super::crud::condition(query, "request.url", multiple)?)
 }
 
-fn plan_entry(st: &AppState, settings: &ActorSettings, base: &str, index: usize, method: Option<Method>, url: &str, mut e: Value) -> Result<Step, ApiError> {
+#[allow(clippy::too_many_arguments)]
+fn plan_entry(st: &AppState, principal: &Principal, settings: &ActorSettings, base: &str, index: usize, method: Option<Method>, url: &str, mut e: Value) -> Result<Step, ApiError> {
     let method = check_entry(index, method, url)?;
     let (path, query) = split_url(st, base, url)?;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let if_match = header(&e, "ifMatch").map(|v| super::negotiate::parse_etag("ifMatch", v)).transpose()?;
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(String::from);
     let mut resource = e.as_object_mut().and_then(|o| o.remove("resource"));
-    let write = |op: WriteIntent, rtype: &'static str, condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
+    let write = |mut op: WriteIntent, rtype: &'static str, condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
+        // The same rights check as a write outside a bundle (crud::send_write), on the state the
+        // bundle is planned against; a patient/ write is pinned to the version it saw.
+        let seen = guard::check_write(principal, st, rtype, op.action, op.id.as_deref(), op.body.as_ref(), condition.as_ref())?;
+        if op.if_match.is_none() && condition.is_none() {
+            op.if_match = seen;
+        }
         let op = prepare(&st.defs, settings, rtype, op)?;
         Ok(Step::Write(BundleOp { index: index as u32, op, condition, if_none_match, full_url: full_url.clone() }))
     };

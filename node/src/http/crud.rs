@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::negotiate::{self, Ctx, Return};
 use super::{AppState, RequestError};
 use crate::actors::{Write, WriteError, WriteIntent};
+use crate::auth::{guard, Op};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::{valid_id, FhirError};
 use crate::store::command::{Action, Applied, Condition};
@@ -40,8 +41,14 @@ impl InstanceWrite {
     }
 }
 
-/// Sends a write to the actor of its type and waits for it to be applied.
-pub async fn send_write(st: &AppState, rtype: &'static str, intent: WriteIntent) -> Result<(String, Applied), ApiError> {
+/// Sends a write to the actor of its type and waits for it to be applied. The caller's rights
+/// are checked first ([`guard::check_write`]); a write under a `patient/` grant is pinned to the
+/// version the check saw.
+pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut intent: WriteIntent) -> Result<(String, Applied), ApiError> {
+    let seen = guard::check_write(&ctx.principal, st, rtype, intent.action, intent.id.as_deref(), intent.body.as_ref(), intent.condition.as_ref())?;
+    if intent.if_match.is_none() && intent.condition.is_none() {
+        intent.if_match = seen;
+    }
     if let Some(cond) = &intent.condition {
         precheck(st, rtype, cond).await?;
     }
@@ -108,7 +115,7 @@ pub async fn create(
     negotiate::require_json_body(&req)?;
     let body = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
     let intent = WriteIntent { action: Action::Create, id: None, body: Some(body), if_match: None, condition };
-    let (id, applied) = send_write(&st, rtype, intent).await?;
+    let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
 
@@ -122,14 +129,14 @@ pub async fn update(
     negotiate::require_json_body(&req)?;
     let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
     let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: None };
-    let (id, applied) = send_write(&st, rtype, intent).await?;
+    let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
 
 pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
     let intent = WriteIntent { action: Action::Delete, id: Some(id.clone()), body: None, if_match, condition: None };
-    let (_, applied) = send_write(&st, rtype, intent).await?;
+    let (_, applied) = send_write(&ctx, &st, rtype, intent).await?;
     delete_response(&ctx, rtype, &id, &applied)
 }
 
@@ -184,7 +191,7 @@ pub async fn conditional_update(
     let id = conditional_update_id(&mut body, &mut cond)?;
     let if_match = negotiate::if_match(&req)?;
     let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: Some(cond) };
-    let (id, applied) = send_write(&st, rtype, intent).await?;
+    let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
 
@@ -195,7 +202,7 @@ pub async fn conditional_delete(req: HttpRequest, path: web::Path<String>, st: w
     let rtype = st.defs.resource_type(&path)?;
     let cond = condition(req.query_string(), "search", st.cfg.allow_multiple_conditional_delete)?;
     let intent = WriteIntent { action: Action::Delete, id: Some(String::new()), body: None, if_match: None, condition: Some(cond) };
-    let (id, applied) = send_write(&st, rtype, intent).await?;
+    let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
     delete_response(&ctx, rtype, &id, &applied)
 }
 
@@ -226,7 +233,9 @@ pub async fn read(req: HttpRequest, path: web::Path<(String, String)>, st: web::
 pub fn read_in(ctx: &Ctx, st: &AppState, rtype: &str, id: &str) -> Result<HttpResponse, ApiError> {
     ctx.reject_count_summary()?;
     let (rtype, id) = type_and_id(st, rtype, id)?;
+    let grant = guard::require_ctx(ctx, st, Op::READ, rtype)?;
     let (cur, record) = st.store.read(rtype, id)?;
+    guard::check_stored(st, &grant, rtype, id, record.body())?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, cur.version, cur.ts);
     if negotiate::not_modified(ctx, cur.version, cur.ts)? {
@@ -256,7 +265,9 @@ pub fn vread_in(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, vid: &str) -> R
         name: "version id".into(),
         reason: format!("'{vid}' is not a version number"),
     })?;
+    let grant = guard::require_ctx(ctx, st, Op::VREAD, rtype)?;
     let record = st.store.vread(rtype, id, version)?;
+    guard::check_stored(st, &grant, rtype, id, record.body())?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, version, record.ts);
     let body = ctx.resource_bytes(st, record.body())?;

@@ -10,6 +10,7 @@ use super::bundle::{embed, link, relation, Bundle, Entry};
 use super::crud::type_and_id;
 use super::negotiate::Ctx;
 use super::{AppState, RequestError};
+use crate::auth::{guard, Op};
 use crate::error::ApiError;
 use crate::fhir::meta;
 use crate::store::command::Action;
@@ -50,7 +51,19 @@ pub fn history_in(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str
         _ => (HistoryScope::System, "/_history".into()),
     };
     let q = query(ctx, st)?;
-    let page = st.store.history(&scope, &q)?;
+    // The caller's rights first (a forbidden type is a 403, not an empty page).
+    match &scope {
+        HistoryScope::Instance { rtype, .. } => drop(guard::require_ctx(ctx, st, Op::HISTORY_INSTANCE, rtype)?),
+        HistoryScope::Type { rtype } => drop(guard::require_ctx(ctx, st, Op::HISTORY_TYPE, rtype)?),
+        HistoryScope::System => guard::require_some_type(ctx, st, Op::HISTORY_SYSTEM)?,
+    }
+    let mut page = st.store.history(&scope, &q)?;
+    let op = match scope {
+        HistoryScope::Instance { .. } => Op::HISTORY_INSTANCE,
+        HistoryScope::Type { .. } => Op::HISTORY_TYPE,
+        HistoryScope::System => Op::HISTORY_SYSTEM,
+    };
+    guard::filter_history(ctx, st, op, &mut page.entries)?;
     let body = bundle(ctx, st, &path, &page)?.to_bytes(ctx)?;
     Ok(ctx.respond(HttpResponse::Ok(), body))
 }

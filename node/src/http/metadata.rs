@@ -16,6 +16,55 @@ pub async fn capability_statement(req: HttpRequest, st: web::Data<AppState>) -> 
     Ok(ctx.respond(HttpResponse::Ok(), ctx.json_body(&cs)))
 }
 
+/// `GET /.well-known/smart-configuration` (SMART App Launch v2): what this resource server
+/// accepts. Kiln validates tokens; the authorization server is whatever issues them
+/// (`[auth] issuer`, `authorization_endpoint`, `token_endpoint`).
+pub async fn smart_configuration(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let a = &st.auth.cfg;
+    if !st.auth.enabled() {
+        return Err(super::RequestError::NoRoute("/.well-known/smart-configuration: authentication is off on this server ([auth] mode = \"none\")".into()).into());
+    }
+    let mut body = json!({
+        "capabilities": ["permission-v1", "permission-v2", "permission-patient", "permission-user"],
+        "scopes_supported": ["patient/*.cruds", "user/*.cruds", "system/*.cruds", "patient/*.read", "user/*.read", "system/*.read", "patient/*.write", "user/*.write", "system/*.write"],
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"]
+    });
+    for (key, value) in [("issuer", &a.issuer), ("authorization_endpoint", &a.authorization_endpoint), ("token_endpoint", &a.token_endpoint)] {
+        if let Some(v) = value {
+            body[key] = json!(v);
+        }
+    }
+    Ok(ctx.respond(HttpResponse::Ok(), ctx.json_body(&body)))
+}
+
+/// `rest.security` when authentication is on.
+fn security(st: &AppState) -> Option<Value> {
+    if !st.auth.enabled() {
+        return None;
+    }
+    let a = &st.auth.cfg;
+    let mut uris = Vec::new();
+    for (url, value) in [("authorize", &a.authorization_endpoint), ("token", &a.token_endpoint)] {
+        if let Some(v) = value {
+            uris.push(json!({"url": url, "valueUri": v}));
+        }
+    }
+    let mut sec = json!({
+        "cors": false,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}], "text": "OAuth2 bearer tokens (JWT: HS256, RS256, ES256)"}],
+        "description": format!(
+            "Every request needs Authorization: Bearer <JWT> (or an x-api-key). Group rules from the '{}' claim (FWoA RBAC) and SMART v1/v2 scopes (patient/, user/, system/) are both enforced when present; patient/ scopes are limited to the compartment of the token's patient claim, in reads, searches (totals, _include, _revinclude, chains, _has), history, bundles and writes. See /.well-known/smart-configuration.",
+            a.groups_claim
+        )
+    });
+    if !uris.is_empty() {
+        sec["extension"] = json!([{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris", "extension": uris}]);
+    }
+    Some(sec)
+}
+
 fn codes(level: Level) -> Vec<Value> {
     let mut seen = Vec::new();
     // Conditional update / delete are flags of the resource entry, not interaction codes.
@@ -133,6 +182,9 @@ pub fn build(st: &AppState, base: &str) -> Value {
             "interaction": system
         }]
     });
+    if let Some(sec) = security(st) {
+        cs["rest"][0]["security"] = sec;
+    }
     if st.defs.version == FhirVersion::Stu3 {
         cs["acceptUnknown"] = json!("no");
     }

@@ -81,6 +81,8 @@ pub struct AppState {
     pub started: String,
     /// Room for bundle bodies in flight, in KiB (`limits.max_inflight_bundle_bytes`).
     pub bundle_room: Arc<tokio::sync::Semaphore>,
+    /// Authentication and the rules (`[auth]`).
+    pub auth: Arc<crate::auth::Authority>,
 }
 
 /// The level an interaction works at.
@@ -125,6 +127,7 @@ pub const INTERACTIONS: &[Interaction] = &[
 /// Registers the API routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metadata", web::get().to(metadata::capability_statement));
+    cfg.route("/.well-known/smart-configuration", web::get().to(metadata::smart_configuration));
     cfg.route("/_cluster/status", web::get().to(admin::cluster_status));
     cfg.route("/_health", web::get().to(admin::health));
     // Membership, digest and faults live on the operator listener only.
@@ -187,6 +190,19 @@ async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
                 Err(RequestError::MethodNotAllowed(format!("{method} is not allowed on {path}; allowed: {}", allowed.join(", "))).into())
             }
         }
+    }
+}
+
+/// The interaction code, type and id of a request (for the audit log): `("unknown", "", "")`
+/// for what is not routed.
+pub fn classify<'a>(method: &str, segments: &[&'a str]) -> (&'static str, &'a str, &'a str) {
+    if segments.first().is_some_and(|s| s.starts_with('_') || s.starts_with('$') || s.starts_with('.')) && segments.first() != Some(&"_history") {
+        return ("other", "", "");
+    }
+    let method = if method == "HEAD" { "GET" } else { method };
+    match INTERACTIONS.iter().find(|i| i.method == method && shape_matches(i.path, segments)) {
+        Some(i) => (i.code, segments.first().copied().unwrap_or(""), if i.level == Level::Instance { segments.get(1).copied().unwrap_or("") } else { "" }),
+        None => ("unknown", "", ""),
     }
 }
 

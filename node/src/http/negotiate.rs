@@ -40,6 +40,8 @@ pub struct Ctx {
     /// `If-None-Match` / `If-Modified-Since` of a read.
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
+    /// Who is asking ([`crate::auth::guard`] decides what they reach).
+    pub principal: std::sync::Arc<crate::auth::Principal>,
 }
 
 fn essence(v: &str) -> String {
@@ -89,7 +91,8 @@ impl Ctx {
         };
         let if_none_match = header_str(req.headers(), "if-none-match")?.map(String::from);
         let if_modified_since = header_str(req.headers(), "if-modified-since")?.map(String::from);
-        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since })
+        let principal = crate::auth::guard::principal_of(req, st);
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal })
     }
 
     /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
@@ -107,6 +110,7 @@ impl Ctx {
             base: self.base.clone(),
             if_none_match: if_none_match.map(String::from),
             if_modified_since: if_modified_since.map(String::from),
+            principal: self.principal.clone(),
         })
     }
 

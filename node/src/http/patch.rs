@@ -52,7 +52,7 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
         let id = match_one(&st, rtype, req.query_string())?;
         let (body, version) = patched(&st, rtype, &id, &ops, if_match)?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: Some(cond.clone()) };
-        match send_write(&st, rtype, intent).await {
+        match send_write(&ctx, &st, rtype, intent).await {
             Ok((id, applied)) => return write_response(&ctx, &st, rtype, &id, &applied),
             Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if if_match.is_none() && attempt < MAX_ATTEMPTS => backoff(attempt).await,
             Err(e) => return Err(e),
@@ -145,7 +145,7 @@ async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &s
     for attempt in 1..=MAX_ATTEMPTS {
         let (body, version) = patched(st, rtype, id, ops, client_if_match)?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(version), condition: None };
-        match send_write(st, rtype, intent).await {
+        match send_write(ctx, st, rtype, intent).await {
             Ok((id, applied)) => return write_response(ctx, st, rtype, &id, &applied),
             Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if client_if_match.is_none() && attempt < MAX_ATTEMPTS => backoff(attempt).await,
             Err(e) => return Err(e),

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::bundle::{embed, link, relation, Bundle, Entry};
 use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
+use crate::auth::{guard, Grant, Op};
 use crate::error::ApiError;
 use crate::fhir::SummaryMode;
 use crate::search::query::{self, Executor, SearchError};
@@ -133,8 +134,11 @@ fn include_specs(st: &AppState, types: &[&'static str], params: &[(String, Strin
 /// the `:iterate` ones also to what was included, until nothing new is found (every resource
 /// appears once, so this ends).
 /// At most `limits.max_include_resources` are added; the flag says whether more were found.
-fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], page: &[(String, String)]) -> Result<(Vec<(String, String, VersionRecord)>, bool), ApiError> {
+fn includes(ctx: &Ctx, st: &AppState, types: &[&'static str], params: &[(String, String)], page: &[(String, String)]) -> Result<(Vec<(String, String, VersionRecord)>, bool), ApiError> {
     let specs = include_specs(st, types, params)?;
+    // What the caller may read of each type (an included resource it may not see is left out,
+    // as if it did not exist).
+    let mut grants: std::collections::HashMap<String, Option<Grant>> = std::collections::HashMap::new();
     let limit = st.cfg.limits.max_include_resources;
     let tree = st.store.tree();
     let mut seen: BTreeSet<(String, String)> = page.iter().cloned().collect();
@@ -171,7 +175,10 @@ fn includes(st: &AppState, types: &[&'static str], params: &[(String, String)], 
                     if st.defs.resource_type(&ft).is_err() || !seen.insert((ft.clone(), fid.clone())) {
                         continue;
                     }
+                    let grant = grants.entry(ft.clone()).or_insert_with(|| guard::require_ctx(ctx, st, Op::READ, &ft).ok()).clone();
+                    let Some(grant) = grant else { continue };
                     match st.store.read(&ft, &fid) {
+                        Ok((_, rec)) if !guard::may_see(st, &grant, &ft, &fid, rec.body())? => {}
                         Ok(_) if out.len() == limit => return Ok((out, true)),
                         Ok((_, rec)) => {
                             next.push((ft.clone(), fid.clone()));
@@ -209,7 +216,10 @@ pub async fn system_in(ctx: &Ctx, st: &AppState) -> Result<HttpResponse, ApiErro
         }
     }
     if types.is_empty() {
+        // Every type the caller may search (a type it may not is left out, not refused).
+        guard::require_some_type(ctx, st, Op::SEARCH_SYSTEM)?;
         types = st.defs.types.iter().map(|t| st.defs.resource_type(t)).collect::<Result<_, _>>()?;
+        types.retain(|t| guard::require_ctx(ctx, st, Op::SEARCH_SYSTEM, t).is_ok());
     }
     let params: Vec<(String, String)> = ctx.params.iter().filter(|(k, _)| k != "_type").cloned().collect();
     let link_params = ctx.params.clone();
@@ -255,14 +265,24 @@ async fn respond_types(
     };
     let mut queries = Vec::with_capacity(types.len());
     let mut ignored: Vec<(String, String)> = Vec::new();
+    let op = if path == "/" { Op::SEARCH_SYSTEM } else { Op::SEARCH_TYPE };
     for t in &types {
         let q = query::parse(&st.search, t, &params, ctx.lenient)?;
+        // The caller's reach: every resource of the type, or a patient's compartment (then
+        // matches, totals and pages are computed within it).
+        let reach = guard::search_scope(ctx, st, op, t)?;
+        guard::check_linked(ctx, st, &q)?;
         for i in &q.ignored {
             if !ignored.contains(i) {
                 ignored.push(i.clone());
             }
         }
-        queries.push((*t, q));
+        let restrict = match (&within, reach) {
+            (Some(w), Some(r)) => Some(w & &r),
+            (Some(w), None) => Some(w.clone()),
+            (None, r) => r,
+        };
+        queries.push((*t, q, restrict));
     }
     let tree = st.store.tree().clone();
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
@@ -270,10 +290,10 @@ async fn respond_types(
     let max_keyed = st.cfg.limits.max_sort_matches;
     let (counted, page) = web::block(move || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
-        for (t, q) in &queries {
+        for (t, q, restrict) in &queries {
             let on_type = Executor { tree: &tree, rtype: t };
             let mut docs = on_type.run(q)?;
-            if let Some(members) = &within {
+            if let Some(members) = restrict {
                 docs &= members;
             }
             found.push((*t, docs));
@@ -316,7 +336,7 @@ async fn respond_types(
             Err(e) => return Err(e.into()),
         }
     }
-    let (included, cut) = includes(st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
+    let (included, cut) = includes(ctx, st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
     let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
     for (mode, (t, id, rec)) in bodies.iter().map(|b| ("match", b)).chain(included.iter().map(|b| ("include", b))) {
         entries.push(Entry {

@@ -70,8 +70,8 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
             None => spare.clone().ok_or_else(|| StoreError::Corrupt("bundle body kept for a retry".into()))?,
         };
         let plan = {
-            let (st, base) = (st.clone(), ctx.base.clone());
-            web::block(move || bundle_plan::plan(&st, &base, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
+            let (st, base, principal) = (st.clone(), ctx.base.clone(), ctx.principal.clone());
+            web::block(move || bundle_plan::plan(&st, &principal, &base, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
         };
         match execute(&ctx, &st, plan).await {
             Ok(response) => return Ok(response),

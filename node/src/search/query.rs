@@ -147,6 +147,33 @@ impl Query {
         self.criteria.iter().any(|c| walk(c, test))
     }
 
+    /// The types a chain or `_has` reads (their resources decide the matches, so a caller must be
+    /// allowed to search them too).
+    pub fn linked_types(&self) -> Vec<String> {
+        fn walk(c: &Criterion, out: &mut Vec<String>) {
+            match &c.link {
+                Some(Link::Chain(links)) => {
+                    for (t, inner) in links {
+                        out.push(t.clone());
+                        walk(inner, out);
+                    }
+                }
+                Some(Link::Has { source, inner }) => {
+                    out.push(source.clone());
+                    walk(inner, out);
+                }
+                None => {}
+            }
+        }
+        let mut out = Vec::new();
+        for c in &self.criteria {
+            walk(c, &mut out);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether the answer uses `near` (geometry in floating point).
     pub fn uses_near(&self) -> bool {
         self.any(&|c| c.param.def.kind == ParamType::Special)

@@ -1,0 +1,221 @@
+//! The decisions the request paths ask for before they touch data: may this caller do this
+//! interaction on this type ([`require`]), is this resource within the caller's reach
+//! ([`check_stored`], [`may_see`]), which resources of a type a search may return ([`members`]),
+//! and may this write happen ([`check_write`]). Every read, search, history, include, write and
+//! bundle entry of [`crate::http`] goes through these, so the rules are enforced in one place.
+//!
+//! A `patient/` scope reaches the Patient compartment of the token's `patient`: the Patient
+//! itself and every resource whose compartment parameters (CompartmentDefinition Patient, e.g.
+//! Observation `subject`, `performer`) reference it. Membership is read from the resource's own
+//! references, with the same extraction as the search index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{AuthError, Grant, Op, Principal};
+use crate::error::ApiError;
+use crate::http::negotiate::Ctx;
+use crate::http::AppState;
+use crate::search::index;
+use crate::search::query::{self, Ids};
+use crate::store::command::{Action, Condition};
+use crate::store::resources::HistoryEntry;
+use crate::store::StoreError;
+
+const PATIENT: &str = "Patient";
+
+/// The compartment parameters linking `rtype` to a Patient (empty: not a member type).
+fn links(st: &AppState, rtype: &str) -> Vec<String> {
+    st.search.compartment_params(PATIENT, rtype).unwrap_or_default()
+}
+
+/// Whether resources of `rtype` can belong to a patient's compartment.
+pub fn patient_type(st: &AppState, rtype: &str) -> bool {
+    rtype == PATIENT || !links(st, rtype).is_empty()
+}
+
+/// May the caller do `op` on `rtype`, and on which resources.
+pub fn require(principal: &Principal, st: &AppState, op: Op, rtype: &str) -> Result<Grant, ApiError> {
+    Ok(principal.grant(&st.auth.rules, op, rtype, patient_type(st, rtype))?)
+}
+
+/// [`require`] for the caller of `ctx`.
+pub fn require_ctx(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<Grant, ApiError> {
+    require(&ctx.principal, st, op, rtype)
+}
+
+/// Whether the resource `rtype/id` with this JSON is in `Patient/pid`'s compartment.
+pub fn in_compartment(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &str) -> bool {
+    if rtype == PATIENT && id == pid {
+        return true;
+    }
+    let links = links(st, rtype);
+    if links.is_empty() {
+        return false;
+    }
+    let rows = index::rows(&st.search, rtype, body);
+    links.iter().any(|code| {
+        let want = index::exact_prefix(rtype, code, b'r', &[PATIENT, pid]);
+        rows.iter().any(|r| r.starts_with(&want))
+    })
+}
+
+/// Whether a stored body (raw JSON) is within `grant`.
+pub fn may_see(st: &AppState, grant: &Grant, rtype: &str, id: &str, stored: &[u8]) -> Result<bool, ApiError> {
+    match grant {
+        Grant::All => Ok(true),
+        Grant::Patient(pid) => {
+            let body: Value = serde_json::from_slice(stored).map_err(|e| StoreError::Corrupt(format!("stored body of {rtype}/{id}: {e}")))?;
+            Ok(in_compartment(st, rtype, id, &body, pid))
+        }
+    }
+}
+
+fn outside(rtype: &str, id: &str, grant: &Grant) -> ApiError {
+    let pid = match grant {
+        Grant::Patient(p) => p.as_str(),
+        Grant::All => "",
+    };
+    AuthError::Forbidden(format!("{rtype}/{id} is not in the compartment of Patient/{pid} (the token's patient/ scopes reach only that)")).into()
+}
+
+/// 403 unless a stored body is within `grant`.
+pub fn check_stored(st: &AppState, grant: &Grant, rtype: &str, id: &str, stored: &[u8]) -> Result<(), ApiError> {
+    if may_see(st, grant, rtype, id, stored)? {
+        Ok(())
+    } else {
+        Err(outside(rtype, id, grant))
+    }
+}
+
+/// The doc numbers of `rtype` in `Patient/pid`'s compartment (what a search may return).
+pub fn members(st: &AppState, rtype: &str, pid: &str) -> Result<Ids, ApiError> {
+    let tree = st.store.tree();
+    let mut out = Ids::new();
+    for code in links(st, rtype) {
+        out |= query::referrer_docs(tree, rtype, &code, PATIENT, pid)?;
+    }
+    if rtype == PATIENT {
+        if let Some(doc) = crate::search::posting::docnum(tree, PATIENT, pid).map_err(StoreError::from)? {
+            out.insert(doc);
+        }
+    }
+    Ok(out)
+}
+
+/// The restriction a search on `rtype` runs under: `None` for every resource, else the members.
+pub fn search_scope(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<Option<Ids>, ApiError> {
+    match require_ctx(ctx, st, op, rtype)? {
+        Grant::All => Ok(None),
+        Grant::Patient(pid) => Ok(Some(members(st, rtype, &pid)?)),
+    }
+}
+
+/// Chains and `_has` read other types: the caller must be allowed to search them.
+pub fn check_linked(ctx: &Ctx, st: &AppState, q: &query::Query) -> Result<(), ApiError> {
+    for t in q.linked_types() {
+        require_ctx(ctx, st, Op::SEARCH_TYPE, &t)?;
+    }
+    Ok(())
+}
+
+/// 403 unless the caller may do the system-level `op` on at least one type.
+pub fn require_some_type(ctx: &Ctx, st: &AppState, op: Op) -> Result<(), ApiError> {
+    if st.defs.types.iter().any(|t| require_ctx(ctx, st, op, t).is_ok()) {
+        Ok(())
+    } else {
+        Err(AuthError::Forbidden(format!("{} may not use {} on any type", ctx.principal.subject, op.code)).into())
+    }
+}
+
+/// Drops the history entries the caller may not see: types it may not read this way, and under
+/// a `patient/` grant versions outside the compartment (and deletions, which carry no body to
+/// decide by).
+pub fn filter_history(ctx: &Ctx, st: &AppState, op: Op, entries: &mut Vec<HistoryEntry>) -> Result<(), ApiError> {
+    if ctx.principal.via == super::Via::Open {
+        return Ok(());
+    }
+    let mut grants: HashMap<String, Option<Grant>> = HashMap::new();
+    let mut keep = Vec::with_capacity(entries.len());
+    for e in entries.drain(..) {
+        let grant = grants.entry(e.rtype.clone()).or_insert_with(|| require_ctx(ctx, st, op, &e.rtype).ok());
+        let visible = match grant {
+            None => false,
+            Some(Grant::All) => true,
+            Some(g @ Grant::Patient(_)) => !e.record.is_delete() && may_see(st, g, &e.rtype, &e.id, e.record.body())?,
+        };
+        if visible {
+            keep.push(e);
+        }
+    }
+    *entries = keep;
+    Ok(())
+}
+
+/// The interaction a write is.
+fn write_op(action: Action) -> Op {
+    match action {
+        Action::Create => Op::CREATE,
+        Action::Update => Op::UPDATE,
+        Action::Patch => Op::PATCH,
+        Action::Delete => Op::DELETE,
+    }
+}
+
+/// May `principal` make this write? For a `patient/` grant: the new body must be in the
+/// compartment, and so must the resource it replaces and every resource a condition matches
+/// now. Returns the version the check saw of an existing target, so that the caller can pin the
+/// write to it (`If-Match`) and a resource moved out of the compartment meanwhile is not written.
+pub fn check_write(
+    principal: &Principal,
+    st: &AppState,
+    rtype: &str,
+    action: Action,
+    id: Option<&str>,
+    body: Option<&Value>,
+    condition: Option<&Condition>,
+) -> Result<Option<u64>, ApiError> {
+    let grant = require(principal, st, write_op(action), rtype)?;
+    let Grant::Patient(pid) = &grant else { return Ok(None) };
+    if let Some(body) = body {
+        let body_id = body.get("id").and_then(Value::as_str).or(id).unwrap_or("");
+        if !in_compartment(st, rtype, body_id, body, pid) {
+            return Err(AuthError::Forbidden(format!("the {rtype} written would not be in the compartment of Patient/{pid}")).into());
+        }
+    }
+    let mut seen = None;
+    if let Some(id) = id.filter(|i| !i.is_empty()) {
+        match st.store.read(rtype, id) {
+            Ok((cur, rec)) => {
+                check_stored(st, &grant, rtype, id, rec.body())?;
+                seen = Some(cur.version);
+            }
+            Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(cond) = condition {
+        let ids = query::condition_ids(&st.search, st.store.tree(), rtype, &cond.query)?;
+        for found in ids {
+            let (_, rec) = st.store.read(rtype, &found)?;
+            check_stored(st, &grant, rtype, &found, rec.body())?;
+        }
+    }
+    Ok(seen)
+}
+
+/// The principal a request runs as: the one the middleware verified, or (only when auth is off)
+/// the open principal. With auth on and no verified principal, one that may do nothing.
+pub fn principal_of(req: &actix_web::HttpRequest, st: &AppState) -> Arc<Principal> {
+    use actix_web::HttpMessage;
+    if let Some(p) = req.extensions().get::<Arc<Principal>>() {
+        return p.clone();
+    }
+    if st.auth.enabled() {
+        Arc::new(Principal { via: super::Via::Jwt, subject: "unauthenticated".into(), groups: None, scopes: None, patient: None, tenant: None, admin: false })
+    } else {
+        st.auth.open()
+    }
+}

@@ -1,0 +1,331 @@
+//! JWT bearer tokens (`jsonwebtoken`): HS256 with a shared secret, RS256 / ES256 with the public
+//! keys of a JWKS file (picked by `kid`; the file is re-read when it changes, at most once a
+//! second). `exp` is required; `exp` / `nbf` are checked with `clock_skew_secs` of leeway, `iss` /
+//! `aud` when configured. `alg: none` and every other algorithm are refused. A verified token is
+//! remembered by its SHA-256 until it expires (`cache_entries` at most), so a busy client pays for
+//! one signature check per token, not per request.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Map, Value};
+
+use super::{smart, AuthConfig, AuthError, Principal, Via};
+
+/// The keys of a JWKS file, and when it was read.
+struct Jwks {
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    checked: Instant,
+    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+}
+
+fn load_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, Vec<(Option<String>, Algorithm, DecodingKey)>), AuthError> {
+    let bad = |e: String| AuthError::Config(format!("jwks_file {}: {e}", path.display()));
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            // Symmetric or unknown keys in a public key set are not used.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+        keys.push((jwk.common.key_id.clone(), alg, key));
+    }
+    Ok((modified, keys))
+}
+
+/// Checks tokens.
+pub struct Verifier {
+    secret: Option<DecodingKey>,
+    jwks: Option<RwLock<Jwks>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    skew: u64,
+    groups_claim: String,
+    tenant_claim: String,
+    admin_group: String,
+    cache: Mutex<HashMap<[u8; 32], (Arc<Principal>, u64)>>,
+    cache_entries: usize,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    match v? {
+        Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(String::from).collect()),
+        Value::String(s) => Some(s.split([' ', ',']).filter(|s| !s.is_empty()).map(String::from).collect()),
+        _ => None,
+    }
+}
+
+impl Verifier {
+    pub fn new(cfg: &AuthConfig) -> Result<Verifier, AuthError> {
+        let secret = match &cfg.hs256_secret_file {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| AuthError::Config(format!("hs256_secret_file {}: {e}", path.display())))?;
+                let secret = bytes.trim_ascii();
+                if secret.len() < 32 {
+                    return Err(AuthError::Config(format!("hs256_secret_file {}: the secret must be at least 32 bytes", path.display())));
+                }
+                Some(DecodingKey::from_secret(secret))
+            }
+            None => None,
+        };
+        let jwks = match &cfg.jwks_file {
+            Some(path) => {
+                let (modified, keys) = load_jwks(path)?;
+                Some(RwLock::new(Jwks { path: path.clone(), modified, checked: Instant::now(), keys }))
+            }
+            None => None,
+        };
+        Ok(Verifier {
+            secret,
+            jwks,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            skew: cfg.clock_skew_secs,
+            groups_claim: cfg.groups_claim.clone(),
+            tenant_claim: cfg.tenant_claim.clone(),
+            admin_group: cfg.admin_group.clone(),
+            cache: Mutex::new(HashMap::new()),
+            cache_entries: cfg.cache_entries,
+        })
+    }
+
+    /// Re-reads the JWKS file if it changed (checked at most once a second). A file that no
+    /// longer parses keeps the keys in force (and says so in the log).
+    fn refresh_jwks(&self) {
+        let Some(lock) = &self.jwks else { return };
+        if lock.read().checked.elapsed().as_secs() < 1 {
+            return;
+        }
+        let mut j = lock.write();
+        if j.checked.elapsed().as_secs() < 1 {
+            return;
+        }
+        j.checked = Instant::now();
+        let modified = std::fs::metadata(&j.path).and_then(|m| m.modified()).ok();
+        if modified == j.modified {
+            return;
+        }
+        match load_jwks(&j.path) {
+            Ok((modified, keys)) => {
+                tracing::info!(keys = keys.len(), "reloaded jwks_file");
+                j.modified = modified;
+                j.keys = keys;
+                // Tokens of keys that were removed must stop working now.
+                self.cache.lock().clear();
+            }
+            Err(e) => tracing::warn!("{e}; keeping the keys already loaded"),
+        }
+    }
+
+    /// Verifies a token and returns its principal.
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        let digest = super::api_keys::hash(token);
+        let now = now_secs();
+        self.refresh_jwks();
+        if let Some((p, exp)) = self.cache.lock().get(&digest) {
+            if now <= exp.saturating_add(self.skew) {
+                return Ok(p.clone());
+            }
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let principal = Arc::new(principal);
+        let mut cache = self.cache.lock();
+        if cache.len() >= self.cache_entries {
+            cache.retain(|_, (_, exp)| now <= exp.saturating_add(self.skew));
+            if cache.len() >= self.cache_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), AuthError> {
+        let invalid = |m: String| AuthError::Invalid(m);
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(format!("not a JWT: {e}")))?;
+        let claims = match header.alg {
+            Algorithm::HS256 => {
+                let key = self.secret.as_ref().ok_or_else(|| invalid("HS256 tokens are not accepted here (no hs256_secret_file)".into()))?;
+                self.decode(token, key, Algorithm::HS256)?
+            }
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let lock = self.jwks.as_ref().ok_or_else(|| invalid(format!("{alg:?} tokens are not accepted here (no jwks_file)")))?;
+                let j = lock.read();
+                let candidates: Vec<&DecodingKey> = j
+                    .keys
+                    .iter()
+                    .filter(|(kid, a, _)| *a == alg && (header.kid.is_none() || kid.as_deref() == header.kid.as_deref()))
+                    .map(|(_, _, k)| k)
+                    .collect();
+                let key = match candidates.as_slice() {
+                    [k] => *k,
+                    [] => return Err(invalid(format!("no {alg:?} key with kid {:?} in the key set", header.kid.unwrap_or_default()))),
+                    _ => return Err(invalid("the token has no kid and the key set holds several keys".into())),
+                };
+                self.decode(token, key, alg)?
+            }
+            other => return Err(invalid(format!("algorithm {other:?} is not accepted (HS256, RS256, ES256)"))),
+        };
+        let exp = claims.get("exp").and_then(Value::as_u64).ok_or_else(|| invalid("the token has no exp".into()))?;
+        let groups = strings(claims.get(&self.groups_claim));
+        let scopes = claims.get("scope").and_then(Value::as_str).map(smart::Scopes::parse).or_else(|| {
+            strings(claims.get("scp")).map(|s| smart::Scopes::parse(&s.join(" ")))
+        });
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(String::from);
+        let principal = Principal {
+            via: Via::Jwt,
+            subject: text("sub").unwrap_or_else(|| "unknown".into()),
+            admin: groups.as_ref().is_some_and(|g| g.contains(&self.admin_group)),
+            groups,
+            scopes,
+            patient: text("patient"),
+            tenant: text(&self.tenant_claim),
+        };
+        Ok((principal, exp))
+    }
+
+    fn decode(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Map<String, Value>, AuthError> {
+        let mut v = Validation::new(alg);
+        v.leeway = self.skew;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp"]);
+        match &self.issuer {
+            Some(iss) => v.set_issuer(&[iss]),
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, &v)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Invalid(format!("the token does not verify: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::token;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(dir: &std::path::Path, tweak: impl FnOnce(&mut AuthConfig)) -> Verifier {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let mut cfg = AuthConfig { hs256_secret_file: Some(secret), ..AuthConfig::default() };
+        tweak(&mut cfg);
+        Verifier::new(&cfg).unwrap()
+    }
+
+    fn mint(claims: Value) -> String {
+        token::sign_hs256(SECRET.as_bytes(), &claims).unwrap()
+    }
+
+    #[test]
+    fn claims_become_a_principal() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = verifier(dir.path(), |_| {});
+        let t = mint(serde_json::json!({"sub": "alice", "exp": now_secs() + 60, "cognito:groups": ["practitioner"], "scope": "patient/*.rs", "patient": "p1", "custom:tenantId": "t1"}));
+        let p = v.verify(&t).unwrap();
+        assert_eq!(p.subject, "alice");
+        assert_eq!(p.groups.as_deref(), Some(&["practitioner".to_string()][..]));
+        assert_eq!(p.patient.as_deref(), Some("p1"));
+        assert_eq!(p.tenant.as_deref(), Some("t1"));
+        assert!(p.scopes.as_ref().unwrap().has_patient_scopes());
+        assert!(Arc::ptr_eq(&p, &v.verify(&t).unwrap()), "the second check comes from the cache");
+    }
+
+    /// An ES256 key pair: (private PKCS#8 PEM, public JWK with `kid`).
+    fn ec_key(kid: &str) -> (String, Value) {
+        use base64::Engine;
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let raw = kp.public_key_raw();
+        assert_eq!(raw[0], 4, "an uncompressed P-256 point");
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
+        (kp.serialize_pem(), jwk)
+    }
+
+    fn es256(pem: &str, kid: &str, claims: &Value) -> String {
+        let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn jwks_rotation_takes_effect_without_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        let (k1, j1) = ec_key("k1");
+        let (k2, j2) = ec_key("k2");
+        std::fs::write(&jwks, serde_json::json!({"keys": [j1]}).to_string()).unwrap();
+        let v = Verifier::new(&AuthConfig { jwks_file: Some(jwks.clone()), ..AuthConfig::default() }).unwrap();
+        let claims = serde_json::json!({"sub": "svc", "exp": now_secs() + 600, "scope": "system/*.rs"});
+        let (t1, t2) = (es256(&k1, "k1", &claims), es256(&k2, "k2", &claims));
+        assert!(v.verify(&t1).is_ok());
+        assert!(v.verify(&t2).is_err(), "k2 is not published yet");
+        // Rotate: k2 in, k1 out. The file is re-read at most once a second.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&jwks, serde_json::json!({"keys": [j2]}).to_string()).unwrap();
+        assert!(v.verify(&t2).is_ok());
+        assert!(v.verify(&t1).is_err(), "a token of a withdrawn key stops working, cached or not");
+        // A broken file keeps the keys in force.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&jwks, "{not json").unwrap();
+        assert!(v.verify(&t2).is_ok());
+        // An HS256 token is refused where only a key set is configured (no algorithm confusion).
+        let hs = token::sign_hs256(SECRET.as_bytes(), &claims).unwrap();
+        assert!(v.verify(&hs).is_err());
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = verifier(dir.path(), |c| {
+            c.issuer = Some("https://issuer".into());
+            c.audience = Some("kiln".into());
+            c.clock_skew_secs = 5;
+        });
+        let good = serde_json::json!({"sub": "a", "iss": "https://issuer", "aud": "kiln", "exp": now_secs() + 60});
+        assert!(v.verify(&mint(good.clone())).is_ok());
+        let mut expired = good.clone();
+        expired["exp"] = (now_secs() - 30).into();
+        assert!(v.verify(&mint(expired)).unwrap_err().to_string().contains("xpired"));
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = "other".into();
+        assert!(v.verify(&mint(wrong_aud)).is_err());
+        let mut wrong_iss = good.clone();
+        wrong_iss["iss"] = "https://evil".into();
+        assert!(v.verify(&mint(wrong_iss)).is_err());
+        let mut future = good.clone();
+        future["nbf"] = (now_secs() + 300).into();
+        assert!(v.verify(&mint(future)).is_err());
+        let mut no_exp = good.clone();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(v.verify(&mint(no_exp)).is_err());
+        let forged = token::sign_hs256(b"another secret of thirty-two bytes!!", &good).unwrap();
+        assert!(v.verify(&forged).is_err());
+        // alg: none, with the good claims.
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&good.to_string()));
+        assert!(v.verify(&none).is_err());
+        assert!(v.verify("not a token").is_err());
+    }
+}
