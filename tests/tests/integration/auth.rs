@@ -1,0 +1,373 @@
+//! Authentication and authorization over HTTP: token checks (missing, expired, forged, wrong
+//! audience, `alg: none`), the FWoA group-rule matrix, API keys, the SMART scope matrix with the
+//! patient compartment through reads, searches, `_include`, `_revinclude`, chains, `_has`,
+//! history, compartments, bundles and (conditional) writes, the operator status page, and the
+//! open endpoints.
+
+use std::path::Path;
+
+use kiln::auth::{AuthConfig, AuthMode};
+use kiln::fhir::FhirVersion;
+use kiln_tests::{client, json, TestNode};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
+const ISSUER: &str = "https://issuer.example";
+const AUDIENCE: &str = "kiln-test";
+
+/// A node with `[auth] mode = "jwt"` (HS256, issuer and audience checked) and an API key file.
+pub fn secured_node(keys: &Path) -> TestNode {
+    std::fs::write(keys.join("secret"), SECRET).unwrap();
+    let key_hash = hex::encode(kiln::auth::api_keys::hash("auditor-key-123"));
+    std::fs::write(keys.join("keys.toml"), format!("[[key]]\nname = \"feed\"\ngroup = \"auditor\"\nsha256 = \"{key_hash}\"\n")).unwrap();
+    TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.auth = AuthConfig {
+            mode: AuthMode::Jwt,
+            hs256_secret_file: Some(keys.join("secret")),
+            api_keys_file: Some(keys.join("keys.toml")),
+            issuer: Some(ISSUER.into()),
+            audience: Some(AUDIENCE.into()),
+            ..AuthConfig::default()
+        }
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A token with the standard claims plus `extra`.
+pub fn token(extra: Value) -> String {
+    let mut claims = json!({"sub": "tester", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    kiln::auth::token::sign_hs256(SECRET.as_bytes(), &claims).unwrap()
+}
+
+fn groups(g: &[&str]) -> String {
+    token(json!({"cognito:groups": g}))
+}
+
+fn scoped(scope: &str, patient: Option<&str>) -> String {
+    match patient {
+        Some(p) => token(json!({"scope": scope, "patient": p})),
+        None => token(json!({"scope": scope})),
+    }
+}
+
+/// Sends a request with a bearer token; returns the status and the JSON body (Null if none).
+fn call(c: &Client, method: &str, url: &str, tok: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let mut r = c.request(method.parse().unwrap(), url);
+    if let Some(t) = tok {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        let ct = if method == "PATCH" { "application/json-patch+json" } else { "application/fhir+json" };
+        r = r.header("content-type", ct).body(b.to_string());
+    }
+    let resp = r.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The `Type/id`s of a bundle's entries with search mode `mode` (any mode when `None`).
+fn ids(bundle: &Value, mode: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| mode.is_none_or(|m| e["search"]["mode"] == m))
+        .filter_map(|e| e["resource"]["id"].as_str().map(|id| format!("{}/{id}", e["resource"]["resourceType"].as_str().unwrap_or("?"))))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn tokens_are_verified_and_open_endpoints_stay_open() {
+    let keys = tempfile::tempdir().unwrap();
+    let node = secured_node(keys.path());
+    let c = client();
+    let url = node.url("/Patient");
+    let resp = c.get(&url).send().unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert_eq!(json(resp)["issue"][0]["code"], "login");
+    let good = json!({"sub": "a", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "cognito:groups": ["practitioner"]});
+    let sign = |claims: &Value, secret: &str| kiln::auth::token::sign_hs256(secret.as_bytes(), claims).unwrap();
+    assert_eq!(call(&c, "GET", &url, Some(&sign(&good, SECRET)), None).0, 200);
+    let mut bad = Vec::new();
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 3600);
+    bad.push(("expired", sign(&expired, SECRET)));
+    let mut aud = good.clone();
+    aud["aud"] = json!("someone-else");
+    bad.push(("wrong audience", sign(&aud, SECRET)));
+    let mut iss = good.clone();
+    iss["iss"] = json!("https://evil.example");
+    bad.push(("wrong issuer", sign(&iss, SECRET)));
+    bad.push(("forged", sign(&good, "another-secret-0123456789-0123456789-xyz")));
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    bad.push(("alg none", format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&good.to_string()))));
+    bad.push(("garbage", "abc.def.ghi".to_string()));
+    for (what, t) in bad {
+        let resp = c.get(&url).bearer_auth(&t).send().unwrap();
+        assert_eq!(resp.status(), 401, "{what}");
+        assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"), "{what}");
+    }
+    assert_eq!(c.get(&url).header("authorization", "Basic abc").send().unwrap().status(), 401);
+    // Valid but allowed nothing: neither groups nor scopes.
+    assert_eq!(call(&c, "GET", &url, Some(&token(json!({}))), None).0, 403);
+    // Open: the CapabilityStatement (with the security in force), SMART configuration, health.
+    let (s, cs) = call(&c, "GET", &node.url("/metadata"), None, None);
+    assert_eq!(s, 200);
+    assert_eq!(cs["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let (s, smart) = call(&c, "GET", &node.url("/.well-known/smart-configuration"), None, None);
+    assert_eq!(s, 200);
+    assert!(smart["capabilities"].as_array().unwrap().iter().any(|c| c == "permission-v2"));
+    assert_eq!(smart["issuer"], ISSUER);
+    // The operator status page needs the admin group.
+    assert_eq!(call(&c, "GET", &node.url("/_cluster/status"), None, None).0, 401);
+    assert_eq!(call(&c, "GET", &node.url("/_cluster/status"), Some(&groups(&["practitioner"])), None).0, 403);
+    assert_eq!(call(&c, "GET", &node.url("/_cluster/status"), Some(&groups(&["admin"])), None).0, 200);
+}
+
+/// FWoA's default rules, written out independently of the server's table.
+fn expected(group: &str, interaction: &str, rtype: &str) -> bool {
+    let read_only = ["read", "vread", "search-type"].contains(&interaction);
+    match group {
+        "practitioner" => true,
+        "non-practitioner" => read_only && rtype == "Claim",
+        "auditor" => read_only && rtype == "Patient",
+        _ => false,
+    }
+}
+
+fn sample(rtype: &str, id: &str) -> Value {
+    match rtype {
+        "Patient" => json!({"resourceType": "Patient", "id": id, "active": true}),
+        "Claim" => json!({"resourceType": "Claim", "id": id, "status": "active", "use": "claim", "created": "2024-01-01",
+            "type": {"coding": [{"code": "oral"}]}, "patient": {"reference": "Patient/x"}, "provider": {"reference": "Organization/o"},
+            "priority": {"coding": [{"code": "normal"}]}, "insurance": [{"sequence": 1, "focal": true, "coverage": {"reference": "Coverage/c"}}]}),
+        _ => json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "t"}}),
+    }
+}
+
+#[test]
+fn group_rules_matrix() {
+    let keys = tempfile::tempdir().unwrap();
+    let node = secured_node(keys.path());
+    let c = client();
+    let admin = groups(&["practitioner"]);
+    let types = ["Patient", "Claim", "Observation"];
+    let all_groups = ["practitioner", "non-practitioner", "auditor"];
+    for g in all_groups {
+        for t in types {
+            let (s, _) = call(&c, "PUT", &node.url(&format!("/{t}/{g}-x")), Some(&admin), Some(&sample(t, &format!("{g}-x"))));
+            assert!(s == 201 || s == 200, "seeding {t}: {s}");
+        }
+    }
+    let mut checked = 0;
+    for g in all_groups {
+        let tok = groups(&[g]);
+        for t in types {
+            let id = format!("{g}-x");
+            let inst = node.url(&format!("/{t}/{id}"));
+            let patch = json!([{"op": "replace", "path": "/id", "value": id}]);
+            let cases: Vec<(&str, &str, String, Option<Value>)> = vec![
+                ("read", "GET", inst.clone(), None),
+                ("vread", "GET", format!("{inst}/_history/1"), None),
+                ("search-type", "GET", node.url(&format!("/{t}?_id={id}")), None),
+                ("history-instance", "GET", format!("{inst}/_history"), None),
+                ("history-type", "GET", node.url(&format!("/{t}/_history")), None),
+                ("create", "POST", node.url(&format!("/{t}")), Some(sample(t, "new"))),
+                ("update", "PUT", inst.clone(), Some(sample(t, &id))),
+                ("patch", "PATCH", inst.clone(), Some(patch)),
+                ("delete", "DELETE", inst.clone(), None),
+            ];
+            for (interaction, method, url, body) in cases {
+                let (s, out) = call(&c, method, &url, Some(&tok), body.as_ref());
+                let allowed = expected(g, interaction, t);
+                if allowed {
+                    assert!((200..300).contains(&s), "{g} {interaction} {t}: {s} {out}");
+                } else {
+                    assert_eq!(s, 403, "{g} {interaction} {t}: {out}");
+                    assert_eq!(out["issue"][0]["code"], "forbidden");
+                }
+                checked += 1;
+            }
+        }
+        // System level: FWoA gives these to practitioners only.
+        let bundle = |kind: &str| json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": "Patient?_count=1"}}]});
+        for (interaction, method, url, body) in [
+            ("search-system", "GET", node.url("/?_type=Patient"), None),
+            ("history-system", "GET", node.url("/_history"), None),
+            ("transaction", "POST", node.url("/"), Some(bundle("transaction"))),
+            ("batch", "POST", node.url("/"), Some(bundle("batch"))),
+        ] {
+            let (s, _) = call(&c, method, &url, Some(&tok), body.as_ref());
+            assert_eq!(s == 200, g == "practitioner", "{g} {interaction}: {s}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 * 3 * 9 + 3 * 4);
+    // An API key acts as its group (auditor); an unknown key is a 401.
+    let with_key = |url: &str, key: &str| c.get(url).header("x-api-key", key).send().unwrap().status().as_u16();
+    assert_eq!(with_key(&node.url("/Patient/auditor-x"), "auditor-key-123"), 200);
+    assert_eq!(with_key(&node.url("/Observation/auditor-x"), "auditor-key-123"), 403);
+    assert_eq!(with_key(&node.url("/Patient/auditor-x"), "wrong-key"), 401);
+    let r = c.post(node.url("/Patient")).header("x-api-key", "auditor-key-123").header("content-type", "application/fhir+json").body(sample("Patient", "k").to_string()).send().unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+/// p1 and p2 with their data; o3 belongs to p1 (subject) and names p2 as performer.
+fn seed_patients(c: &Client, node: &TestNode) {
+    let admin = groups(&["practitioner"]);
+    let obs = |id: &str, subject: &str, code: &str, performer: Option<&str>| {
+        let mut o = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": code}]}, "subject": {"reference": subject}});
+        if let Some(p) = performer {
+            o["performer"] = json!([{"reference": p}]);
+        }
+        o
+    };
+    for r in [
+        json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "One"}]}),
+        json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Two"}]}),
+        obs("o1", "Patient/p1", "c1", None),
+        obs("o2", "Patient/p2", "c1", None),
+        obs("o3", "Patient/p1", "c2", Some("Patient/p2")),
+        json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}),
+        json!({"resourceType": "Medication", "id": "m1"}),
+    ] {
+        let url = node.url(&format!("/{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()));
+        let (s, out) = call(c, "PUT", &url, Some(&admin), Some(&r));
+        assert!(s == 201 || s == 200, "{out}");
+    }
+}
+
+#[test]
+fn smart_patient_scopes_reach_only_the_compartment() {
+    let keys = tempfile::tempdir().unwrap();
+    let node = secured_node(keys.path());
+    let c = client();
+    seed_patients(&c, &node);
+    let read = scoped("launch/patient openid patient/*.rs", Some("p1"));
+    let get = |path: &str, tok: &str| call(&c, "GET", &node.url(path), Some(tok), None);
+    // Reads.
+    for (path, status) in [
+        ("/Patient/p1", 200),
+        ("/Patient/p2", 403),
+        ("/Observation/o1", 200),
+        ("/Observation/o2", 403),
+        ("/Observation/o3", 200),
+        ("/Observation/o2/_history/1", 403),
+        ("/Encounter/e1", 200),
+        ("/Medication/m1", 200),
+    ] {
+        assert_eq!(get(path, &read).0, status, "{path}");
+    }
+    // Searches: matches, totals, counts.
+    let (_, b) = get("/Observation", &read);
+    assert_eq!(ids(&b, Some("match")), ["Observation/o1", "Observation/o3"]);
+    assert_eq!(b["total"], 2);
+    assert_eq!(get("/Observation?_summary=count", &read).1["total"], 2);
+    assert_eq!(get("/Observation?code=c1", &read).1["total"], 1);
+    // _include never brings in another patient.
+    let (_, b) = get("/Observation?_include=Observation:performer&_include=Observation:subject", &read);
+    assert_eq!(ids(&b, Some("include")), ["Patient/p1"]);
+    // _revinclude, _has, chains.
+    let (_, b) = get("/Patient?_revinclude=Observation:subject", &read);
+    assert_eq!(ids(&b, None), ["Observation/o1", "Observation/o3", "Patient/p1"]);
+    let (_, b) = get("/Patient?_has:Observation:subject:code=c1", &read);
+    assert_eq!(ids(&b, Some("match")), ["Patient/p1"]);
+    assert_eq!(get("/Observation?subject:Patient.name=Two", &read).1["total"], 0);
+    assert_eq!(get("/Observation?subject.name=One", &read).1["total"], 2);
+    // Compartment and system searches.
+    let (_, b) = get("/Patient/p2/Observation", &read);
+    assert_eq!(ids(&b, Some("match")), ["Observation/o3"], "only what is in p1's compartment too");
+    let (_, b) = get("/?_type=Observation,Patient", &read);
+    assert_eq!(ids(&b, Some("match")), ["Observation/o1", "Observation/o3", "Patient/p1"]);
+    // History at every level.
+    let (_, b) = get("/Observation/_history", &read);
+    assert_eq!(ids(&b, None), ["Observation/o1", "Observation/o3"]);
+    let (_, b) = get("/_history", &read);
+    assert_eq!(ids(&b, None), ["Encounter/e1", "Medication/m1", "Observation/o1", "Observation/o3", "Patient/p1"]);
+    assert_eq!(ids(&get("/Observation/o2/_history", &read).1, None), Vec::<String>::new());
+    // Read-only scopes cannot write.
+    let new_obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": subject}});
+    assert_eq!(call(&c, "POST", &node.url("/Observation"), Some(&read), Some(&new_obs("Patient/p1"))).0, 403);
+
+    // Writes with patient/Observation.cruds.
+    let write = scoped("patient/Observation.cruds patient/Patient.rs", Some("p1"));
+    let send = |m: &str, path: &str, body: Option<&Value>| call(&c, m, &node.url(path), Some(&write), body);
+    assert_eq!(send("POST", "/Observation", Some(&new_obs("Patient/p1"))).0, 201);
+    assert_eq!(send("POST", "/Observation", Some(&new_obs("Patient/p2"))).0, 403);
+    let mut o2 = new_obs("Patient/p1");
+    o2["id"] = json!("o2");
+    assert_eq!(send("PUT", "/Observation/o2", Some(&o2)).0, 403, "o2 belongs to p2");
+    let mut o1 = new_obs("Patient/p2");
+    o1["id"] = json!("o1");
+    assert_eq!(send("PUT", "/Observation/o1", Some(&o1)).0, 403, "moving o1 to p2");
+    assert_eq!(send("PATCH", "/Observation/o1", Some(&json!([{"op": "replace", "path": "/subject/reference", "value": "Patient/p2"}]))).0, 403);
+    assert_eq!(send("DELETE", "/Observation/o2", None).0, 403);
+    assert_eq!(send("DELETE", "/Observation?code=c1", None).0, 403, "the condition matches o2");
+    assert_ne!(send("PUT", "/Observation?code=c1", Some(&new_obs("Patient/p1"))).0 / 100, 2);
+    assert_eq!(send("PATCH", "/Observation/o3", Some(&json!([{"op": "add", "path": "/issued", "value": "2024-01-01T00:00:00Z"}]))).0, 200);
+    // Bundles: a transaction touching o2 writes nothing; a batch answers per entry.
+    let mut o1_ok = new_obs("Patient/p1");
+    o1_ok["id"] = json!("o1");
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": o1_ok, "request": {"method": "PUT", "url": "Observation/o1"}},
+        {"request": {"method": "DELETE", "url": "Observation/o2"}}]});
+    let (s, out) = send("POST", "/", Some(&tx));
+    assert_eq!(s, 403, "{out}");
+    let admin = groups(&["practitioner"]);
+    let (_, o1_now) = call(&c, "GET", &node.url("/Observation/o1"), Some(&admin), None);
+    assert_eq!(o1_now["meta"]["versionId"], "1", "nothing of the transaction was applied");
+    assert_eq!(call(&c, "GET", &node.url("/Observation/o2"), Some(&admin), None).0, 200);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Observation/o1"}},
+        {"request": {"method": "GET", "url": "Observation/o2"}},
+        {"request": {"method": "GET", "url": "Observation?_id=o2"}},
+        {"request": {"method": "GET", "url": "Observation/o1/_history"}}]});
+    let (s, out) = send("POST", "/", Some(&batch));
+    assert_eq!(s, 200, "{out}");
+    let statuses: Vec<&str> = out["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses[..3], ["200 OK", "403 Forbidden", "200 OK"]);
+    assert_eq!(out["entry"][2]["resource"]["total"], 0);
+
+    // user/, system/ and v1 scopes.
+    let user_obs = scoped("user/Observation.rs", None);
+    assert_eq!(get("/Observation/o2", &user_obs).0, 200);
+    assert_eq!(get("/Patient/p1", &user_obs).0, 403);
+    let system = scoped("system/*.read", None);
+    assert_eq!(get("/Patient/p2", &system).0, 200);
+    assert_eq!(call(&c, "POST", &node.url("/Observation"), Some(&system), Some(&new_obs("Patient/p1"))).0, 403);
+    let v1 = scoped("patient/Observation.read", Some("p1"));
+    assert_eq!(get("/Observation/o1", &v1).0, 200);
+    assert_eq!(get("/Observation/o2", &v1).0, 403);
+    // A patient/ scope without a patient claim reaches nothing of the compartment.
+    assert_eq!(get("/Observation/o1", &scoped("patient/*.rs", None)).0, 403);
+    // Groups and scopes together: both must allow.
+    let both = token(json!({"cognito:groups": ["auditor"], "scope": "user/*.cruds"}));
+    assert_eq!(get("/Patient/p2", &both).0, 200);
+    assert_eq!(get("/Observation/o1", &both).0, 403, "the auditor group reads Patients only");
+}
+
+#[test]
+fn a_public_address_needs_auth_or_an_explicit_opt_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(kiln_tests::kiln_bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-auth"), "{}", String::from_utf8_lossy(&out.stderr));
+}
