@@ -55,6 +55,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Authentication and authorization of the FHIR API (docs/security.md).
     pub auth: crate::auth::AuthConfig,
+    /// Multi-tenancy (`/tenant/{id}/…`, the token's tenant claim).
+    pub tenancy: crate::tenancy::TenancyConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -189,6 +191,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             cluster: ClusterConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            tenancy: crate::tenancy::TenancyConfig::default(),
         }
     }
 }
@@ -285,6 +288,9 @@ impl Config {
         self.cluster.validate(self.node_id)?;
         let loopback = self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
         self.auth.validate(loopback).map_err(ConfigError::Invalid)?;
+        if let Some(t) = self.tenancy.tenants.iter().find(|t| !crate::tenancy::valid_tenant(t)) {
+            return bad(format!("tenancy.tenants: '{t}' is not a tenant id (1 to 64 of A-Z a-z 0-9 - _)"));
+        }
         if let Some(base) = &self.base_url {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return bad(format!("base_url = {base:?} must start with http:// or https://"));

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::actors::WriteError;
 use crate::auth::AuthError;
+use crate::tenancy::TenancyError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
 use crate::fhir::{FhirError, FhirVersion};
@@ -35,6 +36,8 @@ pub enum ApiError {
     Search(#[from] SearchError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -84,6 +87,11 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             AuthError::Missing | AuthError::Invalid(_) => (401, "login"),
             AuthError::Forbidden(_) => (403, "forbidden"),
             AuthError::Config(_) => (500, "exception"),
+        },
+        ApiError::Tenancy(t) => match t {
+            TenancyError::Invalid(_) => (400, "value"),
+            TenancyError::Unknown(_) => (404, "not-found"),
+            TenancyError::Mismatch { .. } | TenancyError::NoClaim(_) => (403, "forbidden"),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }

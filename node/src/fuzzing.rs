@@ -255,14 +255,15 @@ pub fn query(data: &[u8]) {
     let Ok(q) = query::parse(&f.reg, rtype, &params, lenient) else { return };
     let _ = (q.uses_now(), q.uses_near());
     let state = search_state();
-    let ex = Executor { tree: &state.tree, rtype };
+    let space = crate::store::space::Space::root(state.tree.clone());
+    let ex = Executor { tree: &space, rtype };
     let found = cost::limited(QUERY_ROWS, || ex.run(&q));
     if let (Ok(ids), Ok(spec)) = (found, spec) {
         let count = param("_count").and_then(|c| c.parse::<usize>().ok()).unwrap_or(10).min(50);
-        let _ = page::page(&state.tree, vec![(rtype, ids)], &[spec], param("_page"), count, 1_000);
+        let _ = page::page(&space, vec![(rtype, ids)], &[spec], param("_page"), count, 1_000);
     }
     if flags & 4 != 0 {
-        let _ = query::condition_ids(&f.reg, &state.tree, rtype, &params);
+        let _ = query::condition_ids(&f.reg, &space, rtype, &params);
     }
 }
 

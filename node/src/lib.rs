@@ -13,6 +13,8 @@
 //! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
+//! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
+//!   tenant's data is its own key space of the state ([`store::space`]).
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -30,6 +32,7 @@ pub mod http;
 pub mod launcher;
 pub mod search;
 pub mod store;
+pub mod tenancy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

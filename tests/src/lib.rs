@@ -232,7 +232,8 @@ impl TestCluster {
 
     /// `/_cluster/status` of a node, `None` when it does not answer.
     pub fn status(&self, id: u64) -> Option<Value> {
-        let resp = client().get(self.url(id, "/_cluster/status")).timeout(Duration::from_secs(2)).send().ok()?;
+        // The operator API serves it without FHIR credentials (clusters with [auth] on too).
+        let resp = client().get(self.admin_url(id, "/_cluster/status")).timeout(Duration::from_secs(2)).send().ok()?;
         resp.json().ok()
     }
 

@@ -20,9 +20,10 @@ pub struct WriteIntent {
     pub condition: Option<Condition>,
 }
 
-/// Ask a [`super::resource::ResourceActor`] to validate and commit one write.
+/// Ask a [`super::resource::ResourceActor`] to validate and commit one write, in a tenant's
+/// part of the state (`None`: the default tenant).
 #[derive(Debug)]
-pub struct Write(pub WriteIntent);
+pub struct Write(pub WriteIntent, pub crate::tenancy::Tenant);
 
 impl Message for Write {
     type Result = Result<(String, Applied), WriteError>;

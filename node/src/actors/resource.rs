@@ -13,6 +13,7 @@ use super::WriteError;
 use crate::consensus::RaftHandle;
 use crate::fhir::{meta, Definitions, FhirError};
 use crate::store::command::{Action, Applied, Command, CommandV1, WriteOp};
+use crate::tenancy::Tenant;
 
 /// Per-node settings the actors need.
 #[derive(Debug, Clone)]
@@ -44,7 +45,8 @@ pub struct ResourceActor {
     defs: Arc<Definitions>,
     raft: RaftHandle,
     settings: ActorSettings,
-    pending: Vec<(WriteOp, Reply)>,
+    /// Writes waiting for the next proposal, with their tenant (one proposal is one tenant's).
+    pending: Vec<(Tenant, WriteOp, Reply)>,
     in_flight: bool,
 }
 
@@ -59,14 +61,13 @@ impl ResourceActor {
 
     /// Sends everything pending as one proposal.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let take = batch_len(self.pending.iter().map(|(op, _)| op), self.settings.max_batch, self.settings.max_batch_bytes);
-        let batch: Vec<(WriteOp, Reply)> = self.pending.drain(..take).collect();
-        if batch.is_empty() {
-            return;
-        }
-        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().unzip();
+        let Some((tenant, _, _)) = self.pending.first() else { return };
+        let tenant = tenant.clone();
+        let same = self.pending.iter().take_while(|(t, _, _)| *t == tenant).count();
+        let take = batch_len(self.pending[..same].iter().map(|(_, op, _)| op), self.settings.max_batch, self.settings.max_batch_bytes);
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self.pending.drain(..take).map(|(_, op, reply)| (op, reply)).unzip();
         let ids: Vec<String> = ops.iter().map(|o| o.id.clone()).collect();
-        let cmd = Command::V1(CommandV1::Writes { ts_micros: meta::now_micros(), ops });
+        let cmd = Command::V1(CommandV1::Writes { ts_micros: meta::now_micros(), ops }).in_tenant(tenant.as_deref());
         let raft = self.raft.clone();
         self.in_flight = true;
         let proposal = async move { raft.propose(&cmd).await };
@@ -153,7 +154,7 @@ pub fn prepare(defs: &Definitions, settings: &ActorSettings, rtype: &'static str
 impl Handler<Write> for ResourceActor {
     type Result = ResponseFuture<Result<(String, Applied), WriteError>>;
 
-    fn handle(&mut self, Write(mut intent): Write, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Write(mut intent, tenant): Write, ctx: &mut Context<Self>) -> Self::Result {
         let condition = intent.condition.take();
         let op = match prepare(&self.defs, &self.settings, self.rtype, intent) {
             Ok(op) => op,
@@ -162,7 +163,7 @@ impl Handler<Write> for ResourceActor {
         if let Some(condition) = condition {
             // Alone in its entry: apply evaluates the search on the state before the entry.
             let raft = self.raft.clone();
-            let cmd = Command::V1(CommandV1::Conditional { ts_micros: meta::now_micros(), op: op.clone(), condition });
+            let cmd = Command::V1(CommandV1::Conditional { ts_micros: meta::now_micros(), op: op.clone(), condition }).in_tenant(tenant.as_deref());
             return Box::pin(async move {
                 let mut first = None;
                 for out in raft.propose(&cmd).await? {
@@ -174,7 +175,7 @@ impl Handler<Write> for ResourceActor {
             });
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.push((op, tx));
+        self.pending.push((tenant, op, tx));
         if !self.in_flight {
             self.flush(ctx);
         }

@@ -22,7 +22,7 @@ use crate::search::index;
 use crate::search::query::{self, Ids};
 use crate::store::command::{Action, Condition};
 use crate::store::resources::HistoryEntry;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 const PATIENT: &str = "Patient";
 
@@ -91,8 +91,8 @@ pub fn check_stored(st: &AppState, grant: &Grant, rtype: &str, id: &str, stored:
 }
 
 /// The doc numbers of `rtype` in `Patient/pid`'s compartment (what a search may return).
-pub fn members(st: &AppState, rtype: &str, pid: &str) -> Result<Ids, ApiError> {
-    let tree = st.store.tree();
+pub fn members(st: &AppState, store: &Store, rtype: &str, pid: &str) -> Result<Ids, ApiError> {
+    let tree = store.tree();
     let mut out = Ids::new();
     for code in links(st, rtype) {
         out |= query::referrer_docs(tree, rtype, &code, PATIENT, pid)?;
@@ -109,7 +109,7 @@ pub fn members(st: &AppState, rtype: &str, pid: &str) -> Result<Ids, ApiError> {
 pub fn search_scope(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<Option<Ids>, ApiError> {
     match require_ctx(ctx, st, op, rtype)? {
         Grant::All => Ok(None),
-        Grant::Patient(pid) => Ok(Some(members(st, rtype, &pid)?)),
+        Grant::Patient(pid) => Ok(Some(members(st, &ctx.store, rtype, &pid)?)),
     }
 }
 
@@ -171,6 +171,7 @@ fn write_op(action: Action) -> Op {
 pub fn check_write(
     principal: &Principal,
     st: &AppState,
+    store: &Store,
     rtype: &str,
     action: Action,
     id: Option<&str>,
@@ -187,7 +188,7 @@ pub fn check_write(
     }
     let mut seen = None;
     if let Some(id) = id.filter(|i| !i.is_empty()) {
-        match st.store.read(rtype, id) {
+        match store.read(rtype, id) {
             Ok((cur, rec)) => {
                 check_stored(st, &grant, rtype, id, rec.body())?;
                 seen = Some(cur.version);
@@ -197,9 +198,9 @@ pub fn check_write(
         }
     }
     if let Some(cond) = condition {
-        let ids = query::condition_ids(&st.search, st.store.tree(), rtype, &cond.query)?;
+        let ids = query::condition_ids(&st.search, store.tree(), rtype, &cond.query)?;
         for found in ids {
-            let (_, rec) = st.store.read(rtype, &found)?;
+            let (_, rec) = store.read(rtype, &found)?;
             check_stored(st, &grant, rtype, &found, rec.body())?;
         }
     }

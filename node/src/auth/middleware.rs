@@ -1,6 +1,8 @@
 //! The FHIR API's front door: every request is authenticated here once (401 with
-//! `WWW-Authenticate` before any handler runs), its [`Principal`] is put in the request for the
-//! handlers' checks ([`super::guard`]), the operator status page needs the admin group, and one
+//! `WWW-Authenticate` before any handler runs), its [`super::Principal`] is put in the request
+//! for the handlers' checks ([`super::guard`]), its tenant is resolved
+//! ([`crate::tenancy::resolve`], the `/tenant/{id}` prefix stripped so the routes are the same
+//! for every tenant), the operator status page needs the admin group, and one
 //! audit line is logged per request (target `kiln::audit`: subject, tenant, interaction, type,
 //! id, status). `/metadata`, `/.well-known/smart-configuration` and `/_health` stay open.
 
@@ -22,56 +24,84 @@ fn header<'a>(req: &'a ServiceRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Authenticates, authorizes the operator pages, and writes the audit line.
-pub async fn authenticate(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+/// Authenticates, resolves the tenant (stripping a `/tenant/{id}` prefix), authorizes the
+/// operator pages, and writes the audit line.
+pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let Some(st) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let audit_on = st.auth.cfg.audit_log.unwrap_or(st.auth.enabled());
-    if !st.auth.enabled() && !audit_on {
+    let tenancy = &st.cfg.tenancy;
+    if !st.auth.enabled() && !audit_on && !tenancy.enabled {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let method = req.method().to_string();
     let path = req.path().to_string();
-    if is_open(&path) {
-        // No principal goes in: whatever these routes reach, they reach with no rights.
-        let resp = next.call(req).await?.map_into_boxed_body();
+    let deny = |req: ServiceRequest, e: ApiError, subject: &str, tenant: Option<&str>| {
+        let resp = e.error_response();
         if audit_on {
-            audit("-", None, &method, &path, resp.status().as_u16());
+            audit(subject, tenant, &method, &path, resp.status().as_u16());
         }
-        return Ok(resp);
+        Ok(req.into_response(resp))
+    };
+    // Open pages need no credentials (also under a tenant prefix).
+    let unprefixed = match path.strip_prefix("/tenant/").filter(|_| tenancy.enabled) {
+        Some(after) => after.split_once('/').map(|(_, r)| format!("/{r}")).unwrap_or_else(|| "/".into()),
+        None => path.clone(),
+    };
+    let principal = if is_open(&unprefixed) {
+        None
+    } else {
+        match st.auth.authenticate(header(&req, "authorization"), header(&req, "x-api-key")) {
+            Ok(p) => Some(p),
+            Err(e) => return deny(req, e.into(), "-", None),
+        }
+    };
+    let open = principal.as_ref().is_none_or(|p| p.via == super::Via::Open);
+    let claim = principal.as_ref().and_then(|p| p.tenant.as_deref());
+    let subject = principal.as_ref().map(|p| p.subject.clone()).unwrap_or_else(|| "-".into());
+    let resolved = match crate::tenancy::resolve(tenancy, &path, claim, open) {
+        Ok(r) => r,
+        Err(e) => return deny(req, e.into(), &subject, claim),
+    };
+    if let Some(rest) = &resolved.rest {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.clone(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        match actix_web::http::Uri::from_parts(parts) {
+            Ok(uri) => {
+                req.match_info_mut().get_mut().update(&uri);
+                req.head_mut().uri = uri;
+            }
+            Err(_) => return deny(req, crate::http::RequestError::NoRoute(path.clone()).into(), &subject, claim),
+        }
     }
-    let found = {
-        st.auth.authenticate(header(&req, "authorization"), header(&req, "x-api-key")).and_then(|p| {
-            if path.starts_with("/_cluster/") && !p.admin {
-                Err(AuthError::Forbidden(format!("{path} needs the {} group", st.auth.cfg.admin_group)))
-            } else {
-                Ok(p)
-            }
-        })
-    };
-    let principal = match found {
-        Ok(p) => p,
-        Err(e) => {
-            let subject = if matches!(e, AuthError::Forbidden(_)) { "authenticated" } else { "-" };
-            let resp = ApiError::from(e).error_response();
-            if audit_on {
-                audit(subject, None, &method, &path, resp.status().as_u16());
-            }
-            return Ok(req.into_response(resp));
+    if let Some(p) = &principal {
+        if unprefixed.starts_with("/_cluster/") && !p.admin {
+            let e = AuthError::Forbidden(format!("{unprefixed} needs the {} group", st.auth.cfg.admin_group));
+            return deny(req, e.into(), &subject, claim);
         }
-    };
-    req.extensions_mut().insert(principal.clone());
+        // Whatever open pages reach, they reach with no rights: no principal goes in for them.
+        req.extensions_mut().insert(p.clone());
+    }
+    let tenant = resolved.tenant.clone();
+    req.extensions_mut().insert(crate::tenancy::InTenant { tenant: tenant.as_deref().map(Into::into), by_path: resolved.rest.is_some() });
     let resp = next.call(req).await?.map_into_boxed_body();
     if audit_on {
-        audit(&principal.subject, principal.tenant.as_deref(), &method, &path, resp.status().as_u16());
+        audit(&subject, tenant.as_deref(), &method, &path, resp.status().as_u16());
     }
     Ok(resp)
 }
 
 /// One structured line per request.
 fn audit(subject: &str, tenant: Option<&str>, method: &str, path: &str, status: u16) {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.first() == Some(&"tenant") && segments.len() >= 2 {
+        segments.drain(..2);
+    }
     let (interaction, rtype, id) = crate::http::classify(method, &segments);
     tracing::info!(target: "kiln::audit", subject, tenant = tenant.unwrap_or("-"), interaction, rtype, id, method, path, status, outcome = if status < 400 { "allowed" } else if status == 401 || status == 403 { "denied" } else { "failed" });
 }

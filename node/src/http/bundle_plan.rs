@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::{patch, AppState, RequestError};
 use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
-use crate::auth::{guard, Principal};
+use super::negotiate::Ctx;
+use crate::auth::guard;
 use crate::error::ApiError;
 use crate::fhir::FhirError;
 use crate::store::command::{Action, BundleOp, Condition};
@@ -117,7 +118,8 @@ fn bad(name: &str, reason: impl Into<String>) -> ApiError {
 }
 
 /// Plans a Bundle body. Errors about the bundle itself (not one entry) are returned as `Err`.
-pub fn plan(st: &AppState, principal: &Principal, base: &str, body: Value) -> Result<Plan, ApiError> {
+pub fn plan(st: &AppState, ctx: &Ctx, body: Value) -> Result<Plan, ApiError> {
+    let (principal, base) = (&*ctx.principal, ctx.base.as_str());
     let Value::Object(mut bundle) = body else { return Err(FhirError::NotAnObject.into()) };
     match bundle.get("resourceType").and_then(Value::as_str) {
         Some("Bundle") => {}
@@ -157,7 +159,7 @@ pub fn plan(st: &AppState, principal: &Principal, base: &str, body: Value) -> Re
             let method = request.and_then(|r| r.get("method")).and_then(Value::as_str).and_then(Method::parse);
             let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("").to_string();
             let retry_on_conflict = method == Some(Method::Patch) && header(&e, "ifMatch").is_none();
-            let step = plan_entry(st, principal, &settings, base, index, method, &url, e);
+            let step = plan_entry(st, ctx, &settings, base, index, method, &url, e);
             EntryPlan { index, method, url, step, retry_on_conflict }
         })
         .collect();
@@ -218,7 +220,7 @@ fn condition(query: &str, multiple: bool) -> Result<Condition, ApiError> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn plan_entry(st: &AppState, principal: &Principal, settings: &ActorSettings, base: &str, index: usize, method: Option<Method>, url: &str, mut e: Value) -> Result<Step, ApiError> {
+fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, index: usize, method: Option<Method>, url: &str, mut e: Value) -> Result<Step, ApiError> {
     let method = check_entry(index, method, url)?;
     let (path, query) = split_url(st, base, url)?;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -228,7 +230,7 @@ fn plan_entry(st: &AppState, principal: &Principal, settings: &ActorSettings, ba
     let write = |mut op: WriteIntent, rtype: &'static str, condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
         // The same rights check as a write outside a bundle (crud::send_write), on the state the
         // bundle is planned against; a patient/ write is pinned to the version it saw.
-        let seen = guard::check_write(principal, st, rtype, op.action, op.id.as_deref(), op.body.as_ref(), condition.as_ref())?;
+        let seen = guard::check_write(&ctx.principal, st, &ctx.store, rtype, op.action, op.id.as_deref(), op.body.as_ref(), condition.as_ref())?;
         if op.if_match.is_none() && condition.is_none() {
             op.if_match = seen;
         }
@@ -296,10 +298,10 @@ fn plan_entry(st: &AppState, principal: &Principal, settings: &ActorSettings, ba
             // Conditional: the match found here is re-checked at apply (see http/patch.rs).
             let (id, cond) = match rest {
                 [id] => (super::crud::type_and_id(st, rtype, id)?.1.to_string(), None),
-                _ => (patch::match_one(st, rtype, query)?, Some(condition(query, false)?)),
+                _ => (patch::match_one(st, &ctx.store, rtype, query)?, Some(condition(query, false)?)),
             };
             let ops = patch::parse_patch(patch_document(resource.take())?, st.cfg.limits.max_patch_ops)?;
-            let (body, version) = patch::patched(st, rtype, &id, &ops, if_match)?;
+            let (body, version) = patch::patched(st, &ctx.store, rtype, &id, &ops, if_match)?;
             let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: None };
             write(intent, rtype, cond, false)
         }

@@ -45,15 +45,15 @@ impl InstanceWrite {
 /// are checked first ([`guard::check_write`]); a write under a `patient/` grant is pinned to the
 /// version the check saw.
 pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut intent: WriteIntent) -> Result<(String, Applied), ApiError> {
-    let seen = guard::check_write(&ctx.principal, st, rtype, intent.action, intent.id.as_deref(), intent.body.as_ref(), intent.condition.as_ref())?;
+    let seen = guard::check_write(&ctx.principal, st, &ctx.store, rtype, intent.action, intent.id.as_deref(), intent.body.as_ref(), intent.condition.as_ref())?;
     if intent.if_match.is_none() && intent.condition.is_none() {
         intent.if_match = seen;
     }
     if let Some(cond) = &intent.condition {
-        precheck(st, rtype, cond).await?;
+        precheck(st, &ctx.store, rtype, cond).await?;
     }
     let addr = st.registry.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
-    match addr.send(Write(intent)).await {
+    match addr.send(Write(intent, ctx.tenant.clone())).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(WriteError::Mailbox(rtype.to_string()).into()),
     }
@@ -63,8 +63,8 @@ pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut inten
 /// row budget apply gives it (search::cost): a condition that cannot be decided (too costly, `ap`,
 /// `near`, a bad value) is answered 400 at once and never reaches the log or the Raft thread.
 /// Apply still decides on the state it sees then.
-async fn precheck(st: &AppState, rtype: &'static str, cond: &Condition) -> Result<(), ApiError> {
-    let (tree, reg, query) = (st.store.tree().clone(), st.search.clone(), cond.query.clone());
+async fn precheck(st: &AppState, store: &crate::store::Store, rtype: &'static str, cond: &Condition) -> Result<(), ApiError> {
+    let (tree, reg, query) = (store.tree().clone(), st.search.clone(), cond.query.clone());
     let found = web::block(move || crate::search::query::condition_ids(&reg, &tree, rtype, &query))
         .await
         .map_err(|e| crate::store::StoreError::Storage(e.to_string()))?;
@@ -234,7 +234,7 @@ pub fn read_in(ctx: &Ctx, st: &AppState, rtype: &str, id: &str) -> Result<HttpRe
     ctx.reject_count_summary()?;
     let (rtype, id) = type_and_id(st, rtype, id)?;
     let grant = guard::require_ctx(ctx, st, Op::READ, rtype)?;
-    let (cur, record) = st.store.read(rtype, id)?;
+    let (cur, record) = ctx.store.read(rtype, id)?;
     guard::check_stored(st, &grant, rtype, id, record.body())?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, cur.version, cur.ts);
@@ -266,7 +266,7 @@ pub fn vread_in(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, vid: &str) -> R
         reason: format!("'{vid}' is not a version number"),
     })?;
     let grant = guard::require_ctx(ctx, st, Op::VREAD, rtype)?;
-    let record = st.store.vread(rtype, id, version)?;
+    let record = ctx.store.vread(rtype, id, version)?;
     guard::check_stored(st, &grant, rtype, id, record.body())?;
     let mut b = HttpResponse::Ok();
     negotiate::version_headers(&mut b, version, record.ts);

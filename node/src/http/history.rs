@@ -57,7 +57,7 @@ pub fn history_in(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str
         HistoryScope::Type { rtype } => drop(guard::require_ctx(ctx, st, Op::HISTORY_TYPE, rtype)?),
         HistoryScope::System => guard::require_some_type(ctx, st, Op::HISTORY_SYSTEM)?,
     }
-    let mut page = st.store.history(&scope, &q)?;
+    let mut page = ctx.store.history(&scope, &q)?;
     let op = match scope {
         HistoryScope::Instance { .. } => Op::HISTORY_INSTANCE,
         HistoryScope::Type { .. } => Op::HISTORY_TYPE,
@@ -110,8 +110,8 @@ fn query(ctx: &Ctx, st: &AppState) -> Result<HistoryQuery, RequestError> {
 }
 
 /// Whether the version before `version` is a deletion (the update re-created the resource).
-fn follows_delete(st: &AppState, rtype: &str, id: &str, version: u64) -> Result<bool, ApiError> {
-    match st.store.vread(rtype, id, version - 1) {
+fn follows_delete(store: &crate::store::Store, rtype: &str, id: &str, version: u64) -> Result<bool, ApiError> {
+    match store.vread(rtype, id, version - 1) {
         Err(StoreError::Gone { .. }) => Ok(true),
         Ok(_) | Err(StoreError::VersionNotFound { .. }) => Ok(false),
         Err(e) => Err(e.into()),
@@ -132,7 +132,7 @@ fn bundle<'a>(ctx: &Ctx, st: &AppState, path: &str, page: &'a HistoryPage) -> Re
         let (rtype, id, version, rec) = (&e.rtype, &e.id, e.version, &e.record);
         let (method, url, status) = match rec.action {
             Action::Create => ("POST", rtype.clone(), "201 Created"),
-            Action::Update | Action::Patch if version == 1 || follows_delete(st, rtype, id, version)? => {
+            Action::Update | Action::Patch if version == 1 || follows_delete(&ctx.store, rtype, id, version)? => {
                 (rec.action.method(), format!("{rtype}/{id}"), "201 Created")
             }
             Action::Update | Action::Patch => (rec.action.method(), format!("{rtype}/{id}"), "200 OK"),

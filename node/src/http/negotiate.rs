@@ -3,7 +3,7 @@
 //! size, the base URL, and building resource responses with `ETag` / `Last-Modified`.
 
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -29,6 +29,7 @@ pub enum Return {
 }
 
 /// What a handler knows about the request before it does anything.
+#[derive(Clone)]
 pub struct Ctx {
     pub params: Vec<(String, String)>,
     pub content_type: &'static str,
@@ -42,6 +43,10 @@ pub struct Ctx {
     pub if_modified_since: Option<String>,
     /// Who is asking ([`crate::auth::guard`] decides what they reach).
     pub principal: std::sync::Arc<crate::auth::Principal>,
+    /// The tenant the request works in (`None`: the default tenant).
+    pub tenant: crate::tenancy::Tenant,
+    /// The tenant's part of the state: every read of the request goes through it.
+    pub store: crate::store::Store,
 }
 
 fn essence(v: &str) -> String {
@@ -82,17 +87,26 @@ impl Ctx {
         };
         let subset = subset(&params)?;
         let (ret, lenient) = prefer(header_str(req.headers(), "prefer")?)?;
-        let base = match &st.cfg.base_url {
+        let mut base = match &st.cfg.base_url {
             Some(b) => b.trim_end_matches('/').to_string(),
             None => {
                 let info = req.connection_info();
                 format!("{}://{}", info.scheme(), info.host())
             }
         };
+        let (tenant, store) = match req.extensions().get::<crate::tenancy::InTenant>() {
+            Some(t) => {
+                if t.by_path {
+                    base.push_str(&format!("/tenant/{}", t.tenant.as_deref().unwrap_or_default()));
+                }
+                (t.tenant.clone(), st.store.tenant(t.tenant.as_deref()))
+            }
+            None => (None, st.store.clone()),
+        };
         let if_none_match = header_str(req.headers(), "if-none-match")?.map(String::from);
         let if_modified_since = header_str(req.headers(), "if-modified-since")?.map(String::from);
         let principal = crate::auth::guard::principal_of(req, st);
-        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal })
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store })
     }
 
     /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
@@ -111,6 +125,8 @@ impl Ctx {
             if_none_match: if_none_match.map(String::from),
             if_modified_since: if_modified_since.map(String::from),
             principal: self.principal.clone(),
+            tenant: self.tenant.clone(),
+            store: self.store.clone(),
         })
     }
 

@@ -49,8 +49,8 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     let ops = read_patch(&req, payload, &st).await?;
     let cond = super::crud::condition(req.query_string(), "search", false)?;
     for attempt in 1..=MAX_ATTEMPTS {
-        let id = match_one(&st, rtype, req.query_string())?;
-        let (body, version) = patched(&st, rtype, &id, &ops, if_match)?;
+        let id = match_one(&st, &ctx.store, rtype, req.query_string())?;
+        let (body, version) = patched(&st, &ctx.store, rtype, &id, &ops, if_match)?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: Some(cond.clone()) };
         match send_write(&ctx, &st, rtype, intent).await {
             Ok((id, applied)) => return write_response(&ctx, &st, rtype, &id, &applied),
@@ -113,10 +113,10 @@ pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize
 }
 
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
-pub fn match_one(st: &AppState, rtype: &'static str, query_string: &str) -> Result<String, ApiError> {
+pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str, query_string: &str) -> Result<String, ApiError> {
     let params = super::crud::condition(query_string, "search", false)?.query;
     // The same search, budget and refusals as apply uses for the condition.
-    let ids = query::condition_ids(&st.search, st.store.tree(), rtype, &params)?;
+    let ids = query::condition_ids(&st.search, store.tree(), rtype, &params)?;
     match ids.len() {
         1 => Ok(ids.into_iter().next().expect("one id")),
         0 => Err(StoreError::NotFound { rtype: rtype.into(), id: format!("?{query_string} (no match)") }.into()),
@@ -125,8 +125,8 @@ pub fn match_one(st: &AppState, rtype: &'static str, query_string: &str) -> Resu
 }
 
 /// The current version of `rtype/id` with `ops` applied: (new body, the version it was read at).
-pub fn patched(st: &AppState, rtype: &str, id: &str, ops: &json_patch::Patch, client_if_match: Option<u64>) -> Result<(Value, u64), ApiError> {
-    let (cur, record) = st.store.read(rtype, id)?;
+pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str, ops: &json_patch::Patch, client_if_match: Option<u64>) -> Result<(Value, u64), ApiError> {
+    let (cur, record) = store.read(rtype, id)?;
     if let Some(expected) = client_if_match {
         if expected != cur.version {
             return Err(StoreError::VersionConflict { rtype: rtype.into(), id: id.into(), expected, current: Some(cur.version) }.into());
@@ -143,7 +143,7 @@ pub fn patched(st: &AppState, rtype: &str, id: &str, ops: &json_patch::Patch, cl
 
 async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &str, ops: &json_patch::Patch, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
     for attempt in 1..=MAX_ATTEMPTS {
-        let (body, version) = patched(st, rtype, id, ops, client_if_match)?;
+        let (body, version) = patched(st, &ctx.store, rtype, id, ops, client_if_match)?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(version), condition: None };
         match send_write(ctx, st, rtype, intent).await {
             Ok((id, applied)) => return write_response(ctx, st, rtype, &id, &applied),

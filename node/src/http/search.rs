@@ -49,7 +49,7 @@ pub async fn compartment_in(ctx: &Ctx, st: &AppState, ctype: &str, cid: &str, me
         .ok_or_else(|| RequestError::NoRoute(format!("/{ctype}/{cid}/{rtype}: {ctype} is not a compartment")))?;
     let mut members = query::Ids::new();
     for code in &links {
-        members |= query::referrer_docs(st.store.tree(), rtype, code, ctype, cid)?;
+        members |= query::referrer_docs(ctx.store.tree(), rtype, code, ctype, cid)?;
     }
     let params = ctx.params.clone();
     respond(ctx, st, rtype, params, Some((format!("/{ctype}/{cid}/{rtype}"), members))).await
@@ -140,7 +140,7 @@ fn includes(ctx: &Ctx, st: &AppState, types: &[&'static str], params: &[(String,
     // as if it did not exist).
     let mut grants: std::collections::HashMap<String, Option<Grant>> = std::collections::HashMap::new();
     let limit = st.cfg.limits.max_include_resources;
-    let tree = st.store.tree();
+    let tree = ctx.store.tree();
     let mut seen: BTreeSet<(String, String)> = page.iter().cloned().collect();
     let mut out = Vec::new();
     let mut frontier: Vec<(String, String)> = page.to_vec();
@@ -177,7 +177,7 @@ fn includes(ctx: &Ctx, st: &AppState, types: &[&'static str], params: &[(String,
                     }
                     let grant = grants.entry(ft.clone()).or_insert_with(|| guard::require_ctx(ctx, st, Op::READ, &ft).ok()).clone();
                     let Some(grant) = grant else { continue };
-                    match st.store.read(&ft, &fid) {
+                    match ctx.store.read(&ft, &fid) {
                         Ok((_, rec)) if !guard::may_see(st, &grant, &ft, &fid, rec.body())? => {}
                         Ok(_) if out.len() == limit => return Ok((out, true)),
                         Ok((_, rec)) => {
@@ -284,7 +284,7 @@ async fn respond_types(
         };
         queries.push((*t, q, restrict));
     }
-    let tree = st.store.tree().clone();
+    let tree = ctx.store.tree().clone();
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
     let cursor = param("_page").map(String::from);
     let max_keyed = st.cfg.limits.max_sort_matches;
@@ -322,14 +322,14 @@ async fn respond_types(
         links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", hex::encode(edge))))));
     }
     let total = page.total;
-    let tree = st.store.tree();
+    let tree = ctx.store.tree();
     let mut page_ids: Vec<(String, String)> = Vec::with_capacity(page.items.len());
     for (t, doc) in &page.items {
         page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(*doc)?));
     }
     let mut bodies = Vec::with_capacity(page_ids.len());
     for (t, id) in page_ids {
-        match st.store.read(&t, &id) {
+        match ctx.store.read(&t, &id) {
             Ok((_, rec)) => bodies.push((t, id, rec)),
             // Deleted between the index scan and this read: not part of the page.
             Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}

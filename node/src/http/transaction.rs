@@ -70,8 +70,8 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
             None => spare.clone().ok_or_else(|| StoreError::Corrupt("bundle body kept for a retry".into()))?,
         };
         let plan = {
-            let (st, base, principal) = (st.clone(), ctx.base.clone(), ctx.principal.clone());
-            web::block(move || bundle_plan::plan(&st, &principal, &base, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
+            let (st, planning) = (st.clone(), ctx.clone());
+            web::block(move || bundle_plan::plan(&st, &planning, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
         };
         match execute(&ctx, &st, plan).await {
             Ok(response) => return Ok(response),
@@ -118,7 +118,8 @@ async fn execute(ctx: &Ctx, st: &AppState, plan: Plan) -> Result<HttpResponse, R
     }
     if !writes.is_empty() {
         let targets: Vec<(usize, String, Action)> = writes.iter().map(|(_, op)| (op.index as usize, op.op.rtype.clone(), op.op.action)).collect();
-        let cmd = Command::V1(CommandV1::Bundle { ts_micros: meta::now_micros(), atomic, entries: writes.into_iter().map(|(_, op)| op).collect() });
+        let cmd = Command::V1(CommandV1::Bundle { ts_micros: meta::now_micros(), atomic, entries: writes.into_iter().map(|(_, op)| op).collect() })
+            .in_tenant(ctx.tenant.as_deref());
         // A large bundle takes a while to replicate and apply: 2 ms per write beyond write_timeout_ms.
         let outcomes = st.raft.propose_within(&cmd, std::time::Duration::from_millis(2 * targets.len() as u64)).await?;
         if let [Err(StoreError::EntryFailed { entry, reason })] = outcomes.as_slice() {

@@ -10,6 +10,7 @@
 //!   resources with one value of the parameter; resources with several (listed in the
 //!   parameter's `M` row) are checked value by value from their own rows.
 
+use crate::store::space::Space;
 use super::index::{i64_from_key, i64_key, kind_prefix, multi_date_row, param_rows, DATE_SPANS};
 use super::posting;
 use super::query::{split_prefix, Executor, Ids, Prefix, SearchError};
@@ -100,7 +101,7 @@ fn range_of(rest: &[u8]) -> Option<(i64, i64)> {
 }
 
 /// The rows of `base` that can match `tests` (all must hold on one row), into `out`.
-fn scan_all(tree: &sled::Tree, base: &[u8], tests: &[DateTest], out: &mut Ids) -> Result<(), SearchError> {
+fn scan_all(tree: &Space, base: &[u8], tests: &[DateTest], out: &mut Ids) -> Result<(), SearchError> {
     let keep = |rest: &[u8]| range_of(rest).is_some_and(|(tlo, thi)| tests.iter().all(|t| t.matches(tlo, thi)));
     let below = tests.iter().filter_map(DateTest::low_end_below).min();
     let by_class = tests.iter().any(|t| matches!(t.prefix, Prefix::Ge | Prefix::Gt | Prefix::Ap));
@@ -124,7 +125,7 @@ fn scan_all(tree: &sled::Tree, base: &[u8], tests: &[DateTest], out: &mut Ids) -
 }
 
 /// One criterion value under `base`.
-pub fn scan(tree: &sled::Tree, base: &[u8], test: &DateTest, out: &mut Ids) -> Result<(), SearchError> {
+pub fn scan(tree: &Space, base: &[u8], test: &DateTest, out: &mut Ids) -> Result<(), SearchError> {
     scan_all(tree, base, std::slice::from_ref(test), out)
 }
 
@@ -176,7 +177,7 @@ mod tests {
     }
 
     /// Every row's own test, on every row: what the bounded scans must equal.
-    fn full_scan(tree: &sled::Tree, base: &[u8], tests: &[DateTest]) -> Ids {
+    fn full_scan(tree: &Space, base: &[u8], tests: &[DateTest]) -> Ids {
         let mut out = Ids::new();
         let keep = |rest: &[u8]| range_of(rest).is_some_and(|(a, b)| tests.iter().all(|t| t.matches(a, b)));
         posting::scan_filter(tree, &kind_prefix(base, b'd'), keep, &mut out).unwrap();

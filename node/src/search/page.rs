@@ -10,6 +10,7 @@
 //!   descending), until the page is full ([`walk`]);
 //! - otherwise every match gets its key (a lookup per match) and the keys are sorted.
 
+use crate::store::space::Space;
 use super::posting::{self, add_block, row_of};
 use super::query::{Ids, SearchError};
 use super::sort::{self, SortSpec};
@@ -52,7 +53,7 @@ fn bad_cursor() -> SearchError {
 /// `max_keyed` bounds the matches that may need a sort key each (several types, or a sort the
 /// row walk does not serve): past it the search is refused as too costly rather than holding a
 /// key per match in memory.
-pub fn page(tree: &sled::Tree, found: Vec<(&'static str, Ids)>, sorts: &[SortSpec], cursor: Option<&str>, count: usize, max_keyed: u64) -> Result<Page, SearchError> {
+pub fn page(tree: &Space, found: Vec<(&'static str, Ids)>, sorts: &[SortSpec], cursor: Option<&str>, count: usize, max_keyed: u64) -> Result<Page, SearchError> {
     let cursor = parse_cursor(cursor)?;
     if let ([(t, docs)], [spec]) = (found.as_slice(), sorts) {
         if spec.keys.len() == 1 && walk_pays(tree, t, docs, count)? {
@@ -86,7 +87,7 @@ pub fn page(tree: &sled::Tree, found: Vec<(&'static str, Ids)>, sorts: &[SortSpe
 
 /// Whether walking the sort rows is expected to read fewer rows than there are matches to look
 /// up: a page needs about `count × live / matches` rows when matches are spread evenly.
-fn walk_pays(tree: &sled::Tree, rtype: &str, docs: &Ids, count: usize) -> Result<bool, SearchError> {
+fn walk_pays(tree: &Space, rtype: &str, docs: &Ids, count: usize) -> Result<bool, SearchError> {
     const MIN_MATCHES: u64 = 1_000;
     if docs.len() < MIN_MATCHES {
         return Ok(false);
@@ -180,7 +181,7 @@ fn just_after(mut k: Vec<u8>) -> Vec<u8> {
 }
 
 /// Walks one sort parameter's rows for a page (see the module doc).
-fn walk_page(tree: &sled::Tree, rtype: &'static str, docs: &Ids, spec: &SortSpec, cursor: &Cursor, count: usize) -> Result<Page, SearchError> {
+fn walk_page(tree: &Space, rtype: &'static str, docs: &Ids, spec: &SortSpec, cursor: &Cursor, count: usize) -> Result<Page, SearchError> {
     let w = Walk { tree, rtype, docs, spec };
     let total = docs.len() as usize;
     if count == 0 {
@@ -223,7 +224,7 @@ fn walk_page(tree: &sled::Tree, rtype: &'static str, docs: &Ids, spec: &SortSpec
 }
 
 struct Walk<'a> {
-    tree: &'a sled::Tree,
+    tree: &'a Space,
     rtype: &'static str,
     docs: &'a Ids,
     spec: &'a SortSpec,
@@ -412,7 +413,7 @@ mod tests {
     }
 
     /// Every page, forward then backward, through `walk_page` and through sorted keys.
-    fn all_pages(tree: &sled::Tree, docs: &Ids, spec: &SortSpec, count: usize, walk: bool) -> (Vec<u32>, Vec<u32>) {
+    fn all_pages(tree: &Space, docs: &Ids, spec: &SortSpec, count: usize, walk: bool) -> (Vec<u32>, Vec<u32>) {
         let get = |cursor: &Cursor| {
             if walk {
                 walk_page(tree, "Patient", docs, spec, cursor, count).unwrap()

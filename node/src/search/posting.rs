@@ -19,6 +19,7 @@
 //! Doc number keys (in the `state` tree): `n` type `\0` id → `u32`; `N` type `\0` `u32` → id;
 //! `mdocs\0` type → the next unassigned number.
 
+use crate::store::space::Space;
 use crate::store::writes::Writes;
 use std::collections::{BTreeMap, HashMap};
 
@@ -84,14 +85,14 @@ fn u32_value(key: &[u8], v: &[u8]) -> Result<u32, PostingError> {
 }
 
 /// The doc number of `rtype/id`, if it was ever written.
-pub fn docnum(tree: &sled::Tree, rtype: &str, id: &str) -> Result<Option<u32>, PostingError> {
+pub fn docnum(tree: &Space, rtype: &str, id: &str) -> Result<Option<u32>, PostingError> {
     super::cost::charge(1)?;
     let k = docnum_key(rtype, id);
     tree.get(&k)?.map(|v| u32_value(&k, &v)).transpose()
 }
 
 /// The id of a doc number.
-pub fn doc_id(tree: &sled::Tree, rtype: &str, doc: u32) -> Result<Option<String>, PostingError> {
+pub fn doc_id(tree: &Space, rtype: &str, doc: u32) -> Result<Option<String>, PostingError> {
     super::cost::charge(1)?;
     let k = doc_id_key(rtype, doc);
     tree.get(&k)?.map(|v| String::from_utf8(v.to_vec()).map_err(|_| corrupt(&k))).transpose()
@@ -197,7 +198,7 @@ impl Changes {
     }
 
     /// The doc number of `rtype/id`, assigning the type's next one (in this batch) when it has none.
-    pub fn docnum(&mut self, tree: &sled::Tree, batch: &mut Writes, rtype: &str, id: &str) -> Result<u32, PostingError> {
+    pub fn docnum(&mut self, tree: &Space, batch: &mut Writes, rtype: &str, id: &str) -> Result<u32, PostingError> {
         let key = docnum_key(rtype, id);
         if let Some(d) = self.docnums.get(&key) {
             return Ok(*d);
@@ -225,7 +226,7 @@ impl Changes {
 
     /// Writes every changed block into `batch` (read from `tree`, changed, re-encoded; removed
     /// when empty).
-    pub fn flush(self, tree: &sled::Tree, batch: &mut Writes) -> Result<(), PostingError> {
+    pub fn flush(self, tree: &Space, batch: &mut Writes) -> Result<(), PostingError> {
         for (key, changes) in self.blocks {
             let mut bits = match tree.get(&key)? {
                 Some(v) => bits_of(&key, &v)?,
@@ -249,7 +250,7 @@ impl Changes {
 }
 
 /// Every doc number under a key prefix (all blocks of all rows starting with `prefix`).
-pub fn scan(tree: &sled::Tree, prefix: &[u8], out: &mut RoaringBitmap) -> Result<(), PostingError> {
+pub fn scan(tree: &Space, prefix: &[u8], out: &mut RoaringBitmap) -> Result<(), PostingError> {
     for item in tree.scan_prefix(prefix) {
         super::cost::charge(1)?;
         let (k, v) = item?;
@@ -260,7 +261,7 @@ pub fn scan(tree: &sled::Tree, prefix: &[u8], out: &mut RoaringBitmap) -> Result
 
 /// The rows under `prefix` whose next 8 bytes lie in `[from, to)` (`None`: unbounded), kept when
 /// their parts after `prefix` satisfy `keep`.
-pub fn scan_range(tree: &sled::Tree, prefix: &[u8], from: Option<[u8; 8]>, to: Option<[u8; 8]>, keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
+pub fn scan_range(tree: &Space, prefix: &[u8], from: Option<[u8; 8]>, to: Option<[u8; 8]>, keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
     let bound = |b: [u8; 8]| {
         let mut k = prefix.to_vec();
         k.extend_from_slice(&b);
@@ -285,7 +286,7 @@ pub fn scan_range(tree: &sled::Tree, prefix: &[u8], from: Option<[u8; 8]>, to: O
 }
 
 /// [`scan`], keeping only rows whose parts after `prefix` satisfy `keep`.
-pub fn scan_filter(tree: &sled::Tree, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
+pub fn scan_filter(tree: &Space, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut RoaringBitmap) -> Result<(), PostingError> {
     for item in tree.scan_prefix(prefix) {
         super::cost::charge(1)?;
         let (k, v) = item?;
@@ -309,7 +310,7 @@ mod tests {
     #[test]
     fn blocks_switch_between_array_and_bitset_and_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = sled::open(dir.path()).unwrap().open_tree("t").unwrap();
+        let tree = Space::root(sled::open(dir.path()).unwrap().open_tree("t").unwrap());
         let row = b"xrow\0".to_vec();
         // 300 docs in block 1 (a bitset), 3 in block 0 (an array), then remove down to 200.
         let mut ch = Changes::default();
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn doc_numbers_are_assigned_once_per_resource_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = sled::open(dir.path()).unwrap().open_tree("t").unwrap();
+        let tree = Space::root(sled::open(dir.path()).unwrap().open_tree("t").unwrap());
         let mut ch = Changes::default();
         let mut batch = Writes::default();
         assert_eq!(ch.docnum(&tree, &mut batch, "Patient", "a").unwrap(), 0);

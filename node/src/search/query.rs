@@ -5,6 +5,7 @@
 //! `:below`, `:above` (uri), `:of-type` (token), `:identifier` (reference); composite parameters
 //! (`a$b`) and `near`. What is not implemented yet is refused with a 400 that says so.
 
+use crate::store::space::Space;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -121,7 +122,7 @@ pub struct Query {
 /// order, read within the row budget of [`super::cost`]. Refused, identically on every node:
 /// parameters that do not parse, and queries whose answer is not a function of the replicated
 /// state alone (`ap` reads the clock, `near` computes with platform floating point).
-pub fn condition_ids(reg: &Registry, tree: &sled::Tree, rtype: &str, params: &[(String, String)]) -> Result<Vec<String>, SearchError> {
+pub fn condition_ids(reg: &Registry, tree: &Space, rtype: &str, params: &[(String, String)]) -> Result<Vec<String>, SearchError> {
     let q = parse(reg, rtype, params, false)?;
     if q.uses_now() {
         return Err(SearchError::NotSupported("the ap prefix in a condition (it depends on the current time)".into()));
@@ -363,7 +364,7 @@ fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
 
 /// Runs queries against the `state` tree.
 pub struct Executor<'a> {
-    pub tree: &'a sled::Tree,
+    pub tree: &'a Space,
     pub rtype: &'a str,
 }
 
@@ -578,9 +579,9 @@ impl Executor<'_> {
     fn distinct_parts(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
         let mut out = Vec::new();
         let mut from = prefix.to_vec();
-        while let Some(k) = self.tree.range(from.clone()..).keys().next() {
+        while let Some(k) = self.tree.range(from.clone()..).next() {
             super::cost::charge(1)?;
-            let k = k?;
+            let k = k?.0;
             if !k.starts_with(prefix) {
                 break;
             }
@@ -803,7 +804,7 @@ fn date_pairs(criteria: &[Criterion]) -> Vec<(usize, usize)> {
 }
 
 /// The parts after `prefix` of `rtype/id`'s index rows that start with it (its reverse list).
-pub fn rows_under(tree: &sled::Tree, rtype: &str, id: &str, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
+pub fn rows_under(tree: &Space, rtype: &str, id: &str, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
     super::cost::charge(1)?;
     let Some(list) = tree.get(super::index::reverse_key(rtype, id))? else { return Ok(Vec::new()) };
     let rows = super::index::decode_list(&list).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?;
@@ -811,7 +812,7 @@ pub fn rows_under(tree: &sled::Tree, rtype: &str, id: &str, prefix: &[u8]) -> Re
 }
 
 /// The (type, id) targets of `rtype/id`'s reference parameter `code`, from its index rows.
-pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Result<Vec<(String, String)>, SearchError> {
+pub fn references(tree: &Space, rtype: &str, id: &str, code: &str) -> Result<Vec<(String, String)>, SearchError> {
     Ok(rows_under(tree, rtype, id, &param_prefix(rtype, code, b'r'))?
         .iter()
         .filter_map(|rest| {
@@ -822,7 +823,7 @@ pub fn references(tree: &sled::Tree, rtype: &str, id: &str, code: &str) -> Resul
 }
 
 /// Doc numbers of the `source` resources whose reference parameter `code` points at `rtype/id`.
-pub fn referrer_docs(tree: &sled::Tree, source: &str, code: &str, rtype: &str, id: &str) -> Result<Ids, SearchError> {
+pub fn referrer_docs(tree: &Space, source: &str, code: &str, rtype: &str, id: &str) -> Result<Ids, SearchError> {
     let mut out = Ids::new();
     (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
     Ok(out)
@@ -843,13 +844,13 @@ mod tests {
     use crate::store::StateMachine;
     use serde_json::json;
 
-    fn setup(resources: &[serde_json::Value]) -> (tempfile::TempDir, sled::Tree, Arc<Registry>) {
+    fn setup(resources: &[serde_json::Value]) -> (tempfile::TempDir, Space, Arc<Registry>) {
         let mut ix = crate::search::testing::indexed();
         crate::search::testing::put_all(&mut ix.sm, 1, resources);
         (ix.dir, ix.tree, ix.reg)
     }
 
-    fn search(tree: &sled::Tree, reg: &Registry, rtype: &str, qs: &str) -> Result<Vec<String>, SearchError> {
+    fn search(tree: &Space, reg: &Registry, rtype: &str, qs: &str) -> Result<Vec<String>, SearchError> {
         let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).unwrap();
         let q = parse(reg, rtype, &params, false)?;
         let mut ids = Executor { tree, rtype }.run_ids(&q)?;
@@ -953,7 +954,7 @@ mod tests {
         assert!(matches!(search(&tree, &reg, "Observation", "date=ge2030&date=lt2020&date=notadate"), Err(SearchError::BadValue { .. })));
         assert!(matches!(search(&tree, &reg, "Observation", "code=zzz&value-quantity=ten"), Err(SearchError::BadValue { .. })));
         assert_eq!(s("Patient", "_has:Observation:subject:status=final"), ["p"]);
-        let mut sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
+        let mut sm = StateMachine::open(tree.tree().clone()).unwrap().with_search(reg.clone());
         let del = WriteOp { action: Action::Delete, rtype: "Patient".into(), id: "p".into(), body: None, if_match: None, allow_create: false };
         sm.apply(2, 1, &Command::V1(CommandV1::Writes { ts_micros: 2_000, ops: vec![del] }).encode()).unwrap();
         assert!(s("Patient", "_has:Observation:subject:status=final").is_empty(), "a deleted target is not a match");

@@ -4,6 +4,7 @@
 //! that compares in the requested order (descending parts inverted), then the doc number (creation
 //! order, also the whole key without `_sort`). Paging cursors are these byte strings.
 
+use crate::store::space::Space;
 use std::sync::Arc;
 
 use super::index::{decode_list, param_rows, reverse_key};
@@ -122,7 +123,7 @@ pub fn decode_single(key: &[u8], desc: bool) -> Option<(Option<Vec<u8>>, u32)> {
 }
 
 /// The sort key of doc number `doc` of `rtype`.
-pub fn key(tree: &sled::Tree, rtype: &str, doc: u32, spec: &SortSpec) -> Result<Vec<u8>, SearchError> {
+pub fn key(tree: &Space, rtype: &str, doc: u32, spec: &SortSpec) -> Result<Vec<u8>, SearchError> {
     let mut out = Vec::new();
     if !spec.keys.is_empty() {
         let rows = match posting::doc_id(tree, rtype, doc)? {

@@ -8,11 +8,12 @@ use serde_json::Value;
 use super::params::Registry;
 use crate::fhir::FhirVersion;
 use crate::store::command::{Action, Command, CommandV1, WriteOp};
+use crate::store::space::Space;
 use crate::store::StateMachine;
 
 pub struct Indexed {
     pub dir: tempfile::TempDir,
-    pub tree: sled::Tree,
+    pub tree: Space,
     pub reg: Arc<Registry>,
     pub sm: StateMachine,
 }
@@ -22,7 +23,7 @@ pub fn indexed() -> Indexed {
     let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
     let reg = Arc::new(Registry::load(FhirVersion::R4));
     let sm = StateMachine::open(tree.clone()).unwrap().with_search(reg.clone());
-    Indexed { dir, tree, reg, sm }
+    Indexed { dir, tree: Space::root(tree), reg, sm }
 }
 
 /// An update (create allowed) of each resource, in order, as one log entry at `index`.

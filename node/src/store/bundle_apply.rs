@@ -70,7 +70,7 @@ fn unversioned(r: &str) -> &str {
 }
 
 impl StateMachine {
-    pub(super) fn apply_bundle(&mut self, index: u64, term: u64, ts_micros: u64, atomic: bool, mut entries: Vec<BundleOp>) -> Result<Vec<OpOutcome>, StoreError> {
+    pub(super) fn apply_bundle(&mut self, index: u64, term: u64, ts_micros: u64, atomic: bool, mut entries: Vec<BundleOp>, tenant: Option<&str>) -> Result<Vec<OpOutcome>, StoreError> {
         let fail = |sm: &mut StateMachine, entry: u32, reason: StoreError| -> Result<Vec<OpOutcome>, StoreError> {
             sm.apply_empty(index, term)?;
             Ok(vec![Err(StoreError::EntryFailed { entry, reason: Box::new(reason) })])
@@ -167,6 +167,7 @@ impl StateMachine {
         }
         // 4. Stage every write in one batch.
         let mut staged = self.stage(ts_micros);
+        self.register_tenant(&mut staged, tenant)?;
         let mut outcomes: Vec<OpOutcome> = Vec::with_capacity(entries.len());
         for (e, plan) in entries.iter().zip(plans) {
             let out = match plan {
@@ -272,7 +273,7 @@ impl StateMachine {
         let bad = |why: String| StoreError::BadReference(format!("conditional reference '{r}': {why}"));
         let Some(reg) = &self.search else { return Err(bad("this node keeps no search index".into())) };
         let params: Vec<(String, String)> = serde_urlencoded::from_str(qs).map_err(|e| bad(e.to_string()))?;
-        let mut ids: Vec<String> = match query::condition_ids(reg, &self.tree, rtype, &params) {
+        let mut ids: Vec<String> = match query::condition_ids(reg, &self.space, rtype, &params) {
             Ok(ids) => ids.into_iter().filter(|id| !gone.contains(&(rtype.to_string(), id.clone()))).collect(),
             Err(SearchError::Store(e)) => return Err(e),
             Err(e) => return Err(bad(e.to_string())),

@@ -48,6 +48,9 @@ pub enum CommandV1 {
     /// own format differs from the pinned one; a replica with another format refuses to apply it
     /// and every later write (a mixed cluster stops instead of diverging).
     Pin { format: String },
+    /// A write command (Writes, Conditional or Bundle) of tenant `tenant`: applied in that
+    /// tenant's key space ([`super::space`]). The default tenant's commands are not wrapped.
+    InTenant { tenant: String, command: Box<CommandV1> },
 }
 
 /// One write entry of a [`CommandV1::Bundle`].
@@ -152,6 +155,20 @@ pub struct Applied {
 /// Per-op result of applying one entry.
 pub type OpOutcome = Result<Applied, StoreError>;
 
+impl CommandV1 {
+    fn with_ts(mut self, ts: u64) -> CommandV1 {
+        match &mut self {
+            CommandV1::Writes { ts_micros, .. } | CommandV1::Conditional { ts_micros, .. } | CommandV1::Bundle { ts_micros, .. } => *ts_micros = ts,
+            CommandV1::Pin { .. } => {}
+            CommandV1::InTenant { command, .. } => {
+                let inner = std::mem::replace(&mut **command, CommandV1::Pin { format: String::new() });
+                **command = inner.with_ts(ts);
+            }
+        }
+        self
+    }
+}
+
 impl Command {
     /// Checks a command that arrived from a peer before the leader proposes it, as the proposing
     /// node's actor checked it: known resource types, valid ids, and bodies that are resources of
@@ -163,6 +180,15 @@ impl Command {
             Command::V1(CommandV1::Conditional { op, .. }) => vec![(op, true)],
             Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| (&e.op, e.condition.is_some())).collect(),
             Command::V1(CommandV1::Pin { .. }) => return Err("a Pin is proposed by the leader itself, never forwarded".into()),
+            Command::V1(CommandV1::InTenant { tenant, command }) => {
+                if !crate::tenancy::valid_tenant(tenant) {
+                    return Err(format!("invalid tenant id {tenant:?}"));
+                }
+                return match **command {
+                    CommandV1::Writes { .. } | CommandV1::Conditional { .. } | CommandV1::Bundle { .. } => Command::V1((**command).clone()).check(defs, max_depth),
+                    _ => Err("a tenant command must be a write".into()),
+                };
+            }
         };
         for (op, conditional) in ops {
             let rtype = defs.resource_type(&op.rtype).map_err(|e| e.to_string())?;
@@ -186,14 +212,17 @@ impl Command {
 
     /// The same command with its timestamp replaced (the leader stamps forwarded writes with its
     /// own clock, so a follower's clock never moves `lastUpdated`).
-    pub fn with_ts(mut self, ts: u64) -> Command {
-        match &mut self {
-            Command::V1(CommandV1::Writes { ts_micros, .. })
-            | Command::V1(CommandV1::Conditional { ts_micros, .. })
-            | Command::V1(CommandV1::Bundle { ts_micros, .. }) => *ts_micros = ts,
-            Command::V1(CommandV1::Pin { .. }) => {}
+    pub fn with_ts(self, ts: u64) -> Command {
+        let Command::V1(inner) = self;
+        Command::V1(inner.with_ts(ts))
+    }
+
+    /// The command as tenant `tenant` proposes it (unchanged for the default tenant).
+    pub fn in_tenant(self, tenant: Option<&str>) -> Command {
+        match (tenant, self) {
+            (Some(t), Command::V1(inner)) => Command::V1(CommandV1::InTenant { tenant: t.to_string(), command: Box::new(inner) }),
+            (None, cmd) => cmd,
         }
-        self
     }
 
     pub fn encode(&self) -> Vec<u8> {

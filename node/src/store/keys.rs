@@ -9,6 +9,8 @@
 //! | `t` type `\0` ts id `\0` version | empty: type history, ordered by time |
 //! | `m` name | state-machine metadata (applied index, last timestamp, Raft conf state) |
 //! | `mpeer` `\0` id | JSON [`PeerConfig`](crate::config::PeerConfig) of a member added at run time |
+//! | `mtenant` `\0` name | empty: a tenant that has written |
+//! | `0xFE` tenant `\0` key | any key above (and the index's) of a tenant other than the default ([`super::space`]) |
 
 pub const CURRENT: u8 = b'c';
 pub const VERSION: u8 = b'v';
@@ -23,6 +25,14 @@ pub const META_CONF: &[u8] = b"mconf";
 /// to, written by a replicated `Pin` command.
 pub const META_PIN: &[u8] = b"mpin";
 pub const META_PEER_PREFIX: &[u8] = b"mpeer\0";
+/// `mtenant\0` name: a tenant that has written (its keys are behind [`super::space::prefix_of`]).
+pub const META_TENANT_PREFIX: &[u8] = b"mtenant\0";
+
+pub fn meta_tenant(name: &str) -> Vec<u8> {
+    let mut k = META_TENANT_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 pub fn meta_peer(id: u64) -> Vec<u8> {
     let mut k = META_PEER_PREFIX.to_vec();

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod reindex;
 pub mod resources;
 pub mod snapshot;
+pub mod space;
 pub mod state_machine;
 pub mod writes;
 

@@ -7,6 +7,7 @@ use sled::IVec;
 
 use super::command::Action;
 use super::keys::{self, HistoryKey};
+use super::space::Space;
 use super::StoreError;
 
 /// The current pointer of a resource.
@@ -125,29 +126,36 @@ pub struct HistoryPage {
     pub newer: Option<Vec<u8>>,
 }
 
-/// Read access to the state tree.
+/// Read access to one tenant's part of the state tree ([`Space`]).
 #[derive(Clone)]
 pub struct Store {
-    tree: sled::Tree,
+    tree: Space,
 }
 
 impl Store {
+    /// The default tenant's store.
     pub fn new(tree: sled::Tree) -> Store {
-        Store { tree }
+        Store { tree: Space::root(tree) }
     }
 
-    /// The state tree (for the search executor, which reads index rows).
-    pub fn tree(&self) -> &sled::Tree {
+    /// The same state, tenant `name`'s part (`None`: the default tenant).
+    pub fn tenant(&self, name: Option<&str>) -> Store {
+        Store { tree: self.tree.with_tenant(name) }
+    }
+
+    /// This tenant's space (for the search executor, which reads index rows).
+    pub fn tree(&self) -> &Space {
         &self.tree
     }
 
     /// Digest of the whole replicated state at one applied index: (applied index, sha256, pairs).
     /// Retries while writes move the applied index during hashing.
     pub fn digest(&self) -> Result<(u64, String, u64), StoreError> {
-        let applied = || -> Result<Vec<u8>, StoreError> { Ok(self.tree.get(keys::META_APPLIED)?.map(|v| v.to_vec()).unwrap_or_default()) };
+        let whole = self.tree.tree();
+        let applied = || -> Result<Vec<u8>, StoreError> { Ok(whole.get(keys::META_APPLIED)?.map(|v| v.to_vec()).unwrap_or_default()) };
         loop {
             let before = applied()?;
-            let (sha, count) = super::snapshot::digest(&self.tree)?;
+            let (sha, count) = super::snapshot::digest(whole)?;
             if applied()? == before {
                 let index = before.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
                 return Ok((index, sha, count));
@@ -226,6 +234,7 @@ impl Store {
         };
         let newest_first = !matches!(q.cursor, Some((_, PageDir::Newer)));
         let range = self.tree.range::<Vec<u8>, _>((lo, hi));
+        #[allow(clippy::type_complexity)]
         let iter: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>> =
             if newest_first { Box::new(range.rev()) } else { Box::new(range) };
 

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::command::{Action, Applied, Command, CommandV1, Condition, OpOutcome, WriteOp};
 use super::keys;
 use super::snapshot::{Capture, Staging};
+use super::space::Space;
 use super::writes::Writes;
 use super::resources::{Current, VersionRecord};
 use super::StoreError;
@@ -30,7 +31,7 @@ pub(super) struct Staged {
 
 impl Staged {
     /// Gives `rtype/id` a doc number if it has none yet (the index rebuild).
-    pub(super) fn assign_docnum(&mut self, tree: &sled::Tree, rtype: &str, id: &str) -> Result<u32, StoreError> {
+    pub(super) fn assign_docnum(&mut self, tree: &Space, rtype: &str, id: &str) -> Result<u32, StoreError> {
         Ok(self.postings.docnum(tree, &mut self.batch, rtype, id)?)
     }
 
@@ -49,6 +50,8 @@ pub(super) enum Resolved {
 /// Applies commands to the `state` tree.
 pub struct StateMachine {
     pub(super) tree: sled::Tree,
+    /// The tenant whose entry is being applied (the default tenant between entries).
+    pub(super) space: Space,
     applied_index: u64,
     applied_term: u64,
     last_ts: u64,
@@ -83,7 +86,7 @@ impl StateMachine {
         let (applied_index, applied_term) = read_u64_pair(&tree, keys::META_APPLIED)?;
         let (last_ts, _) = read_u64_pair(&tree, keys::META_LAST_TS)?;
         let pin = tree.get(keys::META_PIN)?.map(|v| String::from_utf8_lossy(&v).into_owned());
-        Ok(StateMachine { tree, applied_index, applied_term, last_ts, search: None, pin, capture: Arc::new(Capture::default()) })
+        Ok(StateMachine { space: Space::root(tree.clone()), tree, applied_index, applied_term, last_ts, search: None, pin, capture: Arc::new(Capture::default()) })
     }
 
     /// Maintains the embedded search index of `registry` in every apply batch.
@@ -103,7 +106,7 @@ impl StateMachine {
     /// Records an entry that carries no command (leader no-op, configuration change).
     pub fn apply_empty(&mut self, index: u64, term: u64) -> Result<(), StoreError> {
         let mut w = Writes::default();
-        w.insert(keys::META_APPLIED, &u64_pair(index, term));
+        w.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
         self.write(w)?;
         self.applied_index = index;
         self.applied_term = term;
@@ -114,13 +117,13 @@ impl StateMachine {
     /// member, its addresses (`Some(json)`) or, for a removed one, `None`.
     pub fn apply_conf(&mut self, index: u64, term: u64, conf_state: &[u8], peer: Option<(u64, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         let mut batch = Writes::default();
-        batch.insert(keys::META_CONF, conf_state);
+        batch.insert_meta(keys::META_CONF, conf_state);
         match peer {
-            Some((id, Some(info))) => batch.insert(keys::meta_peer(id), info),
+            Some((id, Some(info))) => batch.insert_meta(keys::meta_peer(id), info),
             Some((id, None)) => batch.remove(keys::meta_peer(id)),
             None => {}
         }
-        batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+        batch.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
         self.write(batch)?;
         self.applied_index = index;
         self.applied_term = term;
@@ -211,25 +214,43 @@ impl StateMachine {
         let command = Command::decode(data)
             .map_err(|e| StoreError::Corrupt(format!("log entry {index} cannot be decoded ({e}); it was probably written by a newer Kiln: upgrade this node")))?;
         let Command::V1(command) = command;
+        let (tenant, command) = match command {
+            CommandV1::InTenant { tenant, command } => (Some(tenant), *command),
+            other => (None, other),
+        };
+        if let Some(t) = &tenant {
+            // Command::check refuses anything else; a log entry that still nests is corrupt.
+            if !matches!(command, CommandV1::Writes { .. } | CommandV1::Bundle { .. } | CommandV1::Conditional { .. }) || !crate::tenancy::valid_tenant(t) {
+                return Err(StoreError::Corrupt(format!("log entry {index}: a tenant command that is not a write")));
+            }
+            self.space = Space::of(self.tree.clone(), Some(t));
+        }
+        let result = self.apply_command(index, term, command, tenant.as_deref());
+        self.space = Space::root(self.tree.clone());
+        result
+    }
+
+    fn apply_command(&mut self, index: u64, term: u64, command: CommandV1, tenant: Option<&str>) -> Result<Vec<OpOutcome>, StoreError> {
         let pinning = match &command {
             CommandV1::Pin { format } => Some(format.as_str()),
             _ => None,
         };
         self.check_pin(index, pinning)?;
         let outcomes = match command {
-            CommandV1::Writes { ts_micros, ops } => self.apply_writes(index, term, ts_micros, &ops)?,
-            CommandV1::Bundle { ts_micros, atomic, entries } => self.apply_bundle(index, term, ts_micros, atomic, entries)?,
+            CommandV1::InTenant { .. } => return Err(StoreError::Corrupt(format!("log entry {index}: nested tenant commands"))),
+            CommandV1::Writes { ts_micros, ops } => self.apply_writes(index, term, ts_micros, &ops, tenant)?,
+            CommandV1::Bundle { ts_micros, atomic, entries } => self.apply_bundle(index, term, ts_micros, atomic, entries, tenant)?,
             CommandV1::Pin { format } => {
                 let mut batch = Writes::default();
-                batch.insert(keys::META_PIN, format.as_bytes());
-                batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+                batch.insert_meta(keys::META_PIN, format.as_bytes());
+                batch.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
                 self.write(batch)?;
                 self.pin = Some(format);
                 Vec::new()
             }
             CommandV1::Conditional { ts_micros, op, condition } => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
-                    let mut outs = self.apply_writes(index, term, ts_micros, &ops)?;
+                    let mut outs = self.apply_writes(index, term, ts_micros, &ops, tenant)?;
                     for (out, op) in outs.iter_mut().zip(&ops) {
                         if let Ok(a) = out {
                             a.id = Some(op.id.clone());
@@ -239,7 +260,7 @@ impl StateMachine {
                 }
                 Resolved::Outcome(out) => {
                     let mut w = Writes::default();
-                    w.insert(keys::META_APPLIED, &u64_pair(index, term));
+                    w.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
                     self.write(w)?;
                     vec![out]
                 }
@@ -251,8 +272,9 @@ impl StateMachine {
     }
 
     /// Writes of one entry in ONE batch, with the applied index and the clock.
-    fn apply_writes(&mut self, index: u64, term: u64, ts_micros: u64, ops: &[WriteOp]) -> Result<Vec<OpOutcome>, StoreError> {
+    fn apply_writes(&mut self, index: u64, term: u64, ts_micros: u64, ops: &[WriteOp], tenant: Option<&str>) -> Result<Vec<OpOutcome>, StoreError> {
         let mut staged = self.stage(ts_micros);
+        self.register_tenant(&mut staged, tenant)?;
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             outcomes.push(self.stage_op(&mut staged, op)?);
@@ -261,10 +283,30 @@ impl StateMachine {
         Ok(outcomes)
     }
 
+    /// Records a tenant the first time it writes (the index rebuild visits every tenant).
+    pub(super) fn register_tenant(&self, staged: &mut Staged, tenant: Option<&str>) -> Result<(), StoreError> {
+        if let Some(t) = tenant {
+            let key = keys::meta_tenant(t);
+            if !self.tree.contains_key(&key)? {
+                staged.batch.insert_meta(key, &[]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tenant that has written (not the default tenant).
+    pub fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.tree.scan_prefix(keys::META_TENANT_PREFIX).keys() {
+            out.push(String::from_utf8_lossy(&k?[keys::META_TENANT_PREFIX.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Starts a batch of writes whose timestamps follow `ts_micros` and the last applied one.
     pub(super) fn stage(&self, ts_micros: u64) -> Staged {
         Staged {
-            batch: Writes::default(),
+            batch: Writes::in_space(self.space.prefix()),
             overlay: HashMap::new(),
             index_overlay: HashMap::new(),
             postings: posting::Changes::default(),
@@ -293,14 +335,14 @@ impl StateMachine {
     /// Writes a staged batch with the applied index and the clock.
     pub(super) fn commit(&mut self, mut staged: Staged, index: u64, term: u64) -> Result<(), StoreError> {
         self.last_ts = staged.last_ts;
-        staged.batch.insert(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
-        staged.batch.insert(keys::META_APPLIED, &u64_pair(index, term));
+        staged.batch.insert_meta(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
+        staged.batch.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
         self.write_index(staged)
     }
 
     /// Writes a staged batch with its posting block changes (alone: the index rebuild).
     pub(super) fn write_index(&self, mut staged: Staged) -> Result<(), StoreError> {
-        std::mem::take(&mut staged.postings).flush(&self.tree, &mut staged.batch)?;
+        std::mem::take(&mut staged.postings).flush(&self.space, &mut staged.batch)?;
         self.write(staged.batch)
     }
 
@@ -323,7 +365,7 @@ impl StateMachine {
         let Some(reg) = &self.search else {
             return Ok(Resolved::Outcome(Err(StoreError::BadCondition("this node keeps no search index".into()))));
         };
-        let found: Vec<String> = match crate::search::query::condition_ids(reg, &self.tree, &op.rtype, &cond.query) {
+        let found: Vec<String> = match crate::search::query::condition_ids(reg, &self.space, &op.rtype, &cond.query) {
             // By id: a multiple delete stages its writes (and their timestamps) in this order.
             Ok(mut ids) => {
                 ids.retain(|id| !exclude(id));
@@ -338,7 +380,7 @@ impl StateMachine {
             (Action::Create, [id]) => {
                 // Already there: nothing is written; the existing resource is the answer.
                 let cur = self.current(&keys::current(&op.rtype, id), &HashMap::new())?;
-                let rec = self.tree.get(keys::version(&op.rtype, id, cur.map(|c| c.version).unwrap_or(0)))?;
+                let rec = self.space.get(keys::version(&op.rtype, id, cur.map(|c| c.version).unwrap_or(0)))?;
                 let rec = rec.map(VersionRecord::decode).transpose()?;
                 Resolved::Outcome(Ok(Applied {
                     version: cur.map(|c| c.version),
@@ -392,7 +434,7 @@ impl StateMachine {
         if let Some(c) = overlay.get(key) {
             return Ok(Some(*c));
         }
-        self.tree.get(key)?.map(|b| Current::decode(&b)).transpose()
+        self.space.get(key)?.map(|b| Current::decode(&b)).transpose()
     }
 
     /// Swaps a resource's index rows for `rows` (empty after a delete): its doc number leaves
@@ -401,7 +443,7 @@ impl StateMachine {
         let rkey = index::reverse_key(rtype, id);
         let old = match staged.index_overlay.get(&rkey) {
             Some(rows) => rows.clone(),
-            None => match self.tree.get(&rkey)? {
+            None => match self.space.get(&rkey)? {
                 Some(b) => index::decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?,
                 None => Vec::new(),
             },
@@ -409,7 +451,7 @@ impl StateMachine {
         if old.is_empty() && rows.is_empty() {
             return Ok(());
         }
-        let doc = staged.postings.docnum(&self.tree, &mut staged.batch, rtype, id)?;
+        let doc = staged.postings.docnum(&self.space, &mut staged.batch, rtype, id)?;
         // Both lists are sorted: walk them together.
         let (mut i, mut j) = (0, 0);
         loop {
@@ -680,7 +722,7 @@ mod tests {
         // and (were the pin already in its state, from a snapshot) at any later write.
         assert!(ix.sm.apply(3, 1, &pin("99:R4-other")).is_err());
         ix.tree.insert(keys::META_PIN, b"99:R4-other".as_slice()).unwrap();
-        let mut reopened = StateMachine::open(ix.tree.clone()).unwrap().with_search(ix.reg.clone());
+        let mut reopened = StateMachine::open(ix.tree.tree().clone()).unwrap().with_search(ix.reg.clone());
         assert!(reopened.needs_pin().is_some());
         assert!(matches!(reopened.apply(3, 1, &conditional_delete("_id=a")), Err(StoreError::Corrupt(_))));
         assert_eq!(reopened.applied_index(), 2, "nothing applied");

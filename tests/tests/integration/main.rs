@@ -14,3 +14,4 @@ mod negotiation;
 mod search;
 mod search_examples;
 mod search_property;
+mod tenancy;

@@ -125,7 +125,7 @@ fn check(version: FhirVersion, folder: &str) {
                     let params = vec![(name.clone(), value.clone())];
                     let hit = parse(&reg, rtype, &params, false)
                         .map_err(|e| e.to_string())
-                        .and_then(|q| Executor { tree: &tree, rtype }.run_ids(&q).map_err(|e| e.to_string()));
+                        .and_then(|q| Executor { tree: &kiln::store::space::Space::root(tree.clone()), rtype }.run_ids(&q).map_err(|e| e.to_string()));
                     match hit {
                         Ok(ids) if ids.contains(&e.id) => {}
                         Ok(_) => failures.push(format!("{rtype}?{name}={value} does not find {}", e.id)),

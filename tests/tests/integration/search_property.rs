@@ -361,7 +361,7 @@ fn index_engine_agrees_with_the_reference_evaluator() {
                 .map(|r| r["id"].as_str().unwrap().to_string())
                 .collect();
             let q = parse(&reg, rtype, &criteria, false).unwrap();
-            let exec = Executor { tree: &tree, rtype };
+            let exec = Executor { tree: &kiln::store::space::Space::root(tree.clone()), rtype };
             let docs = exec.run(&q).unwrap();
             let got: BTreeSet<String> = exec.ids(&docs).unwrap().into_iter().collect();
             assert_eq!(got, want, "round {round}: {rtype}?{criteria:?}");
@@ -388,7 +388,7 @@ fn index_engine_agrees_with_the_reference_evaluator() {
             });
             let want_order: Vec<String> = order.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
             let spec = sort::parse(&reg, rtype, Some(sort_by)).unwrap();
-            let get = |cursor: Option<String>| page::page(&tree, vec![(rtype, docs.clone())], std::slice::from_ref(&spec), cursor.as_deref(), count, u64::MAX).unwrap();
+            let get = |cursor: Option<String>| page::page(&kiln::store::space::Space::root(tree.clone()), vec![(rtype, docs.clone())], std::slice::from_ref(&spec), cursor.as_deref(), count, u64::MAX).unwrap();
             let ids_of = |p: &page::Page| p.items.iter().map(|(_, d)| exec.id(*d).unwrap()).collect::<Vec<_>>();
             let (mut forward, mut pages) = (Vec::new(), get(None));
             loop {
