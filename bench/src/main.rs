@@ -66,6 +66,9 @@ enum Command {
         /// Sample this server process's RSS (local servers).
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Send `Authorization: Bearer TOKEN` with every request.
+        #[arg(long, env = "KILN_BENCH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
@@ -94,7 +97,7 @@ async fn main() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             println!("wrote {n} resources to {}", out.display());
         }
-        Command::Run { base, patients, seed, load, load_concurrency, scenarios: names, clients, duration_secs, warmup_secs, requests, rate, server_pid, out } => {
+        Command::Run { base, patients, seed, load, load_concurrency, scenarios: names, clients, duration_secs, warmup_secs, requests, rate, server_pid, token, out } => {
             let scenarios = if names == "all" { scenarios::ALL.iter().map(|s| s.to_string()).collect() } else { list(&names, "scenario")? };
             let opts = SuiteOptions {
                 base,
@@ -109,6 +112,7 @@ async fn main() -> Result<(), String> {
                 max_requests: requests,
                 rate,
                 server_pid,
+                token,
                 progress: true,
             };
             let report = run_suite(&opts).await.map_err(|e| e.to_string())?;

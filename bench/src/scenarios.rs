@@ -108,10 +108,30 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(base: &str, patients: usize, seed: u64) -> Target {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1024).build().expect("http client");
-        Target { base: base.trim_end_matches('/').to_string(), client, patients: patients.max(1), seed }
+    /// `token`: sent as `Authorization: Bearer <token>` with every request.
+    pub fn new(base: &str, patients: usize, seed: u64, token: Option<&str>) -> Result<Target, BenchError> {
+        let client = http_client(token)?;
+        Ok(Target { base: base.trim_end_matches('/').to_string(), client, patients: patients.max(1), seed })
     }
+}
+
+/// The one HTTP client of a run; with `token`, every request it sends carries
+/// `Authorization: Bearer <token>` ([`default_headers`]).
+pub fn http_client(token: Option<&str>) -> Result<reqwest::Client, BenchError> {
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(1024).default_headers(default_headers(token)?).build()?)
+}
+
+/// Headers on every request: `Authorization: Bearer <token>` when a token is given (marked
+/// sensitive, so it stays out of debug output).
+pub fn default_headers(token: Option<&str>) -> Result<reqwest::header::HeaderMap, BenchError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| BenchError::Invalid("the token must be visible ASCII (it is sent in the Authorization header)".into()))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
 }
 
 fn mix(client: usize, i: u64) -> u64 {
@@ -260,4 +280,53 @@ pub async fn load(t: &Target, profile: Profile, concurrency: usize, progress: &i
         progress.inc(1);
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn a_token_becomes_a_bearer_authorization_header() {
+        let h = default_headers(Some("s3cret-token")).unwrap();
+        assert_eq!(h[reqwest::header::AUTHORIZATION], "Bearer s3cret-token");
+        assert!(h[reqwest::header::AUTHORIZATION].is_sensitive());
+        assert!(default_headers(None).unwrap().is_empty(), "no token: no header");
+        assert!(default_headers(Some("line\nbreak")).is_err());
+    }
+
+    /// Reads one request's head from a raw socket and answers 200; returns the head's lines.
+    fn serve_one(listener: std::net::TcpListener) -> std::thread::JoinHandle<Vec<String>> {
+        std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut lines = Vec::new();
+            let mut reader = BufReader::new(sock.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                lines.push(line.trim().to_lowercase());
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+            lines
+        })
+    }
+
+    #[tokio::test]
+    async fn every_request_of_a_target_carries_the_token() {
+        for (token, expected) in [(Some("abc.def"), Some("authorization: bearer abc.def")), (None, None)] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let server = serve_one(listener);
+            let t = Target::new(&base, 1, 1, token).unwrap();
+            let resp = t.client.get(format!("{}/metadata", t.base)).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let head = server.join().unwrap();
+            let auth: Vec<&String> = head.iter().filter(|l| l.starts_with("authorization:")).collect();
+            assert_eq!(auth.first().map(|s| s.as_str()), expected, "{head:?}");
+        }
+    }
 }

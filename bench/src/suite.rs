@@ -28,6 +28,8 @@ pub struct SuiteOptions {
     pub max_requests: Option<u64>,
     pub rate: Option<f64>,
     pub server_pid: Option<u32>,
+    /// Bearer token sent with every request (`Authorization: Bearer <token>`).
+    pub token: Option<String>,
     /// Draw progress bars (off in tests).
     pub progress: bool,
 }
@@ -43,7 +45,7 @@ fn bar(len: u64, msg: String, visible: bool) -> ProgressBar {
 }
 
 pub async fn run_suite(o: &SuiteOptions) -> Result<Report, BenchError> {
-    let target = Arc::new(Target::new(&o.base, o.patients, o.seed));
+    let target = Arc::new(Target::new(&o.base, o.patients, o.seed, o.token.as_deref())?);
     let features = Features::detect(&target).await?;
     let mut report = Report {
         date: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),

@@ -29,6 +29,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address, e.g. `127.0.0.1:8080`; port 0 picks a free port.
     pub listen: String,
+    /// `[api_tls]`: TLS on the FHIR API (`listen`), with certificates reloaded when they change
+    /// and optional client certificates; plain HTTP when absent. See [`crate::http::tls`].
+    pub api_tls: Option<crate::http::tls::ApiTlsConfig>,
     /// FHIR version served: `4.0.1` (R4, default) or `3.0.1` (STU3).
     pub fhir_version: FhirVersion,
     /// Absolute base URL used in `Location`, `fullUrl` and links. When unset, it is built from
@@ -179,6 +182,7 @@ impl Default for Config {
             node_id: 1,
             data_dir: PathBuf::from("data/node1"),
             listen: "127.0.0.1:8080".into(),
+            api_tls: None,
             fhir_version: FhirVersion::R4,
             base_url: None,
             http_workers: 0,
@@ -251,6 +255,9 @@ impl Config {
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return bad(format!("listen = {:?} is not an IP:port address", self.listen));
+        }
+        if let Some(tls) = &self.api_tls {
+            tls.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());

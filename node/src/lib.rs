@@ -67,6 +67,8 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error("cannot read admin_token_file {path}: {reason}")]
     AdminToken { path: String, reason: String },
+    #[error(transparent)]
+    ApiTls(#[from] http::tls::ApiTlsError),
 }
 
 /// A running node.
@@ -75,6 +77,8 @@ pub struct NodeHandle {
     pub addr: SocketAddr,
     /// The operator API's address, when `admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// Whether the HTTP API speaks TLS (`api_tls`).
+    pub tls: bool,
     pub raft: RaftHandle,
     server: actix_web::dev::ServerHandle,
     admin_server: Option<actix_web::dev::ServerHandle>,
@@ -83,9 +87,9 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://…` with `api_tls`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// Stops accepting requests, finishes those in flight, stops Raft and flushes storage.
@@ -127,6 +131,8 @@ fn forward_check(defs: Arc<Definitions>, max_depth: usize) -> consensus::transpo
 /// Starts a node: storage, Raft, the per-type actors and the HTTP API. Returns once it listens.
 pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     cfg.validate()?;
+    let api_tls = cfg.api_tls.as_ref().map(http::tls::server_config).transpose()?;
+    let tls = api_tls.is_some();
     let db = sled::Config::new()
         .path(&cfg.data_dir)
         .open()
@@ -196,8 +202,11 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 // connection reset (actix's defaults are 5 s).
                 .keep_alive(std::time::Duration::from_secs(75))
                 .client_request_timeout(std::time::Duration::from_secs(30))
-                .shutdown_timeout(10)
-                .bind(&listen);
+                .shutdown_timeout(10);
+                let server = match api_tls {
+                    Some(tls) => server.bind_rustls_0_23(&listen, tls),
+                    None => server.bind(&listen),
+                };
                 let server = match server {
                     Ok(s) => s,
                     Err(source) => {
@@ -253,12 +262,12 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         }
         Err(_) => return Err(StartError::HttpThread),
     };
-    tracing::info!(node = cfg.node_id, %addr, version = %cfg.fhir_version, "Kiln node listening");
+    tracing::info!(node = cfg.node_id, %addr, tls, version = %cfg.fhir_version, "Kiln node listening");
     if let Some((a, _)) = &admin {
         tracing::info!(node = cfg.node_id, addr = %a, "operator API listening");
     }
     let (admin_addr, admin_server) = admin.map(|(a, h)| (Some(a), Some(h))).unwrap_or((None, None));
-    Ok(NodeHandle { addr, admin_addr, raft, server, admin_server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
+    Ok(NodeHandle { addr, admin_addr, tls, raft, server, admin_server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
 }
 
 #[cfg(test)]

@@ -238,6 +238,15 @@ struct ServeArgs {
     /// behind a proxy that authenticates.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// TLS on the FHIR API: PEM certificate chain (sets api_tls.cert; reloaded when it changes).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (sets api_tls.key).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that client certificates are verified against (sets api_tls.client_ca).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn parse_version(s: &str) -> Result<FhirVersion, String> {
@@ -270,6 +279,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.insecure_no_auth {
         cfg.auth.insecure_no_auth = true;
     }
+    kiln::http::tls::ApiTlsConfig::apply_flags(&mut cfg.api_tls, args.tls_cert, args.tls_key, args.tls_client_ca);
     let node = kiln::start_node(cfg).map_err(|e| e.to_string())?;
     println!("Kiln listening on {}", node.base_url());
     node.wait();

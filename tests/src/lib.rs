@@ -58,7 +58,7 @@ impl TestNode {
             h.stop();
         }
         let mut cfg = self.cfg.clone();
-        cfg.listen = self.base.trim_start_matches("http://").to_string();
+        cfg.listen = host_port(&self.base).to_string();
         let handle = start_node(cfg).expect("node restarts");
         self.base = handle.base_url();
         self.handle = Some(handle);
@@ -95,8 +95,13 @@ pub struct ChildNode {
 impl ChildNode {
     /// Starts `kiln serve` on `data_dir` at `listen` (use `127.0.0.1:0` the first time).
     pub fn start(data_dir: &Path, listen: &str) -> ChildNode {
+        Self::start_with_args(data_dir, listen, Vec::<&std::ffi::OsStr>::new())
+    }
+
+    /// [`ChildNode::start`] with more `kiln serve` flags (e.g. `--tls-cert FILE`).
+    pub fn start_with_args<S: AsRef<std::ffi::OsStr>>(data_dir: &Path, listen: &str, extra: impl IntoIterator<Item = S>) -> ChildNode {
         let mut cmd = Command::new(kiln_bin());
-        cmd.args(["serve", "--data-dir"]).arg(data_dir).args(["--listen", listen]);
+        cmd.args(["serve", "--data-dir"]).arg(data_dir).args(["--listen", listen]).args(extra);
         Self::spawn(cmd, data_dir)
     }
 
@@ -128,7 +133,7 @@ impl ChildNode {
     }
 
     pub fn listen_addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_string()
+        host_port(&self.base).to_string()
     }
 }
 
@@ -136,6 +141,11 @@ impl Drop for ChildNode {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `IP:PORT` of a base URL (`http://` or `https://` with `api_tls`).
+pub fn host_port(base: &str) -> &str {
+    base.trim_start_matches("https://").trim_start_matches("http://")
 }
 
 /// Free 127.0.0.1 ports, allocated by binding port 0 (all held at once, then released).

@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -38,22 +39,42 @@ fn cfg_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
 }
 
+/// The crypto provider of every TLS configuration of a node (ring); also used by the FHIR API's
+/// TLS ([`crate::http::tls`]).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate in a PEM file, in order (a chain: end-entity first); at least one.
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(path).map_err(|e| pem_err(path, e))?.collect::<Result<_, _>>().map_err(|e| pem_err(path, e))?;
+    if certs.is_empty() {
+        return Err(pem_err(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_err(path, e))
+}
+
+/// A root store holding every certificate of a PEM file (a CA bundle).
+pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(path).map_err(|e| pem_err(path, e))? {
+        roots.add(ca.map_err(|e| pem_err(path, e))?).map_err(|e| pem_err(path, e))?;
+    }
+    Ok(roots)
+}
+
 impl TlsSetup {
     pub fn load(cfg: &TlsConfig) -> Result<TlsSetup, TlsError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
-            .map_err(|e| pem_err(&cfg.cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| pem_err(&cfg.cert, e))?;
-        if certs.is_empty() {
-            return Err(pem_err(&cfg.cert, "no certificate in the file"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| pem_err(&cfg.key, e))?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(&cfg.ca).map_err(|e| pem_err(&cfg.ca, e))? {
-            roots.add(ca.map_err(|e| pem_err(&cfg.ca, e))?).map_err(|e| pem_err(&cfg.ca, e))?;
-        }
-        let roots = Arc::new(roots);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = load_certs(&cfg.cert)?;
+        let key = load_key(&cfg.key)?;
+        let roots = Arc::new(load_roots(&cfg.ca)?);
+        let provider = provider();
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(cfg_err)?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

@@ -1,7 +1,8 @@
 //! The FHIR REST API over actix-web. [`INTERACTIONS`] is the one table of what is served: the router
 //! registers exactly these routes and `/metadata` describes exactly these interactions. One file per
 //! interaction family: [`crud`], [`patch`], [`history`], [`search`], [`transaction`] (with
-//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`]; [`bundle`] holds what bundles share.
+//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`]; [`bundle`] holds what bundles share;
+//! [`tls`] is TLS on this API (`[api_tls]`).
 
 pub mod admin;
 pub mod bundle;
@@ -13,6 +14,7 @@ pub mod metadata;
 pub mod negotiate;
 pub mod patch;
 pub mod search;
+pub mod tls;
 pub mod transaction;
 
 use std::sync::Arc;

@@ -26,6 +26,7 @@ fn bench_suite_smoke() {
         max_requests: Some(40),
         rate: None,
         server_pid: Some(std::process::id()),
+        token: None,
         progress: false,
     };
     let report = tokio::runtime::Runtime::new().unwrap().block_on(run_suite(&opts)).unwrap();

@@ -1,6 +1,7 @@
 //! One integration-test binary (fast linking): HTTP conformance, official examples, crash safety, 3-node clusters.
 
 mod abuse;
+mod api_tls;
 mod auth;
 mod bench_smoke;
 mod bundles;
