@@ -133,6 +133,19 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     cfg.validate()?;
     let api_tls = cfg.api_tls.as_ref().map(http::tls::server_config).transpose()?;
     let tls = api_tls.is_some();
+    // Everything that can refuse the configuration, before storage and Raft start.
+    let authority = Arc::new(auth::Authority::load(&cfg.auth)?);
+    let admin_token = match &cfg.admin_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| StartError::AdminToken { path: path.display().to_string(), reason: e.to_string() })?;
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                return Err(StartError::AdminToken { path: path.display().to_string(), reason: "the token must be at least 16 characters".into() });
+            }
+            Some(Arc::<str>::from(token))
+        }
+        None => None,
+    };
     let db = sled::Config::new()
         .path(&cfg.data_dir)
         .open()
@@ -150,18 +163,6 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     let defs = Arc::new(Definitions::load(cfg.fhir_version));
     let (raft, raft_thread) = consensus::node::start(&cfg, db, sm, forward_check(defs.clone(), cfg.limits.max_depth))?;
 
-    let admin_token = match &cfg.admin_token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| StartError::AdminToken { path: path.display().to_string(), reason: e.to_string() })?;
-            let token = text.trim().to_string();
-            if token.len() < 16 {
-                return Err(StartError::AdminToken { path: path.display().to_string(), reason: "the token must be at least 16 characters".into() });
-            }
-            Some(Arc::<str>::from(token))
-        }
-        None => None,
-    };
-    let authority = Arc::new(auth::Authority::load(&cfg.auth)?);
     let workers = if cfg.http_workers == 0 { num_cpus::get() } else { cfg.http_workers };
     let (tx, rx) = std::sync::mpsc::channel();
     let thread_cfg = cfg.clone();

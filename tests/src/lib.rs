@@ -59,7 +59,15 @@ impl TestNode {
         }
         let mut cfg = self.cfg.clone();
         cfg.listen = host_port(&self.base).to_string();
-        let handle = start_node(cfg).expect("node restarts");
+        // The stopped node's HTTP workers may still be letting go of the database for a moment.
+        let started = std::time::Instant::now();
+        let handle = loop {
+            match start_node(cfg.clone()) {
+                Ok(h) => break h,
+                Err(kiln::StartError::DataDir { .. }) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => panic!("node restarts: {e}"),
+            }
+        };
         self.base = handle.base_url();
         self.handle = Some(handle);
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{AuthError, Grant, Op, Principal};
+use super::{AuthError, Grant, Kinship, Op, Principal, SHARED_TYPES};
 use crate::error::ApiError;
 use crate::http::negotiate::Ctx;
 use crate::http::AppState;
@@ -31,14 +31,20 @@ fn links(st: &AppState, rtype: &str) -> Vec<String> {
     st.search.compartment_params(PATIENT, rtype).unwrap_or_default()
 }
 
-/// Whether resources of `rtype` can belong to a patient's compartment.
-pub fn patient_type(st: &AppState, rtype: &str) -> bool {
-    rtype == PATIENT || !links(st, rtype).is_empty()
+/// How `rtype` relates to the Patient compartment.
+pub fn kinship(st: &AppState, rtype: &str) -> Kinship {
+    if rtype == PATIENT || !links(st, rtype).is_empty() {
+        Kinship::Member
+    } else if SHARED_TYPES.contains(&rtype) {
+        Kinship::Shared
+    } else {
+        Kinship::Other
+    }
 }
 
 /// May the caller do `op` on `rtype`, and on which resources.
 pub fn require(principal: &Principal, st: &AppState, op: Op, rtype: &str) -> Result<Grant, ApiError> {
-    Ok(principal.grant(&st.auth.rules, op, rtype, patient_type(st, rtype))?)
+    Ok(principal.grant(&st.auth.rules, op, rtype, kinship(st, rtype))?)
 }
 
 /// [`require`] for the caller of `ctx`.
@@ -46,20 +52,44 @@ pub fn require_ctx(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<Gran
     require(&ctx.principal, st, op, rtype)
 }
 
-/// Whether the resource `rtype/id` with this JSON is in `Patient/pid`'s compartment.
+/// Whether the caller may read `rtype` at all (a write answers with the resource only then).
+pub fn may_read(ctx: &Ctx, st: &AppState, rtype: &str) -> bool {
+    require_ctx(ctx, st, Op::READ, rtype).is_ok()
+}
+
+/// Whether the resource `rtype/id` with this JSON is in `Patient/pid`'s compartment: it is that
+/// Patient, or one of its compartment parameters references it.
 pub fn in_compartment(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &str) -> bool {
     if rtype == PATIENT && id == pid {
         return true;
     }
-    let links = links(st, rtype);
-    if links.is_empty() {
-        return false;
-    }
     let rows = index::rows(&st.search, rtype, body);
-    links.iter().any(|code| {
+    links(st, rtype).iter().any(|code| {
         let want = index::exact_prefix(rtype, code, b'r', &[PATIENT, pid]);
         rows.iter().any(|r| r.starts_with(&want))
     })
+}
+
+/// Whether a body a `patient/` caller writes stays wholly in `Patient/pid`'s compartment: it is
+/// that Patient, or its compartment parameters reference that Patient and no other.
+fn writes_within(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &str) -> bool {
+    if rtype == PATIENT {
+        return id == pid;
+    }
+    let rows = index::rows(&st.search, rtype, body);
+    let mut mine = false;
+    for code in links(st, rtype) {
+        let want = index::exact_prefix(rtype, &code, b'r', &[PATIENT, pid]);
+        let any = index::exact_prefix(rtype, &code, b'r', &[PATIENT]);
+        for r in rows.iter().filter(|r| r.starts_with(&any)) {
+            if r.starts_with(&want) {
+                mine = true;
+            } else {
+                return false;
+            }
+        }
+    }
+    mine
 }
 
 /// Whether a stored body (raw JSON) is within `grant`.
@@ -73,12 +103,12 @@ pub fn may_see(st: &AppState, grant: &Grant, rtype: &str, id: &str, stored: &[u8
     }
 }
 
-fn outside(rtype: &str, id: &str, grant: &Grant) -> ApiError {
+fn outside(what: &str, grant: &Grant) -> ApiError {
     let pid = match grant {
         Grant::Patient(p) => p.as_str(),
         Grant::All => "",
     };
-    AuthError::Forbidden(format!("{rtype}/{id} is not in the compartment of Patient/{pid} (the token's patient/ scopes reach only that)")).into()
+    AuthError::Forbidden(format!("{what} is not in the compartment of Patient/{pid} (the token's patient/ scopes reach only that)")).into()
 }
 
 /// 403 unless a stored body is within `grant`.
@@ -86,7 +116,7 @@ pub fn check_stored(st: &AppState, grant: &Grant, rtype: &str, id: &str, stored:
     if may_see(st, grant, rtype, id, stored)? {
         Ok(())
     } else {
-        Err(outside(rtype, id, grant))
+        Err(outside(&format!("{rtype}/{id}"), grant))
     }
 }
 
@@ -106,17 +136,27 @@ pub fn members(st: &AppState, store: &Store, rtype: &str, pid: &str) -> Result<I
 }
 
 /// The restriction a search on `rtype` runs under: `None` for every resource, else the members.
-pub fn search_scope(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<Option<Ids>, ApiError> {
+pub fn search_scope(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<(Grant, Option<Ids>), ApiError> {
     match require_ctx(ctx, st, op, rtype)? {
-        Grant::All => Ok(None),
-        Grant::Patient(pid) => Ok(Some(members(st, &ctx.store, rtype, &pid)?)),
+        Grant::All => Ok((Grant::All, None)),
+        Grant::Patient(pid) => {
+            let within = members(st, &ctx.store, rtype, &pid)?;
+            Ok((Grant::Patient(pid), Some(within)))
+        }
     }
 }
 
-/// Chains and `_has` read other types: the caller must be allowed to search them.
-pub fn check_linked(ctx: &Ctx, st: &AppState, q: &query::Query) -> Result<(), ApiError> {
+/// Chains and `_has` read other types: the caller must be allowed to search them, and under a
+/// `patient/` grant they read only that compartment ([`query::with_link_scope`]). Returns the
+/// per-type limits to run the search with.
+pub fn link_scope(ctx: &Ctx, st: &AppState, q: &query::Query, scope: &mut HashMap<String, Ids>) -> Result<(), ApiError> {
     for t in q.linked_types() {
-        require_ctx(ctx, st, Op::SEARCH_TYPE, &t)?;
+        if scope.contains_key(&t) {
+            continue;
+        }
+        if let (_, Some(within)) = search_scope(ctx, st, Op::SEARCH_TYPE, &t)? {
+            scope.insert(t, within);
+        }
     }
     Ok(())
 }
@@ -164,30 +204,50 @@ fn write_op(action: Action) -> Op {
     }
 }
 
-/// May `principal` make this write? For a `patient/` grant: the new body must be in the
-/// compartment, and so must the resource it replaces and every resource a condition matches
-/// now. Returns the version the check saw of an existing target, so that the caller can pin the
-/// write to it (`If-Match`) and a resource moved out of the compartment meanwhile is not written.
-pub fn check_write(
-    principal: &Principal,
-    st: &AppState,
-    store: &Store,
-    rtype: &str,
-    action: Action,
-    id: Option<&str>,
-    body: Option<&Value>,
-    condition: Option<&Condition>,
-) -> Result<Option<u64>, ApiError> {
-    let grant = require(principal, st, write_op(action), rtype)?;
+/// One write to check.
+pub struct WriteCheck<'a> {
+    pub rtype: &'a str,
+    pub action: Action,
+    pub id: Option<&'a str>,
+    pub body: Option<&'a Value>,
+    pub condition: Option<&'a Condition>,
+    /// A bundle entry's fullUrl (references to it are rewritten at apply).
+    pub full_url: Option<&'a str>,
+}
+
+/// May `principal` make this write? A condition is a search: it needs search permission on the
+/// type and on what its chains read. Under a `patient/` grant: the new body must reference that
+/// patient and no other through its compartment parameters (a Patient only itself, and none is
+/// created), the resource it replaces and every resource a condition matches now must be in the
+/// compartment, and a bundle entry's fullUrl must be a `urn:` (another would redirect references).
+/// Returns the version the check saw of an existing target, so that the caller can pin the write
+/// to it (`If-Match`) and a resource moved out of the compartment meanwhile is not written.
+pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &WriteCheck) -> Result<Option<u64>, ApiError> {
+    let rtype = w.rtype;
+    let grant = require(principal, st, write_op(w.action), rtype)?;
+    if let Some(cond) = w.condition {
+        require(principal, st, Op::SEARCH_TYPE, rtype)?;
+        if let Ok(q) = query::parse(&st.search, rtype, &cond.query, false) {
+            for t in q.linked_types() {
+                require(principal, st, Op::SEARCH_TYPE, &t)?;
+            }
+        }
+    }
     let Grant::Patient(pid) = &grant else { return Ok(None) };
-    if let Some(body) = body {
-        let body_id = body.get("id").and_then(Value::as_str).or(id).unwrap_or("");
-        if !in_compartment(st, rtype, body_id, body, pid) {
-            return Err(AuthError::Forbidden(format!("the {rtype} written would not be in the compartment of Patient/{pid}")).into());
+    if rtype == PATIENT && w.action == Action::Create {
+        return Err(AuthError::Forbidden("patient/ scopes do not create Patients".into()).into());
+    }
+    if w.full_url.is_some_and(|u| !u.starts_with("urn:")) {
+        return Err(AuthError::Forbidden("under patient/ scopes a bundle entry's fullUrl must be a urn:uuid or urn:oid".into()).into());
+    }
+    if let Some(body) = w.body {
+        let body_id = body.get("id").and_then(Value::as_str).or(w.id).unwrap_or("");
+        if !writes_within(st, rtype, body_id, body, pid) {
+            return Err(AuthError::Forbidden(format!("the {rtype} written must reference Patient/{pid}, and no other patient, through its compartment parameters")).into());
         }
     }
     let mut seen = None;
-    if let Some(id) = id.filter(|i| !i.is_empty()) {
+    if let Some(id) = w.id.filter(|i| !i.is_empty()) {
         match store.read(rtype, id) {
             Ok((cur, rec)) => {
                 check_stored(st, &grant, rtype, id, rec.body())?;
@@ -197,11 +257,13 @@ pub fn check_write(
             Err(e) => return Err(e.into()),
         }
     }
-    if let Some(cond) = condition {
+    if let Some(cond) = w.condition {
         let ids = query::condition_ids(&st.search, store.tree(), rtype, &cond.query)?;
         for found in ids {
             let (_, rec) = store.read(rtype, &found)?;
-            check_stored(st, &grant, rtype, &found, rec.body())?;
+            if !may_see(st, &grant, rtype, &found, rec.body())? {
+                return Err(outside(&format!("a {rtype} the condition matches"), &grant));
+            }
         }
     }
     Ok(seen)

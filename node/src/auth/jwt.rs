@@ -20,14 +20,21 @@ use super::{smart, AuthConfig, AuthError, Principal, Via};
 /// The keys of a JWKS file, and when it was read.
 struct Jwks {
     path: PathBuf,
-    modified: Option<SystemTime>,
+    /// Modification time and length of the file when read.
+    modified: Option<(SystemTime, u64)>,
     checked: Instant,
     keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
 }
 
-fn load_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, Vec<(Option<String>, Algorithm, DecodingKey)>), AuthError> {
+fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+type Keys = Vec<(Option<String>, Algorithm, DecodingKey)>;
+
+fn load_jwks(path: &PathBuf) -> Result<(Option<(SystemTime, u64)>, Keys), AuthError> {
     let bad = |e: String| AuthError::Config(format!("jwks_file {}: {e}", path.display()));
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let modified = file_stamp(path);
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut keys = Vec::new();
@@ -56,6 +63,8 @@ pub struct Verifier {
     admin_group: String,
     cache: Mutex<HashMap<[u8; 32], (Arc<Principal>, u64)>>,
     cache_entries: usize,
+    /// Bumped by every key set reload: a verification that began before one is not cached.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn now_secs() -> u64 {
@@ -101,6 +110,7 @@ impl Verifier {
             admin_group: cfg.admin_group.clone(),
             cache: Mutex::new(HashMap::new()),
             cache_entries: cfg.cache_entries,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -116,7 +126,7 @@ impl Verifier {
             return;
         }
         j.checked = Instant::now();
-        let modified = std::fs::metadata(&j.path).and_then(|m| m.modified()).ok();
+        let modified = file_stamp(&j.path);
         if modified == j.modified {
             return;
         }
@@ -126,6 +136,7 @@ impl Verifier {
                 j.modified = modified;
                 j.keys = keys;
                 // Tokens of keys that were removed must stop working now.
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 self.cache.lock().clear();
             }
             Err(e) => tracing::warn!("{e}; keeping the keys already loaded"),
@@ -142,9 +153,14 @@ impl Verifier {
                 return Ok(p.clone());
             }
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let (principal, exp) = self.verify_uncached(token)?;
         let principal = Arc::new(principal);
         let mut cache = self.cache.lock();
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            // The key set changed while this token was checked against the old one.
+            return Ok(principal);
+        }
         if cache.len() >= self.cache_entries {
             cache.retain(|_, (_, exp)| now <= exp.saturating_add(self.skew));
             if cache.len() >= self.cache_entries {
@@ -183,9 +199,11 @@ impl Verifier {
         };
         let exp = claims.get("exp").and_then(Value::as_u64).ok_or_else(|| invalid("the token has no exp".into()))?;
         let groups = strings(claims.get(&self.groups_claim));
-        let scopes = claims.get("scope").and_then(Value::as_str).map(smart::Scopes::parse).or_else(|| {
-            strings(claims.get("scp")).map(|s| smart::Scopes::parse(&s.join(" ")))
-        });
+        // `scope` (a string, or a list) or `scp`; present but unreadable: refused, not ignored.
+        let scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
+            None => None,
+            Some(v) => smart::Scopes::from_claim(&strings(Some(v)).ok_or_else(|| invalid("the scope claim is neither a string nor a list of strings".into()))?),
+        };
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(String::from);
         let principal = Principal {
             via: Via::Jwt,

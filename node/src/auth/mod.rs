@@ -95,6 +95,35 @@ impl Op {
     pub const DELETE: Op = Op { code: "delete", smart: 'd' };
 }
 
+/// How a type relates to the Patient compartment (what `patient/` scopes may reach of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kinship {
+    /// A member type (CompartmentDefinition Patient): limited to the patient's compartment.
+    Member,
+    /// Shared reference data no patient owns (Medication, Practitioner, ValueSet, …,
+    /// [`SHARED_TYPES`]): `patient/` scopes may read and search all of it, never write it.
+    Shared,
+    /// Anything else outside the compartment (Bundle, Binary, Task, Device, …: they may hold
+    /// some patient's data): `patient/` scopes reach none of it.
+    Other,
+}
+
+/// Types outside the Patient compartment that hold no patient's data.
+pub const SHARED_TYPES: &[&str] = &[
+    "Medication", "MedicationKnowledge", "MedicinalProduct", "MedicinalProductAuthorization", "MedicinalProductContraindication",
+    "MedicinalProductIndication", "MedicinalProductIngredient", "MedicinalProductInteraction", "MedicinalProductManufactured",
+    "MedicinalProductPackaged", "MedicinalProductPharmaceutical", "MedicinalProductUndesirableEffect", "Substance",
+    "SubstanceNucleicAcid", "SubstancePolymer", "SubstanceProtein", "SubstanceReferenceInformation", "SubstanceSourceMaterial",
+    "SubstanceSpecification", "Organization", "OrganizationAffiliation", "Practitioner", "PractitionerRole", "Location",
+    "HealthcareService", "Endpoint", "InsurancePlan", "ActivityDefinition", "PlanDefinition", "Questionnaire", "ValueSet",
+    "CodeSystem", "ConceptMap", "NamingSystem", "StructureDefinition", "StructureMap", "SearchParameter", "OperationDefinition",
+    "CapabilityStatement", "CompartmentDefinition", "ImplementationGuide", "GraphDefinition", "MessageDefinition",
+    "EventDefinition", "Library", "Measure", "ObservationDefinition", "SpecimenDefinition", "DeviceDefinition",
+    "ChargeItemDefinition", "ResearchDefinition", "ResearchElementDefinition", "Evidence", "EvidenceVariable",
+    "EffectEvidenceSynthesis", "RiskEvidenceSynthesis", "ExampleScenario", "TerminologyCapabilities", "TestScript",
+    "CatalogEntry", "ResearchStudy", "DataElement", "DataRequirement", "ServiceDefinition", "ExpansionProfile",
+];
+
 /// What a principal may reach of one type for one interaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
@@ -105,10 +134,9 @@ pub enum Grant {
 }
 
 impl Principal {
-    /// Whether this principal may perform `op` on `rtype`, and on which resources. `in_patient_compartment`
-    /// says whether the type is a member of the Patient compartment (a `patient/` scope on a type
-    /// outside it, e.g. Medication, reaches every resource of the type: they hold no patient's data).
-    pub fn grant(&self, rules: &rbac::Rules, op: Op, rtype: &str, in_patient_compartment: bool) -> Result<Grant, AuthError> {
+    /// Whether this principal may perform `op` on `rtype`, and on which resources; `kinship` is
+    /// the type's relation to the Patient compartment.
+    pub fn grant(&self, rules: &rbac::Rules, op: Op, rtype: &str, kinship: Kinship) -> Result<Grant, AuthError> {
         if self.via == Via::Open {
             return Ok(Grant::All);
         }
@@ -124,10 +152,14 @@ impl Principal {
         match scopes.reach(rtype, op.smart) {
             smart::Reach::None => Err(AuthError::Forbidden(format!("no SMART scope of {} grants '{}' ({}) on {rtype}", self.subject, op.smart, op.code))),
             smart::Reach::All => Ok(Grant::All),
-            smart::Reach::Patient if !in_patient_compartment => Ok(Grant::All),
-            smart::Reach::Patient => match &self.patient {
-                Some(p) => Ok(Grant::Patient(p.clone())),
-                None => Err(AuthError::Forbidden(format!("the patient/ scope on {rtype} needs a patient claim in the token (the launch context)"))),
+            smart::Reach::Patient => match kinship {
+                Kinship::Shared if matches!(op.smart, 'r' | 's') => Ok(Grant::All),
+                Kinship::Shared => Err(AuthError::Forbidden(format!("patient/ scopes do not write {rtype} (shared data no patient owns)"))),
+                Kinship::Other => Err(AuthError::Forbidden(format!("patient/ scopes do not reach {rtype}: it is outside the Patient compartment and may hold other patients' data"))),
+                Kinship::Member => match &self.patient {
+                    Some(p) => Ok(Grant::Patient(p.clone())),
+                    None => Err(AuthError::Forbidden(format!("the patient/ scope on {rtype} needs a patient claim in the token (the launch context)"))),
+                },
             },
         }
     }
@@ -225,17 +257,20 @@ mod tests {
     fn groups_and_scopes_are_both_enforced() {
         let rules = rbac::Rules::fwoa_default();
         let both = jwt_principal(Some(&["practitioner"]), Some("patient/Observation.rs"), Some("p1"));
-        assert_eq!(both.grant(&rules, Op::READ, "Observation", true).unwrap(), Grant::Patient("p1".into()));
-        assert!(both.grant(&rules, Op::CREATE, "Observation", true).is_err(), "the scope has no c");
-        assert!(both.grant(&rules, Op::READ, "Patient", true).is_err(), "no scope on Patient");
+        assert_eq!(both.grant(&rules, Op::READ, "Observation", Kinship::Member).unwrap(), Grant::Patient("p1".into()));
+        assert!(both.grant(&rules, Op::CREATE, "Observation", Kinship::Member).is_err(), "the scope has no c");
+        assert!(both.grant(&rules, Op::READ, "Patient", Kinship::Member).is_err(), "no scope on Patient");
         let auditor = jwt_principal(Some(&["auditor"]), Some("user/*.cruds"), None);
-        assert!(auditor.grant(&rules, Op::UPDATE, "Patient", true).is_err(), "the group is read-only");
-        assert_eq!(auditor.grant(&rules, Op::READ, "Patient", true).unwrap(), Grant::All);
+        assert!(auditor.grant(&rules, Op::UPDATE, "Patient", Kinship::Member).is_err(), "the group is read-only");
+        assert_eq!(auditor.grant(&rules, Op::READ, "Patient", Kinship::Member).unwrap(), Grant::All);
         let nothing = jwt_principal(None, None, None);
-        assert!(nothing.grant(&rules, Op::READ, "Patient", true).is_err());
+        assert!(nothing.grant(&rules, Op::READ, "Patient", Kinship::Member).is_err());
         let no_context = jwt_principal(None, Some("patient/*.rs"), None);
-        assert!(no_context.grant(&rules, Op::READ, "Observation", true).is_err());
-        assert_eq!(no_context.grant(&rules, Op::READ, "Medication", false).unwrap(), Grant::All);
-        assert_eq!(Principal::open().grant(&rules, Op::DELETE, "Patient", true).unwrap(), Grant::All);
+        assert!(no_context.grant(&rules, Op::READ, "Observation", Kinship::Member).is_err());
+        assert_eq!(no_context.grant(&rules, Op::READ, "Medication", Kinship::Shared).unwrap(), Grant::All);
+        let writer = jwt_principal(None, Some("patient/*.cruds"), Some("p1"));
+        assert!(writer.grant(&rules, Op::DELETE, "Practitioner", Kinship::Shared).is_err(), "shared data is read-only to patient/ scopes");
+        assert!(writer.grant(&rules, Op::READ, "Bundle", Kinship::Other).is_err(), "a Bundle may hold anyone's data");
+        assert_eq!(Principal::open().grant(&rules, Op::DELETE, "Patient", Kinship::Member).unwrap(), Grant::All);
     }
 }

@@ -84,6 +84,15 @@ impl Scopes {
         Scopes { scopes: text.split_whitespace().filter_map(parse_one).collect() }
     }
 
+    /// The resource scopes of a token's scope list, or `None` when it names none (only OpenID
+    /// scopes such as `openid profile`: SMART does not apply, as for a Cognito access token
+    /// carrying groups). A `patient/`, `user/` or `system/` entry counts even if malformed or
+    /// narrowed, so that such a token gets less, never more.
+    pub fn from_claim(entries: &[String]) -> Option<Scopes> {
+        let resource_like = |s: &str| ["patient/", "user/", "system/"].iter().any(|p| s.starts_with(p));
+        entries.iter().any(|s| resource_like(s)).then(|| Scopes::parse(&entries.join(" ")))
+    }
+
     /// What the scopes reach of `rtype` for permission `letter`.
     pub fn reach(&self, rtype: &str, letter: char) -> Reach {
         let mut best = Reach::None;
@@ -122,6 +131,9 @@ mod tests {
         assert_eq!(s.reach("Encounter", 'u'), Reach::Patient, "patient/*.write covers it");
         assert!(s.has_patient_scopes());
         assert_eq!(Scopes::parse("user/*.*").reach("Anything", 'd'), Reach::All);
+        let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(Scopes::from_claim(&words("openid profile aws.cognito.signin.user.admin")), None, "no SMART scopes: groups alone decide");
+        assert_eq!(Scopes::from_claim(&words("openid patient/Observation.rs?category=x")), Some(Scopes::default()), "a narrowed scope still counts (and grants nothing)");
     }
 
     #[test]

@@ -47,6 +47,15 @@ pub async fn cluster_status(st: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(status_json(&st))
 }
 
+/// `/_cluster/status` on the FHIR port: for the admin group only (the middleware checks the
+/// path too; this holds whatever path spelling reached the route).
+pub async fn cluster_status_fhir(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !crate::auth::guard::principal_of(&req, &st).admin {
+        return Err(crate::auth::AuthError::Forbidden(format!("/_cluster/status needs the {} group", st.auth.cfg.admin_group)).into());
+    }
+    Ok(HttpResponse::Ok().json(status_json(&st)))
+}
+
 /// Body of `POST /_cluster/nodes`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -230,7 +230,8 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
     let write = |mut op: WriteIntent, rtype: &'static str, condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
         // The same rights check as a write outside a bundle (crud::send_write), on the state the
         // bundle is planned against; a patient/ write is pinned to the version it saw.
-        let seen = guard::check_write(&ctx.principal, st, &ctx.store, rtype, op.action, op.id.as_deref(), op.body.as_ref(), condition.as_ref())?;
+        let check = guard::WriteCheck { rtype, action: op.action, id: op.id.as_deref(), body: op.body.as_ref(), condition: condition.as_ref(), full_url: full_url.as_deref() };
+        let seen = guard::check_write(&ctx.principal, st, &ctx.store, &check)?;
         if op.if_match.is_none() && condition.is_none() {
             op.if_match = seen;
         }
@@ -295,6 +296,10 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
         }
         (Method::Patch, [t, rest @ ..]) if rest.len() == 1 || (rest.is_empty() && !query.is_empty()) => {
             let rtype = st.defs.resource_type(t)?;
+            // The caller's rights before the search runs or the patch is applied.
+            let pre_cond = if rest.is_empty() { Some(condition(query, false)?) } else { None };
+            let pre_id = rest.first().copied();
+            guard::check_write(&ctx.principal, st, &ctx.store, &guard::WriteCheck { rtype, action: Action::Patch, id: pre_id, body: None, condition: pre_cond.as_ref(), full_url: None })?;
             // Conditional: the match found here is re-checked at apply (see http/patch.rs).
             let (id, cond) = match rest {
                 [id] => (super::crud::type_and_id(st, rtype, id)?.1.to_string(), None),

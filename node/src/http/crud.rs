@@ -45,7 +45,8 @@ impl InstanceWrite {
 /// are checked first ([`guard::check_write`]); a write under a `patient/` grant is pinned to the
 /// version the check saw.
 pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut intent: WriteIntent) -> Result<(String, Applied), ApiError> {
-    let seen = guard::check_write(&ctx.principal, st, &ctx.store, rtype, intent.action, intent.id.as_deref(), intent.body.as_ref(), intent.condition.as_ref())?;
+    let check = guard::WriteCheck { rtype, action: intent.action, id: intent.id.as_deref(), body: intent.body.as_ref(), condition: intent.condition.as_ref(), full_url: None };
+    let seen = guard::check_write(&ctx.principal, st, &ctx.store, &check)?;
     if intent.if_match.is_none() && intent.condition.is_none() {
         intent.if_match = seen;
     }
@@ -75,7 +76,8 @@ async fn precheck(st: &AppState, store: &crate::store::Store, rtype: &'static st
     }
 }
 
-/// The answer to a create / update / patch, per `Prefer: return=`.
+/// The answer to a create / update / patch, per `Prefer: return=` (the resource only to a caller
+/// who may read it: a conditional create answers with a resource the caller did not send).
 pub fn write_response(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, applied: &Applied) -> Result<HttpResponse, ApiError> {
     let version = applied.version.unwrap_or_default();
     let status = if applied.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -84,6 +86,7 @@ pub fn write_response(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, applied: 
     b.insert_header((header::LOCATION, format!("{}/{rtype}/{id}/_history/{version}", ctx.base)));
     match ctx.ret {
         Return::Minimal => Ok(b.finish()),
+        Return::Representation if !guard::may_read(ctx, st, rtype) => Ok(b.finish()),
         Return::OperationOutcome => {
             let verb = if applied.created { "Created" } else { "Updated" };
             let oo = operation_outcome("information", "informational", &format!("{verb} {rtype}/{id} version {version}"));

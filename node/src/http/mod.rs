@@ -130,7 +130,7 @@ pub const INTERACTIONS: &[Interaction] = &[
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metadata", web::get().to(metadata::capability_statement));
     cfg.route("/.well-known/smart-configuration", web::get().to(metadata::smart_configuration));
-    cfg.route("/_cluster/status", web::get().to(admin::cluster_status));
+    cfg.route("/_cluster/status", web::get().to(admin::cluster_status_fhir));
     cfg.route("/_health", web::get().to(admin::health));
     // Membership, digest and faults live on the operator listener only.
     cfg.route("/_cluster/{rest:.*}", web::route().to(admin::not_here));

@@ -48,6 +48,9 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     let if_match = negotiate::if_match(&req)?;
     let ops = read_patch(&req, payload, &st).await?;
     let cond = super::crud::condition(req.query_string(), "search", false)?;
+    // The caller's rights before the search runs and the patch is applied (a refused patch must
+    // not tell, by its outcome, what the resource holds).
+    crate::auth::guard::check_write(&ctx.principal, &st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: None, body: None, condition: Some(&cond), full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
         let id = match_one(&st, &ctx.store, rtype, req.query_string())?;
         let (body, version) = patched(&st, &ctx.store, rtype, &id, &ops, if_match)?;
@@ -142,6 +145,8 @@ pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str
 }
 
 async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &str, ops: &json_patch::Patch, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
+    // The caller's rights on the resource as it is, before the patch is applied to it.
+    crate::auth::guard::check_write(&ctx.principal, st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: Some(id), body: None, condition: None, full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
         let (body, version) = patched(st, &ctx.store, rtype, id, ops, client_if_match)?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(version), condition: None };

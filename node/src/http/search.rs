@@ -266,12 +266,16 @@ async fn respond_types(
     let mut queries = Vec::with_capacity(types.len());
     let mut ignored: Vec<(String, String)> = Vec::new();
     let op = if path == "/" { Op::SEARCH_SYSTEM } else { Op::SEARCH_TYPE };
+    // What chains and _has may read of each type they reach.
+    let mut link_scope = std::collections::HashMap::new();
+    let mut grants = std::collections::HashMap::new();
     for t in &types {
         let q = query::parse(&st.search, t, &params, ctx.lenient)?;
         // The caller's reach: every resource of the type, or a patient's compartment (then
         // matches, totals and pages are computed within it).
-        let reach = guard::search_scope(ctx, st, op, t)?;
-        guard::check_linked(ctx, st, &q)?;
+        let (grant, reach) = guard::search_scope(ctx, st, op, t)?;
+        grants.insert(t.to_string(), grant);
+        guard::link_scope(ctx, st, &q, &mut link_scope)?;
         for i in &q.ignored {
             if !ignored.contains(i) {
                 ignored.push(i.clone());
@@ -288,7 +292,8 @@ async fn respond_types(
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
     let cursor = param("_page").map(String::from);
     let max_keyed = st.cfg.limits.max_sort_matches;
-    let (counted, page) = web::block(move || -> Result<_, SearchError> {
+    let link_scope = (!link_scope.is_empty()).then(|| std::sync::Arc::new(link_scope));
+    let (counted, page) = web::block(move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
         for (t, q, restrict) in &queries {
             let on_type = Executor { tree: &tree, rtype: t };
@@ -303,7 +308,7 @@ async fn respond_types(
             return Ok((Some(total as usize), page::Page::default()));
         }
         Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count, max_keyed)?))
-    })
+    }))
     .await
     .map_err(|e| StoreError::Storage(e.to_string()))??;
     // Links show only the parameters the search used (search.html): not those ignored under
@@ -330,6 +335,8 @@ async fn respond_types(
     let mut bodies = Vec::with_capacity(page_ids.len());
     for (t, id) in page_ids {
         match ctx.store.read(&t, &id) {
+            // Moved out of the caller's reach since the index scan: not part of the page.
+            Ok((_, rec)) if !grants.get(&t).map(|g| guard::may_see(st, g, &t, &id, rec.body())).transpose()?.unwrap_or(false) => {}
             Ok((_, rec)) => bodies.push((t, id, rec)),
             // Deleted between the index scan and this read: not part of the page.
             Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}

@@ -145,7 +145,7 @@ async fn execute(ctx: &Ctx, st: &AppState, plan: Plan) -> Result<HttpResponse, R
     let mut out = Vec::with_capacity(answers.len());
     for answer in answers {
         let answer = answer.ok_or_else(|| StoreError::Corrupt("a bundle entry without an answer".into()))?;
-        out.push(entry(ctx, answer).await?);
+        out.push(entry(ctx, st, answer).await?);
     }
     let kind = if atomic { "transaction-response" } else { "batch-response" };
     let body = Bundle::new(kind, None, Vec::new(), out).to_bytes(ctx)?;
@@ -161,17 +161,20 @@ fn raw(bytes: Vec<u8>) -> Result<Resource<'static>, ApiError> {
     Ok(Resource::Owned(RawValue::from_string(text).map_err(|e| StoreError::Corrupt(format!("entry body: {e}")))?))
 }
 
-async fn entry(ctx: &Ctx, answer: Answer) -> Result<Entry<'static>, ApiError> {
+async fn entry(ctx: &Ctx, st: &AppState, answer: Answer) -> Result<Entry<'static>, ApiError> {
     match answer {
-        Answer::Write { rtype, action, outcome: Ok(applied) } => write_entry(ctx, &rtype, action, &applied),
+        Answer::Write { rtype, action, outcome: Ok(applied) } => {
+            let readable = crate::auth::guard::may_read(ctx, st, &rtype);
+            write_entry(ctx, &rtype, action, &applied, readable)
+        }
         Answer::Write { outcome: Err(e), .. } => response_entry(ApiError::Store(e).error_response(), false).await,
         Answer::Read { response: Ok(r), head } => response_entry(r, head).await,
         Answer::Read { response: Err(e), .. } | Answer::Failed(e) => response_entry(e.error_response(), false).await,
     }
 }
 
-/// The entry of an applied write.
-fn write_entry(ctx: &Ctx, rtype: &str, action: Action, a: &Applied) -> Result<Entry<'static>, ApiError> {
+/// The entry of an applied write (its resource only when the caller may read the type).
+fn write_entry(ctx: &Ctx, rtype: &str, action: Action, a: &Applied, readable: bool) -> Result<Entry<'static>, ApiError> {
     let id = a.id.clone().unwrap_or_default();
     let mut response = Map::new();
     let text;
@@ -205,6 +208,7 @@ fn write_entry(ctx: &Ctx, rtype: &str, action: Action, a: &Applied) -> Result<En
         Return::OperationOutcome => {
             response.insert("outcome".into(), operation_outcome("information", "informational", &text));
         }
+        Return::Representation if !readable => {}
         Return::Representation => {
             if let Some(body) = &a.body {
                 resource = Some(raw(body.to_vec())?);

@@ -6,6 +6,7 @@
 //! (`a$b`) and `near`. What is not implemented yet is refused with a 400 that says so.
 
 use crate::store::space::Space;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -362,6 +363,29 @@ fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
     }
 }
 
+thread_local! {
+    /// The resources chains and `_has` may read, per linked type, for the search running on
+    /// this thread ([`with_link_scope`]); types not in it are read whole.
+    static LINK_SCOPE: std::cell::RefCell<Option<Arc<HashMap<String, Ids>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with chains and `_has` limited, per linked type, to `scope` (the caller's reach:
+/// a `patient/` grant reads only that patient's compartment through a chain too).
+pub fn with_link_scope<T>(scope: Option<Arc<HashMap<String, Ids>>>, f: impl FnOnce() -> T) -> T {
+    let previous = LINK_SCOPE.with(|s| s.replace(scope));
+    let out = f();
+    LINK_SCOPE.with(|s| *s.borrow_mut() = previous);
+    out
+}
+
+/// `ids` of `rtype` limited to the link scope of this thread.
+fn link_scoped(rtype: &str, ids: Ids) -> Ids {
+    LINK_SCOPE.with(|s| match s.borrow().as_ref().and_then(|m| m.get(rtype)) {
+        Some(within) => ids & within,
+        None => ids,
+    })
+}
+
 /// Runs queries against the `state` tree.
 pub struct Executor<'a> {
     pub tree: &'a Space,
@@ -458,7 +482,7 @@ impl Executor<'_> {
                 let mut out = Ids::new();
                 for (target, inner) in links {
                     let on_target = Executor { tree: self.tree, rtype: target };
-                    for id in on_target.ids(&on_target.criterion(inner)?)? {
+                    for id in on_target.ids(&link_scoped(target, on_target.criterion(inner)?))? {
                         self.scan(&exact_prefix(self.rtype, code, b'r', &[target, &id]), &mut out)?;
                     }
                 }
@@ -467,7 +491,7 @@ impl Executor<'_> {
             Some(Link::Has { source, inner }) => {
                 let mut targets = Vec::new();
                 let on_source = Executor { tree: self.tree, rtype: source };
-                for id in on_source.ids(&on_source.criterion(inner)?)? {
+                for id in on_source.ids(&link_scoped(source, on_source.criterion(inner)?))? {
                     targets.extend(references(self.tree, source, &id, code)?.into_iter().filter(|(t, _)| t == self.rtype).map(|(_, target)| target));
                 }
                 // Doc numbers outlive deletes: keep the targets that still exist.

@@ -50,7 +50,9 @@ pub enum CommandV1 {
     Pin { format: String },
     /// A write command (Writes, Conditional or Bundle) of tenant `tenant`: applied in that
     /// tenant's key space ([`super::space`]). The default tenant's commands are not wrapped.
-    InTenant { tenant: String, command: Box<CommandV1> },
+    /// `command` is the inner command's encoding ([`CommandV1::tenant_write`] decodes it), so
+    /// decoding never recurses however a peer nests it.
+    InTenant { tenant: String, command: Vec<u8> },
 }
 
 /// One write entry of a [`CommandV1::Bundle`].
@@ -161,11 +163,21 @@ impl CommandV1 {
             CommandV1::Writes { ts_micros, .. } | CommandV1::Conditional { ts_micros, .. } | CommandV1::Bundle { ts_micros, .. } => *ts_micros = ts,
             CommandV1::Pin { .. } => {}
             CommandV1::InTenant { command, .. } => {
-                let inner = std::mem::replace(&mut **command, CommandV1::Pin { format: String::new() });
-                **command = inner.with_ts(ts);
+                // Undecodable: left as is (checks and apply refuse it).
+                if let Ok(inner) = CommandV1::tenant_write(command) {
+                    *command = bincode::serialize(&inner.with_ts(ts)).expect("commands always serialize");
+                }
             }
         }
         self
+    }
+
+    /// The write inside an [`CommandV1::InTenant`]: Writes, Conditional or Bundle, nothing else.
+    pub fn tenant_write(bytes: &[u8]) -> Result<CommandV1, String> {
+        match bincode::deserialize::<CommandV1>(bytes).map_err(|e| format!("undecodable tenant command: {e}"))? {
+            c @ (CommandV1::Writes { .. } | CommandV1::Conditional { .. } | CommandV1::Bundle { .. }) => Ok(c),
+            _ => Err("a tenant command must be a write".into()),
+        }
     }
 }
 
@@ -184,10 +196,7 @@ impl Command {
                 if !crate::tenancy::valid_tenant(tenant) {
                     return Err(format!("invalid tenant id {tenant:?}"));
                 }
-                return match **command {
-                    CommandV1::Writes { .. } | CommandV1::Conditional { .. } | CommandV1::Bundle { .. } => Command::V1((**command).clone()).check(defs, max_depth),
-                    _ => Err("a tenant command must be a write".into()),
-                };
+                return Command::V1(CommandV1::tenant_write(command)?).check(defs, max_depth);
             }
         };
         for (op, conditional) in ops {
@@ -220,7 +229,9 @@ impl Command {
     /// The command as tenant `tenant` proposes it (unchanged for the default tenant).
     pub fn in_tenant(self, tenant: Option<&str>) -> Command {
         match (tenant, self) {
-            (Some(t), Command::V1(inner)) => Command::V1(CommandV1::InTenant { tenant: t.to_string(), command: Box::new(inner) }),
+            (Some(t), Command::V1(inner)) => {
+                Command::V1(CommandV1::InTenant { tenant: t.to_string(), command: bincode::serialize(&inner).expect("commands always serialize") })
+            }
             (None, cmd) => cmd,
         }
     }
@@ -260,6 +271,24 @@ mod tests {
         for a in [Action::Create, Action::Update, Action::Patch, Action::Delete] {
             assert_eq!(Action::from_code(a.code()), Some(a));
         }
+    }
+
+    #[test]
+    fn tenant_commands_wrap_one_write_and_never_nest() {
+        let defs = Definitions::load(crate::fhir::FhirVersion::R4);
+        let op = WriteOp { action: Action::Update, rtype: "Patient".into(), id: "a".into(), body: Some(r#"{"resourceType":"Patient","id":"a"}"#.into()), if_match: None, allow_create: true };
+        let write = Command::V1(CommandV1::Writes { ts_micros: 1, ops: vec![op] });
+        let wrapped = write.clone().in_tenant(Some("acme"));
+        wrapped.check(&defs, 64).unwrap();
+        let Command::V1(CommandV1::InTenant { tenant, command }) = Command::decode(&wrapped.clone().with_ts(9).encode()).unwrap() else { panic!("in tenant") };
+        assert_eq!(tenant, "acme");
+        let CommandV1::Writes { ts_micros, .. } = CommandV1::tenant_write(&command).unwrap() else { panic!("writes") };
+        assert_eq!(ts_micros, 9, "the leader's clock reaches the inner write");
+        assert!(wrapped.clone().in_tenant(Some("other")).check(&defs, 64).is_err(), "nested: refused");
+        assert!(write.clone().in_tenant(Some("bad tenant")).check(&defs, 64).is_err());
+        let pin = Command::V1(CommandV1::Pin { format: "x".into() }).in_tenant(Some("acme"));
+        assert!(pin.check(&defs, 64).is_err());
+        assert!(matches!(write.in_tenant(None), Command::V1(CommandV1::Writes { .. })));
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl StateMachine {
         batch.insert_meta(keys::META_CONF, conf_state);
         match peer {
             Some((id, Some(info))) => batch.insert_meta(keys::meta_peer(id), info),
-            Some((id, None)) => batch.remove(keys::meta_peer(id)),
+            Some((id, None)) => batch.remove_meta(keys::meta_peer(id)),
             None => {}
         }
         batch.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
@@ -215,14 +215,17 @@ impl StateMachine {
             .map_err(|e| StoreError::Corrupt(format!("log entry {index} cannot be decoded ({e}); it was probably written by a newer Kiln: upgrade this node")))?;
         let Command::V1(command) = command;
         let (tenant, command) = match command {
-            CommandV1::InTenant { tenant, command } => (Some(tenant), *command),
+            CommandV1::InTenant { tenant, command } => {
+                // Command::check refuses anything else before it is proposed.
+                let inner = CommandV1::tenant_write(&command).map_err(|e| StoreError::Corrupt(format!("log entry {index}: {e}")))?;
+                if !crate::tenancy::valid_tenant(&tenant) {
+                    return Err(StoreError::Corrupt(format!("log entry {index}: invalid tenant id")));
+                }
+                (Some(tenant), inner)
+            }
             other => (None, other),
         };
         if let Some(t) = &tenant {
-            // Command::check refuses anything else; a log entry that still nests is corrupt.
-            if !matches!(command, CommandV1::Writes { .. } | CommandV1::Bundle { .. } | CommandV1::Conditional { .. }) || !crate::tenancy::valid_tenant(t) {
-                return Err(StoreError::Corrupt(format!("log entry {index}: a tenant command that is not a write")));
-            }
             self.space = Space::of(self.tree.clone(), Some(t));
         }
         let result = self.apply_command(index, term, command, tenant.as_deref());

@@ -42,6 +42,13 @@ impl Writes {
         self.batch.remove(key);
     }
 
+    /// Removes a key of the whole state (membership), never a tenant's.
+    pub fn remove_meta<K: Into<IVec>>(&mut self, key: K) {
+        let key = key.into();
+        self.keys.push(key.clone());
+        self.batch.remove(key);
+    }
+
     /// A key of the whole state (applied index, clock, membership), never a tenant's.
     pub fn insert_meta<K: Into<IVec>, V: Into<IVec>>(&mut self, key: K, value: V) {
         let key = key.into();

@@ -136,6 +136,10 @@ fn tokens_are_verified_and_open_endpoints_stay_open() {
     assert_eq!(call(&c, "GET", &node.url("/_cluster/status"), None, None).0, 401);
     assert_eq!(call(&c, "GET", &node.url("/_cluster/status"), Some(&groups(&["practitioner"])), None).0, 403);
     assert_eq!(call(&c, "GET", &node.url("/_cluster/status"), Some(&groups(&["admin"])), None).0, 200);
+    assert_eq!(call(&c, "GET", &node.url("/%5Fcluster/status"), Some(&groups(&["practitioner"])), None).0, 403, "however the path is spelled");
+    // A PATCH without rights is refused before anything is read or applied.
+    let probe = json!([{"op": "test", "path": "/id", "value": "nope"}]);
+    assert_eq!(call(&c, "PATCH", &node.url("/Observation/none"), Some(&groups(&["auditor"])), Some(&probe)).0, 403);
 }
 
 /// FWoA's default rules, written out independently of the server's table.
@@ -244,6 +248,8 @@ fn seed_patients(c: &Client, node: &TestNode) {
         obs("o3", "Patient/p1", "c2", Some("Patient/p2")),
         json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}),
         json!({"resourceType": "Medication", "id": "m1"}),
+        json!({"resourceType": "MedicationRequest", "id": "mr2", "status": "active", "intent": "order", "medicationReference": {"reference": "Medication/m1"}, "subject": {"reference": "Patient/p2"}}),
+        json!({"resourceType": "Bundle", "id": "b1", "type": "collection", "entry": [{"resource": {"resourceType": "Patient", "id": "p2"}}]}),
     ] {
         let url = node.url(&format!("/{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()));
         let (s, out) = call(c, "PUT", &url, Some(&admin), Some(&r));
@@ -269,6 +275,8 @@ fn smart_patient_scopes_reach_only_the_compartment() {
         ("/Observation/o2/_history/1", 403),
         ("/Encounter/e1", 200),
         ("/Medication/m1", 200),
+        ("/MedicationRequest/mr2", 403),
+        ("/Bundle/b1", 403),
     ] {
         assert_eq!(get(path, &read).0, status, "{path}");
     }
@@ -287,6 +295,11 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     let (_, b) = get("/Patient?_has:Observation:subject:code=c1", &read);
     assert_eq!(ids(&b, Some("match")), ["Patient/p1"]);
     assert_eq!(get("/Observation?subject:Patient.name=Two", &read).1["total"], 0);
+    // A chain or _has into another patient's data reads only this patient's compartment.
+    let admin_tok = groups(&["practitioner"]);
+    assert_eq!(get("/Medication?_has:MedicationRequest:medication:subject=Patient/p2", &admin_tok).1["total"], 1);
+    assert_eq!(get("/Medication?_has:MedicationRequest:medication:subject=Patient/p2", &read).1["total"], 0);
+    assert_eq!(get("/Bundle", &read).0, 403, "a Bundle may hold anyone's data");
     assert_eq!(get("/Observation?subject.name=One", &read).1["total"], 2);
     // Compartment and system searches.
     let (_, b) = get("/Patient/p2/Observation", &read);
@@ -298,6 +311,8 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     assert_eq!(ids(&b, None), ["Observation/o1", "Observation/o3"]);
     let (_, b) = get("/_history", &read);
     assert_eq!(ids(&b, None), ["Encounter/e1", "Medication/m1", "Observation/o1", "Observation/o3", "Patient/p1"]);
+    let (_, b) = get("/?_type=Medication,MedicationRequest,Bundle", &read);
+    assert_eq!(b["resourceType"], "OperationOutcome", "an explicit forbidden type is refused: {b}");
     assert_eq!(ids(&get("/Observation/o2/_history", &read).1, None), Vec::<String>::new());
     // Read-only scopes cannot write.
     let new_obs = |subject: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": subject}});
@@ -306,8 +321,13 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     // Writes with patient/Observation.cruds.
     let write = scoped("patient/Observation.cruds patient/Patient.rs", Some("p1"));
     let send = |m: &str, path: &str, body: Option<&Value>| call(&c, m, &node.url(path), Some(&write), body);
-    assert_eq!(send("POST", "/Observation", Some(&new_obs("Patient/p1"))).0, 201);
+    let (s, mine) = send("POST", "/Observation", Some(&new_obs("Patient/p1")));
+    assert_eq!(s, 201);
     assert_eq!(send("POST", "/Observation", Some(&new_obs("Patient/p2"))).0, 403);
+    let mut both = new_obs("Patient/p1");
+    both["performer"] = json!([{"reference": "Patient/p2"}]);
+    assert_eq!(send("POST", "/Observation", Some(&both)).0, 403, "a write may not reach into p2's record");
+    assert_eq!(send("POST", "/Patient", Some(&json!({"resourceType": "Patient", "id": "p1"}))).0, 403, "no new Patients");
     let mut o2 = new_obs("Patient/p1");
     o2["id"] = json!("o2");
     assert_eq!(send("PUT", "/Observation/o2", Some(&o2)).0, 403, "o2 belongs to p2");
@@ -318,7 +338,13 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     assert_eq!(send("DELETE", "/Observation/o2", None).0, 403);
     assert_eq!(send("DELETE", "/Observation?code=c1", None).0, 403, "the condition matches o2");
     assert_ne!(send("PUT", "/Observation?code=c1", Some(&new_obs("Patient/p1"))).0 / 100, 2);
-    assert_eq!(send("PATCH", "/Observation/o3", Some(&json!([{"op": "add", "path": "/issued", "value": "2024-01-01T00:00:00Z"}]))).0, 200);
+    let issued = json!([{"op": "add", "path": "/issued", "value": "2024-01-01T00:00:00Z"}]);
+    assert_eq!(send("PATCH", &format!("/Observation/{}", mine["id"].as_str().unwrap()), Some(&issued)).0, 200);
+    assert_eq!(send("PATCH", "/Observation/o3", Some(&issued)).0, 403, "o3 names p2 as performer");
+    // A refused PATCH tells nothing about the resource (no 422 for a failed test op).
+    let probe = json!([{"op": "test", "path": "/status", "value": "no-such-status"}]);
+    assert_eq!(send("PATCH", "/Observation/o2", Some(&probe)).0, 403);
+    assert_eq!(send("PATCH", "/Observation?code=c1", Some(&probe)).0, 403);
     // Bundles: a transaction touching o2 writes nothing; a batch answers per entry.
     let mut o1_ok = new_obs("Patient/p1");
     o1_ok["id"] = json!("o1");
@@ -354,10 +380,28 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     assert_eq!(get("/Observation/o2", &v1).0, 403);
     // A patient/ scope without a patient claim reaches nothing of the compartment.
     assert_eq!(get("/Observation/o1", &scoped("patient/*.rs", None)).0, 403);
+    // Shared types: patient/ scopes read them but never write them.
+    assert_eq!(call(&c, "DELETE", &node.url("/Medication/m1"), Some(&scoped("patient/*.cruds", Some("p1"))), None).0, 403);
+    // A condition is a search: create-only rights cannot use one to read.
+    let create_only = scoped("user/Observation.c", None);
+    let r = c.post(node.url("/Observation")).bearer_auth(&create_only).header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_id=o2").header("prefer", "return=representation").body(new_obs("Patient/p1").to_string()).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let create_read = scoped("user/Observation.cs", None);
+    let r = c.post(node.url("/Observation")).bearer_auth(&create_read).header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_id=o2").header("prefer", "return=representation").body(new_obs("Patient/p1").to_string()).send().unwrap();
+    assert_eq!(r.status(), 200, "matched o2");
+    assert!(r.text().unwrap().is_empty(), "no body for a caller who may not read Observations");
     // Groups and scopes together: both must allow.
     let both = token(json!({"cognito:groups": ["auditor"], "scope": "user/*.cruds"}));
     assert_eq!(get("/Patient/p2", &both).0, 200);
     assert_eq!(get("/Observation/o1", &both).0, 403, "the auditor group reads Patients only");
+    // OpenID-only scopes: SMART does not apply, the groups decide. A list-valued scope counts.
+    let oidc = token(json!({"cognito:groups": ["practitioner"], "scope": "openid profile aws.cognito.signin.user.admin"}));
+    assert_eq!(get("/Observation/o2", &oidc).0, 200);
+    let listed = token(json!({"cognito:groups": ["practitioner"], "scope": ["patient/*.rs"], "patient": "p1"}));
+    assert_eq!(get("/Observation/o2", &listed).0, 403);
+    assert_eq!(get("/Observation/o1", &listed).0, 200);
 }
 
 #[test]
@@ -370,4 +414,15 @@ fn a_public_address_needs_auth_or_an_explicit_opt_out() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-no-auth"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A real FHIR client library (Python fhirpy) with a bearer token (`.ci/run` installs it).
+#[test]
+fn fhirpy_with_a_bearer_token() {
+    let keys = tempfile::tempdir().unwrap();
+    let node = secured_node(keys.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/fhirpy_bearer.py");
+    let out = std::process::Command::new("python3").arg(&script).arg(&node.base).arg(groups(&["practitioner"])).output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.starts_with("ok "), "fhirpy: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 }
