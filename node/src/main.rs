@@ -289,8 +289,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     // Logs go to stderr; stdout carries the "Kiln listening on" line that launchers read.
+    // Log lines are written by a background thread, in batches (a buffered stderr flushed whenever
+    // the queue drains), not by the HTTP workers. Not lossy: a full queue makes the logging thread
+    // wait rather than drop lines. (The audit log has its own batching writer: auth::audit.)
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("kiln-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();

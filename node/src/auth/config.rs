@@ -47,9 +47,11 @@ pub struct AuthConfig {
     pub admin_group: String,
     /// Allows `mode = "none"` on a non-loopback `listen` (flag `--insecure-no-auth`).
     pub insecure_no_auth: bool,
-    /// One `kiln::audit` log line per request (subject, tenant, interaction, type, id, status).
+    /// One JSON audit line per request (subject, tenant, interaction, type, id, status).
     /// Unset: on when `mode = "jwt"`.
     pub audit_log: Option<bool>,
+    /// File the audit lines are appended to (unset: stderr).
+    pub audit_file: Option<PathBuf>,
     /// Verified tokens remembered (by hash) until they expire.
     pub cache_entries: usize,
 }
@@ -72,6 +74,7 @@ impl Default for AuthConfig {
             admin_group: "admin".into(),
             insecure_no_auth: false,
             audit_log: None,
+            audit_file: None,
             cache_entries: 10_000,
         }
     }

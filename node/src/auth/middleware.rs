@@ -3,8 +3,7 @@
 //! for the handlers' checks ([`super::guard`]), its tenant is resolved
 //! ([`crate::tenancy::resolve`], the `/tenant/{id}` prefix stripped so the routes are the same
 //! for every tenant), the operator status page needs the admin group, and one
-//! audit line is logged per request (target `kiln::audit`: subject, tenant, interaction, type,
-//! id, status). `/metadata`, `/.well-known/smart-configuration` and `/_health` stay open.
+//! audit line is recorded per request ([`super::audit`]). `/metadata`, `/.well-known/smart-configuration` and `/_health` stay open.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -30,7 +29,8 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
     let Some(st) = req.app_data::<web::Data<AppState>>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    let audit_on = st.auth.cfg.audit_log.unwrap_or(st.auth.enabled());
+    let audit_log = st.auth.audit.clone();
+    let audit_on = audit_log.is_some();
     let tenancy = &st.cfg.tenancy;
     if !st.auth.enabled() && !audit_on && !tenancy.enabled {
         return Ok(next.call(req).await?.map_into_boxed_body());
@@ -39,8 +39,8 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
     let path = req.path().to_string();
     let deny = |req: ServiceRequest, e: ApiError, subject: &str, tenant: Option<&str>| {
         let resp = e.error_response();
-        if audit_on {
-            audit(subject, tenant, &method, &path, resp.status().as_u16());
+        if let Some(log) = &audit_log {
+            audit(log, subject, tenant, &method, &path, resp.status().as_u16());
         }
         Ok(req.into_response(resp))
     };
@@ -90,18 +90,25 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
     let tenant = resolved.tenant.clone();
     req.extensions_mut().insert(crate::tenancy::InTenant { tenant: tenant.as_deref().map(Into::into), by_path: resolved.rest.is_some() });
     let resp = next.call(req).await?.map_into_boxed_body();
-    if audit_on {
-        audit(&subject, tenant.as_deref(), &method, &path, resp.status().as_u16());
+    if let Some(log) = &audit_log {
+        audit(log, &subject, tenant.as_deref(), &method, &path, resp.status().as_u16());
     }
     Ok(resp)
 }
 
-/// One structured line per request.
-fn audit(subject: &str, tenant: Option<&str>, method: &str, path: &str, status: u16) {
+/// One audit line per request.
+fn audit(log: &super::audit::AuditLog, subject: &str, tenant: Option<&str>, method: &str, path: &str, status: u16) {
     let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segments.first() == Some(&"tenant") && segments.len() >= 2 {
         segments.drain(..2);
     }
     let (interaction, rtype, id) = crate::http::classify(method, &segments);
-    tracing::info!(target: "kiln::audit", subject, tenant = tenant.unwrap_or("-"), interaction, rtype, id, method, path, status, outcome = if status < 400 { "allowed" } else if status == 401 || status == 403 { "denied" } else { "failed" });
+    let outcome = if status < 400 {
+        "allowed"
+    } else if status == 401 || status == 403 {
+        "denied"
+    } else {
+        "failed"
+    };
+    log.record(&super::audit::Event { subject, tenant, interaction, rtype, id, method, path, status, outcome });
 }

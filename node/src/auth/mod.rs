@@ -7,9 +7,10 @@
 //! writes, bundle entries) ask [`guard`] before they touch data, so a bundle entry, an `_include`
 //! and a plain read pass the same checks. Files: [`config`] (`[auth]`), [`jwt`] (verification,
 //! JWKS, cache), [`rbac`] (group rules), [`smart`] (scopes), [`api_keys`], [`token`] (`kiln
-//! token`), [`guard`] (decisions on resources and compartments).
+//! token`), [`guard`] (decisions on resources and compartments), [`audit`] (one line per request).
 
 pub mod api_keys;
+pub mod audit;
 pub mod config;
 pub mod guard;
 pub mod jwt;
@@ -183,6 +184,8 @@ pub struct Authority {
     verifier: Option<jwt::Verifier>,
     keys: api_keys::ApiKeys,
     open: Arc<Principal>,
+    /// The audit log, when on (`audit_log`, default: with `mode = "jwt"`).
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 impl Authority {
@@ -199,7 +202,11 @@ impl Authority {
             AuthMode::None => None,
             AuthMode::Jwt => Some(jwt::Verifier::new(cfg)?),
         };
-        Ok(Authority { cfg: cfg.clone(), rules, verifier, keys, open: Arc::new(Principal::open()) })
+        let audit = match cfg.audit_log.unwrap_or(cfg.mode == AuthMode::Jwt) {
+            true => Some(audit::AuditLog::open(cfg.audit_file.as_deref())?),
+            false => None,
+        };
+        Ok(Authority { cfg: cfg.clone(), rules, verifier, keys, open: Arc::new(Principal::open()), audit })
     }
 
     /// The principal of every request when auth is off.

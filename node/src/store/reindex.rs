@@ -99,19 +99,23 @@ mod tests {
     use crate::search::query::{parse, Executor};
     use crate::store::command::{Action, Command, CommandV1, WriteOp};
 
-    #[test]
-    fn an_index_in_another_format_is_rebuilt_the_same_way() {
-        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
-        assert_eq!(sm.ensure_index().unwrap(), Some(0), "a new store records its format");
-        assert_eq!(sm.ensure_index().unwrap(), None);
-        let put = |id: &str, family: &str| WriteOp {
+    /// A PUT of Patient `id` with one family name.
+    fn put(id: &str, family: &str) -> WriteOp {
+        WriteOp {
             action: Action::Update,
             rtype: "Patient".into(),
             id: id.into(),
             body: Some(format!(r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"{family}"}}]}}"#)),
             if_match: None,
             allow_create: true,
-        };
+        }
+    }
+
+    #[test]
+    fn an_index_in_another_format_is_rebuilt_the_same_way() {
+        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
+        assert_eq!(sm.ensure_index().unwrap(), Some(0), "a new store records its format");
+        assert_eq!(sm.ensure_index().unwrap(), None);
         let del = WriteOp { action: Action::Delete, body: None, ..put("b", "") };
         let ops = vec![put("c", "Smith"), put("a", "Smith"), put("b", "Smith"), del, put("d", "Jones")];
         sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1, ops }).encode()).unwrap();
@@ -136,14 +140,6 @@ mod tests {
     #[test]
     fn every_tenant_is_rebuilt_in_its_own_space() {
         let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
-        let put = |id: &str, family: &str| WriteOp {
-            action: Action::Update,
-            rtype: "Patient".into(),
-            id: id.into(),
-            body: Some(format!(r#"{{"resourceType":"Patient","id":"{id}","name":[{{"family":"{family}"}}]}}"#)),
-            if_match: None,
-            allow_create: true,
-        };
         sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1, ops: vec![put("a", "Root")] }).encode()).unwrap();
         let acme = Command::V1(CommandV1::Writes { ts_micros: 2, ops: vec![put("a", "Acme")] }).in_tenant(Some("acme"));
         sm.apply(2, 1, &acme.encode()).unwrap();

@@ -426,3 +426,52 @@ fn fhirpy_with_a_bearer_token() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.starts_with("ok "), "fhirpy: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `kiln token` mints a token a node accepts, and the node writes one audit line per request.
+#[test]
+fn kiln_token_and_the_audit_line() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let config = dir.path().join("node.toml");
+    let port = kiln_tests::free_ports(1)[0];
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[auth]\nmode = \"jwt\"\nhs256_secret_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("secret").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(kiln_tests::kiln_bin())
+        .args(["token", "--sub", "dev-user", "--groups", "practitioner", "--ttl", "600", "--secret-file"])
+        .arg(dir.path().join("secret"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tok = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut child = std::process::Command::new(kiln_tests::kiln_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let base = first.trim().strip_prefix("Kiln listening on ").unwrap().to_string();
+    let c = client();
+    assert_eq!(c.get(format!("{base}/Patient?_count=1")).bearer_auth(&tok).send().unwrap().status(), 200);
+    assert_eq!(c.get(format!("{base}/Patient/x")).send().unwrap().status(), 401);
+    // Lines are written within 100 ms.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.iter().any(|l| l["subject"] == "dev-user" && l["interaction"] == "search-type" && l["type"] == "Patient" && l["status"] == 200 && l["outcome"] == "allowed"), "{log}");
+    assert!(lines.iter().any(|l| l["interaction"] == "read" && l["id"] == "x" && l["status"] == 401 && l["outcome"] == "denied"), "{log}");
+}

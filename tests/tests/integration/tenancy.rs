@@ -91,6 +91,23 @@ fn tenants_are_isolated_on_every_interaction_across_a_cluster() {
     assert_eq!(included, ["One"]);
     assert_eq!(call(&c, "GET", &on(2, "/tenant/t2/Observation?subject.family=One"), &t2, None, &[]).1["total"], 0);
     assert_eq!(call(&c, "GET", &on(3, "/Observation"), &dflt, None, &[]).1["total"], 0, "the default tenant has no Observation");
+    // _revinclude, PATCH, conditional update and batch stay in the tenant.
+    let (_, b) = call(&c, "GET", &on(3, "/tenant/t2/Patient?_id=same&_revinclude=Observation:subject"), &t2, None, &[]);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 2, "t2's Patient and t2's one Observation: {b}");
+    let r = c.patch(on(1, "/tenant/t2/Patient/same")).bearer_auth(&t2).header("content-type", "application/json-patch+json")
+        .body(json!([{"op": "replace", "path": "/name/0/family", "value": "Two2"}]).to_string()).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(call(&c, "GET", &on(2, "/tenant/t1/Patient/same"), &t1, None, &[]).1["meta"]["versionId"], "1");
+    let (s, _) = call(&c, "PUT", &on(2, "/tenant/t1/Patient?identifier=urn:x|id-Two"), &t1, Some(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "id-Two"}], "name": [{"family": "Cond"}]})), &[]);
+    assert_eq!(s, 200, "t1's own match (x) is updated");
+    assert_eq!(call(&c, "GET", &on(3, "/tenant/t2/Patient/same"), &t2, None, &[]).1["name"][0]["family"], "Two2", "t2's is untouched");
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/same"}},
+        {"request": {"method": "GET", "url": "Patient?family=Two2"}}]});
+    let (s, out) = call(&c, "POST", &on(1, "/tenant/t1"), &t1, Some(&batch), &[]);
+    assert_eq!(s, 200);
+    assert_eq!(out["entry"][0]["resource"]["name"][0]["family"], "One");
+    assert_eq!(out["entry"][1]["resource"]["total"], 0);
     // A transaction in t2 (urn:uuid reference) creates only there.
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:0a1b", "resource": {"resourceType": "Patient", "name": [{"family": "Tx"}]}, "request": {"method": "POST", "url": "Patient"}},
@@ -104,7 +121,7 @@ fn tenants_are_isolated_on_every_interaction_across_a_cluster() {
     // History per tenant.
     let (_, h) = call(&c, "GET", &on(2, "/tenant/t1/_history"), &t1, None, &[]);
     let families: Vec<String> = h["entry"].as_array().unwrap().iter().filter_map(|e| e["resource"]["name"][0]["family"].as_str().map(String::from)).collect();
-    assert!(families.iter().all(|f| f == "One" || f == "Two") && families.len() == 2, "{families:?}");
+    assert!(families.iter().all(|f| f == "One" || f == "Two" || f == "Cond") && families.len() == 3, "{families:?}");
     assert_eq!(call(&c, "GET", &on(2, "/_history"), &dflt, None, &[]).1["entry"].as_array().unwrap().len(), 1);
     // Deleting t1's copy leaves the others.
     assert_eq!(call(&c, "DELETE", &on(1, "/tenant/t1/Patient/same"), &t1, None, &[]).0, 204);
