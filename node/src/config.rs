@@ -32,6 +32,9 @@ pub struct Config {
     /// `[api_tls]`: TLS on the FHIR API (`listen`), with certificates reloaded when they change
     /// and optional client certificates; plain HTTP when absent. See [`crate::http::tls`].
     pub api_tls: Option<crate::http::tls::ApiTlsConfig>,
+    /// Plain HTTP on a non-loopback `listen` (without `[api_tls]`), for a proxy in front that
+    /// terminates TLS (flag `--allow-plain-http`). Refused at start otherwise.
+    pub allow_plain_http: bool,
     /// FHIR version served: `4.0.1` (R4, default) or `3.0.1` (STU3).
     pub fhir_version: FhirVersion,
     /// Absolute base URL used in `Location`, `fullUrl` and links. When unset, it is built from
@@ -183,6 +186,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data/node1"),
             listen: "127.0.0.1:8080".into(),
             api_tls: None,
+            allow_plain_http: false,
             fhir_version: FhirVersion::R4,
             base_url: None,
             http_workers: 0,
@@ -295,6 +299,13 @@ impl Config {
         self.cluster.validate(self.node_id)?;
         let loopback = self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
         self.auth.validate(loopback).map_err(ConfigError::Invalid)?;
+        if !loopback && self.api_tls.is_none() && !self.allow_plain_http {
+            return bad(format!(
+                "listen = {:?} is not a loopback address and [api_tls] is not set: tokens and health data would cross the network in clear. \
+                 Set [api_tls] cert/key (--tls-cert/--tls-key), or allow_plain_http = true (--allow-plain-http) if a proxy in front terminates TLS",
+                self.listen
+            ));
+        }
         if let Some(t) = self.tenancy.tenants.iter().find(|t| !crate::tenancy::valid_tenant(t)) {
             return bad(format!("tenancy.tenants: '{t}' is not a tenant id (1 to 64 of A-Z a-z 0-9 - _)"));
         }
@@ -409,6 +420,13 @@ mod tests {
         c.admin_token_file = Some("token".into());
         c.validate().unwrap();
         let c = Config { admin_listen: Some("127.0.0.1:9100".into()), ..Config::default() };
+        c.validate().unwrap();
+        // A public FHIR port needs auth and TLS, or explicit opt-outs for a proxy in front.
+        let mut c = Config { listen: "0.0.0.0:8443".into(), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("--insecure-no-auth"));
+        c.auth.insecure_no_auth = true;
+        assert!(c.validate().unwrap_err().to_string().contains("--allow-plain-http"));
+        c.allow_plain_http = true;
         c.validate().unwrap();
     }
 

@@ -238,6 +238,10 @@ struct ServeArgs {
     /// behind a proxy that authenticates.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Plain HTTP on a non-loopback address (allow_plain_http): only behind a proxy that
+    /// terminates TLS.
+    #[arg(long)]
+    allow_plain_http: bool,
     /// TLS on the FHIR API: PEM certificate chain (sets api_tls.cert; reloaded when it changes).
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -278,6 +282,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if args.insecure_no_auth {
         cfg.auth.insecure_no_auth = true;
+    }
+    if args.allow_plain_http {
+        cfg.allow_plain_http = true;
     }
     kiln::http::tls::ApiTlsConfig::apply_flags(&mut cfg.api_tls, args.tls_cert, args.tls_key, args.tls_client_ca);
     let node = kiln::start_node(cfg).map_err(|e| e.to_string())?;
