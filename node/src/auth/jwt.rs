@@ -51,6 +51,9 @@ fn load_jwks(path: &PathBuf) -> Result<(Option<(SystemTime, u64)>, Keys), AuthEr
     Ok((modified, keys))
 }
 
+/// Verified tokens by SHA-256: the principal and its `exp`.
+type TokenCache = HashMap<[u8; 32], (Arc<Principal>, u64)>;
+
 /// Checks tokens.
 pub struct Verifier {
     secret: Option<DecodingKey>,
@@ -61,7 +64,7 @@ pub struct Verifier {
     groups_claim: String,
     tenant_claim: String,
     admin_group: String,
-    cache: Mutex<HashMap<[u8; 32], (Arc<Principal>, u64)>>,
+    cache: Mutex<TokenCache>,
     cache_entries: usize,
     /// Bumped by every key set reload: a verification that began before one is not cached.
     generation: std::sync::atomic::AtomicU64,
