@@ -92,6 +92,15 @@ fn writes_within(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &str) 
     mine
 }
 
+/// Whether `v` holds a conditional reference (`"reference": "Type?search"`).
+fn has_conditional_reference(v: &Value) -> bool {
+    match v {
+        Value::Object(o) => o.iter().any(|(k, x)| (k == "reference" && x.as_str().is_some_and(|r| r.contains('?'))) || has_conditional_reference(x)),
+        Value::Array(a) => a.iter().any(has_conditional_reference),
+        _ => false,
+    }
+}
+
 /// Whether a stored body (raw JSON) is within `grant`.
 pub fn may_see(st: &AppState, grant: &Grant, rtype: &str, id: &str, stored: &[u8]) -> Result<bool, ApiError> {
     match grant {
@@ -204,6 +213,16 @@ fn write_op(action: Action) -> Op {
     }
 }
 
+/// Under a `patient/` grant, confines a conditional write's search to that patient's
+/// compartment, inside the replicated condition (`_in-compartment`): apply then decides within
+/// the compartment on every node, whatever was written between this request and apply.
+pub fn confine(principal: &Principal, st: &AppState, rtype: &str, action: Action, cond: &mut Condition) -> Result<(), ApiError> {
+    if let Grant::Patient(pid) = require(principal, st, write_op(action), rtype)? {
+        cond.query.push(("_in-compartment".into(), format!("{PATIENT}/{pid}")));
+    }
+    Ok(())
+}
+
 /// One write to check.
 pub struct WriteCheck<'a> {
     pub rtype: &'a str,
@@ -241,6 +260,11 @@ pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &Writ
         return Err(AuthError::Forbidden("under patient/ scopes a bundle entry's fullUrl must be a urn:uuid or urn:oid".into()).into());
     }
     if let Some(body) = w.body {
+        // A conditional reference (`Patient?identifier=…`) is resolved at apply, after this check:
+        // it could point anywhere.
+        if has_conditional_reference(body) {
+            return Err(AuthError::Forbidden("under patient/ scopes references must be literal (Type/id or urn:), not conditional (Type?search)".into()).into());
+        }
         let body_id = body.get("id").and_then(Value::as_str).or(w.id).unwrap_or("");
         if !writes_within(st, rtype, body_id, body, pid) {
             return Err(AuthError::Forbidden(format!("the {rtype} written must reference Patient/{pid}, and no other patient, through its compartment parameters")).into());

@@ -227,7 +227,10 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
     let if_match = header(&e, "ifMatch").map(|v| super::negotiate::parse_etag("ifMatch", v)).transpose()?;
     let full_url = e.get("fullUrl").and_then(Value::as_str).map(String::from);
     let mut resource = e.as_object_mut().and_then(|o| o.remove("resource"));
-    let write = |mut op: WriteIntent, rtype: &'static str, condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
+    let write = |mut op: WriteIntent, rtype: &'static str, mut condition: Option<Condition>, if_none_match: bool| -> Result<Step, ApiError> {
+        if let Some(cond) = condition.as_mut() {
+            guard::confine(&ctx.principal, st, rtype, op.action, cond)?;
+        }
         // The same rights check as a write outside a bundle (crud::send_write), on the state the
         // bundle is planned against; a patient/ write is pinned to the version it saw.
         let check = guard::WriteCheck { rtype, action: op.action, id: op.id.as_deref(), body: op.body.as_ref(), condition: condition.as_ref(), full_url: full_url.as_deref() };

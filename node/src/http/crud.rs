@@ -45,6 +45,9 @@ impl InstanceWrite {
 /// are checked first ([`guard::check_write`]); a write under a `patient/` grant is pinned to the
 /// version the check saw.
 pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut intent: WriteIntent) -> Result<(String, Applied), ApiError> {
+    if let Some(cond) = intent.condition.as_mut() {
+        guard::confine(&ctx.principal, st, rtype, intent.action, cond)?;
+    }
     let check = guard::WriteCheck { rtype, action: intent.action, id: intent.id.as_deref(), body: intent.body.as_ref(), condition: intent.condition.as_ref(), full_url: None };
     let seen = guard::check_write(&ctx.principal, st, &ctx.store, &check)?;
     if intent.if_match.is_none() && intent.condition.is_none() {

@@ -110,6 +110,11 @@ pub enum Link {
     /// `_has:Source:param:rest=value`: resources referenced through `param` by a `Source`
     /// resource matching the inner criterion.
     Has { source: String, inner: Box<Criterion> },
+    /// `_in-compartment=Type/id`: resources in the compartment of `Type/id` (linked through
+    /// `codes`, the CompartmentDefinition's parameters of the searched type; the compartment's
+    /// own resource too). What a `patient/` grant's conditional writes are confined to, in the
+    /// replicated condition, so apply decides within the compartment on every node.
+    Compartment { ctype: String, id: String, codes: Vec<String> },
 }
 
 /// A parsed search: criteria (AND-ed) and the parameters ignored under `handling=lenient`.
@@ -143,6 +148,7 @@ impl Query {
             match &c.link {
                 Some(Link::Chain(links)) => links.iter().any(|(_, inner)| walk(inner, test)),
                 Some(Link::Has { inner, .. }) => walk(inner, test),
+                Some(Link::Compartment { .. }) => false,
                 None => test(c),
             }
         }
@@ -164,7 +170,7 @@ impl Query {
                     out.push(source.clone());
                     walk(inner, out);
                 }
-                None => {}
+                Some(Link::Compartment { .. }) | None => {}
             }
         }
         let mut out = Vec::new();
@@ -240,8 +246,20 @@ struct Links {
     total: usize,
 }
 
+/// `_in-compartment=Type/id` on `rtype`.
+fn in_compartment(reg: &Registry, rtype: &str, value: &str) -> Result<Criterion, SearchError> {
+    let bad = |reason: String| SearchError::BadValue { param: "_in-compartment".into(), reason };
+    let (ctype, id) = value.split_once('/').ok_or_else(|| bad(format!("'{value}' is not Type/id")))?;
+    let codes = reg.compartment_params(ctype, rtype).ok_or_else(|| bad(format!("{ctype} is not a compartment")))?;
+    let param = reg.get(rtype, "_id").ok_or_else(|| SearchError::UnknownParameter { rtype: rtype.into(), param: "_id".into() })?;
+    Ok(Criterion { param: param.clone(), modifier: None, values: Vec::new(), link: Some(Link::Compartment { ctype: ctype.into(), id: id.into(), codes }) })
+}
+
 /// One `name=value` on `rtype`, following chains and `_has`.
 fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, links: &mut Links) -> Result<Criterion, SearchError> {
+    if name == "_in-compartment" && links.depth == 0 {
+        return in_compartment(reg, rtype, value);
+    }
     if name.starts_with("_has:") || name.contains('.') {
         links.total += 1;
         if links.depth >= MAX_LINK_DEPTH {
@@ -487,6 +505,16 @@ impl Executor<'_> {
                     }
                 }
                 return Ok(out);
+            }
+            Some(Link::Compartment { ctype, id, codes }) => {
+                let mut out = Ids::new();
+                for code in codes {
+                    self.scan(&exact_prefix(self.rtype, code, b'r', &[ctype, id]), &mut out)?;
+                }
+                if self.rtype == ctype {
+                    out |= self.docs([id.as_str()])?;
+                }
+                return Ok(out & self.all()?);
             }
             Some(Link::Has { source, inner }) => {
                 let mut targets = Vec::new();
@@ -872,6 +900,25 @@ mod tests {
         let mut ix = crate::search::testing::indexed();
         crate::search::testing::put_all(&mut ix.sm, 1, resources);
         (ix.dir, ix.tree, ix.reg)
+    }
+
+    #[test]
+    fn in_compartment_keeps_one_patients_resources() {
+        let res = [
+            json!({"resourceType": "Patient", "id": "p1"}),
+            json!({"resourceType": "Patient", "id": "p2"}),
+            json!({"resourceType": "Observation", "id": "a", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "Observation", "id": "b", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p2"}}),
+            json!({"resourceType": "Observation", "id": "c", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p2"}, "performer": [{"reference": "Patient/p1"}]}),
+        ];
+        let (_d, tree, reg) = setup(&res);
+        let s = |rt: &str, qs: &str| search(&tree, &reg, rt, qs).unwrap_or_else(|e| panic!("{qs}: {e}"));
+        assert_eq!(s("Observation", "_in-compartment=Patient/p1"), ["a", "c"]);
+        assert_eq!(s("Observation", "_in-compartment=Patient/p2&status=final"), ["b", "c"]);
+        assert_eq!(s("Patient", "_in-compartment=Patient/p1"), ["p1"]);
+        assert!(s("Observation", "_in-compartment=Patient/nobody").is_empty());
+        assert!(matches!(search(&tree, &reg, "Observation", "_in-compartment=Nope/1"), Err(SearchError::BadValue { .. })));
+        assert!(matches!(search(&tree, &reg, "Observation", "_in-compartment=p1"), Err(SearchError::BadValue { .. })));
     }
 
     fn search(tree: &Space, reg: &Registry, rtype: &str, qs: &str) -> Result<Vec<String>, SearchError> {

@@ -328,6 +328,10 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     both["performer"] = json!([{"reference": "Patient/p2"}]);
     assert_eq!(send("POST", "/Observation", Some(&both)).0, 403, "a write may not reach into p2's record");
     assert_eq!(send("POST", "/Patient", Some(&json!({"resourceType": "Patient", "id": "p1"}))).0, 403, "no new Patients");
+    let mut conditional_ref = new_obs("Patient/p1");
+    conditional_ref["performer"] = json!([{"reference": "Patient?name=Two"}]);
+    let tx_ref = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": conditional_ref, "request": {"method": "POST", "url": "Observation"}}]});
+    assert_eq!(send("POST", "/", Some(&tx_ref)).0, 403, "a conditional reference could resolve into p2's record");
     let mut o2 = new_obs("Patient/p1");
     o2["id"] = json!("o2");
     assert_eq!(send("PUT", "/Observation/o2", Some(&o2)).0, 403, "o2 belongs to p2");
@@ -336,8 +340,15 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     assert_eq!(send("PUT", "/Observation/o1", Some(&o1)).0, 403, "moving o1 to p2");
     assert_eq!(send("PATCH", "/Observation/o1", Some(&json!([{"op": "replace", "path": "/subject/reference", "value": "Patient/p2"}]))).0, 403);
     assert_eq!(send("DELETE", "/Observation/o2", None).0, 403);
-    assert_eq!(send("DELETE", "/Observation?code=c1", None).0, 403, "the condition matches o2");
-    assert_ne!(send("PUT", "/Observation?code=c1", Some(&new_obs("Patient/p1"))).0 / 100, 2);
+    // Conditional writes decide within the compartment (the condition carries it to apply):
+    // p2's o2 is invisible to them.
+    assert_eq!(send("DELETE", "/Observation?_id=o2", None).0, 204, "nothing of p1's matched");
+    let (s, created) = send("PUT", "/Observation?_id=o2", Some(&new_obs("Patient/p1")));
+    assert_eq!(s, 201, "no match in the compartment: a new resource {created}");
+    assert_ne!(created["id"], "o2");
+    let admin = groups(&["practitioner"]);
+    let (_, o2_now) = call(&c, "GET", &node.url("/Observation/o2"), Some(&admin), None);
+    assert_eq!((o2_now["meta"]["versionId"].as_str(), o2_now["subject"]["reference"].as_str()), (Some("1"), Some("Patient/p2")), "o2 untouched");
     let issued = json!([{"op": "add", "path": "/issued", "value": "2024-01-01T00:00:00Z"}]);
     assert_eq!(send("PATCH", &format!("/Observation/{}", mine["id"].as_str().unwrap()), Some(&issued)).0, 200);
     assert_eq!(send("PATCH", "/Observation/o3", Some(&issued)).0, 403, "o3 names p2 as performer");
@@ -353,7 +364,6 @@ fn smart_patient_scopes_reach_only_the_compartment() {
         {"request": {"method": "DELETE", "url": "Observation/o2"}}]});
     let (s, out) = send("POST", "/", Some(&tx));
     assert_eq!(s, 403, "{out}");
-    let admin = groups(&["practitioner"]);
     let (_, o1_now) = call(&c, "GET", &node.url("/Observation/o1"), Some(&admin), None);
     assert_eq!(o1_now["meta"]["versionId"], "1", "nothing of the transaction was applied");
     assert_eq!(call(&c, "GET", &node.url("/Observation/o2"), Some(&admin), None).0, 200);
