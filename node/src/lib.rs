@@ -84,6 +84,8 @@ pub struct NodeHandle {
     admin_server: Option<actix_web::dev::ServerHandle>,
     http_thread: Option<JoinHandle<()>>,
     raft_thread: Option<JoinHandle<()>>,
+    /// Written out once more when the node stops (its lines are batched).
+    audit: Option<Arc<auth::audit::AuditLog>>,
 }
 
 impl NodeHandle {
@@ -110,6 +112,9 @@ impl NodeHandle {
         if let Some(t) = self.http_thread.take() {
             let _ = t.join();
         }
+        if let Some(log) = &self.audit {
+            log.flush();
+        }
         self.raft.stop();
         if let Some(t) = self.raft_thread.take() {
             let _ = t.join();
@@ -135,6 +140,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     let tls = api_tls.is_some();
     // Everything that can refuse the configuration, before storage and Raft start.
     let authority = Arc::new(auth::Authority::load(&cfg.auth)?);
+    let audit = authority.audit.clone();
     let admin_token = match &cfg.admin_token_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| StartError::AdminToken { path: path.display().to_string(), reason: e.to_string() })?;
@@ -268,7 +274,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         tracing::info!(node = cfg.node_id, addr = %a, "operator API listening");
     }
     let (admin_addr, admin_server) = admin.map(|(a, h)| (Some(a), Some(h))).unwrap_or((None, None));
-    Ok(NodeHandle { addr, admin_addr, tls, raft, server, admin_server, http_thread: Some(http_thread), raft_thread: Some(raft_thread) })
+    Ok(NodeHandle { addr, admin_addr, tls, raft, server, admin_server, http_thread: Some(http_thread), raft_thread: Some(raft_thread), audit })
 }
 
 #[cfg(test)]

@@ -52,9 +52,15 @@ pub fn require_ctx(ctx: &Ctx, st: &AppState, op: Op, rtype: &str) -> Result<Gran
     require(&ctx.principal, st, op, rtype)
 }
 
-/// Whether the caller may read `rtype` at all (a write answers with the resource only then).
-pub fn may_read(ctx: &Ctx, st: &AppState, rtype: &str) -> bool {
-    require_ctx(ctx, st, Op::READ, rtype).is_ok()
+/// Whether a write may answer with the resource it names (`return=representation`): only to a
+/// caller who may read it, this resource included (a conditional create answers with a resource
+/// the caller did not send).
+pub fn may_return(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, body: Option<&[u8]>) -> bool {
+    match (require_ctx(ctx, st, Op::READ, rtype), body) {
+        (Ok(grant), Some(b)) => may_see(st, &grant, rtype, id, b).unwrap_or(false),
+        (Ok(_), None) => true,
+        (Err(_), _) => false,
+    }
 }
 
 /// Whether the resource `rtype/id` with this JSON is in `Patient/pid`'s compartment: it is that
@@ -73,11 +79,11 @@ pub fn in_compartment(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &
 /// Whether a body a `patient/` caller writes stays wholly in `Patient/pid`'s compartment: it is
 /// that Patient, or its compartment parameters reference that Patient and no other.
 fn writes_within(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &str) -> bool {
-    if rtype == PATIENT {
-        return id == pid;
-    }
     let rows = index::rows(&st.search, rtype, body);
-    let mut mine = false;
+    let mut mine = rtype == PATIENT && id == pid;
+    if rtype == PATIENT && !mine {
+        return false;
+    }
     for code in links(st, rtype) {
         let want = index::exact_prefix(rtype, &code, b'r', &[PATIENT, pid]);
         let any = index::exact_prefix(rtype, &code, b'r', &[PATIENT]);
@@ -90,15 +96,6 @@ fn writes_within(st: &AppState, rtype: &str, id: &str, body: &Value, pid: &str) 
         }
     }
     mine
-}
-
-/// Whether `v` holds a conditional reference (`"reference": "Type?search"`).
-fn has_conditional_reference(v: &Value) -> bool {
-    match v {
-        Value::Object(o) => o.iter().any(|(k, x)| (k == "reference" && x.as_str().is_some_and(|r| r.contains('?'))) || has_conditional_reference(x)),
-        Value::Array(a) => a.iter().any(has_conditional_reference),
-        _ => false,
-    }
 }
 
 /// Whether a stored body (raw JSON) is within `grant`.
@@ -179,28 +176,22 @@ pub fn require_some_type(ctx: &Ctx, st: &AppState, op: Op) -> Result<(), ApiErro
     }
 }
 
-/// Drops the history entries the caller may not see: types it may not read this way, and under
-/// a `patient/` grant versions outside the compartment (and deletions, which carry no body to
-/// decide by).
-pub fn filter_history(ctx: &Ctx, st: &AppState, op: Op, entries: &mut Vec<HistoryEntry>) -> Result<(), ApiError> {
-    if ctx.principal.via == super::Via::Open {
-        return Ok(());
-    }
-    let mut grants: HashMap<String, Option<Grant>> = HashMap::new();
-    let mut keep = Vec::with_capacity(entries.len());
-    for e in entries.drain(..) {
-        let grant = grants.entry(e.rtype.clone()).or_insert_with(|| require_ctx(ctx, st, op, &e.rtype).ok());
-        let visible = match grant {
-            None => false,
-            Some(Grant::All) => true,
-            Some(g @ Grant::Patient(_)) => !e.record.is_delete() && may_see(st, g, &e.rtype, &e.id, e.record.body())?,
-        };
-        if visible {
-            keep.push(e);
+/// What of a history the caller may see: types it may read this way and, under a `patient/`
+/// grant, versions in the compartment (not deletions, which carry no body to decide by). Given
+/// to the history scan, so hidden entries neither fill a page nor become its cursors.
+pub fn history_visibility<'a>(ctx: &'a Ctx, st: &'a AppState, op: Op) -> impl Fn(&HistoryEntry) -> Result<bool, StoreError> + 'a {
+    let grants: std::cell::RefCell<HashMap<String, Option<Grant>>> = std::cell::RefCell::new(HashMap::new());
+    move |e: &HistoryEntry| {
+        if ctx.principal.via == super::Via::Open {
+            return Ok(true);
+        }
+        let grant = grants.borrow_mut().entry(e.rtype.clone()).or_insert_with(|| require_ctx(ctx, st, op, &e.rtype).ok()).clone();
+        match grant {
+            None => Ok(false),
+            Some(Grant::All) => Ok(true),
+            Some(g @ Grant::Patient(_)) => Ok(!e.record.is_delete() && may_see(st, &g, &e.rtype, &e.id, e.record.body()).map_err(|e| StoreError::Corrupt(e.to_string()))?),
         }
     }
-    *entries = keep;
-    Ok(())
 }
 
 /// The interaction a write is.
@@ -213,14 +204,43 @@ fn write_op(action: Action) -> Op {
     }
 }
 
-/// Under a `patient/` grant, confines a conditional write's search to that patient's
-/// compartment, inside the replicated condition (`_in-compartment`): apply then decides within
-/// the compartment on every node, whatever was written between this request and apply.
+/// Confines a conditional write's search to a patient's compartment, inside the replicated
+/// condition (`_in-compartment`), when the caller's write or search grant on the type is a
+/// `patient/` one: apply then decides within the compartment on every node, whatever was
+/// written between this request and apply. Call it before anything runs the condition.
 pub fn confine(principal: &Principal, st: &AppState, rtype: &str, action: Action, cond: &mut Condition) -> Result<(), ApiError> {
-    if let Grant::Patient(pid) = require(principal, st, write_op(action), rtype)? {
+    let limited = [write_op(action), Op::SEARCH_TYPE].into_iter().find_map(|op| match require(principal, st, op, rtype) {
+        Ok(Grant::Patient(pid)) => Some(pid),
+        _ => None,
+    });
+    if let Some(pid) = limited {
         cond.query.push(("_in-compartment".into(), format!("{PATIENT}/{pid}")));
     }
     Ok(())
+}
+
+/// Whether any of `principal`'s grants on `rtype` for these interactions is a `patient/` one.
+fn patient_limited(principal: &Principal, st: &AppState, rtype: &str, ops: &[Op]) -> Option<String> {
+    ops.iter().find_map(|op| match require(principal, st, *op, rtype) {
+        Ok(Grant::Patient(pid)) => Some(pid),
+        _ => None,
+    })
+}
+
+/// The conditional references (`Type?search`) in `v`: the types they search.
+fn conditional_reference_types(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o {
+                match (k.as_str(), x.as_str()) {
+                    ("reference", Some(r)) if r.contains('?') => out.push(r.split('?').next().unwrap_or("").rsplit('/').next().unwrap_or("").to_string()),
+                    _ => conditional_reference_types(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| conditional_reference_types(x, out)),
+        _ => {}
+    }
 }
 
 /// One write to check.
@@ -235,59 +255,76 @@ pub struct WriteCheck<'a> {
 }
 
 /// May `principal` make this write? A condition is a search: it needs search permission on the
-/// type and on what its chains read. Under a `patient/` grant: the new body must reference that
-/// patient and no other through its compartment parameters (a Patient only itself, and none is
-/// created), the resource it replaces and every resource a condition matches now must be in the
-/// compartment, and a bundle entry's fullUrl must be a `urn:` (another would redirect references).
+/// type and on what its chains read; so does each conditional reference in the body (resolved at
+/// apply). Under a `patient/` grant (write, or search for a condition):
+/// - the new body must reference that patient and no other through its compartment parameters
+///   (a Patient only itself, and none is created), and its references must be literal;
+/// - the resource it replaces must be that patient's alone in the same sense (a resource that
+///   merely mentions the patient next to others is not theirs to change);
+/// - conditional update and delete are refused (apply could only confine them to resources that
+///   mention the patient); a conditional create is confined ([`confine`]) and may not chain into
+///   compartment types;
+/// - a bundle entry's fullUrl must be a `urn:`.
+///
 /// Returns the version the check saw of an existing target, so that the caller can pin the write
 /// to it (`If-Match`) and a resource moved out of the compartment meanwhile is not written.
 pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &WriteCheck) -> Result<Option<u64>, ApiError> {
     let rtype = w.rtype;
-    let grant = require(principal, st, write_op(w.action), rtype)?;
+    require(principal, st, write_op(w.action), rtype)?;
+    let mut linked = Vec::new();
     if let Some(cond) = w.condition {
         require(principal, st, Op::SEARCH_TYPE, rtype)?;
         if let Ok(q) = query::parse(&st.search, rtype, &cond.query, false) {
-            for t in q.linked_types() {
-                require(principal, st, Op::SEARCH_TYPE, &t)?;
+            linked = q.linked_types();
+            for t in &linked {
+                require(principal, st, Op::SEARCH_TYPE, t)?;
             }
         }
     }
-    let Grant::Patient(pid) = &grant else { return Ok(None) };
+    let mut searched = Vec::new();
+    if let Some(body) = w.body {
+        conditional_reference_types(body, &mut searched);
+        for t in &searched {
+            require(principal, st, Op::SEARCH_TYPE, t)?;
+        }
+    }
+    let ops: &[Op] = if w.condition.is_some() { &[write_op(w.action), Op::SEARCH_TYPE] } else { &[write_op(w.action)] };
+    let Some(pid) = patient_limited(principal, st, rtype, ops) else { return Ok(None) };
+    let forbid = |m: String| -> ApiError { AuthError::Forbidden(m).into() };
     if rtype == PATIENT && w.action == Action::Create {
-        return Err(AuthError::Forbidden("patient/ scopes do not create Patients".into()).into());
+        return Err(forbid("patient/ scopes do not create Patients".into()));
+    }
+    if w.condition.is_some() && matches!(w.action, Action::Update | Action::Delete) {
+        return Err(forbid("conditional update and delete are not available under patient/ scopes: address the resource by id".into()));
+    }
+    if linked.iter().any(|t| kinship(st, t) == Kinship::Member) {
+        return Err(forbid("under patient/ scopes a condition may not chain into types of the Patient compartment".into()));
     }
     if w.full_url.is_some_and(|u| !u.starts_with("urn:")) {
-        return Err(AuthError::Forbidden("under patient/ scopes a bundle entry's fullUrl must be a urn:uuid or urn:oid".into()).into());
+        return Err(forbid("under patient/ scopes a bundle entry's fullUrl must be a urn:uuid or urn:oid".into()));
     }
     if let Some(body) = w.body {
-        // A conditional reference (`Patient?identifier=…`) is resolved at apply, after this check:
-        // it could point anywhere.
-        if has_conditional_reference(body) {
-            return Err(AuthError::Forbidden("under patient/ scopes references must be literal (Type/id or urn:), not conditional (Type?search)".into()).into());
+        // A conditional reference is resolved at apply, after this check: it could point anywhere.
+        if !searched.is_empty() {
+            return Err(forbid("under patient/ scopes references must be literal (Type/id or urn:), not conditional (Type?search)".into()));
         }
         let body_id = body.get("id").and_then(Value::as_str).or(w.id).unwrap_or("");
-        if !writes_within(st, rtype, body_id, body, pid) {
-            return Err(AuthError::Forbidden(format!("the {rtype} written must reference Patient/{pid}, and no other patient, through its compartment parameters")).into());
+        if !writes_within(st, rtype, body_id, body, &pid) {
+            return Err(forbid(format!("the {rtype} written must reference Patient/{pid}, and no other patient, through its compartment parameters")));
         }
     }
     let mut seen = None;
     if let Some(id) = w.id.filter(|i| !i.is_empty()) {
         match store.read(rtype, id) {
             Ok((cur, rec)) => {
-                check_stored(st, &grant, rtype, id, rec.body())?;
+                let stored: Value = serde_json::from_slice(rec.body()).map_err(|e| StoreError::Corrupt(format!("stored body of {rtype}/{id}: {e}")))?;
+                if !writes_within(st, rtype, id, &stored, &pid) {
+                    return Err(outside(&format!("{rtype}/{id} (or not wholly)"), &Grant::Patient(pid.clone())));
+                }
                 seen = Some(cur.version);
             }
             Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => {}
             Err(e) => return Err(e.into()),
-        }
-    }
-    if let Some(cond) = w.condition {
-        let ids = query::condition_ids(&st.search, store.tree(), rtype, &cond.query)?;
-        for found in ids {
-            let (_, rec) = store.read(rtype, &found)?;
-            if !may_see(st, &grant, rtype, &found, rec.body())? {
-                return Err(outside(&format!("a {rtype} the condition matches"), &grant));
-            }
         }
     }
     Ok(seen)

@@ -299,14 +299,19 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
         }
         (Method::Patch, [t, rest @ ..]) if rest.len() == 1 || (rest.is_empty() && !query.is_empty()) => {
             let rtype = st.defs.resource_type(t)?;
-            // The caller's rights before the search runs or the patch is applied.
-            let pre_cond = if rest.is_empty() { Some(condition(query, false)?) } else { None };
+            // The caller's rights before the search runs or the patch is applied (a patient/
+            // caller's search confined to the compartment first).
+            let mut cond = if rest.is_empty() { Some(condition(query, false)?) } else { None };
+            if let Some(c) = cond.as_mut() {
+                guard::confine(&ctx.principal, st, rtype, Action::Patch, c)?;
+            }
             let pre_id = rest.first().copied();
-            guard::check_write(&ctx.principal, st, &ctx.store, &guard::WriteCheck { rtype, action: Action::Patch, id: pre_id, body: None, condition: pre_cond.as_ref(), full_url: None })?;
+            guard::check_write(&ctx.principal, st, &ctx.store, &guard::WriteCheck { rtype, action: Action::Patch, id: pre_id, body: None, condition: cond.as_ref(), full_url: None })?;
             // Conditional: the match found here is re-checked at apply (see http/patch.rs).
-            let (id, cond) = match rest {
-                [id] => (super::crud::type_and_id(st, rtype, id)?.1.to_string(), None),
-                _ => (patch::match_one(st, &ctx.store, rtype, query)?, Some(condition(query, false)?)),
+            let id = match (rest, &cond) {
+                ([id], _) => super::crud::type_and_id(st, rtype, id)?.1.to_string(),
+                (_, Some(c)) => patch::match_one(st, &ctx.store, rtype, c)?,
+                (_, None) => return Err(bad("request.url", "a PATCH entry needs an id or a condition")),
             };
             let ops = patch::parse_patch(patch_document(resource.take())?, st.cfg.limits.max_patch_ops)?;
             let (body, version) = patch::patched(st, &ctx.store, rtype, &id, &ops, if_match)?;

@@ -89,7 +89,7 @@ pub fn write_response(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, applied: 
     b.insert_header((header::LOCATION, format!("{}/{rtype}/{id}/_history/{version}", ctx.base)));
     match ctx.ret {
         Return::Minimal => Ok(b.finish()),
-        Return::Representation if !guard::may_read(ctx, st, rtype) => Ok(b.finish()),
+        Return::Representation if !guard::may_return(ctx, st, rtype, id, applied.body.as_deref().map(Vec::as_slice)) => Ok(b.finish()),
         Return::OperationOutcome => {
             let verb = if applied.created { "Created" } else { "Updated" };
             let oo = operation_outcome("information", "informational", &format!("{verb} {rtype}/{id} version {version}"));

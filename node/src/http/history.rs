@@ -57,13 +57,12 @@ pub fn history_in(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str
         HistoryScope::Type { rtype } => drop(guard::require_ctx(ctx, st, Op::HISTORY_TYPE, rtype)?),
         HistoryScope::System => guard::require_some_type(ctx, st, Op::HISTORY_SYSTEM)?,
     }
-    let mut page = ctx.store.history(&scope, &q)?;
     let op = match scope {
         HistoryScope::Instance { .. } => Op::HISTORY_INSTANCE,
         HistoryScope::Type { .. } => Op::HISTORY_TYPE,
         HistoryScope::System => Op::HISTORY_SYSTEM,
     };
-    guard::filter_history(ctx, st, op, &mut page.entries)?;
+    let page = ctx.store.history_visible(&scope, &q, &guard::history_visibility(ctx, st, op))?;
     let body = bundle(ctx, st, &path, &page)?.to_bytes(ctx)?;
     Ok(ctx.respond(HttpResponse::Ok(), body))
 }

@@ -47,12 +47,14 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     let rtype = st.defs.resource_type(&path)?;
     let if_match = negotiate::if_match(&req)?;
     let ops = read_patch(&req, payload, &st).await?;
-    let cond = super::crud::condition(req.query_string(), "search", false)?;
+    let mut cond = super::crud::condition(req.query_string(), "search", false)?;
     // The caller's rights before the search runs and the patch is applied (a refused patch must
-    // not tell, by its outcome, what the resource holds).
+    // not tell, by its outcome, what the resource holds); a patient/ caller's search is confined
+    // to the compartment first.
+    crate::auth::guard::confine(&ctx.principal, &st, rtype, Action::Patch, &mut cond)?;
     crate::auth::guard::check_write(&ctx.principal, &st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: None, body: None, condition: Some(&cond), full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
-        let id = match_one(&st, &ctx.store, rtype, req.query_string())?;
+        let id = match_one(&st, &ctx.store, rtype, &cond)?;
         let (body, version) = patched(&st, &ctx.store, rtype, &id, &ops, if_match)?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: Some(cond.clone()) };
         match send_write(&ctx, &st, rtype, intent).await {
@@ -116,13 +118,12 @@ pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize
 }
 
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
-pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str, query_string: &str) -> Result<String, ApiError> {
-    let params = super::crud::condition(query_string, "search", false)?.query;
+pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str, cond: &crate::store::command::Condition) -> Result<String, ApiError> {
     // The same search, budget and refusals as apply uses for the condition.
-    let ids = query::condition_ids(&st.search, store.tree(), rtype, &params)?;
+    let ids = query::condition_ids(&st.search, store.tree(), rtype, &cond.query)?;
     match ids.len() {
         1 => Ok(ids.into_iter().next().expect("one id")),
-        0 => Err(StoreError::NotFound { rtype: rtype.into(), id: format!("?{query_string} (no match)") }.into()),
+        0 => Err(StoreError::NotFound { rtype: rtype.into(), id: "? (no resource matches the condition)".into() }.into()),
         count => Err(StoreError::MultipleMatches { rtype: rtype.into(), count }.into()),
     }
 }

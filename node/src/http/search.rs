@@ -157,7 +157,14 @@ fn includes(ctx: &Ctx, st: &AppState, types: &[&'static str], params: &[(String,
                     for code in &spec.codes {
                         // Only as many referrers as could still be included (plus one, to know
                         // whether the list was cut) are mapped to ids.
-                        let docs = query::referrer_docs(tree, &spec.source, code, t, id)?;
+                        let mut docs = query::referrer_docs(tree, &spec.source, code, t, id)?;
+                        // Under a patient/ grant only the compartment's referrers count (so the
+                        // cut below is made among what may be shown).
+                        match grants.entry(spec.source.clone()).or_insert_with(|| guard::require_ctx(ctx, st, Op::READ, &spec.source).ok()) {
+                            Some(Grant::Patient(pid)) => docs &= guard::members(st, &ctx.store, &spec.source, pid)?,
+                            Some(Grant::All) => {}
+                            None => continue,
+                        }
                         let on_source = query::Executor { tree, rtype: &spec.source };
                         for doc in docs.iter().take(limit + 1 - out.len().min(limit)) {
                             found.push((spec.source.clone(), on_source.id(doc)?));

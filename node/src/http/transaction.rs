@@ -164,7 +164,8 @@ fn raw(bytes: Vec<u8>) -> Result<Resource<'static>, ApiError> {
 async fn entry(ctx: &Ctx, st: &AppState, answer: Answer) -> Result<Entry<'static>, ApiError> {
     match answer {
         Answer::Write { rtype, action, outcome: Ok(applied) } => {
-            let readable = crate::auth::guard::may_read(ctx, st, &rtype);
+            let id = applied.id.clone().unwrap_or_default();
+            let readable = crate::auth::guard::may_return(ctx, st, &rtype, &id, applied.body.as_deref().map(Vec::as_slice));
             write_entry(ctx, &rtype, action, &applied, readable)
         }
         Answer::Write { outcome: Err(e), .. } => response_entry(ApiError::Store(e).error_response(), false).await,

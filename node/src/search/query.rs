@@ -390,10 +390,17 @@ thread_local! {
 /// Runs `f` with chains and `_has` limited, per linked type, to `scope` (the caller's reach:
 /// a `patient/` grant reads only that patient's compartment through a chain too).
 pub fn with_link_scope<T>(scope: Option<Arc<HashMap<String, Ids>>>, f: impl FnOnce() -> T) -> T {
-    let previous = LINK_SCOPE.with(|s| s.replace(scope));
-    let out = f();
-    LINK_SCOPE.with(|s| *s.borrow_mut() = previous);
-    out
+    /// Puts the previous scope back however `f` ends (a panic on a reused blocking thread must
+    /// not leave this request's scope behind).
+    struct Restore(Option<Option<Arc<HashMap<String, Ids>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take().flatten();
+            LINK_SCOPE.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(Some(LINK_SCOPE.with(|s| s.replace(scope))));
+    f()
 }
 
 /// `ids` of `rtype` limited to the link scope of this thread.

@@ -14,8 +14,10 @@ use crate::search::{index, posting};
 
 /// Stored with the index: its layout version and the parameter set it was built for.
 pub const FORMAT_KEY: &[u8] = b"mindex_format";
-/// Bumped whenever the row or posting layout changes.
-const LAYOUT: u32 = 7;
+/// Bumped whenever the row or posting layout changes, or what a condition can say (8: the
+/// `_in-compartment` criterion of patient/ scopes: a replica without it would decide such a
+/// condition differently, so the pin stops a mixed cluster).
+const LAYOUT: u32 = 8;
 /// Resources re-indexed per sled batch.
 const CHUNK: usize = 1_000;
 

@@ -196,6 +196,12 @@ impl Store {
 
     /// One page of history, newest first.
     pub fn history(&self, scope: &HistoryScope, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.history_visible(scope, q, &|_| Ok(true))
+    }
+
+    /// One page of the history entries `visible` keeps: the others are skipped in the scan (they
+    /// count toward `max_scan`), so they neither fill the page nor become its cursors.
+    pub fn history_visible(&self, scope: &HistoryScope, q: &HistoryQuery, visible: &dyn Fn(&HistoryEntry) -> Result<bool, StoreError>) -> Result<HistoryPage, StoreError> {
         if let HistoryScope::Instance { rtype, id } = scope {
             if self.current(rtype, id)?.is_none() {
                 return Err(StoreError::NotFound { rtype: rtype.clone(), id: id.clone() });
@@ -249,7 +255,7 @@ impl Store {
             }
             let (k, v) = item?;
             let entry = self.entry_for(scope, &k, v)?;
-            if !self.matches(&entry, q)? {
+            if !self.matches(&entry, q)? || !visible(&entry)? {
                 continue;
             }
             if picked.len() == q.count {

@@ -340,12 +340,13 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     assert_eq!(send("PUT", "/Observation/o1", Some(&o1)).0, 403, "moving o1 to p2");
     assert_eq!(send("PATCH", "/Observation/o1", Some(&json!([{"op": "replace", "path": "/subject/reference", "value": "Patient/p2"}]))).0, 403);
     assert_eq!(send("DELETE", "/Observation/o2", None).0, 403);
-    // Conditional writes decide within the compartment (the condition carries it to apply):
-    // p2's o2 is invisible to them.
-    assert_eq!(send("DELETE", "/Observation?_id=o2", None).0, 204, "nothing of p1's matched");
-    let (s, created) = send("PUT", "/Observation?_id=o2", Some(&new_obs("Patient/p1")));
-    assert_eq!(s, 201, "no match in the compartment: a new resource {created}");
-    assert_ne!(created["id"], "o2");
+    // Conditional update and delete are refused under patient/ scopes; a conditional create
+    // decides within the compartment (the condition carries it to apply): p2's o2 is invisible.
+    assert_eq!(send("DELETE", "/Observation?_id=o2", None).0, 403);
+    assert_eq!(send("PUT", "/Observation?_id=o2", Some(&new_obs("Patient/p1"))).0, 403);
+    let r = c.post(node.url("/Observation")).bearer_auth(&write).header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_id=o2").body(new_obs("Patient/p1").to_string()).send().unwrap();
+    assert_eq!(r.status(), 201, "no match in the compartment: a new resource");
     let admin = groups(&["practitioner"]);
     let (_, o2_now) = call(&c, "GET", &node.url("/Observation/o2"), Some(&admin), None);
     assert_eq!((o2_now["meta"]["versionId"].as_str(), o2_now["subject"]["reference"].as_str()), (Some("1"), Some("Patient/p2")), "o2 untouched");
@@ -355,7 +356,10 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     // A refused PATCH tells nothing about the resource (no 422 for a failed test op).
     let probe = json!([{"op": "test", "path": "/status", "value": "no-such-status"}]);
     assert_eq!(send("PATCH", "/Observation/o2", Some(&probe)).0, 403);
-    assert_eq!(send("PATCH", "/Observation?code=c1", Some(&probe)).0, 403);
+    assert_eq!(send("PATCH", "/Observation?_id=o2", Some(&probe)).0, 404, "the condition sees only p1's compartment");
+    // p2's app may not change o3: it only mentions p2 (performer) next to p1 (subject).
+    let p2_writer = scoped("patient/Observation.cruds", Some("p2"));
+    assert_eq!(call(&c, "DELETE", &node.url("/Observation/o3"), Some(&p2_writer), None).0, 403);
     // Bundles: a transaction touching o2 writes nothing; a batch answers per entry.
     let mut o1_ok = new_obs("Patient/p1");
     o1_ok["id"] = json!("o1");
@@ -390,6 +394,29 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     assert_eq!(get("/Observation/o2", &v1).0, 403);
     // A patient/ scope without a patient claim reaches nothing of the compartment.
     assert_eq!(get("/Observation/o1", &scoped("patient/*.rs", None)).0, 403);
+    // Mixed scopes: a user/ create right with a patient/ read right cannot read p2's data
+    // through a conditional create.
+    let mixed = scoped("user/Observation.c patient/Observation.rs", Some("p1"));
+    let r = c.post(node.url("/Observation")).bearer_auth(&mixed).header("content-type", "application/fhir+json")
+        .header("if-none-exist", "_id=o2").header("prefer", "return=representation").body(new_obs("Patient/p1").to_string()).send().unwrap();
+    assert_eq!(r.status(), 201, "confined by the patient/ search grant: o2 is not matched");
+    // History pages hold only visible entries, and their links point only at visible ones.
+    let mut seen = Vec::new();
+    let mut url = node.url("/Observation/_history?_count=1");
+    for _ in 0..50 {
+        let (_, page) = call(&c, "GET", &url, Some(&read), None);
+        let entries = page["entry"].as_array().cloned().unwrap_or_default();
+        assert!(entries.len() <= 1);
+        seen.extend(entries.iter().map(|e| e["resource"]["subject"]["reference"].as_str().unwrap_or("").to_string()));
+        match page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            Some(next) => {
+                assert_eq!(entries.len(), 1, "no empty page before the end");
+                url = next["url"].as_str().unwrap().to_string();
+            }
+            None => break,
+        }
+    }
+    assert!(!seen.is_empty() && seen.iter().all(|s| s == "Patient/p1"), "{seen:?}");
     // Shared types: patient/ scopes read them but never write them.
     assert_eq!(call(&c, "DELETE", &node.url("/Medication/m1"), Some(&scoped("patient/*.cruds", Some("p1"))), None).0, 403);
     // A condition is a search: create-only rights cannot use one to read.
