@@ -330,6 +330,20 @@ pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &Writ
     Ok(seen)
 }
 
+/// Pins a write to the version [`check_write`] saw (`seen`, under a `patient/` grant): without
+/// an `If-Match` the write takes it; with another one it is refused now (412), since only the
+/// version checked is known to be the patient's.
+pub fn pin(if_match: &mut Option<u64>, conditional: bool, seen: Option<u64>, rtype: &str, id: Option<&str>) -> Result<(), ApiError> {
+    match (*if_match, seen) {
+        (None, s) if !conditional => *if_match = s,
+        (Some(expected), Some(s)) if expected != s => {
+            return Err(StoreError::VersionConflict { rtype: rtype.into(), id: id.unwrap_or_default().into(), expected, current: Some(s) }.into())
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The principal a request runs as: the one the middleware verified, or (only when auth is off)
 /// the open principal. With auth on and no verified principal, one that may do nothing.
 pub fn principal_of(req: &actix_web::HttpRequest, st: &AppState) -> Arc<Principal> {
@@ -341,5 +355,27 @@ pub fn principal_of(req: &actix_web::HttpRequest, st: &AppState) -> Arc<Principa
         Arc::new(Principal { via: super::Via::Jwt, subject: "unauthenticated".into(), groups: None, scopes: None, patient: None, tenant: None, admin: false })
     } else {
         st.auth.open()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_pinned_to_the_version_checked() {
+        let mut m = None;
+        pin(&mut m, false, Some(3), "Observation", Some("a")).unwrap();
+        assert_eq!(m, Some(3), "no If-Match: the version checked");
+        let mut m = None;
+        pin(&mut m, true, Some(3), "Observation", None).unwrap();
+        assert_eq!(m, None, "a condition is decided at apply");
+        let mut m = Some(3);
+        pin(&mut m, false, Some(3), "Observation", Some("a")).unwrap();
+        let mut m = Some(4);
+        assert!(pin(&mut m, false, Some(3), "Observation", Some("a")).is_err(), "a later version was not checked");
+        let mut m = Some(4);
+        pin(&mut m, false, None, "Observation", Some("a")).unwrap();
+        assert_eq!(m, Some(4), "nothing checked (no patient/ grant): the client's If-Match stands");
     }
 }

@@ -235,9 +235,7 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
         // bundle is planned against; a patient/ write is pinned to the version it saw.
         let check = guard::WriteCheck { rtype, action: op.action, id: op.id.as_deref(), body: op.body.as_ref(), condition: condition.as_ref(), full_url: full_url.as_deref() };
         let seen = guard::check_write(&ctx.principal, st, &ctx.store, &check)?;
-        if op.if_match.is_none() && condition.is_none() {
-            op.if_match = seen;
-        }
+        guard::pin(&mut op.if_match, condition.is_some(), seen, rtype, op.id.as_deref())?;
         let op = prepare(&st.defs, settings, rtype, op)?;
         Ok(Step::Write(BundleOp { index: index as u32, op, condition, if_none_match, full_url: full_url.clone() }))
     };

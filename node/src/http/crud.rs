@@ -50,9 +50,7 @@ pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut inten
     }
     let check = guard::WriteCheck { rtype, action: intent.action, id: intent.id.as_deref(), body: intent.body.as_ref(), condition: intent.condition.as_ref(), full_url: None };
     let seen = guard::check_write(&ctx.principal, st, &ctx.store, &check)?;
-    if intent.if_match.is_none() && intent.condition.is_none() {
-        intent.if_match = seen;
-    }
+    guard::pin(&mut intent.if_match, intent.condition.is_some(), seen, rtype, intent.id.as_deref())?;
     if let Some(cond) = &intent.condition {
         precheck(st, &ctx.store, rtype, cond).await?;
     }

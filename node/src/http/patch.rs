@@ -123,7 +123,7 @@ pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str
     let ids = query::condition_ids(&st.search, store.tree(), rtype, &cond.query)?;
     match ids.len() {
         1 => Ok(ids.into_iter().next().expect("one id")),
-        0 => Err(StoreError::NotFound { rtype: rtype.into(), id: "? (no resource matches the condition)".into() }.into()),
+        0 => Err(StoreError::NotFound { rtype: rtype.into(), id: format!("?{} (no match)", serde_urlencoded::to_string(&cond.query).unwrap_or_default()) }.into()),
         count => Err(StoreError::MultipleMatches { rtype: rtype.into(), count }.into()),
     }
 }
