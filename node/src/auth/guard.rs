@@ -209,11 +209,7 @@ fn write_op(action: Action) -> Op {
 /// `patient/` one: apply then decides within the compartment on every node, whatever was
 /// written between this request and apply. Call it before anything runs the condition.
 pub fn confine(principal: &Principal, st: &AppState, rtype: &str, action: Action, cond: &mut Condition) -> Result<(), ApiError> {
-    let limited = [write_op(action), Op::SEARCH_TYPE].into_iter().find_map(|op| match require(principal, st, op, rtype) {
-        Ok(Grant::Patient(pid)) => Some(pid),
-        _ => None,
-    });
-    if let Some(pid) = limited {
+    if let Some(pid) = patient_limited(principal, st, rtype, &[write_op(action), Op::SEARCH_TYPE]) {
         cond.query.push(("_in-compartment".into(), format!("{PATIENT}/{pid}")));
     }
     Ok(())

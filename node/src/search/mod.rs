@@ -2,7 +2,7 @@
 //! ([`params`]), their FHIRPath expressions compiled once at start-up ([`fhirpath`]), value
 //! extraction per parameter type ([`extract`]) with exact decimals ([`decimal`]), and the index
 //! rows the state machine writes with every version ([`index`]) and their compact posting lists
-//! ([`posting`]); parsing and running a search
+//! ([`posting`]); parsing a search ([`parse`]) and running it
 //! on those rows ([`query`], dates in [`date_query`], the row budget of conditions in [`cost`]); `_sort` keys ([`sort`]); result order and keyset pages ([`page`]).
 
 pub mod cost;
@@ -13,6 +13,7 @@ pub mod fhirpath;
 pub mod index;
 pub mod page;
 pub mod params;
+pub mod parse;
 pub mod posting;
 pub mod query;
 pub mod sort;
