@@ -135,9 +135,9 @@ pub enum Grant {
 }
 
 impl Principal {
-    /// Whether this principal may perform `op` on `rtype`, and on which resources; `kinship` is
-    /// the type's relation to the Patient compartment.
-    pub fn grant(&self, rules: &rbac::Rules, op: Op, rtype: &str, kinship: Kinship) -> Result<Grant, AuthError> {
+    /// Whether this principal may perform `op` on `rtype`, and on which resources; `kinship`
+    /// gives the type's relation to the Patient compartment (asked only for a `patient/` scope).
+    pub fn grant(&self, rules: &rbac::Rules, op: Op, rtype: &str, kinship: impl FnOnce() -> Kinship) -> Result<Grant, AuthError> {
         if self.via == Via::Open {
             return Ok(Grant::All);
         }
@@ -153,7 +153,7 @@ impl Principal {
         match scopes.reach(rtype, op.smart) {
             smart::Reach::None => Err(AuthError::Forbidden(format!("no SMART scope of {} grants '{}' ({}) on {rtype}", self.subject, op.smart, op.code))),
             smart::Reach::All => Ok(Grant::All),
-            smart::Reach::Patient => match kinship {
+            smart::Reach::Patient => match kinship() {
                 Kinship::Shared if matches!(op.smart, 'r' | 's') => Ok(Grant::All),
                 Kinship::Shared => Err(AuthError::Forbidden(format!("patient/ scopes do not write {rtype} (shared data no patient owns)"))),
                 Kinship::Other => Err(AuthError::Forbidden(format!("patient/ scopes do not reach {rtype}: it is outside the Patient compartment and may hold other patients' data"))),
@@ -264,20 +264,20 @@ mod tests {
     fn groups_and_scopes_are_both_enforced() {
         let rules = rbac::Rules::fwoa_default();
         let both = jwt_principal(Some(&["practitioner"]), Some("patient/Observation.rs"), Some("p1"));
-        assert_eq!(both.grant(&rules, Op::READ, "Observation", Kinship::Member).unwrap(), Grant::Patient("p1".into()));
-        assert!(both.grant(&rules, Op::CREATE, "Observation", Kinship::Member).is_err(), "the scope has no c");
-        assert!(both.grant(&rules, Op::READ, "Patient", Kinship::Member).is_err(), "no scope on Patient");
+        assert_eq!(both.grant(&rules, Op::READ, "Observation", || Kinship::Member).unwrap(), Grant::Patient("p1".into()));
+        assert!(both.grant(&rules, Op::CREATE, "Observation", || Kinship::Member).is_err(), "the scope has no c");
+        assert!(both.grant(&rules, Op::READ, "Patient", || Kinship::Member).is_err(), "no scope on Patient");
         let auditor = jwt_principal(Some(&["auditor"]), Some("user/*.cruds"), None);
-        assert!(auditor.grant(&rules, Op::UPDATE, "Patient", Kinship::Member).is_err(), "the group is read-only");
-        assert_eq!(auditor.grant(&rules, Op::READ, "Patient", Kinship::Member).unwrap(), Grant::All);
+        assert!(auditor.grant(&rules, Op::UPDATE, "Patient", || Kinship::Member).is_err(), "the group is read-only");
+        assert_eq!(auditor.grant(&rules, Op::READ, "Patient", || Kinship::Member).unwrap(), Grant::All);
         let nothing = jwt_principal(None, None, None);
-        assert!(nothing.grant(&rules, Op::READ, "Patient", Kinship::Member).is_err());
+        assert!(nothing.grant(&rules, Op::READ, "Patient", || Kinship::Member).is_err());
         let no_context = jwt_principal(None, Some("patient/*.rs"), None);
-        assert!(no_context.grant(&rules, Op::READ, "Observation", Kinship::Member).is_err());
-        assert_eq!(no_context.grant(&rules, Op::READ, "Medication", Kinship::Shared).unwrap(), Grant::All);
+        assert!(no_context.grant(&rules, Op::READ, "Observation", || Kinship::Member).is_err());
+        assert_eq!(no_context.grant(&rules, Op::READ, "Medication", || Kinship::Shared).unwrap(), Grant::All);
         let writer = jwt_principal(None, Some("patient/*.cruds"), Some("p1"));
-        assert!(writer.grant(&rules, Op::DELETE, "Practitioner", Kinship::Shared).is_err(), "shared data is read-only to patient/ scopes");
-        assert!(writer.grant(&rules, Op::READ, "Bundle", Kinship::Other).is_err(), "a Bundle may hold anyone's data");
-        assert_eq!(Principal::open().grant(&rules, Op::DELETE, "Patient", Kinship::Member).unwrap(), Grant::All);
+        assert!(writer.grant(&rules, Op::DELETE, "Practitioner", || Kinship::Shared).is_err(), "shared data is read-only to patient/ scopes");
+        assert!(writer.grant(&rules, Op::READ, "Bundle", || Kinship::Other).is_err(), "a Bundle may hold anyone's data");
+        assert_eq!(Principal::open().grant(&rules, Op::DELETE, "Patient", || Kinship::Member).unwrap(), Grant::All);
     }
 }

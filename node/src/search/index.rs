@@ -250,25 +250,40 @@ pub fn rows(reg: &Registry, rtype: &str, resource: &Value) -> Vec<Vec<u8>> {
     let mut out = std::collections::BTreeSet::new();
     out.insert(live_row(rtype));
     for param in reg.for_type(rtype) {
-        let Some(expr) = &param.expr else { continue };
-        if param.def.kind == ParamType::Composite {
-            for item in eval_resource(expr, resource) {
-                for (leading, last) in composite_values(&param.components, resource, &item) {
-                    out.extend(value_keys(&composite_base(rtype, &param.def.code, &leading), &last));
-                }
-            }
-            continue;
-        }
-        let base = param_rows(rtype, &param.def.code);
-        let values = extract(param.def.kind, &eval_resource(expr, resource));
-        for v in &values {
-            out.extend(value_keys(&base, v));
-        }
-        if param.def.kind == ParamType::Date && distinct_dates(&values) > 1 {
-            out.insert(multi_date_row(rtype, &param.def.code));
-        }
+        param_row_keys(rtype, param, resource, &mut out);
     }
     out.into_iter().collect()
+}
+
+/// The rows of `resource` for the parameters named `codes` only (the same rows [`rows`] writes
+/// for them): what an authorization check reads of a body, without indexing all of it.
+pub fn rows_of(reg: &Registry, rtype: &str, codes: &[String], resource: &Value) -> Vec<Vec<u8>> {
+    let mut out = std::collections::BTreeSet::new();
+    for param in reg.for_type(rtype).filter(|p| codes.contains(&p.def.code)) {
+        param_row_keys(rtype, param, resource, &mut out);
+    }
+    out.into_iter().collect()
+}
+
+/// Adds the rows of one parameter of `resource` to `out`.
+fn param_row_keys(rtype: &str, param: &super::params::SearchParam, resource: &Value, out: &mut std::collections::BTreeSet<Vec<u8>>) {
+    let Some(expr) = &param.expr else { return };
+    if param.def.kind == ParamType::Composite {
+        for item in eval_resource(expr, resource) {
+            for (leading, last) in composite_values(&param.components, resource, &item) {
+                out.extend(value_keys(&composite_base(rtype, &param.def.code, &leading), &last));
+            }
+        }
+        return;
+    }
+    let base = param_rows(rtype, &param.def.code);
+    let values = extract(param.def.kind, &eval_resource(expr, resource));
+    for v in &values {
+        out.extend(value_keys(&base, v));
+    }
+    if param.def.kind == ParamType::Date && distinct_dates(&values) > 1 {
+        out.insert(multi_date_row(rtype, &param.def.code));
+    }
 }
 
 /// How many different ranges a date parameter's values span.
