@@ -279,7 +279,7 @@ pub fn patch(data: &[u8]) {
     let Some(doc) = json(data) else { return };
     let Ok(ops) = json_patch_http::parse_patch(doc, 1000) else { return };
     let mut body = patch_target().clone();
-    if json_patch_http::apply_bounded(&mut body, &ops, PATCH_MAX_BYTES).is_ok() {
+    if json_patch_http::apply_bounded(&mut body, &ops, PATCH_MAX_BYTES, 64).is_ok() {
         // The bound counts strings unescaped; escaping at most sextuples a string (`\u0000`).
         let size = serde_json::to_vec(&body).map(|v| v.len()).unwrap_or(0);
         assert!(size <= 6 * PATCH_MAX_BYTES, "a patch result of {size} bytes passed the {PATCH_MAX_BYTES}-byte bound");
@@ -346,7 +346,7 @@ fn plan_entry(index: usize, e: &mut Value, full_urls: &[String]) -> Option<Bundl
             let doc = resource.as_ref().and_then(|r| r.get("patch")).cloned()?;
             let ops = json_patch_http::parse_patch(doc, 1000).ok()?;
             let mut body = e.get("patchTarget").cloned()?;
-            json_patch_http::apply_bounded(&mut body, &ops, PATCH_MAX_BYTES).ok()?;
+            json_patch_http::apply_bounded(&mut body, &ops, PATCH_MAX_BYTES, 64).ok()?;
             resource = Some(body);
             (*t, Action::Patch, Some(id.to_string()), None, false)
         }

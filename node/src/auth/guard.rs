@@ -181,17 +181,42 @@ pub fn require_some_type(ctx: &Ctx, st: &AppState, op: Op) -> Result<(), ApiErro
 /// What of a history the caller may see: types it may read this way and, under a `patient/`
 /// grant, versions in the compartment (not deletions, which carry no body to decide by). Given
 /// to the history scan, so hidden entries neither fill a page nor become its cursors.
+///
+/// Under a `patient/` grant a version's body is read only for resources now in the compartment
+/// (a doc number test against [`members`], computed once per type): the scan of other patients'
+/// versions costs a lookup each, not a parse.
 pub fn history_visibility<'a>(ctx: &'a Ctx, st: &'a AppState, op: Op) -> impl Fn(&HistoryEntry) -> Result<bool, StoreError> + 'a {
-    let grants: std::cell::RefCell<HashMap<String, Option<Grant>>> = std::cell::RefCell::new(HashMap::new());
+    let grants: std::cell::RefCell<HashMap<String, Option<(Grant, Option<Ids>)>>> = std::cell::RefCell::new(HashMap::new());
+    let as_store = |e: ApiError| StoreError::Corrupt(e.to_string());
     move |e: &HistoryEntry| {
         if ctx.principal.via == super::Via::Open {
             return Ok(true);
         }
-        let grant = grants.borrow_mut().entry(e.rtype.clone()).or_insert_with(|| require_ctx(ctx, st, op, &e.rtype).ok()).clone();
+        let mut grants = grants.borrow_mut();
+        let grant = match grants.get(&e.rtype) {
+            Some(g) => g,
+            None => {
+                let g = match require_ctx(ctx, st, op, &e.rtype) {
+                    Ok(Grant::Patient(pid)) => Some((Grant::Patient(pid.clone()), Some(members(st, &ctx.store, &e.rtype, &pid).map_err(as_store)?))),
+                    Ok(g) => Some((g, None)),
+                    Err(_) => None,
+                };
+                grants.entry(e.rtype.clone()).or_insert(g)
+            }
+        };
         match grant {
             None => Ok(false),
-            Some(Grant::All) => Ok(true),
-            Some(g @ Grant::Patient(_)) => Ok(!e.record.is_delete() && may_see(st, &g, &e.rtype, &e.id, e.record.body()).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+            Some((Grant::All, _)) => Ok(true),
+            Some((g, within)) => {
+                if e.record.is_delete() {
+                    return Ok(false);
+                }
+                let doc = crate::search::posting::docnum(ctx.store.tree(), &e.rtype, &e.id).map_err(StoreError::from)?;
+                if !doc.is_some_and(|d| within.as_ref().is_some_and(|w| w.contains(d))) {
+                    return Ok(false);
+                }
+                may_see(st, g, &e.rtype, &e.id, e.record.body()).map_err(as_store)
+            }
         }
     }
 }
@@ -288,6 +313,11 @@ pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &Writ
         for t in &searched {
             require(principal, st, Op::SEARCH_TYPE, t)?;
         }
+    }
+    // What a condition's chains or a conditional reference read at apply is not confined: a
+    // patient/ search grant on those types may not be used that way.
+    if let Some(t) = linked.iter().chain(&searched).find(|t| patient_limited(principal, st, t, &[Op::SEARCH_TYPE]).is_some()) {
+        return Err(AuthError::Forbidden(format!("a condition or conditional reference may not search {t}: your access to it is limited to a patient's compartment")).into());
     }
     let ops: &[Op] = if w.condition.is_some() { &[write_op(w.action), Op::SEARCH_TYPE] } else { &[write_op(w.action)] };
     let Some(pid) = patient_limited(principal, st, rtype, ops) else { return Ok(None) };

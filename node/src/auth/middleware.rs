@@ -70,7 +70,10 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
             None => rest.clone(),
         };
         let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = pq.parse().ok();
+        parts.path_and_query = match pq.parse() {
+            Ok(p) => Some(p),
+            Err(_) => return deny(req, crate::http::RequestError::NoRoute(path.clone()).into(), &subject, claim),
+        };
         match actix_web::http::Uri::from_parts(parts) {
             Ok(uri) => {
                 req.match_info_mut().get_mut().update(&uri);

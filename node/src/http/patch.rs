@@ -83,24 +83,63 @@ pub fn parse_patch(doc: Value, max_ops: usize) -> Result<json_patch::Patch, Requ
 }
 
 /// Approximate serialized size of a JSON value in bytes (what a patch result is bounded by).
+/// Iterative (an explicit stack): a patched document may be nested deeper than a thread's stack.
 fn json_size(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) => 5,
-        Value::Number(n) => n.to_string().len(),
-        Value::String(s) => s.len() + 2,
-        Value::Array(a) => 2 + a.iter().map(|x| json_size(x) + 1).sum::<usize>(),
-        Value::Object(o) => 2 + o.iter().map(|(k, x)| k.len() + 4 + json_size(x)).sum::<usize>(),
+    let mut size = 0usize;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        size = size.saturating_add(match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(n) => n.to_string().len(),
+            Value::String(s) => s.len() + 2,
+            Value::Array(a) => {
+                stack.extend(a.iter());
+                2 + a.len()
+            }
+            Value::Object(o) => {
+                stack.extend(o.values());
+                2 + o.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+        });
     }
+    size
+}
+
+/// Nesting depth of a JSON value (a scalar is 0, `[1]` is 1), iteratively.
+fn json_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+        deepest = deepest.max(if matches!(v, Value::Array(_) | Value::Object(_)) { d + 1 } else { d });
+    }
+    deepest
+}
+
+/// Segments of a JSON pointer (`/a/b` → 2).
+fn segments(pointer: &str) -> usize {
+    pointer.matches('/').count()
 }
 
 /// Applies `ops` to `body` one at a time, refusing (before it is done) any operation that could
 /// take the result past `max_bytes`: `copy` can double the document with each operation, so the
 /// size is tracked as an upper bound (removals are not subtracted). Measuring a copy's source
 /// costs at most its size, which the bound then absorbs, so the work is O(max_bytes).
-pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize) -> Result<(), RequestError> {
+///
+/// The nesting depth is bounded the same way (`max_depth`, config `limits.max_depth`): a value
+/// put at a path is as deep as the path plus itself, and a copied or moved subtree is at most as
+/// deep as the document below its source; so `copy`s of a subtree into its own leaves, which can
+/// double the depth per operation at a small size, are refused before the document is built.
+pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize, max_depth: usize) -> Result<(), RequestError> {
     use json_patch::PatchOperation as Op;
     let too_big = || RequestError::PatchTooCostly(format!("its result would exceed {max_bytes} bytes (config limits.max_body_bytes)"));
+    let too_deep = || RequestError::PatchTooCostly(format!("its result would nest deeper than {max_depth} levels (config limits.max_depth)"));
     let mut size = json_size(body);
+    let mut depth = json_depth(body);
     for op in ops.iter() {
         let added = match op {
             Op::Add(a) => json_size(&a.value),
@@ -111,6 +150,17 @@ pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize
         size = size.saturating_add(added);
         if size > max_bytes {
             return Err(too_big());
+        }
+        let placed = match op {
+            Op::Add(a) => segments(a.path.as_str()) + json_depth(&a.value),
+            Op::Replace(r) => segments(r.path.as_str()) + json_depth(&r.value),
+            Op::Copy(c) => segments(c.path.as_str()) + depth.saturating_sub(segments(c.from.as_str())),
+            Op::Move(m) => segments(m.path.as_str()) + depth.saturating_sub(segments(m.from.as_str())),
+            Op::Remove(_) | Op::Test(_) => 0,
+        };
+        depth = depth.max(placed);
+        if depth > max_depth {
+            return Err(too_deep());
         }
         json_patch::patch_unsafe(body, std::slice::from_ref(op)).map_err(|e| RequestError::PatchFailed(e.to_string()))?;
     }
@@ -138,7 +188,7 @@ pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str
     }
     let mut body: Value = serde_json::from_slice(record.body()).map_err(|e| StoreError::Corrupt(format!("stored body: {e}")))?;
     let before = (body.get("resourceType").cloned(), body.get("id").cloned());
-    apply_bounded(&mut body, ops, st.cfg.limits.max_body_bytes)?;
+    apply_bounded(&mut body, ops, st.cfg.limits.max_body_bytes, st.cfg.limits.max_depth)?;
     if (body.get("resourceType").cloned(), body.get("id").cloned()) != before {
         return Err(RequestError::PatchChangesIdentity.into());
     }
@@ -171,9 +221,32 @@ mod tests {
         let ops: Vec<Value> = (0..40).map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")})).collect();
         let ops = parse_patch(Value::Array(ops), 1000).unwrap();
         let mut body = json!({"resourceType": "Patient", "id": "a", "name": [{"family": "x".repeat(1000)}]});
-        let err = apply_bounded(&mut body, &ops, 1 << 20).unwrap_err();
+        let err = apply_bounded(&mut body, &ops, 1 << 20, 64).unwrap_err();
         assert!(matches!(err, RequestError::PatchTooCostly(_)), "{err}");
         assert!(json_size(&body) <= 1 << 20, "refused before the document passed the bound");
+    }
+
+    #[test]
+    fn depth_doubling_is_refused_before_it_nests() {
+        // Each copy puts the whole chain under its own deepest object: depth doubles per op
+        // while the size stays small.
+        let mut body = json!({"resourceType": "Basic", "id": "a", "a": {}});
+        let mut chain = 1;
+        let ops: Vec<Value> = (0..20)
+            .map(|_| {
+                let op = json!({"op": "copy", "from": "/a", "path": "/a".repeat(chain + 1)});
+                chain *= 2;
+                op
+            })
+            .collect();
+        let ops = parse_patch(Value::Array(ops), 1000).unwrap();
+        let err = apply_bounded(&mut body, &ops, 1 << 30, 64).unwrap_err();
+        assert!(err.to_string().contains("limits.max_depth"), "{err}");
+        assert!(json_depth(&body) <= 64);
+        let ok = parse_patch(json!([{"op": "add", "path": "/extension/0/extension/0/valueString", "value": "x"}]), 10).unwrap();
+        let mut fine = json!({"resourceType": "Patient", "extension": [{"url": "u", "extension": [{"url": "v"}]}]});
+        apply_bounded(&mut fine, &ok, 1000, 64).unwrap();
+        assert_eq!(json_depth(&fine), 5, "root, extension, its item, its extension, that item");
     }
 
     #[test]
@@ -182,11 +255,11 @@ mod tests {
         assert!(matches!(parse_patch(many.clone(), 10), Err(RequestError::PatchTooCostly(_))));
         let ops = parse_patch(many, 11).unwrap();
         let mut body = json!({"resourceType": "Patient", "id": "a"});
-        apply_bounded(&mut body, &ops, 1000).unwrap();
+        apply_bounded(&mut body, &ops, 1000, 64).unwrap();
         let ops = parse_patch(json!([{"op": "add", "path": "/active", "value": true}, {"op": "copy", "from": "/active", "path": "/b"}]), 10).unwrap();
-        apply_bounded(&mut body, &ops, 1000).unwrap();
+        apply_bounded(&mut body, &ops, 1000, 64).unwrap();
         assert_eq!(body, json!({"resourceType": "Patient", "id": "a", "active": true, "b": true}));
         let bad = parse_patch(json!([{"op": "remove", "path": "/nope"}]), 10).unwrap();
-        assert!(matches!(apply_bounded(&mut body, &bad, 1000), Err(RequestError::PatchFailed(_))));
+        assert!(matches!(apply_bounded(&mut body, &bad, 1000, 64), Err(RequestError::PatchFailed(_))));
     }
 }

@@ -139,6 +139,8 @@ fn includes(ctx: &Ctx, st: &AppState, types: &[&'static str], params: &[(String,
     // What the caller may read of each type (an included resource it may not see is left out,
     // as if it did not exist).
     let mut grants: std::collections::HashMap<String, Option<Grant>> = std::collections::HashMap::new();
+    // The compartment's members per source type, computed once per request.
+    let mut members: std::collections::HashMap<String, query::Ids> = std::collections::HashMap::new();
     let limit = st.cfg.limits.max_include_resources;
     let tree = ctx.store.tree();
     let mut seen: BTreeSet<(String, String)> = page.iter().cloned().collect();
@@ -161,7 +163,12 @@ fn includes(ctx: &Ctx, st: &AppState, types: &[&'static str], params: &[(String,
                         // Under a patient/ grant only the compartment's referrers count (so the
                         // cut below is made among what may be shown).
                         match grants.entry(spec.source.clone()).or_insert_with(|| guard::require_ctx(ctx, st, Op::READ, &spec.source).ok()) {
-                            Some(Grant::Patient(pid)) => docs &= guard::members(st, &ctx.store, &spec.source, pid)?,
+                            Some(Grant::Patient(pid)) => {
+                                if !members.contains_key(&spec.source) {
+                                    members.insert(spec.source.clone(), guard::members(st, &ctx.store, &spec.source, pid)?);
+                                }
+                                docs &= &members[&spec.source];
+                            }
                             Some(Grant::All) => {}
                             None => continue,
                         }

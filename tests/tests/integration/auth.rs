@@ -400,6 +400,14 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     let r = c.post(node.url("/Observation")).bearer_auth(&mixed).header("content-type", "application/fhir+json")
         .header("if-none-exist", "_id=o2").header("prefer", "return=representation").body(new_obs("Patient/p1").to_string()).send().unwrap();
     assert_eq!(r.status(), 201, "confined by the patient/ search grant: o2 is not matched");
+    // A condition's chain, or a conditional reference, into a type the caller reaches only
+    // within a compartment: refused (apply would search all of it).
+    let chained = scoped("user/Observation.crus patient/Patient.rs", Some("p1"));
+    let r = c.post(node.url("/Observation")).bearer_auth(&chained).header("content-type", "application/fhir+json")
+        .header("if-none-exist", "subject:Patient.name=Two").body(new_obs("Patient/p1").to_string()).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let by_ref = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": new_obs("Patient?name=Two"), "request": {"method": "POST", "url": "Observation"}}]});
+    assert_eq!(call(&c, "POST", &node.url("/"), Some(&chained), Some(&by_ref)).0, 403);
     // History pages hold only visible entries, and their links point only at visible ones.
     let mut seen = Vec::new();
     let mut url = node.url("/Observation/_history?_count=1");
