@@ -63,6 +63,8 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// Multi-tenancy (`/tenant/{id}/…`, the token's tenant claim).
     pub tenancy: crate::tenancy::TenancyConfig,
+    /// Bulk `$export`: the sink and the bounds of jobs (docs/export.md).
+    pub export: crate::export::ExportConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -200,6 +202,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             tenancy: crate::tenancy::TenancyConfig::default(),
+            export: crate::export::ExportConfig::default(),
         }
     }
 }
@@ -263,6 +266,7 @@ impl Config {
         if let Some(tls) = &self.api_tls {
             tls.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        self.export.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }

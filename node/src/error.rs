@@ -12,6 +12,7 @@ use crate::auth::AuthError;
 use crate::tenancy::TenancyError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
+use crate::export::ExportError;
 use crate::fhir::{FhirError, FhirVersion};
 use crate::http::RequestError;
 use crate::search::query::SearchError;
@@ -38,6 +39,8 @@ pub enum ApiError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tenancy(#[from] TenancyError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -92,6 +95,17 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             TenancyError::Invalid(_) => (400, "value"),
             TenancyError::Unknown(_) => (404, "not-found"),
             TenancyError::Mismatch { .. } | TenancyError::NoClaim(_) => (403, "forbidden"),
+        },
+        ApiError::Export(e) => match e {
+            ExportError::BadParameter { .. } => (400, "value"),
+            ExportError::Unsupported(_) => (400, "not-supported"),
+            ExportError::NoJob(_) | ExportError::NoFile { .. } => (404, "not-found"),
+            ExportError::TooMany { .. } => (429, "throttled"),
+            ExportError::Failed(_) => (500, "exception"),
+            ExportError::Sink(_) => (502, "transient"),
+            ExportError::Internal(_) => (500, "exception"),
+            ExportError::Store(s) => classify_store(s),
+            ExportError::Consensus(c) => classify_consensus(c),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }

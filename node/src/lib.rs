@@ -12,6 +12,7 @@
 //! - [`consensus`]: raft-rs `RawNode` loop, its sled log storage, the peer transport (mTLS).
 //! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
+//! - [`export`]: bulk `$export`: replicated jobs, export actors on the leader, NDJSON sinks.
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
 //!   tenant's data is its own key space of the state ([`store::space`]).
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod consensus;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod fuzzing;
 pub mod http;
@@ -185,6 +187,18 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let listen = cfg.listen.clone();
                 let admin_listen = cfg.admin_listen.clone();
                 let bundle_room = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_inflight_bundle_bytes.div_ceil(1024).min(tokio::sync::Semaphore::MAX_PERMITS)));
+                let local_dir = cfg.export.local_dir(&cfg.data_dir);
+                let exporter = Arc::new(export::runner::Exporter {
+                    raft: thread_raft.clone(),
+                    root: store.clone(),
+                    reg: search.clone(),
+                    defs: defs.clone(),
+                    cfg: cfg.export.clone(),
+                    node_id: cfg.node_id,
+                    local: Arc::new(export::sink::LocalSink { dir: local_dir }),
+                    s3: None,
+                });
+                let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
@@ -195,6 +209,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                     bundle_room,
                     auth: authority,
+                    export: exporter,
+                    export_supervisor,
                 });
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {

@@ -169,6 +169,34 @@ pub fn link_scope(ctx: &Ctx, st: &AppState, q: &query::Query, scope: &mut HashMa
     Ok(())
 }
 
+/// The types a bulk export may read for this caller: each needs a search grant on every
+/// resource of the type (a `patient/` scope does not reach bulk export). `explicit`: the client
+/// listed them (`_type`), so one it may not read is a 403; otherwise such types are left out
+/// (and a caller who may read none gets a 403).
+pub fn export_types(ctx: &Ctx, st: &AppState, candidates: Vec<String>, explicit: bool) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::with_capacity(candidates.len());
+    for t in candidates {
+        match require_ctx(ctx, st, Op::SEARCH_TYPE, &t) {
+            Ok(Grant::All) => out.push(t),
+            Ok(Grant::Patient(_)) if explicit => {
+                return Err(AuthError::Forbidden(format!("bulk export of {t} needs system/ or user/ access to every {t}; patient/ scopes reach one compartment")).into())
+            }
+            Err(e) if explicit => return Err(e),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        return Err(AuthError::Forbidden(format!("{} may not bulk export any of the requested types", ctx.principal.subject)).into());
+    }
+    Ok(out)
+}
+
+/// Whether `principal` may follow an export job started by `owner` (status, files, cancel):
+/// the same caller, or an operator.
+pub fn owns_job(principal: &Principal, owner: &str) -> bool {
+    principal.admin || principal.subject == owner
+}
+
 /// 403 unless the caller may do the system-level `op` on at least one type.
 pub fn require_some_type(ctx: &Ctx, st: &AppState, op: Op) -> Result<(), ApiError> {
     if st.defs.types.iter().any(|t| require_ctx(ctx, st, op, t).is_ok()) {

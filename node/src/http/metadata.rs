@@ -134,6 +134,16 @@ fn search_params(st: &AppState, rtype: &str) -> Vec<Value> {
     out
 }
 
+/// The Bulk Data Access IG's canonical base.
+const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
+
+/// A Bulk Data export operation entry (STU3 refers to its definition by Reference).
+fn operation(st: &AppState, op: &str) -> Value {
+    let url = format!("{BULK_DATA}/OperationDefinition/{op}");
+    let definition = if st.defs.version == FhirVersion::Stu3 { json!({"reference": url}) } else { json!(url) };
+    json!({"name": "export", "definition": definition})
+}
+
 pub fn build(st: &AppState, base: &str) -> Value {
     let mut per_type: Vec<Value> = codes(Level::Instance);
     per_type.extend(codes(Level::Type));
@@ -142,7 +152,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
         .types
         .iter()
         .map(|t| {
-            json!({
+            let mut r = json!({
                 "type": t,
                 "interaction": per_type,
                 "versioning": "versioned-update",
@@ -155,7 +165,17 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "searchParam": search_params(st, t),
                 "searchInclude": includes(st, t),
                 "searchRevInclude": revincludes(st, t)
-            })
+            });
+            // Bulk export at Patient and Group level (crate::export).
+            let export = match *t {
+                "Patient" => Some("patient-export"),
+                "Group" => Some("group-export"),
+                _ => None,
+            };
+            if let Some(op) = export {
+                r["operation"] = json!([operation(st, op)]);
+            }
+            r
         })
         .collect();
     let system: Vec<Value> = INTERACTIONS
@@ -179,9 +199,11 @@ pub fn build(st: &AppState, base: &str) -> Value {
             "compartment": compartments(st),
             "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter listed in searchParam (composite ones with token/reference/string/uri leading components; of the special ones, near); modifiers :missing, :exact, :contains (string), :text, :not, :of-type (token), :[type], :identifier (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining and _has up to 64 links deep (at most 10,000 links per parameter; beyond: 400 too-costly); _include and _revinclude with :iterate and Type:*. Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), _sort on composite parameters, composite parameters with a leading number/date/quantity component, _text, _content, _filter, _list, _query.",
             "resource": resources,
-            "interaction": system
+            "interaction": system,
+            "operation": [operation(st, "export")]
         }]
     });
+    cs["instantiates"] = json!([format!("{BULK_DATA}/CapabilityStatement/bulk-data")]);
     if let Some(sec) = security(st) {
         cs["rest"][0]["security"] = sec;
     }

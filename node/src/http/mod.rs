@@ -85,6 +85,9 @@ pub struct AppState {
     pub bundle_room: Arc<tokio::sync::Semaphore>,
     /// Authentication and the rules (`[auth]`).
     pub auth: Arc<crate::auth::Authority>,
+    /// Bulk export: jobs, sinks and the actors that run them.
+    pub export: Arc<crate::export::runner::Exporter>,
+    pub export_supervisor: actix::Addr<crate::export::runner::Supervisor>,
 }
 
 /// The level an interaction works at.
@@ -134,7 +137,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_health", web::get().to(admin::health));
     // Membership, digest and faults live on the operator listener only.
     cfg.route("/_cluster/{rest:.*}", web::route().to(admin::not_here));
-    // Operations (`$name` at system, type or instance level) are not served: say so (501) instead
+    // Bulk export (Bulk Data Access IG): kick-off, status / cancel, local output files.
+    use crate::export::http as export;
+    cfg.route("/$export", web::get().to(export::system));
+    cfg.route("/$export", web::post().to(export::system));
+    cfg.route("/Patient/$export", web::get().to(export::patient));
+    cfg.route("/Patient/$export", web::post().to(export::patient));
+    cfg.route("/Group/{id}/$export", web::get().to(export::group));
+    cfg.route("/Group/{id}/$export", web::post().to(export::group));
+    cfg.route("/_export/{job}", web::get().to(export::status));
+    cfg.route("/_export/{job}", web::delete().to(export::cancel));
+    cfg.route("/_export/{job}/{file}", web::get().to(export::file));
+    // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead
     // of reading `$name` as a type or an id.
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {
         cfg.route(path, web::route().to(fallback));

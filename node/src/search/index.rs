@@ -265,6 +265,27 @@ pub fn rows_of(reg: &Registry, rtype: &str, codes: &[String], resource: &Value) 
     out.into_iter().collect()
 }
 
+/// The ids of the `target` resources `resource` references through the reference parameters
+/// `codes` (e.g. the patients whose compartment it is in), sorted, each once.
+pub fn referenced_ids(reg: &Registry, rtype: &str, codes: &[String], resource: &Value, target: &str) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for row in rows_of(reg, rtype, codes, resource) {
+        for code in codes {
+            let want = exact_prefix(rtype, code, b'r', &[target]);
+            if let Some(rest) = row.strip_prefix(want.as_slice()) {
+                // FHIR ids hold no byte push_str escapes: the id runs to its terminator.
+                let id = rest.split(|b| *b == 0).next().unwrap_or_default();
+                if let Ok(id) = std::str::from_utf8(id) {
+                    if !id.is_empty() {
+                        out.insert(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Adds the rows of one parameter of `resource` to `out`.
 fn param_row_keys(rtype: &str, param: &super::params::SearchParam, resource: &Value, out: &mut std::collections::BTreeSet<Vec<u8>>) {
     let Some(expr) = &param.expr else { return };

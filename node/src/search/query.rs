@@ -62,6 +62,21 @@ impl From<sled::Error> for SearchError {
 /// parameters that do not parse, and queries whose answer is not a function of the replicated
 /// state alone (`ap` reads the clock, `near` computes with platform floating point).
 pub fn condition_ids(reg: &Registry, tree: &Space, rtype: &str, params: &[(String, String)]) -> Result<Vec<String>, SearchError> {
+    let q = condition_query(reg, rtype, params)?;
+    let mut ids = super::cost::limited(super::cost::CONDITION_ROWS, || (Executor { tree, rtype }).run_ids(&q))?;
+    ids.sort();
+    Ok(ids)
+}
+
+/// [`condition_ids`] as doc numbers (an export's `_typeFilter`, decided at apply).
+pub fn condition_docs(reg: &Registry, tree: &Space, rtype: &str, params: &[(String, String)]) -> Result<Ids, SearchError> {
+    let q = condition_query(reg, rtype, params)?;
+    super::cost::limited(super::cost::CONDITION_ROWS, || (Executor { tree, rtype }).run(&q))
+}
+
+/// A search that decides replicated state: parsed strictly, without what replicas could
+/// evaluate differently.
+fn condition_query(reg: &Registry, rtype: &str, params: &[(String, String)]) -> Result<Query, SearchError> {
     let q = parse(reg, rtype, params, false)?;
     if q.uses_now() {
         return Err(SearchError::NotSupported("the ap prefix in a condition (it depends on the current time)".into()));
@@ -69,9 +84,7 @@ pub fn condition_ids(reg: &Registry, tree: &Space, rtype: &str, params: &[(Strin
     if q.uses_near() {
         return Err(SearchError::NotSupported("near in a condition (its distance is computed in floating point, which replicas need not share)".into()));
     }
-    let mut ids = super::cost::limited(super::cost::CONDITION_ROWS, || (Executor { tree, rtype }).run_ids(&q))?;
-    ids.sort();
-    Ok(ids)
+    Ok(q)
 }
 
 thread_local! {

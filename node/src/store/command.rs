@@ -53,6 +53,9 @@ pub enum CommandV1 {
     /// `command` is the inner command's encoding ([`CommandV1::tenant_write`] decodes it), so
     /// decoding never recurses however a peer nests it.
     InTenant { tenant: String, command: Vec<u8> },
+    /// A change to a bulk export job ([`crate::export::job`]): kick-off, checkpoint, completion,
+    /// failure, cancel, removal.
+    Export(crate::export::job::ExportOp),
 }
 
 /// One write entry of a [`CommandV1::Bundle`].
@@ -162,6 +165,7 @@ impl CommandV1 {
         match &mut self {
             CommandV1::Writes { ts_micros, .. } | CommandV1::Conditional { ts_micros, .. } | CommandV1::Bundle { ts_micros, .. } => *ts_micros = ts,
             CommandV1::Pin { .. } => {}
+            CommandV1::Export(op) => *op = op.clone().with_ts(ts),
             CommandV1::InTenant { command, .. } => {
                 // Undecodable: left as is (checks and apply refuse it).
                 if let Ok(inner) = CommandV1::tenant_write(command) {
@@ -192,6 +196,7 @@ impl Command {
             Command::V1(CommandV1::Conditional { op, .. }) => vec![(op, true)],
             Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| (&e.op, e.condition.is_some())).collect(),
             Command::V1(CommandV1::Pin { .. }) => return Err("a Pin is proposed by the leader itself, never forwarded".into()),
+            Command::V1(CommandV1::Export(op)) => return op.check(),
             Command::V1(CommandV1::InTenant { tenant, command }) => {
                 if !crate::tenancy::valid_tenant(tenant) {
                     return Err(format!("invalid tenant id {tenant:?}"));

@@ -4,6 +4,7 @@
 
 pub mod bundle_apply;
 pub mod command;
+pub mod export_apply;
 pub mod keys;
 pub mod reindex;
 pub mod resources;

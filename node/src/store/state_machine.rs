@@ -251,6 +251,10 @@ impl StateMachine {
                 self.pin = Some(format);
                 Vec::new()
             }
+            CommandV1::Export(op) => {
+                self.apply_export(index, term, op)?;
+                Vec::new()
+            }
             CommandV1::Conditional { ts_micros, op, condition } => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
                     let mut outs = self.apply_writes(index, term, ts_micros, &ops, tenant)?;
@@ -304,6 +308,15 @@ impl StateMachine {
             out.push(String::from_utf8_lossy(&k?[keys::META_TENANT_PREFIX.len()..]).into_owned());
         }
         Ok(out)
+    }
+
+    /// Moves the clock to `ts_micros` (or keeps it, if it is ahead) for an entry that writes no
+    /// resource but must be ordered in time (an export's kick-off): writes applied before have
+    /// timestamps up to the returned instant, later ones after it.
+    pub(super) fn advance_clock(&mut self, ts_micros: u64, w: &mut Writes) -> u64 {
+        self.last_ts = self.last_ts.max(ts_micros);
+        w.insert_meta(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
+        self.last_ts
     }
 
     /// Starts a batch of writes whose timestamps follow `ts_micros` and the last applied one.

@@ -1,0 +1,212 @@
+//! The `$export` endpoints: kick-off at system, Patient and Group level (GET, or POST with a
+//! `Parameters` body), the status URL `[base]/_export/{job}` (GET: 202 with `X-Progress` while
+//! running, 200 with the manifest when done, 500 when failed; DELETE: cancel) and, for the local
+//! sink, the output files `[base]/_export/{job}/{file}`. Every endpoint is behind the auth
+//! middleware; what a caller may export is [`guard::export_types`], and only the caller who
+//! started a job (or an operator) may follow it ([`guard::owns_job`]).
+
+use actix_web::http::header;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::job::{file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status};
+use super::params::{self, KickOff};
+use super::scan::compartment_types;
+use super::{state, ExportError};
+use crate::auth::{guard, Op};
+use crate::error::{operation_outcome, ApiError};
+use crate::http::negotiate::{self, Ctx};
+use crate::http::AppState;
+
+/// The file listing parameters ignored under lenient handling (one OperationOutcome per line).
+pub const ERRORS_FILE: &str = "OperationOutcome-0.ndjson";
+pub const NDJSON: &str = "application/fhir+ndjson";
+
+pub async fn system(req: HttpRequest, st: web::Data<AppState>, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    kick_off(req, st, body, Level::System).await
+}
+
+pub async fn patient(req: HttpRequest, st: web::Data<AppState>, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    kick_off(req, st, body, Level::Patient).await
+}
+
+pub async fn group(req: HttpRequest, st: web::Data<AppState>, path: web::Path<String>, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if !crate::fhir::valid_id(&id) {
+        return Err(crate::fhir::FhirError::InvalidId(id).into());
+    }
+    kick_off(req, st, body, Level::Group(id)).await
+}
+
+async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload, level: Level) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let mut pairs = ctx.params.clone();
+    if req.method() == actix_web::http::Method::POST {
+        negotiate::require_json_body(&req)?;
+        let v = negotiate::read_json(body, st.cfg.limits.max_body_bytes).await?;
+        pairs.extend(params::from_parameters(&v)?);
+    }
+    let compartment = (level != Level::System).then(|| compartment_types(&st.search, &st.defs));
+    let k: KickOff = params::parse(&pairs, &st.defs, &st.search, compartment.as_deref(), ctx.lenient)?;
+    let explicit = k.types.is_some();
+    let candidates = k.types.clone().or(compartment).unwrap_or_else(|| st.defs.types.iter().map(|t| t.to_string()).collect());
+    let types = guard::export_types(&ctx, &st, candidates, explicit)?;
+    if let Level::Group(gid) = &level {
+        let grant = guard::require_ctx(&ctx, &st, Op::READ, "Group")?;
+        let (_, rec) = ctx.store.read("Group", gid)?;
+        guard::check_stored(&st, &grant, "Group", gid, rec.body())?;
+    }
+    precheck_filters(&ctx, &st, &k).await?;
+    let active = state::list(st.store.tree().tree())?.iter().filter(|j| j.is_active()).count();
+    if active >= st.cfg.export.max_active_jobs {
+        return Err(ExportError::TooMany { active }.into());
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let spec = ExportSpec {
+        level,
+        tenant: ctx.tenant.as_deref().map(String::from),
+        owner: ctx.principal.subject.clone(),
+        request: format!("{}{}", ctx.base, req.uri()),
+        types,
+        since: k.since,
+        type_filters: k.type_filters,
+        elements: k.elements,
+        patients: k.patients,
+        sink: st.cfg.export.sink.kind(),
+        ignored: k.ignored,
+    };
+    st.export.propose(ExportOp::Start { job: id.clone(), ts_micros: 0, spec }).await?;
+    st.export_supervisor.do_send(super::runner::Poke);
+    let note = operation_outcome("information", "informational", &format!("export job {id} started; poll the Content-Location URL for its status"));
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::CONTENT_LOCATION, format!("{}/_export/{id}", ctx.base)))
+        .content_type(ctx.content_type)
+        .body(ctx.json_body(&note)))
+}
+
+/// Runs each `_typeFilter` on this node's index first, with the budget apply gives it, so a
+/// filter that cannot be decided is a 400 now rather than a failed job.
+async fn precheck_filters(ctx: &Ctx, st: &AppState, k: &KickOff) -> Result<(), ApiError> {
+    for (rtype, q) in &k.type_filters {
+        let (tree, reg, rt, q) = (ctx.store.tree().clone(), st.search.clone(), rtype.clone(), q.clone());
+        let found = web::block(move || crate::search::query::condition_docs(&reg, &tree, &rt, &q))
+            .await
+            .map_err(|e| ExportError::Internal(e.to_string()))?;
+        match found {
+            Ok(_) => {}
+            Err(crate::search::query::SearchError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(ExportError::BadParameter { name: "_typeFilter".into(), reason: format!("{rtype}: {e}") }.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The job `id` as this caller may see it: 404 when it does not exist, was cancelled, belongs
+/// to another tenant, or to another caller.
+fn visible_job(req: &HttpRequest, st: &AppState, id: &str) -> Result<Job, ApiError> {
+    let none = || ApiError::from(ExportError::NoJob(id.to_string()));
+    if !super::job::valid_job_id(id) {
+        return Err(none());
+    }
+    let job = st.export.job(id)?.ok_or_else(none)?;
+    let tenant = req.extensions().get::<crate::tenancy::InTenant>().and_then(|t| t.tenant.as_deref().map(String::from));
+    let principal = guard::principal_of(req, st);
+    if job.status == Status::Cancelled || job.spec.tenant != tenant || !guard::owns_job(&principal, &job.spec.owner) {
+        return Err(none());
+    }
+    Ok(job)
+}
+
+pub async fn status(req: HttpRequest, st: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let job = visible_job(&req, &st, &path)?;
+    match &job.status {
+        Status::Active => {
+            let progress = format!(
+                "{} resources written; type {} of {}{}",
+                job.written(),
+                (job.cursor.type_index + 1).min(job.spec.types.len()),
+                job.spec.types.len(),
+                job.spec.types.get(job.cursor.type_index).map(|t| format!(" ({t})")).unwrap_or_default()
+            );
+            Ok(HttpResponse::Accepted()
+                .insert_header(("X-Progress", progress))
+                .insert_header((header::RETRY_AFTER, st.cfg.export.retry_after_secs.to_string()))
+                .finish())
+        }
+        Status::Complete => {
+            let manifest = manifest(&ctx.base, &st, &job).await?;
+            Ok(HttpResponse::Ok()
+                .insert_header((header::EXPIRES, crate::fhir::meta::format_http_date(job.finished.unwrap_or(job.as_of).saturating_add(st.cfg.export.expiry_secs.saturating_mul(1_000_000)))))
+                .content_type("application/json")
+                .body(ctx.json_body(&manifest)))
+        }
+        Status::Failed(e) => Err(ExportError::Failed(e.clone()).into()),
+        Status::Cancelled => Err(ExportError::NoJob(job.id).into()),
+    }
+}
+
+/// The completion manifest.
+async fn manifest(base: &str, st: &AppState, job: &Job) -> Result<Value, ApiError> {
+    let sink = st.export.sink(job.spec.sink)?;
+    let mut output = Vec::with_capacity(job.parts.len());
+    for p in &job.parts {
+        output.push(json!({"type": p.rtype, "url": sink.url(base, &job.id, &p.file()).await?, "count": p.count}));
+    }
+    let mut error = Vec::new();
+    if !job.spec.ignored.is_empty() {
+        // Served by the nodes whatever the sink (it is a function of the job).
+        error.push(json!({"type": "OperationOutcome", "url": format!("{base}/_export/{}/{ERRORS_FILE}", job.id), "count": job.spec.ignored.len()}));
+    }
+    Ok(json!({
+        "transactionTime": crate::fhir::meta::format_instant(job.as_of),
+        "request": job.spec.request,
+        "requiresAccessToken": sink.requires_access_token() || !error.is_empty(),
+        "output": output,
+        "error": error,
+    }))
+}
+
+pub async fn cancel(req: HttpRequest, st: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let ctx = Ctx::new(&req, &st)?;
+    let job = visible_job(&req, &st, &path)?;
+    st.export.propose(ExportOp::Cancel { job: job.id.clone(), ts_micros: 0 }).await?;
+    st.export_supervisor.do_send(super::runner::Poke);
+    let note = operation_outcome("information", "informational", &format!("export job {} cancelled; its files are being deleted", job.id));
+    Ok(HttpResponse::Accepted().content_type(ctx.content_type).body(ctx.json_body(&note)))
+}
+
+/// An output file of a local-sink job (or the ignored-parameters file of any job).
+pub async fn file(req: HttpRequest, st: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    let job = visible_job(&req, &st, &id)?;
+    let no_file = || ApiError::from(ExportError::NoFile { job: id.clone(), file: name.clone() });
+    if name == ERRORS_FILE && !job.spec.ignored.is_empty() {
+        let mut out = Vec::new();
+        for p in &job.spec.ignored {
+            let oo = operation_outcome("warning", "not-supported", &format!("parameter {p} was ignored (Prefer: handling=lenient)"));
+            out.extend_from_slice(oo.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        return Ok(HttpResponse::Ok().content_type(NDJSON).body(out));
+    }
+    if job.spec.sink != SinkKind::Local {
+        return Err(no_file());
+    }
+    let part = job.parts.iter().find(|p| p.file() == name).ok_or_else(no_file)?;
+    let local = st.export.local.clone();
+    let path = local.path(&job.id, &file_name(&part.rtype, part.n));
+    if tokio::fs::metadata(&path).await.is_err() {
+        // Written by another node (or removed here): this replica writes the same bytes.
+        let w = local.create(&job.id, &name).await?;
+        st.export.rewrite(&job, part, Box::new(w)).await?;
+    }
+    let f = tokio::fs::File::open(&path).await.map_err(|e| ExportError::Sink(format!("cannot open {}: {e}", path.display())))?;
+    let len = f.metadata().await.map_err(|e| ExportError::Sink(e.to_string()))?.len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).map(|r| r.map_err(actix_web::error::ErrorInternalServerError));
+    Ok(HttpResponse::Ok()
+        .content_type(NDJSON)
+        .no_chunking(len)
+        .streaming(stream))
+}

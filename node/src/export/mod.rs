@@ -1,0 +1,50 @@
+//! Bulk Data `$export` (FHIR Bulk Data Access IG 2.0): system, Patient and Group level.
+//!
+//! A kick-off ([`http`]) is checked on the node that receives it ([`params`], the auth guard)
+//! and proposed through Raft as an [`job::ExportOp::Start`]; apply fixes the instant the export
+//! is consistent with and decides Group members and `_typeFilter` matches on the state at that
+//! entry ([`crate::store::export_apply`]). The job is replicated state ([`state`]), so any node
+//! answers the status URL. On the leader a [`runner::JobActor`] per job streams NDJSON parts
+//! ([`scan`]: the version of each resource as of the job's instant, in id order) through an
+//! [`sink::ExportSink`]: local files (default) or S3 objects, and checkpoints each durable part
+//! through Raft; a new leader resumes from the last checkpoint, and since a part's content is a
+//! function of the replicated state, a part is never duplicated or lost.
+
+pub mod config;
+pub mod http;
+pub mod job;
+pub mod params;
+pub mod runner;
+pub mod scan;
+pub mod sink;
+pub mod state;
+
+pub use config::ExportConfig;
+
+use crate::consensus::ConsensusError;
+use crate::store::StoreError;
+
+/// Why an export request or job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("invalid $export parameter {name}: {reason}")]
+    BadParameter { name: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("no export job {0} here (it may have been cancelled or expired)")]
+    NoJob(String),
+    #[error("no output file {file} in export job {job}")]
+    NoFile { job: String, file: String },
+    #[error("{active} export jobs are running, the most this cluster runs at once (export.max_active_jobs); retry later")]
+    TooMany { active: usize },
+    #[error("the export job failed: {0}")]
+    Failed(String),
+    #[error("export storage: {0}")]
+    Sink(String),
+    #[error("export: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+}

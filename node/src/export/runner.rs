@@ -1,0 +1,334 @@
+//! The export actors. A [`Supervisor`] runs on every node: on the leader it starts one
+//! [`JobActor`] per active job (resuming from the job's replicated cursor), removes cancelled and
+//! expired jobs after deleting their outputs, and stops its job actors when the node stops
+//! leading; on every node it deletes local part files of jobs that are gone. A job actor writes
+//! one part at a time through the job's [`ExportSink`], reading sled on the blocking pool a
+//! chunk at a time (never a whole type in memory), and checkpoints each durable part through Raft.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::job::{file_name, Cursor, ExportOp, Job, Part, SinkKind, Status};
+use super::scan::Selector;
+use super::sink::{ExportSink, LocalSink, PartWriter};
+use super::{state, ExportError};
+use crate::consensus::RaftHandle;
+use crate::fhir::Definitions;
+use crate::search::params::Registry;
+use crate::store::command::{Command, CommandV1};
+use crate::store::Store;
+
+/// Ids a chunk visits at most (between checks for cancel and leadership).
+const CHUNK_VISIT: usize = 4096;
+/// Lines per chunk read on the blocking pool.
+const CHUNK_LINES: u64 = 4096;
+
+/// What the export actors and handlers share.
+pub struct Exporter {
+    pub raft: RaftHandle,
+    /// The default tenant's store (a job names its tenant).
+    pub root: Store,
+    pub reg: Arc<Registry>,
+    pub defs: Arc<Definitions>,
+    pub cfg: super::ExportConfig,
+    pub node_id: u64,
+    pub local: Arc<LocalSink>,
+    /// The `[s3]` sink, when configured.
+    pub s3: Option<Arc<dyn ExportSink>>,
+}
+
+impl Exporter {
+    pub fn sink(&self, kind: SinkKind) -> Result<Arc<dyn ExportSink>, ExportError> {
+        match kind {
+            SinkKind::Local => Ok(self.local.clone()),
+            SinkKind::S3 => self.s3.clone().ok_or_else(|| ExportError::Sink("this node has no [s3] configuration for the job's S3 sink".into())),
+        }
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<Job>, ExportError> {
+        Ok(state::load(self.root.tree().tree(), id)?)
+    }
+
+    fn is_leader(&self) -> bool {
+        let st = self.raft.status();
+        st.role == "leader" && st.leader_id == self.node_id
+    }
+
+    pub async fn propose(&self, op: ExportOp) -> Result<(), ExportError> {
+        let cmd = Command::V1(CommandV1::Export(op.with_ts(crate::fhir::meta::now_micros())));
+        self.raft.propose(&cmd).await?;
+        Ok(())
+    }
+
+    /// The selector of `rtype` for `job`.
+    pub fn selector(&self, job: &Job, rtype: &str) -> Result<Arc<Selector>, ExportError> {
+        let patients = job.patient_set().map(Arc::new);
+        Ok(Arc::new(Selector::new(&self.root, self.reg.clone(), self.defs.clone(), job, rtype, patients)?))
+    }
+
+    /// Writes the lines of `part` again into `w` (a node serving a local part it did not write).
+    pub async fn rewrite(&self, job: &Job, part: &Part, mut w: Box<dyn PartWriter>) -> Result<(), ExportError> {
+        let sel = self.selector(job, &part.rtype)?;
+        let mut after = part.after.clone();
+        loop {
+            let (s, a, until) = (sel.clone(), after.clone(), part.last.clone());
+            let (chunk, buf) = blocking(move || {
+                let mut buf = Vec::new();
+                let chunk = s.fill(a.as_deref(), Some(&until), u64::MAX, u64::MAX, CHUNK_VISIT, &mut buf)?;
+                Ok((chunk, buf))
+            })
+            .await?;
+            if !buf.is_empty() {
+                w.write(buf).await?;
+            }
+            if chunk.done || chunk.last.is_none() {
+                break;
+            }
+            after = chunk.last;
+        }
+        w.finish().await
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ExportError> + Send + 'static) -> Result<T, ExportError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ExportError::Internal(format!("export reader: {e}")))?
+}
+
+/// Runs one job on the leader until it completes, fails, is cancelled or this node stops leading.
+pub struct JobActor {
+    ex: Arc<Exporter>,
+    id: String,
+}
+
+impl Actor for JobActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (ex, id) = (self.ex.clone(), self.id.clone());
+        ctx.spawn(
+            async move {
+                match run(&ex, &id).await {
+                    Ok(()) => {}
+                    // Leadership moved or the log refused: the next leader (or the next tick) resumes.
+                    Err(ExportError::Consensus(e)) => tracing::info!(job = %id, "export paused: {e}"),
+                    Err(e) => {
+                        tracing::warn!(job = %id, "export failed: {e}");
+                        if ex.is_leader() {
+                            let _ = ex.propose(ExportOp::Fail { job: id.clone(), ts_micros: 0, error: e.to_string() }).await;
+                        }
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
+    }
+}
+
+/// Stops a job actor (the node lost leadership).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for JobActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+/// The job loop: one part per iteration, checkpointed through Raft.
+async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
+    let mut selectors: HashMap<String, Arc<Selector>> = HashMap::new();
+    loop {
+        let Some(job) = ex.job(id)? else { return Ok(()) };
+        if !job.is_active() || !ex.is_leader() {
+            return Ok(());
+        }
+        if job.at_end() {
+            return ex.propose(ExportOp::Complete { job: id.to_string(), ts_micros: 0 }).await;
+        }
+        let sink = ex.sink(job.spec.sink)?;
+        // Empty types are passed in memory; the next checkpoint carries the cursor past them.
+        let mut cursor = job.cursor.clone();
+        let n = job.parts.len() as u32;
+        let mut written: Option<(Part, Box<dyn PartWriter>)> = None;
+        while cursor.type_index < job.spec.types.len() {
+            let rtype = job.spec.types[cursor.type_index].clone();
+            let sel = match selectors.get(&rtype) {
+                Some(s) => s.clone(),
+                None => selectors.entry(rtype.clone()).or_insert(ex.selector(&job, &rtype)?).clone(),
+            };
+            let file = file_name(&rtype, n);
+            let mut part = Part { rtype: rtype.clone(), n, count: 0, bytes: 0, after: cursor.after.clone(), last: String::new() };
+            let mut writer: Option<Box<dyn PartWriter>> = None;
+            let done = loop {
+                let (s, after) = (sel.clone(), cursor.after.clone());
+                let lines = (ex.cfg.part_max_lines - part.count).min(CHUNK_LINES);
+                let bytes = ex.cfg.part_max_bytes - part.bytes;
+                let (chunk, buf) = blocking(move || {
+                    let mut buf = Vec::new();
+                    let chunk = s.fill(after.as_deref(), None, lines, bytes, CHUNK_VISIT, &mut buf)?;
+                    Ok((chunk, buf))
+                })
+                .await?;
+                if !buf.is_empty() {
+                    if writer.is_none() {
+                        writer = Some(sink.open(id, &file).await?);
+                    }
+                    writer.as_mut().expect("opened").write(buf).await?;
+                }
+                part.count += chunk.count;
+                part.bytes += chunk.bytes;
+                if let Some(last) = chunk.last {
+                    part.last = last.clone();
+                    cursor.after = Some(last);
+                }
+                if chunk.done {
+                    break true;
+                }
+                if part.count >= ex.cfg.part_max_lines || part.bytes >= ex.cfg.part_max_bytes {
+                    break false;
+                }
+                if !ex.is_leader() || !ex.job(id)?.is_some_and(|j| j.is_active()) {
+                    if let Some(w) = writer {
+                        w.abort().await;
+                    }
+                    return Ok(());
+                }
+            };
+            if done {
+                cursor = Cursor { type_index: cursor.type_index + 1, after: None };
+            }
+            if part.count > 0 {
+                written = Some((part, writer.expect("a part with lines has a writer")));
+                break;
+            }
+            if let Some(w) = writer {
+                w.abort().await;
+            }
+        }
+        let part = match written {
+            Some((part, w)) => {
+                w.finish().await?;
+                Some(part)
+            }
+            None => None,
+        };
+        ex.propose(ExportOp::Checkpoint { job: id.to_string(), part, cursor }).await?;
+    }
+}
+
+/// Starts and stops the job actors of this node and cleans up after jobs.
+pub struct Supervisor {
+    ex: Arc<Exporter>,
+    running: HashMap<String, Addr<JobActor>>,
+    /// Jobs whose outputs are being deleted (cancelled or expired) by this node.
+    cleaning: Arc<parking_lot::Mutex<HashSet<String>>>,
+    ticks: u64,
+}
+
+impl Supervisor {
+    pub fn new(ex: Arc<Exporter>) -> Supervisor {
+        Supervisor { ex, running: HashMap::new(), cleaning: Default::default(), ticks: 0 }
+    }
+
+    fn tick(&mut self, _ctx: &mut Context<Self>) {
+        self.ticks += 1;
+        self.running.retain(|_, a| a.connected());
+        let jobs = match state::list(self.ex.root.tree().tree()) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("export jobs unreadable: {e}");
+                return;
+            }
+        };
+        if self.ticks % 20 == 1 {
+            self.collect_local(&jobs);
+        }
+        if !self.ex.is_leader() {
+            for (_, a) in self.running.drain() {
+                a.do_send(Stop);
+            }
+            return;
+        }
+        let now = crate::fhir::meta::now_micros();
+        let expiry = self.ex.cfg.expiry_secs.saturating_mul(1_000_000);
+        for job in jobs {
+            let expired = job.finished.is_some_and(|f| f.saturating_add(expiry) <= now);
+            match job.status {
+                Status::Active if !self.running.contains_key(&job.id) => {
+                    let actor = JobActor { ex: self.ex.clone(), id: job.id.clone() }.start();
+                    self.running.insert(job.id.clone(), actor);
+                }
+                Status::Cancelled => self.remove(job),
+                Status::Complete | Status::Failed(_) if expired => self.remove(job),
+                _ => {}
+            }
+        }
+    }
+
+    /// Deletes a job's outputs, then forgets the job (through Raft).
+    fn remove(&mut self, job: Job) {
+        if !self.cleaning.lock().insert(job.id.clone()) {
+            return;
+        }
+        if let Some(a) = self.running.remove(&job.id) {
+            a.do_send(Stop);
+        }
+        let (ex, cleaning) = (self.ex.clone(), self.cleaning.clone());
+        actix::spawn(async move {
+            let deleted = match ex.sink(job.spec.sink) {
+                Ok(sink) => sink.delete_job(&job.id).await,
+                Err(e) => Err(e),
+            };
+            match deleted {
+                Ok(()) => {
+                    if let Err(e) = ex.propose(ExportOp::Remove { job: job.id.clone() }).await {
+                        tracing::info!(job = %job.id, "export job removal deferred: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(job = %job.id, "cannot delete the outputs of export job: {e}"),
+            }
+            cleaning.lock().remove(&job.id);
+        });
+    }
+
+    /// Deletes local part folders of jobs that are gone or cancelled (every node: a node that
+    /// served a part wrote its own copy).
+    fn collect_local(&self, jobs: &[Job]) {
+        let keep: HashSet<&str> = jobs.iter().filter(|j| j.status != Status::Cancelled).map(|j| j.id.as_str()).collect();
+        let Ok(entries) = std::fs::read_dir(&self.ex.local.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if super::job::valid_job_id(&name) && !keep.contains(name.as_str()) {
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!("cannot delete {}: {e}", entry.path().display());
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_millis(500), |act, ctx| act.tick(ctx));
+    }
+}
+
+/// Asks the supervisor to look at the jobs now (after a kick-off).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poke;
+
+impl Handler<Poke> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: Poke, ctx: &mut Context<Self>) {
+        self.tick(ctx);
+    }
+}

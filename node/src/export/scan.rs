@@ -1,0 +1,166 @@
+//! The deterministic reader behind every part: walks one type's current pointers in id order and
+//! turns each resource into its NDJSON line as of the job's instant, applying `_since`,
+//! `_typeFilter` (the doc numbers decided at kick-off), the Patient compartment of a Patient or
+//! Group export, and `_elements`. The lines of the ids `(after, last]` depend only on the
+//! replicated state and the job, so a part is the same bytes whichever node writes it, when.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+use serde_json::Value;
+
+use super::job::{Job, Level};
+use super::state;
+use crate::fhir::elements::Subset;
+use crate::fhir::Definitions;
+use crate::search::params::Registry;
+use crate::search::{index, posting};
+use crate::store::{keys, Current, Store, StoreError};
+
+const PATIENT: &str = "Patient";
+
+/// How far a [`Selector::fill`] got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Lines written.
+    pub count: u64,
+    pub bytes: u64,
+    /// The last id visited (written or not): the cursor to continue after.
+    pub last: Option<String>,
+    /// The range (or the type) has no more ids.
+    pub done: bool,
+}
+
+/// Selects and renders the resources of one type of one job.
+pub struct Selector {
+    store: Store,
+    reg: Arc<Registry>,
+    defs: Arc<Definitions>,
+    rtype: String,
+    as_of: u64,
+    since: Option<u64>,
+    filter: Option<RoaringBitmap>,
+    /// Patient / Group export: the parameters putting this type in a Patient compartment, and
+    /// the patients (`None`: any patient).
+    compartment: Option<(Vec<String>, Option<Arc<Vec<String>>>)>,
+    elements: Option<Vec<String>>,
+}
+
+/// The types a Patient or Group export covers: Patient and every member type of its compartment.
+pub fn compartment_types(reg: &Registry, defs: &Definitions) -> Vec<String> {
+    defs.types
+        .iter()
+        .filter(|t| **t == PATIENT || reg.compartment_params(PATIENT, t).is_some_and(|p| !p.is_empty()))
+        .map(|t| t.to_string())
+        .collect()
+}
+
+impl Selector {
+    /// `root` is the default tenant's store (the job names its tenant); `patients` is
+    /// [`Job::patient_set`], computed once per job.
+    pub fn new(root: &Store, reg: Arc<Registry>, defs: Arc<Definitions>, job: &Job, rtype: &str, patients: Option<Arc<Vec<String>>>) -> Result<Selector, StoreError> {
+        let filter = state::filter(root.tree().tree(), &job.id, rtype)?;
+        let compartment = match job.spec.level {
+            Level::System => None,
+            Level::Patient | Level::Group(_) => Some((reg.compartment_params(PATIENT, rtype).unwrap_or_default(), patients)),
+        };
+        let elements: Vec<String> = job
+            .spec
+            .elements
+            .iter()
+            .filter(|(t, _)| t.as_deref().is_none_or(|t| t == rtype))
+            .map(|(_, e)| e.clone())
+            .collect();
+        Ok(Selector {
+            store: root.tenant(job.spec.tenant.as_deref()),
+            reg,
+            defs,
+            rtype: rtype.to_string(),
+            as_of: job.as_of,
+            since: job.spec.since,
+            filter,
+            compartment,
+            elements: (!elements.is_empty()).then_some(elements),
+        })
+    }
+
+    /// Appends the lines of the ids after `after` (up to and including `until`, when given) to
+    /// `out`, stopping after `max_lines` lines, `max_bytes` bytes or `max_visit` ids visited.
+    pub fn fill(&self, after: Option<&str>, until: Option<&str>, max_lines: u64, max_bytes: u64, max_visit: usize, out: &mut Vec<u8>) -> Result<Chunk, StoreError> {
+        let prefix = keys::current(&self.rtype, "");
+        let start = match after {
+            Some(a) => Bound::Excluded(keys::current(&self.rtype, a)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let end = match until {
+            Some(u) => Bound::Included(keys::current(&self.rtype, u)),
+            None => Bound::Excluded(keys::prefix_end(&prefix)),
+        };
+        let mut chunk = Chunk::default();
+        let mut visited = 0usize;
+        let tree = self.store.tree();
+        for item in tree.range::<Vec<u8>, _>((start, end)) {
+            let (k, v) = item?;
+            let id = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| StoreError::Corrupt("resource id is not UTF-8".into()))?;
+            let cur = Current::decode(&v)?;
+            let before = out.len();
+            if self.line(id, cur, out)? {
+                chunk.count += 1;
+                chunk.bytes += (out.len() - before) as u64;
+            }
+            visited += 1;
+            chunk.last = Some(id.to_string());
+            if chunk.count >= max_lines || chunk.bytes >= max_bytes || visited >= max_visit {
+                return Ok(chunk);
+            }
+        }
+        chunk.done = true;
+        Ok(chunk)
+    }
+
+    /// Appends the line of `id` if the export selects it.
+    fn line(&self, id: &str, cur: Current, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        if let Some(f) = &self.filter {
+            match posting::docnum(self.store.tree(), &self.rtype, id)? {
+                Some(doc) if f.contains(doc) => {}
+                _ => return Ok(false),
+            }
+        }
+        let Some(rec) = self.store.version_at(&self.rtype, id, cur, self.as_of)? else { return Ok(false) };
+        if self.since.is_some_and(|s| rec.ts <= s) {
+            return Ok(false);
+        }
+        let raw = rec.body();
+        let needs_parse = self.elements.is_some() || raw.contains(&b'\n') || self.compartment.as_ref().is_some_and(|_| self.rtype != PATIENT);
+        if let Some((_, Some(patients))) = &self.compartment {
+            if self.rtype == PATIENT && patients.binary_search_by(|p| p.as_str().cmp(id)).is_err() {
+                return Ok(false);
+            }
+        }
+        if !needs_parse {
+            out.extend_from_slice(raw);
+            out.push(b'\n');
+            return Ok(true);
+        }
+        let mut body: Value = serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(format!("stored body of {}/{id}: {e}", self.rtype)))?;
+        if let Some((codes, patients)) = &self.compartment {
+            if self.rtype != PATIENT {
+                let refs = index::referenced_ids(&self.reg, &self.rtype, codes, &body, PATIENT);
+                let inside = match patients {
+                    None => !refs.is_empty(),
+                    Some(p) => refs.iter().any(|r| p.binary_search(r).is_ok()),
+                };
+                if !inside {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some(els) = &self.elements {
+            self.defs.subset(&mut body, &Subset { summary: None, elements: Some(els.clone()) });
+        }
+        serde_json::to_writer(&mut *out, &body).map_err(|e| StoreError::Storage(e.to_string()))?;
+        out.push(b'\n');
+        Ok(true)
+    }
+}
