@@ -4,6 +4,8 @@
 //! one Raft cluster (leader(), kill9(i), restart(i), isolate(i) / heal(i), add_node()); plus a
 //! small FHIR HTTP client.
 
+pub mod bulk;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

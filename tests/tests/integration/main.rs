@@ -10,6 +10,7 @@ mod conditional;
 mod crash;
 mod crud;
 mod examples;
+mod export;
 mod history;
 mod negotiation;
 mod search;
