@@ -72,6 +72,22 @@ enum Command {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// One Bulk Data export: kick-off to manifest (resources/s), then every file downloaded.
+    Export {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        /// The kick-off path and parameters.
+        #[arg(long, default_value = "/$export")]
+        path: String,
+        /// Skip downloading the files.
+        #[arg(long)]
+        no_download: bool,
+        /// Sample this server process's RSS (local servers).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, env = "KILN_BENCH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Re-render report.md and the plots from a results.json.
     Report {
         #[arg(long)]
@@ -119,6 +135,10 @@ async fn main() -> Result<(), String> {
             report.write(&out).map_err(|e| e.to_string())?;
             println!("{}", report.markdown());
             println!("written to {}", out.display());
+        }
+        Command::Export { base, path, no_download, server_pid, token } => {
+            let run = kiln_bench::export::run(&base, &path, token.as_deref(), server_pid, !no_download).await.map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?);
         }
         Command::Report { results, out } => {
             let text = std::fs::read(&results).map_err(|e| e.to_string())?;

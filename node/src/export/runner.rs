@@ -23,8 +23,9 @@ use crate::store::Store;
 
 /// Ids a chunk visits at most (between checks for cancel and leadership).
 const CHUNK_VISIT: usize = 4096;
-/// Lines per chunk read on the blocking pool.
+/// Lines and bytes per chunk read on the blocking pool (what one chunk holds in memory).
 const CHUNK_LINES: u64 = 4096;
+const CHUNK_BYTES: u64 = 8 << 20;
 
 /// What the export actors and handlers share.
 pub struct Exporter {
@@ -77,7 +78,7 @@ impl Exporter {
             let (s, a, until) = (sel.clone(), after.clone(), part.last.clone());
             let (chunk, buf) = blocking(move || {
                 let mut buf = Vec::new();
-                let chunk = s.fill(a.as_deref(), Some(&until), u64::MAX, u64::MAX, CHUNK_VISIT, &mut buf)?;
+                let chunk = s.fill(a.as_deref(), Some(&until), CHUNK_LINES, CHUNK_BYTES, CHUNK_VISIT, &mut buf)?;
                 Ok((chunk, buf))
             })
             .await?;
@@ -168,7 +169,7 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
             let done = loop {
                 let (s, after) = (sel.clone(), cursor.after.clone());
                 let lines = (ex.cfg.part_max_lines - part.count).min(CHUNK_LINES);
-                let bytes = ex.cfg.part_max_bytes - part.bytes;
+                let bytes = (ex.cfg.part_max_bytes - part.bytes).min(CHUNK_BYTES);
                 let (chunk, buf) = blocking(move || {
                     let mut buf = Vec::new();
                     let chunk = s.fill(after.as_deref(), None, lines, bytes, CHUNK_VISIT, &mut buf)?;

@@ -164,3 +164,78 @@ impl Selector {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::job::{ExportOp, ExportSpec, SinkKind};
+    use crate::fhir::FhirVersion;
+    use crate::search::testing::{indexed, put_all};
+    use crate::store::command::{Command, CommandV1};
+    use serde_json::json;
+
+    fn start(sm: &mut crate::store::StateMachine, index: u64, level: Level, filters: Vec<(String, Vec<(String, String)>)>) -> Job {
+        let id = uuid::Uuid::new_v4().to_string();
+        let spec = ExportSpec {
+            level,
+            tenant: None,
+            owner: "t".into(),
+            request: "r".into(),
+            types: vec!["Patient".into(), "Observation".into()],
+            since: None,
+            type_filters: filters,
+            elements: vec![],
+            patients: vec![],
+            sink: SinkKind::Local,
+            ignored: vec![],
+        };
+        sm.apply(index, 1, &Command::V1(CommandV1::Export(ExportOp::Start { job: id.clone(), ts_micros: 0, spec })).encode()).unwrap();
+        state::load(sm.tree(), &id).unwrap().unwrap()
+    }
+
+    fn all(sel: &Selector, visit: usize, lines: u64) -> (Vec<u8>, u64) {
+        let (mut out, mut after, mut n) = (Vec::new(), None::<String>, 0);
+        loop {
+            let c = sel.fill(after.as_deref(), None, lines, u64::MAX, visit, &mut out).unwrap();
+            n += c.count;
+            if c.done {
+                return (out, n);
+            }
+            after = c.last;
+        }
+    }
+
+    #[test]
+    fn parts_are_the_state_as_of_the_kick_off_in_any_chunking() {
+        let mut ix = indexed();
+        let patients: Vec<_> = (0..30).map(|i| json!({"resourceType": "Patient", "id": format!("p{i:02}"), "gender": if i % 2 == 0 { "female" } else { "male" }})).collect();
+        put_all(&mut ix.sm, 1, &patients);
+        let obs: Vec<_> = (0..10).map(|i| json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/p{i:02}")}})).collect();
+        put_all(&mut ix.sm, 2, &obs);
+        let job = start(&mut ix.sm, 3, Level::System, vec![("Patient".into(), vec![("gender".into(), "female".into())])]);
+        // After the kick-off: a change and a new female patient, which the export must not see.
+        put_all(&mut ix.sm, 4, &[json!({"resourceType": "Patient", "id": "p00", "gender": "male"}), json!({"resourceType": "Patient", "id": "p99", "gender": "female"})]);
+        let root = Store::new(ix.sm.tree().clone());
+        let defs = Arc::new(Definitions::load(FhirVersion::R4));
+        let sel = Selector::new(&root, ix.reg.clone(), defs.clone(), &job, "Patient", None).unwrap();
+        let (whole, n) = all(&sel, usize::MAX, u64::MAX);
+        assert_eq!(n, 15, "the filter decided at kick-off: the 15 female patients then");
+        let text = String::from_utf8(whole.clone()).unwrap();
+        assert!(text.contains(r#""id":"p00""#) && text.contains(r#""gender":"female""#) && !text.contains("p99"));
+        for (visit, lines) in [(1, u64::MAX), (3, 2), (7, 5)] {
+            assert_eq!(all(&sel, visit, lines).0, whole, "same bytes in chunks of {visit} ids / {lines} lines");
+        }
+        // A range (after, until] gives exactly its lines again.
+        let mut part = Vec::new();
+        let c = sel.fill(Some("p03"), Some("p09"), u64::MAX, u64::MAX, usize::MAX, &mut part).unwrap();
+        assert!(c.done);
+        assert_eq!(c.count, 3, "p04, p06, p08");
+
+        // Patient level: the compartment; a Group export: its members only.
+        let pjob = start(&mut ix.sm, 5, Level::Patient, vec![]);
+        let osel = Selector::new(&root, ix.reg.clone(), defs.clone(), &pjob, "Observation", Some(Arc::new(vec!["p01".into(), "p02".into()]))).unwrap();
+        assert_eq!(all(&osel, usize::MAX, u64::MAX).1, 2);
+        let psel = Selector::new(&root, ix.reg.clone(), defs, &pjob, "Patient", Some(Arc::new(vec!["p01".into(), "p99".into()]))).unwrap();
+        assert_eq!(all(&psel, usize::MAX, u64::MAX).1, 2);
+    }
+}
