@@ -24,6 +24,9 @@ pub struct ExportConfig {
     pub max_active_jobs: usize,
     /// `Retry-After` (seconds) of a status answer while a job runs.
     pub retry_after_secs: u64,
+    /// Share of one core a job's reader may use (0.05 to 1): after each chunk it pauses, so
+    /// writes keep their latency during an export.
+    pub read_share: f64,
 }
 
 /// The `sink` key.
@@ -54,6 +57,7 @@ impl Default for ExportConfig {
             expiry_secs: 24 * 3600,
             max_active_jobs: 4,
             retry_after_secs: 2,
+            read_share: 0.5,
         }
     }
 }
@@ -67,6 +71,9 @@ impl ExportConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.part_max_lines == 0 || self.part_max_bytes < 1024 {
             return Err("export.part_max_lines must be at least 1 and export.part_max_bytes at least 1024".into());
+        }
+        if !(0.05..=1.0).contains(&self.read_share) {
+            return Err("export.read_share must be between 0.05 and 1".into());
         }
         if self.max_active_jobs == 0 {
             return Err("export.max_active_jobs must be at least 1".into());

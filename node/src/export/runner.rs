@@ -94,6 +94,13 @@ impl Exporter {
     }
 }
 
+/// Pauses after a chunk that took `took` so that reading uses at most `share` of a core.
+async fn pace(took: Duration, share: f64) {
+    if share < 1.0 {
+        tokio::time::sleep(took.mul_f64(1.0 / share - 1.0)).await;
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ExportError> + Send + 'static) -> Result<T, ExportError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ExportError::Internal(format!("export reader: {e}")))?
 }
@@ -170,12 +177,14 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
                 let (s, after) = (sel.clone(), cursor.after.clone());
                 let lines = (ex.cfg.part_max_lines - part.count).min(CHUNK_LINES);
                 let bytes = (ex.cfg.part_max_bytes - part.bytes).min(CHUNK_BYTES);
+                let began = std::time::Instant::now();
                 let (chunk, buf) = blocking(move || {
                     let mut buf = Vec::new();
                     let chunk = s.fill(after.as_deref(), None, lines, bytes, CHUNK_VISIT, &mut buf)?;
                     Ok((chunk, buf))
                 })
                 .await?;
+                pace(began.elapsed(), ex.cfg.read_share).await;
                 if !buf.is_empty() {
                     if writer.is_none() {
                         writer = Some(sink.open(id, &file).await?);
@@ -227,14 +236,16 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
 pub struct Supervisor {
     ex: Arc<Exporter>,
     running: HashMap<String, Addr<JobActor>>,
-    /// Jobs whose outputs are being deleted (cancelled or expired) by this node.
+    /// Jobs whose outputs are being deleted (cancelled or expired) by this node, and jobs whose
+    /// deletion failed with when to try again (the storage may be down).
     cleaning: Arc<parking_lot::Mutex<HashSet<String>>>,
+    retry: Arc<parking_lot::Mutex<HashMap<String, std::time::Instant>>>,
     ticks: u64,
 }
 
 impl Supervisor {
     pub fn new(ex: Arc<Exporter>) -> Supervisor {
-        Supervisor { ex, running: HashMap::new(), cleaning: Default::default(), ticks: 0 }
+        Supervisor { ex, running: HashMap::new(), cleaning: Default::default(), retry: Default::default(), ticks: 0 }
     }
 
     fn tick(&mut self, _ctx: &mut Context<Self>) {
@@ -274,13 +285,13 @@ impl Supervisor {
 
     /// Deletes a job's outputs, then forgets the job (through Raft).
     fn remove(&mut self, job: Job) {
-        if !self.cleaning.lock().insert(job.id.clone()) {
+        if self.retry.lock().get(&job.id).is_some_and(|at| *at > std::time::Instant::now()) || !self.cleaning.lock().insert(job.id.clone()) {
             return;
         }
         if let Some(a) = self.running.remove(&job.id) {
             a.do_send(Stop);
         }
-        let (ex, cleaning) = (self.ex.clone(), self.cleaning.clone());
+        let (ex, cleaning, retry) = (self.ex.clone(), self.cleaning.clone(), self.retry.clone());
         actix::spawn(async move {
             let deleted = match ex.sink(job.spec.sink) {
                 Ok(sink) => sink.delete_job(&job.id).await,
@@ -288,11 +299,15 @@ impl Supervisor {
             };
             match deleted {
                 Ok(()) => {
+                    retry.lock().remove(&job.id);
                     if let Err(e) = ex.propose(ExportOp::Remove { job: job.id.clone() }).await {
                         tracing::info!(job = %job.id, "export job removal deferred: {e}");
                     }
                 }
-                Err(e) => tracing::warn!(job = %job.id, "cannot delete the outputs of export job: {e}"),
+                Err(e) => {
+                    tracing::warn!(job = %job.id, "cannot delete the outputs of export job (retried in 30 s): {e}");
+                    retry.lock().insert(job.id.clone(), std::time::Instant::now() + Duration::from_secs(30));
+                }
             }
             cleaning.lock().remove(&job.id);
         });

@@ -16,7 +16,7 @@ use crate::fhir::elements::Subset;
 use crate::fhir::Definitions;
 use crate::search::params::Registry;
 use crate::search::{index, posting};
-use crate::store::{keys, Current, Store, StoreError};
+use crate::store::{keys, Store, StoreError, VersionRecord};
 
 const PATIENT: &str = "Patient";
 
@@ -87,49 +87,71 @@ impl Selector {
 
     /// Appends the lines of the ids after `after` (up to and including `until`, when given) to
     /// `out`, stopping after `max_lines` lines, `max_bytes` bytes or `max_visit` ids visited.
+    /// Reads the type's version records in key order (id, then version): one sequential scan,
+    /// no lookup per resource; the version of an id as of the job's instant is its last one
+    /// written by then.
     pub fn fill(&self, after: Option<&str>, until: Option<&str>, max_lines: u64, max_bytes: u64, max_visit: usize, out: &mut Vec<u8>) -> Result<Chunk, StoreError> {
-        let prefix = keys::current(&self.rtype, "");
+        let prefix = keys::versions_of_type(&self.rtype);
         let start = match after {
-            Some(a) => Bound::Excluded(keys::current(&self.rtype, a)),
+            Some(a) => Bound::Included(keys::prefix_end(&keys::versions_of(&self.rtype, a))),
             None => Bound::Included(prefix.clone()),
         };
         let end = match until {
-            Some(u) => Bound::Included(keys::current(&self.rtype, u)),
+            Some(u) => Bound::Excluded(keys::prefix_end(&keys::versions_of(&self.rtype, u))),
             None => Bound::Excluded(keys::prefix_end(&prefix)),
         };
         let mut chunk = Chunk::default();
         let mut visited = 0usize;
-        let tree = self.store.tree();
-        for item in tree.range::<Vec<u8>, _>((start, end)) {
+        // The id being read and its version as of the job's instant (if any yet).
+        let mut group: Option<(String, Option<VersionRecord>)> = None;
+        for item in self.store.tree().range::<Vec<u8>, _>((start, end)) {
             let (k, v) = item?;
-            let id = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| StoreError::Corrupt("resource id is not UTF-8".into()))?;
-            let cur = Current::decode(&v)?;
-            let before = out.len();
-            if self.line(id, cur, out)? {
-                chunk.count += 1;
-                chunk.bytes += (out.len() - before) as u64;
+            let id = id_of(&k, prefix.len())?;
+            if group.as_ref().is_some_and(|(g, _)| g != id) {
+                let (gid, rec) = group.take().expect("checked");
+                self.finish(&gid, rec, out, &mut chunk)?;
+                visited += 1;
+                chunk.last = Some(gid);
+                if chunk.count >= max_lines || chunk.bytes >= max_bytes || visited >= max_visit {
+                    return Ok(chunk);
+                }
             }
-            visited += 1;
-            chunk.last = Some(id.to_string());
-            if chunk.count >= max_lines || chunk.bytes >= max_bytes || visited >= max_visit {
-                return Ok(chunk);
+            let rec = VersionRecord::decode(v)?;
+            let g = group.get_or_insert_with(|| (id.to_string(), None));
+            if rec.ts <= self.as_of {
+                g.1 = Some(rec);
             }
+        }
+        if let Some((gid, rec)) = group {
+            self.finish(&gid, rec, out, &mut chunk)?;
+            chunk.last = Some(gid);
         }
         chunk.done = true;
         Ok(chunk)
     }
 
-    /// Appends the line of `id` if the export selects it.
-    fn line(&self, id: &str, cur: Current, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+    /// Adds the line of `id` given its version as of the job's instant; whether it was written.
+    fn finish(&self, id: &str, rec: Option<VersionRecord>, out: &mut Vec<u8>, chunk: &mut Chunk) -> Result<bool, StoreError> {
+        let Some(rec) = rec else { return Ok(false) };
+        let before = out.len();
+        if !self.line(id, &rec, out)? {
+            return Ok(false);
+        }
+        chunk.count += 1;
+        chunk.bytes += (out.len() - before) as u64;
+        Ok(true)
+    }
+
+    /// Appends the line of `id` (version `rec`) if the export selects it.
+    fn line(&self, id: &str, rec: &VersionRecord, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        if rec.is_delete() || self.since.is_some_and(|s| rec.ts <= s) {
+            return Ok(false);
+        }
         if let Some(f) = &self.filter {
             match posting::docnum(self.store.tree(), &self.rtype, id)? {
                 Some(doc) if f.contains(doc) => {}
                 _ => return Ok(false),
             }
-        }
-        let Some(rec) = self.store.version_at(&self.rtype, id, cur, self.as_of)? else { return Ok(false) };
-        if self.since.is_some_and(|s| rec.ts <= s) {
-            return Ok(false);
         }
         let raw = rec.body();
         let needs_parse = self.elements.is_some() || raw.contains(&b'\n') || self.compartment.as_ref().is_some_and(|_| self.rtype != PATIENT);
@@ -163,6 +185,13 @@ impl Selector {
         out.push(b'\n');
         Ok(true)
     }
+}
+
+/// The id in a version key `v type \0 id \0 version(8)` whose type prefix is `skip` bytes long.
+fn id_of(k: &[u8], skip: usize) -> Result<&str, StoreError> {
+    let bad = || StoreError::Corrupt("version key".into());
+    let rest = k.get(skip..).filter(|r| r.len() >= 10).ok_or_else(bad)?;
+    std::str::from_utf8(&rest[..rest.len() - 9]).map_err(|_| bad())
 }
 
 #[cfg(test)]

@@ -61,6 +61,13 @@ pub fn version(rtype: &str, id: &str, version: u64) -> Vec<u8> {
     tuple(VERSION, &[rtype.as_bytes(), id.as_bytes(), &version.to_be_bytes()])
 }
 
+/// Prefix of all versions of every resource of one type.
+pub fn versions_of_type(rtype: &str) -> Vec<u8> {
+    let mut k = tuple(VERSION, &[rtype.as_bytes()]);
+    k.push(0);
+    k
+}
+
 /// Prefix of all versions of one resource.
 pub fn versions_of(rtype: &str, id: &str) -> Vec<u8> {
     let mut k = tuple(VERSION, &[rtype.as_bytes(), id.as_bytes()]);

@@ -186,22 +186,6 @@ impl Store {
         Ok(rec)
     }
 
-    /// The version of `rtype/id` that was current at instant `at` (µs), given its current
-    /// pointer: `None` when it did not exist then or was deleted. Every version is kept, so any
-    /// past instant can be read (an export reads the state as of its kick-off).
-    pub fn version_at(&self, rtype: &str, id: &str, cur: Current, at: u64) -> Result<Option<VersionRecord>, StoreError> {
-        if cur.ts <= at {
-            return if cur.deleted { Ok(None) } else { self.version_record(rtype, id, cur.version).map(Some) };
-        }
-        for item in self.tree.scan_prefix(keys::versions_of(rtype, id)).rev() {
-            let rec = VersionRecord::decode(item?.1)?;
-            if rec.ts <= at {
-                return Ok((!rec.is_delete()).then_some(rec));
-            }
-        }
-        Ok(None)
-    }
-
     fn version_record(&self, rtype: &str, id: &str, version: u64) -> Result<VersionRecord, StoreError> {
         let raw = self
             .tree
