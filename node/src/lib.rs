@@ -15,6 +15,8 @@
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
 //!   tenant's data is its own key space of the state ([`store::space`]).
+//! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
+//! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -23,6 +25,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod binary;
 pub mod config;
 pub mod consensus;
 pub mod error;
@@ -30,6 +33,7 @@ pub mod fhir;
 pub mod fuzzing;
 pub mod http;
 pub mod launcher;
+pub mod objects;
 pub mod search;
 pub mod store;
 pub mod tenancy;
@@ -69,6 +73,10 @@ pub enum StartError {
     AdminToken { path: String, reason: String },
     #[error(transparent)]
     ApiTls(#[from] http::tls::ApiTlsError),
+    #[error(transparent)]
+    Objects(#[from] objects::ObjectsError),
+    #[error("cannot create the local blob folder in {path}: {source}")]
+    Blobs { path: String, source: std::io::Error },
 }
 
 /// A running node.
@@ -152,6 +160,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         }
         None => None,
     };
+    let s3 = cfg.s3.as_ref().map(objects::S3::open).transpose()?;
+    let blobs = Arc::new(binary::Blobs::open(&cfg, s3.clone()).map_err(|source| StartError::Blobs { path: cfg.data_dir.display().to_string(), source })?);
     let db = sled::Config::new()
         .path(&cfg.data_dir)
         .open()
@@ -195,6 +205,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                     bundle_room,
                     auth: authority,
+                    s3,
+                    blobs,
                 });
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {

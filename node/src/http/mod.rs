@@ -5,6 +5,7 @@
 //! [`tls`] is TLS on this API (`[api_tls]`).
 
 pub mod admin;
+pub mod binary;
 pub mod bundle;
 pub mod bundle_plan;
 pub mod crud;
@@ -85,6 +86,10 @@ pub struct AppState {
     pub bundle_room: Arc<tokio::sync::Semaphore>,
     /// Authentication and the rules (`[auth]`).
     pub auth: Arc<crate::auth::Authority>,
+    /// The `[s3]` bucket, when configured.
+    pub s3: Option<crate::objects::S3>,
+    /// Where Binary content lives ([`crate::binary`]).
+    pub blobs: Arc<crate::binary::Blobs>,
 }
 
 /// The level an interaction works at.
