@@ -319,7 +319,7 @@ impl Config {
         if let Some(s3) = &self.s3 {
             s3.validate().map_err(ConfigError::Invalid)?;
         }
-        self.binary.validate(self.s3.is_some(), self.limits.max_body_bytes).map_err(ConfigError::Invalid)?;
+        self.binary.validate(self.s3.is_some(), self.cluster.max_frame_bytes).map_err(ConfigError::Invalid)?;
         if let Some(base) = &self.base_url {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return bad(format!("base_url = {base:?} must start with http:// or https://"));

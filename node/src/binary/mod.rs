@@ -75,13 +75,13 @@ impl Default for BinaryConfig {
 
 impl BinaryConfig {
     /// Checks the section against the rest of the configuration.
-    pub fn validate(&self, has_s3: bool, max_body_bytes: usize) -> Result<(), String> {
+    pub fn validate(&self, has_s3: bool, max_frame_bytes: usize) -> Result<(), String> {
         if self.max_bytes == 0 || self.max_bytes > i32::MAX as u64 {
             return Err(format!("binary.max_bytes = {} must be between 1 and 2147483647", self.max_bytes));
         }
-        // Inline content travels base64 (4/3) in a JSON body through the Raft log.
-        if self.inline_max_bytes > max_body_bytes / 2 {
-            return Err(format!("binary.inline_max_bytes = {} must be at most half of limits.max_body_bytes = {max_body_bytes}", self.inline_max_bytes));
+        // Inline content travels base64 (4/3) in a JSON body through the Raft log, one frame.
+        if self.inline_max_bytes > max_frame_bytes / 4 {
+            return Err(format!("binary.inline_max_bytes = {} must be at most a quarter of cluster.max_frame_bytes = {max_frame_bytes}", self.inline_max_bytes));
         }
         if !has_s3 && self.store == StoreChoice::S3 {
             return Err("binary.store = \"s3\" needs an [s3] section".into());
@@ -178,12 +178,13 @@ impl Blobs {
         }
     }
 
-    fn target(&self, place: Place) -> Result<(Arc<dyn ObjectStore>, &str, Option<&S3>), BinaryError> {
+    /// The store holding `place` and its description for messages.
+    fn target(&self, place: Place) -> Result<(Arc<dyn ObjectStore>, &str), BinaryError> {
         match place {
-            Place::Local => Ok((self.local.clone(), &self.local_place, None)),
+            Place::Local => Ok((self.local.clone(), &self.local_place)),
             Place::S3 => {
                 let s3 = self.s3.as_ref().ok_or_else(|| BinaryError::NeedsS3("content stored in S3".into()))?;
-                Ok((s3.store(), s3.describe(), Some(s3)))
+                Ok((s3.store(), s3.describe()))
             }
         }
     }
@@ -198,14 +199,14 @@ impl Blobs {
 
     /// A streaming writer of the relative key `rel` in `place`.
     pub fn writer(&self, place: Place, rel: &str) -> Result<ObjectWriter, BinaryError> {
-        let (store, desc, _) = self.target(place)?;
+        let (store, desc) = self.target(place)?;
         Ok(ObjectWriter::new(store, self.full_key(place, rel), desc))
     }
 
     /// The content of `r`: its size and a stream of chunks.
     pub async fn open_content(&self, r: &ContentRef) -> Result<(u64, futures::stream::BoxStream<'static, Result<bytes::Bytes, ObjectsError>>), ApiError> {
         use futures::{StreamExt, TryStreamExt};
-        let (store, desc, _) = self.target(r.place)?;
+        let (store, desc) = self.target(r.place)?;
         let got = store.get(&self.full_key(r.place, &r.key)).await.map_err(|e| ObjectsError::from_store(e, desc))?;
         let size = got.meta.size;
         let desc = desc.to_string();
@@ -215,7 +216,7 @@ impl Blobs {
     /// The size of the object of `r` (`None` when it does not exist yet: a presigned upload
     /// that has not happened).
     pub async fn size_of(&self, r: &ContentRef) -> Result<Option<u64>, ApiError> {
-        let (store, desc, _) = self.target(r.place)?;
+        let (store, desc) = self.target(r.place)?;
         match store.head(&self.full_key(r.place, &r.key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -225,7 +226,7 @@ impl Blobs {
 
     /// Best effort: removes an object no version points to (a write that failed after upload).
     pub async fn discard(&self, place: Place, rel: &str) {
-        if let Ok((store, desc, _)) = self.target(place) {
+        if let Ok((store, desc)) = self.target(place) {
             if let Err(e) = store.delete(&self.full_key(place, rel)).await {
                 tracing::warn!(key = rel, "could not remove an unused object from {desc}: {e}");
             }

@@ -181,6 +181,11 @@ pub async fn write_raw(req: &HttpRequest, payload: web::Payload, st: &AppState, 
     if presign_requested(req)?.is_some() {
         return Err(BinaryError::NotPresignable("X-Kiln-Presigned: put takes a JSON Binary without data and answers with a URL to upload to; this request carries the content itself".into()).into());
     }
+    // If-None-Exist works as on any create: a match answers with it and nothing is written.
+    let condition = match (id.is_none(), negotiate::header(req, "if-none-exist")?) {
+        (true, Some(text)) => Some(crud::condition(crud::if_none_exist_query(text), "If-None-Exist", false)?),
+        _ => None,
+    };
     let content_type = negotiate::header(req, "content-type")?.map(str::trim).filter(|c| !c.is_empty()).unwrap_or("application/octet-stream").to_string();
     let security_context = security_context(req)?;
     let upload = receive(st, &ctx, payload).await?;
@@ -196,16 +201,26 @@ pub async fn write_raw(req: &HttpRequest, payload: web::Payload, st: &AppState, 
         Upload::Inline(_) => {}
         Upload::Stored(r) => r.set_on(&mut body, st.cfg.fhir_version),
     }
-    let intent = WriteIntent { action, id, body: Some(body), if_match, condition: None };
-    match send_write_vetted(&ctx, st, BINARY, intent).await {
-        Ok((id, applied)) => crud::write_response(&ctx, st, BINARY, &id, &applied),
-        Err(e) => {
-            if let Upload::Stored(r) = &upload {
-                st.blobs.discard(r.place, &r.key).await;
-            }
-            Err(e)
+    let conditional = condition.is_some();
+    let intent = WriteIntent { action, id, body: Some(body), if_match, condition };
+    let written = send_write_vetted(&ctx, st, BINARY, intent).await;
+    if let Upload::Stored(r) = &upload {
+        // No version points at the object when the write failed, or when a conditional create
+        // matched an existing Binary instead.
+        let points_here = |a: &crate::store::command::Applied| {
+            let stored = a.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok());
+            stored.and_then(|v| ContentRef::from_resource(&v, st.cfg.fhir_version)).is_some_and(|c| c.key == r.key)
+        };
+        let kept = match &written {
+            Err(_) => false,
+            Ok((_, a)) => !conditional || points_here(a),
+        };
+        if !kept {
+            st.blobs.discard(r.place, &r.key).await;
         }
     }
+    let (id, applied) = written?;
+    crud::write_response(&ctx, st, BINARY, &id, &applied)
 }
 
 fn security_context(req: &HttpRequest) -> Result<Option<String>, RequestError> {

@@ -300,3 +300,56 @@ fn binary_cluster_without_s3_refuses_large_content() {
         assert_eq!((status, body.as_slice()), (200, b"replicated".as_slice()), "node {n}");
     }
 }
+
+#[test]
+fn binary_raw_paths_use_the_same_rights_checks() {
+    let keys = tempfile::tempdir().unwrap();
+    let node = super::auth::secured_node(keys.path());
+    let c = client();
+    let scoped = |s: &str| super::auth::token(json!({"scope": s}));
+    let (writer, reader, other) = (scoped("system/Binary.cruds"), scoped("system/Binary.rs"), scoped("system/Patient.cruds"));
+    let big = bytes(1024 * 1024, 8);
+    outcome(post_raw(&c, &node.url("/Binary"), "image/png", big.clone()), 401, "");
+    let r = c.post(node.url("/Binary")).bearer_auth(&other).header("content-type", "image/png").body(big.clone()).send().unwrap();
+    outcome(r, 403, "Binary");
+    let blobs = node.cfg.data_dir.join("blobs").join("binary");
+    assert!(!blobs.exists() || std::fs::read_dir(&blobs).unwrap().next().is_none(), "nothing is stored for a caller who may not write");
+    let r = c.post(node.url("/Binary")).bearer_auth(&writer).header("content-type", "image/png").body(big.clone()).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let id = json(r)["id"].as_str().unwrap().to_string();
+    let r = c.get(node.url(&format!("/Binary/{id}"))).bearer_auth(&reader).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().unwrap().to_vec() == big);
+    outcome(c.get(node.url(&format!("/Binary/{id}/_history/1"))).bearer_auth(&other).send().unwrap(), 403, "Binary");
+    outcome(c.put(node.url(&format!("/Binary/{id}"))).bearer_auth(&reader).header("content-type", "image/png").body(b"x".to_vec()).send().unwrap(), 403, "Binary");
+}
+
+#[test]
+fn binary_stu3_head_and_conditional_raw_create() {
+    let node = TestNode::start_with(FhirVersion::Stu3, |_| {});
+    let c = client();
+    let r = c.post(node.url("/Binary")).header("content-type", "text/csv").header("if-none-exist", "_id=nothing-here").body("a,b\n1,2\n").send().unwrap();
+    assert_eq!(r.status(), 201);
+    let created = json(r);
+    assert!(created["content"].is_string(), "STU3 keeps inline content in Binary.content: {created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    // A conditional create that matches writes nothing and answers the existing Binary.
+    let r = c.post(node.url("/Binary")).header("content-type", "text/csv").header("if-none-exist", format!("_id={id}")).body("other").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r)["id"], id.as_str());
+    let r = c.head(node.url(&format!("/Binary/{id}"))).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "text/csv");
+    // Large STU3 content: the extension sits on _content.
+    let big = bytes(600 * 1024, 9);
+    let v = json(post_raw(&c, &node.url("/Binary"), "application/zip", big.clone()));
+    assert!(v["_content"]["extension"][0]["url"] == EXT, "{v}");
+    let big_id = v["id"].as_str().unwrap();
+    let r = c.head(node.url(&format!("/Binary/{big_id}"))).send().unwrap();
+    assert_eq!(header(&r, "content-length"), big.len().to_string());
+    assert!(raw_get(&c, &node.url(&format!("/Binary/{big_id}"))).2 == big);
+    // A forged reference inside a transaction bundle is refused like one in a plain write.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Binary", "contentType": "application/zip", "_content": v["_content"].clone()}, "request": {"method": "POST", "url": "Binary"}}]});
+    let r = c.post(node.url("/")).header("content-type", FHIR).body(bundle.to_string()).send().unwrap();
+    outcome(r, 400, EXT);
+}
