@@ -470,7 +470,8 @@ impl S3Server {
 
     /// [`S3Server::s3_config`] with another secret (for wrong-credential tests).
     pub fn s3_config_with_secret(&self, secret: &str) -> kiln::config::S3Config {
-        let file = self.dir.path().join(format!("secret-{:x}", secret.len() as u64 * 31 + secret.bytes().map(u64::from).sum::<u64>()));
+        static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let file = self.dir.path().join(format!("secret-{}", FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         std::fs::write(&file, secret).expect("write secret file");
         kiln::config::S3Config {
             endpoint: Some(self.endpoint()),

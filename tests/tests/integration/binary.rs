@@ -302,6 +302,28 @@ fn binary_cluster_without_s3_refuses_large_content() {
 }
 
 #[test]
+fn binary_cluster_with_s3_serves_large_content_from_every_node() {
+    let s3 = S3Server::start();
+    let cfg = s3.s3_config();
+    let cluster = TestCluster::start_with(3, |c| c.s3 = Some(cfg.clone()));
+    let leader = cluster.leader();
+    let follower = cluster.ids().into_iter().find(|i| *i != leader).unwrap();
+    let c = client();
+    let big = bytes(3 * 1024 * 1024, 10);
+    let r = post_raw(&c, &cluster.url(follower, "/Binary"), "application/octet-stream", big.clone());
+    assert_eq!(r.status(), 201);
+    let v = json(r);
+    assert!(v.get("data").is_none(), "only the reference goes through the Raft log: {v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    cluster.converged(&cluster.ids(), 30);
+    for n in cluster.ids() {
+        let (status, _, body) = raw_get(&c, &cluster.url(n, &format!("/Binary/{id}")));
+        assert_eq!(status, 200, "node {n}");
+        assert!(body == big, "node {n} serves the bytes from the bucket");
+    }
+}
+
+#[test]
 fn binary_raw_paths_use_the_same_rights_checks() {
     let keys = tempfile::tempdir().unwrap();
     let node = super::auth::secured_node(keys.path());
