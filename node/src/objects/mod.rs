@@ -245,25 +245,40 @@ impl ObjectWriter {
     }
 
     /// Completes the object; returns its size.
-    pub async fn finish(self) -> Result<u64, ObjectsError> {
-        let place = self.place;
-        match self.upload {
+    pub async fn finish(mut self) -> Result<u64, ObjectsError> {
+        match self.upload.take() {
             Some(up) => {
-                up.finish().await.map_err(|e| ObjectsError::from_store(e, &place))?;
+                up.finish().await.map_err(|e| ObjectsError::from_store(e, &self.place))?;
             }
             None => {
-                self.store.put(&self.key, PutPayload::from(self.buf)).await.map_err(|e| ObjectsError::from_store(e, &place))?;
+                let buf = std::mem::take(&mut self.buf);
+                self.store.put(&self.key, PutPayload::from(buf)).await.map_err(|e| ObjectsError::from_store(e, &self.place))?;
             }
         }
         Ok(self.written)
     }
 
     /// Gives up: a multipart upload is aborted (its parts deleted); nothing was written otherwise.
-    pub async fn abort(self) {
-        if let Some(up) = self.upload {
+    pub async fn abort(mut self) {
+        if let Some(up) = self.upload.take() {
             if let Err(e) = up.abort().await {
                 tracing::warn!(key = %self.key, "aborting a multipart upload in {}: {e}", self.place);
             }
+        }
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// A writer dropped mid-upload (the client went away and its request was dropped) aborts
+    /// the multipart upload in the background, so the bucket does not keep its parts.
+    fn drop(&mut self) {
+        if let (Some(up), Ok(rt)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
+            let (key, place) = (self.key.clone(), std::mem::take(&mut self.place));
+            rt.spawn(async move {
+                if let Err(e) = up.abort().await {
+                    tracing::warn!(key = %key, "aborting an abandoned multipart upload in {place}: {e}");
+                }
+            });
         }
     }
 }

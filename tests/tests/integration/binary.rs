@@ -375,3 +375,31 @@ fn binary_stu3_head_and_conditional_raw_create() {
     let r = c.post(node.url("/")).header("content-type", FHIR).body(bundle.to_string()).send().unwrap();
     outcome(r, 400, EXT);
 }
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()).unwrap_or(0)
+}
+
+#[test]
+fn binary_upload_cut_off_by_the_client_leaves_nothing_in_the_bucket() {
+    use std::io::Write;
+    let s3 = S3Server::start();
+    let cfg = s3.s3_config();
+    let node = TestNode::start_with(FhirVersion::R4, |c| c.s3 = Some(cfg.clone()));
+    let data = s3.dir.path().join("data");
+    let mut conn = std::net::TcpStream::connect(kiln_tests::host_port(&node.base)).unwrap();
+    write!(conn, "POST /Binary HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", 20 * 1024 * 1024).unwrap();
+    conn.write_all(&bytes(12 * 1024 * 1024, 11)).unwrap();
+    let started = std::time::Instant::now();
+    while files_under(&data) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the multipart upload never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(conn);
+    let started = std::time::Instant::now();
+    while files_under(&data) > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the parts of an abandoned upload stay in the bucket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
