@@ -214,6 +214,9 @@ fn binary_large_content_in_s3_with_presigned_urls() {
     let pid = created["id"].as_str().unwrap().to_string();
     let stored = fhir_get(&c, &node.url(&format!("/Binary/{pid}")));
     assert!(stored.get("presignedPutUrl").is_none(), "the URL is not part of the stored resource");
+    // Before the upload: raw reads say the object does not exist; FHIR reads have no data.
+    outcome(c.get(node.url(&format!("/Binary/{pid}"))).send().unwrap(), 404, "does not exist");
+    assert!(fhir_get(&c, &node.url(&format!("/Binary/{pid}"))).get("data").is_none());
     let content = bytes(300 * 1024, 6);
     let r = c.put(&put_url).body(content.clone()).send().unwrap();
     assert!(r.status().is_success(), "presigned PUT: {}", r.status());
