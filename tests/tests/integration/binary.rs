@@ -406,3 +406,41 @@ fn binary_upload_cut_off_by_the_client_leaves_nothing_in_the_bucket() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The objects API the Binary and export code share, straight against s3s-fs.
+#[test]
+fn binary_objects_api_against_s3s_fs() {
+    let server = S3Server::start();
+    let mut cfg = server.s3_config();
+    cfg.prefix = "kiln/test".into();
+    let s3 = kiln::objects::S3::open(&cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let small = s3.key("export/job1/a.ndjson");
+        assert_eq!(small.as_ref(), "kiln/test/export/job1/a.ndjson");
+        let mut w = s3.writer(small.clone());
+        w.write(b"{\"a\":1}\n").await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 8);
+        let large = s3.key("export/job1/b.ndjson");
+        let data = bytes(kiln::objects::PART_BYTES * 2 + 5, 12);
+        let mut w = s3.writer(large.clone());
+        for chunk in data.chunks(1 << 20) {
+            w.write(chunk).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        assert_eq!(s3.head(&large).await.unwrap().size, data.len() as u64);
+        let url = s3.presign_get(&large, Duration::from_secs(60)).await.unwrap();
+        let got = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        assert!(got.as_ref() == data.as_slice());
+        let put = s3.presign_put(&s3.key("export/job1/c.ndjson"), Duration::from_secs(60)).await.unwrap();
+        assert!(reqwest::Client::new().put(&put).body("c").send().await.unwrap().status().is_success());
+        let other = s3.key("export/job10/keep");
+        let mut w = s3.writer(other.clone());
+        w.write(b"x").await.unwrap();
+        w.finish().await.unwrap();
+        assert_eq!(s3.delete_prefix(&s3.key("export/job1")).await.unwrap(), 3, "a, b and c; not job10");
+        assert!(matches!(s3.head(&small).await, Err(kiln::objects::ObjectsError::NotFound { .. })));
+        assert!(s3.head(&other).await.is_ok());
+    });
+    assert!(server.object_path("kiln/test/export/job10/keep").exists());
+}
