@@ -115,7 +115,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
 fn classify_objects(o: &ObjectsError) -> (u16, &'static str) {
     match o {
         ObjectsError::Config(_) => (500, "exception"),
-        ObjectsError::Credentials { .. } | ObjectsError::Failed { .. } => (502, "exception"),
+        ObjectsError::Credentials { .. } | ObjectsError::Failed { .. } | ObjectsError::NoBucket { .. } => (502, "exception"),
         ObjectsError::Unavailable { .. } => (503, "transient"),
         ObjectsError::NotFound { .. } => (404, "not-found"),
     }

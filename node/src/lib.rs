@@ -208,6 +208,16 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     s3,
                     blobs,
                 });
+                if let Some(s3) = state.s3.clone() {
+                    // Not a start condition (the node serves everything else without the bucket):
+                    // tell the operator early whether the bucket answers.
+                    actix_web::rt::spawn(async move {
+                        match s3.check().await {
+                            Ok(()) => tracing::info!("[s3] {} answers", s3.describe()),
+                            Err(e) => tracing::warn!("[s3] check failed, requests that need the bucket will fail: {e}"),
+                        }
+                    });
+                }
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {
                     error::set_thread_version(version);

@@ -44,6 +44,9 @@ pub enum ObjectsError {
     Credentials { status: u16, place: String, detail: String },
     #[error("object {key} does not exist in {place}")]
     NotFound { key: String, place: String },
+    /// A write answered "not found": the bucket itself is missing.
+    #[error("{place} does not exist (or the key may not see it): create the bucket first ({detail})")]
+    NoBucket { place: String, detail: String },
     #[error("{place} is unreachable or failing (retried): {detail}")]
     Unavailable { place: String, detail: String },
     #[error("{place} refused the request: {detail}")]
@@ -51,6 +54,14 @@ pub enum ObjectsError {
 }
 
 impl ObjectsError {
+    /// Maps an error of a write: there, "not found" can only mean the bucket.
+    fn from_write(e: object_store::Error, place: &str) -> ObjectsError {
+        match e {
+            object_store::Error::NotFound { source, .. } => ObjectsError::NoBucket { place: place.to_string(), detail: source.to_string() },
+            other => ObjectsError::from_store(other, place),
+        }
+    }
+
     /// Maps an `object_store` error of the store at `place` (e.g. "bucket B at endpoint E").
     pub fn from_store(e: object_store::Error, place: &str) -> ObjectsError {
         let place = place.to_string();
@@ -58,7 +69,21 @@ impl ObjectsError {
             object_store::Error::NotFound { path, .. } => ObjectsError::NotFound { key: path, place },
             object_store::Error::PermissionDenied { source, .. } => ObjectsError::Credentials { status: 403, place, detail: source.to_string() },
             object_store::Error::Unauthenticated { source, .. } => ObjectsError::Credentials { status: 401, place, detail: source.to_string() },
-            object_store::Error::Generic { source, .. } => ObjectsError::Unavailable { place, detail: source.to_string() },
+            // Some calls (list, multipart) report the server's answer only as text.
+            object_store::Error::Generic { source, .. } => {
+                let detail = source.to_string();
+                if detail.contains("403 Forbidden") {
+                    ObjectsError::Credentials { status: 403, place, detail }
+                } else if detail.contains("401 Unauthorized") {
+                    ObjectsError::Credentials { status: 401, place, detail }
+                } else if detail.contains("NoSuchBucket") {
+                    ObjectsError::NoBucket { place, detail }
+                } else if detail.contains("status code: 4") {
+                    ObjectsError::Failed { place, detail }
+                } else {
+                    ObjectsError::Unavailable { place, detail }
+                }
+            }
             other => ObjectsError::Failed { place, detail: other.to_string() },
         }
     }
@@ -154,6 +179,17 @@ impl S3 {
         Ok(url.to_string())
     }
 
+    /// Checks that the bucket answers and takes the credentials (lists at most one key under the
+    /// prefix). A node does not need this to start; it logs the answer.
+    pub async fn check(&self) -> Result<(), ObjectsError> {
+        let prefix = self.key("");
+        let mut listing = self.inner.s3.list(if prefix.as_ref().is_empty() { None } else { Some(&prefix) });
+        match listing.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(ObjectsError::from_write(e, &self.inner.place)),
+        }
+    }
+
     /// Size and modification time of `key` ([`ObjectsError::NotFound`] when absent).
     pub async fn head(&self, key: &Path) -> Result<ObjectMeta, ObjectsError> {
         self.inner.s3.head(key).await.map_err(|e| self.err(e))
@@ -230,13 +266,13 @@ impl ObjectWriter {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ObjectsError> {
         self.written += bytes.len() as u64;
         if let Some(up) = self.upload.as_mut() {
-            up.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| ObjectsError::from_store(e, &self.place))?;
+            up.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| ObjectsError::from_write(e, &self.place))?;
             up.write(bytes);
             return Ok(());
         }
         self.buf.extend_from_slice(bytes);
         if self.buf.len() >= PART_BYTES {
-            let upload = self.store.put_multipart(&self.key).await.map_err(|e| ObjectsError::from_store(e, &self.place))?;
+            let upload = self.store.put_multipart(&self.key).await.map_err(|e| ObjectsError::from_write(e, &self.place))?;
             let mut up = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
             up.put(Bytes::from(std::mem::take(&mut self.buf)));
             self.upload = Some(up);
@@ -248,11 +284,11 @@ impl ObjectWriter {
     pub async fn finish(mut self) -> Result<u64, ObjectsError> {
         match self.upload.take() {
             Some(up) => {
-                up.finish().await.map_err(|e| ObjectsError::from_store(e, &self.place))?;
+                up.finish().await.map_err(|e| ObjectsError::from_write(e, &self.place))?;
             }
             None => {
                 let buf = std::mem::take(&mut self.buf);
-                self.store.put(&self.key, PutPayload::from(buf)).await.map_err(|e| ObjectsError::from_store(e, &self.place))?;
+                self.store.put(&self.key, PutPayload::from(buf)).await.map_err(|e| ObjectsError::from_write(e, &self.place))?;
             }
         }
         Ok(self.written)

@@ -415,7 +415,11 @@ fn binary_objects_api_against_s3s_fs() {
     cfg.prefix = "kiln/test".into();
     let s3 = kiln::objects::S3::open(&cfg).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let wrong = kiln::objects::S3::open(&server.s3_config_with_secret("wrong-secret")).unwrap();
     rt.block_on(async {
+        s3.check().await.unwrap();
+        let refused = wrong.check().await.unwrap_err();
+        assert!(matches!(refused, kiln::objects::ObjectsError::Credentials { status: 403, .. }), "{refused}");
         let small = s3.key("export/job1/a.ndjson");
         assert_eq!(small.as_ref(), "kiln/test/export/job1/a.ndjson");
         let mut w = s3.writer(small.clone());
