@@ -205,14 +205,15 @@ pub async fn write_raw(req: &HttpRequest, payload: web::Payload, st: &AppState, 
     let intent = WriteIntent { action, id, body: Some(body), if_match, condition };
     let written = send_write_vetted(&ctx, st, BINARY, intent).await;
     if let Upload::Stored(r) = &upload {
-        // No version points at the object when the write failed, or when a conditional create
-        // matched an existing Binary instead.
+        // No version points at the object when the write was refused, or when a conditional
+        // create matched an existing Binary instead. A 5xx may hide a write that still applies
+        // (a timeout after proposing): then the object stays, at worst unused.
         let points_here = |a: &crate::store::command::Applied| {
             let stored = a.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok());
             stored.and_then(|v| ContentRef::from_resource(&v, st.cfg.fhir_version)).is_some_and(|c| c.key == r.key)
         };
         let kept = match &written {
-            Err(_) => false,
+            Err(e) => crate::error::classify(e).0 >= 500,
             Ok((_, a)) => !conditional || points_here(a),
         };
         if !kept {
