@@ -13,6 +13,16 @@
 //!   Kiln is not on the data path).
 //!
 //! Users: Binary content (`crate::binary`, prefix `binary/`) and, later, `$export` files.
+//!
+//! ```ignore
+//! let s3 = S3::open(cfg.s3.as_ref().unwrap())?;            // at start (AppState::s3 holds one)
+//! let key = s3.key("export/JOB/Patient-1.ndjson");          // "{prefix}export/JOB/…"
+//! let mut w = s3.writer(key.clone());
+//! for line in lines { w.write(line.as_bytes()).await?; }     // waits when two parts are in flight
+//! let size = w.finish().await?;                              // or w.abort().await on error
+//! let url = s3.presign_get(&key, s3.default_expiry()).await?;
+//! s3.delete_prefix(&s3.key("export/JOB")).await?;            // a cancelled job's files
+//! ```
 
 pub mod config;
 
