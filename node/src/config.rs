@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::fhir::FhirVersion;
+pub use crate::objects::S3Config;
 
 /// Errors in a configuration file or in flag values.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,10 @@ pub struct Config {
     pub tenancy: crate::tenancy::TenancyConfig,
     /// Bulk `$export`: the sink and the bounds of jobs (docs/export.md).
     pub export: crate::export::ExportConfig,
+    /// `[s3]`: an S3-compatible bucket for large Binary content and export files (docs/operations.md).
+    pub s3: Option<S3Config>,
+    /// `[binary]`: raw Binary content, what stays inline, where the rest goes (docs/api.md, "Binary").
+    pub binary: crate::binary::BinaryConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -203,6 +208,8 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             tenancy: crate::tenancy::TenancyConfig::default(),
             export: crate::export::ExportConfig::default(),
+            s3: None,
+            binary: crate::binary::BinaryConfig::default(),
         }
     }
 }
@@ -267,6 +274,9 @@ impl Config {
             tls.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         self.export.validate().map_err(ConfigError::Invalid)?;
+        if self.export.sink == crate::export::config::SinkName::S3 && self.s3.is_none() {
+            return bad("export.sink = \"s3\" needs an [s3] section (the bucket the export files go to)".into());
+        }
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }
@@ -313,6 +323,10 @@ impl Config {
         if let Some(t) = self.tenancy.tenants.iter().find(|t| !crate::tenancy::valid_tenant(t)) {
             return bad(format!("tenancy.tenants: '{t}' is not a tenant id (1 to 64 of A-Z a-z 0-9 - _)"));
         }
+        if let Some(s3) = &self.s3 {
+            s3.validate().map_err(ConfigError::Invalid)?;
+        }
+        self.binary.validate(self.s3.is_some(), self.cluster.max_frame_bytes).map_err(ConfigError::Invalid)?;
         if let Some(base) = &self.base_url {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return bad(format!("base_url = {base:?} must start with http:// or https://"));
@@ -432,6 +446,25 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("--allow-plain-http"));
         c.allow_plain_http = true;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn s3_and_binary_sections() {
+        let text = "[s3]\nendpoint = \"http://127.0.0.1:9000\"\nbucket = \"kiln\"\naccess_key_id = \"k\"\npath_style = true\n[binary]\ninline_max_bytes = 1024\n";
+        let c: Config = toml::from_str(text).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("allow_http"), "plain http to S3 needs the opt-in");
+        let mut c = c;
+        c.s3.as_mut().unwrap().allow_http = true;
+        c.validate().unwrap();
+        assert_eq!(c.binary.inline_max_bytes, 1024);
+        assert_eq!(c.binary.store, crate::binary::StoreChoice::Auto);
+        let no_s3: Config = toml::from_str("[binary]\nstore = \"s3\"\n").unwrap();
+        assert!(no_s3.validate().unwrap_err().to_string().contains("[s3]"));
+        let redirect: Config = toml::from_str("[binary]\nredirect_reads = true\n").unwrap();
+        assert!(redirect.validate().unwrap_err().to_string().contains("[s3]"));
+        let huge: Config = toml::from_str("[binary]\nmax_bytes = 3000000000\n").unwrap();
+        assert!(huge.validate().unwrap_err().to_string().contains("max_bytes"));
+        assert!(toml::from_str::<Config>("[binary]\nstore = \"disk\"\n").is_err());
     }
 
     #[test]

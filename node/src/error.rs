@@ -9,6 +9,8 @@ use serde_json::json;
 
 use crate::actors::WriteError;
 use crate::auth::AuthError;
+use crate::binary::BinaryError;
+use crate::objects::ObjectsError;
 use crate::tenancy::TenancyError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
@@ -41,6 +43,10 @@ pub enum ApiError {
     Tenancy(#[from] TenancyError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -103,11 +109,30 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             ExportError::TooMany { .. } => (429, "throttled"),
             ExportError::Failed(_) => (500, "exception"),
             ExportError::Sink(_) => (502, "transient"),
+            ExportError::Objects(o) => classify_objects(o),
             ExportError::Internal(_) => (500, "exception"),
             ExportError::Store(s) => classify_store(s),
             ExportError::Consensus(c) => classify_consensus(c),
         },
+        ApiError::Objects(o) => classify_objects(o),
+        ApiError::Binary(b) => match b {
+            BinaryError::NeedsS3(_) => (501, "not-supported"),
+            BinaryError::ClusterNeedsS3 { .. } | BinaryError::TooLarge { .. } => (413, "too-costly"),
+            BinaryError::Forged(_) => (400, "invalid"),
+            BinaryError::NotPresignable(_) => (400, "not-supported"),
+            BinaryError::Body(_) => (400, "structure"),
+        },
         ApiError::Entry { cause, .. } => classify(cause),
+    }
+}
+
+/// Object storage: the bucket's faults are the gateway's (502 / 503), never the client's.
+fn classify_objects(o: &ObjectsError) -> (u16, &'static str) {
+    match o {
+        ObjectsError::Config(_) => (500, "exception"),
+        ObjectsError::Credentials { .. } | ObjectsError::Failed { .. } | ObjectsError::NoBucket { .. } => (502, "exception"),
+        ObjectsError::Unavailable { .. } => (503, "transient"),
+        ObjectsError::NotFound { .. } => (404, "not-found"),
     }
 }
 
@@ -232,5 +257,11 @@ mod tests {
         assert_eq!(classify(&unknown), (503, "timeout"));
         assert!(unknown.to_string().contains("may have been applied"));
         assert_eq!(classify(&ApiError::Consensus(ConsensusError::Stopped)), (503, "transient"));
+        let creds = ApiError::Objects(ObjectsError::Credentials { status: 403, place: "bucket b at endpoint e".into(), detail: "SignatureDoesNotMatch".into() });
+        assert_eq!(classify(&creds), (502, "exception"));
+        assert!(creds.to_string().contains("refused the credentials (403) for bucket b at endpoint e"));
+        let down = ApiError::Objects(ObjectsError::Unavailable { place: "p".into(), detail: "connection refused".into() });
+        assert_eq!(classify(&down), (503, "transient"));
+        assert_eq!(classify(&ApiError::Binary(BinaryError::ClusterNeedsS3 { limit: 1 })), (413, "too-costly"));
     }
 }

@@ -16,6 +16,8 @@
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
 //!   tenant's data is its own key space of the state ([`store::space`]).
+//! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
+//! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -24,6 +26,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod binary;
 pub mod config;
 pub mod consensus;
 pub mod error;
@@ -32,6 +35,7 @@ pub mod fhir;
 pub mod fuzzing;
 pub mod http;
 pub mod launcher;
+pub mod objects;
 pub mod search;
 pub mod store;
 pub mod tenancy;
@@ -71,6 +75,10 @@ pub enum StartError {
     AdminToken { path: String, reason: String },
     #[error(transparent)]
     ApiTls(#[from] http::tls::ApiTlsError),
+    #[error(transparent)]
+    Objects(#[from] objects::ObjectsError),
+    #[error("cannot create the local blob folder in {path}: {source}")]
+    Blobs { path: String, source: std::io::Error },
 }
 
 /// A running node.
@@ -154,6 +162,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         }
         None => None,
     };
+    let s3 = cfg.s3.as_ref().map(objects::S3::open).transpose()?;
+    let blobs = Arc::new(binary::Blobs::open(&cfg, s3.clone()).map_err(|source| StartError::Blobs { path: cfg.data_dir.display().to_string(), source })?);
     let db = sled::Config::new()
         .path(&cfg.data_dir)
         .open()
@@ -196,7 +206,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     cfg: cfg.export.clone(),
                     node_id: cfg.node_id,
                     local: Arc::new(export::sink::LocalSink { dir: local_dir }),
-                    s3: None,
+                    s3: s3.clone().map(|s3| Arc::new(export::s3_sink::S3Sink { s3 }) as Arc<dyn export::sink::ExportSink>),
                 });
                 let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
                 let state = web::Data::new(http::AppState {
@@ -211,7 +221,19 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     auth: authority,
                     export: exporter,
                     export_supervisor,
+                    s3,
+                    blobs,
                 });
+                if let Some(s3) = state.s3.clone() {
+                    // Not a start condition (the node serves everything else without the bucket):
+                    // tell the operator early whether the bucket answers.
+                    actix_web::rt::spawn(async move {
+                        match s3.check().await {
+                            Ok(()) => tracing::info!("[s3] {} answers", s3.describe()),
+                            Err(e) => tracing::warn!("[s3] check failed, requests that need the bucket will fail: {e}"),
+                        }
+                    });
+                }
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {
                     error::set_thread_version(version);

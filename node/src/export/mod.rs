@@ -15,6 +15,7 @@ pub mod http;
 pub mod job;
 pub mod params;
 pub mod runner;
+pub mod s3_sink;
 pub mod scan;
 pub mod sink;
 pub mod state;
@@ -41,6 +42,8 @@ pub enum ExportError {
     Failed(String),
     #[error("export storage: {0}")]
     Sink(String),
+    #[error("export storage: {0}")]
+    Objects(#[from] crate::objects::ObjectsError),
     #[error("export: {0}")]
     Internal(String),
     #[error(transparent)]

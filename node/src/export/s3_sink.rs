@@ -20,7 +20,7 @@ impl S3Sink {
 }
 
 fn sink_error(e: ObjectsError) -> ExportError {
-    ExportError::Sink(e.to_string())
+    ExportError::Objects(e)
 }
 
 impl ExportSink for S3Sink {

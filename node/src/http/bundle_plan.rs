@@ -233,6 +233,7 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
         }
         // The same rights check as a write outside a bundle (crud::send_write), on the state the
         // bundle is planned against; a patient/ write is pinned to the version it saw.
+        crate::binary::vet_json_write(st.cfg.fhir_version, &ctx.store, rtype, op.id.as_deref(), op.body.as_mut())?;
         let check = guard::WriteCheck { rtype, action: op.action, id: op.id.as_deref(), body: op.body.as_ref(), condition: condition.as_ref(), full_url: full_url.as_deref() };
         let seen = guard::check_write(&ctx.principal, st, &ctx.store, &check)?;
         guard::pin(&mut op.if_match, condition.is_some(), seen, rtype, op.id.as_deref())?;

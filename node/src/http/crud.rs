@@ -45,6 +45,13 @@ impl InstanceWrite {
 /// are checked first ([`guard::check_write`]); a write under a `patient/` grant is pinned to the
 /// version the check saw.
 pub async fn send_write(ctx: &Ctx, st: &AppState, rtype: &'static str, mut intent: WriteIntent) -> Result<(String, Applied), ApiError> {
+    crate::binary::vet_json_write(st.cfg.fhir_version, &ctx.store, rtype, intent.id.as_deref(), intent.body.as_mut())?;
+    send_write_vetted(ctx, st, rtype, intent).await
+}
+
+/// [`send_write`] for a body whose Binary content reference the server set itself
+/// ([`super::binary`]); every other check is the same.
+pub async fn send_write_vetted(ctx: &Ctx, st: &AppState, rtype: &'static str, mut intent: WriteIntent) -> Result<(String, Applied), ApiError> {
     if let Some(cond) = intent.condition.as_mut() {
         guard::confine(&ctx.principal, st, rtype, intent.action, cond)?;
     }
@@ -106,6 +113,9 @@ pub async fn create(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if path.as_str() == "Binary" && !negotiate::body_is_json(&req) {
+        return super::binary::write_raw(&req, payload, &st, None).await;
+    }
     let ctx = Ctx::new(&req, &st)?;
     let rtype = st.defs.resource_type(&path)?;
     // If-None-Exist: a query string (without '?'); 0 matches → create, 1 → 200 with it, 2+ → 412.
@@ -118,6 +128,9 @@ pub async fn create(
     };
     negotiate::require_json_body(&req)?;
     let body = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    if rtype == "Binary" && super::binary::presign_requested(&req)? == Some(super::binary::Presign::Put) {
+        return super::binary::presigned_write(&ctx, &st, Action::Create, None, body, None, condition).await;
+    }
     let intent = WriteIntent { action: Action::Create, id: None, body: Some(body), if_match: None, condition };
     let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
@@ -129,9 +142,15 @@ pub async fn update(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if path.0 == "Binary" && !negotiate::body_is_json(&req) {
+        return super::binary::write_raw(&req, payload, &st, Some(&path.1)).await;
+    }
     let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
     negotiate::require_json_body(&req)?;
     let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    if rtype == "Binary" && super::binary::presign_requested(&req)? == Some(super::binary::Presign::Put) {
+        return super::binary::presigned_write(&ctx, &st, Action::Update, Some(id), body, if_match, None).await;
+    }
     let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: None };
     let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
@@ -228,6 +247,9 @@ fn delete_response(ctx: &Ctx, rtype: &str, id: &str, applied: &Applied) -> Resul
 }
 
 pub async fn read(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if path.0 == "Binary" {
+        return super::binary::read(&req, &st, &path.1, None).await;
+    }
     let ctx = Ctx::new(&req, &st)?;
     negotiate::read_barrier(&req, &st).await?;
     read_in(&ctx, &st, &path.0, &path.1)
@@ -256,6 +278,9 @@ pub async fn vread(
     path: web::Path<(String, String, String)>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if path.0 == "Binary" {
+        return super::binary::read(&req, &st, &path.1, Some(&path.2)).await;
+    }
     let ctx = Ctx::new(&req, &st)?;
     negotiate::read_barrier(&req, &st).await?;
     vread_in(&ctx, &st, &path.0, &path.1, &path.2)

@@ -5,6 +5,7 @@
 //! [`tls`] is TLS on this API (`[api_tls]`).
 
 pub mod admin;
+pub mod binary;
 pub mod bundle;
 pub mod bundle_plan;
 pub mod crud;
@@ -88,6 +89,10 @@ pub struct AppState {
     /// Bulk export: jobs, sinks and the actors that run them.
     pub export: Arc<crate::export::runner::Exporter>,
     pub export_supervisor: actix::Addr<crate::export::runner::Supervisor>,
+    /// The `[s3]` bucket, when configured.
+    pub s3: Option<crate::objects::S3>,
+    /// Where Binary content lives ([`crate::binary`]).
+    pub blobs: Arc<crate::binary::Blobs>,
 }
 
 /// The level an interaction works at.

@@ -65,6 +65,17 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Reque
 
 impl Ctx {
     pub fn new(req: &HttpRequest, st: &AppState) -> Result<Ctx, RequestError> {
+        Self::build(req, st, true)
+    }
+
+    /// [`Ctx::new`] for a Binary instance, where an `Accept` that is not JSON asks for the raw
+    /// content ([`binary_wants_raw`]): such an `Accept` leaves FHIR JSON as the format of
+    /// errors and resource answers instead of being refused.
+    pub fn for_binary(req: &HttpRequest, st: &AppState) -> Result<Ctx, RequestError> {
+        Self::build(req, st, false)
+    }
+
+    fn build(req: &HttpRequest, st: &AppState, strict_accept: bool) -> Result<Ctx, RequestError> {
         let params: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
             .map_err(|e| RequestError::BadParameter { name: "query string".into(), reason: e.to_string() })?;
         let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
@@ -78,7 +89,8 @@ impl Ctx {
                     )))
                 }
             },
-            None => accept(header_str(req.headers(), "accept")?)?,
+            None if strict_accept => accept(header_str(req.headers(), "accept")?)?,
+            None => accept(header_str(req.headers(), "accept")?).unwrap_or(FHIR_JSON),
         };
         let pretty = match param("_pretty") {
             None | Some("false") => false,
@@ -203,6 +215,51 @@ fn accept(h: Option<&str>) -> Result<&'static str, RequestError> {
     Err(RequestError::NotAcceptable(format!(
         "Accept: {h} lists no format this server produces; it serves application/fhir+json and application/json"
     )))
+}
+
+/// Whether a read of a Binary asks for its raw content (FHIR R4 http.html#binary): yes unless
+/// `_format` is given or `Accept` names a FHIR format explicitly (`application/fhir+json`,
+/// `application/json+fhir`). `*/*`, a missing `Accept` and `application/json` get the content:
+/// the spec counts only the FHIR media types as asking for the resource. An `Accept` that names
+/// only FHIR XML is refused (406): XML is not served.
+pub fn binary_wants_raw(req: &HttpRequest) -> Result<bool, RequestError> {
+    if req.query_string().split('&').any(|p| p == "_format" || p.starts_with("_format=")) {
+        return Ok(false);
+    }
+    let h = header_str(req.headers(), "accept")?.unwrap_or("");
+    let mut fhir_xml = false;
+    for item in h.split(',') {
+        let mut parts = item.split(';');
+        let ty = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if parts.any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000")) {
+            continue;
+        }
+        match ty.as_str() {
+            "application/fhir+json" | "application/json+fhir" => return Ok(false),
+            "application/fhir+xml" | "application/xml+fhir" => fhir_xml = true,
+            _ => {}
+        }
+    }
+    if fhir_xml {
+        return Err(RequestError::NotAcceptable(format!(
+            "Accept: {h} asks for FHIR XML, which this server does not produce: ask for application/fhir+json (the resource) or the Binary's content type (its content)"
+        )));
+    }
+    Ok(true)
+}
+
+/// A request header as text (`None` when absent).
+pub fn header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, RequestError> {
+    header_str(req.headers(), name)
+}
+
+/// Whether the request body is FHIR JSON (or has no `Content-Type`): otherwise a Binary write
+/// carries raw content.
+pub fn body_is_json(req: &HttpRequest) -> bool {
+    match req.headers().get("content-type").and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(ct) => JSON_TYPES.contains(&essence(ct).as_str()),
+    }
 }
 
 /// Parses `Prefer` (return and handling preferences).
@@ -350,6 +407,28 @@ mod tests {
         assert_eq!(accept(Some("application/fhir+xml;q=0.9, */*;q=0.1")).unwrap(), FHIR_JSON);
         assert!(accept(Some("application/fhir+xml")).is_err());
         assert!(accept(Some("application/json;q=0")).is_err());
+    }
+
+    #[test]
+    fn binary_reads_raw_unless_fhir_is_named() {
+        use actix_web::test::TestRequest;
+        let raw = |accept: Option<&str>, uri: &str| {
+            let mut r = TestRequest::get().uri(uri);
+            if let Some(a) = accept {
+                r = r.insert_header(("accept", a));
+            }
+            binary_wants_raw(&r.to_http_request())
+        };
+        assert!(raw(None, "/Binary/a").unwrap());
+        assert!(raw(Some("*/*"), "/Binary/a").unwrap());
+        assert!(raw(Some("application/pdf"), "/Binary/a").unwrap());
+        assert!(raw(Some("text/html,application/xhtml+xml,*/*;q=0.8"), "/Binary/a").unwrap());
+        assert!(raw(Some("application/json"), "/Binary/a").unwrap());
+        assert!(!raw(Some("application/fhir+json"), "/Binary/a").unwrap());
+        assert!(!raw(Some("image/png, application/fhir+json;q=0.5"), "/Binary/a").unwrap());
+        assert!(raw(Some("application/fhir+json;q=0"), "/Binary/a").unwrap());
+        assert!(!raw(Some("*/*"), "/Binary/a?_format=json").unwrap());
+        assert!(raw(Some("application/fhir+xml"), "/Binary/a").is_err());
     }
 
     #[test]

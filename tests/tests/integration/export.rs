@@ -282,3 +282,60 @@ fn only_the_caller_who_started_a_job_follows_it_and_patient_scopes_cannot_export
     let r = c.get(node.url("/Patient/$export?_type=Patient")).bearer_auth(&patient_scoped).send().unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[test]
+fn exports_to_s3_with_presigned_urls_and_fails_clearly_when_s3_refuses() {
+    let s3 = kiln_tests::S3Server::start();
+    let cfg = s3.s3_config();
+    let node = TestNode::start_with(FhirVersion::R4, |c| {
+        c.s3 = Some(cfg);
+        c.export.sink = kiln::export::config::SinkName::S3;
+        c.export.part_max_lines = 40;
+    });
+    let c = client();
+    let mut data: Vec<Value> = (0..100).map(patient).collect();
+    data.extend((0..50).map(|i| observation(i, i % 100, "1234-5")));
+    load(&c, &node.base, &data);
+    let e = bulk::export(&c, &node.url("/$export?_type=Patient,Observation"), None, None);
+    assert_eq!(e.manifest["requiresAccessToken"], false, "presigned URLs need no token");
+    assert_eq!(e.of("Patient").len(), 100);
+    assert_eq!(e.of("Observation").len(), 50);
+    assert_eq!(e.manifest["output"].as_array().unwrap().len(), 5, "parts of at most 40: Patient in 3, Observation in 2");
+    let job = e.status_url.rsplit('/').next().unwrap().to_string();
+    let first = e.manifest["output"][0]["url"].as_str().unwrap().to_string();
+    assert!(first.contains("X-Amz-Signature"), "{first}");
+    assert!(s3.object_path(&format!("export/{job}/Patient-0.ndjson")).exists(), "the part is an object in the bucket");
+    // A tampered URL is refused by the bucket itself.
+    let tampered = first.replace("Patient-0", "Patient-1");
+    assert_eq!(c.get(&tampered).send().unwrap().status(), 403);
+    // Cancel deletes the objects.
+    assert_eq!(c.delete(&e.status_url).send().unwrap().status(), 202);
+    let start = std::time::Instant::now();
+    while s3.object_path(&format!("export/{job}/Patient-0.ndjson")).exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "objects of a cancelled job stay");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Wrong credentials: the job fails with the reason; the node keeps serving.
+    let wrong = s3.s3_config_with_secret("not-the-secret");
+    let bad = TestNode::start_with(FhirVersion::R4, |c| {
+        c.s3 = Some(wrong);
+        c.export.sink = kiln::export::config::SinkName::S3;
+    });
+    load(&c, &bad.base, &(0..5).map(patient).collect::<Vec<_>>());
+    let status_url = bulk::kick_off(&c, &bad.url("/$export?_type=Patient"), None, None);
+    let start = std::time::Instant::now();
+    let failed = loop {
+        let r = c.get(&status_url).send().unwrap();
+        if r.status() != 202 {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the job neither failed nor finished");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed.status(), 500);
+    let oo = json(failed);
+    let text = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(text.contains("credentials") && text.contains(&s3.bucket), "{text}");
+    assert_eq!(c.get(bad.url("/Patient/p1")).send().unwrap().status(), 200);
+}

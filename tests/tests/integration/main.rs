@@ -3,6 +3,7 @@
 mod abuse;
 mod api_tls;
 mod auth;
+mod binary;
 mod bench_smoke;
 mod bundles;
 mod cluster;
