@@ -31,6 +31,38 @@ fn rss_mib(pid: Option<u32>) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Samples a local server's RSS every 50 ms: the value at start and the highest seen.
+pub struct RssSampler {
+    before: Option<f64>,
+    peak: std::sync::Arc<std::sync::Mutex<Option<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    pub fn start(pid: Option<u32>) -> RssSampler {
+        let before = rss_mib(pid);
+        let peak = std::sync::Arc::new(std::sync::Mutex::new(before));
+        let p = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(r) = rss_mib(pid) {
+                    let mut m = p.lock().expect("sampler lock");
+                    *m = Some(m.map_or(r, |q: f64| q.max(r)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        RssSampler { before, peak, task }
+    }
+
+    /// (RSS at start, peak) in MiB.
+    pub fn stop(self) -> (Option<f64>, Option<f64>) {
+        self.task.abort();
+        let peak = *self.peak.lock().expect("sampler lock");
+        (self.before, peak)
+    }
+}
+
 async fn fail(resp: reqwest::Response, what: &str) -> BenchError {
     BenchError::Status { what: what.to_string(), status: resp.status().as_u16(), body: resp.text().await.unwrap_or_default() }
 }
@@ -39,20 +71,7 @@ async fn fail(resp: reqwest::Response, what: &str) -> BenchError {
 pub async fn run(base: &str, path: &str, token: Option<&str>, server_pid: Option<u32>, download: bool) -> Result<ExportRun, BenchError> {
     let c = http_client(token)?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let rss_before = rss_mib(server_pid);
-    let peak = std::sync::Arc::new(std::sync::Mutex::new(rss_before));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Some(r) = rss_mib(server_pid) {
-                    let mut p = peak.lock().expect("sampler lock");
-                    *p = Some(p.map_or(r, |q: f64| q.max(r)));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let sampler = RssSampler::start(server_pid);
     let start = Instant::now();
     let resp = c.get(&url).header("prefer", "respond-async").send().await?;
     if resp.status().as_u16() != 202 {
@@ -87,8 +106,7 @@ pub async fn run(base: &str, path: &str, token: Option<&str>, server_pid: Option
         }
     }
     let download_secs = dl_start.elapsed().as_secs_f64();
-    sampler.abort();
-    let rss_peak = *peak.lock().expect("sampler lock");
+    let (rss_before, rss_peak) = sampler.stop();
     Ok(ExportRun {
         kickoff_url: url,
         resources,

@@ -10,11 +10,13 @@
 //! - [`scenarios`]: what is measured; scenarios whose feature the server's CapabilityStatement does
 //!   not claim are skipped with a note, and light up when it does.
 //! - [`suite`]: one run: load, detect features, run each scenario at each client count.
+//! - [`binary`]: one raw Binary uploaded and read back (MB/s, server RSS).
 //! - [`export`]: one Bulk Data export, kick-off to manifest (resources/s) and the downloads.
 //! - [`report`]: Markdown + JSON tables and SVG plots (throughput vs clients, latency CDF).
 //!
 //! Works against any FHIR base URL, so peers can be measured with the same tool.
 
+pub mod binary;
 pub mod export;
 pub mod gen;
 pub mod load;

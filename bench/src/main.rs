@@ -88,6 +88,17 @@ enum Command {
         #[arg(long, env = "KILN_BENCH_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// One raw Binary of --mib MiB uploaded and read back (MB/s, server RSS).
+    Binary {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        #[arg(long, default_value_t = 100)]
+        mib: u64,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, env = "KILN_BENCH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Re-render report.md and the plots from a results.json.
     Report {
         #[arg(long)]
@@ -138,6 +149,10 @@ async fn main() -> Result<(), String> {
         }
         Command::Export { base, path, no_download, server_pid, token } => {
             let run = kiln_bench::export::run(&base, &path, token.as_deref(), server_pid, !no_download).await.map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?);
+        }
+        Command::Binary { base, mib, server_pid, token } => {
+            let run = kiln_bench::binary::run(&base, mib, token.as_deref(), server_pid).await.map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?);
         }
         Command::Report { results, out } => {

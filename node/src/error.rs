@@ -108,7 +108,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             ExportError::NoJob(_) | ExportError::NoFile { .. } => (404, "not-found"),
             ExportError::TooMany { .. } => (429, "throttled"),
             ExportError::Failed(_) => (500, "exception"),
-            ExportError::Sink(_) => (502, "transient"),
+            ExportError::Sink(_) => (500, "exception"),
             ExportError::Objects(o) => classify_objects(o),
             ExportError::Internal(_) => (500, "exception"),
             ExportError::Store(s) => classify_store(s),

@@ -207,6 +207,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     node_id: cfg.node_id,
                     local: Arc::new(export::sink::LocalSink { dir: local_dir }),
                     s3: s3.clone().map(|s3| Arc::new(export::s3_sink::S3Sink { s3 }) as Arc<dyn export::sink::ExportSink>),
+                    rewrites: tokio::sync::Semaphore::new(1),
                 });
                 let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
                 let state = web::Data::new(http::AppState {

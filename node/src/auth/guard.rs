@@ -191,10 +191,37 @@ pub fn export_types(ctx: &Ctx, st: &AppState, candidates: Vec<String>, explicit:
     Ok(out)
 }
 
+/// The owner an export job records for its caller: how they authenticated and who they are
+/// (an API key and a token subject of the same name are different owners). A token without
+/// `sub` cannot own a job (every such caller would share it).
+pub fn job_owner(principal: &Principal) -> Result<String, ApiError> {
+    let via = match principal.via {
+        super::Via::Open => "open",
+        super::Via::Jwt => "jwt",
+        super::Via::ApiKey => "key",
+    };
+    if principal.via == super::Via::Jwt && principal.subject == "unknown" {
+        return Err(AuthError::Forbidden("a bulk export needs a token with a sub claim (the job belongs to its caller)".into()).into());
+    }
+    Ok(format!("{via}:{}", principal.subject))
+}
+
 /// Whether `principal` may follow an export job started by `owner` (status, files, cancel):
 /// the same caller, or an operator.
 pub fn owns_job(principal: &Principal, owner: &str) -> bool {
-    principal.admin || principal.subject == owner
+    principal.admin || job_owner(principal).is_ok_and(|me| me == owner)
+}
+
+/// 403 unless the caller may search every resource of each type a `_typeFilter` reads
+/// through chains and `_has` (the filter would reveal them otherwise).
+pub fn export_filter_links(ctx: &Ctx, st: &AppState, q: &query::Query) -> Result<(), ApiError> {
+    for t in q.linked_types() {
+        match require_ctx(ctx, st, Op::SEARCH_TYPE, &t)? {
+            Grant::All => {}
+            Grant::Patient(_) => return Err(AuthError::Forbidden(format!("a _typeFilter may not read {t} through a chain or _has: your access to it is limited to a compartment")).into()),
+        }
+    }
+    Ok(())
 }
 
 /// 403 unless the caller may do the system-level `op` on at least one type.

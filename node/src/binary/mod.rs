@@ -116,6 +116,8 @@ pub struct Blobs {
     pub cfg: BinaryConfig,
     pub s3: Option<S3>,
     local: Arc<dyn ObjectStore>,
+    /// The local blob folder (read directly: object_store's local reads go in 8 KiB chunks).
+    local_dir: PathBuf,
     local_place: String,
     /// More than one node: local blobs would not be replicated.
     pub clustered: bool,
@@ -149,6 +151,7 @@ impl Blobs {
             s3,
             local: Arc::new(local),
             local_place: format!("the local blob store {}", dir.display()),
+            local_dir: dir,
             clustered: cfg.cluster.peers.len() > 1 || cfg.cluster.join,
             version: cfg.fhir_version,
         })
@@ -206,6 +209,19 @@ impl Blobs {
     /// The content of `r`: its size and a stream of chunks.
     pub async fn open_content(&self, r: &ContentRef) -> Result<(u64, futures::stream::BoxStream<'static, Result<bytes::Bytes, ObjectsError>>), ApiError> {
         use futures::{StreamExt, TryStreamExt};
+        if r.place == Place::Local {
+            // Streamed in 256 KiB reads: several times faster than the store's 8 KiB chunks.
+            let path = self.local_dir.join(self.full_key(r.place, &r.key).as_ref());
+            let missing = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::NotFound => ObjectsError::NotFound { key: r.key.clone(), place: self.local_place.clone() },
+                _ => ObjectsError::Failed { place: self.local_place.clone(), detail: e.to_string() },
+            };
+            let file = tokio::fs::File::open(&path).await.map_err(missing)?;
+            let size = file.metadata().await.map_err(missing)?.len();
+            let place = self.local_place.clone();
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map_err(move |e| ObjectsError::Failed { place: place.clone(), detail: e.to_string() });
+            return Ok((size, stream.boxed()));
+        }
         let (store, desc) = self.target(r.place)?;
         let got = store.get(&self.full_key(r.place, &r.key)).await.map_err(|e| ObjectsError::from_store(e, desc))?;
         let size = got.meta.size;

@@ -20,8 +20,10 @@ pub struct ExportConfig {
     /// Seconds a finished job's outputs are kept; then they are deleted and its status URL
     /// answers 404.
     pub expiry_secs: u64,
-    /// Jobs that may be active at once in the cluster; a kick-off beyond answers 429.
+    /// Jobs that may be active at once in a tenant; a kick-off beyond answers 429.
     pub max_active_jobs: usize,
+    /// Jobs (of any status, until they expire or are cancelled) one caller may hold.
+    pub max_jobs_per_owner: usize,
     /// `Retry-After` (seconds) of a status answer while a job runs.
     pub retry_after_secs: u64,
     /// Share of one core a job's reader may use (0.05 to 1): after each chunk it pauses, so
@@ -56,6 +58,7 @@ impl Default for ExportConfig {
             part_max_bytes: 256 << 20,
             expiry_secs: 24 * 3600,
             max_active_jobs: 4,
+            max_jobs_per_owner: 20,
             retry_after_secs: 2,
             read_share: 0.5,
         }
@@ -75,8 +78,11 @@ impl ExportConfig {
         if !(0.05..=1.0).contains(&self.read_share) {
             return Err("export.read_share must be between 0.05 and 1".into());
         }
-        if self.max_active_jobs == 0 {
-            return Err("export.max_active_jobs must be at least 1".into());
+        if self.max_active_jobs == 0 || self.max_jobs_per_owner == 0 || self.max_active_jobs > 1000 || self.max_jobs_per_owner > 1000 {
+            return Err("export.max_active_jobs and export.max_jobs_per_owner must be between 1 and 1000".into());
+        }
+        if self.expiry_secs == 0 || self.expiry_secs > 366 * 24 * 3600 {
+            return Err("export.expiry_secs must be between 1 and one year".into());
         }
         Ok(())
     }

@@ -13,11 +13,22 @@ use serde_json::{json, Value};
 use super::job::{file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status};
 use super::params::{self, KickOff};
 use super::scan::compartment_types;
-use super::{state, ExportError};
+use super::ExportError;
 use crate::auth::{guard, Op};
 use crate::error::{operation_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
+
+/// The ignored parameters of a job as NDJSON OperationOutcomes (a function of the job).
+pub fn errors_ndjson(job: &Job) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in &job.spec.ignored {
+        let oo = operation_outcome("warning", "not-supported", &format!("parameter {p} was ignored (Prefer: handling=lenient)"));
+        out.extend_from_slice(oo.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
 
 /// The file listing parameters ignored under lenient handling (one OperationOutcome per line).
 pub const ERRORS_FILE: &str = "OperationOutcome-0.ndjson";
@@ -57,26 +68,37 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
         let (_, rec) = ctx.store.read("Group", gid)?;
         guard::check_stored(&st, &grant, "Group", gid, rec.body())?;
     }
-    precheck_filters(&ctx, &st, &k).await?;
-    let active = state::list(st.store.tree().tree())?.iter().filter(|j| j.is_active()).count();
-    if active >= st.cfg.export.max_active_jobs {
-        return Err(ExportError::TooMany { active }.into());
+    let owner = guard::job_owner(&ctx.principal)?;
+    for (rtype, q) in &k.type_filters {
+        let parsed = crate::search::parse::parse(&st.search, rtype, q, false).map_err(|e| ExportError::BadParameter { name: "_typeFilter".into(), reason: e.to_string() })?;
+        guard::export_filter_links(&ctx, &st, &parsed)?;
     }
+    precheck_filters(&ctx, &st, &k).await?;
     let id = uuid::Uuid::new_v4().to_string();
+    let xc = &st.cfg.export;
     let spec = ExportSpec {
         level,
         tenant: ctx.tenant.as_deref().map(String::from),
-        owner: ctx.principal.subject.clone(),
+        owner,
         request: format!("{}{}", ctx.base, req.uri()),
         types,
         since: k.since,
         type_filters: k.type_filters,
         elements: k.elements,
         patients: k.patients,
-        sink: st.cfg.export.sink.kind(),
+        sink: xc.sink.kind(),
         ignored: k.ignored,
+        part_max_lines: xc.part_max_lines,
+        part_max_bytes: xc.part_max_bytes,
+        max_active: xc.max_active_jobs as u32,
+        max_per_owner: xc.max_jobs_per_owner as u32,
     };
+    spec.check(&st.defs).map_err(|reason| ExportError::BadParameter { name: "kick-off".into(), reason })?;
     st.export.propose(ExportOp::Start { job: id.clone(), ts_micros: 0, spec }).await?;
+    if st.export.job(&id)?.is_none() {
+        // Apply refused it: over the job limits.
+        return Err(ExportError::TooMany { active: xc.max_active_jobs, owned: xc.max_jobs_per_owner }.into());
+    }
     st.export_supervisor.do_send(super::runner::Poke);
     let note = operation_outcome("information", "informational", &format!("export job {id} started; poll the Content-Location URL for its status"));
     Ok(HttpResponse::Accepted()
@@ -88,18 +110,26 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
 /// Runs each `_typeFilter` on this node's index first, with the budget apply gives it, so a
 /// filter that cannot be decided is a 400 now rather than a failed job.
 async fn precheck_filters(ctx: &Ctx, st: &AppState, k: &KickOff) -> Result<(), ApiError> {
-    for (rtype, q) in &k.type_filters {
-        let (tree, reg, rt, q) = (ctx.store.tree().clone(), st.search.clone(), rtype.clone(), q.clone());
-        let found = web::block(move || crate::search::query::condition_docs(&reg, &tree, &rt, &q))
-            .await
-            .map_err(|e| ExportError::Internal(e.to_string()))?;
-        match found {
-            Ok(_) => {}
-            Err(crate::search::query::SearchError::Store(e)) => return Err(e.into()),
-            Err(e) => return Err(ExportError::BadParameter { name: "_typeFilter".into(), reason: format!("{rtype}: {e}") }.into()),
-        }
+    if k.type_filters.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let (tree, reg, filters) = (ctx.store.tree().clone(), st.search.clone(), k.type_filters.clone());
+    // All filters of the kick-off share one pool, as they do in apply.
+    let found = web::block(move || {
+        crate::search::cost::pool(crate::search::cost::ENTRY_ROWS, || {
+            for (rtype, q) in &filters {
+                crate::search::query::condition_docs(&reg, &tree, rtype, q).map_err(|e| (rtype.clone(), e))?;
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| ExportError::Internal(e.to_string()))?;
+    match found {
+        Ok(()) => Ok(()),
+        Err((_, crate::search::query::SearchError::Store(e))) => Err(e.into()),
+        Err((rtype, e)) => Err(ExportError::BadParameter { name: "_typeFilter".into(), reason: format!("{rtype}: {e}") }.into()),
+    }
 }
 
 /// The job `id` as this caller may see it: 404 when it does not exist, was cancelled, belongs
@@ -156,13 +186,12 @@ async fn manifest(base: &str, st: &AppState, job: &Job) -> Result<Value, ApiErro
     }
     let mut error = Vec::new();
     if !job.spec.ignored.is_empty() {
-        // Served by the nodes whatever the sink (it is a function of the job).
-        error.push(json!({"type": "OperationOutcome", "url": format!("{base}/_export/{}/{ERRORS_FILE}", job.id), "count": job.spec.ignored.len()}));
+        error.push(json!({"type": "OperationOutcome", "url": sink.url(base, &job.id, ERRORS_FILE).await?, "count": job.spec.ignored.len()}));
     }
     Ok(json!({
         "transactionTime": crate::fhir::meta::format_instant(job.as_of),
         "request": job.spec.request,
-        "requiresAccessToken": sink.requires_access_token() || !error.is_empty(),
+        "requiresAccessToken": sink.requires_access_token(),
         "output": output,
         "error": error,
     }))
@@ -182,25 +211,25 @@ pub async fn file(req: HttpRequest, st: web::Data<AppState>, path: web::Path<(St
     let (id, name) = path.into_inner();
     let job = visible_job(&req, &st, &id)?;
     let no_file = || ApiError::from(ExportError::NoFile { job: id.clone(), file: name.clone() });
-    if name == ERRORS_FILE && !job.spec.ignored.is_empty() {
-        let mut out = Vec::new();
-        for p in &job.spec.ignored {
-            let oo = operation_outcome("warning", "not-supported", &format!("parameter {p} was ignored (Prefer: handling=lenient)"));
-            out.extend_from_slice(oo.to_string().as_bytes());
-            out.push(b'\n');
-        }
-        return Ok(HttpResponse::Ok().content_type(NDJSON).body(out));
-    }
     if job.spec.sink != SinkKind::Local {
         return Err(no_file());
     }
-    let part = job.parts.iter().find(|p| p.file() == name).ok_or_else(no_file)?;
     let local = st.export.local.clone();
+    if name == ERRORS_FILE && !job.spec.ignored.is_empty() {
+        return Ok(HttpResponse::Ok().content_type(NDJSON).body(errors_ndjson(&job)));
+    }
+    let part = job.parts.iter().find(|p| p.file() == name).ok_or_else(no_file)?;
     let path = local.path(&job.id, &file_name(&part.rtype, part.n));
-    if tokio::fs::metadata(&path).await.is_err() {
-        // Written by another node (or removed here): this replica writes the same bytes.
-        let w = local.create(&job.id, &name).await?;
-        st.export.rewrite(&job, part, Box::new(w)).await?;
+    // Only the file of the checkpointed part counts (a deposed leader may have left another
+    // attempt under the name); written by another node: this replica writes the same bytes.
+    let current = |m: std::io::Result<std::fs::Metadata>| m.is_ok_and(|m| m.len() == part.bytes);
+    if !current(tokio::fs::metadata(&path).await) {
+        // One rewrite at a time on this node; a request that waited finds the file written.
+        let _turn = st.export.rewrites.acquire().await.map_err(|e| ExportError::Internal(e.to_string()))?;
+        if !current(tokio::fs::metadata(&path).await) {
+            let w = local.create(&job.id, &name).await?;
+            st.export.rewrite(&job, part, Box::new(w)).await?;
+        }
     }
     let f = tokio::fs::File::open(&path).await.map_err(|e| ExportError::Sink(format!("cannot open {}: {e}", path.display())))?;
     let len = f.metadata().await.map_err(|e| ExportError::Sink(e.to_string()))?.len();

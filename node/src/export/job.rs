@@ -49,7 +49,26 @@ pub struct ExportSpec {
     pub sink: SinkKind,
     /// Parameters ignored under `Prefer: handling=lenient` (reported in the manifest's `error`).
     pub ignored: Vec<String>,
+    /// Where a part ends (from the kick-off node's `[export]`): fixed in the job so that every
+    /// node cuts the same parts, whatever its own configuration.
+    pub part_max_lines: u64,
+    pub part_max_bytes: u64,
+    /// Active jobs the cluster (per tenant) may hold, and jobs one owner may hold: a kick-off
+    /// beyond them is refused at apply, identically everywhere.
+    pub max_active: u32,
+    pub max_per_owner: u32,
 }
+
+/// Bounds on what one kick-off may carry (its spec is replicated and rewritten with the job).
+pub const MAX_TYPES: usize = 400;
+pub const MAX_FILTERS: usize = 100;
+pub const MAX_ELEMENTS: usize = 200;
+pub const MAX_PATIENTS: usize = 1000;
+pub const MAX_IGNORED: usize = 50;
+/// Characters of one filter, element or ignored parameter, and of the request URL.
+pub const MAX_TEXT: usize = 4096;
+/// Jobs of any status the cluster holds; past it a kick-off is refused until some expire.
+pub const MAX_JOBS: usize = 1000;
 
 /// The end (or not) of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,21 +209,62 @@ impl ExportOp {
         self
     }
 
-    /// Checks an op a peer forwards before the leader proposes it: a job id of ours, a spec
-    /// within bounds.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks an op a peer forwards before the leader proposes it. Only a kick-off and a cancel
+    /// come from other nodes; checkpoints, completion, failure and removal are the leader's own
+    /// (a deposed leader's late ones are refused here, never applied). A kick-off's spec must
+    /// be one [`ExportSpec::check`] accepts.
+    pub fn check(&self, defs: &crate::fhir::Definitions) -> Result<(), String> {
         if !valid_job_id(self.job()) {
             return Err(format!("invalid export job id {:?}", self.job()));
         }
-        if let ExportOp::Start { spec, .. } = self {
-            if spec.types.is_empty() || spec.types.len() > 1000 {
-                return Err("an export names 1 to 1000 types".into());
+        match self {
+            ExportOp::Start { spec, .. } => spec.check(defs),
+            ExportOp::Cancel { .. } => Ok(()),
+            _ => Err("export checkpoints, completion, failure and removal are proposed by the leader itself, never forwarded".into()),
+        }
+    }
+}
+
+impl ExportSpec {
+    /// What a kick-off node checked, checked again (a peer's spec is not trusted): known and
+    /// distinct types, filters and elements on those types, valid ids, bounded lists.
+    pub fn check(&self, defs: &crate::fhir::Definitions) -> Result<(), String> {
+        let long = |t: &str| t.len() > MAX_TEXT;
+        if self.types.is_empty() || self.types.len() > MAX_TYPES {
+            return Err(format!("an export names 1 to {MAX_TYPES} types"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.types {
+            if defs.resource_type(t).ok() != Some(t.as_str()) || !seen.insert(t) {
+                return Err(format!("type {t:?} is unknown or repeated"));
             }
-            if let Some(t) = &spec.tenant {
-                if !crate::tenancy::valid_tenant(t) {
-                    return Err(format!("invalid tenant id {t:?}"));
-                }
+        }
+        if self.type_filters.len() > MAX_FILTERS || self.elements.len() > MAX_ELEMENTS || self.patients.len() > MAX_PATIENTS || self.ignored.len() > MAX_IGNORED {
+            return Err(format!("an export carries at most {MAX_FILTERS} filters, {MAX_ELEMENTS} elements, {MAX_PATIENTS} patients"));
+        }
+        for (t, q) in &self.type_filters {
+            if !self.types.contains(t) || q.is_empty() || q.iter().any(|(k, v)| long(k) || long(v)) {
+                return Err(format!("a filter on {t:?} that is not an exported type, or empty, or too long"));
             }
+        }
+        if self.elements.iter().any(|(t, e)| long(e) || t.as_ref().is_some_and(|t| !self.types.contains(t))) || self.ignored.iter().any(|i| long(i)) || long(&self.request) {
+            return Err("an element, ignored parameter or request URL too long, or an element of a type not exported".into());
+        }
+        if self.patients.iter().any(|p| !crate::fhir::valid_id(p)) {
+            return Err("invalid patient id".into());
+        }
+        if let Level::Group(g) = &self.level {
+            if !crate::fhir::valid_id(g) {
+                return Err(format!("invalid Group id {g:?}"));
+            }
+        }
+        if let Some(t) = &self.tenant {
+            if !crate::tenancy::valid_tenant(t) {
+                return Err(format!("invalid tenant id {t:?}"));
+            }
+        }
+        if self.part_max_lines == 0 || self.part_max_bytes < 1024 || self.max_active == 0 || self.max_per_owner == 0 {
+            return Err("part limits and job limits must be positive".into());
         }
         Ok(())
     }
@@ -234,6 +294,10 @@ mod tests {
                 patients: patients.into_iter().map(String::from).collect(),
                 sink: SinkKind::Local,
                 ignored: vec![],
+                part_max_lines: 10,
+                part_max_bytes: 1 << 20,
+                max_active: 4,
+                max_per_owner: 20,
             },
             as_of: 1,
             members: members.map(|m| m.into_iter().map(String::from).collect()),
@@ -257,7 +321,23 @@ mod tests {
         assert!(valid_job_id(&uuid::Uuid::new_v4().to_string()));
         assert!(!valid_job_id("../../etc/passwd"));
         assert!(!valid_job_id("00000000-0000-0000-0000-00000000000G"));
-        let op = ExportOp::Remove { job: "x".into() };
-        assert!(op.check().is_err());
+        let defs = crate::fhir::Definitions::load(crate::fhir::FhirVersion::R4);
+        assert!(ExportOp::Remove { job: "x".into() }.check(&defs).is_err());
+        let id = uuid::Uuid::new_v4().to_string();
+        assert!(ExportOp::Remove { job: id.clone() }.check(&defs).is_err(), "leader-only ops are never forwarded");
+        assert!(ExportOp::Checkpoint { job: id.clone(), part: None, cursor: Cursor::default() }.check(&defs).is_err());
+        assert!(ExportOp::Cancel { job: id.clone(), ts_micros: 0 }.check(&defs).is_ok());
+        let spec = job(None, vec![]).spec;
+        assert!(ExportOp::Start { job: id.clone(), ts_micros: 0, spec: spec.clone() }.check(&defs).is_ok());
+        for bad in [
+            ExportSpec { types: vec!["Patient".into(), "Patient".into()], ..spec.clone() },
+            ExportSpec { types: vec!["Nope".into()], ..spec.clone() },
+            ExportSpec { type_filters: vec![("Observation".into(), vec![("code".into(), "x".into())])], ..spec.clone() },
+            ExportSpec { level: Level::Group("../x".into()), ..spec.clone() },
+            ExportSpec { patients: vec!["a b".into()], ..spec.clone() },
+            ExportSpec { part_max_lines: 0, ..spec.clone() },
+        ] {
+            assert!(ExportOp::Start { job: id.clone(), ts_micros: 0, spec: bad.clone() }.check(&defs).is_err(), "{bad:?}");
+        }
     }
 }

@@ -36,8 +36,8 @@ pub enum ExportError {
     NoJob(String),
     #[error("no output file {file} in export job {job}")]
     NoFile { job: String, file: String },
-    #[error("{active} export jobs are running, the most this cluster runs at once (export.max_active_jobs); retry later")]
-    TooMany { active: usize },
+    #[error("too many export jobs: at most {active} may run at once here (export.max_active_jobs) and one caller may hold {owned} (export.max_jobs_per_owner, finished ones count until they expire); retry later or cancel finished jobs")]
+    TooMany { active: usize, owned: usize },
     #[error("the export job failed: {0}")]
     Failed(String),
     #[error("export storage: {0}")]

@@ -45,6 +45,9 @@ pub fn from_parameters(body: &Value) -> Result<Vec<(String, String)>, ExportErro
             Some((_, Value::Number(n))) => n.to_string(),
             _ => return Err(bad(name, "needs a primitive value[x] or a valueReference")),
         };
+        // One Parameters entry is one filter (a query string as in a URL): its commas are not
+        // filter separators, as they are in the GET form.
+        let text = if name == "_typeFilter" { text.replace(',', "%2C") } else { text };
         out.push((name.to_string(), text));
     }
     Ok(out)
@@ -178,9 +181,15 @@ mod tests {
         let body = json!({"resourceType": "Parameters", "parameter": [
             {"name": "_type", "valueString": "Patient"},
             {"name": "patient", "valueReference": {"reference": "Patient/x"}},
-            {"name": "_since", "valueInstant": "2020-01-01T00:00:00Z"}
+            {"name": "_since", "valueInstant": "2020-01-01T00:00:00Z"},
+            {"name": "_typeFilter", "valueString": "Observation?code=a,b"}
         ]});
-        assert_eq!(from_parameters(&body).unwrap(), p(&[("_type", "Patient"), ("patient", "Patient/x"), ("_since", "2020-01-01T00:00:00Z")]));
+        let pairs = from_parameters(&body).unwrap();
+        assert_eq!(pairs[..3], p(&[("_type", "Patient"), ("patient", "Patient/x"), ("_since", "2020-01-01T00:00:00Z")])[..]);
+        let defs = Definitions::load(FhirVersion::R4);
+        let reg = Registry::load(FhirVersion::R4);
+        let k = parse(&pairs[3..], &defs, &reg, None, false).unwrap();
+        assert_eq!(k.type_filters, vec![("Observation".to_string(), p(&[("code", "a,b")]))], "one entry, one filter");
         assert!(from_parameters(&json!({"resourceType": "Patient"})).is_err());
         assert!(from_parameters(&json!({"resourceType": "Parameters", "parameter": [{"name": "x"}]})).is_err());
     }

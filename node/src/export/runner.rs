@@ -39,6 +39,8 @@ pub struct Exporter {
     pub local: Arc<LocalSink>,
     /// The `[s3]` sink, when configured.
     pub s3: Option<Arc<dyn ExportSink>>,
+    /// Local parts written again for a download, one at a time on this node.
+    pub rewrites: tokio::sync::Semaphore,
 }
 
 impl Exporter {
@@ -118,14 +120,25 @@ impl Actor for JobActor {
         let (ex, id) = (self.ex.clone(), self.id.clone());
         ctx.spawn(
             async move {
-                match run(&ex, &id).await {
-                    Ok(()) => {}
-                    // Leadership moved or the log refused: the next leader (or the next tick) resumes.
-                    Err(ExportError::Consensus(e)) => tracing::info!(job = %id, "export paused: {e}"),
-                    Err(e) => {
-                        tracing::warn!(job = %id, "export failed: {e}");
-                        if ex.is_leader() {
-                            let _ = ex.propose(ExportOp::Fail { job: id.clone(), ts_micros: 0, error: e.to_string() }).await;
+                let mut attempt = 0u32;
+                loop {
+                    match run(&ex, &id).await {
+                        Ok(()) => return,
+                        // Leadership moved or the log refused: the next leader (or the next tick) resumes.
+                        Err(ExportError::Consensus(e)) => return tracing::info!(job = %id, "export paused: {e}"),
+                        // Storage that may come back (S3 unavailable, a full disk): resume from the
+                        // last checkpoint after a pause, a few times.
+                        Err(e) if transient(&e) && attempt < RETRIES => {
+                            attempt += 1;
+                            tracing::warn!(job = %id, attempt, "export interrupted, resuming from its last checkpoint: {e}");
+                            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %id, "export failed: {e}");
+                            if ex.is_leader() {
+                                let _ = ex.propose(ExportOp::Fail { job: id.clone(), ts_micros: 0, error: e.to_string() }).await;
+                            }
+                            return;
                         }
                     }
                 }
@@ -134,6 +147,16 @@ impl Actor for JobActor {
             .map(|_, _, ctx| ctx.stop()),
         );
     }
+}
+
+/// Attempts after a transient storage error before a job fails (pauses of 2, 4, … 32 s).
+const RETRIES: u32 = 5;
+
+/// Whether an error may go away by itself (the storage is down or full), as opposed to one that
+/// will not (credentials refused, no such bucket, corrupt data).
+fn transient(e: &ExportError) -> bool {
+    use crate::objects::ObjectsError;
+    matches!(e, ExportError::Sink(_) | ExportError::Internal(_) | ExportError::Objects(ObjectsError::Unavailable { .. }))
 }
 
 /// Stops a job actor (the node lost leadership).
@@ -157,6 +180,12 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
             return Ok(());
         }
         if job.at_end() {
+            if !job.spec.ignored.is_empty() {
+                // The ignored parameters' file goes where the parts go (one kind of URL per manifest).
+                let mut w = ex.sink(job.spec.sink)?.open(id, super::http::ERRORS_FILE).await?;
+                w.write(super::http::errors_ndjson(&job)).await?;
+                w.finish().await?;
+            }
             return ex.propose(ExportOp::Complete { job: id.to_string(), ts_micros: 0 }).await;
         }
         let sink = ex.sink(job.spec.sink)?;
@@ -175,8 +204,8 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
             let mut writer: Option<Box<dyn PartWriter>> = None;
             let done = loop {
                 let (s, after) = (sel.clone(), cursor.after.clone());
-                let lines = (ex.cfg.part_max_lines - part.count).min(CHUNK_LINES);
-                let bytes = (ex.cfg.part_max_bytes - part.bytes).min(CHUNK_BYTES);
+                let lines = (job.spec.part_max_lines - part.count).min(CHUNK_LINES);
+                let bytes = (job.spec.part_max_bytes - part.bytes).min(CHUNK_BYTES);
                 let began = std::time::Instant::now();
                 let (chunk, buf) = blocking(move || {
                     let mut buf = Vec::new();
@@ -200,7 +229,7 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
                 if chunk.done {
                     break true;
                 }
-                if part.count >= ex.cfg.part_max_lines || part.bytes >= ex.cfg.part_max_bytes {
+                if part.count >= job.spec.part_max_lines || part.bytes >= job.spec.part_max_bytes {
                     break false;
                 }
                 if !ex.is_leader() || !ex.job(id)?.is_some_and(|j| j.is_active()) {
@@ -294,7 +323,15 @@ impl Supervisor {
         let (ex, cleaning, retry) = (self.ex.clone(), self.cleaning.clone(), self.retry.clone());
         actix::spawn(async move {
             let deleted = match ex.sink(job.spec.sink) {
-                Ok(sink) => sink.delete_job(&job.id).await,
+                // Twice: a part a stopping actor (or a deposed leader) was finishing when the
+                // first delete ran is gone after the second.
+                Ok(sink) => match sink.delete_job(&job.id).await {
+                    Ok(()) => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        sink.delete_job(&job.id).await
+                    }
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match deleted {
@@ -316,16 +353,20 @@ impl Supervisor {
     /// Deletes local part folders of jobs that are gone or cancelled (every node: a node that
     /// served a part wrote its own copy).
     fn collect_local(&self, jobs: &[Job]) {
-        let keep: HashSet<&str> = jobs.iter().filter(|j| j.status != Status::Cancelled).map(|j| j.id.as_str()).collect();
-        let Ok(entries) = std::fs::read_dir(&self.ex.local.dir) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if super::job::valid_job_id(&name) && !keep.contains(name.as_str()) {
-                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                    tracing::warn!("cannot delete {}: {e}", entry.path().display());
+        let keep: HashSet<String> = jobs.iter().filter(|j| j.status != Status::Cancelled).map(|j| j.id.clone()).collect();
+        let dir = self.ex.local.dir.clone();
+        // File system work off the arbiter that runs the supervisor.
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else { return };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if super::job::valid_job_id(&name) && !keep.contains(&name) {
+                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                        tracing::warn!("cannot delete {}: {e}", entry.path().display());
+                    }
                 }
             }
-        }
+        });
     }
 }
 

@@ -86,7 +86,7 @@ impl Selector {
     }
 
     /// Appends the lines of the ids after `after` (up to and including `until`, when given) to
-    /// `out`, stopping after `max_lines` lines, `max_bytes` bytes or `max_visit` ids visited.
+    /// `out`, stopping after `max_lines` lines, `max_bytes` bytes or `max_visit` ids and version rows read (checked between ids).
     /// Reads the type's version records in key order (id, then version): one sequential scan,
     /// no lookup per resource; the version of an id as of the job's instant is its last one
     /// written by then.
@@ -101,6 +101,7 @@ impl Selector {
             None => Bound::Excluded(keys::prefix_end(&prefix)),
         };
         let mut chunk = Chunk::default();
+        // Ids and version rows read (a resource with many versions costs its rows).
         let mut visited = 0usize;
         // The id being read and its version as of the job's instant (if any yet).
         let mut group: Option<(String, Option<VersionRecord>)> = None;
@@ -116,6 +117,7 @@ impl Selector {
                     return Ok(chunk);
                 }
             }
+            visited += 1;
             let rec = VersionRecord::decode(v)?;
             let g = group.get_or_insert_with(|| (id.to_string(), None));
             if rec.ts <= self.as_of {
@@ -217,6 +219,10 @@ mod tests {
             patients: vec![],
             sink: SinkKind::Local,
             ignored: vec![],
+            part_max_lines: 10,
+            part_max_bytes: 1 << 20,
+            max_active: 10,
+            max_per_owner: 10,
         };
         sm.apply(index, 1, &Command::V1(CommandV1::Export(ExportOp::Start { job: id.clone(), ts_micros: 0, spec })).encode()).unwrap();
         state::load(sm.tree(), &id).unwrap().unwrap()

@@ -52,7 +52,7 @@ impl LocalSink {
         tokio::fs::create_dir_all(&folder).await.map_err(|e| Self::io("cannot create", &folder, e))?;
         let tmp = folder.join(format!(".{file}.{}.tmp", uuid::Uuid::new_v4()));
         let out = tokio::fs::File::create(&tmp).await.map_err(|e| Self::io("cannot create", &tmp, e))?;
-        Ok(LocalPart { out: tokio::io::BufWriter::with_capacity(1 << 20, out), tmp, path: folder.join(file) })
+        Ok(LocalPart { out: Some(tokio::io::BufWriter::with_capacity(1 << 20, out)), tmp, path: folder.join(file) })
     }
 }
 
@@ -81,31 +81,51 @@ impl ExportSink for LocalSink {
     }
 }
 
-/// A local part being written.
+/// A local part being written. Dropped unfinished (its actor stopped), its temporary file goes.
 pub struct LocalPart {
-    out: tokio::io::BufWriter<tokio::fs::File>,
+    /// `None` once finished.
+    out: Option<tokio::io::BufWriter<tokio::fs::File>>,
     tmp: PathBuf,
     path: PathBuf,
 }
 
 impl PartWriter for LocalPart {
     fn write(&mut self, bytes: Vec<u8>) -> BoxFuture<'_, Result<(), ExportError>> {
-        Box::pin(async move { self.out.write_all(&bytes).await.map_err(|e| LocalSink::io("cannot write", &self.tmp, e)) })
-    }
-
-    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), ExportError>> {
         Box::pin(async move {
-            let LocalPart { mut out, tmp, path } = *self;
-            out.flush().await.map_err(|e| LocalSink::io("cannot write", &tmp, e))?;
-            out.get_mut().sync_all().await.map_err(|e| LocalSink::io("cannot sync", &tmp, e))?;
-            drop(out);
-            tokio::fs::rename(&tmp, &path).await.map_err(|e| LocalSink::io("cannot rename", &tmp, e))
+            let out = self.out.as_mut().ok_or_else(|| ExportError::Internal("write after finish".into()))?;
+            out.write_all(&bytes).await.map_err(|e| LocalSink::io("cannot write", &self.tmp, e))
         })
     }
 
-    fn abort(self: Box<Self>) -> BoxFuture<'static, ()> {
+    fn finish(mut self: Box<Self>) -> BoxFuture<'static, Result<(), ExportError>> {
         Box::pin(async move {
+            let mut out = self.out.take().ok_or_else(|| ExportError::Internal("finished twice".into()))?;
+            let result = async {
+                out.flush().await.map_err(|e| LocalSink::io("cannot write", &self.tmp, e))?;
+                out.get_mut().sync_all().await.map_err(|e| LocalSink::io("cannot sync", &self.tmp, e))?;
+                drop(out);
+                tokio::fs::rename(&self.tmp, &self.path).await.map_err(|e| LocalSink::io("cannot rename", &self.tmp, e))
+            }
+            .await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&self.tmp).await;
+            }
+            result
+        })
+    }
+
+    fn abort(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.out.take();
             let _ = tokio::fs::remove_file(&self.tmp).await;
         })
+    }
+}
+
+impl Drop for LocalPart {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }

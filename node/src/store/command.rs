@@ -196,7 +196,7 @@ impl Command {
             Command::V1(CommandV1::Conditional { op, .. }) => vec![(op, true)],
             Command::V1(CommandV1::Bundle { entries, .. }) => entries.iter().map(|e| (&e.op, e.condition.is_some())).collect(),
             Command::V1(CommandV1::Pin { .. }) => return Err("a Pin is proposed by the leader itself, never forwarded".into()),
-            Command::V1(CommandV1::Export(op)) => return op.check(),
+            Command::V1(CommandV1::Export(op)) => return op.check(defs),
             Command::V1(CommandV1::InTenant { tenant, command }) => {
                 if !crate::tenancy::valid_tenant(tenant) {
                     return Err(format!("invalid tenant id {tenant:?}"));

@@ -11,7 +11,7 @@ use super::resources::Store;
 use super::state_machine::{u64_pair, StateMachine};
 use super::writes::Writes;
 use super::StoreError;
-use crate::export::job::{ExportOp, ExportSpec, Job, Level, Status};
+use crate::export::job::{ExportOp, ExportSpec, Job, Level, Status, MAX_JOBS};
 use crate::export::state;
 
 impl StateMachine {
@@ -20,6 +20,8 @@ impl StateMachine {
         let mut w = Writes::default();
         let existing = state::load(&self.tree, op.job())?;
         match (op, existing) {
+            // Over the limits the kick-off carries: refused (no job; the proposer answers 429).
+            (ExportOp::Start { spec, .. }, None) if !self.room_for(&spec)? => {}
             (ExportOp::Start { job, ts_micros, spec }, None) => {
                 let as_of = self.advance_clock(ts_micros, &mut w);
                 let record = self.start_job(job, as_of, spec, &mut w)?;
@@ -66,6 +68,15 @@ impl StateMachine {
         self.write(w)
     }
 
+    /// Whether a kick-off fits: fewer active jobs in its tenant than it allows, fewer jobs of
+    /// its owner, and fewer than [`MAX_JOBS`] in all.
+    fn room_for(&self, spec: &ExportSpec) -> Result<bool, StoreError> {
+        let jobs = state::list(&self.tree)?;
+        let active = jobs.iter().filter(|j| j.is_active() && j.spec.tenant == spec.tenant).count();
+        let owned = jobs.iter().filter(|j| j.spec.owner == spec.owner && j.spec.tenant == spec.tenant).count();
+        Ok(jobs.len() < MAX_JOBS && active < spec.max_active as usize && owned < spec.max_per_owner as usize)
+    }
+
     /// The job a kick-off creates: its members and filters decided on the state as of now.
     fn start_job(&self, id: String, as_of: u64, spec: ExportSpec, w: &mut Writes) -> Result<Job, StoreError> {
         let mut job = Job { id, spec, as_of, members: None, status: Status::Active, parts: Vec::new(), cursor: Default::default(), finished: None };
@@ -84,9 +95,13 @@ impl StateMachine {
             }
         }
         if job.is_active() {
-            if let Err(e) = self.evaluate_filters(&job, &store, w) {
-                job.status = Status::Failed(e);
-                job.finished = Some(as_of);
+            match self.evaluate_filters(&job, &store, w) {
+                Ok(()) => {}
+                Err(FilterError::Storage(e)) => return Err(e),
+                Err(FilterError::Job(e)) => {
+                    job.status = Status::Failed(e);
+                    job.finished = Some(as_of);
+                }
             }
         }
         Ok(job)
@@ -94,16 +109,18 @@ impl StateMachine {
 
     /// Runs each `_typeFilter` search within the condition budget (search::cost) and records
     /// the union of the matches per type.
-    fn evaluate_filters(&self, job: &Job, store: &Store, w: &mut Writes) -> Result<(), String> {
+    fn evaluate_filters(&self, job: &Job, store: &Store, w: &mut Writes) -> Result<(), FilterError> {
         let Some(reg) = &self.search else {
-            return if job.spec.type_filters.is_empty() { Ok(()) } else { Err("this node keeps no search index for _typeFilter".into()) };
+            return if job.spec.type_filters.is_empty() { Ok(()) } else { Err(FilterError::Job("this node keeps no search index for _typeFilter".into())) };
         };
         let mut per_type: std::collections::BTreeMap<&str, roaring::RoaringBitmap> = Default::default();
         for (rtype, params) in &job.spec.type_filters {
-            let found = crate::search::query::condition_docs(reg, store.tree(), rtype, params).map_err(|e| match e {
-                crate::search::query::SearchError::Store(e) => e.to_string(),
-                e => format!("_typeFilter {rtype}?{}: {e}", serde_urlencoded::to_string(params).unwrap_or_default()),
-            })?;
+            let found = match crate::search::query::condition_docs(reg, store.tree(), rtype, params) {
+                Ok(found) => found,
+                // A storage failure is this node's, not the job's: stop applying.
+                Err(crate::search::query::SearchError::Store(e)) => return Err(FilterError::Storage(e)),
+                Err(e) => return Err(FilterError::Job(format!("_typeFilter {rtype}?{}: {e}", serde_urlencoded::to_string(params).unwrap_or_default()))),
+            };
             *per_type.entry(rtype.as_str()).or_default() |= found;
         }
         for (rtype, docs) in per_type {
@@ -113,6 +130,12 @@ impl StateMachine {
         }
         Ok(())
     }
+}
+
+/// Why `_typeFilter` could not be decided: the job's fault (recorded in it) or this node's.
+enum FilterError {
+    Job(String),
+    Storage(StoreError),
 }
 
 fn put(w: &mut Writes, job: &Job) {

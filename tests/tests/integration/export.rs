@@ -281,6 +281,26 @@ fn only_the_caller_who_started_a_job_follows_it_and_patient_scopes_cannot_export
     // patient/ scopes reach one compartment, not a bulk export.
     let r = c.get(node.url("/Patient/$export?_type=Patient")).bearer_auth(&patient_scoped).send().unwrap();
     assert_eq!(r.status(), 403);
+    // A filter may not read, through _has or a chain, a type the caller may not search.
+    let auditor = crate::auth::token(json!({"cognito:groups": ["auditor"], "sub": "dave"}));
+    assert_eq!(bulk::export(&c, &node.url("/$export?_type=Patient"), None, Some(&auditor)).of("Patient").len(), 1);
+    let r = c.get(node.url("/$export?_type=Patient&_typeFilter=Patient%3F_has%3AObservation%3Asubject%3Acode%3D1234-5")).bearer_auth(&auditor).send().unwrap();
+    assert_eq!(r.status(), 403);
+    // A token without sub cannot own a job.
+    let anonymous = kiln::auth::token::sign_hs256(b"test-secret-0123456789-0123456789-abcdef", &json!({"iss": "https://issuer.example", "aud": "kiln-test", "exp": 4_000_000_000u64, "cognito:groups": ["practitioner"]})).unwrap();
+    assert_eq!(c.get(node.url("/$export?_type=Patient")).bearer_auth(&anonymous).send().unwrap().status(), 403);
+}
+
+#[test]
+fn job_limits_answer_429() {
+    let node = TestNode::start_with(FhirVersion::R4, |cfg| cfg.export.max_jobs_per_owner = 2);
+    let c = client();
+    load(&c, &node.base, &[patient(1)]);
+    bulk::export(&c, &node.url("/$export?_type=Patient"), None, None);
+    bulk::export(&c, &node.url("/$export?_type=Patient"), None, None);
+    let r = c.get(node.url("/$export?_type=Patient")).send().unwrap();
+    assert_eq!(r.status(), 429, "finished jobs count until they expire or are cancelled");
+    assert!(json(r)["issue"][0]["diagnostics"].as_str().unwrap().contains("max_jobs_per_owner"));
 }
 
 #[test]
