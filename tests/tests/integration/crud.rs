@@ -174,7 +174,8 @@ fn bad_input_is_a_4xx_operation_outcome() {
     assert_outcome(c.get(node.url("/Patient?colour=x")).send().unwrap(), 400, "unknown search parameter 'colour'");
     // Not implemented yet: said plainly.
     assert_outcome(c.get(node.url("/Patient?_filter=name eq x")).send().unwrap(), 400, "not supported");
-    assert_outcome(post(&c, &node.url("/$export"), &json!({})), 501, "operation");
+    assert_outcome(post(&c, &node.url("/Patient/1/$everything"), &json!({})), 501, "operation");
+    assert_outcome(post(&c, &node.url("/$export"), &json!({})), 400, "Parameters");
     assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Bundle", "type": "document"})), 400, "batch or a transaction");
     assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Patient"})), 400, "takes a Bundle");
     let resp = c.patch(node.url("/Patient?identifier=x")).header("content-type", "application/json-patch+json").body("[]").send().unwrap();
