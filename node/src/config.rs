@@ -65,6 +65,9 @@ pub struct Config {
     pub tenancy: crate::tenancy::TenancyConfig,
     /// Bulk `$export`: the sink and the bounds of jobs (docs/export.md).
     pub export: crate::export::ExportConfig,
+    /// Full-text search through Meilisearch (`_content`, `_text`; docs/meilisearch.md). Unset
+    /// `url`: no Meilisearch.
+    pub meilisearch: crate::meili::MeiliConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -203,6 +206,7 @@ impl Default for Config {
             auth: crate::auth::AuthConfig::default(),
             tenancy: crate::tenancy::TenancyConfig::default(),
             export: crate::export::ExportConfig::default(),
+            meilisearch: crate::meili::MeiliConfig::default(),
         }
     }
 }
@@ -267,6 +271,7 @@ impl Config {
             tls.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         self.export.validate().map_err(ConfigError::Invalid)?;
+        self.meilisearch.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }

@@ -13,6 +13,8 @@
 //! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
 //! - [`export`]: bulk `$export`: replicated jobs, export actors on the leader, NDJSON sinks.
+//! - [`meili`]: `_content` / `_text` through Meilisearch: the indexer on the leader (history
+//!   rows after a replicated cursor), documents, text queries, `kiln reindex`.
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
 //!   tenant's data is its own key space of the state ([`store::space`]).
@@ -32,6 +34,7 @@ pub mod fhir;
 pub mod fuzzing;
 pub mod http;
 pub mod launcher;
+pub mod meili;
 pub mod search;
 pub mod store;
 pub mod tenancy;
@@ -71,6 +74,8 @@ pub enum StartError {
     AdminToken { path: String, reason: String },
     #[error(transparent)]
     ApiTls(#[from] http::tls::ApiTlsError),
+    #[error("[meilisearch]: {0}")]
+    Meili(String),
 }
 
 /// A running node.
@@ -154,6 +159,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         }
         None => None,
     };
+    let text_search = meili::Meili::from_config(&cfg.meilisearch).map_err(StartError::Meili)?.map(Arc::new);
     let db = sled::Config::new()
         .path(&cfg.data_dir)
         .open()
@@ -199,6 +205,10 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     s3: None,
                 });
                 let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
+                if let Some(m) = &text_search {
+                    let cx = meili::indexer::IndexerCtx { meili: m.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone(), node_id: cfg.node_id };
+                    actix::Actor::start(meili::indexer::Supervisor::new(Arc::new(cx)));
+                }
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
@@ -211,6 +221,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     auth: authority,
                     export: exporter,
                     export_supervisor,
+                    meili: text_search,
                 });
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {

@@ -88,6 +88,8 @@ pub struct AppState {
     /// Bulk export: jobs, sinks and the actors that run them.
     pub export: Arc<crate::export::runner::Exporter>,
     pub export_supervisor: actix::Addr<crate::export::runner::Supervisor>,
+    /// Meilisearch (`[meilisearch]`): `_content` / `_text`, the indexer's status. `None`: not configured.
+    pub meili: Option<Arc<crate::meili::Meili>>,
 }
 
 /// The level an interaction works at.
