@@ -55,7 +55,7 @@ impl TestNode {
         format!("{}{}", self.base, path)
     }
 
-    /// The operator API's base URL (`admin_listen` must be set, e.g. `127.0.0.1:0`).
+    /// The operator API's base URL (`admin_listen` must be set).
     pub fn admin_base(&self) -> String {
         let addr = self.handle.as_ref().and_then(|h| h.admin_addr).expect("a running node with admin_listen");
         format!("http://{addr}")

@@ -315,12 +315,10 @@ async fn respond_types(
         queries.push((*t, q, restrict));
     }
     // Text matches per type (ids with scores), from Meilisearch, before the blocking part.
-    let mut text_hits: Vec<Option<std::collections::HashMap<String, f64>>> = Vec::with_capacity(types.len());
-    if let (false, Some(m)) = (text_params.is_empty(), &st.meili) {
-        for t in &types {
-            text_hits.push(crate::meili::query::matches(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), t, &text_params).await?);
-        }
-    }
+    let text_hits = match (text_params.is_empty(), &st.meili) {
+        (false, Some(m)) => crate::meili::query::matches(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), &types, &text_params).await?,
+        _ => None,
+    };
     let tree = ctx.store.tree().clone();
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
     let cursor = param("_page").map(String::from);
@@ -330,17 +328,17 @@ async fn respond_types(
         let mut found = Vec::with_capacity(queries.len());
         // Relevance of the text matches: (type, doc number) → score.
         let mut scores: std::collections::HashMap<(&'static str, u32), f64> = std::collections::HashMap::new();
-        for (i, (t, q, restrict)) in queries.iter().enumerate() {
+        for (t, q, restrict) in &queries {
             let on_type = Executor { tree: &tree, rtype: t };
             let mut docs = on_type.run(q)?;
             if let Some(members) = restrict {
                 docs &= members;
             }
-            if let Some(Some(hits)) = text_hits.get(i) {
+            if let Some(all_hits) = &text_hits {
                 // AND with the text matches (ids Meilisearch knows but this replica does not
                 // have are left out).
                 let mut text_docs = query::Ids::new();
-                for (id, score) in hits {
+                for (id, score) in all_hits.get(*t).into_iter().flatten() {
                     if let Some(d) = crate::search::posting::docnum(&tree, t, id)? {
                         text_docs.insert(d);
                         scores.insert((*t, d), *score);

@@ -147,9 +147,17 @@ async fn run(cx: Arc<IndexerCtx>) {
     let mut backoff = min_backoff;
     let mut last_check = Instant::now() - CHECK_EVERY;
     let mut last_settings = Instant::now();
+    let mut seen_epoch = cursor::epoch(&cx.tree).unwrap_or(0);
     while cx.is_leader() {
         let mut worked = false;
         let mut failed = None;
+        let epoch = cursor::epoch(&cx.tree).unwrap_or(seen_epoch);
+        if epoch != seen_epoch {
+            // A reindex dropped the indexes (maybe on another node): create them again with
+            // Kiln's settings before sending anything.
+            seen_epoch = epoch;
+            cx.meili.forget_indexes();
+        }
         if last_settings.elapsed() >= SETTINGS_EVERY {
             // Meilisearch may have lost its data or been replaced: set the settings again.
             cx.meili.forget_indexes();

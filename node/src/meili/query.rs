@@ -20,12 +20,18 @@ pub fn is_text_param(name: &str) -> bool {
 
 #[derive(Deserialize)]
 struct Hit {
+    #[serde(rename = "resourceType")]
+    rtype: String,
     id: String,
 }
 
-/// The ids of `rtype` matching every text parameter in `params`, with their relevance score
-/// (0..1). `Ok(None)` when there is no text parameter.
-pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: &str, params: &[(String, String)]) -> Result<Option<HashMap<String, f64>>, MeiliError> {
+/// Text matches: type → id → relevance score (0..1).
+pub type TextMatches = HashMap<String, HashMap<String, f64>>;
+
+/// The resources of `types` matching every text parameter in `params`, with their relevance
+/// score. One Meilisearch search per text parameter, whatever the number of types (a filter on
+/// `resourceType`). `Ok(None)` when there is no text parameter.
+pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, types: &[&str], params: &[(String, String)]) -> Result<Option<TextMatches>, MeiliError> {
     let text: Vec<&(String, String)> = params.iter().filter(|(k, _)| is_text_param(k)).collect();
     if text.is_empty() {
         return Ok(None);
@@ -41,15 +47,18 @@ pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: 
             return Err(MeiliError::BadValue { param: name.clone(), reason: "longer than 1024 bytes".into() });
         }
     }
-    if !rtype.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(MeiliError::BadValue { param: "_type".into(), reason: format!("{rtype:?} is not a resource type") });
+    if let Some(t) = types.iter().find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        return Err(MeiliError::BadValue { param: "_type".into(), reason: format!("{t:?} is not a resource type") });
     }
     status::check_lag(tree, tenant, m.cfg.max_lag_ms)?;
     let uid = m.cfg.index_uid(tenant);
     let index = m.client().index(&uid);
-    let filter = format!("resourceType = \"{rtype}\"");
-    let mut out: Option<HashMap<String, f64>> = None;
-    let (narrative, retrieve) = (["narrative"], ["id"]);
+    let filter = match types {
+        [one] => format!("resourceType = \"{one}\""),
+        many => format!("resourceType IN [{}]", many.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")),
+    };
+    let mut out: Option<HashMap<(String, String), f64>> = None;
+    let (narrative, retrieve) = (["narrative"], ["resourceType", "id"]);
     for (name, value) in text {
         let mut q = index.search();
         q.with_query(value).with_filter(&filter).with_limit(m.cfg.max_hits + 1).with_show_ranking_score(true).with_attributes_to_retrieve(meilisearch_sdk::search::Selectors::Some(&retrieve));
@@ -60,7 +69,7 @@ pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: 
             Ok(Ok(r)) => r,
             Ok(Err(meilisearch_sdk::errors::Error::Meilisearch(e))) if e.error_code == meilisearch_sdk::errors::ErrorCode::IndexNotFound => {
                 // No index yet: nothing of this tenant was ever indexed (the lag check passed).
-                return Ok(Some(HashMap::new()));
+                return Ok(Some(TextMatches::new()));
             }
             Ok(Err(e)) => return Err(m.classify(e)),
             Err(_) => return Err(MeiliError::Unavailable { url: m.url.clone(), reason: format!("no answer within {} ms", m.cfg.timeout_ms) }),
@@ -68,13 +77,17 @@ pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: 
         if found.hits.len() > m.cfg.max_hits {
             return Err(MeiliError::TooMany { param: name.clone(), value: value.clone(), max: m.cfg.max_hits });
         }
-        let these: HashMap<String, f64> = found.hits.into_iter().map(|h| (h.result.id, h.ranking_score.unwrap_or(0.0))).collect();
+        let these: HashMap<(String, String), f64> = found.hits.into_iter().map(|h| ((h.result.rtype, h.result.id), h.ranking_score.unwrap_or(0.0))).collect();
         out = Some(match out {
             None => these,
-            Some(prev) => prev.into_iter().filter_map(|(id, s)| these.get(&id).map(|t| (id, s.min(*t)))).collect(),
+            Some(prev) => prev.into_iter().filter_map(|(k, s)| these.get(&k).map(|t| (k, s.min(*t)))).collect(),
         });
     }
-    Ok(out)
+    let mut by_type = TextMatches::new();
+    for ((t, id), s) in out.unwrap_or_default() {
+        by_type.entry(t).or_default().insert(id, s);
+    }
+    Ok(Some(by_type))
 }
 
 /// The sort key of a relevance-ordered match: score descending, then doc number, then type
