@@ -1,20 +1,22 @@
 //! The indexer. A [`Supervisor`] runs on every node and starts an [`Indexer`] actor while the
 //! node leads (stopping it when it no longer does), like the export supervisor. The indexer
-//! loops over the tenants: it reads the history rows after the tenant's replicated cursor (at
-//! most `batch_rows`, ending on a timestamp boundary, at most [`MAX_BATCH_BYTES`] of bodies),
-//! takes each distinct resource's CURRENT state (deleted: its document is deleted; else the
-//! document of its current version), sends them to Meilisearch, waits until every task
-//! succeeded, and only then moves the cursor through Raft. At least once and idempotent: a
+//! loops over the tenants: it reads the history rows after the tenant's replicated cursor in
+//! batches (at most `batch_rows`, ending on a timestamp boundary, at most [`MAX_BATCH_BYTES`] of
+//! bodies), takes each distinct resource's CURRENT state (deleted: its document is deleted; else
+//! the document of its current version), sends them to Meilisearch (up to [`PIPELINE`] batches
+//! enqueued at once), and moves the cursor through Raft past a batch only once every task of that
+//! batch succeeded, in order. At least once and idempotent: a
 //! round repeated after a crash or a leader change sends the same current state again, and an
 //! older version never replaces a newer one because the current version is always what is sent.
 //! When Meilisearch fails the round is retried with a doubling pause (up to
 //! `max_backoff_ms`); the history rows stay, so the backlog is only delayed.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use meilisearch_sdk::task_info::TaskInfo;
 use serde_json::Value;
 
 use super::{cursor, document, status, Meili, MeiliError};
@@ -57,9 +59,8 @@ pub struct Batch {
     pub deletes: Vec<String>,
 }
 
-/// Reads the next batch of `tenant` (blocking: sled).
-pub fn read_batch(tree: &sled::Tree, tenant: Option<&str>, max_rows: usize) -> Result<Batch, StoreError> {
-    let (epoch, from) = cursor::load(tree, tenant)?;
+/// Reads the batch of `tenant` after history timestamp `from` (blocking: sled).
+pub fn read_batch(tree: &sled::Tree, tenant: Option<&str>, epoch: u64, from: u64, max_rows: usize) -> Result<Batch, StoreError> {
     let space = Space::of(tree.clone(), tenant);
     let store = Store::new(tree.clone()).tenant(tenant);
     let mut batch = Batch { epoch, ..Batch::default() };
@@ -97,8 +98,8 @@ pub fn read_batch(tree: &sled::Tree, tenant: Option<&str>, max_rows: usize) -> R
     Ok(batch)
 }
 
-/// Sends one batch and waits for every task.
-pub async fn push(m: &Meili, tenant: Option<&str>, batch: &Batch) -> Result<(), MeiliError> {
+/// Sends one batch (enqueues its tasks; does not wait).
+pub async fn send(m: &Meili, tenant: Option<&str>, batch: &Batch) -> Result<Vec<TaskInfo>, MeiliError> {
     let uid = m.cfg.index_uid(tenant);
     m.ensure_index(&uid).await?;
     let index = m.client().index(&uid);
@@ -109,35 +110,77 @@ pub async fn push(m: &Meili, tenant: Option<&str>, batch: &Batch) -> Result<(), 
     for chunk in batch.deletes.chunks(m.cfg.docs_per_request) {
         tasks.push(m.call(index.delete_documents(chunk)).await?);
     }
-    // Tasks of one index run in order: once the last is done the others are, so this is one
-    // wait plus one look at each.
+    Ok(tasks)
+}
+
+/// Waits for every task of a batch; `Err` unless all succeeded. Tasks of one index run in
+/// order: once the last is done the others are, so this is one wait plus one look at each.
+pub async fn wait_all(m: &Meili, tasks: Vec<TaskInfo>) -> Result<(), MeiliError> {
     for task in tasks.into_iter().rev() {
         m.wait(task).await?;
     }
     Ok(())
 }
 
-/// One round for `tenant`: the number of history rows indexed (0: nothing to do).
-async fn round(cx: &IndexerCtx, tenant: Option<String>) -> Result<usize, MeiliError> {
-    let (tree, t, max) = (cx.tree.clone(), tenant.clone(), cx.meili.cfg.batch_rows);
-    let batch = tokio::task::spawn_blocking(move || read_batch(&tree, t.as_deref(), max))
-        .await
-        .map_err(|e| MeiliError::Task(format!("history reader: {e}")))??;
-    if batch.rows == 0 {
-        return Ok(0);
+/// A batch whose tasks are enqueued in Meilisearch.
+struct InFlight {
+    epoch: u64,
+    last_ts: u64,
+    rows: usize,
+    upserts: u64,
+    deletes: u64,
+    tasks: Vec<TaskInfo>,
+}
+
+/// Batches of one tenant in flight at once: while Meilisearch indexes one, the next is read
+/// and enqueued (Meilisearch merges enqueued tasks into bigger, cheaper batches).
+const PIPELINE: usize = 3;
+/// Batches one tenant gets before the other tenants get their turn.
+const TURN: usize = 20;
+
+/// Indexes `tenant`'s backlog (up to [`TURN`] batches): the number of history rows indexed.
+/// Each batch's cursor move is proposed, in order, only once its own tasks succeeded.
+async fn drain(cx: &IndexerCtx, tenant: Option<String>) -> Result<usize, MeiliError> {
+    let (epoch, mut from) = cursor::load(&cx.tree, tenant.as_deref())?;
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let (mut total, mut batches, mut at_end) = (0usize, 0usize, false);
+    loop {
+        if !at_end && inflight.len() < PIPELINE && batches < TURN {
+            let (tree, t, max) = (cx.tree.clone(), tenant.clone(), cx.meili.cfg.batch_rows);
+            let batch = tokio::task::spawn_blocking(move || read_batch(&tree, t.as_deref(), epoch, from, max))
+                .await
+                .map_err(|e| MeiliError::Task(format!("history reader: {e}")))??;
+            if batch.rows == 0 {
+                at_end = true;
+            } else {
+                let tasks = send(&cx.meili, tenant.as_deref(), &batch).await?;
+                from = batch.last_ts;
+                batches += 1;
+                inflight.push_back(InFlight {
+                    epoch,
+                    last_ts: batch.last_ts,
+                    rows: batch.rows,
+                    upserts: batch.upserts.len() as u64,
+                    deletes: batch.deletes.len() as u64,
+                    tasks,
+                });
+                continue;
+            }
+        }
+        let Some(done) = inflight.pop_front() else { return Ok(total) };
+        wait_all(&cx.meili, done.tasks).await?;
+        {
+            let mut s = cx.meili.state.lock();
+            s.docs_sent += done.upserts;
+            s.docs_deleted += done.deletes;
+        }
+        if !cx.is_leader() {
+            return Ok(total);
+        }
+        let op = cursor::CursorOp::Advance { tenant: tenant.clone(), epoch: done.epoch, ts: done.last_ts };
+        cx.raft.propose(&Command::V1(CommandV1::SearchCursor(op))).await?;
+        total += done.rows;
     }
-    push(&cx.meili, tenant.as_deref(), &batch).await?;
-    {
-        let mut s = cx.meili.state.lock();
-        s.docs_sent += batch.upserts.len() as u64;
-        s.docs_deleted += batch.deletes.len() as u64;
-    }
-    if !cx.is_leader() {
-        return Ok(0);
-    }
-    let op = cursor::CursorOp::Advance { tenant, epoch: batch.epoch, ts: batch.last_ts };
-    cx.raft.propose(&Command::V1(CommandV1::SearchCursor(op))).await?;
-    Ok(batch.rows)
 }
 
 /// The indexing loop, while this node leads.
@@ -171,7 +214,7 @@ async fn run(cx: Arc<IndexerCtx>) {
             }
         };
         for t in tenants {
-            match round(&cx, t).await {
+            match drain(&cx, t).await {
                 Ok(n) => worked |= n > 0,
                 Err(e) => {
                     failed = Some(e);
