@@ -328,3 +328,43 @@ impl Actor for Supervisor {
         ctx.run_interval(Duration::from_millis(250), |act, _| act.tick());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::{Action, WriteOp};
+    use crate::store::StateMachine;
+
+    fn write(sm: &mut StateMachine, index: u64, ops: Vec<(Action, &str, Option<&str>)>) {
+        let ops = ops
+            .into_iter()
+            .map(|(action, id, body)| WriteOp { action, rtype: "Patient".into(), id: id.into(), body: body.map(String::from), if_match: None, allow_create: true })
+            .collect();
+        sm.apply(index, 1, &Command::V1(CommandV1::Writes { ts_micros: index * 1_000, ops }).encode()).unwrap();
+    }
+
+    #[test]
+    fn batches_send_current_versions_and_deletions_and_end_on_a_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
+        let mut sm = StateMachine::open(tree.clone()).unwrap();
+        let body = |id: &str, word: &str| format!(r#"{{"resourceType":"Patient","id":"{id}","text":{{"div":"<div>{word}</div>"}}}}"#);
+        let (a1, b1, a2) = (body("a", "first"), body("b", "bee"), body("a", "second"));
+        write(&mut sm, 2, vec![(Action::Update, "a", Some(&a1)), (Action::Update, "b", Some(&b1))]);
+        write(&mut sm, 3, vec![(Action::Update, "a", Some(&a2)), (Action::Delete, "b", None)]);
+        let all = read_batch(&tree, None, 0, 0, 100).unwrap();
+        assert_eq!(all.rows, 4);
+        assert_eq!(all.upserts.len(), 1, "a once, at its current version");
+        assert_eq!(all.upserts[0]["versionId"], 2);
+        assert_eq!(all.upserts[0]["narrative"], "second");
+        assert_eq!(all.deletes, ["Patient-b"]);
+        let first = read_batch(&tree, None, 0, 0, 1).unwrap();
+        assert_eq!(first.rows, 1);
+        let rest = read_batch(&tree, None, 0, first.last_ts, 100).unwrap();
+        assert_eq!(rest.rows, 3);
+        assert_eq!(rest.last_ts, all.last_ts);
+        assert_eq!(read_batch(&tree, None, 0, all.last_ts, 100).unwrap().rows, 0);
+        // Another tenant's rows are not this tenant's.
+        assert_eq!(read_batch(&tree, Some("acme"), 0, 0, 100).unwrap().rows, 0);
+    }
+}
