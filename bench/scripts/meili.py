@@ -7,6 +7,8 @@ pointing at a real Meilisearch (shared/tools/meilisearch or --meilisearch).
                          rate, indexing rate (documents confirmed by Meilisearch per second while
                          the backlog was non-empty), time from the load's end to lag 0; then
                          `_content` first-page latency (p50/p95 of --queries sequential requests)
+  drain   --patients N   the same load with Meilisearch down (the indexer retries), then Meilisearch
+                         started: backlog drain time and documents per second
   create  --seconds S    kiln-bench create (POST Observation, 16 clients) on a fresh node without
                          and with Meilisearch, alternated --runs times
 
@@ -55,11 +57,14 @@ class Meili:
         self.key = "bench-master-key-0123456789"
         self.key_file = os.path.join(tmp, "meili.key")
         open(self.key_file, "w").write(self.key)
-        cwd = os.path.join(tmp, "meili-cwd")
-        os.makedirs(cwd, exist_ok=True)
-        self.proc = subprocess.Popen([binary, "--db-path", os.path.join(tmp, "meili-db"), "--http-addr", f"127.0.0.1:{self.port}",
-                                      "--master-key", self.key, "--no-analytics"], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.cwd = os.path.join(tmp, "meili-cwd")
+        os.makedirs(self.cwd, exist_ok=True)
+        self.args = [binary, "--db-path", os.path.join(tmp, "meili-db"), "--http-addr", f"127.0.0.1:{self.port}", "--master-key", self.key, "--no-analytics"]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(self.url + "/health")
 
     def stop(self):
@@ -86,6 +91,38 @@ class Kiln:
     def stop(self):
         self.proc.kill()
         self.proc.wait()
+
+
+def drain(a):
+    """Meilisearch down during a bulk load, then started: how fast the indexer drains the backlog."""
+    tmp = tempfile.mkdtemp(prefix="kiln-meili-drain-")
+    bundles = os.path.join(tmp, "bundles")
+    subprocess.run([a.bench, "generate", "--patients", str(a.patients), "--out", bundles, "--format", "bundles", "--bundle-size", "1000"], check=True,
+                   stdout=subprocess.DEVNULL)
+    meili = Meili(a.meilisearch, tmp)
+    kiln = Kiln(a.kiln, tmp, meili)
+    meili.stop()
+    start = time.time()
+    n = 0
+    for f in sorted(glob.glob(os.path.join(bundles, "*.json"))):
+        body = open(f, "rb").read()
+        st, out = http("POST", kiln.base + "/", body, headers={"content-type": "application/fhir+json", "prefer": "return=minimal"})
+        assert st == 200, out[:300]
+        n += len(json.loads(body)["entry"])
+    load_s = time.time() - start
+    backlog = kiln.status()["meilisearch"]["lag_rows"]
+    meili.start()
+    t0 = time.time()
+    while kiln.status()["meilisearch"]["lag_rows"] != 0:
+        if time.time() - t0 > 900:
+            sys.exit("backlog not drained in 900 s")
+        time.sleep(0.1)
+    secs = time.time() - t0
+    docs = kiln.status()["meilisearch"]["docs_sent"]
+    print(json.dumps({"resources": n, "load_s_meili_down": round(load_s, 2), "load_per_s_meili_down": round(n / load_s), "backlog_rows": backlog,
+                      "drain_s": round(secs, 2), "docs_sent": docs, "drain_docs_per_s": round(docs / secs)}, indent=2))
+    kiln.stop()
+    meili.stop()
 
 
 def ingest(a):
@@ -203,11 +240,13 @@ def main():
     i = sub.add_parser("ingest")
     i.add_argument("--patients", type=int, default=2000)
     i.add_argument("--queries", type=int, default=200)
+    d = sub.add_parser("drain")
+    d.add_argument("--patients", type=int, default=2000)
     c = sub.add_parser("create")
     c.add_argument("--runs", type=int, default=2)
     c.add_argument("--seconds", type=float, default=10)
     a = p.parse_args()
-    {"ingest": ingest, "create": create}[a.cmd](a)
+    {"ingest": ingest, "drain": drain, "create": create}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ impl Default for MeiliConfig {
             api_key_file: None,
             index_prefix: "kiln".into(),
             batch_rows: 10_000,
-            docs_per_request: 5_000,
+            docs_per_request: 10_000,
             max_hits: 10_000,
             max_lag_ms: 10_000,
             timeout_ms: 30_000,

@@ -134,7 +134,7 @@ struct InFlight {
 
 /// Batches of one tenant in flight at once: while Meilisearch indexes one, the next is read
 /// and enqueued (Meilisearch merges enqueued tasks into bigger, cheaper batches).
-const PIPELINE: usize = 3;
+const PIPELINE: usize = 6;
 /// Batches one tenant gets before the other tenants get their turn.
 const TURN: usize = 20;
 
