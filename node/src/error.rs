@@ -115,7 +115,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             MeiliError::Unavailable { .. } | MeiliError::Behind { .. } => (503, "transient"),
             MeiliError::BadKey(_) => (503, "security"),
             MeiliError::Task(_) => (502, "exception"),
-            MeiliError::TooMany { .. } => (400, "too-costly"),
+            MeiliError::TooMany { .. } | MeiliError::TooDeep { .. } => (400, "too-costly"),
             MeiliError::BadValue { .. } => (400, "value"),
             MeiliError::Store(s) => classify_store(s),
             MeiliError::Consensus(c) => classify_consensus(c),

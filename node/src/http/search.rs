@@ -79,6 +79,17 @@ pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, s
     respond(&ctx, &st, rtype, params, None).await
 }
 
+/// The offset of a text-only search's page cursor (`n:` / `p:` + hex of `o` + u64); `Some(0)`
+/// without a cursor, `None` for a cursor of another kind.
+fn offset_cursor(page: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(p) = page else { return Ok(Some(0)) };
+    let edge = p.split_once(':').and_then(|(_, e)| hex::decode(e).ok()).ok_or_else(|| bad("_page", "use the links of the search bundle"))?;
+    match edge.as_slice() {
+        [b'o', rest @ ..] if rest.len() == 8 => Ok(usize::try_from(u64::from_be_bytes(rest.try_into().expect("8 bytes"))).ok()),
+        _ => Ok(None),
+    }
+}
+
 fn bad(name: &str, reason: impl Into<String>) -> ApiError {
     RequestError::BadParameter { name: name.into(), reason: reason.into() }.into()
 }
@@ -314,17 +325,51 @@ async fn respond_types(
         };
         queries.push((*t, q, restrict));
     }
+    let counting = ctx.subset.summary == Some(SummaryMode::Count);
+    // One text parameter and nothing else on one type, in relevance order: paged inside
+    // Meilisearch (only the page travels). Its cursors are offsets (`o` + u64), never a score
+    // key (those start with a byte >= 0xC0), so each path knows its own.
+    let fast = match (&st.meili, types.as_slice(), text_params.as_slice(), queries.as_slice()) {
+        (Some(m), [rtype], [(name, value)], [(_, q, None)]) if by_score && !counting && q.criteria.is_empty() => {
+            match offset_cursor(param("_page"))? {
+                Some(offset) => {
+                    let (hits, total) = crate::meili::query::page(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), rtype, name, value, offset, count).await?;
+                    let mut items = Vec::with_capacity(hits.len());
+                    let mut scores = std::collections::HashMap::new();
+                    for (id, score) in hits {
+                        // A match this replica does not have yet (it is behind Meilisearch) is left out.
+                        if let Some(d) = crate::search::posting::docnum(ctx.store.tree(), rtype, &id).map_err(SearchError::from)? {
+                            items.push((*rtype, d));
+                            scores.insert((*rtype, d), score);
+                        }
+                    }
+                    let edge = |o: usize| {
+                        let mut e = vec![b'o'];
+                        e.extend_from_slice(&(o as u64).to_be_bytes());
+                        e
+                    };
+                    let previous = (offset > 0 && count > 0).then(|| edge(offset.saturating_sub(count)));
+                    let next = (count > 0 && offset + count < total).then(|| edge(offset + count));
+                    Some((page::Page { items, total, previous, next }, scores))
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
     // Text matches per type (ids with scores), from Meilisearch, before the blocking part.
-    let text_hits = match (text_params.is_empty(), &st.meili) {
-        (false, Some(m)) => crate::meili::query::matches(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), &types, &text_params).await?,
+    let text_hits = match (fast.is_some(), text_params.is_empty(), &st.meili) {
+        (false, false, Some(m)) => crate::meili::query::matches(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), &types, &text_params).await?,
         _ => None,
     };
     let tree = ctx.store.tree().clone();
-    let counting = ctx.subset.summary == Some(SummaryMode::Count);
     let cursor = param("_page").map(String::from);
     let max_keyed = st.cfg.limits.max_sort_matches;
     let link_scope = (!link_scope.is_empty()).then(|| std::sync::Arc::new(link_scope));
-    let (counted, page, scores) = web::block(move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
+    let (counted, page, scores) = if let Some((page, scores)) = fast {
+        (None, page, scores)
+    } else {
+        web::block(move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
         // Relevance of the text matches: (type, doc number) → score.
         let mut scores: std::collections::HashMap<(&'static str, u32), f64> = std::collections::HashMap::new();
@@ -361,9 +406,10 @@ async fn respond_types(
             return Ok((None, page::page_keyed(keyed, cursor.as_deref(), count)?, scores));
         }
         Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count, max_keyed)?, scores))
-    }))
-    .await
-    .map_err(|e| StoreError::Storage(e.to_string()))??;
+        }))
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??
+    };
     // Links show only the parameters the search used (search.html): not those ignored under
     // handling=lenient.
     let params: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();

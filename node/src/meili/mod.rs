@@ -51,6 +51,8 @@ pub enum MeiliError {
     Task(String),
     #[error("{param}={value} matches more than {max} resources, the most one text query may take (meilisearch.max_hits): use more specific words")]
     TooMany { param: String, value: String, max: usize },
+    #[error("a text search pages through its first {max} matches only (meilisearch.max_hits): use more specific words or other criteria")]
+    TooDeep { max: usize },
     #[error("invalid value for search parameter '{param}': {reason}")]
     BadValue { param: String, reason: String },
     #[error(transparent)]

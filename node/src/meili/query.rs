@@ -36,20 +36,7 @@ pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, types: 
     if text.is_empty() {
         return Ok(None);
     }
-    for (name, value) in &text {
-        if name.contains(':') {
-            return Err(MeiliError::BadValue { param: name.clone(), reason: "_content and _text take no modifier".into() });
-        }
-        if value.trim().is_empty() {
-            return Err(MeiliError::BadValue { param: name.clone(), reason: "empty value".into() });
-        }
-        if value.len() > 1024 {
-            return Err(MeiliError::BadValue { param: name.clone(), reason: "longer than 1024 bytes".into() });
-        }
-    }
-    if let Some(t) = types.iter().find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric())) {
-        return Err(MeiliError::BadValue { param: "_type".into(), reason: format!("{t:?} is not a resource type") });
-    }
+    validate(&text, types)?;
     status::check_lag(tree, tenant, m.cfg.max_lag_ms)?;
     let uid = m.cfg.index_uid(tenant);
     let index = m.client().index(&uid);
@@ -88,6 +75,63 @@ pub async fn matches(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, types: 
         by_type.entry(t).or_default().insert(id, s);
     }
     Ok(Some(by_type))
+}
+
+fn validate(text: &[&(String, String)], types: &[&str]) -> Result<(), MeiliError> {
+    for (name, value) in text {
+        if name.contains(':') {
+            return Err(MeiliError::BadValue { param: name.clone(), reason: "_content and _text take no modifier".into() });
+        }
+        if value.trim().is_empty() {
+            return Err(MeiliError::BadValue { param: name.clone(), reason: "empty value".into() });
+        }
+        if value.len() > 1024 {
+            return Err(MeiliError::BadValue { param: name.clone(), reason: "longer than 1024 bytes".into() });
+        }
+    }
+    if let Some(t) = types.iter().find(|t| t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        return Err(MeiliError::BadValue { param: "_type".into(), reason: format!("{t:?} is not a resource type") });
+    }
+    Ok(())
+}
+
+/// One page of a search whose only criterion is ONE text parameter on one type, in relevance
+/// order, paged inside Meilisearch (only the page's hits travel): `count` matches from `offset`
+/// with their scores, and the exact number of matches. Past `max_hits` matches: too costly, as
+/// for [`matches`].
+pub async fn page(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: &str, name: &str, value: &str, offset: usize, count: usize) -> Result<(Vec<(String, f64)>, usize), MeiliError> {
+    let param = (name.to_string(), value.to_string());
+    validate(&[&param], &[rtype])?;
+    if offset.saturating_add(count) > m.cfg.max_hits {
+        return Err(MeiliError::TooDeep { max: m.cfg.max_hits });
+    }
+    status::check_lag(tree, tenant, m.cfg.max_lag_ms)?;
+    let index = m.client().index(m.cfg.index_uid(tenant));
+    let filter = format!("resourceType = \"{rtype}\"");
+    let (narrative, retrieve) = (["narrative"], ["resourceType", "id"]);
+    let mut q = index.search();
+    q.with_query(value).with_filter(&filter).with_show_ranking_score(true).with_attributes_to_retrieve(meilisearch_sdk::search::Selectors::Some(&retrieve));
+    // Page mode counts the matches exactly; it needs the offset to fall on a page boundary.
+    let paged = count > 0 && offset % count == 0;
+    if paged {
+        q.with_page(offset / count + 1).with_hits_per_page(count);
+    } else {
+        q.with_offset(offset).with_limit(count);
+    }
+    if name == "_text" {
+        q.with_attributes_to_search_on(&narrative);
+    }
+    let found = match tokio::time::timeout(m.timeout(), q.execute::<Hit>()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(meilisearch_sdk::errors::Error::Meilisearch(e))) if e.error_code == meilisearch_sdk::errors::ErrorCode::IndexNotFound => return Ok((Vec::new(), 0)),
+        Ok(Err(e)) => return Err(m.classify(e)),
+        Err(_) => return Err(MeiliError::Unavailable { url: m.url.clone(), reason: format!("no answer within {} ms", m.cfg.timeout_ms) }),
+    };
+    let total = found.total_hits.or(found.estimated_total_hits).unwrap_or(0);
+    if total > m.cfg.max_hits {
+        return Err(MeiliError::TooMany { param: name.to_string(), value: value.to_string(), max: m.cfg.max_hits });
+    }
+    Ok((found.hits.into_iter().map(|h| (h.result.id, h.ranking_score.unwrap_or(0.0))).collect(), total))
 }
 
 /// The sort key of a relevance-ordered match: score descending, then doc number, then type

@@ -162,6 +162,19 @@ fn meili_content_and_text_and_other_criteria_and_paging() {
     assert_eq!(both.into_iter().collect::<BTreeSet<_>>(), ["p2", "p4"].iter().map(|s| s.to_string()).collect());
     let r = client().get(node.url("/Patient?_sort=_score")).send().unwrap();
     assert_eq!(r.status(), 400);
+    // A text-only search pages inside Meilisearch; not past max_hits (400 too-costly).
+    let mut edge = vec![b'o'];
+    edge.extend_from_slice(&10_000u64.to_be_bytes());
+    let r = client().get(node.url(&format!("/Patient?_content=lighthouse&_page=n:{}", hex::encode(edge)))).send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r)["issue"][0]["code"], "too-costly");
+    let b = json(client().get(node.url("/Patient?_content=lighthouse&_count=25")).send().unwrap());
+    assert_eq!(b["total"], 30);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 25);
+    let next = b["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"].as_str().unwrap().to_string();
+    let b2 = json(client().get(&next).send().unwrap());
+    assert_eq!(b2["entry"].as_array().unwrap().len(), 5);
+    assert!(b2["link"].as_array().unwrap().iter().any(|l| l["relation"] == "previous"));
     // The CapabilityStatement claims them now.
     let cs = json(client().get(node.url("/metadata")).send().unwrap());
     let patient_params = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap()["searchParam"].to_string();
