@@ -279,7 +279,8 @@ async fn respond_types(
 ) -> Result<HttpResponse, ApiError> {
     // `_content` / `_text` go to Meilisearch when it is configured; otherwise they stay in the
     // criteria, which refuse them as not supported.
-    let (text_params, params): (Vec<(String, String)>, Vec<(String, String)>) = match &st.meili {
+    type Params = Vec<(String, String)>;
+    let (text_params, params): (Params, Params) = match &st.meili {
         Some(_) => params.into_iter().partition(|(k, _)| crate::meili::query::is_text_param(k)),
         None => (Vec::new(), params),
     };
@@ -330,10 +331,10 @@ async fn respond_types(
     // Meilisearch (only the page travels). Its cursors are offsets (`o` + u64), never a score
     // key (those start with a byte >= 0xC0), so each path knows its own.
     let fast = match (&st.meili, types.as_slice(), text_params.as_slice(), queries.as_slice()) {
-        (Some(m), [rtype], [(name, value)], [(_, q, None)]) if by_score && !counting && q.criteria.is_empty() => {
+        (Some(m), [rtype], [text], [(_, q, None)]) if by_score && !counting && q.criteria.is_empty() => {
             match offset_cursor(param("_page"))? {
                 Some(offset) => {
-                    let (hits, total) = crate::meili::query::page(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), rtype, name, value, offset, count).await?;
+                    let (hits, total) = crate::meili::query::page(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), rtype, text, offset, count).await?;
                     let mut items = Vec::with_capacity(hits.len());
                     let mut scores = std::collections::HashMap::new();
                     for (id, score) in hits {

@@ -99,9 +99,10 @@ fn validate(text: &[&(String, String)], types: &[&str]) -> Result<(), MeiliError
 /// order, paged inside Meilisearch (only the page's hits travel): `count` matches from `offset`
 /// with their scores, and the exact number of matches. Past `max_hits` matches: too costly, as
 /// for [`matches`].
-pub async fn page(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: &str, name: &str, value: &str, offset: usize, count: usize) -> Result<(Vec<(String, f64)>, usize), MeiliError> {
-    let param = (name.to_string(), value.to_string());
-    validate(&[&param], &[rtype])?;
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version
+pub async fn page(m: &Meili, tree: &sled::Tree, tenant: Option<&str>, rtype: &str, param: &(String, String), offset: usize, count: usize) -> Result<(Vec<(String, f64)>, usize), MeiliError> {
+    validate(&[param], &[rtype])?;
+    let (name, value) = (param.0.as_str(), param.1.as_str());
     if offset.saturating_add(count) > m.cfg.max_hits {
         return Err(MeiliError::TooDeep { max: m.cfg.max_hits });
     }
