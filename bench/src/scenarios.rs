@@ -18,19 +18,22 @@ pub enum Needs {
     SearchInclude,
     SearchChain,
     Transaction,
+    /// `_content` (full-text search: the Observation entry lists it in searchParam).
+    Content,
 }
 
 /// Every scenario, in report order.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     "read", "vread", "create", "update-if-match", "history-instance", "history-type", "mixed-crud", "search-token",
     "search-string", "search-date", "search-reference", "search-chained", "search-include", "search-count", "search-sort",
-    "transaction-100", "transaction-1000", "history-system", "delete",
+    "search-content", "transaction-100", "transaction-1000", "history-system", "delete",
 ];
 
 pub fn needs(name: &str) -> Needs {
     match name {
         "search-include" => Needs::SearchInclude,
         "search-chained" => Needs::SearchChain,
+        "search-content" => Needs::Content,
         n if n.starts_with("search-") => Needs::Search,
         n if n.starts_with("transaction-") => Needs::Transaction,
         n if n.starts_with("history-") => Needs::History,
@@ -48,6 +51,8 @@ pub struct Features {
     /// Chained parameters (no CapabilityStatement element says so: probed with one request).
     pub chain: bool,
     pub transaction: bool,
+    /// `_content` is among Observation's search parameters.
+    pub content: bool,
 }
 
 impl Features {
@@ -62,6 +67,7 @@ impl Features {
         let search = type_codes.iter().any(|c| c == "search-type");
         let observation = rest["resource"].as_array().into_iter().flatten().find(|r| r["type"] == "Observation").cloned().unwrap_or_default();
         let include = observation["searchInclude"].as_array().is_some_and(|a| !a.is_empty());
+        let content = observation["searchParam"].as_array().into_iter().flatten().any(|p| p["name"] == "_content");
         let chain = search
             && t.client
                 .get(format!("{}/Observation?subject:Patient.family=probe&_count=1", t.base))
@@ -75,6 +81,7 @@ impl Features {
             include,
             chain,
             transaction: codes(rest).iter().any(|c| c == "transaction"),
+            content,
         })
     }
 
@@ -87,11 +94,13 @@ impl Features {
             Needs::SearchInclude if self.search && self.include => return None,
             Needs::SearchChain if self.search && self.chain => return None,
             Needs::Transaction if self.transaction => return None,
+            Needs::Content if self.search && self.content => return None,
             Needs::History => "history",
             Needs::Search => "search (search-type)",
             Needs::SearchInclude => "_include (searchInclude on Observation)",
             Needs::SearchChain => "chained search (probe /Observation?subject:Patient.family=... did not answer 200)",
             Needs::Transaction => "transaction bundles",
+            Needs::Content => "_content (full-text search, e.g. Kiln with [meilisearch])",
         };
         Some(format!("skipped: the server's CapabilityStatement does not claim {missing}"))
     }
@@ -250,6 +259,8 @@ pub async fn step(t: Arc<Target>, name: &'static str, client: usize, i: u64) -> 
         "search-include" => get(&t, &format!("/Observation?subject=Patient/pat-{p}&_include=Observation:subject&_count=20")).await,
         "search-count" => get(&t, "/Observation?code=http://loinc.org|8867-4&_summary=count").await,
         "search-sort" => get(&t, "/Observation?code=http://loinc.org|8867-4&_sort=-date&_count=20").await,
+        // Full-text: about 2.7% of the Observations ("Glucose [Mass/volume] in Blood"), relevance order.
+        "search-content" => get(&t, "/Observation?_content=glucose&_count=20").await,
         "transaction-100" | "transaction-1000" => {
             let n = if name == "transaction-100" { 100 } else { 1000 };
             send_json(&t, reqwest::Method::POST, "", &bundle(n, client, i), None, &[200]).await

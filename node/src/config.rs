@@ -70,6 +70,9 @@ pub struct Config {
     pub s3: Option<S3Config>,
     /// `[binary]`: raw Binary content, what stays inline, where the rest goes (docs/api.md, "Binary").
     pub binary: crate::binary::BinaryConfig,
+    /// Full-text search through Meilisearch (`_content`, `_text`; docs/meilisearch.md). Unset
+    /// `url`: no Meilisearch.
+    pub meilisearch: crate::meili::MeiliConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -210,6 +213,7 @@ impl Default for Config {
             export: crate::export::ExportConfig::default(),
             s3: None,
             binary: crate::binary::BinaryConfig::default(),
+            meilisearch: crate::meili::MeiliConfig::default(),
         }
     }
 }
@@ -277,6 +281,7 @@ impl Config {
         if self.export.sink == crate::export::config::SinkName::S3 && self.s3.is_none() {
             return bad("export.sink = \"s3\" needs an [s3] section (the bucket the export files go to)".into());
         }
+        self.meilisearch.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }

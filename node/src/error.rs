@@ -17,6 +17,7 @@ use crate::consensus::ConsensusError;
 use crate::export::ExportError;
 use crate::fhir::{FhirError, FhirVersion};
 use crate::http::RequestError;
+use crate::meili::MeiliError;
 use crate::search::query::SearchError;
 use crate::store::StoreError;
 
@@ -47,6 +48,8 @@ pub enum ApiError {
     Objects(#[from] ObjectsError),
     #[error(transparent)]
     Binary(#[from] BinaryError),
+    #[error(transparent)]
+    Meili(#[from] MeiliError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -121,6 +124,16 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             BinaryError::Forged(_) => (400, "invalid"),
             BinaryError::NotPresignable(_) => (400, "not-supported"),
             BinaryError::Body(_) => (400, "structure"),
+        },
+        ApiError::Meili(e) => match e {
+            MeiliError::NotConfigured(_) => (400, "not-supported"),
+            MeiliError::Unavailable { .. } | MeiliError::Behind { .. } => (503, "transient"),
+            MeiliError::BadKey(_) => (503, "security"),
+            MeiliError::Task(_) => (502, "exception"),
+            MeiliError::TooMany { .. } | MeiliError::TooDeep { .. } => (400, "too-costly"),
+            MeiliError::BadValue { .. } => (400, "value"),
+            MeiliError::Store(s) => classify_store(s),
+            MeiliError::Consensus(c) => classify_consensus(c),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }

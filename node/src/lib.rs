@@ -13,6 +13,8 @@
 //! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
 //! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
 //! - [`export`]: bulk `$export`: replicated jobs, export actors on the leader, NDJSON sinks.
+//! - [`meili`]: `_content` / `_text` through Meilisearch: the indexer on the leader (history
+//!   rows after a replicated cursor), documents, text queries, `kiln reindex`.
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
 //!   tenant's data is its own key space of the state ([`store::space`]).
@@ -36,6 +38,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod launcher;
 pub mod objects;
+pub mod meili;
 pub mod search;
 pub mod store;
 pub mod tenancy;
@@ -79,6 +82,8 @@ pub enum StartError {
     Objects(#[from] objects::ObjectsError),
     #[error("cannot create the local blob folder in {path}: {source}")]
     Blobs { path: String, source: std::io::Error },
+    #[error("[meilisearch]: {0}")]
+    Meili(String),
 }
 
 /// A running node.
@@ -164,6 +169,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     };
     let s3 = cfg.s3.as_ref().map(objects::S3::open).transpose()?;
     let blobs = Arc::new(binary::Blobs::open(&cfg, s3.clone()).map_err(|source| StartError::Blobs { path: cfg.data_dir.display().to_string(), source })?);
+    let text_search = meili::Meili::from_config(&cfg.meilisearch).map_err(StartError::Meili)?.map(Arc::new);
     let db = sled::Config::new()
         .path(&cfg.data_dir)
         .open()
@@ -210,6 +216,10 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     rewrites: tokio::sync::Semaphore::new(1),
                 });
                 let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
+                if let Some(m) = &text_search {
+                    let cx = meili::indexer::IndexerCtx { meili: m.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone(), node_id: cfg.node_id };
+                    actix::Actor::start(meili::indexer::Supervisor::new(Arc::new(cx)));
+                }
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
@@ -224,6 +234,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     export_supervisor,
                     s3,
                     blobs,
+                    meili: text_search,
                 });
                 if let Some(s3) = state.s3.clone() {
                     // Not a start condition (the node serves everything else without the bucket):

@@ -31,6 +31,74 @@ enum Command {
     Cluster(ClusterCommand),
     /// Print an HS256 JWT for development and tests (the node's [auth] hs256_secret_file verifies it).
     Token(TokenArgs),
+    /// Rebuild Meilisearch from the replicated state: empties Kiln's indexes, resets the indexer's
+    /// cursor through Raft, then shows progress until the backlog is 0 (safe to run again).
+    Reindex(ReindexArgs),
+}
+
+#[derive(clap::Args)]
+struct ReindexArgs {
+    /// The operator API (admin_listen) of any node.
+    #[arg(long, default_value = "http://127.0.0.1:8180")]
+    admin: String,
+    /// File with the operator API token, when one is set.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Give up waiting after this many seconds (the rebuild goes on in the cluster).
+    #[arg(long, default_value_t = 24 * 3600)]
+    timeout_secs: u64,
+    /// Only start the rebuild; do not wait for it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+fn reindex(args: ReindexArgs) -> Result<(), String> {
+    let token = read_token(args.admin_token_file)?;
+    let base = args.admin.trim_end_matches('/').to_string();
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(120)).build().map_err(|e| e.to_string())?;
+    let with_token = |r: reqwest::blocking::RequestBuilder| match &token {
+        Some(t) => r.bearer_auth(t),
+        None => r,
+    };
+    let resp = with_token(client.post(format!("{base}/_cluster/meilisearch/reindex"))).send().map_err(|e| format!("{base}: {e}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().map_err(|e| format!("{base}: {e}"))?;
+    if !status.is_success() {
+        let why = body.pointer("/issue/0/diagnostics").and_then(|d| d.as_str()).map(String::from).unwrap_or_else(|| body.to_string());
+        return Err(format!("reindex refused ({status}): {why}"));
+    }
+    if args.no_wait {
+        println!("reindex started; progress: the meilisearch object of {base}/_cluster/status");
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} history rows indexed ({per_sec}) {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let started = std::time::Instant::now();
+    let mut total = 0u64;
+    loop {
+        let st: serde_json::Value = with_token(client.get(format!("{base}/_cluster/status")))
+            .send()
+            .and_then(|r| r.json())
+            .map_err(|e| format!("{base}/_cluster/status: {e}"))?;
+        let m = &st["meilisearch"];
+        let lag = m["lag_rows"].as_u64().unwrap_or(0);
+        total = total.max(lag);
+        bar.set_length(total);
+        bar.set_position(total - lag);
+        bar.set_message(m["last_error"].as_str().map(|e| format!("(retrying: {e})")).unwrap_or_default());
+        if lag == 0 {
+            bar.finish_with_message("done: Meilisearch holds every resource");
+            return Ok(());
+        }
+        if started.elapsed().as_secs() > args.timeout_secs {
+            bar.abandon_with_message("still running in the cluster");
+            return Err(format!("gave up waiting after {} s; {lag} history rows left", args.timeout_secs));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 #[derive(clap::Args)]
@@ -251,6 +319,12 @@ struct ServeArgs {
     /// PEM CA that client certificates are verified against (sets api_tls.client_ca).
     #[arg(long)]
     tls_client_ca: Option<PathBuf>,
+    /// Meilisearch base URL for _content / _text (sets meilisearch.url).
+    #[arg(long)]
+    meilisearch_url: Option<String>,
+    /// File holding the Meilisearch master or admin key (sets meilisearch.api_key_file).
+    #[arg(long)]
+    meilisearch_key_file: Option<PathBuf>,
 }
 
 fn parse_version(s: &str) -> Result<FhirVersion, String> {
@@ -286,6 +360,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.allow_plain_http {
         cfg.allow_plain_http = true;
     }
+    if let Some(u) = args.meilisearch_url {
+        cfg.meilisearch.url = Some(u);
+    }
+    if let Some(k) = args.meilisearch_key_file {
+        cfg.meilisearch.api_key_file = Some(k);
+    }
     kiln::http::tls::ApiTlsConfig::apply_flags(&mut cfg.api_tls, args.tls_cert, args.tls_key, args.tls_client_ca);
     let node = kiln::start_node(cfg).map_err(|e| e.to_string())?;
     println!("Kiln listening on {}", node.base_url());
@@ -313,6 +393,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Cluster(cmd) => cluster(cmd),
         Command::Token(args) => token(args),
+        Command::Reindex(args) => reindex(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,9 +3,10 @@
 //! processes ([`ChildNode`], for kill -9 crash tests); [`TestCluster`] runs N child processes as
 //! one Raft cluster (leader(), kill9(i), restart(i), isolate(i) / heal(i), add_node()); plus a
 //! small FHIR HTTP client; [`S3Server`] runs a real S3-compatible server (`s3s-fs`) for the
-//! object-storage tests.
+//! object-storage tests, [`meili::Meili`] a real Meilisearch server.
 
 pub mod bulk;
+pub mod meili;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,12 @@ impl TestNode {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The operator API's base URL (`admin_listen` must be set).
+    pub fn admin_base(&self) -> String {
+        let addr = self.handle.as_ref().and_then(|h| h.admin_addr).expect("a running node with admin_listen");
+        format!("http://{addr}")
     }
 
     /// Stops the node cleanly and starts it again on the same data (and port).

@@ -4,7 +4,8 @@
 //! operator listener (`admin_listen`, loopback unless a token protects it; [`configure_admin`]):
 //! membership changes (`POST /_cluster/nodes`, `DELETE /_cluster/nodes/{id}`, leader only),
 //! `/_cluster/digest` (replica comparison, hashes the whole state) and the test-only fault filter
-//! (`/_cluster/faults`). With `admin_token_file` every operator request needs
+//! (`/_cluster/faults`) and the Meilisearch rebuild (`POST /_cluster/meilisearch/reindex`,
+//! [`crate::meili::http`]). With `admin_token_file` every operator request needs
 //! `Authorization: Bearer <token>`; that check is [`require_token`], in front of every route.
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -39,7 +40,8 @@ fn status_json(st: &AppState) -> serde_json::Value {
         "voters": s.voters,
         "learners": s.learners,
         "peers": s.peers,
-        "fhir_version": st.defs.version.as_str()
+        "fhir_version": st.defs.version.as_str(),
+        "meilisearch": crate::meili::status::status_json(st.meili.as_deref(), st.store.tree().tree())
     })
 }
 
@@ -146,6 +148,7 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/nodes/{id}", web::delete().to(remove_node));
     cfg.route("/_cluster/faults", web::post().to(faults));
     cfg.route("/_cluster/digest", web::get().to(digest));
+    cfg.route("/_cluster/meilisearch/reindex", web::post().to(crate::meili::http::reindex));
     cfg.default_service(web::to(|req: HttpRequest| async move {
         Err::<HttpResponse, ApiError>(RequestError::NoRoute(format!("{} {} (operator API)", req.method(), req.path())).into())
     }));

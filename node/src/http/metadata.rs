@@ -129,9 +129,32 @@ fn search_params(st: &AppState, rtype: &str) -> Vec<Value> {
             })
         })
         .collect();
+    if st.meili.is_some() {
+        // Full-text search through Meilisearch (crate::meili): every resource has `_content`,
+        // the DomainResources (those with a narrative) `_text`.
+        out.push(json!({"name": "_content", "definition": "http://hl7.org/fhir/SearchParameter/Resource-content", "type": "string",
+            "documentation": "Full-text search (Meilisearch, typo-tolerant) over every string of the resource; relevance order by default, entry.search.score filled"}));
+        if !matches!(rtype, "Bundle" | "Binary" | "Parameters") {
+            out.push(json!({"name": "_text", "definition": "http://hl7.org/fhir/SearchParameter/DomainResource-text", "type": "string",
+                "documentation": "Full-text search (Meilisearch, typo-tolerant) over the narrative (text.div); relevance order by default, entry.search.score filled"}));
+        }
+    }
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     out.dedup_by(|a, b| a["name"] == b["name"]);
     out
+}
+
+/// The `rest.documentation` text: what search supports, depending on Meilisearch.
+fn documentation(st: &AppState) -> String {
+    let common = "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter listed in searchParam (composite ones with token/reference/string/uri leading components; of the special ones, near); modifiers :missing, :exact, :contains (string), :text, :not, :of-type (token), :[type], :identifier (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining and _has up to 64 links deep (at most 10,000 links per parameter; beyond: 400 too-costly); _include and _revinclude with :iterate and Type:*.";
+    let unsupported = "Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), _sort on composite parameters, composite parameters with a leading number/date/quantity component";
+    match &st.meili {
+        Some(m) => format!(
+            "{common} _content (every string) and _text (the narrative) are full-text searches answered by Meilisearch, ANDed with the other criteria; ordered by relevance (_sort=_score, the default for them) with entry.search.score; at most {} text matches per query (beyond: 400 too-costly); 503 while Meilisearch is unreachable or behind. {unsupported}, _filter, _list, _query.",
+            m.cfg.max_hits
+        ),
+        None => format!("{common} {unsupported}, _text, _content (this server runs without Meilisearch), _filter, _list, _query."),
+    }
 }
 
 /// The Bulk Data Access IG's canonical base.
@@ -197,7 +220,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
         "rest": [{
             "mode": "server",
             "compartment": compartments(st),
-            "documentation": "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter listed in searchParam (composite ones with token/reference/string/uri leading components; of the special ones, near); modifiers :missing, :exact, :contains (string), :text, :not, :of-type (token), :[type], :identifier (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining and _has up to 64 links deep (at most 10,000 links per parameter; beyond: 400 too-costly); _include and _revinclude with :iterate and Type:*. Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), _sort on composite parameters, composite parameters with a leading number/date/quantity component, _text, _content, _filter, _list, _query.",
+            "documentation": documentation(st),
             "resource": resources,
             "interaction": system,
             "operation": [operation(st, "export")]

@@ -93,6 +93,8 @@ pub struct AppState {
     pub s3: Option<crate::objects::S3>,
     /// Where Binary content lives ([`crate::binary`]).
     pub blobs: Arc<crate::binary::Blobs>,
+    /// Meilisearch (`[meilisearch]`): `_content` / `_text`, the indexer's status. `None`: not configured.
+    pub meili: Option<Arc<crate::meili::Meili>>,
 }
 
 /// The level an interaction works at.

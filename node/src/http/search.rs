@@ -79,6 +79,17 @@ pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, s
     respond(&ctx, &st, rtype, params, None).await
 }
 
+/// The offset of a text-only search's page cursor (`n:` / `p:` + hex of `o` + u64); `Some(0)`
+/// without a cursor, `None` for a cursor of another kind.
+fn offset_cursor(page: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(p) = page else { return Ok(Some(0)) };
+    let edge = p.split_once(':').and_then(|(_, e)| hex::decode(e).ok()).ok_or_else(|| bad("_page", "use the links of the search bundle"))?;
+    match edge.as_slice() {
+        [b'o', rest @ ..] if rest.len() == 8 => Ok(usize::try_from(u64::from_be_bytes(rest.try_into().expect("8 bytes"))).ok()),
+        _ => Ok(None),
+    }
+}
+
 fn bad(name: &str, reason: impl Into<String>) -> ApiError {
     RequestError::BadParameter { name: name.into(), reason: reason.into() }.into()
 }
@@ -266,8 +277,21 @@ async fn respond_types(
     within: Option<query::Ids>,
     path: String,
 ) -> Result<HttpResponse, ApiError> {
+    // `_content` / `_text` go to Meilisearch when it is configured; otherwise they stay in the
+    // criteria, which refuse them as not supported.
+    type Params = Vec<(String, String)>;
+    let (text_params, params): (Params, Params) = match &st.meili {
+        Some(_) => params.into_iter().partition(|(k, _)| crate::meili::query::is_text_param(k)),
+        None => (Vec::new(), params),
+    };
     let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-    let sorts = types.iter().map(|t| sort::parse(&st.search, t, param("_sort"))).collect::<Result<Vec<_>, _>>()?;
+    // Relevance order: `_sort=_score`, or no `_sort` on a text query.
+    let by_score = !text_params.is_empty() && matches!(param("_sort"), None | Some("_score"));
+    if param("_sort") == Some("_score") && text_params.is_empty() {
+        return Err(bad("_sort", "_score orders by the relevance of _content / _text, and this search has neither"));
+    }
+    let sort_param = if by_score { None } else { param("_sort") };
+    let sorts = types.iter().map(|t| sort::parse(&st.search, t, sort_param)).collect::<Result<Vec<_>, _>>()?;
     let count = match param("_count") {
         None => st.cfg.limits.default_page_size,
         Some(c) => c.parse::<usize>().map_err(|_| bad("_count", format!("'{c}' is not a non-negative integer")))?.min(st.cfg.limits.max_page_size),
@@ -302,29 +326,91 @@ async fn respond_types(
         };
         queries.push((*t, q, restrict));
     }
-    let tree = ctx.store.tree().clone();
     let counting = ctx.subset.summary == Some(SummaryMode::Count);
+    // One text parameter and nothing else on one type, in relevance order: paged inside
+    // Meilisearch (only the page travels). Its cursors are offsets (`o` + u64), never a score
+    // key (those start with a byte >= 0xC0), so each path knows its own.
+    let fast = match (&st.meili, types.as_slice(), text_params.as_slice(), queries.as_slice()) {
+        (Some(m), [rtype], [text], [(_, q, None)]) if by_score && !counting && q.criteria.is_empty() => {
+            match offset_cursor(param("_page"))? {
+                Some(offset) => {
+                    let (hits, total) = crate::meili::query::page(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), rtype, text, offset, count).await?;
+                    let mut items = Vec::with_capacity(hits.len());
+                    let mut scores = std::collections::HashMap::new();
+                    for (id, score) in hits {
+                        // A match this replica does not have yet (it is behind Meilisearch) is left out.
+                        if let Some(d) = crate::search::posting::docnum(ctx.store.tree(), rtype, &id).map_err(SearchError::from)? {
+                            items.push((*rtype, d));
+                            scores.insert((*rtype, d), score);
+                        }
+                    }
+                    let edge = |o: usize| {
+                        let mut e = vec![b'o'];
+                        e.extend_from_slice(&(o as u64).to_be_bytes());
+                        e
+                    };
+                    let previous = (offset > 0 && count > 0).then(|| edge(offset.saturating_sub(count)));
+                    let next = (count > 0 && offset + count < total).then(|| edge(offset + count));
+                    Some((page::Page { items, total, previous, next }, scores))
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    // Text matches per type (ids with scores), from Meilisearch, before the blocking part.
+    let text_hits = match (fast.is_some(), text_params.is_empty(), &st.meili) {
+        (false, false, Some(m)) => crate::meili::query::matches(m, ctx.store.tree().tree(), ctx.tenant.as_deref(), &types, &text_params).await?,
+        _ => None,
+    };
+    let tree = ctx.store.tree().clone();
     let cursor = param("_page").map(String::from);
     let max_keyed = st.cfg.limits.max_sort_matches;
     let link_scope = (!link_scope.is_empty()).then(|| std::sync::Arc::new(link_scope));
-    let (counted, page) = web::block(move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
+    let (counted, page, scores) = if let Some((page, scores)) = fast {
+        (None, page, scores)
+    } else {
+        web::block(move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
+        // Relevance of the text matches: (type, doc number) → score.
+        let mut scores: std::collections::HashMap<(&'static str, u32), f64> = std::collections::HashMap::new();
         for (t, q, restrict) in &queries {
             let on_type = Executor { tree: &tree, rtype: t };
             let mut docs = on_type.run(q)?;
             if let Some(members) = restrict {
                 docs &= members;
             }
+            if let Some(all_hits) = &text_hits {
+                // AND with the text matches (ids Meilisearch knows but this replica does not
+                // have are left out).
+                let mut text_docs = query::Ids::new();
+                for (id, score) in all_hits.get(*t).into_iter().flatten() {
+                    if let Some(d) = crate::search::posting::docnum(&tree, t, id)? {
+                        text_docs.insert(d);
+                        scores.insert((*t, d), *score);
+                    }
+                }
+                docs &= text_docs;
+            }
             found.push((*t, docs));
         }
         if counting {
             let total: u64 = found.iter().map(|(_, d)| d.len()).sum();
-            return Ok((Some(total as usize), page::Page::default()));
+            return Ok((Some(total as usize), page::Page::default(), scores));
         }
-        Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count, max_keyed)?))
-    }))
-    .await
-    .map_err(|e| StoreError::Storage(e.to_string()))??;
+        if by_score {
+            let keyed = found
+                .iter()
+                .flat_map(|(t, docs)| docs.iter().map(move |d| (*t, d)))
+                .map(|(t, d)| (crate::meili::query::score_key(scores.get(&(t, d)).copied().unwrap_or(0.0), d, t), (t, d)))
+                .collect();
+            return Ok((None, page::page_keyed(keyed, cursor.as_deref(), count)?, scores));
+        }
+        Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count, max_keyed)?, scores))
+        }))
+        .await
+        .map_err(|e| StoreError::Storage(e.to_string()))??
+    };
     // Links show only the parameters the search used (search.html): not those ignored under
     // handling=lenient.
     let params: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();
@@ -342,16 +428,20 @@ async fn respond_types(
     }
     let total = page.total;
     let tree = ctx.store.tree();
-    let mut page_ids: Vec<(String, String)> = Vec::with_capacity(page.items.len());
+    let mut page_ids: Vec<(String, String, Option<f64>)> = Vec::with_capacity(page.items.len());
     for (t, doc) in &page.items {
-        page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(*doc)?));
+        page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(*doc)?, scores.get(&(*t, *doc)).copied()));
     }
     let mut bodies = Vec::with_capacity(page_ids.len());
-    for (t, id) in page_ids {
+    let mut match_scores = Vec::with_capacity(page_ids.len());
+    for (t, id, score) in page_ids {
         match ctx.store.read(&t, &id) {
             // Moved out of the caller's reach since the index scan: not part of the page.
             Ok((_, rec)) if !grants.get(&t).map(|g| guard::may_see(st, g, &t, &id, rec.body())).transpose()?.unwrap_or(false) => {}
-            Ok((_, rec)) => bodies.push((t, id, rec)),
+            Ok((_, rec)) => {
+                bodies.push((t, id, rec));
+                match_scores.push(score);
+            }
             // Deleted between the index scan and this read: not part of the page.
             Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -359,11 +449,17 @@ async fn respond_types(
     }
     let (included, cut) = includes(ctx, st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
     let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
-    for (mode, (t, id, rec)) in bodies.iter().map(|b| ("match", b)).chain(included.iter().map(|b| ("include", b))) {
+    let modes = match_scores.into_iter().map(|s| ("match", s)).chain(std::iter::repeat(("include", None)));
+    for ((mode, score), (t, id, rec)) in modes.zip(bodies.iter().chain(included.iter())) {
+        let mut search = json!({"mode": mode});
+        if let Some(s) = score {
+            // Relevance of a _content / _text match (Meilisearch's ranking score, 0..1).
+            search["score"] = json!(s);
+        }
         entries.push(Entry {
             full_url: Some(format!("{}/{t}/{id}", ctx.base)),
             resource: Some(embed(ctx, st, rec.body(), &format!("{t}/{id}"))?),
-            search: Some(json!({"mode": mode})),
+            search: Some(search),
             request: None,
             response: None,
         });

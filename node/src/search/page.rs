@@ -85,6 +85,14 @@ pub fn page(tree: &Space, found: Vec<(&'static str, Ids)>, sorts: &[SortSpec], c
     Ok(Ordered::Keyed(keyed).page(&cursor, count))
 }
 
+/// The page at `cursor` of matches whose keys the caller made (`_content` / `_text` in
+/// relevance order: [`crate::meili::query::score_key`]): keyset paging like every other order.
+pub fn page_keyed(mut keyed: Vec<(Vec<u8>, (&'static str, u32))>, cursor: Option<&str>, count: usize) -> Result<Page, SearchError> {
+    let cursor = parse_cursor(cursor)?;
+    keyed.sort_unstable();
+    Ok(Ordered::Keyed(keyed).page(&cursor, count))
+}
+
 /// Whether walking the sort rows is expected to read fewer rows than there are matches to look
 /// up: a page needs about `count × live / matches` rows when matches are spread evenly.
 fn walk_pays(tree: &Space, rtype: &str, docs: &Ids, count: usize) -> Result<bool, SearchError> {

@@ -255,6 +255,10 @@ impl StateMachine {
                 self.apply_export(index, term, op)?;
                 Vec::new()
             }
+            CommandV1::SearchCursor(op) => {
+                self.apply_search_cursor(index, term, op)?;
+                Vec::new()
+            }
             CommandV1::Conditional { ts_micros, op, condition } => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
                     let mut outs = self.apply_writes(index, term, ts_micros, &ops, tenant)?;

@@ -1,0 +1,70 @@
+//! Applying [`CursorOp`]s: the Meilisearch indexer's cursor is replicated state
+//! ([`crate::meili::cursor`]), decided here identically on every node. An advance from an older
+//! epoch or to an earlier timestamp changes nothing: the cursor never moves back except by a
+//! reset, and an indexer that read its batch before a reset cannot undo it.
+
+use super::keys;
+use super::state_machine::{u64_pair, StateMachine};
+use super::writes::Writes;
+use super::StoreError;
+use crate::meili::cursor::{self, CursorOp};
+
+impl StateMachine {
+    /// Applies one cursor op in one batch with the applied index.
+    pub(super) fn apply_search_cursor(&mut self, index: u64, term: u64, op: CursorOp) -> Result<(), StoreError> {
+        let mut w = Writes::default();
+        match op {
+            CursorOp::Advance { tenant, epoch, ts } => {
+                let (now, at) = cursor::load(&self.tree, tenant.as_deref())?;
+                if epoch == now && ts > at {
+                    w.insert_meta(cursor::cursor_key(tenant.as_deref()), &cursor::encode(epoch, ts));
+                }
+            }
+            CursorOp::Reset => {
+                let next = cursor::epoch(&self.tree)?.saturating_add(1);
+                w.insert_meta(cursor::EPOCH_KEY, &next.to_be_bytes());
+            }
+        }
+        w.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
+        self.write(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::meili::cursor::{self, CursorOp};
+    use crate::store::command::{Command, CommandV1};
+    use crate::store::StateMachine;
+
+    #[test]
+    fn the_cursor_moves_forward_only_and_a_reset_turns_away_older_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
+        let mut sm = StateMachine::open(tree.clone()).unwrap();
+        let mut index = 1;
+        let mut apply = |op: CursorOp| {
+            index += 1;
+            let cmd = Command::V1(CommandV1::SearchCursor(op));
+            cmd.check(&crate::fhir::Definitions::load(crate::fhir::FhirVersion::R4), 64).unwrap();
+            sm.apply(index, 1, &cmd.encode()).unwrap();
+        };
+        let adv = |tenant: Option<&str>, epoch, ts| CursorOp::Advance { tenant: tenant.map(String::from), epoch, ts };
+        assert_eq!(cursor::load(&tree, None).unwrap(), (0, 0));
+        apply(adv(None, 0, 500));
+        assert_eq!(cursor::load(&tree, None).unwrap(), (0, 500));
+        apply(adv(None, 0, 300));
+        assert_eq!(cursor::load(&tree, None).unwrap(), (0, 500), "never backwards");
+        apply(adv(Some("acme"), 0, 700));
+        assert_eq!(cursor::load(&tree, Some("acme")).unwrap(), (0, 700), "per tenant");
+        apply(CursorOp::Reset);
+        assert_eq!(cursor::load(&tree, None).unwrap(), (1, 0));
+        assert_eq!(cursor::load(&tree, Some("acme")).unwrap(), (1, 0));
+        apply(adv(None, 0, 900));
+        assert_eq!(cursor::load(&tree, None).unwrap(), (1, 0), "a move read before the reset is turned away");
+        apply(adv(None, 1, 100));
+        assert_eq!(cursor::load(&tree, None).unwrap(), (1, 100));
+        let bad = Command::V1(CommandV1::SearchCursor(adv(Some("bad tenant"), 1, 1)));
+        assert!(bad.check(&crate::fhir::Definitions::load(crate::fhir::FhirVersion::R4), 64).is_err());
+        assert_eq!(sm.applied_index(), 7);
+    }
+}
