@@ -13,15 +13,7 @@ Only the Python standard library is used.
 import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request, urllib.error
 
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from common import free_ports
 
 
 def http(method, url, body=None, timeout=10, headers=None):

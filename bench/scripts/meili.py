@@ -19,18 +19,10 @@ Only the Python standard library is used.
 import argparse, glob, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request, urllib.error
 
+from common import free_ports
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEILI = os.path.normpath(os.path.join(HERE, "../../../shared/tools/meilisearch/meilisearch"))
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def http(method, url, data=None, timeout=120, headers=None):
