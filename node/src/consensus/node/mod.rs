@@ -199,6 +199,13 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
         ..Default::default()
     };
     raft_cfg.validate()?;
+    // What this node must have applied before it serves (see the wait below): the commit index
+    // it recorded, or, as the only voter, every entry of its durable log (each is committed).
+    let single_voter = {
+        let cs = storage.conf_state()?;
+        cs.voters == [cfg.node_id] && cs.learners.is_empty()
+    };
+    let catch_up_to = if single_voter { storage.last_index()? } else { hs.commit };
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut raw = RawNode::new(&raft_cfg, storage, &logger)?;
     let conf = raw.store().conf_state()?;
@@ -207,7 +214,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
         raw.campaign()?;
     }
     let (tx, rx) = crossbeam_channel::unbounded();
-    let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, ..Default::default() }));
+    let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, applied_index: sm.applied_index(), ..Default::default() }));
     let transport = if cfg.cluster.peers.is_empty() {
         None
     } else {
@@ -267,6 +274,18 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
         .name(format!("raft-{}", cfg.node_id))
         .spawn(move || node.run(rx))
         .map_err(|e| ConsensusError::Raft(format!("cannot start the raft thread: {e}")))?;
+    // A write is acknowledged once applied, but the applied state is made durable with the next
+    // fsync; after a crash the entries are in the log and are applied again. Wait for that
+    // before the node serves, so it never answers with less than it acknowledged (bounded: a
+    // lone voter that cannot elect itself in time serves anyway, with a warning).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while status.read().applied_index < catch_up_to {
+        if handle.is_finished() || std::time::Instant::now() > deadline {
+            tracing::warn!(applied = status.read().applied_index, catch_up_to, "serving before the log is applied again");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let faults = transport.map(|t| t.faults.clone());
     let max_entry_bytes = max_entry_bytes(cfg.cluster.max_frame_bytes);
     Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults, max_entry_bytes }, handle))
