@@ -242,6 +242,17 @@ impl ResponseError for ApiError {
             };
             b.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
         }
+        // When to try again (RFC 9110): a limit that frees up (429), a node that is busy or
+        // between leaders (503).
+        match (status, code) {
+            (429, _) => {
+                b.insert_header((actix_web::http::header::RETRY_AFTER, "30"));
+            }
+            (503, "transient" | "throttled" | "timeout") => {
+                b.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
         b.content_type(crate::http::negotiate::FHIR_JSON).body(serde_json::to_vec(&body).unwrap_or_default())
     }
 }

@@ -300,6 +300,7 @@ fn job_limits_answer_429() {
     bulk::export(&c, &node.url("/$export?_type=Patient"), None, None);
     let r = c.get(node.url("/$export?_type=Patient")).send().unwrap();
     assert_eq!(r.status(), 429, "finished jobs count until they expire or are cancelled");
+    assert_eq!(r.headers()["retry-after"], "30");
     assert!(json(r)["issue"][0]["diagnostics"].as_str().unwrap().contains("max_jobs_per_owner"));
 }
 
