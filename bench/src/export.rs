@@ -26,9 +26,7 @@ pub struct ExportRun {
 }
 
 fn rss_mib(pid: Option<u32>) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    crate::load::rss_kb(pid?).map(|kb| kb as f64 / 1024.0)
 }
 
 /// Samples a local server's RSS every 50 ms: the value at start and the highest seen.

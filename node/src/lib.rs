@@ -210,14 +210,13 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     reg: search.clone(),
                     defs: defs.clone(),
                     cfg: cfg.export.clone(),
-                    node_id: cfg.node_id,
                     local: Arc::new(export::sink::LocalSink { dir: local_dir }),
                     s3: s3.clone().map(|s3| Arc::new(export::s3_sink::S3Sink { s3 }) as Arc<dyn export::sink::ExportSink>),
                     rewrites: tokio::sync::Semaphore::new(1),
                 });
                 let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
                 if let Some(m) = &text_search {
-                    let cx = meili::indexer::IndexerCtx { meili: m.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone(), node_id: cfg.node_id };
+                    let cx = meili::indexer::IndexerCtx { meili: m.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone() };
                     actix::Actor::start(meili::indexer::Supervisor::new(Arc::new(cx)));
                 }
                 let state = web::Data::new(http::AppState {

@@ -28,3 +28,9 @@ pub struct Write(pub WriteIntent, pub crate::tenancy::Tenant);
 impl Message for Write {
     type Result = Result<(String, Applied), WriteError>;
 }
+
+/// Stops an actor that works only while this node leads (an export job, the Meilisearch
+/// indexer) when leadership moves.
+#[derive(Debug, actix::Message)]
+#[rtype(result = "()")]
+pub struct Stop;

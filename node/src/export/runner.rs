@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::actors::msg::Stop;
 use super::job::{file_name, Cursor, ExportOp, Job, Part, SinkKind, Status};
 use super::scan::Selector;
 use super::sink::{ExportSink, LocalSink, PartWriter};
@@ -35,7 +36,6 @@ pub struct Exporter {
     pub reg: Arc<Registry>,
     pub defs: Arc<Definitions>,
     pub cfg: super::ExportConfig,
-    pub node_id: u64,
     pub local: Arc<LocalSink>,
     /// The `[s3]` sink, when configured.
     pub s3: Option<Arc<dyn ExportSink>>,
@@ -53,11 +53,6 @@ impl Exporter {
 
     pub fn job(&self, id: &str) -> Result<Option<Job>, ExportError> {
         Ok(state::load(self.root.tree().tree(), id)?)
-    }
-
-    fn is_leader(&self) -> bool {
-        let st = self.raft.status();
-        st.role == "leader" && st.leader_id == self.node_id
     }
 
     pub async fn propose(&self, op: ExportOp) -> Result<(), ExportError> {
@@ -135,7 +130,7 @@ impl Actor for JobActor {
                         }
                         Err(e) => {
                             tracing::warn!(job = %id, "export failed: {e}");
-                            if ex.is_leader() {
+                            if ex.raft.leads() {
                                 let _ = ex.propose(ExportOp::Fail { job: id.clone(), ts_micros: 0, error: e.to_string() }).await;
                             }
                             return;
@@ -159,11 +154,6 @@ fn transient(e: &ExportError) -> bool {
     matches!(e, ExportError::Sink(_) | ExportError::Internal(_) | ExportError::Objects(ObjectsError::Unavailable { .. }))
 }
 
-/// Stops a job actor (the node lost leadership).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
 impl Handler<Stop> for JobActor {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
@@ -176,7 +166,7 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
     let mut selectors: HashMap<String, Arc<Selector>> = HashMap::new();
     loop {
         let Some(job) = ex.job(id)? else { return Ok(()) };
-        if !job.is_active() || !ex.is_leader() {
+        if !job.is_active() || !ex.raft.leads() {
             return Ok(());
         }
         if job.at_end() {
@@ -232,7 +222,7 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
                 if part.count >= job.spec.part_max_lines || part.bytes >= job.spec.part_max_bytes {
                     break false;
                 }
-                if !ex.is_leader() || !ex.job(id)?.is_some_and(|j| j.is_active()) {
+                if !ex.raft.leads() || !ex.job(id)?.is_some_and(|j| j.is_active()) {
                     if let Some(w) = writer {
                         w.abort().await;
                     }
@@ -290,7 +280,7 @@ impl Supervisor {
         if self.ticks % 20 == 1 {
             self.collect_local(&jobs);
         }
-        if !self.ex.is_leader() {
+        if !self.ex.raft.leads() {
             for (_, a) in self.running.drain() {
                 a.do_send(Stop);
             }

@@ -20,6 +20,7 @@ use meilisearch_sdk::task_info::TaskInfo;
 use serde_json::Value;
 
 use super::{cursor, document, status, Meili, MeiliError};
+use crate::actors::msg::Stop;
 use crate::consensus::RaftHandle;
 use crate::store::command::{Command, CommandV1};
 use crate::store::space::Space;
@@ -38,14 +39,6 @@ pub struct IndexerCtx {
     pub meili: Arc<Meili>,
     pub raft: RaftHandle,
     pub tree: sled::Tree,
-    pub node_id: u64,
-}
-
-impl IndexerCtx {
-    fn is_leader(&self) -> bool {
-        let st = self.raft.status();
-        st.role == "leader" && st.leader_id == self.node_id
-    }
 }
 
 /// One round's work for one tenant.
@@ -174,7 +167,7 @@ async fn drain(cx: &IndexerCtx, tenant: Option<String>) -> Result<usize, MeiliEr
             s.docs_sent += done.upserts;
             s.docs_deleted += done.deletes;
         }
-        if !cx.is_leader() {
+        if !cx.raft.leads() {
             return Ok(total);
         }
         let op = cursor::CursorOp::Advance { tenant: tenant.clone(), epoch: done.epoch, ts: done.last_ts };
@@ -191,7 +184,7 @@ async fn run(cx: Arc<IndexerCtx>) {
     let mut last_check = Instant::now() - CHECK_EVERY;
     let mut last_settings = Instant::now();
     let mut seen_epoch = cursor::epoch(&cx.tree).unwrap_or(0);
-    while cx.is_leader() {
+    while cx.raft.leads() {
         let mut worked = false;
         let mut failed = None;
         let epoch = cursor::epoch(&cx.tree).unwrap_or(seen_epoch);
@@ -283,11 +276,6 @@ impl Actor for Indexer {
     }
 }
 
-/// Stops the indexer (the node stopped leading).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
 impl Handler<Stop> for Indexer {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
@@ -310,7 +298,7 @@ impl Supervisor {
         if self.running.as_ref().is_some_and(|a| !a.connected()) {
             self.running = None;
         }
-        match (self.cx.is_leader(), &self.running) {
+        match (self.cx.raft.leads(), &self.running) {
             (true, None) => self.running = Some(Indexer { cx: self.cx.clone() }.start()),
             (false, Some(a)) => {
                 a.do_send(Stop);

@@ -135,6 +135,12 @@ impl RaftHandle {
         self.status.read().clone()
     }
 
+    /// Whether this node is the leader it knows of (the leader-only actors run while it is).
+    pub fn leads(&self) -> bool {
+        let st = self.status.read();
+        st.role == "leader" && st.leader_id == st.id
+    }
+
     /// The transport's fault filter (multi-node only).
     pub fn faults(&self) -> Option<&Arc<FaultFilter>> {
         self.faults.as_ref()
