@@ -278,7 +278,12 @@ pub fn vet_json_write(version: FhirVersion, store: &Store, rtype: &str, id: Opti
     let current = id.filter(|i| !i.is_empty()).and_then(|id| store.read(rtype, id).ok()).and_then(|(_, rec)| serde_json::from_slice::<Value>(rec.body()).ok());
     let held = current.as_ref().and_then(|c| ContentRef::from_resource(c, version));
     match held {
-        Some(h) if h.key == claimed.key && h.place == claimed.place => Ok(()),
+        Some(h) if h.key == claimed.key && h.place == claimed.place => {
+            // The server's own size and digest, never the client's claim of them.
+            content::remove(body, version);
+            h.set_on(body, version);
+            Ok(())
+        }
         _ => Err(BinaryError::Forged(format!(
             "the Binary carries the extension {CONTENT_EXT}, which Kiln sets itself: it may only repeat the one the current version of this Binary has. Send the content as {field} or as a raw body"
         ))

@@ -128,11 +128,22 @@ async fn inline_data(st: &AppState, r: &ContentRef, resource: &mut Value) -> Res
     if size > st.cfg.binary.json_data_max_bytes {
         return Ok(());
     }
-    let (_, stream) = st.blobs.open_content(r).await?;
-    let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
-    if size > 0 {
-        let data = base64::engine::general_purpose::STANDARD.encode(chunks.concat());
-        resource[data_field(st.cfg.fhir_version)] = Value::String(data);
+    let (actual, mut stream) = st.blobs.open_content(r).await?;
+    let limit = st.cfg.binary.json_data_max_bytes;
+    // The object may differ from the recorded size (a presigned upload replaced it): never
+    // collect more than the limit.
+    if actual > limit {
+        return Ok(());
+    }
+    let mut data = Vec::with_capacity(actual as usize);
+    while let Some(chunk) = stream.try_next().await? {
+        if (data.len() + chunk.len()) as u64 > limit {
+            return Ok(());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    if !data.is_empty() {
+        resource[data_field(st.cfg.fhir_version)] = Value::String(base64::engine::general_purpose::STANDARD.encode(&data));
     }
     Ok(())
 }

@@ -30,9 +30,12 @@ pub enum CursorOp {
 impl CursorOp {
     /// Checks a forwarded op: a valid tenant name.
     pub fn check(&self) -> Result<(), String> {
+        // Only the leader's own indexer moves or resets the cursor (a reset comes from the
+        // operator API of the node that receives it, proposed there): a forwarded advance is a
+        // deposed leader's, or a peer's, and is refused.
         match self {
-            CursorOp::Advance { tenant: Some(t), .. } if !crate::tenancy::valid_tenant(t) => Err(format!("invalid tenant id {t:?}")),
-            _ => Ok(()),
+            CursorOp::Advance { .. } => Err("a search cursor advance is proposed by the leader's indexer itself, never forwarded".into()),
+            CursorOp::Reset => Ok(()),
         }
     }
 }

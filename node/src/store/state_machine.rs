@@ -99,6 +99,11 @@ impl StateMachine {
         self.applied_index
     }
 
+    /// The timestamp of the last write applied (the replicated clock).
+    pub(super) fn last_ts(&self) -> u64 {
+        self.last_ts
+    }
+
     pub fn applied_term(&self) -> u64 {
         self.applied_term
     }

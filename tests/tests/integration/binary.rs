@@ -137,8 +137,22 @@ fn binary_raw_inline_and_local_blob_round_trips() {
     outcome(c.post(node.url("/Binary")).header("content-type", FHIR).body(forged.to_string()).send().unwrap(), 400, EXT);
     let mut resave = v2.clone();
     resave["contentType"] = json!("image/x-png");
+    // A client's claim of the size (and digest) is replaced by the server's own.
+    let size_of = |b: &Value| -> Value {
+        let subs = b["_data"]["extension"][0]["extension"].as_array().cloned().unwrap_or_default();
+        subs.into_iter().find(|e| e["url"] == "size").map(|e| e.as_object().unwrap().iter().find(|(k, _)| k.starts_with("value")).unwrap().1.clone()).unwrap_or(Value::Null)
+    };
+    let real_size = size_of(&v2);
+    assert!(!real_size.is_null(), "{v2}");
+    for e in resave["_data"]["extension"][0]["extension"].as_array_mut().unwrap() {
+        if e["url"] == "size" {
+            let key = e.as_object().unwrap().keys().find(|k| k.starts_with("value")).unwrap().clone();
+            e[key.as_str()] = json!(0);
+        }
+    }
     let r = c.put(node.url(&format!("/Binary/{big_id}"))).header("content-type", FHIR).body(resave.to_string()).send().unwrap();
     assert_eq!(r.status(), 200, "re-saving the current reference is allowed");
+    assert_eq!(size_of(&json(r)), real_size, "the forged size is not stored");
     let (_, ct, body) = raw_get(&c, &node.url(&format!("/Binary/{big_id}")));
     assert_eq!(ct, "image/x-png");
     assert!(body == big2);
