@@ -191,6 +191,9 @@ fn writes_larger_than_a_frame_never_wedge_the_cluster() {
         c.cluster.max_frame_bytes = 2 * 1024 * 1024;
         c.limits.max_body_bytes = 1024 * 1024;
         c.limits.max_bundle_bytes = 1024 * 1024;
+        // Six 700 KB writes on a loaded 2-core machine can take longer than the harness's 5 s;
+        // a wedged cluster still times out at 30 s.
+        c.write_timeout_ms = 30_000;
     });
     let leader = cluster.leader();
     let url = cluster.url(leader, "/Patient");
