@@ -26,6 +26,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Raft id of this node (non-zero, unique in the cluster).
     pub node_id: u64,
+    /// Take the node id from the host name's ordinal instead (`kiln-0` → 1, `kiln-2` → 3; flag
+    /// `--node-id-from-hostname`), so one config serves every pod of a StatefulSet
+    /// ([`crate::identity`]).
+    pub node_id_from_hostname: bool,
     /// Folder holding the sled database (created if missing).
     pub data_dir: PathBuf,
     /// HTTP listen address, e.g. `127.0.0.1:8080`; port 0 picks a free port.
@@ -87,6 +91,10 @@ pub struct ClusterConfig {
     /// `true` for a node that joins a running cluster: it starts with no configuration and
     /// waits to be added (as learner, then voter) by `kiln cluster add-node`.
     pub join: bool,
+    /// The nodes that form the cluster on a fresh start (empty: every entry of `peers`). A node
+    /// listed in `peers` but not here starts as a joiner, as with `join = true`: `peers` can then
+    /// name nodes that only join later (a StatefulSet scaled out), with one config for all.
+    pub initial_voters: Vec<u64>,
     /// Default read consistency: `local` (read this node's applied state) or `linearizable`
     /// (confirm with the leader through Raft ReadIndex first). Per request: header
     /// `Kiln-Consistency: linearizable | local`.
@@ -193,6 +201,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             node_id: 1,
+            node_id_from_hostname: false,
             data_dir: PathBuf::from("data/node1"),
             listen: "127.0.0.1:8080".into(),
             api_tls: None,
@@ -248,6 +257,7 @@ impl Default for ClusterConfig {
             raft_listen: None,
             peers: Vec::new(),
             join: false,
+            initial_voters: Vec::new(),
             read_consistency: ReadConsistency::Local,
             max_frame_bytes: 1 << 30,
             fault_injection: false,
@@ -364,6 +374,12 @@ impl ClusterConfig {
         if !ids.contains(&node_id) {
             return bad(format!("cluster.peers must include this node (node_id = {node_id})"));
         }
+        if let Some(v) = self.initial_voters.iter().find(|v| !ids.contains(v)) {
+            return bad(format!("cluster.initial_voters: node {v} is not in cluster.peers"));
+        }
+        if !self.initial_voters.is_empty() && !self.initial_voters.contains(&node_id) && !self.join {
+            return bad(format!("node {node_id} is not in cluster.initial_voters: set cluster.join = true (it then waits for kiln cluster add-node)"));
+        }
         if let Some(p) = self.peers.iter().find(|p| !p.raft_addr.contains(':')) {
             return bad(format!("cluster.peers: raft_addr {:?} of node {} is not host:port", p.raft_addr, p.id));
         }
@@ -387,6 +403,7 @@ impl ClusterConfig {
         match (self.peers.is_empty(), self.join) {
             (true, _) => vec![node_id],
             (false, true) => Vec::new(),
+            (false, false) if !self.initial_voters.is_empty() => self.initial_voters.clone(),
             (false, false) => self.peers.iter().map(|p| p.id).collect(),
         }
     }
@@ -485,5 +502,16 @@ mod tests {
         joining.cluster.join = true;
         assert!(joining.cluster.initial_voters(2).is_empty());
         assert_eq!(Config::default().cluster.initial_voters(1), vec![1]);
+        let mut later = c.clone();
+        later.cluster.initial_voters = vec![1];
+        assert!(later.validate().unwrap_err().to_string().contains("initial_voters"), "node 2 outside initial_voters must join");
+        later.cluster.join = true;
+        later.validate().unwrap();
+        later.cluster.initial_voters = vec![1, 9];
+        assert!(later.validate().unwrap_err().to_string().contains("not in cluster.peers"));
+        later.node_id = 1;
+        later.cluster.join = false;
+        later.cluster.initial_voters = vec![1];
+        assert_eq!(later.cluster.initial_voters(1), vec![1]);
     }
 }

@@ -210,14 +210,20 @@ fn send_json(method: reqwest::Method, url: &str, body: Option<Value>, token: Adm
     Ok(v)
 }
 
-/// Waits for a leader, seen from `url`; returns the status document.
-pub fn wait_for_leader(url: &str, timeout: Duration) -> Result<Value, LauncherError> {
+/// Waits for a leader, seen from `url` (a FHIR base, or an operator API with its `token`);
+/// returns the status document. A refused credential ends the wait at once.
+pub fn wait_for_leader(url: &str, timeout: Duration, token: AdminAuth) -> Result<Value, LauncherError> {
     let start = Instant::now();
     loop {
-        if let Ok(s) = get_json(&format!("{url}/_cluster/status"), None) {
-            if s["leader_id"].as_u64().unwrap_or(0) != 0 && !s["leader_url"].as_str().unwrap_or("").is_empty() {
-                return Ok(s);
+        match get_json(&format!("{url}/_cluster/status"), token) {
+            Ok(s) if s["leader_id"].as_u64().unwrap_or(0) != 0 && !s["leader_url"].as_str().unwrap_or("").is_empty() => return Ok(s),
+            Err(LauncherError::Http { url, reason }) if reason.starts_with("401") || reason.starts_with("403") => {
+                return Err(LauncherError::Http {
+                    url,
+                    reason: format!("{reason} (give the operator API's URL with --admin-token-file, or a FHIR URL that needs no credential)"),
+                })
             }
+            _ => {}
         }
         if start.elapsed() > timeout {
             return Err(LauncherError::Cluster(format!("no leader elected within {} s", timeout.as_secs())));
@@ -244,7 +250,7 @@ pub fn up(cluster: &LocalCluster) -> Result<(), LauncherError> {
             }
         }
     }
-    let status = wait_for_leader(&nodes[0].url, Duration::from_secs(30));
+    let status = wait_for_leader(&nodes[0].url, Duration::from_secs(30), None);
     println!("Kiln cluster: {} nodes (configs and data in {})", nodes.len(), cluster.data_dir.display());
     for n in &nodes {
         println!("  node {}: {} (operator API: http://127.0.0.1:{})", n.id, n.url, cluster.admin_base_port as u64 + n.id - 1);
@@ -297,9 +303,9 @@ fn terminate(nodes: &mut [Running]) {
     }
 }
 
-/// The leader's operator API URL, found from any node's FHIR URL.
-pub fn leader_admin_url(any: &str) -> Result<String, LauncherError> {
-    let s = wait_for_leader(any.trim_end_matches('/'), Duration::from_secs(30))?;
+/// The leader's operator API URL, found from any node's FHIR URL or operator API.
+pub fn leader_admin_url(any: &str, token: AdminAuth) -> Result<String, LauncherError> {
+    let s = wait_for_leader(any.trim_end_matches('/'), Duration::from_secs(30), token)?;
     match s["leader_admin_url"].as_str().unwrap_or_default().trim_end_matches('/') {
         "" => Err(LauncherError::Cluster(format!(
             "the leader (node {}) has no admin_url in its cluster.peers entry: the membership commands need its operator API (admin_listen)",
@@ -312,7 +318,7 @@ pub fn leader_admin_url(any: &str) -> Result<String, LauncherError> {
 /// `kiln cluster add-node`: adds the node as a learner, waits until it has caught up with the
 /// leader's log, then (unless `learner_only`) promotes it to voter.
 pub fn add_node(any: &str, peer: &PeerConfig, learner_only: bool, timeout: Duration, token: AdminAuth) -> Result<Value, LauncherError> {
-    let leader = leader_admin_url(any)?;
+    let leader = leader_admin_url(any, token)?;
     let body = |role: &str| json!({"id": peer.id, "raft_addr": peer.raft_addr, "http_url": peer.http_url, "admin_url": peer.admin_url, "role": role});
     send_json(reqwest::Method::POST, &format!("{leader}/_cluster/nodes"), Some(body("learner")), token)?;
     let start = Instant::now();
@@ -338,13 +344,13 @@ pub fn add_node(any: &str, peer: &PeerConfig, learner_only: bool, timeout: Durat
 
 /// `kiln cluster remove-node`.
 pub fn remove_node(any: &str, id: u64, token: AdminAuth) -> Result<Value, LauncherError> {
-    let leader = leader_admin_url(any)?;
+    let leader = leader_admin_url(any, token)?;
     send_json(reqwest::Method::DELETE, &format!("{leader}/_cluster/nodes/{id}"), None, token)
 }
 
 /// `kiln cluster status`.
-pub fn status(any: &str) -> Result<Value, LauncherError> {
-    get_json(&format!("{}/_cluster/status", any.trim_end_matches('/')), None)
+pub fn status(any: &str, token: AdminAuth) -> Result<Value, LauncherError> {
+    get_json(&format!("{}/_cluster/status", any.trim_end_matches('/')), token)
 }
 
 #[cfg(test)]

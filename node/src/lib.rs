@@ -36,6 +36,7 @@ pub mod export;
 pub mod fhir;
 pub mod fuzzing;
 pub mod http;
+pub mod identity;
 pub mod launcher;
 pub mod objects;
 pub mod meili;

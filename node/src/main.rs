@@ -180,7 +180,7 @@ enum ClusterCommand {
     /// Add a node (started with cluster.join = true) as learner, wait for it to catch up, then
     /// make it a voter.
     AddNode {
-        /// Any node of the running cluster.
+        /// Any node of the running cluster: its FHIR URL, or its operator API (with the token).
         #[arg(long)]
         cluster: String,
         #[arg(long)]
@@ -213,10 +213,13 @@ enum ClusterCommand {
         #[arg(long)]
         admin_token_file: Option<PathBuf>,
     },
-    /// Print /_cluster/status of a node.
+    /// Print /_cluster/status of a node (its FHIR URL, or its operator API with the token).
     Status {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         node: String,
+        /// File with the operator API token, when one is set.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
     },
     /// Write a CA and node certificates (PEM) for cluster.tls. A CA already in OUT (ca.key) is
     /// reused, so `--node 4` adds node 4's certificate to an existing cluster.
@@ -260,8 +263,9 @@ fn cluster(cmd: ClusterCommand) -> Result<(), String> {
             print(launcher::remove_node(&cluster, id, token.as_deref()).map_err(e)?);
             Ok(())
         }
-        ClusterCommand::Status { node } => {
-            print(launcher::status(&node).map_err(e)?);
+        ClusterCommand::Status { node, admin_token_file } => {
+            let token = read_token(admin_token_file)?;
+            print(launcher::status(&node, token.as_deref()).map_err(e)?);
             Ok(())
         }
         ClusterCommand::Certs { out, nodes, only, hosts } => {
@@ -296,6 +300,10 @@ struct ServeArgs {
     /// Raft node id.
     #[arg(long)]
     node_id: Option<u64>,
+    /// Node id from the host name's ordinal (kiln-0 → 1): one config for every StatefulSet pod
+    /// (sets node_id_from_hostname).
+    #[arg(long)]
+    node_id_from_hostname: bool,
     /// Operator API listen address (membership, digest), e.g. 127.0.0.1:8180.
     #[arg(long)]
     admin_listen: Option<String>,
@@ -348,6 +356,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(n) = args.node_id {
         cfg.node_id = n;
     }
+    if args.node_id_from_hostname {
+        cfg.node_id_from_hostname = true;
+    }
+    kiln::identity::resolve(&mut cfg, kiln::identity::hostname, args.node_id.is_some()).map_err(|e| e.to_string())?;
     if let Some(a) = args.admin_listen {
         cfg.admin_listen = Some(a);
     }

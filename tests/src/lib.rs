@@ -125,8 +125,13 @@ impl ChildNode {
 
     /// Starts `kiln serve --config FILE`.
     pub fn start_config(config: &Path, data_dir: &Path) -> ChildNode {
+        Self::start_config_env(config, data_dir, [])
+    }
+
+    /// [`ChildNode::start_config`] with environment variables set (e.g. `HOSTNAME`).
+    pub fn start_config_env<'a>(config: &Path, data_dir: &Path, env: impl IntoIterator<Item = (&'a str, &'a str)>) -> ChildNode {
         let mut cmd = Command::new(kiln_bin());
-        cmd.args(["serve", "--config"]).arg(config);
+        cmd.args(["serve", "--config"]).arg(config).envs(env);
         Self::spawn(cmd, data_dir)
     }
 

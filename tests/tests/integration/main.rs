@@ -13,6 +13,7 @@ mod crud;
 mod examples;
 mod export;
 mod history;
+mod k8s;
 mod meili;
 mod negotiation;
 mod search;
