@@ -11,6 +11,7 @@ use crate::actors::WriteError;
 use crate::auth::AuthError;
 use crate::binary::BinaryError;
 use crate::objects::ObjectsError;
+use crate::operations::OperationError;
 use crate::tenancy::TenancyError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
@@ -50,6 +51,8 @@ pub enum ApiError {
     Binary(#[from] BinaryError),
     #[error(transparent)]
     Meili(#[from] MeiliError),
+    #[error(transparent)]
+    Operation(#[from] OperationError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -134,6 +137,12 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             MeiliError::BadValue { .. } => (400, "value"),
             MeiliError::Store(s) => classify_store(s),
             MeiliError::Consensus(c) => classify_consensus(c),
+        },
+        ApiError::Operation(e) => match e {
+            OperationError::BadParameter { .. } => (400, "value"),
+            // A version-level $meta-add / $meta-delete: understood, refused by design.
+            OperationError::NotSupported(_) => (422, "not-supported"),
+            OperationError::TooCostly(_) => (422, "too-costly"),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }

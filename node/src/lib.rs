@@ -39,6 +39,7 @@ pub mod http;
 pub mod identity;
 pub mod launcher;
 pub mod objects;
+pub mod operations;
 pub mod meili;
 pub mod search;
 pub mod store;

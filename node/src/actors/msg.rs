@@ -7,7 +7,7 @@ use super::WriteError;
 use crate::store::command::{Action, Applied, Condition};
 
 /// A write for the actor of the resource's type.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WriteIntent {
     pub action: Action,
     /// Target id (None for Create: the actor assigns one).

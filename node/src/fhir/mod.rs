@@ -6,6 +6,7 @@ pub mod elements;
 pub mod meta;
 pub mod references;
 pub mod schema;
+pub mod shape;
 
 use std::collections::BTreeMap;
 use std::fmt;

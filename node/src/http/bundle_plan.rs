@@ -312,7 +312,7 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
                 (_, Some(c)) => patch::match_one(st, &ctx.store, rtype, c)?,
                 (_, None) => return Err(bad("request.url", "a PATCH entry needs an id or a condition")),
             };
-            let ops = patch::parse_patch(patch_document(resource.take())?, st.cfg.limits.max_patch_ops)?;
+            let ops = patch_document(resource.take(), st.cfg.limits.max_patch_ops)?;
             let (body, version) = patch::patched(st, &ctx.store, rtype, &id, &ops, if_match)?;
             let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: None };
             write(intent, rtype, cond, false)
@@ -321,14 +321,14 @@ fn plan_entry(st: &AppState, ctx: &Ctx, settings: &ActorSettings, base: &str, in
     }
 }
 
-/// The JSON Patch of a PATCH entry: a Binary whose content type is `application/json-patch+json`
-/// (R4 `data`, STU3 `content`). FHIRPath Patch (a Parameters resource) is not implemented.
-fn patch_document(resource: Option<Value>) -> Result<Value, ApiError> {
-    let r = resource.ok_or_else(|| bad("resource", "a PATCH entry needs a Binary resource holding the JSON Patch"))?;
+/// The patch of a PATCH entry: a Binary whose content type is `application/json-patch+json`
+/// (R4 `data`, STU3 `content`) holding a JSON Patch, or a `Parameters` resource (FHIRPath Patch).
+fn patch_document(resource: Option<Value>, max_ops: usize) -> Result<patch::PatchDoc, ApiError> {
+    let r = resource.ok_or_else(|| bad("resource", "a PATCH entry needs a Binary resource holding a JSON Patch, or a Parameters resource (FHIRPath Patch)"))?;
     match r.get("resourceType").and_then(Value::as_str) {
         Some("Binary") => {}
-        Some("Parameters") => return Err(RequestError::NotImplemented("FHIRPath Patch (a Parameters resource in a PATCH entry); send a Binary with a JSON Patch".into()).into()),
-        _ => return Err(bad("resource", "a PATCH entry needs a Binary resource holding the JSON Patch")),
+        Some("Parameters") => return Ok(patch::PatchDoc::FhirPath(super::fhirpath_patch::FhirPatch::parse(&r, max_ops)?)),
+        _ => return Err(bad("resource", "a PATCH entry needs a Binary resource holding a JSON Patch, or a Parameters resource (FHIRPath Patch)")),
     }
     let ct = r.get("contentType").and_then(Value::as_str).unwrap_or("");
     if !ct.starts_with(super::negotiate::JSON_PATCH) {
@@ -336,5 +336,6 @@ fn patch_document(resource: Option<Value>) -> Result<Value, ApiError> {
     }
     let data = r.get("data").or_else(|| r.get("content")).and_then(Value::as_str).ok_or_else(|| bad("Binary.data", "missing"))?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(data.trim()).map_err(|e| RequestError::InvalidPatch(format!("Binary.data is not base64: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| RequestError::InvalidPatch(format!("Binary.data is not JSON: {e}")).into())
+    let doc = serde_json::from_slice(&bytes).map_err(|e| RequestError::InvalidPatch(format!("Binary.data is not JSON: {e}")))?;
+    Ok(patch::PatchDoc::Json(patch::parse_patch(doc, max_ops)?))
 }

@@ -13,6 +13,7 @@ use crate::auth::{guard, Op};
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::{valid_id, FhirError};
 use crate::store::command::{Action, Applied, Condition};
+use crate::store::StoreError;
 
 /// Resolves `{type}` and `{id}` path segments.
 pub fn type_and_id<'a>(st: &AppState, rtype: &str, id: &'a str) -> Result<(&'static str, &'a str), ApiError> {
@@ -24,21 +25,49 @@ pub fn type_and_id<'a>(st: &AppState, rtype: &str, id: &'a str) -> Result<(&'sta
 }
 
 /// What every write to one instance starts from: the request context, the resolved type and id,
-/// and the `If-Match` version.
+/// and the `If-Match` version (`exists`: `If-Match: *`).
 pub struct InstanceWrite {
     pub ctx: Ctx,
     pub rtype: &'static str,
     pub id: String,
     pub if_match: Option<u64>,
+    pub exists: bool,
 }
 
 impl InstanceWrite {
     pub fn new(req: &HttpRequest, st: &AppState, path: &(String, String)) -> Result<InstanceWrite, ApiError> {
         let ctx = Ctx::new(req, st)?;
         let (rtype, id) = type_and_id(st, &path.0, &path.1)?;
-        let if_match = negotiate::if_match(req)?;
-        Ok(InstanceWrite { ctx, rtype, id: id.to_string(), if_match })
+        let (if_match, exists) = negotiate::if_match_instance(req)?;
+        Ok(InstanceWrite { ctx, rtype, id: id.to_string(), if_match, exists })
     }
+}
+
+/// The current version of `rtype/id` for `If-Match: *`: 412 when it does not exist (or is deleted).
+pub fn existing_version(store: &crate::store::Store, rtype: &str, id: &str) -> Result<u64, ApiError> {
+    match store.read(rtype, id) {
+        Ok((cur, _)) => Ok(cur.version),
+        Err(StoreError::NotFound { .. } | StoreError::Gone { .. }) => Err(RequestError::PreconditionFailed(format!("If-Match: * and {rtype}/{id} does not exist")).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`send_write`] under `If-Match: *` when `exists`: the write is pinned to the version current
+/// now, and a concurrent write (a version conflict) makes it read the version again, so `*`
+/// fails only when the resource does not exist.
+pub async fn send_write_existing(ctx: &Ctx, st: &AppState, rtype: &'static str, intent: WriteIntent, exists: bool) -> Result<(String, Applied), ApiError> {
+    if !exists {
+        return send_write(ctx, st, rtype, intent).await;
+    }
+    let id = intent.id.clone().unwrap_or_default();
+    for attempt in 1..=super::patch::MAX_ATTEMPTS {
+        let pinned = WriteIntent { if_match: Some(existing_version(&ctx.store, rtype, &id)?), ..intent.clone() };
+        match send_write(ctx, st, rtype, pinned).await {
+            Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if attempt < super::patch::MAX_ATTEMPTS => super::patch::backoff(attempt).await,
+            other => return other,
+        }
+    }
+    Err(RequestError::PreconditionFailed(format!("{rtype}/{id} kept changing; the write was not applied")).into())
 }
 
 /// Sends a write to the actor of its type and waits for it to be applied. The caller's rights
@@ -76,7 +105,7 @@ async fn precheck(st: &AppState, store: &crate::store::Store, rtype: &'static st
     let (tree, reg, query) = (store.tree().clone(), st.search.clone(), cond.query.clone());
     let found = web::block(move || crate::search::query::condition_ids(&reg, &tree, rtype, &query))
         .await
-        .map_err(|e| crate::store::StoreError::Storage(e.to_string()))?;
+        .map_err(|e| StoreError::Storage(e.to_string()))?;
     match found {
         Ok(_) => Ok(()),
         Err(crate::search::query::SearchError::Store(e)) => Err(e.into()),
@@ -145,21 +174,22 @@ pub async fn update(
     if path.0 == "Binary" && !negotiate::body_is_json(&req) {
         return super::binary::write_raw(&req, payload, &st, Some(&path.1)).await;
     }
-    let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
+    let InstanceWrite { ctx, rtype, id, if_match, exists } = InstanceWrite::new(&req, &st, &path)?;
     negotiate::require_json_body(&req)?;
     let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
     if rtype == "Binary" && super::binary::presign_requested(&req)? == Some(super::binary::Presign::Put) {
+        let if_match = if exists { Some(existing_version(&ctx.store, rtype, &id)?) } else { if_match };
         return super::binary::presigned_write(&ctx, &st, Action::Update, Some(id), body, if_match, None).await;
     }
     let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: None };
-    let (id, applied) = send_write(&ctx, &st, rtype, intent).await?;
+    let (id, applied) = send_write_existing(&ctx, &st, rtype, intent, exists).await?;
     write_response(&ctx, &st, rtype, &id, &applied)
 }
 
 pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
+    let InstanceWrite { ctx, rtype, id, if_match, exists } = InstanceWrite::new(&req, &st, &path)?;
     let intent = WriteIntent { action: Action::Delete, id: Some(id.clone()), body: None, if_match, condition: None };
-    let (_, applied) = send_write(&ctx, &st, rtype, intent).await?;
+    let (_, applied) = send_write_existing(&ctx, &st, rtype, intent, exists).await?;
     delete_response(&ctx, rtype, &id, &applied)
 }
 

@@ -160,11 +160,15 @@ fn documentation(st: &AppState) -> String {
 /// The Bulk Data Access IG's canonical base.
 const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
 
-/// A Bulk Data export operation entry (STU3 refers to its definition by Reference).
-fn operation(st: &AppState, op: &str) -> Value {
-    let url = format!("{BULK_DATA}/OperationDefinition/{op}");
+/// An operation entry (STU3 refers to its definition by Reference).
+fn op_entry(st: &AppState, name: &str, url: &str) -> Value {
     let definition = if st.defs.version == FhirVersion::Stu3 { json!({"reference": url}) } else { json!(url) };
-    json!({"name": "export", "definition": definition})
+    json!({"name": name, "definition": definition})
+}
+
+/// A Bulk Data export operation entry.
+fn operation(st: &AppState, op: &str) -> Value {
+    op_entry(st, "export", &format!("{BULK_DATA}/OperationDefinition/{op}"))
 }
 
 pub fn build(st: &AppState, base: &str) -> Value {
@@ -189,15 +193,18 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "searchInclude": includes(st, t),
                 "searchRevInclude": revincludes(st, t)
             });
-            // Bulk export at Patient and Group level (crate::export).
-            let export = match *t {
-                "Patient" => Some("patient-export"),
-                "Group" => Some("group-export"),
-                _ => None,
-            };
-            if let Some(op) = export {
-                r["operation"] = json!([operation(st, op)]);
+            // $validate and the $meta family on every type (crate::operations); bulk export at
+            // Patient and Group level (crate::export) and $everything on Patient.
+            let mut ops: Vec<Value> = crate::operations::SERVED.iter().map(|(name, url)| op_entry(st, name, url)).collect();
+            match *t {
+                "Patient" => {
+                    ops.push(operation(st, "patient-export"));
+                    ops.push(op_entry(st, "everything", crate::operations::EVERYTHING));
+                }
+                "Group" => ops.push(operation(st, "group-export")),
+                _ => {}
             }
+            r["operation"] = json!(ops);
             r
         })
         .collect();
@@ -216,14 +223,15 @@ pub fn build(st: &AppState, base: &str) -> Value {
         "implementation": {"description": "Kiln replicated FHIR server", "url": base},
         "fhirVersion": st.defs.version.as_str(),
         "format": ["application/fhir+json", "application/json"],
-        "patchFormat": ["application/json-patch+json"],
+        // JSON Patch, and FHIRPath Patch (a Parameters resource).
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "compartment": compartments(st),
             "documentation": documentation(st),
             "resource": resources,
             "interaction": system,
-            "operation": [operation(st, "export")]
+            "operation": [operation(st, "export"), op_entry(st, "meta", crate::operations::META)]
         }]
     });
     cs["instantiates"] = json!([format!("{BULK_DATA}/CapabilityStatement/bulk-data")]);

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod bundle_plan;
 pub mod crud;
 pub mod dispatch;
+pub mod fhirpath_patch;
 pub mod history;
 pub mod metadata;
 pub mod negotiate;
@@ -155,6 +156,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_export/{job}", web::get().to(export::status));
     cfg.route("/_export/{job}", web::delete().to(export::cancel));
     cfg.route("/_export/{job}/{file}", web::get().to(export::file));
+    // $everything, $validate, $meta, $meta-add, $meta-delete.
+    crate::operations::configure(cfg);
     // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead
     // of reading `$name` as a type or an id.
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {

@@ -292,15 +292,25 @@ pub fn require_json_body(req: &HttpRequest) -> Result<(), RequestError> {
     }
 }
 
-/// Checks that a PATCH body is a JSON Patch.
-pub fn require_json_patch(req: &HttpRequest) -> Result<(), RequestError> {
+/// Which patch format a PATCH body is, by its Content-Type.
+pub fn patch_kind(req: &HttpRequest) -> Result<PatchKind, RequestError> {
     match header_str(req.headers(), "content-type")?.map(essence) {
-        Some(ct) if ct == JSON_PATCH => Ok(()),
+        Some(ct) if ct == JSON_PATCH => Ok(PatchKind::Json),
+        Some(ct) if JSON_TYPES.contains(&ct.as_str()) => Ok(PatchKind::FhirPath),
         Some(ct) => Err(RequestError::UnsupportedMediaType(format!(
-            "PATCH with Content-Type {ct} is not supported; send a JSON Patch as {JSON_PATCH} (FHIRPath Patch and XML Patch are not implemented)"
+            "PATCH with Content-Type {ct} is not supported; send a JSON Patch as {JSON_PATCH} or a FHIRPath Patch (Parameters) as application/fhir+json (XML Patch is not implemented)"
         ))),
-        None => Err(RequestError::UnsupportedMediaType(format!("PATCH needs Content-Type: {JSON_PATCH}"))),
+        None => Err(RequestError::UnsupportedMediaType(format!("PATCH needs Content-Type: {JSON_PATCH} (JSON Patch) or application/fhir+json (FHIRPath Patch)"))),
     }
+}
+
+/// The two patch formats served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// RFC 6902, `application/json-patch+json`.
+    Json,
+    /// A `Parameters` resource (fhirpatch.html), `application/fhir+json`.
+    FhirPath,
 }
 
 /// Reads a resource body up to `limits.max_body_bytes` and parses it as JSON.
@@ -362,9 +372,22 @@ pub fn parse_etag(name: &str, v: &str) -> Result<u64, RequestError> {
     })
 }
 
-/// The `If-Match` version, if sent.
+/// The `If-Match` version, if sent. `*` is served only on instance writes ([`if_match_instance`]).
 pub fn if_match(req: &HttpRequest) -> Result<Option<u64>, RequestError> {
-    header_str(req.headers(), "if-match")?.map(|v| parse_etag("If-Match", v)).transpose()
+    match if_match_instance(req)? {
+        (_, true) => Err(RequestError::BadHeader { name: "If-Match".into(), reason: "'*' is served on update, patch and delete of one instance; here send a version ETag like W/\"3\"".into() }),
+        (v, false) => Ok(v),
+    }
+}
+
+/// The `If-Match` version, and whether it was `*` (RFC 9110: any current version, so the
+/// resource must exist).
+pub fn if_match_instance(req: &HttpRequest) -> Result<(Option<u64>, bool), RequestError> {
+    match header_str(req.headers(), "if-match")? {
+        Some(v) if v.trim() == "*" => Ok((None, true)),
+        Some(v) => Ok((Some(parse_etag("If-Match", v)?), false)),
+        None => Ok((None, false)),
+    }
 }
 
 /// Whether a read can answer 304 Not Modified (`If-None-Match`, then `If-Modified-Since`).

@@ -1,4 +1,5 @@
-//! PATCH with JSON Patch (RFC 6902), on an instance (`PATCH /{type}/{id}`) or conditionally
+//! PATCH with JSON Patch (RFC 6902) or FHIRPath Patch (a `Parameters` body, sent as
+//! `application/fhir+json`; [`super::fhirpath_patch`]), on an instance (`PATCH /{type}/{id}`) or conditionally
 //! (`PATCH /{type}?search`: exactly one match is patched, 0 → 404, 2+ → 412). The proposer reads
 //! the current version, applies the patch and proposes the result as an update conditioned on
 //! that version, so a concurrent write is never lost: on a conflict the patch is re-applied to the
@@ -11,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 use super::crud::{send_write, write_response, InstanceWrite};
+use super::fhirpath_patch::FhirPatch;
 use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::actors::{WriteError, WriteIntent};
@@ -36,8 +38,12 @@ pub async fn patch(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let InstanceWrite { ctx, rtype, id, if_match } = InstanceWrite::new(&req, &st, &path)?;
+    let InstanceWrite { ctx, rtype, id, if_match, exists } = InstanceWrite::new(&req, &st, &path)?;
     let ops = read_patch(&req, payload, &st).await?;
+    if exists {
+        // `If-Match: *`: any version, but the resource must exist (412, not 404, otherwise).
+        super::crud::existing_version(&ctx.store, rtype, &id)?;
+    }
     patch_and_respond(&ctx, &st, rtype, &id, &ops, if_match).await
 }
 
@@ -66,10 +72,21 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     Err(RequestError::PreconditionFailed(format!("{rtype}?{} kept changing; the patch was not applied", req.query_string())).into())
 }
 
-async fn read_patch(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Result<json_patch::Patch, ApiError> {
-    negotiate::require_json_patch(req)?;
+/// A patch document of either kind.
+#[derive(Debug, Clone)]
+pub enum PatchDoc {
+    Json(json_patch::Patch),
+    FhirPath(FhirPatch),
+}
+
+async fn read_patch(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Result<PatchDoc, ApiError> {
+    let fhirpath = negotiate::patch_kind(req)? == negotiate::PatchKind::FhirPath;
     let doc = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
-    Ok(parse_patch(doc, st.cfg.limits.max_patch_ops)?)
+    if fhirpath {
+        Ok(PatchDoc::FhirPath(FhirPatch::parse(&doc, st.cfg.limits.max_patch_ops)?))
+    } else {
+        Ok(PatchDoc::Json(parse_patch(doc, st.cfg.limits.max_patch_ops)?))
+    }
 }
 
 /// A JSON Patch document, refused when it has more than `max_ops` operations.
@@ -125,7 +142,7 @@ fn segments(pointer: &str) -> usize {
     pointer.matches('/').count()
 }
 
-/// Applies `ops` to `body` one at a time, refusing (before it is done) any operation that could
+/// Applies patch operations one at a time, refusing (before it is done) any operation that could
 /// take the result past `max_bytes`: `copy` can double the document with each operation, so the
 /// size is tracked as an upper bound (removals are not subtracted). Measuring a copy's source
 /// costs at most its size, which the bound then absorbs, so the work is O(max_bytes).
@@ -134,37 +151,63 @@ fn segments(pointer: &str) -> usize {
 /// put at a path is as deep as the path plus itself, and a copied or moved subtree is at most as
 /// deep as the document below its source; so `copy`s of a subtree into its own leaves, which can
 /// double the depth per operation at a small size, are refused before the document is built.
-pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize, max_depth: usize) -> Result<(), RequestError> {
-    use json_patch::PatchOperation as Op;
-    let too_big = || RequestError::PatchTooCostly(format!("its result would exceed {max_bytes} bytes (config limits.max_body_bytes)"));
-    let too_deep = || RequestError::PatchTooCostly(format!("its result would nest deeper than {max_depth} levels (config limits.max_depth)"));
-    let mut size = json_size(body);
-    let mut depth = json_depth(body);
-    for op in ops.iter() {
+pub struct Bounded {
+    size: usize,
+    depth: usize,
+    max_bytes: usize,
+    max_depth: usize,
+}
+
+impl Bounded {
+    /// Starts from `body` as it is.
+    pub fn new(body: &Value, max_bytes: usize, max_depth: usize) -> Bounded {
+        Bounded { size: json_size(body), depth: json_depth(body), max_bytes, max_depth }
+    }
+
+    /// Applies one operation within the bounds.
+    pub fn apply(&mut self, body: &mut Value, op: &json_patch::PatchOperation) -> Result<(), RequestError> {
+        use json_patch::PatchOperation as Op;
         let added = match op {
             Op::Add(a) => json_size(&a.value),
             Op::Replace(r) => json_size(&r.value),
             Op::Copy(c) => body.pointer(c.from.as_str()).map(json_size).unwrap_or(0),
             Op::Remove(_) | Op::Move(_) | Op::Test(_) => 0,
         };
-        size = size.saturating_add(added);
-        if size > max_bytes {
-            return Err(too_big());
+        self.size = self.size.saturating_add(added);
+        if self.size > self.max_bytes {
+            return Err(RequestError::PatchTooCostly(format!("its result would exceed {} bytes (config limits.max_body_bytes)", self.max_bytes)));
         }
         let placed = match op {
             Op::Add(a) => segments(a.path.as_str()) + json_depth(&a.value),
             Op::Replace(r) => segments(r.path.as_str()) + json_depth(&r.value),
-            Op::Copy(c) => segments(c.path.as_str()) + depth.saturating_sub(segments(c.from.as_str())),
-            Op::Move(m) => segments(m.path.as_str()) + depth.saturating_sub(segments(m.from.as_str())),
+            Op::Copy(c) => segments(c.path.as_str()) + self.depth.saturating_sub(segments(c.from.as_str())),
+            Op::Move(m) => segments(m.path.as_str()) + self.depth.saturating_sub(segments(m.from.as_str())),
             Op::Remove(_) | Op::Test(_) => 0,
         };
-        depth = depth.max(placed);
-        if depth > max_depth {
-            return Err(too_deep());
+        self.depth = self.depth.max(placed);
+        if self.depth > self.max_depth {
+            return Err(RequestError::PatchTooCostly(format!("its result would nest deeper than {} levels (config limits.max_depth)", self.max_depth)));
         }
-        json_patch::patch_unsafe(body, std::slice::from_ref(op)).map_err(|e| RequestError::PatchFailed(e.to_string()))?;
+        json_patch::patch_unsafe(body, std::slice::from_ref(op)).map_err(|e| RequestError::PatchFailed(e.to_string()))
     }
-    Ok(())
+}
+
+/// Applies a JSON Patch within the bounds of [`Bounded`].
+pub fn apply_bounded(body: &mut Value, ops: &json_patch::Patch, max_bytes: usize, max_depth: usize) -> Result<(), RequestError> {
+    let mut bounded = Bounded::new(body, max_bytes, max_depth);
+    ops.iter().try_for_each(|op| bounded.apply(body, op))
+}
+
+/// Applies a patch of either kind to `body` within the configured bounds.
+pub fn apply_doc(st: &AppState, body: &mut Value, doc: &PatchDoc) -> Result<(), RequestError> {
+    let (max_bytes, max_depth) = (st.cfg.limits.max_body_bytes, st.cfg.limits.max_depth);
+    match doc {
+        PatchDoc::Json(ops) => apply_bounded(body, ops, max_bytes, max_depth),
+        PatchDoc::FhirPath(p) => {
+            let mut bounded = Bounded::new(body, max_bytes, max_depth);
+            p.apply(body, crate::fhir::shape::shapes(st.defs.version), |b, op| bounded.apply(b, op))
+        }
+    }
 }
 
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
@@ -179,7 +222,7 @@ pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str
 }
 
 /// The current version of `rtype/id` with `ops` applied: (new body, the version it was read at).
-pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str, ops: &json_patch::Patch, client_if_match: Option<u64>) -> Result<(Value, u64), ApiError> {
+pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str, ops: &PatchDoc, client_if_match: Option<u64>) -> Result<(Value, u64), ApiError> {
     let (cur, record) = store.read(rtype, id)?;
     if let Some(expected) = client_if_match {
         if expected != cur.version {
@@ -188,14 +231,14 @@ pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str
     }
     let mut body: Value = serde_json::from_slice(record.body()).map_err(|e| StoreError::Corrupt(format!("stored body: {e}")))?;
     let before = (body.get("resourceType").cloned(), body.get("id").cloned());
-    apply_bounded(&mut body, ops, st.cfg.limits.max_body_bytes, st.cfg.limits.max_depth)?;
+    apply_doc(st, &mut body, ops)?;
     if (body.get("resourceType").cloned(), body.get("id").cloned()) != before {
         return Err(RequestError::PatchChangesIdentity.into());
     }
     Ok((body, cur.version))
 }
 
-async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &str, ops: &json_patch::Patch, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
+async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &str, ops: &PatchDoc, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
     // The caller's rights on the resource as it is, before the patch is applied to it.
     crate::auth::guard::check_write(&ctx.principal, st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: Some(id), body: None, condition: None, full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeSet;
 
+use std::collections::HashMap;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -260,21 +262,22 @@ async fn respond(
     within: Option<(String, query::Ids)>,
 ) -> Result<HttpResponse, ApiError> {
     let (path, within) = match within {
-        Some((path, members)) => (path, Some(members)),
+        Some((path, members)) => (path, Some(HashMap::from([(rtype, members)]))),
         None => (format!("/{rtype}"), None),
     };
     respond_types(ctx, st, vec![rtype], params.clone(), params, within, path).await
 }
 
 /// The search itself over one or more types: criteria, sort, keyset page, includes, bundle.
-/// `link_params` are repeated in the paging links.
-async fn respond_types(
+/// `link_params` are repeated in the paging links; `within` restricts each type it names to the
+/// doc numbers given for it.
+pub async fn respond_types(
     ctx: &Ctx,
     st: &AppState,
     types: Vec<&'static str>,
     params: Vec<(String, String)>,
     link_params: Vec<(String, String)>,
-    within: Option<query::Ids>,
+    within: Option<HashMap<&'static str, query::Ids>>,
     path: String,
 ) -> Result<HttpResponse, ApiError> {
     // `_content` / `_text` go to Meilisearch when it is configured; otherwise they stay in the
@@ -319,9 +322,9 @@ async fn respond_types(
                 ignored.push(i.clone());
             }
         }
-        let restrict = match (&within, reach) {
-            (Some(w), Some(r)) => Some(w & &r),
-            (Some(w), None) => Some(w.clone()),
+        let restrict = match (within.as_ref().and_then(|w| w.get(t).cloned()), reach) {
+            (Some(w), Some(r)) => Some(w & r),
+            (Some(w), None) => Some(w),
             (None, r) => r,
         };
         queries.push((*t, q, restrict));
@@ -413,18 +416,18 @@ async fn respond_types(
     };
     // Links show only the parameters the search used (search.html): not those ignored under
     // handling=lenient.
-    let params: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();
-    let mut links = vec![relation("self", link(ctx, &path, &params, param("_page").map(String::from)))];
+    let shown: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();
+    let mut links = vec![relation("self", link(ctx, &path, &shown, param("_page").map(String::from)))];
     if let Some(total) = counted {
         let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
         return Ok(ctx.respond(HttpResponse::Ok(), body));
     }
-    links.push(relation("first", link(ctx, &path, &params, None)));
+    links.push(relation("first", link(ctx, &path, &shown, None)));
     if let Some(edge) = &page.previous {
-        links.push(relation("previous", link(ctx, &path, &params, Some(format!("p:{}", hex::encode(edge))))));
+        links.push(relation("previous", link(ctx, &path, &shown, Some(format!("p:{}", hex::encode(edge))))));
     }
     if let Some(edge) = &page.next {
-        links.push(relation("next", link(ctx, &path, &params, Some(format!("n:{}", hex::encode(edge))))));
+        links.push(relation("next", link(ctx, &path, &shown, Some(format!("n:{}", hex::encode(edge))))));
     }
     let total = page.total;
     let tree = ctx.store.tree();
@@ -447,7 +450,9 @@ async fn respond_types(
             Err(e) => return Err(e.into()),
         }
     }
-    let (included, cut) = includes(ctx, st, &types, &params, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
+    // Includes from the search's own parameters (those an operation adds are not in its links).
+    let included_by: Vec<(String, String)> = params.iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).cloned().collect();
+    let (included, cut) = includes(ctx, st, &types, &included_by, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
     let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
     let modes = match_scores.into_iter().map(|s| ("match", s)).chain(std::iter::repeat(("include", None)));
     for ((mode, score), (t, id, rec)) in modes.zip(bodies.iter().chain(included.iter())) {

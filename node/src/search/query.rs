@@ -594,6 +594,38 @@ pub fn referrer_docs(tree: &Space, source: &str, code: &str, rtype: &str, id: &s
     Ok(out)
 }
 
+/// Every resource of `source` whose `code` references any resource of type `rtype`.
+pub fn referrers_of_type(tree: &Space, source: &str, code: &str, rtype: &str) -> Result<Ids, SearchError> {
+    let mut out = Ids::new();
+    (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype]), &mut out)?;
+    Ok(out)
+}
+
+/// The distinct values (their parts, e.g. token code and system) that rows of one kind of
+/// `rtype`'s parameter `code` hold for at least one resource. `None` past `max` values.
+pub fn distinct_values(tree: &Space, rtype: &str, code: &str, kind: u8, max: usize) -> Result<Option<std::collections::BTreeSet<Vec<String>>>, SearchError> {
+    let prefix = param_prefix(rtype, code, kind);
+    let mut out = std::collections::BTreeSet::new();
+    for item in tree.scan_prefix(&prefix) {
+        crate::search::cost::charge(1).map_err(PostingError::from)?;
+        let (k, v) = item.map_err(PostingError::from)?;
+        let mut docs = Ids::new();
+        posting::add_block(&k, &v, &mut docs)?;
+        if docs.is_empty() {
+            continue;
+        }
+        let Some(parts) = k.get(prefix.len()..k.len().saturating_sub(4)) else { continue };
+        let parts: Vec<String> = parts.split(|b| *b == 0).map(unescape).collect();
+        // The split leaves an empty piece after the last terminator.
+        let parts = parts[..parts.len().saturating_sub(1)].to_vec();
+        out.insert(parts);
+        if out.len() > max {
+            return Ok(None);
+        }
+    }
+    Ok(Some(out))
+}
+
 /// `s` escaped like [`push_str`] but without the terminator (a prefix to scan).
 fn escaped(s: &str) -> Vec<u8> {
     let mut k = Vec::new();

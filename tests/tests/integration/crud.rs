@@ -174,7 +174,7 @@ fn bad_input_is_a_4xx_operation_outcome() {
     assert_outcome(c.get(node.url("/Patient?colour=x")).send().unwrap(), 400, "unknown search parameter 'colour'");
     // Not implemented yet: said plainly.
     assert_outcome(c.get(node.url("/Patient?_filter=name eq x")).send().unwrap(), 400, "not supported");
-    assert_outcome(post(&c, &node.url("/Patient/1/$everything"), &json!({})), 501, "operation");
+    assert_outcome(post(&c, &node.url("/Patient/1/$graph"), &json!({})), 501, "operation");
     assert_outcome(post(&c, &node.url("/$export"), &json!({})), 400, "Parameters");
     assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Bundle", "type": "document"})), 400, "batch or a transaction");
     assert_outcome(post(&c, &node.url("/"), &json!({"resourceType": "Patient"})), 400, "takes a Bundle");
@@ -200,7 +200,9 @@ fn json_patch() {
     let hist = json(c.get(node.url("/Patient/p1/_history")).send().unwrap());
     assert_eq!(hist["entry"][0]["request"]["method"], "PATCH");
 
-    assert_outcome(patch(ops.clone(), FHIR), 415, "JSON Patch");
+    // FHIR JSON is FHIRPath Patch: a JSON Patch array sent so is not a Parameters resource.
+    assert_outcome(patch(ops.clone(), FHIR), 400, "Parameters");
+    assert_outcome(patch(ops.clone(), "text/plain"), 415, "JSON Patch");
     assert_outcome(patch(json!({"op": "nope"}), "application/json-patch+json"), 400, "JSON Patch document is not valid");
     assert_outcome(patch(json!([{"op": "test", "path": "/active", "value": false}]), "application/json-patch+json"), 422, "could not be applied");
     assert_outcome(patch(json!([{"op": "replace", "path": "/id", "value": "p2"}]), "application/json-patch+json"), 422, "must not change");

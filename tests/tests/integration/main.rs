@@ -16,6 +16,7 @@ mod history;
 mod k8s;
 mod meili;
 mod negotiation;
+mod operations;
 mod search;
 mod search_examples;
 mod search_property;
