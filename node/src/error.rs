@@ -18,6 +18,7 @@ use crate::export::ExportError;
 use crate::fhir::{FhirError, FhirVersion};
 use crate::http::RequestError;
 use crate::meili::MeiliError;
+use crate::metrics::MetricsError;
 use crate::search::query::SearchError;
 use crate::store::StoreError;
 
@@ -50,6 +51,8 @@ pub enum ApiError {
     Binary(#[from] BinaryError),
     #[error(transparent)]
     Meili(#[from] MeiliError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -134,6 +137,9 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             MeiliError::BadValue { .. } => (400, "value"),
             MeiliError::Store(s) => classify_store(s),
             MeiliError::Consensus(c) => classify_consensus(c),
+        },
+        ApiError::Metrics(m) => match m {
+            MetricsError::Register { .. } | MetricsError::Encode(_) => (500, "exception"),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }
