@@ -70,17 +70,29 @@ pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody + 'stat
     let id = accept(req.headers().get(&HEADER));
     let span = tracing::info_span!("http_request", request_id = %id, method = %req.method(), path = %req.path());
     let started = Instant::now();
-    let http_req = req.request().clone();
+    // (No clone of the request may be held across `next`: routing needs it unshared.)
     let served = REQUEST_ID.scope(id.clone(), next.call(req)).instrument(span.clone()).await;
-    let mut resp = match served {
-        Ok(r) => r.map_into_boxed_body(),
-        Err(e) => ServiceResponse::from_err(e, http_req),
-    };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(HEADER, v);
+    let header = HeaderValue::from_str(&id).ok();
+    let answered = |status: u16| span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request answered"));
+    match served {
+        Ok(resp) => {
+            let mut resp = resp.map_into_boxed_body();
+            if let Some(v) = header {
+                resp.headers_mut().insert(HEADER, v);
+            }
+            answered(resp.status().as_u16());
+            Ok(resp)
+        }
+        // An error no layer turned into a response: render it here, with the id.
+        Err(e) => {
+            let mut resp = e.error_response();
+            if let Some(v) = header {
+                resp.headers_mut().insert(HEADER, v);
+            }
+            answered(resp.status().as_u16());
+            Err(actix_web::error::InternalError::from_response(e, resp).into())
+        }
     }
-    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request answered"));
-    Ok(resp)
 }
 
 #[cfg(test)]

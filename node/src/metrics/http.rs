@@ -69,6 +69,23 @@ pub fn labels<'a>(method: &str, path: &str, resource_type: impl Fn(&str) -> Opti
     (interaction, rtype)
 }
 
+/// One request in `kiln_http_requests_in_flight`, also when its future is dropped (the client
+/// went away).
+struct InFlight<'a>(&'a IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(g: &'a IntGauge) -> InFlight<'a> {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Middleware: counts and times every request of the FHIR API.
 pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let Some(st) = req.app_data::<web::Data<AppState>>().cloned() else {
@@ -77,17 +94,17 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let started = Instant::now();
     let m = &st.metrics.http;
     let (interaction, rtype) = labels(req.method().as_str(), req.path(), |t| st.defs.resource_type(t).ok());
-    m.in_flight.inc();
-    let http_req = req.request().clone();
-    let resp = match next.call(req).await {
-        Ok(r) => r.map_into_boxed_body(),
-        // Rendered here so that it is counted with its real status.
-        Err(e) => ServiceResponse::from_err(e, http_req),
+    let in_flight = InFlight::enter(&m.in_flight);
+    let served = next.call(req).await;
+    drop(in_flight);
+    let status = match &served {
+        Ok(resp) => resp.status(),
+        // Counted with the status it will be rendered with.
+        Err(e) => e.as_response_error().status_code(),
     };
-    m.in_flight.dec();
-    m.requests.with_label_values(&[interaction, rtype, resp.status().as_str()]).inc();
+    m.requests.with_label_values(&[interaction, rtype, status.as_str()]).inc();
     m.duration.with_label_values(&[interaction, rtype]).observe(started.elapsed().as_secs_f64());
-    Ok(resp)
+    Ok(served?.map_into_boxed_body())
 }
 
 #[cfg(test)]

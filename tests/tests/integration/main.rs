@@ -14,6 +14,7 @@ mod examples;
 mod export;
 mod history;
 mod meili;
+mod metrics;
 mod negotiation;
 mod search;
 mod search_examples;
