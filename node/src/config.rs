@@ -428,6 +428,14 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_text_unless_json() {
+        assert_eq!(Config::default().log.format, LogFormat::Text);
+        let c: Config = toml::from_str("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("[log]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
     fn rejects_unknown_keys_and_bad_values() {
         assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
         let c = Config { listen: "nowhere".into(), ..Config::default() };
