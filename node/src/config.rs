@@ -77,6 +77,26 @@ pub struct Config {
     /// Full-text search through Meilisearch (`_content`, `_text`; docs/meilisearch.md). Unset
     /// `url`: no Meilisearch.
     pub meilisearch: crate::meili::MeiliConfig,
+    /// `[log]`: the format of the log lines on stderr (levels: `RUST_LOG`).
+    pub log: LogConfig,
+}
+
+/// `[log]`. The flag `--log-format` (or `KILN_LOG_FORMAT`) overrides `format`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// How log lines are written: `text` (default, one human-readable line per event with its
+/// spans) or `json` (one JSON object per line: `timestamp`, `level`, `fields`, `target`, the
+/// current `span` and the `spans` list, which carry the `request_id`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -223,6 +243,7 @@ impl Default for Config {
             s3: None,
             binary: crate::binary::BinaryConfig::default(),
             meilisearch: crate::meili::MeiliConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -421,6 +442,14 @@ mod tests {
         assert_eq!(c.limits.max_depth, 10);
         assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json() {
+        assert_eq!(Config::default().log.format, LogFormat::Text);
+        let c: Config = toml::from_str("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(toml::from_str::<Config>("[log]\nformat = \"xml\"\n").is_err());
     }
 
     #[test]

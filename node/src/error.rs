@@ -19,6 +19,7 @@ use crate::export::ExportError;
 use crate::fhir::{FhirError, FhirVersion};
 use crate::http::RequestError;
 use crate::meili::MeiliError;
+use crate::metrics::MetricsError;
 use crate::search::query::SearchError;
 use crate::store::StoreError;
 
@@ -53,6 +54,8 @@ pub enum ApiError {
     Meili(#[from] MeiliError),
     #[error(transparent)]
     Operation(#[from] OperationError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -143,6 +146,9 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             // A version-level $meta-add / $meta-delete: understood, refused by design.
             OperationError::NotSupported(_) => (422, "not-supported"),
             OperationError::TooCostly(_) => (422, "too-costly"),
+        },
+        ApiError::Metrics(m) => match m {
+            MetricsError::Register { .. } | MetricsError::Encode(_) => (500, "exception"),
         },
         ApiError::Entry { cause, .. } => classify(cause),
     }

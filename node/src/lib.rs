@@ -20,6 +20,7 @@
 //!   tenant's data is its own key space of the state ([`store::space`]).
 //! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
 //! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`): requests, Raft, search, storage.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -41,6 +42,7 @@ pub mod launcher;
 pub mod objects;
 pub mod operations;
 pub mod meili;
+pub mod metrics;
 pub mod search;
 pub mod store;
 pub mod tenancy;
@@ -86,6 +88,8 @@ pub enum StartError {
     Blobs { path: String, source: std::io::Error },
     #[error("[meilisearch]: {0}")]
     Meili(String),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// A running node.
@@ -187,7 +191,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     sm.ensure_index()?;
     let store = Store::new(state);
     let defs = Arc::new(Definitions::load(cfg.fhir_version));
-    let (raft, raft_thread) = consensus::node::start(&cfg, db, sm, forward_check(defs.clone(), cfg.limits.max_depth))?;
+    let node_metrics = metrics::Metrics::new(cfg.node_id, cfg.fhir_version.as_str(), db.clone())?;
+    let (raft, raft_thread) = consensus::node::start(&cfg, db, sm, forward_check(defs.clone(), cfg.limits.max_depth), node_metrics.raft.clone())?;
 
     let workers = if cfg.http_workers == 0 { num_cpus::get() } else { cfg.http_workers };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -236,6 +241,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     s3,
                     blobs,
                     meili: text_search,
+                    metrics: node_metrics,
                 });
                 if let Some(s3) = state.s3.clone() {
                     // Not a start condition (the node serves everything else without the bucket):
@@ -253,6 +259,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     App::new()
                         .app_data(state.clone())
                         .wrap(actix_web::middleware::from_fn(auth::middleware::authenticate))
+                        .wrap(actix_web::middleware::from_fn(metrics::http::observe))
+                        .wrap(actix_web::middleware::from_fn(http::request_id::middleware))
                         .configure(http::configure)
                 })
                 .workers(workers)
@@ -283,6 +291,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                                 .app_data(admin_state.clone())
                                 .app_data(token.clone())
                                 .wrap(actix_web::middleware::from_fn(http::admin::require_token))
+                                .wrap(actix_web::middleware::from_fn(http::request_id::middleware))
                                 .configure(http::admin::configure_admin)
                         })
                         .workers(1)

@@ -18,6 +18,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Kiln: a replicated FHIR server")]
 struct Cli {
+    /// Log line format on stderr: text (default) or json. Overrides the config's [log] format.
+    #[arg(long, global = true, env = "KILN_LOG_FORMAT", value_parser = parse_log_format)]
+    log_format: Option<kiln::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -335,6 +338,10 @@ struct ServeArgs {
     meilisearch_key_file: Option<PathBuf>,
 }
 
+fn parse_log_format(s: &str) -> Result<kiln::config::LogFormat, String> {
+    toml::Value::String(s.to_string()).try_into().map_err(|_| format!("unknown log format '{s}' (use text or json)"))
+}
+
 fn parse_version(s: &str) -> Result<FhirVersion, String> {
     toml::Value::String(s.to_string()).try_into().map_err(|_| format!("unknown FHIR version '{s}' (use 4.0.1 or 3.0.1)"))
 }
@@ -385,22 +392,36 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// Sets up the log: `--log-format`, else the served config's `[log] format`, else text.
+/// The returned guard flushes the last lines when dropped (at the end of `main`).
+fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
+    use kiln::config::LogFormat;
     use std::io::IsTerminal;
+    let format = cli.log_format.unwrap_or_else(|| match &cli.command {
+        // An unreadable config is reported by `serve` itself.
+        Command::Serve(ServeArgs { config: Some(path), .. }) => Config::from_file(path).map(|c| c.log.format).unwrap_or_default(),
+        _ => LogFormat::Text,
+    });
     // Logs go to stderr; stdout carries the "Kiln listening on" line that launchers read.
     // Log lines are written by a background thread, in batches (a buffered stderr flushed whenever
     // the queue drains), not by the HTTP workers. Not lossy: a full queue makes the logging thread
     // wait rather than drop lines. (The audit log has its own batching writer: auth::audit.)
-    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+    let (writer, flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("kiln-log")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_writer(writer).with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+    }
+    flush_on_exit
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _flush_on_exit = init_logging(&cli);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cluster(cmd) => cluster(cmd),

@@ -1,17 +1,21 @@
 //! `ResourceActor`: the write pipeline of one resource type. It validates each write, assigns ids
 //! and strips server-owned meta, then group-commits: while one proposal of this type is in flight,
-//! new writes queue, and they all go out together as ONE Raft entry when it returns.
+//! new writes queue, and they all go out together as ONE Raft entry when it returns. Each
+//! proposal runs in a `propose` tracing span: a child of the request's span for a lone write,
+//! else a root span that lists the `request_ids` it carries (`crate::http::request_id`).
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 use serde_json::Value;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::msg::{Write, WriteIntent};
 use super::WriteError;
 use crate::consensus::RaftHandle;
 use crate::fhir::{meta, Definitions, FhirError};
+use crate::http::request_id::Trace;
 use crate::store::command::{Action, Applied, Command, CommandV1, WriteOp};
 use crate::tenancy::Tenant;
 
@@ -46,7 +50,7 @@ pub struct ResourceActor {
     raft: RaftHandle,
     settings: ActorSettings,
     /// Writes waiting for the next proposal, with their tenant (one proposal is one tenant's).
-    pending: Vec<(Tenant, WriteOp, Reply)>,
+    pending: Vec<(Tenant, WriteOp, Reply, Trace)>,
     in_flight: bool,
 }
 
@@ -61,16 +65,25 @@ impl ResourceActor {
 
     /// Sends everything pending as one proposal.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let Some((tenant, _, _)) = self.pending.first() else { return };
+        let Some((tenant, _, _, _)) = self.pending.first() else { return };
         let tenant = tenant.clone();
-        let same = self.pending.iter().take_while(|(t, _, _)| *t == tenant).count();
-        let take = batch_len(self.pending[..same].iter().map(|(_, op, _)| op), self.settings.max_batch, self.settings.max_batch_bytes);
-        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self.pending.drain(..take).map(|(_, op, reply)| (op, reply)).unzip();
+        let same = self.pending.iter().take_while(|(t, _, _, _)| *t == tenant).count();
+        let take = batch_len(self.pending[..same].iter().map(|(_, op, _, _)| op), self.settings.max_batch, self.settings.max_batch_bytes);
+        let mut traces = Vec::with_capacity(take);
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self
+            .pending
+            .drain(..take)
+            .map(|(_, op, reply, trace)| {
+                traces.push(trace);
+                (op, reply)
+            })
+            .unzip();
+        let span = propose_span(self.rtype, &traces);
         let ids: Vec<String> = ops.iter().map(|o| o.id.clone()).collect();
         let cmd = Command::V1(CommandV1::Writes { ts_micros: meta::now_micros(), ops }).in_tenant(tenant.as_deref());
         let raft = self.raft.clone();
         self.in_flight = true;
-        let proposal = async move { raft.propose(&cmd).await };
+        let proposal = async move { raft.propose(&cmd).await }.instrument(span);
         ctx.spawn(proposal.into_actor(self).map(move |result, act, ctx| {
             match result {
                 Ok(outcomes) => {
@@ -91,6 +104,22 @@ impl ResourceActor {
             act.in_flight = false;
             act.flush(ctx);
         }));
+    }
+}
+
+/// The span a proposal of `traces`' writes runs in: under the request's span for one write;
+/// for several, a root span naming their request ids and following from each request's span.
+fn propose_span(rtype: &'static str, traces: &[Trace]) -> tracing::Span {
+    match traces {
+        [one] => tracing::info_span!(parent: &one.span, "propose", rtype, writes = 1),
+        many => {
+            let ids: Vec<&str> = many.iter().filter_map(|t| t.request_id.as_deref()).collect();
+            let span = tracing::info_span!(parent: None, "propose", rtype, writes = many.len(), request_ids = %ids.join(","));
+            for t in many {
+                span.follows_from(&t.span);
+            }
+            span
+        }
     }
 }
 
@@ -154,7 +183,7 @@ pub fn prepare(defs: &Definitions, settings: &ActorSettings, rtype: &'static str
 impl Handler<Write> for ResourceActor {
     type Result = ResponseFuture<Result<(String, Applied), WriteError>>;
 
-    fn handle(&mut self, Write(mut intent, tenant): Write, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Write(mut intent, tenant, trace): Write, ctx: &mut Context<Self>) -> Self::Result {
         let condition = intent.condition.take();
         let op = match prepare(&self.defs, &self.settings, self.rtype, intent) {
             Ok(op) => op,
@@ -164,9 +193,10 @@ impl Handler<Write> for ResourceActor {
             // Alone in its entry: apply evaluates the search on the state before the entry.
             let raft = self.raft.clone();
             let cmd = Command::V1(CommandV1::Conditional { ts_micros: meta::now_micros(), op: op.clone(), condition }).in_tenant(tenant.as_deref());
+            let span = propose_span(self.rtype, std::slice::from_ref(&trace));
             return Box::pin(async move {
                 let mut first = None;
-                for out in raft.propose(&cmd).await? {
+                for out in raft.propose(&cmd).instrument(span).await? {
                     let applied = out?;
                     first.get_or_insert(applied);
                 }
@@ -175,7 +205,7 @@ impl Handler<Write> for ResourceActor {
             });
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.push((tenant, op, tx));
+        self.pending.push((tenant, op, tx, trace));
         if !self.in_flight {
             self.flush(ctx);
         }

@@ -2,7 +2,8 @@
 //! `WWW-Authenticate` before any handler runs), its [`super::Principal`] is put in the request
 //! for the handlers' checks ([`super::guard`]), its tenant is resolved
 //! ([`crate::tenancy::resolve`], the `/tenant/{id}` prefix stripped so the routes are the same
-//! for every tenant), the operator status page needs the admin group, and one
+//! for every tenant), the operator pages (`/_cluster/status`, `/metrics`: [`is_operator_page`])
+//! need the admin group, and one
 //! audit line is recorded per request ([`super::audit`]). `/metadata`, `/.well-known/smart-configuration` and `/_health` stay open.
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -17,6 +18,11 @@ use crate::http::AppState;
 /// Paths anyone may read.
 pub fn is_open(path: &str) -> bool {
     matches!(path.trim_end_matches('/'), "/metadata" | "/.well-known/smart-configuration" | "/_health")
+}
+
+/// Pages for the admin group only (when auth is on): the consensus status and the metrics.
+pub fn is_operator_page(path: &str) -> bool {
+    path.starts_with("/_cluster/") || path.trim_end_matches('/') == "/metrics"
 }
 
 fn header<'a>(req: &'a ServiceRequest, name: &str) -> Option<&'a str> {
@@ -83,7 +89,8 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
         }
     }
     if let Some(p) = &principal {
-        if unprefixed.starts_with("/_cluster/") && !p.admin {
+        // Both spellings: the path as sent and as the router matches it (percent-decoded).
+        if (is_operator_page(&unprefixed) || is_operator_page(req.match_info().as_str())) && !p.admin {
             let e = AuthError::Forbidden(format!("{unprefixed} needs the {} group", st.auth.cfg.admin_group));
             return deny(req, e.into(), &subject, claim);
         }

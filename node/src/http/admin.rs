@@ -7,6 +7,7 @@
 //! (`/_cluster/faults`) and the Meilisearch rebuild (`POST /_cluster/meilisearch/reindex`,
 //! [`crate::meili::http`]). With `admin_token_file` every operator request needs
 //! `Authorization: Bearer <token>`; that check is [`require_token`], in front of every route.
+//! `GET /metrics` is served on both listeners ([`crate::metrics`]).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
@@ -144,6 +145,7 @@ pub async fn digest(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/status", web::get().to(cluster_status));
     cfg.route("/_health", web::get().to(health));
+    cfg.route("/metrics", web::get().to(crate::metrics::scrape));
     cfg.route("/_cluster/nodes", web::post().to(add_node));
     cfg.route("/_cluster/nodes/{id}", web::delete().to(remove_node));
     cfg.route("/_cluster/faults", web::post().to(faults));

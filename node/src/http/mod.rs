@@ -1,7 +1,7 @@
 //! The FHIR REST API over actix-web. [`INTERACTIONS`] is the one table of what is served: the router
 //! registers exactly these routes and `/metadata` describes exactly these interactions. One file per
 //! interaction family: [`crud`], [`patch`], [`history`], [`search`], [`transaction`] (with
-//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`]; [`bundle`] holds what bundles share;
+//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`]; [`request_id`] is the `X-Request-Id` and the request's tracing span; [`bundle`] holds what bundles share;
 //! [`tls`] is TLS on this API (`[api_tls]`).
 
 pub mod admin;
@@ -15,6 +15,7 @@ pub mod history;
 pub mod metadata;
 pub mod negotiate;
 pub mod patch;
+pub mod request_id;
 pub mod search;
 pub mod tls;
 pub mod transaction;
@@ -96,6 +97,8 @@ pub struct AppState {
     pub blobs: Arc<crate::binary::Blobs>,
     /// Meilisearch (`[meilisearch]`): `_content` / `_text`, the indexer's status. `None`: not configured.
     pub meili: Option<Arc<crate::meili::Meili>>,
+    /// This node's Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The level an interaction works at.
@@ -143,6 +146,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/.well-known/smart-configuration", web::get().to(metadata::smart_configuration));
     cfg.route("/_cluster/status", web::get().to(admin::cluster_status_fhir));
     cfg.route("/_health", web::get().to(admin::health));
+    // For the admin group only when auth is on (the auth middleware, as for /_cluster/status).
+    cfg.route("/metrics", web::get().to(crate::metrics::scrape));
     // Membership, digest and faults live on the operator listener only.
     cfg.route("/_cluster/{rest:.*}", web::route().to(admin::not_here));
     // Bulk export (Bulk Data Access IG): kick-off, status / cancel, local output files.

@@ -268,10 +268,28 @@ async fn respond(
     respond_types(ctx, st, vec![rtype], params.clone(), params, within, path).await
 }
 
+/// [`search_types`], timed into `kiln_search_duration_seconds` under each parameter type the
+/// search uses ([`crate::metrics::search`]).
+pub async fn respond_types(
+    ctx: &Ctx,
+    st: &AppState,
+    types: Vec<&'static str>,
+    params: Vec<(String, String)>,
+    link_params: Vec<(String, String)>,
+    within: Option<HashMap<&'static str, query::Ids>>,
+    path: String,
+) -> Result<HttpResponse, ApiError> {
+    let kinds = crate::metrics::search::param_kinds(&st.search, &types, &params);
+    let started = std::time::Instant::now();
+    let out = search_types(ctx, st, types, params, link_params, within, path).await;
+    st.metrics.search.observe(&kinds, started.elapsed().as_secs_f64());
+    out
+}
+
 /// The search itself over one or more types: criteria, sort, keyset page, includes, bundle.
 /// `link_params` are repeated in the paging links; `within` restricts each type it names to the
 /// doc numbers given for it.
-pub async fn respond_types(
+async fn search_types(
     ctx: &Ctx,
     st: &AppState,
     types: Vec<&'static str>,

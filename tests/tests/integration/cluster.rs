@@ -337,6 +337,13 @@ fn a_snapshot_larger_than_a_frame_streams_in_chunks() {
     let s = first_index_past(&c, lagging, 2);
     assert!(s["first_index"].as_u64().unwrap() > 2, "node {lagging} started from a snapshot: {s}");
     assert_eq!(http.get(c.url(lagging, "/Patient/big99")).send().unwrap().status(), 200);
+    // The transfer in the metrics of both ends (the restarted node's counters start at 0).
+    let series = |id: u64, name: &str| -> f64 {
+        let text = http.get(c.admin_url(id, "/metrics")).send().unwrap().text().unwrap();
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.parse().ok())).unwrap_or(0.0)
+    };
+    assert!(series(leader, "kiln_raft_snapshot_sends_total{outcome=\"sent\"}") >= 1.0);
+    assert!(series(lagging, "kiln_raft_snapshot_installs_total") >= 1.0);
 }
 
 #[test]

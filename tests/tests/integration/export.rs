@@ -164,6 +164,10 @@ fn an_export_holds_exactly_the_data_of_its_kick_off_instant() {
     }
     load(&c, &node.base, &(400..450).map(patient).collect::<Vec<_>>());
     let manifest = bulk::wait(&c, &status_url, None, 120);
+    let metrics = c.get(node.url("/metrics")).send().unwrap().text().unwrap();
+    for series in ["kiln_export_jobs{status=\"complete\"} 1", "kiln_export_jobs{status=\"active\"} 0"] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in:\n{metrics}");
+    }
     let files = bulk::download(&c, &manifest, None);
     assert!(manifest["output"].as_array().unwrap().len() >= 16, "split in parts of 25 lines");
     let lines: Vec<&Value> = files.iter().flat_map(|(_, l)| l.iter()).collect();

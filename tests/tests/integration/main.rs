@@ -15,6 +15,7 @@ mod export;
 mod history;
 mod k8s;
 mod meili;
+mod metrics;
 mod negotiation;
 mod operations;
 mod search;

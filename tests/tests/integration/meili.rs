@@ -88,6 +88,14 @@ fn all_ids(base: &str, query: &str) -> Vec<String> {
     }
 }
 
+/// The value of one series (`name` or `name{labels}` exactly as exposed) of the node's `/metrics`.
+fn metric(base: &str, series: &str) -> f64 {
+    let text = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
 fn lag_zero(base: &str) -> bool {
     let s = status(base);
     s["meilisearch"]["lag_rows"] == 0
@@ -211,8 +219,12 @@ fn meili_killed_during_writes_then_restarted_drains_and_equals_sled() {
     assert_eq!(json(r)["total"], 300);
     wait_until(30, "the error on the status page", || !status(&node.base)["meilisearch"]["last_error"].is_null());
     assert!(status(&node.base)["meilisearch"]["lag_rows"].as_u64().unwrap() >= 320);
+    assert!(metric(&node.base, "kiln_meilisearch_outbox_lag_rows") >= 320.0, "the backlog in /metrics too");
+    assert!(metric(&node.base, "kiln_search_requests_total{param_type=\"text\"}") >= 1.0);
     m.restart();
     wait_until(60, "the backlog drained", || lag_zero(&node.base));
+    assert_eq!(metric(&node.base, "kiln_meilisearch_outbox_lag_rows"), 0.0);
+    assert_eq!(metric(&node.base, "kiln_meilisearch_outbox_lag_seconds"), 0.0);
     m.settle();
     let live = json(client().get(node.url("/Patient?_summary=count")).send().unwrap())["total"].as_u64().unwrap();
     assert_eq!(live, 380);

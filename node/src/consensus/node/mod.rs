@@ -29,6 +29,7 @@ use super::storage::SledStorage;
 use super::transport::{FaultFilter, ForwardCheck, Frame, Hooks, Inbound, Transport};
 use super::ConsensusError;
 use crate::config::{Config, PeerConfig};
+use crate::metrics::raft::RaftMetrics;
 use crate::store::command::CommandV1;
 use crate::store::snapshot::{Capture, Staging};
 use crate::store::{Command, OpOutcome, StateMachine};
@@ -37,7 +38,8 @@ use crate::store::{Command, OpOutcome, StateMachine};
 pub type ProposalResult = Result<Vec<OpOutcome>, ConsensusError>;
 
 enum Msg {
-    Propose { data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult> },
+    /// `span`: the proposer's tracing span, entered to log this proposal's progress.
+    Propose { data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult>, span: tracing::Span },
     ConfChange { cc: ConfChangeV2, reply: oneshot::Sender<ProposalResult> },
     ReadIndex { reply: oneshot::Sender<Result<u64, ConsensusError>> },
     Peer(Inbound),
@@ -117,7 +119,8 @@ impl RaftHandle {
         if data.len() > self.max_entry_bytes {
             return Err(ConsensusError::TooLarge { bytes: data.len(), limit: self.max_entry_bytes });
         }
-        self.ask_within(timeout, |reply| Msg::Propose { data, timeout, reply }).await
+        let span = tracing::Span::current();
+        self.ask_within(timeout, |reply| Msg::Propose { data, timeout, reply, span }).await
     }
 
     /// Proposes a membership change (leader only).
@@ -154,7 +157,8 @@ impl RaftHandle {
 
 /// Starts the Raft thread (and, with peers configured, the transport) over `db`.
 /// `check` vets the command of every write a follower forwards, before this node proposes it.
-pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
+/// `metrics`: what the loop records as it goes (`crate::metrics::raft`).
+pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck, metrics: Arc<RaftMetrics>) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
     let capture = Arc::new(Capture::new(db.open_tree("snapshot_preimages")?));
@@ -274,6 +278,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck) 
         max_log_bytes: cfg.raft.log_max_bytes,
         bytes_since_compact: 0,
         status: status.clone(),
+        metrics,
     };
     node.refresh_peers();
     let handle = std::thread::Builder::new()
@@ -318,6 +323,8 @@ struct Waiter {
     timeout: Duration,
     data: Option<Vec<u8>>,
     stage: Stage,
+    /// The proposer's span (`crate::http::request_id`): `proposed` and `applied` are logged in it.
+    span: tracing::Span,
 }
 
 struct ReadWaiter {
@@ -359,6 +366,7 @@ struct Node {
     max_log_bytes: u64,
     bytes_since_compact: u64,
     status: Arc<RwLock<RaftStatus>>,
+    metrics: Arc<RaftMetrics>,
 }
 
 /// Entries kept behind the applied index by a compaction triggered by size.
@@ -394,7 +402,7 @@ impl Node {
             // Group commit: everything already queued joins this turn's Ready.
             for msg in first.into_iter().chain(rx.try_iter()) {
                 match msg {
-                    Msg::Propose { data, timeout, reply } => self.enqueue(data, timeout, reply),
+                    Msg::Propose { data, timeout, reply, span } => self.enqueue(data, timeout, reply, span),
                     Msg::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
                     Msg::ReadIndex { reply } => self.start_read(reply),
                     Msg::Peer(m) => self.on_peer(m),
@@ -417,6 +425,7 @@ impl Node {
             self.answer_reads();
             self.maybe_pin();
             self.publish_status();
+            self.metrics.proposals_in_flight.set(self.waiters.len() as i64);
         }
         for (_, w) in std::mem::take(&mut self.waiters) {
             let err = match w.stage {
@@ -442,10 +451,11 @@ impl Node {
         self.next_req
     }
 
-    fn enqueue(&mut self, data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult>) {
+    fn enqueue(&mut self, data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult>, span: tracing::Span) {
         let req = self.new_req();
         let now = Instant::now();
-        self.waiters.insert(req, Waiter { reply, deadline: now + timeout, timeout, data: Some(data), stage: Stage::Queued { not_before: now } });
+        self.metrics.proposals.inc();
+        self.waiters.insert(req, Waiter { reply, deadline: now + timeout, timeout, data: Some(data), stage: Stage::Queued { not_before: now }, span });
         self.queued.push_back(req);
     }
 
@@ -513,8 +523,11 @@ impl Node {
             let Some(data) = w.data.clone() else { continue };
             if leader == self.me {
                 match self.propose_local(context(self.me, req), data) {
-                    Ok((index, _term)) => {
+                    Ok((index, term)) => {
                         let w = self.waiters.get_mut(&req).expect("present");
+                        if tracing::enabled!(tracing::Level::DEBUG) {
+                            w.span.in_scope(|| tracing::debug!(index, term, "proposed"));
+                        }
                         w.stage = Stage::Proposed { index };
                         w.data = None;
                         self.by_index.insert(index, req);
@@ -532,6 +545,9 @@ impl Node {
             } else if let Some(t) = &self.transport {
                 let term = self.raw.raft.term;
                 w.stage = Stage::Forwarded { term, leader };
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    w.span.in_scope(|| tracing::debug!(leader, term, "forwarded to the leader"));
+                }
                 t.send(leader, Frame::Forward { origin: self.me, req_id: req, term, data });
             }
         }
@@ -559,7 +575,7 @@ impl Node {
             Ok(()) if self.raw.raft.raft_log.last_index() == before + 1 => {
                 let index = before + 1;
                 let stage = Stage::Proposed { index };
-                self.waiters.insert(req, Waiter { reply, deadline: Instant::now() + self.write_timeout, timeout: self.write_timeout, data: None, stage });
+                self.waiters.insert(req, Waiter { reply, deadline: Instant::now() + self.write_timeout, timeout: self.write_timeout, data: None, stage, span: tracing::Span::current() });
                 self.by_index.insert(index, req);
             }
             Ok(()) => {
@@ -642,7 +658,7 @@ impl Node {
             }
             match encoded {
                 Ok(bytes) if snapshot => match stream {
-                    Some(id) => super::snapshot_send::spawn(t.clone(), self.sm.capture().clone(), self.sm.tree().clone(), to, id, bytes, self.chunk_bytes),
+                    Some(id) => super::snapshot_send::spawn(t.clone(), self.sm.capture().clone(), self.sm.tree().clone(), to, id, bytes, self.chunk_bytes, self.metrics.clone()),
                     None => t.send(to, Frame::Snapshot(bytes)),
                 },
                 Ok(bytes) => t.send(to, Frame::Raft(bytes)),

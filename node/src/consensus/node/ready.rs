@@ -40,7 +40,9 @@ impl Node {
         if persisted {
             // One fsync for every write in this Ready (and every entry applied so far).
             let applied = self.sm.applied_index();
+            let fsync = std::time::Instant::now();
             self.db.flush()?;
+            self.metrics.fsync_seconds.observe(fsync.elapsed().as_secs_f64());
             self.durable_applied = applied;
         }
         self.send_messages(ready.take_persisted_messages());
@@ -69,6 +71,7 @@ impl Node {
         self.db.flush()?;
         self.durable_applied = self.sm.applied_index();
         self.snapshot_index = meta.index;
+        self.metrics.snapshot_installs.inc();
         // Proposals whose entries the snapshot may cover cannot learn their outcome: those with a
         // known index at or below it, and every forward not yet acknowledged.
         let mut covered: Vec<u64> = self.by_index.range(..=meta.index).map(|(_, r)| *r).collect();
@@ -87,6 +90,9 @@ impl Node {
         if entries.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let batch = entries.len();
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
         let mut replies = Vec::new();
         for entry in entries {
             let mine = parse_context(&entry.context).filter(|(origin, _)| *origin == self.me).map(|(_, req)| req);
@@ -108,9 +114,16 @@ impl Node {
                 if let Stage::Proposed { index } = w.stage {
                     self.forget_index(index, req);
                 }
+                if debug {
+                    let commit = self.raw.raft.raft_log.committed;
+                    w.span.in_scope(|| tracing::debug!(index = entry.index, term = entry.term, commit, "applied"));
+                }
                 replies.push((w.reply, Ok(result)));
             }
         }
+        self.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.apply_batch_entries.observe(batch as f64);
+        self.metrics.applied_entries.inc_by(batch as u64);
         // The status shows a write as applied before its proposer hears back.
         self.publish_status();
         // Forwards accepted in term T have entries of term T, and every entry of term T that will
