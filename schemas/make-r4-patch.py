@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes schemas/r4/schema-patch.json: Kiln's fixes to the upstream R4 JSON schema, as an RFC 6902
-JSON Patch applied at load time (node/src/fhir/schema.rs). Usage: python3 schemas/make-r4-patch.py
+JSON Patch applied at load time (node/src/fhir/validate/patches.rs). Usage: python3 schemas/make-r4-patch.py
 
 1. FHIR's regexes use XML Schema semantics, where \\s is only space, tab, CR, LF. In JSON-schema
    (ECMA / Rust) regexes \\s also matches U+00A0 and other Unicode spaces, so valid FHIR strings

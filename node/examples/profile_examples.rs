@@ -17,7 +17,12 @@ fn main() {
     let t = Instant::now();
     let defs = Definitions::load(version);
     let reg = Registry::load(version);
-    eprintln!("definitions and search registry loaded in {:?}", t.elapsed());
+    eprintln!(
+        "definitions and search registry loaded in {:?} (schema patched and compiled in {:?}, peak RSS {})",
+        t.elapsed(),
+        defs.validators.compile_time(),
+        peak_rss()
+    );
     // (time, file, rows or validity)
     let mut times: Vec<(Duration, String, usize)> = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -54,4 +59,11 @@ fn main() {
     for t in times.iter().rev().take(6) {
         eprintln!("{:?} {} ({})", t.0, t.1, t.2);
     }
+    eprintln!("peak RSS of the run {}", peak_rss());
+}
+
+/// The process's peak resident set size (`VmHWM`), as Linux reports it.
+fn peak_rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().to_string()).unwrap_or_else(|| "unknown".into())
 }

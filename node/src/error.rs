@@ -16,7 +16,7 @@ use crate::tenancy::TenancyError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
 use crate::export::ExportError;
-use crate::fhir::{FhirError, FhirVersion};
+use crate::fhir::{schema_heading, FhirError, FhirVersion, Issue};
 use crate::http::RequestError;
 use crate::meili::MeiliError;
 use crate::metrics::MetricsError;
@@ -221,6 +221,31 @@ pub fn set_thread_version(v: FhirVersion) {
     THREAD_VERSION.with(|c| c.set(v));
 }
 
+/// The schema issues an error carries, and the text that precedes each one's diagnostics.
+fn schema_issues(e: &ApiError) -> Option<(String, &[Issue])> {
+    match e {
+        ApiError::Fhir(FhirError::Schema { version, rtype, issues })
+        | ApiError::Write(WriteError::Fhir(FhirError::Schema { version, rtype, issues })) => {
+            Some((schema_heading(*version, rtype), issues))
+        }
+        ApiError::Entry { label, cause } => schema_issues(cause).map(|(heading, issues)| (format!("{label}: {heading}"), issues)),
+        _ => None,
+    }
+}
+
+/// The OperationOutcome of an error: one issue per schema problem, located by its FHIRPath
+/// `expression`, else one issue.
+pub fn error_outcome(e: &ApiError, code: &str) -> serde_json::Value {
+    let Some((heading, issues)) = schema_issues(e) else {
+        return operation_outcome("error", code, &e.to_string());
+    };
+    let issues: Vec<serde_json::Value> = issues
+        .iter()
+        .map(|i| json!({"severity": "error", "code": code, "diagnostics": format!("{heading}{}", i.diagnostics), "expression": [i.expression]}))
+        .collect();
+    json!({"resourceType": "OperationOutcome", "issue": issues})
+}
+
 /// An OperationOutcome with one issue.
 pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> serde_json::Value {
     json!({
@@ -247,7 +272,7 @@ impl ResponseError for ApiError {
         if status >= 500 {
             tracing::error!("{self}");
         }
-        let body = operation_outcome("error", code, &self.to_string());
+        let body = error_outcome(self, code);
         let mut b = HttpResponse::build(self.status_code());
         if status == 401 {
             // RFC 6750: say how to authenticate, and why a token was refused.
@@ -302,5 +327,27 @@ mod tests {
         let down = ApiError::Objects(ObjectsError::Unavailable { place: "p".into(), detail: "connection refused".into() });
         assert_eq!(classify(&down), (503, "transient"));
         assert_eq!(classify(&ApiError::Binary(BinaryError::ClusterNeedsS3 { limit: 1 })), (413, "too-costly"));
+    }
+
+    #[test]
+    fn schema_errors_give_one_issue_each_with_expression() {
+        let defs = crate::fhir::Definitions::load(FhirVersion::R4);
+        let body = json!({"resourceType": "Patient", "gender": "bogus", "name": [{"given": "Jo"}]});
+        let err = ApiError::Entry { label: "Bundle.entry[2] (POST Patient)".into(), cause: Box::new(defs.validate("Patient", &body, 64).unwrap_err().into()) };
+        assert_eq!(classify(&err), (400, "structure"));
+        let oo = error_outcome(&err, "structure");
+        let issues = oo["issue"].as_array().unwrap();
+        assert_eq!(issues.len(), 2, "{oo}");
+        let mut expressions: Vec<&str> = issues.iter().map(|i| i["expression"][0].as_str().unwrap()).collect();
+        expressions.sort();
+        assert_eq!(expressions, ["Patient.gender", "Patient.name[0].given"]);
+        for issue in issues {
+            let diag = issue["diagnostics"].as_str().unwrap();
+            assert!(diag.starts_with("Bundle.entry[2] (POST Patient): the body is not valid R4 (4.0.1) Patient: at /"), "{diag}");
+            assert_eq!(issue["code"], "structure");
+        }
+        let one = error_outcome(&ApiError::Fhir(FhirError::NotAnObject), "structure");
+        assert_eq!(one["issue"].as_array().unwrap().len(), 1);
+        assert!(one["issue"][0].get("expression").is_none());
     }
 }

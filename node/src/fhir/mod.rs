@@ -5,8 +5,8 @@
 pub mod elements;
 pub mod meta;
 pub mod references;
-pub mod schema;
 pub mod shape;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use elements::{Subset, SummaryMode};
-pub use schema::Validators;
+pub use validate::{Issue, Validators};
 
 /// Errors about the content of a FHIR request: what the client must fix.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +34,16 @@ pub enum FhirError {
     IdMismatch { expected: String, found: String },
     #[error("an update (PUT) must carry the resource id in the body, matching the URL id '{0}'")]
     MissingId(String),
-    #[error("the body is not valid {version} {rtype}: {details}")]
-    Schema { version: FhirVersion, rtype: String, details: String },
+    /// At most [`validate::MAX_REPORTED`] issues, each with its FHIRPath expression.
+    #[error("{}{}", schema_heading(*.version, .rtype), .issues.iter().map(|i| i.diagnostics.as_str()).collect::<Vec<_>>().join("; "))]
+    Schema { version: FhirVersion, rtype: String, issues: Vec<Issue> },
     #[error("JSON nesting deeper than the limit of {0} levels")]
     TooDeep(usize),
+}
+
+/// What precedes each schema issue's diagnostics: `the body is not valid R4 (4.0.1) Patient: `.
+pub fn schema_heading(version: FhirVersion, rtype: &str) -> String {
+    format!("the body is not valid {version} {rtype}: ")
 }
 
 /// The FHIR version a node serves.

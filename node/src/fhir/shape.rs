@@ -31,12 +31,12 @@ pub struct Shapes {
 pub fn shapes(version: FhirVersion) -> &'static Shapes {
     static R4: OnceLock<Shapes> = OnceLock::new();
     static STU3: OnceLock<Shapes> = OnceLock::new();
-    let (cell, text) = match version {
-        FhirVersion::R4 => (&R4, include_str!("../../../schemas/r4/fhir.schema.json")),
-        FhirVersion::Stu3 => (&STU3, include_str!("../../../schemas/stu3/fhir.schema.json")),
+    let cell = match version {
+        FhirVersion::R4 => &R4,
+        FhirVersion::Stu3 => &STU3,
     };
     cell.get_or_init(|| {
-        let schema: Value = serde_json::from_str(text).expect("the shipped FHIR schema is JSON");
+        let schema: Value = serde_json::from_str(super::validate::patches::upstream(version)).expect("the shipped FHIR schema is JSON");
         Shapes::from_schema(&schema)
     })
 }

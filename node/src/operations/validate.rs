@@ -3,8 +3,8 @@
 //! (`resource`, `mode`, `profile`). The resource goes through exactly what a write does before it
 //! is proposed ([`crate::actors::resource::prepare`]: id rules, server-owned meta, JSON-schema
 //! validation of every element, nesting depth), and nothing is written. The answer is `200` with
-//! an OperationOutcome: `error` issues when a write would be refused, else one `information`
-//! issue. `mode=update` also needs the id to match the URL's, `mode=delete` that the resource
+//! an OperationOutcome: the `error` issues a write would be refused with (one per schema problem,
+//! located by `expression`), else one `information` issue. `mode=update` also needs the id to match the URL's, `mode=delete` that the resource
 //! exists. Checked: the base FHIR definition of the type (the official JSON schema, with the
 //! fixes in schemas/README.md). Not checked: profiles other than the base one (a `warning` says
 //! so), terminology bindings, and FHIRPath invariants.
@@ -17,7 +17,7 @@ use super::OperationError;
 use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
 use crate::auth::{guard, Op};
-use crate::error::{classify, ApiError};
+use crate::error::{classify, error_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
 use crate::store::command::Action;
@@ -80,8 +80,9 @@ async fn validate(req: &HttpRequest, st: &AppState, rtype: &str, id: Option<&str
         }
     };
     if let Err(e) = outcome {
+        // The issues the write would have answered: one per schema problem, with `expression`.
         let (_, code) = classify(&e);
-        issues.push(json!({"severity": "error", "code": code, "diagnostics": e.to_string()}));
+        issues.extend(error_outcome(&e, code)["issue"].as_array().cloned().unwrap_or_default());
     }
     if !issues.iter().any(|i| i["severity"] == "error") {
         issues.push(json!({"severity": "information", "code": "informational",
