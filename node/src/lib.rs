@@ -20,6 +20,7 @@
 //!   tenant's data is its own key space of the state ([`store::space`]).
 //! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
 //! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
+//! - [`dataio`]: `kiln import` (NDJSON), `kiln backup` / `kiln restore` and `GET /_cluster/backup`.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod binary;
 pub mod config;
 pub mod consensus;
+pub mod dataio;
 pub mod error;
 pub mod export;
 pub mod fhir;
