@@ -1,5 +1,6 @@
 //! `GET /_cluster/backup` (operator listener, behind its token): streams this node's state at its
-//! applied index as a backup file ([`super::format`]).
+//! applied index as a backup file ([`super::format`]), after a read barrier (Raft ReadIndex), so
+//! it holds every write acknowledged before the request, on a follower too.
 //!
 //! The capture is the one the Raft snapshots use (`store::snapshot::Capture`): started on the Raft
 //! thread between two entries, so the stream is exactly the state at that index while writes go
@@ -42,6 +43,9 @@ impl Drop for Finish<'_> {
 }
 
 pub async fn backup(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Linearizable: first apply everything the leader had committed when the request came, so a
+    // backup from a follower holds every write acknowledged before it was asked for.
+    st.raft.read_barrier().await?;
     let start = st.raft.begin_backup().await?;
     let capture = st.raft.capture().clone();
     let tree = st.store.tree().tree().clone();
