@@ -28,6 +28,10 @@ use crate::store::snapshot::is_consensus_meta;
 
 /// Pairs per sled batch.
 const BATCH: usize = 10_000;
+/// Batches between flushes: sled keeps written pages in memory until they are flushed.
+const FLUSH_EVERY: usize = 10;
+/// Page cache of each database while restoring (the data is written once, not read).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What `kiln restore` was asked.
 pub struct RestoreJob {
@@ -95,7 +99,7 @@ fn write_nodes(job: &RestoreJob, ids: &[u64], manifest: &Manifest, path: &Path) 
     for &id in ids {
         let dir = node_dir(&job.data_dir, id);
         std::fs::create_dir_all(&dir).map_err(DataIoError::io(&dir))?;
-        let db = sled::Config::new().path(&dir).open()?;
+        let db = sled::Config::new().path(&dir).cache_capacity(CACHE_BYTES).open()?;
         let state = db.open_tree("state")?;
         dbs.push((db, state));
     }
@@ -106,7 +110,7 @@ fn write_nodes(job: &RestoreJob, ids: &[u64], manifest: &Manifest, path: &Path) 
     }
     let mut applied = None;
     let mut batches: Vec<sled::Batch> = dbs.iter().map(|_| sled::Batch::default()).collect();
-    let mut n = 0;
+    let (mut n, mut applied_batches) = (0, 0);
     while let Some((k, v)) = reader.next_pair()? {
         if k == keys::META_APPLIED {
             applied = Some(v.clone());
@@ -119,9 +123,13 @@ fn write_nodes(job: &RestoreJob, ids: &[u64], manifest: &Manifest, path: &Path) 
         }
         n += 1;
         if n == BATCH {
-            for ((_, state), b) in dbs.iter().zip(batches.iter_mut()) {
+            for ((db, state), b) in dbs.iter().zip(batches.iter_mut()) {
                 state.apply_batch(std::mem::take(b))?;
+                if applied_batches % FLUSH_EVERY == FLUSH_EVERY - 1 {
+                    db.flush()?;
+                }
             }
+            applied_batches += 1;
             n = 0;
         }
     }

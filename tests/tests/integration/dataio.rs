@@ -168,7 +168,7 @@ fn a_backup_under_writes_restores_into_a_new_cluster_with_equal_digests() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("seed.ndjson");
     write_ndjson(&file, &(1..=1500).map(patient).collect::<Vec<_>>(), &[]);
-    let out = kiln(&["import", "--node", &src.base(leader), file.to_str().unwrap()]);
+    let out = kiln(&["import", "--node", &src.base(leader), file.to_str().unwrap(), "--batch", "100"]);
     assert!(out.status.success(), "{}", text(&out));
 
     // Writes go on (new resources and updates) while the follower streams its backup.

@@ -4,7 +4,8 @@
 //! in a batch every entry succeeds or fails alone, so one bad line does not sink the others and
 //! the response names each failure. Entries answered 429 / 5xx are sent again (with the server's
 //! `Retry-After`); a bundle refused as a whole (400 / 413 / 422) is split in halves until the
-//! offending line is alone, and that line is the reject. Lines with an id are `PUT Type/id`
+//! offending line is alone, and that line is the reject. A bundle that keeps timing out is split
+//! too (smaller bundles are applied sooner on a loaded cluster). Lines with an id are `PUT Type/id`
 //! (update-as-create: references between files stay valid, and sending a line again is
 //! harmless); lines without one are `POST Type`.
 
@@ -17,6 +18,9 @@ use crate::dataio::DataIoError;
 
 /// Attempts for a request (or an entry) that keeps failing for transient reasons.
 const ATTEMPTS: u32 = 8;
+/// Transient failures (timeouts, 503) of a bundle of several lines before it is split in halves:
+/// a smaller bundle is applied sooner on a loaded cluster.
+const SPLIT_AFTER: u32 = 3;
 
 /// One NDJSON line, checked locally.
 #[derive(Debug, Clone)]
@@ -105,8 +109,8 @@ impl Sender {
         match self.post(lines)? {
             Posted::Entries(o) => Ok(o),
             Posted::Refused(reason) if lines.len() == 1 => Ok(vec![Some(Outcome::Rejected(reason))]),
-            Posted::Refused(_) if depth > 40 => Err(DataIoError::Refused("the server refuses every part of a bundle".into())),
-            Posted::Refused(_) => {
+            Posted::Refused(_) | Posted::Busy if depth > 40 => Err(DataIoError::Refused("the server refuses every part of a bundle".into())),
+            Posted::Refused(_) | Posted::Busy => {
                 let (a, b) = lines.split_at(lines.len() / 2);
                 let mut out = self.send_split(a, depth + 1)?;
                 out.extend(self.send_split(b, depth + 1)?);
@@ -146,6 +150,9 @@ impl Sender {
                 }
             };
             attempt += 1;
+            if attempt >= SPLIT_AFTER && lines.len() > 1 {
+                return Ok(Posted::Busy);
+            }
             if attempt >= ATTEMPTS {
                 return Err(DataIoError::Http { url, reason: format!("gave up after {ATTEMPTS} attempts: {why}") });
             }
@@ -159,6 +166,8 @@ enum Posted {
     Entries(Vec<Option<Outcome>>),
     /// The bundle as a whole was refused (why).
     Refused(String),
+    /// The bundle kept failing for transient reasons: send it in halves.
+    Busy,
 }
 
 /// The outcome of each entry of a batch-response.
