@@ -32,6 +32,9 @@ const MAX_KEY: usize = 64 * 1024;
 /// Largest value accepted (a stored version is at most a log entry).
 const MAX_VALUE: usize = 1024 * 1024 * 1024;
 
+/// One key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// A malformed or tampered backup.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -174,7 +177,7 @@ impl<R: Read> Reader<R> {
     }
 
     /// The next pair, or `None` once the trailer was read and verified.
-    pub fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, FormatError> {
+    pub fn next_pair(&mut self) -> Result<Option<Pair>, FormatError> {
         if self.done.is_some() {
             return Ok(None);
         }

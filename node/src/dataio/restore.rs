@@ -142,8 +142,7 @@ fn write_nodes(job: &RestoreJob, ids: &[u64], manifest: &Manifest, path: &Path) 
     if applied.as_deref() != Some(expected.as_slice()) {
         return Err(DataIoError::Refused(format!("the state is not at the manifest's index {} / term {}", manifest.index, manifest.term)));
     }
-    let mut cs = ConfState::default();
-    cs.voters = ids.to_vec();
+    let cs = ConfState { voters: ids.to_vec(), ..Default::default() };
     let conf = cs.write_to_bytes().map_err(|e| DataIoError::Storage(e.to_string()))?;
     for ((db, state), mut b) in dbs.into_iter().zip(batches) {
         b.insert(keys::META_APPLIED, expected.as_slice());
