@@ -193,6 +193,7 @@ fn classify_consensus(c: &ConsensusError) -> (u16, &'static str) {
         ConsensusError::TooLarge { .. } => (413, "too-costly"),
         ConsensusError::Refused(_) => (400, "invalid"),
         ConsensusError::Transport(_) => (500, "exception"),
+        ConsensusError::Busy(_) => (503, "transient"),
         ConsensusError::Raft(_) | ConsensusError::Storage(_) => (500, "exception"),
     }
 }

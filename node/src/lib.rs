@@ -21,6 +21,7 @@
 //! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
 //! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`): requests, Raft, search, storage.
+//! - [`dataio`]: `kiln import` (NDJSON), `kiln backup` / `kiln restore` and `GET /_cluster/backup`.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod binary;
 pub mod config;
 pub mod consensus;
+pub mod dataio;
 pub mod error;
 pub mod export;
 pub mod fhir;

@@ -1,6 +1,7 @@
 //! The `kiln` command line: `kiln serve` runs one node from a config file and flags; `kiln cluster`
 //! runs a local cluster and manages membership (see `kiln::launcher`); `kiln token` prints a
-//! development JWT.
+//! development JWT; `kiln import` / `kiln backup` / `kiln restore` move data in and out
+//! (`kiln::dataio`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,161 @@ enum Command {
     /// Rebuild Meilisearch from the replicated state: empties Kiln's indexes, resets the indexer's
     /// cursor through Raft, then shows progress until the backlog is 0 (safe to run again).
     Reindex(ReindexArgs),
+    /// Load NDJSON (a file, a folder of *.ndjson, or - for stdin) through batch Bundles;
+    /// resumable (a state file records the settled position); rejected lines are reported as
+    /// file:line and make the exit code 2.
+    Import(ImportArgs),
+    /// Copy one node's state at its applied index (operator API, GET /_cluster/backup) into a
+    /// folder: state.kbak and manifest.json (index, term, digests).
+    Backup(BackupArgs),
+    /// Build the data dirs of a NEW cluster (DATA_DIR/node1..N) from a backup, after checking its
+    /// digests; then `kiln cluster up --data-dir DATA_DIR` or `kiln serve --data-dir DATA_DIR/node1`.
+    Restore(RestoreArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// FILE.ndjson, a folder of *.ndjson files, or - (stdin).
+    input: PathBuf,
+    /// FHIR base URL of any node.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    node: String,
+    /// File with a bearer token (JWT or API key) when the cluster has auth on.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) for an https:// node with a private CA.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Resume file (default: FILE.kiln-import, DIR/.kiln-import; none for stdin).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Ignore the resume file and import everything again.
+    #[arg(long)]
+    restart: bool,
+    /// Lines per Bundle.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Bytes of lines per Bundle (at most; a Bundle is at least one line).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    batch_bytes: usize,
+    /// Bundles in flight (1 keeps the file's order between bundles).
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+fn import(args: ImportArgs) -> Result<ExitCode, String> {
+    use kiln::dataio::{client::Conn, import};
+    let conn = Conn::load(args.token_file.as_deref(), args.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let job = import::ImportJob {
+        node: args.node,
+        input: args.input,
+        conn,
+        state: args.state,
+        restart: args.restart,
+        batch: args.batch,
+        batch_bytes: args.batch_bytes,
+        concurrency: args.concurrency,
+    };
+    let r = import::run(&job).map_err(|e| format!("import stopped: {e} (rerun the same command to resume)"))?;
+    println!(
+        "imported {} resources in {:.1} s ({:.0} resources/s); {} lines rejected by this run; {} lines skipped (settled by an earlier run)",
+        r.imported,
+        r.secs,
+        r.per_sec(),
+        r.rejected_now,
+        r.skipped_lines
+    );
+    if let Some(p) = &r.state_file {
+        println!("progress recorded in {}", p.display());
+    }
+    if r.rejected_total == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} rejected lines (this run and earlier ones):", r.rejected_total);
+    for (file, line, reason) in r.rejects.iter().take(100) {
+        println!("  {file}:{line}: {reason}");
+    }
+    if r.rejected_total > 100 {
+        println!("  ... {} more (the state file keeps the first {} per file)", r.rejected_total - 100, kiln::dataio::import::state::MAX_KEPT);
+    }
+    Ok(ExitCode::from(2))
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The operator API (admin_listen) of the node to copy.
+    #[arg(long, default_value = "http://127.0.0.1:8180")]
+    node: String,
+    /// Folder for state.kbak and manifest.json (must not hold a backup yet).
+    #[arg(long)]
+    out: PathBuf,
+    /// File with the operator API token, when one is set.
+    #[arg(long, alias = "token-file")]
+    admin_token_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) for an https:// operator API.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Keep asking this long while the node is busy streaming a snapshot to a follower.
+    #[arg(long, default_value_t = 300)]
+    wait_secs: u64,
+}
+
+fn backup(args: BackupArgs) -> Result<(), String> {
+    use kiln::dataio::{backup, client::Conn};
+    let conn = Conn::load(args.admin_token_file.as_deref(), args.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let job = backup::BackupJob { node: args.node, out: args.out, conn, wait: std::time::Duration::from_secs(args.wait_secs) };
+    let done = backup::run(&job).map_err(|e| e.to_string())?;
+    let m = &done.manifest;
+    println!(
+        "backup of node {} at index {} (term {}): {} bytes, {} pairs, in {:.1} s ({:.1} MB/s)\nsha256 {}\ndata_sha256 {}\nwritten to {}",
+        m.node_id,
+        m.index,
+        m.term,
+        m.bytes,
+        m.pairs,
+        done.secs,
+        done.mb_per_sec(),
+        m.sha256,
+        m.data_sha256,
+        job.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// A folder written by `kiln backup`.
+    #[arg(long)]
+    from: PathBuf,
+    /// Node i's data goes to DATA_DIR/node<i> (the layout of `kiln cluster up --data-dir`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Voters of the new cluster: ids 1..=N.
+    #[arg(long, default_value_t = 1)]
+    nodes: u64,
+    /// Explicit voter ids instead of 1..=N (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    node_ids: Vec<u64>,
+}
+
+fn restore(args: RestoreArgs) -> Result<(), String> {
+    use kiln::dataio::restore;
+    let node_ids = if args.node_ids.is_empty() { (1..=args.nodes).collect() } else { args.node_ids };
+    let job = restore::RestoreJob { from: args.from, data_dir: args.data_dir, node_ids };
+    let m = restore::run(&job).map_err(|e| e.to_string())?;
+    let dirs: Vec<String> = job.node_ids.iter().map(|i| restore::node_dir(&job.data_dir, *i).display().to_string()).collect();
+    println!(
+        "restored index {} (term {}, {} pairs, data_sha256 {}) into {}\nvoters: {:?}; start them with the same node ids (kiln cluster up --nodes {} --data-dir {})",
+        m.index,
+        m.term,
+        m.pairs,
+        m.data_sha256,
+        dirs.join(", "),
+        job.node_ids,
+        job.node_ids.len(),
+        job.data_dir.display()
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -423,6 +579,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _flush_on_exit = init_logging(&cli);
     let result = match cli.command {
+        Command::Import(args) => match import(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
         Command::Serve(args) => serve(args),
         Command::Cluster(cmd) => cluster(cmd),
         Command::Token(args) => token(args),

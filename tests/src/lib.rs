@@ -193,7 +193,14 @@ impl TestCluster {
 
     /// `tweak` is applied to every node's config before it is written.
     pub fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> TestCluster {
+        Self::start_prepared(n, tweak, |_| {})
+    }
+
+    /// [`Self::start_with`], with `prepare` run on the cluster's folder (node i's data dir is
+    /// `node<i>` in it) before the nodes start: e.g. `kiln restore` into it.
+    pub fn start_prepared(n: usize, tweak: impl Fn(&mut Config), prepare: impl FnOnce(&Path)) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
         let ports = free_ports(3 * n);
         let peers: Vec<PeerConfig> = (0..n)
             .map(|i| PeerConfig {

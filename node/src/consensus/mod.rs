@@ -37,6 +37,8 @@ pub enum ConsensusError {
     TooLarge { bytes: usize, limit: usize },
     #[error("the leader refused the write: {0}")]
     Refused(String),
+    #[error("busy: {0}; retry shortly")]
+    Busy(String),
     #[error("raft: {0}")]
     Raft(String),
     #[error("raft log storage: {0}")]

@@ -3,7 +3,8 @@
 //! `/_health`. Everything that changes or reads the whole cluster is served on the separate
 //! operator listener (`admin_listen`, loopback unless a token protects it; [`configure_admin`]):
 //! membership changes (`POST /_cluster/nodes`, `DELETE /_cluster/nodes/{id}`, leader only),
-//! `/_cluster/digest` (replica comparison, hashes the whole state) and the test-only fault filter
+//! `/_cluster/digest` (replica comparison, hashes the whole state), `/_cluster/backup` (a
+//! consistent copy of the state, [`crate::dataio::endpoint`]) and the test-only fault filter
 //! (`/_cluster/faults`) and the Meilisearch rebuild (`POST /_cluster/meilisearch/reindex`,
 //! [`crate::meili::http`]). With `admin_token_file` every operator request needs
 //! `Authorization: Bearer <token>`; that check is [`require_token`], in front of every route.
@@ -135,10 +136,10 @@ pub async fn faults(st: web::Data<AppState>, body: web::Bytes) -> Result<HttpRes
 /// `GET /_cluster/digest`: a digest of this node's replicated state, for comparing replicas.
 pub async fn digest(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = st.store.clone();
-    let (applied_index, sha256, pairs) = web::block(move || store.digest())
+    let (applied_index, sha256, pairs, data_sha256) = web::block(move || store.digest())
         .await
         .map_err(|e| crate::store::StoreError::Storage(e.to_string()))??;
-    Ok(HttpResponse::Ok().json(json!({ "applied_index": applied_index, "sha256": sha256, "pairs": pairs })))
+    Ok(HttpResponse::Ok().json(json!({ "applied_index": applied_index, "sha256": sha256, "pairs": pairs, "data_sha256": data_sha256 })))
 }
 
 /// The operator listener's routes (see the module doc).
@@ -150,6 +151,7 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/nodes/{id}", web::delete().to(remove_node));
     cfg.route("/_cluster/faults", web::post().to(faults));
     cfg.route("/_cluster/digest", web::get().to(digest));
+    cfg.route("/_cluster/backup", web::get().to(crate::dataio::endpoint::backup));
     cfg.route("/_cluster/meilisearch/reindex", web::post().to(crate::meili::http::reindex));
     cfg.default_service(web::to(|req: HttpRequest| async move {
         Err::<HttpResponse, ApiError>(RequestError::NoRoute(format!("{} {} (operator API)", req.method(), req.path())).into())

@@ -150,15 +150,16 @@ impl Store {
 
     /// Digest of the whole replicated state at one applied index: (applied index, sha256, pairs).
     /// Retries while writes move the applied index during hashing.
-    pub fn digest(&self) -> Result<(u64, String, u64), StoreError> {
+    /// (applied index, sha256 of the whole state, pairs, data sha256: [`super::snapshot::digests`]).
+    pub fn digest(&self) -> Result<(u64, String, u64, String), StoreError> {
         let whole = self.tree.tree();
         let applied = || -> Result<Vec<u8>, StoreError> { Ok(whole.get(keys::META_APPLIED)?.map(|v| v.to_vec()).unwrap_or_default()) };
         loop {
             let before = applied()?;
-            let (sha, count) = super::snapshot::digest(whole)?;
+            let (sha, count, data) = super::snapshot::digests(whole)?;
             if applied()? == before {
                 let index = before.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-                return Ok((index, sha, count));
+                return Ok((index, sha, count, data));
             }
         }
     }

@@ -376,18 +376,55 @@ pub fn chunk_of<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Ve
 /// nodes at the same applied index must give the same digest; the caller checks the applied
 /// index did not move while hashing.
 pub fn digest(tree: &sled::Tree) -> Result<(String, u64), StoreError> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    let mut count = 0u64;
+    let (mut whole, mut count) = (PairHasher::default(), 0u64);
     for item in tree.iter() {
         let (k, v) = item?;
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(&k);
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(&v);
+        whole.update(&k, &v);
         count += 1;
     }
-    Ok((hex::encode(h.finalize()), count))
+    Ok((whole.finish(), count))
+}
+
+/// [`digest`] plus the data digest ([`is_consensus_meta`] keys left out): (sha256, pairs,
+/// data sha256). The data digest of a cluster restored from a backup equals the backup's.
+pub fn digests(tree: &sled::Tree) -> Result<(String, u64, String), StoreError> {
+    let (mut whole, mut data, mut count) = (PairHasher::default(), PairHasher::default(), 0u64);
+    for item in tree.iter() {
+        let (k, v) = item?;
+        whole.update(&k, &v);
+        if !is_consensus_meta(&k) {
+            data.update(&k, &v);
+        }
+        count += 1;
+    }
+    Ok((whole.finish(), count, data.finish()))
+}
+
+/// Keys that describe the Raft group rather than the data: the applied index and term, the
+/// membership and the addresses of members added at run time. A restore writes new ones; every
+/// other key (resources, history, index, jobs, cursors) is carried over byte for byte.
+pub fn is_consensus_meta(key: &[u8]) -> bool {
+    use super::keys;
+    key == keys::META_APPLIED || key == keys::META_CONF || key.starts_with(keys::META_PEER_PREFIX)
+}
+
+/// SHA-256 over key/value pairs, each with its length (u64 big-endian) first.
+#[derive(Default)]
+pub struct PairHasher(sha2::Sha256);
+
+impl PairHasher {
+    pub fn update(&mut self, k: &[u8], v: &[u8]) {
+        use sha2::Digest;
+        self.0.update((k.len() as u64).to_be_bytes());
+        self.0.update(k);
+        self.0.update((v.len() as u64).to_be_bytes());
+        self.0.update(v);
+    }
+
+    pub fn finish(self) -> String {
+        use sha2::Digest;
+        hex::encode(self.0.finalize())
+    }
 }
 
 #[cfg(test)]

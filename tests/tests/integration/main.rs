@@ -10,6 +10,7 @@ mod cluster;
 mod conditional;
 mod crash;
 mod crud;
+mod dataio;
 mod examples;
 mod export;
 mod history;

@@ -42,6 +42,7 @@ enum Msg {
     Propose { data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult>, span: tracing::Span },
     ConfChange { cc: ConfChangeV2, reply: oneshot::Sender<ProposalResult> },
     ReadIndex { reply: oneshot::Sender<Result<u64, ConsensusError>> },
+    Backup { reply: oneshot::Sender<Result<BackupStart, ConsensusError>> },
     Peer(Inbound),
     Stop,
 }
@@ -78,6 +79,15 @@ pub struct RaftStatus {
     pub peers: Vec<PeerStatus>,
 }
 
+/// A capture of the state machine started for a backup ([`RaftHandle::begin_backup`]): stream
+/// `id` of the shared [`Capture`], the state exactly at `index` (of `term`).
+#[derive(Debug, Clone, Copy)]
+pub struct BackupStart {
+    pub id: u64,
+    pub index: u64,
+    pub term: u64,
+}
+
 /// A cloneable handle to the Raft thread.
 #[derive(Clone)]
 pub struct RaftHandle {
@@ -87,6 +97,8 @@ pub struct RaftHandle {
     faults: Option<Arc<FaultFilter>>,
     /// Largest command accepted for the log: every entry must fit in one transport frame.
     max_entry_bytes: usize,
+    /// The state machine's snapshot capture (Raft snapshots and backups share it).
+    capture: Arc<Capture>,
 }
 
 impl RaftHandle {
@@ -134,6 +146,19 @@ impl RaftHandle {
         self.ask(|reply| Msg::ReadIndex { reply }).await
     }
 
+    /// Starts capturing the state machine at its applied index for a backup, on the Raft thread
+    /// (between entries, so the capture is exactly the state at that index). The caller streams
+    /// it with [`Capture::next_chunk`] and must end it with [`Capture::finish`]. `Busy` while a
+    /// snapshot transfer or another backup holds the capture.
+    pub async fn begin_backup(&self) -> Result<BackupStart, ConsensusError> {
+        self.ask(|reply| Msg::Backup { reply }).await
+    }
+
+    /// The capture [`Self::begin_backup`] starts.
+    pub fn capture(&self) -> &Arc<Capture> {
+        &self.capture
+    }
+
     pub fn status(&self) -> RaftStatus {
         self.status.read().clone()
     }
@@ -164,7 +189,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck, 
     let capture = Arc::new(Capture::new(db.open_tree("snapshot_preimages")?));
     let staging = Arc::new(Staging::new(db.open_tree(crate::store::snapshot::STAGING_TREE)?));
     let mut sm = sm.with_capture(capture.clone());
-    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some((state.clone(), capture)), &voters)?;
+    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some((state.clone(), capture.clone())), &voters)?;
     // The state machine is authoritative: its conf state and applied index are written in the
     // same batch as the data, the log's copies may lag after a crash.
     if let Some(bytes) = sm.conf_state().map_err(storage_failure)? {
@@ -299,7 +324,7 @@ pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck, 
     }
     let faults = transport.map(|t| t.faults.clone());
     let max_entry_bytes = max_entry_bytes(cfg.cluster.max_frame_bytes);
-    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults, max_entry_bytes }, handle))
+    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults, max_entry_bytes, capture }, handle))
 }
 
 /// The largest entry that fits in a frame of `max_frame` bytes with its Raft message around it.
@@ -405,6 +430,9 @@ impl Node {
                     Msg::Propose { data, timeout, reply, span } => self.enqueue(data, timeout, reply, span),
                     Msg::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
                     Msg::ReadIndex { reply } => self.start_read(reply),
+                    Msg::Backup { reply } => {
+                        let _ = reply.send(self.begin_backup());
+                    }
                     Msg::Peer(m) => self.on_peer(m),
                     Msg::Stop => stopping = true,
                 }
@@ -444,6 +472,17 @@ impl Node {
             tracing::error!("final flush failed: {e}");
         }
         self.status.write().role = "stopped";
+    }
+
+    /// [`RaftHandle::begin_backup`], on the Raft thread.
+    fn begin_backup(&mut self) -> Result<BackupStart, ConsensusError> {
+        let id = uuid::Uuid::new_v4().as_u64_pair().0;
+        let (index, term) = (self.sm.applied_index(), self.sm.applied_term());
+        if !self.sm.capture().start(id, index).map_err(storage_failure)? {
+            return Err(ConsensusError::Busy("a snapshot transfer or another backup is streaming this node's state".into()));
+        }
+        tracing::info!(index, term, stream = id, "backup capture started");
+        Ok(BackupStart { id, index, term })
     }
 
     fn new_req(&mut self) -> u64 {
