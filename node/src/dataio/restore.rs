@@ -55,6 +55,11 @@ pub fn run(job: &RestoreJob) -> Result<Manifest, DataIoError> {
         return Err(DataIoError::Usage("node ids must be distinct and non-zero".into()));
     }
     let manifest = Manifest::read(&job.from)?;
+    // The backup file sits beside its manifest: a bare file name, never a path elsewhere.
+    let bare = Path::new(&manifest.file).file_name().is_some_and(|n| n == std::ffi::OsStr::new(&manifest.file));
+    if !bare {
+        return Err(DataIoError::Refused(format!("manifest.json names the backup file {:?}: it must be a file name in {}", manifest.file, job.from.display())));
+    }
     let path = job.from.join(&manifest.file);
     // 1. The file is the one the manifest describes.
     let (sha, bytes) = file_sha256(&path)?;

@@ -19,7 +19,14 @@ use crate::search::fhirpath::{self, Expr, Item};
 
 /// JSON nodes visited while locating the elements of one patch, at most (a patch of many
 /// operations over a large resource is refused instead of taking the CPU).
-const MAX_VISITS: usize = 20_000_000;
+const MAX_VISITS: usize = 5_000_000;
+
+/// FHIRPath evaluation steps one patch may take ([`fhirpath::with_step_budget`]): nested
+/// `where(...)` clauses that restart at the resource cost N^depth, so evaluation is bounded too.
+const MAX_STEPS: u64 = 2_000_000;
+
+/// Longest `path` accepted, in bytes (FHIRPath Patch paths are short; a long one only costs).
+const MAX_PATH_BYTES: usize = 1024;
 
 /// A value given to `add`, `insert` or `replace`: its JSON and, for `value[x]`, the type suffix.
 #[derive(Debug, Clone)]
@@ -124,6 +131,9 @@ impl FhirPatch {
             let text = |k: &str| get.get(k).and_then(|p| p.get("valueCode").or_else(|| p.get("valueString"))).and_then(Value::as_str);
             let ty = text("type").ok_or_else(|| invalid(n, "missing type"))?;
             let source = text("path").ok_or_else(|| invalid(n, "missing path"))?.to_string();
+            if source.len() > MAX_PATH_BYTES {
+                return Err(invalid(n, format!("the path is longer than {MAX_PATH_BYTES} bytes")));
+            }
             let path = fhirpath::compile(&source).map_err(|e| invalid(n, format!("path '{source}': {e}")))?;
             let value = || get.get("value").ok_or_else(|| invalid(n, format!("{ty} needs a value"))).and_then(|p| part_value(p, n, 0));
             let index = |k: &str| get.get(k).ok_or_else(|| invalid(n, format!("{ty} needs {k}"))).and_then(|p| index_part(p, k, n));
@@ -176,51 +186,100 @@ fn ptr(segs: &[String]) -> json_patch::jsonptr::PointerBuf {
     json_patch::jsonptr::PointerBuf::from_tokens(segs.iter().map(String::as_str))
 }
 
-/// The segments leading from `root` to the node at address `target` (depth-first, counting the
-/// nodes visited against the patch's budget).
-fn path_to(root: &Value, target: *const Value, visits: &mut usize) -> Result<Option<Vec<String>>, RequestError> {
-    let mut stack: Vec<(&Value, Vec<String>)> = vec![(root, Vec::new())];
-    while let Some((v, at)) = stack.pop() {
+/// One step of a JSON location: an object key or an array index.
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The locations (segments from `root`) of the nodes at the addresses `targets`, in one
+/// depth-first walk that keeps, per node, only its parent's slot and its own segment (counting
+/// the nodes visited against the patch's budget). `None` for an address not in the document.
+fn locations(root: &Value, targets: &[*const Value], visits: &mut usize) -> Result<Vec<Option<Vec<String>>>, RequestError> {
+    let mut found: Vec<Option<Vec<String>>> = vec![None; targets.len()];
+    let mut left = targets.len();
+    let mut slots: Vec<(usize, Option<Seg>)> = Vec::new();
+    let mut stack: Vec<(&Value, usize)> = vec![(root, 0)];
+    slots.push((0, None));
+    while let Some((v, slot)) = stack.pop() {
+        if left == 0 {
+            break;
+        }
         *visits += 1;
         if *visits > MAX_VISITS {
             return Err(RequestError::PatchTooCostly(format!("locating its elements visited more than {MAX_VISITS} JSON nodes")));
         }
-        if std::ptr::eq(v, target) {
-            return Ok(Some(at));
+        for (i, t) in targets.iter().enumerate() {
+            if found[i].is_none() && std::ptr::eq(v, *t) {
+                let mut segs = Vec::new();
+                let mut at = slot;
+                while let (parent, Some(seg)) = slots[at] {
+                    segs.push(match seg {
+                        Seg::Key(k) => k.to_string(),
+                        Seg::Index(i) => i.to_string(),
+                    });
+                    at = parent;
+                }
+                segs.reverse();
+                found[i] = Some(segs);
+                left -= 1;
+            }
         }
         match v {
-            Value::Object(map) => stack.extend(map.iter().map(|(k, x)| (x, [at.as_slice(), &[k.clone()]].concat()))),
-            Value::Array(items) => stack.extend(items.iter().enumerate().map(|(i, x)| (x, [at.as_slice(), &[i.to_string()]].concat()))),
+            Value::Object(map) => {
+                for (k, x) in map {
+                    slots.push((slot, Some(Seg::Key(k))));
+                    stack.push((x, slots.len() - 1));
+                }
+            }
+            Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    slots.push((slot, Some(Seg::Index(i))));
+                    stack.push((x, slots.len() - 1));
+                }
+            }
             _ => {}
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// The nodes a path selects, with their locations; anything else (a `resolve()`d target, a
-/// computed value) is refused.
+/// computed value) is refused. Evaluation and the walk are bounded.
 fn select<'a>(op: &Op, body: &'a Value, visits: &mut usize) -> Result<Vec<(Vec<String>, &'a Value, Option<String>)>, RequestError> {
-    let mut out = Vec::new();
-    for item in fhirpath::eval_resource(&op.path, body) {
+    let (items, exhausted) = fhirpath::with_step_budget(MAX_STEPS, || fhirpath::eval_resource(&op.path, body));
+    if exhausted {
+        return Err(RequestError::PatchTooCostly(format!("operation {} ({}): evaluating the path took more than {MAX_STEPS} steps", op.n, op.source)));
+    }
+    let mut nodes = Vec::with_capacity(items.len());
+    for item in items {
         let Item::Node { value, ty } = item else {
             return Err(failed(op, "the path must select elements of the patched resource"));
         };
-        let at = path_to(body, value, visits)?.ok_or_else(|| failed(op, "the path must select elements of the patched resource"))?;
-        out.push((at, value, ty));
+        nodes.push((value, ty));
     }
-    Ok(out)
+    let targets: Vec<*const Value> = nodes.iter().map(|(v, _)| std::ptr::from_ref::<Value>(*v)).collect();
+    let found = locations(body, &targets, visits)?;
+    nodes
+        .into_iter()
+        .zip(found)
+        .map(|((value, ty), at)| at.map(|at| (at, value, ty)).ok_or_else(|| failed(op, "the path must select elements of the patched resource")))
+        .collect()
 }
 
 /// The location of the one list a path selects whole: (list location, its length).
 fn whole_list(op: &Op, body: &Value, visits: &mut usize) -> Result<Option<(Vec<String>, usize)>, RequestError> {
     let items = select(op, body, visits)?;
+    let not_a_list = || failed(op, "the path must select one whole list (every item of one repeating element)");
     let Some((first, _, _)) = items.first() else { return Ok(None) };
-    let parent = first[..first.len().saturating_sub(1)].to_vec();
-    let len = body.pointer(&pointer(&parent)).and_then(Value::as_array).map(Vec::len);
-    let same = items.iter().enumerate().all(|(i, (at, _, _))| at[..at.len() - 1] == parent[..] && at.last() == Some(&i.to_string()));
-    match len {
-        Some(len) if same && len == items.len() => Ok(Some((parent, len))),
-        _ => Err(failed(op, "the path must select one whole list (every item of one repeating element)")),
+    let (_, parent) = first.split_last().ok_or_else(not_a_list)?;
+    let len = body.pointer(&pointer(parent)).and_then(Value::as_array).map(Vec::len).ok_or_else(not_a_list)?;
+    let same = items.iter().enumerate().all(|(i, (at, _, _))| at.split_last().is_some_and(|(last, up)| up == parent && *last == i.to_string()));
+    if same && len == items.len() {
+        Ok(Some((parent.to_vec(), len)))
+    } else {
+        Err(not_a_list())
     }
 }
 
@@ -431,5 +490,30 @@ mod tests {
         assert!(cross.unwrap_err().to_string().contains("elements of the patched resource"));
         let root = run(&mut p, vec![op("delete", "Patient", vec![])]);
         assert!(root.unwrap_err().to_string().contains("cannot be deleted"));
+        let moved = run(&mut p, vec![op("move", "Patient", vec![json!({"name": "source", "valueInteger": 0}), json!({"name": "destination", "valueInteger": 0})])]);
+        assert!(moved.unwrap_err().to_string().contains("whole list"), "the root is no list (and no panic)");
+        let inserted = run(&mut p, vec![op("insert", "Patient.name | Patient", vec![json!({"name": "index", "valueInteger": 0}), json!({"name": "value", "valueString": "x"})])]);
+        assert!(inserted.is_err());
+    }
+
+    #[test]
+    fn hostile_paths_are_bounded() {
+        let mut p = patient();
+        // Nesting that would recurse the parser, evaluator and drop off the stack.
+        let deep = format!("{}Patient{}", "(".repeat(200), ")".repeat(200));
+        assert!(matches!(run(&mut p, vec![op("delete", &deep, vec![])]), Err(RequestError::InvalidPatch(_))));
+        let long = format!("Patient{}", ".a".repeat(600));
+        assert!(matches!(run(&mut p, vec![op("delete", &long, vec![])]), Err(RequestError::InvalidPatch(_))));
+        // where() clauses that restart at the resource: N^depth evaluations, stopped by the budget.
+        p["identifier"] = Value::Array((0..40).map(|i| json!({"value": i.to_string()})).collect());
+        let mut path = "%resource.identifier.exists()".to_string();
+        for _ in 0..6 {
+            path = format!("%resource.identifier.where({path}).exists()");
+        }
+        path = format!("Patient.identifier.where({path})");
+        let started = std::time::Instant::now();
+        let err = run(&mut p, vec![op("delete", &path, vec![])]).unwrap_err();
+        assert!(matches!(err, RequestError::PatchTooCostly(_)), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 }

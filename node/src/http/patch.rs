@@ -61,7 +61,7 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     crate::auth::guard::check_write(&ctx.principal, &st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: None, body: None, condition: Some(&cond), full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
         let id = match_one(&st, &ctx.store, rtype, &cond)?;
-        let (body, version) = patched(&st, &ctx.store, rtype, &id, &ops, if_match)?;
+        let (body, version) = patched_off_worker(&st, &ctx.store, rtype, &id, &ops, if_match).await?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id), body: Some(body), if_match: Some(version), condition: Some(cond.clone()) };
         match send_write(&ctx, &st, rtype, intent).await {
             Ok((id, applied)) => return write_response(&ctx, &st, rtype, &id, &applied),
@@ -238,11 +238,18 @@ pub fn patched(st: &AppState, store: &crate::store::Store, rtype: &str, id: &str
     Ok((body, cur.version))
 }
 
-async fn patch_and_respond(ctx: &Ctx, st: &AppState, rtype: &'static str, id: &str, ops: &PatchDoc, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
+/// [`patched`] on the blocking pool: a patch's evaluation is bounded but may take a while on a
+/// large resource, and must not hold an HTTP worker meanwhile.
+async fn patched_off_worker(st: &web::Data<AppState>, store: &crate::store::Store, rtype: &'static str, id: &str, ops: &PatchDoc, if_match: Option<u64>) -> Result<(Value, u64), ApiError> {
+    let (st, store, id, ops) = (st.clone(), store.clone(), id.to_string(), ops.clone());
+    web::block(move || patched(&st, &store, rtype, &id, &ops, if_match)).await.map_err(|e| StoreError::Storage(e.to_string()))?
+}
+
+async fn patch_and_respond(ctx: &Ctx, st: &web::Data<AppState>, rtype: &'static str, id: &str, ops: &PatchDoc, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
     // The caller's rights on the resource as it is, before the patch is applied to it.
     crate::auth::guard::check_write(&ctx.principal, st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: Some(id), body: None, condition: None, full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
-        let (body, version) = patched(st, &ctx.store, rtype, id, ops, client_if_match)?;
+        let (body, version) = patched_off_worker(st, &ctx.store, rtype, id, ops, client_if_match).await?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(version), condition: None };
         match send_write(ctx, st, rtype, intent).await {
             Ok((id, applied)) => return write_response(ctx, st, rtype, &id, &applied),

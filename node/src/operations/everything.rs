@@ -44,7 +44,7 @@ fn bad(name: &str, reason: impl Into<String>) -> ApiError {
     OperationError::BadParameter { name: name.into(), reason: reason.into() }.into()
 }
 
-async fn everything(req: &HttpRequest, st: &AppState, pid: Option<&str>, body: &[u8]) -> Result<HttpResponse, ApiError> {
+async fn everything(req: &HttpRequest, st: &web::Data<AppState>, pid: Option<&str>, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(req, st)?;
     negotiate::read_barrier(req, st).await?;
     let parameters: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
@@ -54,6 +54,11 @@ async fn everything(req: &HttpRequest, st: &AppState, pid: Option<&str>, body: &
         Some(serde_json::from_slice(body).map_err(|e| crate::http::RequestError::InvalidJson(e.to_string()))?)
     };
     let inputs = Inputs::new(parameters, ctx.params.clone());
+    for name in inputs.names() {
+        if !["_since", "_type", "_count"].contains(&name) {
+            return Err(bad(name, "$everything takes _since, _type, _count (start / end are not supported)"));
+        }
+    }
     for (k, _) in &ctx.params {
         if !(PASSED.contains(&k.as_str()) || k == "_since" || k == "_type") {
             let why = if k == "start" || k == "end" { "clinical date ranges (start / end) are not supported" } else { "$everything takes _since, _type, _count" };
@@ -74,33 +79,19 @@ async fn everything(req: &HttpRequest, st: &AppState, pid: Option<&str>, body: &
         }
         types.retain(|t| wanted.contains(t));
     }
-    let tree = ctx.store.tree();
-    let mut within: HashMap<&'static str, Ids> = HashMap::new();
     if let Some(pid) = pid {
         // The patient must exist and be readable by the caller.
         let (_, pid) = crate::http::crud::type_and_id(st, PATIENT, pid)?;
         let grant = guard::require_ctx(&ctx, st, Op::READ, PATIENT)?;
         let (_, record) = ctx.store.read(PATIENT, pid)?;
         guard::check_stored(st, &grant, PATIENT, pid, record.body())?;
-        for t in &types {
-            let mut members = Ids::new();
-            if *t == PATIENT {
-                members.extend(crate::search::posting::docnum(tree, PATIENT, pid).map_err(query::SearchError::from)?);
-            }
-            for code in st.search.compartment_params(PATIENT, t).unwrap_or_default() {
-                members |= query::referrer_docs(tree, t, &code, PATIENT, pid)?;
-            }
-            within.insert(t, members);
-        }
-    } else {
-        for t in types.iter().filter(|t| **t != PATIENT) {
-            let mut members = Ids::new();
-            for code in st.search.compartment_params(PATIENT, t).unwrap_or_default() {
-                members |= query::referrers_of_type(tree, t, &code, PATIENT)?;
-            }
-            within.insert(t, members);
-        }
     }
+    // The members' doc numbers come from index scans (at type level, of every reference to a
+    // Patient): on the blocking pool, not an HTTP worker.
+    let mut within = {
+        let (st, store, pid, types) = (st.clone(), ctx.store.clone(), pid.map(String::from), types.clone());
+        web::block(move || members(&st, &store, pid.as_deref(), &types)).await.map_err(|e| crate::store::StoreError::Storage(e.to_string()))??
+    };
     types.retain(|t| within.get(t).is_none_or(|m| !m.is_empty()));
     if types.is_empty() {
         types.push(st.defs.resource_type(PATIENT)?);
@@ -131,4 +122,29 @@ async fn everything(req: &HttpRequest, st: &AppState, pid: Option<&str>, body: &
         None => format!("/{PATIENT}/$everything"),
     };
     crate::http::search::respond_types(&ctx, st, types, params, link_params, Some(within), path).await
+}
+
+/// The doc numbers of each type's members: of `pid`'s compartment, or (type level, `None`) of
+/// every resource that references a Patient through a compartment parameter (the Patient type
+/// itself then unrestricted: every patient in the caller's reach).
+fn members(st: &AppState, store: &crate::store::Store, pid: Option<&str>, types: &[&'static str]) -> Result<HashMap<&'static str, Ids>, ApiError> {
+    let tree = store.tree();
+    let mut within = HashMap::new();
+    for t in types {
+        if pid.is_none() && *t == PATIENT {
+            continue;
+        }
+        let mut members = Ids::new();
+        if let (Some(pid), true) = (pid, *t == PATIENT) {
+            members.extend(crate::search::posting::docnum(tree, PATIENT, pid).map_err(query::SearchError::from)?);
+        }
+        for code in st.search.compartment_params(PATIENT, t).unwrap_or_default() {
+            members |= match pid {
+                Some(pid) => query::referrer_docs(tree, t, &code, PATIENT, pid)?,
+                None => query::referrers_of_type(tree, t, &code, PATIENT)?,
+            };
+        }
+        within.insert(*t, members);
+    }
+    Ok(within)
 }

@@ -189,6 +189,8 @@ async fn change(req: HttpRequest, path: web::Path<(String, String)>, payload: we
     let body = crate::http::negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
     let inputs = Inputs::new(Some(body), Vec::new());
     let wanted = inputs.meta("meta")?.clone();
+    // Rights first: a caller who may not update the type learns nothing about the resource.
+    guard::require_ctx(&ctx, &st, Op::UPDATE, rtype)?;
     for attempt in 1..=crate::http::patch::MAX_ATTEMPTS {
         let (cur, record) = ctx.store.read(rtype, id)?;
         let mut resource: Value = serde_json::from_slice(record.body()).map_err(|e| StoreError::Corrupt(format!("stored body: {e}")))?;
@@ -202,7 +204,9 @@ async fn change(req: HttpRequest, path: web::Path<(String, String)>, payload: we
         match send_write(&ctx, &st, rtype, intent).await {
             Ok((_, applied)) => {
                 let body = applied.body.ok_or_else(|| StoreError::Corrupt("an update applied without a body".into()))?;
-                return respond(&ctx, &return_meta(labels(&body)?));
+                // The resulting meta only to a caller who may read the resource.
+                let meta = if guard::may_return(&ctx, &st, rtype, id, Some(&body)) { labels(&body)? } else { json!({}) };
+                return respond(&ctx, &return_meta(meta));
             }
             Err(ApiError::Write(WriteError::Store(StoreError::VersionConflict { .. }))) if attempt < crate::http::patch::MAX_ATTEMPTS => crate::http::patch::backoff(attempt).await,
             Err(e) => return Err(e),

@@ -32,6 +32,18 @@ impl Inputs {
             .filter(move |p| p.get("name").and_then(Value::as_str) == Some(name))
     }
 
+    /// The names of the body's parameters.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.body
+            .as_ref()
+            .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Parameters"))
+            .and_then(|b| b.get("parameter"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("name").and_then(Value::as_str))
+    }
+
     /// A primitive input: the first `value[x]` of parameter `name`, else the query parameter.
     pub fn text(&self, name: &str) -> Option<String> {
         for p in self.parts(name) {

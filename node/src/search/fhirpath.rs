@@ -145,7 +145,13 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, FhirPathError> {
 struct Parser {
     toks: Vec<(usize, Tok)>,
     at: usize,
+    /// Nesting of sub-expressions (parentheses, function arguments) being parsed.
+    depth: usize,
 }
+
+/// Deepest nesting of sub-expressions accepted (expressions from clients, such as FHIRPath
+/// Patch paths, must not recurse the parser, the evaluator or the tree's drop off the stack).
+const MAX_NESTING: usize = 32;
 
 impl Parser {
     fn peek(&self) -> &Tok {
@@ -183,6 +189,16 @@ impl Parser {
 
     // implies < or/xor < and < in/contains < equality < comparison < union < is/as < postfix
     fn expr(&mut self, inside: bool) -> Result<Expr, FhirPathError> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return self.syntax(format!("sub-expressions nest deeper than {MAX_NESTING}"));
+        }
+        let e = self.or_expr(inside);
+        self.depth -= 1;
+        e
+    }
+
+    fn or_expr(&mut self, inside: bool) -> Result<Expr, FhirPathError> {
         let mut left = self.and(inside)?;
         loop {
             if self.is_word("or") {
@@ -357,7 +373,7 @@ impl Parser {
 
 /// Compiles an expression.
 pub fn compile(src: &str) -> Result<Expr, FhirPathError> {
-    let mut p = Parser { toks: tokenize(src)?, at: 0 };
+    let mut p = Parser { toks: tokenize(src)?, at: 0, depth: 0 };
     let e = p.expr(false)?;
     if p.peek() != &Tok::End {
         return p.syntax(format!("unexpected {:?} after the expression", p.peek()));
@@ -497,8 +513,42 @@ pub fn reference_type(reference: &str) -> Option<&str> {
     ty.starts_with(|c: char| c.is_ascii_uppercase()).then_some(ty)
 }
 
+thread_local! {
+    /// Evaluation steps left on this thread, and whether a charge was refused (`None`: no
+    /// budget, as for the search engine's own expressions).
+    static STEPS: std::cell::Cell<Option<(u64, bool)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with at most `steps` evaluation steps (each sub-expression evaluated and each item it
+/// yields) on this thread; returns its result and whether the budget ran out (then some
+/// evaluations stopped early with no items, so the result must be discarded).
+pub fn with_step_budget<T>(steps: u64, f: impl FnOnce() -> T) -> (T, bool) {
+    let outer = STEPS.with(|s| s.replace(Some((steps, false))));
+    let out = f();
+    let spent = STEPS.with(|s| s.replace(outer));
+    (out, spent.is_some_and(|(_, exhausted)| exhausted))
+}
+
+/// Charges `n` steps; false once the budget is spent.
+fn step(n: u64) -> bool {
+    STEPS.with(|s| match s.get() {
+        None => true,
+        Some((left, false)) if left >= n => {
+            s.set(Some((left - n, false)));
+            true
+        }
+        Some(_) => {
+            s.set(Some((0, true)));
+            false
+        }
+    })
+}
+
 /// Evaluates `e` with `focus` as `$this` over `root` (the resource).
 pub fn evaluate<'a>(e: &Expr, root: &'a Value, focus: &[Item<'a>]) -> Vec<Item<'a>> {
+    if !step(1 + focus.len() as u64) {
+        return Vec::new();
+    }
     let eval = |x: &Expr| evaluate(x, root, focus);
     match e {
         Expr::Root(t) => {
@@ -516,6 +566,9 @@ pub fn evaluate<'a>(e: &Expr, root: &'a Value, focus: &[Item<'a>]) -> Vec<Item<'
                 if let Item::Node { value, .. } = i {
                     child(&mut out, value, name);
                 }
+            }
+            if !step(out.len() as u64) {
+                return Vec::new();
             }
             out
         }

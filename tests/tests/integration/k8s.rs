@@ -28,13 +28,13 @@ fn manifests_pass_kubernetes_validate() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(k8s_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "yaml")).collect();
     files.sort();
     let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for want in ["configmap.yaml", "poddisruptionbudget.yaml", "services.yaml", "statefulset.yaml"] {
+    for want in ["configmap.yaml", "networkpolicy.yaml", "poddisruptionbudget.yaml", "services.yaml", "statefulset.yaml"] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
     let out = validate(&files);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.matches("passed").count(), 5, "every resource checked: {text}");
+    assert_eq!(text.matches("passed").count(), 6, "every resource checked: {text}");
     // The validator does reject a broken manifest (a misspelt field under --strict).
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
