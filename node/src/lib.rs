@@ -20,6 +20,9 @@
 //!   tenant's data is its own key space of the state ([`store::space`]).
 //! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
 //! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
+//! - [`terminology`]: the shipped and stored CodeSystems / ValueSets: expansion, subsumption,
+//!   the token modifiers `:in` / `:not-in` / `:below` / `:above`, `$expand`, `$lookup`,
+//!   `$validate-code`, `$subsumes`.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -43,6 +46,7 @@ pub mod meili;
 pub mod search;
 pub mod store;
 pub mod tenancy;
+pub mod terminology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
