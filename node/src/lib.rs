@@ -181,6 +181,10 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
     let state = db.open_tree("state").map_err(StoreError::from)?;
     let search = Arc::new(search::params::Registry::load(cfg.fhir_version));
+    // The shipped terminology is parsed on first use; warm it off the start path so the first
+    // `:in` or `$expand` does not wait for it.
+    let version = cfg.fhir_version;
+    std::thread::Builder::new().name("kiln-terminology".into()).spawn(move || terminology::load::shipped(version)).map_err(|e| StoreError::Storage(format!("starting the terminology loader: {e}")))?;
     // A crash in the middle of a snapshot install left part old, part new state: finish the
     // install first (before anything reads the state).
     if store::snapshot::resume_interrupted_install(&db, &state)? {

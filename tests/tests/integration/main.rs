@@ -20,3 +20,4 @@ mod search;
 mod search_examples;
 mod search_property;
 mod tenancy;
+mod terminology;
