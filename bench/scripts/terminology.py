@@ -12,44 +12,27 @@ the URL length) with _count=20 and the default total:
 
 and prints the medians and p95 in ms, checking both find the same total. It also times the first
 `:in` after start (which parses the shipped terminology if nothing did yet) and `$expand` of the
-value set.
+value set, and prints the node's log line for loading the shipped terminology (parse time, RSS growth).
 
 Usage: bench/scripts/terminology.py --kiln target/release/kiln [--codes 1000] [--observations 20000] [--runs 200]
 Only the Python standard library is used.
 """
-import argparse, json, os, random, shutil, statistics, subprocess, sys, tempfile, time
-import urllib.parse, urllib.request
+import argparse, json, os, random, shutil, statistics, subprocess, tempfile, time
+import urllib.parse
 
-from common import free_ports
+from common import free_ports, http, wait_http
 
-
-def http(method, url, data=None, headers=None, timeout=120):
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def wait_http(url, secs=120):
-    start = time.time()
-    while time.time() - start < secs:
-        try:
-            if http("GET", url, timeout=2)[0] == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"{url} did not answer")
 
 
 def put(base, rtype, body):
-    status, _ = http("PUT", f"{base}/{rtype}/{body['id']}", json.dumps(body).encode(), {"content-type": "application/fhir+json"})
+    status, _ = http("PUT", f"{base}/{rtype}/{body['id']}", json.dumps(body).encode(), headers={"content-type": "application/fhir+json"})
     assert status in (200, 201), status
 
 
 def search(base, form):
     data = urllib.parse.urlencode(form).encode()
     start = time.perf_counter()
-    status, body = http("POST", f"{base}/Observation/_search", data, {"content-type": "application/x-www-form-urlencoded"})
+    status, body = http("POST", f"{base}/Observation/_search", data, headers={"content-type": "application/x-www-form-urlencoded"})
     ms = (time.perf_counter() - start) * 1000
     assert status == 200, status
     return ms, json.loads(body)["total"]
@@ -65,10 +48,14 @@ def main():
     tmp = tempfile.mkdtemp(prefix="kiln-term-bench-")
     port, admin = free_ports(2)
     base = f"http://127.0.0.1:{port}"
+    log = open(os.path.join(tmp, "kiln.log"), "w")
     proc = subprocess.Popen([a.kiln, "serve", "--data-dir", os.path.join(tmp, "data"), "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+                            stdout=log, stderr=log, env={**os.environ, "RUST_LOG": "kiln::terminology=info,warn"})
     try:
         wait_http(base + "/metadata")
+        time.sleep(1)
+        with open(os.path.join(tmp, "kiln.log")) as f:
+            print("".join(l for l in f if "shipped terminology loaded" in l).strip() or "no load line in the node's log")
         t = time.perf_counter()
         http("GET", f"{base}/Observation?status:in=http://hl7.org/fhir/ValueSet/observation-status&_count=1")
         print(f"first :in after start (shipped terminology parsed unless the start-up warm-up was done): {(time.perf_counter() - t) * 1000:.1f} ms")
@@ -83,7 +70,7 @@ def main():
         for start in range(0, a.observations, 1000):
             entries = [{"resource": {"resourceType": "Observation", "id": f"o{i}", "status": "final", "code": {"coding": [{"system": system, "code": rng.choice(codes)}]}},
                         "request": {"method": "PUT", "url": f"Observation/o{i}"}} for i in range(start, min(start + 1000, a.observations))]
-            status, _ = http("POST", base, json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode(), {"content-type": "application/fhir+json"})
+            status, _ = http("POST", base, json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}).encode(), headers={"content-type": "application/fhir+json"})
             assert status == 200, status
         print(f"loaded {a.observations} Observations in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()

@@ -20,6 +20,9 @@ pub struct Expander<'a> {
     pub src: Source<'a>,
     pub limit: usize,
     pub key: &'static str,
+    /// Whether codes need their displays (a search does not: listed codes of a system are then
+    /// taken as listed, without reading the code system).
+    pub displays: bool,
 }
 
 /// Codes gathered in order, each (system, code) once, bounded.
@@ -164,7 +167,7 @@ impl Expander<'_> {
                 }
                 // Listed codes need not be held (e.g. SNOMED CT codes); displays come from the
                 // code system when Kiln holds it and the list gives none.
-                let cs = self.src.code_system(system, inc.version.as_deref())?;
+                let cs = if self.displays { self.src.code_system(system, inc.version.as_deref())? } else { None };
                 for (code, display) in &inc.concepts {
                     let display = display.clone().or_else(|| cs.as_ref().and_then(|cs| cs.find(code)).and_then(|i| cs.as_ref().and_then(|cs| cs.concepts[i].display.clone())));
                     gathered.push(Code { system: system.clone(), code: code.clone(), display })?;
@@ -218,7 +221,7 @@ mod tests {
     use serde_json::json;
 
     fn expand(tree: &crate::store::space::Space, version: FhirVersion, vs: serde_json::Value, limit: usize) -> Result<Vec<String>, TerminologyError> {
-        let ex = Expander { src: Source { version, tree }, limit, key: "test" };
+        let ex = Expander { src: Source { version, tree }, limit, key: "test", displays: true };
         Ok(ex.expand(&ValueSet::from_json(&vs)?, "the test value set")?.into_iter().map(|c| c.code).collect())
     }
 
@@ -268,7 +271,7 @@ mod tests {
             "compose": {"include": [{"system": "urn:colors", "filter": [{"property": "concept", "op": "is-not-a", "value": "warm"}]}]}});
         crate::search::testing::put_all(&mut ix.sm, 1, &[cs, vs]);
         let src = Source { version: FhirVersion::R4, tree: &ix.tree };
-        let ex = Expander { src, limit: 100, key: "test" };
+        let ex = Expander { src, limit: 100, key: "test", displays: true };
         let codes = |vs: &ValueSet| ex.expand(vs, "t").unwrap().into_iter().map(|c| c.code).collect::<Vec<_>>();
         assert_eq!(codes(&src.value_set("http://hl7.org/fhir/ValueSet/observation-status").unwrap()), ["cold", "blue"]);
         let by = |property: &str, op: &str, value: &str| {
@@ -282,5 +285,12 @@ mod tests {
         assert_eq!(by("concept", "generalizes", "blue"), ["cold", "blue"]);
         assert!(matches!(ex.expand(&ValueSet::from_json(&json!({"compose": {"include": [{"system": "urn:colors", "filter": [{"property": "concept", "op": "is-a", "value": "nope"}]}]}})).unwrap(), "t"), Err(TerminologyError::Invalid(_))));
         assert!(matches!(src.value_set("urn:nothing"), Err(TerminologyError::UnknownValueSet(_))));
+        // A new version is read as such (parsed definitions are cached by content, never by id).
+        let changed = json!({"resourceType": "ValueSet", "id": "vs", "url": "http://hl7.org/fhir/ValueSet/observation-status", "status": "active",
+            "compose": {"include": [{"system": "urn:colors", "concept": [{"code": "orange"}]}]}});
+        crate::search::testing::put_all(&mut ix.sm, 2, &[changed]);
+        let src = Source { version: FhirVersion::R4, tree: &ix.tree };
+        let ex = Expander { src, limit: 100, key: "test", displays: true };
+        assert_eq!(ex.expand(&src.value_set("http://hl7.org/fhir/ValueSet/observation-status").unwrap(), "t").unwrap().into_iter().map(|c| c.code).collect::<Vec<_>>(), ["orange"]);
     }
 }

@@ -191,7 +191,7 @@ pub async fn expand(req: HttpRequest, id: Id, body: web::Payload, st: web::Data<
     let out = blocking(move || {
         let src = Source { version, tree: &tree };
         let (vs, what) = value_set(&src, id.as_deref(), &args)?;
-        let codes = Expander { src, limit, key: "limits.max_expansion" }.expand(&vs, &what)?;
+        let codes = Expander { src, limit, key: "limits.max_expansion", displays: true }.expand(&vs, &what)?;
         let now = crate::fhir::meta::format_instant(crate::fhir::meta::now_micros());
         Ok(ops::expansion(&vs, codes, &page, &now))
     })
@@ -215,7 +215,7 @@ pub async fn validate_code(req: HttpRequest, id: Id, body: web::Payload, st: web
     let out = blocking(move || {
         let src = Source { version, tree: &tree };
         let (vs, what) = value_set(&src, id.as_deref(), &args)?;
-        ops::validate(&Expander { src, limit, key: "limits.max_expansion" }, &vs, &what, &codings)
+        ops::validate(&Expander { src, limit, key: "limits.max_expansion", displays: true }, &vs, &what, &codings)
     })
     .await?;
     Ok(answer(&ctx, &out))

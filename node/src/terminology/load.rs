@@ -44,17 +44,19 @@ pub struct Shipped {
 }
 
 impl Shipped {
+    /// Parses the file one line (one resource) at a time, so only one resource's JSON tree is
+    /// in memory beside what is kept.
     fn parse(text: &str) -> Result<Shipped, TerminologyError> {
-        let file: Value = serde_json::from_str(text).map_err(|e| TerminologyError::Invalid(e.to_string()))?;
         let mut out = Shipped::default();
-        for r in file["resources"].as_array().into_iter().flatten() {
+        for line in text.lines().map(|l| l.trim_end_matches(',')).filter(|l| l.starts_with("{\"resourceType\"")) {
+            let r: Value = serde_json::from_str(line).map_err(|e| TerminologyError::Invalid(e.to_string()))?;
             match r["resourceType"].as_str() {
                 Some("CodeSystem") => {
-                    let cs = CodeSystem::from_json(r)?;
+                    let cs = CodeSystem::from_json(&r)?;
                     out.code_systems.insert(cs.url.clone(), Arc::new(cs));
                 }
                 Some("ValueSet") => {
-                    let vs = ValueSet::from_json(r)?;
+                    let vs = ValueSet::from_json(&r)?;
                     let url = vs.url.clone().ok_or_else(|| TerminologyError::Invalid("a shipped ValueSet without url".into()))?;
                     out.value_sets.insert(url, Arc::new(vs));
                 }
@@ -75,11 +77,20 @@ pub fn shipped(version: FhirVersion) -> &'static Shipped {
         FhirVersion::Stu3 => &STU3,
     };
     cell.get_or_init(|| {
-        let started = std::time::Instant::now();
+        let (started, rss_before) = (std::time::Instant::now(), rss_kb());
         let s = Shipped::parse(source(version)).expect("the committed terminology file parses");
-        tracing::info!(?version, code_systems = s.code_systems.len(), value_sets = s.value_sets.len(), ms = started.elapsed().as_millis() as u64, "shipped terminology loaded");
+        // Approximate: other threads allocate meanwhile (the figure is for docs/benchmarks.md).
+        let rss_growth_kb = rss_kb().zip(rss_before).map(|(after, before)| after.saturating_sub(before));
+        tracing::info!(?version, code_systems = s.code_systems.len(), value_sets = s.value_sets.len(), ms = started.elapsed().as_millis() as u64, ?rss_growth_kb, "shipped terminology loaded");
         s
     })
+}
+
+/// This process's resident set in KiB (Linux; `None` elsewhere).
+fn rss_kb() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
 }
 
 /// Splits a canonical `url|version`.
@@ -99,9 +110,53 @@ pub struct Source<'a> {
     pub tree: &'a Space,
 }
 
+/// Stored definitions parsed before, by the SHA-256 of their type and JSON: a resource version's content
+/// never changes, so a hit is exactly what parsing would give (on every node alike). Bounded by
+/// [`CACHE_WEIGHT`] concepts and codes; emptied when full.
+#[derive(Default)]
+struct Cache {
+    parsed: HashMap<[u8; 32], Parsed>,
+    weight: usize,
+}
+
+#[derive(Clone)]
+enum Parsed {
+    CodeSystem(Arc<CodeSystem>),
+    ValueSet(Arc<ValueSet>),
+}
+
+const CACHE_WEIGHT: usize = 500_000;
+
+static CACHE: OnceLock<parking_lot::Mutex<Cache>> = OnceLock::new();
+
+/// `json` parsed with `parse`, from the cache when it was parsed before.
+fn parsed(rtype: &str, json: &[u8], parse: impl FnOnce(&Value) -> Result<Parsed, TerminologyError>) -> Result<Parsed, TerminologyError> {
+    let key: [u8; 32] = sha2::Sha256::new().chain_update(rtype).chain_update([0]).chain_update(json).finalize().into();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().parsed.get(&key) {
+        return Ok(p.clone());
+    }
+    let v: Value = serde_json::from_slice(json).map_err(|e| crate::store::StoreError::Corrupt(format!("a stored terminology resource: {e}")))?;
+    let p = parse(&v)?;
+    let weight = 1 + match &p {
+        Parsed::CodeSystem(cs) => cs.concepts.len(),
+        Parsed::ValueSet(vs) => vs.include.iter().chain(&vs.exclude).map(|i| i.concepts.len() + 1).sum::<usize>() + vs.contains.len(),
+    };
+    let mut c = cache.lock();
+    if c.weight + weight > CACHE_WEIGHT {
+        c.parsed.clear();
+        c.weight = 0;
+    }
+    if weight <= CACHE_WEIGHT {
+        c.weight += weight;
+        c.parsed.insert(key, p.clone());
+    }
+    Ok(p)
+}
+
 impl Source<'_> {
-    /// The current body of a live resource.
-    fn body(&self, rtype: &str, id: &str) -> Result<Option<Value>, TerminologyError> {
+    /// The current JSON of a live resource.
+    fn raw(&self, rtype: &str, id: &str) -> Result<Option<VersionRecord>, TerminologyError> {
         cost::charge(2)?;
         let Some(cur) = self.tree.get(keys::current(rtype, id))? else { return Ok(None) };
         let cur = Current::decode(&cur)?;
@@ -109,13 +164,19 @@ impl Source<'_> {
             return Ok(None);
         }
         let Some(raw) = self.tree.get(keys::version(rtype, id, cur.version))? else { return Ok(None) };
-        let rec = VersionRecord::decode(raw)?;
+        Ok(Some(VersionRecord::decode(raw)?))
+    }
+
+    /// The current body of a live resource.
+    fn body(&self, rtype: &str, id: &str) -> Result<Option<Value>, TerminologyError> {
+        let Some(rec) = self.raw(rtype, id)? else { return Ok(None) };
         let v = serde_json::from_slice(rec.body()).map_err(|e| crate::store::StoreError::Corrupt(format!("stored {rtype}/{id}: {e}")))?;
         Ok(Some(v))
     }
 
-    /// The stored resource of `rtype` with this url (and version, when several have the url).
-    fn stored(&self, rtype: &'static str, url: &str, version: Option<&str>) -> Result<Option<Value>, TerminologyError> {
+    /// The stored resource of `rtype` with this url (and version, when several have the url),
+    /// parsed by `parse`.
+    fn stored(&self, rtype: &'static str, url: &str, version: Option<&str>, parse: fn(&Value) -> Result<Parsed, TerminologyError>) -> Result<Option<Parsed>, TerminologyError> {
         let mut docs = roaring::RoaringBitmap::new();
         posting::scan(self.tree, &exact_prefix(rtype, "url", b'u', &[url]), &mut docs)?;
         if docs.is_empty() {
@@ -128,13 +189,16 @@ impl Source<'_> {
         for doc in &docs {
             cost::charge(1)?;
             let Some(id) = posting::doc_id(self.tree, rtype, doc)? else { continue };
-            if let Some(body) = self.body(rtype, &id)? {
-                found.push(body);
+            if let Some(rec) = self.raw(rtype, &id)? {
+                found.push(parsed(rtype, rec.body(), parse)?);
             }
         }
         if found.len() > 1 {
             if let Some(v) = version {
-                found.retain(|b| b["version"].as_str() == Some(v));
+                found.retain(|p| match p {
+                    Parsed::CodeSystem(cs) => cs.version.as_deref() == Some(v),
+                    Parsed::ValueSet(vs) => vs.version.as_deref() == Some(v),
+                });
             }
         }
         match found.len() {
@@ -145,11 +209,11 @@ impl Source<'_> {
 
     /// The code system with `url` (`None`: neither stored nor shipped).
     pub fn code_system(&self, url: &str, version: Option<&str>) -> Result<Option<Arc<CodeSystem>>, TerminologyError> {
-        if let Some(body) = self.stored("CodeSystem", url, version)? {
-            let cs = CodeSystem::from_json(&body)?;
-            // Parsing a stored code system is work in proportion to its concepts.
+        if let Some(Parsed::CodeSystem(cs)) = self.stored("CodeSystem", url, version, |v| Ok(Parsed::CodeSystem(Arc::new(CodeSystem::from_json(v)?))))? {
+            // Reading a stored code system is work in proportion to its concepts (charged
+            // whether or not it was parsed before: the budget must not depend on a node's cache).
             cost::charge(cs.concepts.len() as u64)?;
-            return Ok(Some(Arc::new(cs)));
+            return Ok(Some(cs));
         }
         Ok(shipped(self.version).code_systems.get(url).cloned())
     }
@@ -172,8 +236,8 @@ impl Source<'_> {
     /// The value set with canonical `url[|version]`.
     pub fn value_set(&self, canonical: &str) -> Result<Arc<ValueSet>, TerminologyError> {
         let (url, version) = split_canonical(canonical);
-        if let Some(body) = self.stored("ValueSet", url, version)? {
-            return Ok(Arc::new(ValueSet::from_json(&body)?));
+        if let Some(Parsed::ValueSet(vs)) = self.stored("ValueSet", url, version, |v| Ok(Parsed::ValueSet(Arc::new(ValueSet::from_json(v)?))))? {
+            return Ok(vs);
         }
         shipped(self.version).value_sets.get(url).cloned().ok_or_else(|| TerminologyError::UnknownValueSet(canonical.to_string()))
     }
@@ -191,9 +255,9 @@ mod tests {
     #[test]
     fn shipped_files_load_for_both_versions() {
         for (version, css, vss) in [(FhirVersion::R4, 1061, 1316), (FhirVersion::Stu3, 941, 1154)] {
-            let started = std::time::Instant::now();
+            let (started, before) = (std::time::Instant::now(), rss_kb());
             let s = Shipped::parse(source(version)).unwrap();
-            eprintln!("{version:?}: {} bytes parsed in {:?}", source(version).len(), started.elapsed());
+            eprintln!("{version:?}: {} bytes parsed in {:?}, RSS {:?} KiB -> {:?} KiB", source(version).len(), started.elapsed(), before, rss_kb());
             assert_eq!((s.code_systems.len(), s.value_sets.len()), (css, vss), "{version:?}");
         }
         let r4 = shipped(FhirVersion::R4);

@@ -197,7 +197,7 @@ mod tests {
         assert!(matches!(subsumes(&act, "AMB", "nope"), Err(TerminologyError::UnknownCode { .. })));
         assert!(matches!(code_system(&src, "http://snomed.info/sct", None), Err(TerminologyError::NotHeld { .. })));
 
-        let ex = Expander { src, limit: 1000, key: "test" };
+        let ex = Expander { src, limit: 1000, key: "test", displays: true };
         let vs = src.value_set("http://hl7.org/fhir/ValueSet/observation-status").unwrap();
         let ok = validate(&ex, &vs, "observation-status", &[Coding { system: Some("http://hl7.org/fhir/observation-status".into()), code: "final".into(), ..Default::default() }]).unwrap();
         assert_eq!(param(&ok, "result").unwrap()["valueBoolean"], true);

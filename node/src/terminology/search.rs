@@ -39,7 +39,7 @@ pub fn pairs(src: Source<'_>, modifier: &str, param: &str, values: &[String]) ->
         match modifier {
             "in" | "not-in" => {
                 let vs = src.value_set(v)?;
-                let ex = Expander { src, limit: SEARCH_MAX_CODES, key: "a fixed limit of search modifiers" };
+                let ex = Expander { src, limit: SEARCH_MAX_CODES, key: "a fixed limit of search modifiers", displays: false };
                 for c in ex.expand(&vs, v)? {
                     add(&c.system, &c.code)?;
                 }
