@@ -208,7 +208,7 @@ pub async fn validate_code(req: HttpRequest, id: Id, body: web::Payload, st: web
         codings.extend(cc["coding"].as_array().into_iter().flatten().filter_map(Coding::from_json));
     }
     if codings.is_empty() {
-        return Err(TerminologyError::from(bad("code", "give code (with system), coding or codeableConcept")).into());
+        return Err(bad("code", "give code (with system), coding or codeableConcept").into());
     }
     let (tree, version, limit) = (ctx.store.tree().clone(), st.defs.version, st.cfg.limits.max_expansion);
     let id = id.map(web::Path::into_inner);
@@ -244,7 +244,7 @@ pub async fn subsumes(req: HttpRequest, id: Id, body: web::Payload, st: web::Dat
     let a = args.coding("codingA", "codeA")?.ok_or_else(|| bad("codeA", "give codeA and codeB (with system), or codingA and codingB"))?;
     let b = args.coding("codingB", "codeB")?.ok_or_else(|| bad("codeB", "give codeA and codeB (with system), or codingA and codingB"))?;
     if a.system.is_some() && b.system.is_some() && a.system != b.system {
-        return Err(TerminologyError::from(bad("codingB", "codingA and codingB are in different code systems")).into());
+        return Err(bad("codingB", "codingA and codingB are in different code systems").into());
     }
     let (tree, version) = (ctx.store.tree().clone(), st.defs.version);
     let id = id.map(web::Path::into_inner);
