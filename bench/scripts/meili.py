@@ -19,28 +19,11 @@ Only the Python standard library is used.
 import argparse, glob, json, os, shutil, socket, statistics, subprocess, sys, tempfile, threading, time
 import urllib.request, urllib.error
 
-from common import free_ports
+from common import free_ports, http, wait_http
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEILI = os.path.normpath(os.path.join(HERE, "../../../shared/tools/meilisearch/meilisearch"))
 
-
-def http(method, url, data=None, timeout=120, headers=None):
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def wait_http(url, secs=120):
-    start = time.time()
-    while time.time() - start < secs:
-        try:
-            if http("GET", url, timeout=2)[0] == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"{url} did not answer")
 
 
 class Meili:

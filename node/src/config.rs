@@ -198,6 +198,10 @@ pub struct Limits {
     /// Most history rows read to answer one `_history` page (`_at` and `_since` filters skip rows);
     /// past it the request answers 400 too-costly.
     pub max_history_scan: usize,
+    /// Most codes a terminology operation (`ValueSet/$expand`, `$validate-code`) may expand a
+    /// value set to; past it the request answers 422 too-costly. (The search modifiers `:in` /
+    /// `:below` have a fixed bound, `terminology::SEARCH_MAX_CODES`: conditions decide writes.)
+    pub max_expansion: usize,
 }
 
 /// Consensus timing and log retention.
@@ -262,6 +266,7 @@ impl Default for Limits {
             max_include_resources: 1000,
             max_sort_matches: 100_000,
             max_history_scan: 100_000,
+            max_expansion: 10_000,
         }
     }
 }
@@ -315,6 +320,9 @@ impl Config {
         self.meilisearch.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
+        }
+        if self.limits.max_expansion == 0 {
+            return bad("limits.max_expansion must be positive".into());
         }
         if self.limits.default_page_size == 0 || self.limits.max_page_size < self.limits.default_page_size {
             return bad("limits: need 0 < default_page_size <= max_page_size".into());

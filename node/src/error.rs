@@ -13,6 +13,7 @@ use crate::binary::BinaryError;
 use crate::objects::ObjectsError;
 use crate::operations::OperationError;
 use crate::tenancy::TenancyError;
+use crate::terminology::TerminologyError;
 use crate::config::ConfigError;
 use crate::consensus::ConsensusError;
 use crate::export::ExportError;
@@ -56,6 +57,8 @@ pub enum ApiError {
     Operation(#[from] OperationError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Terminology(#[from] TerminologyError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -99,8 +102,10 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             SearchError::BadValue { .. } => (400, "value"),
             SearchError::NotSupported(_) => (400, "not-supported"),
             SearchError::TooCostly(_) => (400, "too-costly"),
+            SearchError::Terminology(t) => classify_terminology(t),
             SearchError::Store(s) => classify_store(s),
         },
+        ApiError::Terminology(t) => classify_terminology(t),
         ApiError::Auth(a) => match a {
             AuthError::Missing | AuthError::Invalid(_) => (401, "login"),
             AuthError::Forbidden(_) => (403, "forbidden"),
@@ -151,6 +156,22 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             MetricsError::Register { .. } | MetricsError::Encode(_) => (500, "exception"),
         },
         ApiError::Entry { cause, .. } => classify(cause),
+    }
+}
+
+/// Terminology: a system Kiln does not hold, or an expansion past its bound, is unprocessable
+/// (422) with the system or the limit named; bad input is a 400.
+fn classify_terminology(t: &TerminologyError) -> (u16, &'static str) {
+    match t {
+        TerminologyError::UnknownValueSet(_) => (400, "not-found"),
+        TerminologyError::UnknownCode { .. } => (404, "not-found"),
+        TerminologyError::NotHeld { .. } | TerminologyError::Unsupported(_) => (422, "not-supported"),
+        TerminologyError::TooLarge { .. } => (422, "too-costly"),
+        TerminologyError::Ambiguous { .. } => (400, "multiple-matches"),
+        TerminologyError::BadParameter { .. } => (400, "value"),
+        TerminologyError::Invalid(_) => (400, "invalid"),
+        TerminologyError::TooCostly(_) => (400, "too-costly"),
+        TerminologyError::Store(s) => classify_store(s),
     }
 }
 

@@ -22,6 +22,9 @@
 //! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`): requests, Raft, search, storage.
 //! - [`dataio`]: `kiln import` (NDJSON), `kiln backup` / `kiln restore` and `GET /_cluster/backup`.
+//! - [`terminology`]: the shipped and stored CodeSystems / ValueSets: expansion, subsumption,
+//!   the token modifiers `:in` / `:not-in` / `:below` / `:above`, `$expand`, `$lookup`,
+//!   `$validate-code`, `$subsumes`.
 //! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
@@ -48,6 +51,7 @@ pub mod metrics;
 pub mod search;
 pub mod store;
 pub mod tenancy;
+pub mod terminology;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,6 +188,10 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
     let state = db.open_tree("state").map_err(StoreError::from)?;
     let search = Arc::new(search::params::Registry::load(cfg.fhir_version));
+    // The shipped terminology is parsed on first use; warm it off the start path so the first
+    // `:in` or `$expand` does not wait for it.
+    let version = cfg.fhir_version;
+    std::thread::Builder::new().name("kiln-terminology".into()).spawn(move || terminology::load::shipped(version)).map_err(|e| StoreError::Storage(format!("starting the terminology loader: {e}")))?;
     // A crash in the middle of a snapshot install left part old, part new state: finish the
     // install first (before anything reads the state).
     if store::snapshot::resume_interrupted_install(&db, &state)? {

@@ -146,8 +146,8 @@ fn search_params(st: &AppState, rtype: &str) -> Vec<Value> {
 
 /// The `rest.documentation` text: what search supports, depending on Meilisearch.
 fn documentation(st: &AppState) -> String {
-    let common = "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter listed in searchParam (composite ones with token/reference/string/uri leading components; of the special ones, near); modifiers :missing, :exact, :contains (string), :text, :not, :of-type (token), :[type], :identifier (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining and _has up to 64 links deep (at most 10,000 links per parameter; beyond: 400 too-costly); _include and _revinclude with :iterate and Type:*.";
-    let unsupported = "Not supported (400): :in, :not-in, :above/:below on tokens (they need a terminology server), _sort on composite parameters, composite parameters with a leading number/date/quantity component";
+    let common = "Reads are served by any node; every write is committed through Raft before it is acknowledged. Batch and transaction bundles (POST /): a whole bundle is one Raft entry; transactions are all-or-nothing on every node. Conditional PATCH (PATCH /[type]?search) is supported. Search: every official parameter listed in searchParam (composite ones with token/reference/string/uri leading components; of the special ones, near); modifiers :missing, :exact, :contains (string), :text, :not, :of-type, :in, :not-in, :below, :above (token; :in / :not-in take a ValueSet url, :below / :above system|code, against the shipped FHIR, HL7 v2 and v3 terminology and the CodeSystem / ValueSet resources stored here, at most 10,000 codes; code systems not held, such as SNOMED CT and LOINC, are a 422), :[type], :identifier (reference), :below, :above (uri); prefixes eq ne gt lt ge le sa eb ap. Chaining and _has up to 64 links deep (at most 10,000 links per parameter; beyond: 400 too-costly); _include and _revinclude with :iterate and Type:*.";
+    let unsupported = "Not supported (400): _sort on composite parameters, composite parameters with a leading number/date/quantity component";
     match &st.meili {
         Some(m) => format!(
             "{common} _content (every string) and _text (the narrative) are full-text searches answered by Meilisearch, ANDed with the other criteria; ordered by relevance (_sort=_score, the default for them) with entry.search.score; at most {} text matches per query (beyond: 400 too-costly); 503 while Meilisearch is unreachable or behind. {unsupported}, _filter, _list, _query.",
@@ -160,15 +160,19 @@ fn documentation(st: &AppState) -> String {
 /// The Bulk Data Access IG's canonical base.
 const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
 
-/// An operation entry (STU3 refers to its definition by Reference).
+/// An operation entry.
 fn op_entry(st: &AppState, name: &str, url: &str) -> Value {
-    let definition = if st.defs.version == FhirVersion::Stu3 { json!({"reference": url}) } else { json!(url) };
-    json!({"name": name, "definition": definition})
+    json!({"name": name, "definition": definition(st, url)})
 }
 
 /// A Bulk Data export operation entry.
 fn operation(st: &AppState, op: &str) -> Value {
     op_entry(st, "export", &format!("{BULK_DATA}/OperationDefinition/{op}"))
+}
+
+/// An operation's `definition`: a canonical (STU3: a Reference to it).
+fn definition(st: &AppState, url: &str) -> Value {
+    if st.defs.version == FhirVersion::Stu3 { json!({"reference": url}) } else { json!(url) }
 }
 
 pub fn build(st: &AppState, base: &str) -> Value {
@@ -204,6 +208,8 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "Group" => ops.push(operation(st, "group-export")),
                 _ => {}
             }
+            // Terminology operations (crate::terminology::http).
+            ops.extend(crate::terminology::http::OPERATIONS.iter().filter(|(rtype, _, _)| rtype == t).map(|(_, name, url)| op_entry(st, name, url)));
             r["operation"] = json!(ops);
             r
         })

@@ -161,6 +161,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_export/{job}", web::get().to(export::status));
     cfg.route("/_export/{job}", web::delete().to(export::cancel));
     cfg.route("/_export/{job}/{file}", web::get().to(export::file));
+    // Terminology operations ($expand, $validate-code, $lookup, $subsumes).
+    crate::terminology::http::configure(cfg);
     // $everything, $validate, $meta, $meta-add, $meta-delete.
     crate::operations::configure(cfg);
     // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead
@@ -229,6 +231,11 @@ async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 pub fn classify<'a>(method: &str, segments: &[&'a str]) -> (&'static str, &'a str, &'a str) {
     if segments.first().is_some_and(|s| s.starts_with('_') || s.starts_with('$') || s.starts_with('.')) && segments.first() != Some(&"_history") {
         return ("other", "", "");
+    }
+    // `/{type}/$op`, `/{type}/{id}/$op`: an operation, not a read or a compartment search.
+    if segments.last().is_some_and(|s| s.starts_with('$')) {
+        let id = if segments.len() == 3 { segments[1] } else { "" };
+        return ("operation", segments[0], id);
     }
     let method = if method == "HEAD" { "GET" } else { method };
     match INTERACTIONS.iter().find(|i| i.method == method && shape_matches(i.path, segments)) {

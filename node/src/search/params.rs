@@ -108,8 +108,11 @@ pub struct Registry {
     pub failures: Vec<(String, FhirPathError)>,
     /// Compartment definitions: compartment type → member type → parameters linking to it.
     pub compartments: HashMap<String, HashMap<String, Vec<String>>>,
-    /// Identifies the definitions the registry was built from (the index records it).
+    /// Identifies the definitions the registry was built from (the index records it): the search
+    /// parameters and the shipped terminology (conditions with `:in` / `:below` read it).
     pub fingerprint: String,
+    /// The FHIR version the definitions are of (the shipped terminology of the modifiers).
+    pub version: FhirVersion,
 }
 
 #[derive(Deserialize)]
@@ -135,10 +138,17 @@ impl Registry {
     /// Loads and compiles the registry of `version`.
     pub fn load(version: FhirVersion) -> Registry {
         let file: File = serde_json::from_str(source(version)).expect("the committed search parameter registry is valid JSON");
-        let mut reg = Registry::default();
-        reg.fingerprint = format!("{version:?}-{}", hex::encode(&sha2::Sha256::digest(source(version).as_bytes())[..8]));
         let comps: CompartmentFile = serde_json::from_str(compartment_source(version)).expect("the committed compartment file is valid JSON");
-        reg.compartments = comps.compartments;
+        let mut reg = Registry {
+            fingerprint: format!(
+                "{version:?}-{}-{}",
+                hex::encode(&sha2::Sha256::digest(source(version).as_bytes())[..8]),
+                crate::terminology::load::fingerprint(version)
+            ),
+            version,
+            compartments: comps.compartments,
+            ..Registry::default()
+        };
         let by_url: HashMap<String, ParamDef> = file.parameters.iter().map(|d| (d.url.clone(), d.clone())).collect();
         let by_base_code: HashMap<(String, String), ParamDef> =
             file.parameters.iter().flat_map(|d| d.base.iter().map(move |b| ((b.clone(), d.code.clone()), d.clone()))).collect();

@@ -8,6 +8,7 @@ use super::date_query::DateTest;
 use super::decimal::Decimal;
 use super::params::{ParamType, Registry, SearchParam};
 use super::query::SearchError;
+use crate::fhir::FhirVersion;
 
 /// Result parameters: handled by the HTTP layer, not criteria.
 pub const CONTROL: &[&str] = &["_count", "_sort", "_total", "_summary", "_elements", "_format", "_pretty", "_page", "_include", "_revinclude", "_include:iterate", "_revinclude:iterate", "_include:recurse", "_revinclude:recurse"];
@@ -69,6 +70,10 @@ pub enum Link {
     /// own resource too). What a `patient/` grant's conditional writes are confined to, in the
     /// replicated condition, so apply decides within the compartment on every node.
     Compartment { ctype: String, id: String, codes: Vec<String> },
+    /// `:in` / `:not-in` / `:below` / `:above` on a token: the codes come from a ValueSet or
+    /// CodeSystem, stored (read from the searched state) or shipped for this FHIR version
+    /// ([`crate::terminology::search`]).
+    Terms(FhirVersion),
 }
 
 /// A parsed search: criteria (AND-ed) and the parameters ignored under `handling=lenient`.
@@ -86,7 +91,7 @@ impl Query {
                 Some(Link::Chain(links)) => links.iter().any(|(_, inner)| walk(inner, test)),
                 Some(Link::Has { inner, .. }) => walk(inner, test),
                 Some(Link::Compartment { .. }) => false,
-                None => test(c),
+                Some(Link::Terms(_)) | None => test(c),
             }
         }
         self.criteria.iter().any(|c| walk(c, test))
@@ -106,6 +111,13 @@ impl Query {
                 Some(Link::Has { source, inner }) => {
                     out.push(source.clone());
                     walk(inner, out);
+                }
+                // Terminology reads stored ValueSets and CodeSystems.
+                Some(Link::Terms(_)) => {
+                    if matches!(c.modifier.as_deref(), Some("in" | "not-in")) {
+                        out.push("ValueSet".into());
+                    }
+                    out.push("CodeSystem".into());
                 }
                 Some(Link::Compartment { .. }) | None => {}
             }
@@ -273,7 +285,9 @@ fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, links: &mut L
     if modifier.is_none() {
         check_values(param, &values)?;
     }
-    Ok(Criterion { param: param.clone(), modifier, values, link: None })
+    let terms = param.def.kind == ParamType::Token && modifier.as_deref().is_some_and(|m| crate::terminology::search::MODIFIERS.contains(&m));
+    let link = terms.then_some(Link::Terms(reg.version));
+    Ok(Criterion { param: param.clone(), modifier, values, link })
 }
 
 /// Date and number values are checked when the search is parsed, so a bad one is a 400 (or,
@@ -302,13 +316,10 @@ fn check_modifier(p: &SearchParam, m: &str) -> Result<(), SearchError> {
     let ok = match (p.def.kind, m) {
         (_, "missing") => true,
         (ParamType::String, "exact" | "contains") => true,
-        (ParamType::Token, "text" | "not" | "of-type") => true,
+        (ParamType::Token, "text" | "not" | "of-type" | "in" | "not-in" | "above" | "below") => true,
         (ParamType::Reference, "identifier") => true,
         (ParamType::Uri, "below" | "above") => true,
         (ParamType::Reference, t) => t.starts_with(|c: char| c.is_ascii_uppercase()),
-        (ParamType::Token, "in" | "not-in" | "above" | "below") => {
-            return Err(SearchError::NotSupported(format!(":{m} on {} (a terminology server is needed)", p.def.code)))
-        }
         _ => false,
     };
     if ok {

@@ -32,6 +32,10 @@ pub enum SearchError {
     NotSupported(String),
     #[error("search too costly: {0}")]
     TooCostly(String),
+    /// A terminology modifier that cannot be evaluated (storage failures and spent budgets are
+    /// [`SearchError::Store`] / [`SearchError::TooCostly`], as for every other criterion).
+    #[error(transparent)]
+    Terminology(crate::terminology::TerminologyError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -41,6 +45,17 @@ impl From<PostingError> for SearchError {
         match e {
             PostingError::TooCostly(x) => x.into(),
             e => SearchError::Store(e.into()),
+        }
+    }
+}
+
+impl From<crate::terminology::TerminologyError> for SearchError {
+    fn from(e: crate::terminology::TerminologyError) -> Self {
+        use crate::terminology::TerminologyError as T;
+        match e {
+            T::Store(s) => SearchError::Store(s),
+            T::TooCostly(x) => SearchError::TooCostly(x),
+            e => SearchError::Terminology(e),
         }
     }
 }
@@ -228,6 +243,10 @@ impl Executor<'_> {
                     out |= self.docs([id.as_str()])?;
                 }
                 return Ok(out & self.all()?);
+            }
+            Some(Link::Terms(version)) => {
+                let hits = crate::terminology::search::docs(self.tree, *version, self.rtype, c)?;
+                return Ok(if c.modifier.as_deref() == Some("not-in") { self.all()? - hits } else { hits });
             }
             Some(Link::Has { source, inner }) => {
                 let mut targets = Vec::new();
@@ -739,7 +758,7 @@ mod tests {
         // refusals
         assert!(matches!(search(&tree, &reg, "Patient", "nonsense=1"), Err(SearchError::UnknownParameter { .. })));
         assert!(matches!(search(&tree, &reg, "Patient", "birthdate=yesterday"), Err(SearchError::BadValue { .. })));
-        assert!(matches!(search(&tree, &reg, "Observation", "code:in=http://vs"), Err(SearchError::NotSupported(_))));
+        assert!(matches!(search(&tree, &reg, "Observation", "code:in=http://vs"), Err(SearchError::Terminology(crate::terminology::TerminologyError::UnknownValueSet(_)))));
         // chains and reverse chains
         assert_eq!(s("Observation", "subject:Patient.family=windsor,chalmers-smith"), ["o2"]);
         assert_eq!(s("Observation", "patient.gender=male"), ["o1"]);

@@ -23,3 +23,4 @@ mod search;
 mod search_examples;
 mod search_property;
 mod tenancy;
+mod terminology;
