@@ -77,6 +77,9 @@ pub struct Config {
     /// Full-text search through Meilisearch (`_content`, `_text`; docs/meilisearch.md). Unset
     /// `url`: no Meilisearch.
     pub meilisearch: crate::meili::MeiliConfig,
+    /// R4 Subscriptions (rest-hook, websocket) and the bounds of their delivery (docs/api.md,
+    /// "Subscriptions"). Off by default.
+    pub subscriptions: crate::subscription::SubscriptionsConfig,
 }
 
 /// Membership and the node-to-node transport. Without `peers` a node is a one-voter cluster.
@@ -223,6 +226,7 @@ impl Default for Config {
             s3: None,
             binary: crate::binary::BinaryConfig::default(),
             meilisearch: crate::meili::MeiliConfig::default(),
+            subscriptions: crate::subscription::SubscriptionsConfig::default(),
         }
     }
 }
@@ -292,6 +296,7 @@ impl Config {
             return bad("export.sink = \"s3\" needs an [s3] section (the bucket the export files go to)".into());
         }
         self.meilisearch.validate().map_err(ConfigError::Invalid)?;
+        self.subscriptions.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }

@@ -20,6 +20,7 @@ use crate::http::RequestError;
 use crate::meili::MeiliError;
 use crate::search::query::SearchError;
 use crate::store::StoreError;
+use crate::subscription::SubscriptionError;
 
 /// Any error that ends a request.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub enum ApiError {
     Binary(#[from] BinaryError),
     #[error(transparent)]
     Meili(#[from] MeiliError),
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -86,6 +89,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             WriteError::Consensus(c) => classify_consensus(c),
             WriteError::MissingBody(_) => (400, "required"),
             WriteError::Mailbox(_) => (503, "transient"),
+            WriteError::Subscription(s) => classify_subscription(s),
         },
         ApiError::Config(_) => (500, "exception"),
         ApiError::Search(e) => match e {
@@ -135,7 +139,21 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             MeiliError::Store(s) => classify_store(s),
             MeiliError::Consensus(c) => classify_consensus(c),
         },
+        ApiError::Subscription(s) => classify_subscription(s),
         ApiError::Entry { cause, .. } => classify(cause),
+    }
+}
+
+fn classify_subscription(e: &SubscriptionError) -> (u16, &'static str) {
+    match e {
+        SubscriptionError::Criteria(_) | SubscriptionError::Invalid(_) => (400, "invalid"),
+        SubscriptionError::Search(s) => classify(&ApiError::Search(s.clone())),
+        SubscriptionError::ChannelNotSupported(_) => (400, "not-supported"),
+        SubscriptionError::Disabled => (404, "not-supported"),
+        SubscriptionError::TooManySockets { .. } => (503, "throttled"),
+        SubscriptionError::Internal(_) => (500, "exception"),
+        SubscriptionError::Store(s) => classify_store(s),
+        SubscriptionError::Consensus(c) => classify_consensus(c),
     }
 }
 

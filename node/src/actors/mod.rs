@@ -26,4 +26,6 @@ pub enum WriteError {
     MissingBody(&'static str),
     #[error("the write pipeline of {0} is not running")]
     Mailbox(String),
+    #[error(transparent)]
+    Subscription(#[from] crate::subscription::SubscriptionError),
 }

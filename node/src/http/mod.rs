@@ -95,6 +95,8 @@ pub struct AppState {
     pub blobs: Arc<crate::binary::Blobs>,
     /// Meilisearch (`[meilisearch]`): `_content` / `_text`, the indexer's status. `None`: not configured.
     pub meili: Option<Arc<crate::meili::Meili>>,
+    /// Subscriptions (`[subscriptions]`): the rules, the websocket hub, the notifier's state.
+    pub subscriptions: Arc<crate::subscription::Subscriptions>,
 }
 
 /// The level an interaction works at.
@@ -155,6 +157,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_export/{job}", web::get().to(export::status));
     cfg.route("/_export/{job}", web::delete().to(export::cancel));
     cfg.route("/_export/{job}/{file}", web::get().to(export::file));
+    // The R4 websocket channel of Subscriptions (404 below when subscriptions are off).
+    cfg.route(crate::subscription::WS_PATH, web::get().to(crate::subscription::websocket::endpoint));
     // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead
     // of reading `$name` as a type or an id.
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {

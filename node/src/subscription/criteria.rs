@@ -1,0 +1,201 @@
+//! A Subscription's `criteria` (`Type?params`, a search Kiln supports) and the [`Matcher`] that
+//! decides whether ONE resource version meets criteria.
+//!
+//! Matching reuses the search implementation whole instead of re-implementing its semantics:
+//! the version is written into a scratch state machine (a temporary sled tree private to the
+//! matcher, never replicated) that keeps the same embedded index the real state keeps, and each
+//! criteria runs there as a search; the version matches when its doc number is in the answer.
+//! So a subscription's criteria mean exactly what the same search means, and a version is judged
+//! on its own content, not on whatever the resource became since. Criteria that read other
+//! resources (chains, `_has`) are refused at validation: the scratch state holds one resource.
+//! Every search runs within the condition row budget ([`crate::search::cost`]), and the scratch
+//! tree is dropped and started anew every [`RENEW_EVERY`] versions, so it stays small.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::SubscriptionError;
+use crate::fhir::Definitions;
+use crate::search::params::Registry;
+use crate::search::posting;
+use crate::search::query::{self, Executor, Link, Query};
+use crate::store::command::{Action, Command, CommandV1, WriteOp};
+use crate::store::space::Space;
+use crate::store::StateMachine;
+
+/// Longest criteria accepted.
+pub const MAX_CRITERIA_BYTES: usize = 4096;
+/// Versions the scratch tree takes before it is dropped and made anew.
+pub const RENEW_EVERY: u64 = 5_000;
+
+/// Parsed criteria: the type, the parameters as written, and the parsed search.
+#[derive(Debug, Clone)]
+pub struct Criteria {
+    pub rtype: String,
+    pub params: Vec<(String, String)>,
+    pub query: Arc<Query>,
+}
+
+/// Parses `Type?name=value&...` (or a bare `Type`: every resource of the type) as a search of
+/// this server, refusing what cannot be decided from one resource or is not a filter.
+pub fn parse(reg: &Registry, defs: &Definitions, text: &str) -> Result<Criteria, SubscriptionError> {
+    let bad = |m: String| Err(SubscriptionError::Criteria(m));
+    let text = text.trim();
+    if text.is_empty() {
+        return bad("criteria is empty: it must be a search such as Observation?code=1234-5".into());
+    }
+    if text.len() > MAX_CRITERIA_BYTES {
+        return bad(format!("criteria is longer than {MAX_CRITERIA_BYTES} bytes"));
+    }
+    let (rtype, query_text) = match text.split_once('?') {
+        Some((t, q)) => (t, q),
+        None => (text, ""),
+    };
+    let rtype = rtype.trim_start_matches('/');
+    let Ok(rtype) = defs.resource_type(rtype) else {
+        return bad(format!("criteria {text:?} does not start with a resource type of this server (Type?name=value)"));
+    };
+    let params: Vec<(String, String)> = match serde_urlencoded::from_str(query_text) {
+        Ok(p) => p,
+        Err(e) => return bad(format!("criteria parameters do not decode: {e}")),
+    };
+    if params.len() > 32 {
+        return bad("criteria has more than 32 parameters".into());
+    }
+    if let Some((name, _)) = params.iter().find(|(n, _)| query::CONTROL.contains(&n.as_str())) {
+        return bad(format!("criteria may not use the result parameter {name} (criteria filter resources; they do not shape a result)"));
+    }
+    let q = query::parse(reg, rtype, &params, false)?;
+    if q.criteria.iter().any(|c| matches!(c.link, Some(Link::Chain(_) | Link::Has { .. } | Link::Compartment { .. }))) {
+        return bad("chained parameters, _has and compartments are not supported in criteria: a notification is decided from the written resource alone".into());
+    }
+    Ok(Criteria { rtype: rtype.to_string(), params, query: Arc::new(q) })
+}
+
+/// Decides whether versions meet criteria, on a scratch index (see the module documentation).
+pub struct Matcher {
+    reg: Arc<Registry>,
+    db: sled::Db,
+    sm: StateMachine,
+    tree_name: String,
+    index: u64,
+    written: u64,
+    renew_every: u64,
+    generation: u64,
+}
+
+impl Matcher {
+    /// A matcher with its own temporary sled database (removed when dropped).
+    pub fn new(reg: Arc<Registry>) -> Result<Matcher, SubscriptionError> {
+        let db = sled::Config::new().temporary(true).open().map_err(|e| SubscriptionError::Internal(format!("scratch index: {e}")))?;
+        let (sm, tree_name) = Self::scratch(&db, &reg, 0)?;
+        Ok(Matcher { reg, db, sm, tree_name, index: 0, written: 0, renew_every: RENEW_EVERY, generation: 0 })
+    }
+
+    fn scratch(db: &sled::Db, reg: &Arc<Registry>, generation: u64) -> Result<(StateMachine, String), SubscriptionError> {
+        let name = format!("scratch{generation}");
+        let tree = db.open_tree(&name).map_err(|e| SubscriptionError::Internal(format!("scratch index: {e}")))?;
+        let sm = StateMachine::open(tree).map_err(|e| SubscriptionError::Internal(e.to_string()))?.with_search(reg.clone());
+        Ok((sm, name))
+    }
+
+    /// For each of `queries` (all of type `rtype`), whether the version `body` of `rtype/id`
+    /// meets it. A body that is not a resource of the type meets nothing.
+    pub fn matches(&mut self, rtype: &str, id: &str, body: &[u8], queries: &[&Query]) -> Result<Vec<bool>, SubscriptionError> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.written >= self.renew_every {
+            self.renew()?;
+        }
+        let Ok(text) = std::str::from_utf8(body) else { return Ok(vec![false; queries.len()]) };
+        self.index += 1;
+        self.written += 1;
+        let op = WriteOp { action: Action::Update, rtype: rtype.into(), id: id.into(), body: Some(text.to_string()), if_match: None, allow_create: true };
+        let cmd = Command::V1(CommandV1::Writes { ts_micros: crate::fhir::meta::now_micros(), ops: vec![op] });
+        let outcomes = self.sm.apply(self.index, 1, &cmd.encode()).map_err(|e| SubscriptionError::Internal(format!("scratch index: {e}")))?;
+        if !outcomes.iter().all(Result::is_ok) {
+            return Ok(vec![false; queries.len()]);
+        }
+        let space = Space::root(self.sm.tree().clone());
+        let Some(doc) = posting::docnum(&space, rtype, id).map_err(|e| SubscriptionError::Internal(format!("scratch index: {e:?}")))? else {
+            return Ok(vec![false; queries.len()]);
+        };
+        let exec = Executor { tree: &space, rtype };
+        let mut out = Vec::with_capacity(queries.len());
+        for q in queries {
+            let found = crate::search::cost::limited(crate::search::cost::CONDITION_ROWS, || exec.run(q));
+            out.push(found?.contains(doc));
+        }
+        Ok(out)
+    }
+
+    /// Drops the scratch tree and starts an empty one.
+    fn renew(&mut self) -> Result<(), SubscriptionError> {
+        self.generation += 1;
+        let (sm, name) = Self::scratch(&self.db, &self.reg, self.generation)?;
+        let old = std::mem::replace(&mut self.tree_name, name);
+        self.sm = sm;
+        self.index = 0;
+        self.written = 0;
+        let _ = self.db.drop_tree(old);
+        Ok(())
+    }
+}
+
+/// Whether `body` (JSON) is a deleted marker or not parseable: the caller judges a deletion on
+/// the version before it.
+pub fn is_resource(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.is_object())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::FhirVersion;
+    use serde_json::json;
+
+    fn setup() -> (Arc<Registry>, Definitions) {
+        (Arc::new(Registry::load(FhirVersion::R4)), Definitions::load(FhirVersion::R4))
+    }
+
+    #[test]
+    fn criteria_parse_as_searches_and_refuse_what_one_resource_cannot_decide() {
+        let (reg, defs) = setup();
+        let c = parse(&reg, &defs, "Observation?code=http://loinc.org|1234-5&status=final").unwrap();
+        assert_eq!(c.rtype, "Observation");
+        assert_eq!(c.params.len(), 2);
+        assert_eq!(parse(&reg, &defs, "Patient").unwrap().query.criteria.len(), 0);
+        for bad in ["", "Nope?x=1", "Patient?nope=1", "Patient?_count=5", "Observation?subject:Patient.name=x", "Patient?_has:Observation:subject:code=1", "Patient?birthdate=notadate", "Patient?_text=x"] {
+            assert!(parse(&reg, &defs, bad).is_err(), "{bad}");
+        }
+        assert!(parse(&reg, &defs, &format!("Patient?name={}", "a".repeat(5000))).is_err());
+    }
+
+    #[test]
+    fn a_version_is_judged_by_the_search_semantics_on_its_own_content() {
+        let (reg, defs) = setup();
+        let mut m = Matcher::new(reg.clone()).unwrap();
+        m.renew_every = 50;
+        let finals = parse(&reg, &defs, "Observation?status=final").unwrap();
+        let coded = parse(&reg, &defs, "Observation?code=http://loinc.org|1234-5").unwrap();
+        let by_id = parse(&reg, &defs, "Observation?_id=o1").unwrap();
+        let obs = |id: &str, status: &str, code: &str| {
+            json!({"resourceType": "Observation", "id": id, "status": status, "code": {"coding": [{"system": "http://loinc.org", "code": code}]}}).to_string()
+        };
+        let qs = [&*finals.query, &*coded.query, &*by_id.query];
+        assert_eq!(m.matches("Observation", "o1", obs("o1", "final", "1234-5").as_bytes(), &qs).unwrap(), vec![true, true, true]);
+        assert_eq!(m.matches("Observation", "o2", obs("o2", "preliminary", "1234-5").as_bytes(), &qs).unwrap(), vec![false, true, false]);
+        // A later version of o1 that no longer matches is judged on itself.
+        assert_eq!(m.matches("Observation", "o1", obs("o1", "amended", "9").as_bytes(), &qs).unwrap(), vec![false, false, true]);
+        assert_eq!(m.matches("Observation", "o3", b"not json", &qs).unwrap(), vec![false, false, false]);
+        // The scratch tree is renewed and still answers.
+        for i in 0..m.renew_every + 3 {
+            let id = format!("x{i}");
+            let r = m.matches("Observation", &id, obs(&id, "final", "1").as_bytes(), &[&*finals.query]).unwrap();
+            assert_eq!(r, vec![true]);
+        }
+        assert!(m.written < m.renew_every && m.index < m.renew_every, "renewed");
+    }
+}
