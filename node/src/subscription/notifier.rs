@@ -229,7 +229,8 @@ struct Run {
     hook: Arc<RestHook>,
     matcher: Arc<Mutex<Matcher>>,
     subs: HashMap<Key, Sub>,
-    inflight: JoinSet<(Key, Result<(), String>)>,
+    /// Deliveries in flight: (Subscription, its version when sent, result).
+    inflight: JoinSet<(Key, u64, Result<(), String>)>,
 }
 
 impl Run {
@@ -338,18 +339,19 @@ impl Run {
             };
             let n = Notification { endpoint: endpoint.clone(), payload: *payload, headers: headers.clone(), rtype: ev.rtype.clone(), id: ev.id.clone(), body };
             sub.in_flight = true;
-            let (hook, key) = (self.hook.clone(), key.clone());
+            let (hook, key, version) = (self.hook.clone(), key.clone(), sub.version);
             self.inflight.spawn(async move {
                 let r = hook.deliver(&n).await;
-                (key, r)
+                (key, version, r)
             });
         }
     }
 
     /// Takes the result of one delivery.
-    async fn done(&mut self, key: Key, result: Result<(), String>) -> Result<(), SubscriptionError> {
+    async fn done(&mut self, key: Key, version: u64, result: Result<(), String>) -> Result<(), SubscriptionError> {
         let cfg = &self.cx.subs.rules.cfg;
-        let Some(sub) = self.subs.get_mut(&key) else { return Ok(()) };
+        // A Subscription reloaded meanwhile (another version) has a new queue: not this result's.
+        let Some(sub) = self.subs.get_mut(&key).filter(|s| s.version == version) else { return Ok(()) };
         sub.in_flight = false;
         match result {
             Ok(()) => {
@@ -367,7 +369,6 @@ impl Run {
                 if sub.failures > cfg.max_retries {
                     let text = format!("notification not delivered after {} attempts: {e}", sub.failures);
                     tracing::warn!("subscription {}: {text}", key.1);
-                    let version = sub.version;
                     self.subs.remove(&key);
                     let store = Store::new(self.cx.tree.clone()).tenant(key.0.as_deref());
                     if let Ok((cur, rec)) = store.read("Subscription", &key.1) {
@@ -472,8 +473,8 @@ async fn run(cx: Arc<NotifierCtx>) {
         };
         let mut next = first;
         while let Some(j) = next {
-            if let Ok((key, result)) = j {
-                if let Err(e) = r.done(key, result).await {
+            if let Ok((key, version, result)) = j {
+                if let Err(e) = r.done(key, version, result).await {
                     tracing::info!("subscription notifier: {e}");
                 }
             }

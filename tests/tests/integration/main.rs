@@ -19,4 +19,5 @@ mod negotiation;
 mod search;
 mod search_examples;
 mod search_property;
+mod subscriptions;
 mod tenancy;
