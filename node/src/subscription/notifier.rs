@@ -1,5 +1,5 @@
-//! The notifier. A [`Supervisor`] runs on every node and starts a [`Notifier`] actor while the
-//! node leads (stopping it when it no longer does), like the Meilisearch indexer. The notifier:
+//! The notifier. A [`Supervisor`] runs on every node and runs the notifier loop while the node
+//! leads ([`crate::actors::leader`]), like the Meilisearch indexer. The notifier:
 //! 1. Reloads the Subscriptions when one was written (and every [`RELOAD_EVERY`]): a
 //!    `requested` one is checked and set `active` (or `error` with the reason, or `off` past
 //!    its `end`) by a replicated write pinned to the version it read; each active rest-hook
@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -36,7 +35,7 @@ use super::cursor::{self, SubCursorOp, MAX_MOVES};
 use super::rest_hook::{Notification, RestHook};
 use super::spec::{self, Channel, Spec};
 use super::{Subscriptions, SubscriptionError};
-use crate::actors::msg::Stop;
+use crate::actors::leader::LeaderWork;
 use crate::consensus::RaftHandle;
 use crate::meili::status::{history_after, history_end, tenants};
 use crate::search::query::Query;
@@ -500,66 +499,26 @@ fn subscriptions_written(tree: &sled::Tree, heads: &mut HashMap<Option<String>, 
     Ok(changed)
 }
 
-/// Runs [`run`] until this node stops leading or the supervisor stops it.
-pub struct Notifier {
-    cx: Arc<NotifierCtx>,
-}
-
-impl Actor for Notifier {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.cx.subs.state.lock().running = true;
-        ctx.spawn(run(self.cx.clone()).into_actor(self).map(|_, _, ctx| ctx.stop()));
+impl LeaderWork for NotifierCtx {
+    fn raft(&self) -> &RaftHandle {
+        &self.raft
     }
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        let mut s = self.cx.subs.state.lock();
-        s.running = false;
-        s.active_rest_hooks = 0;
+    fn run(self: Arc<Self>) -> futures::future::LocalBoxFuture<'static, ()> {
+        Box::pin(run(self))
     }
-}
 
-impl Handler<Stop> for Notifier {
-    type Result = ();
-    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+    fn running(&self, on: bool) {
+        let mut s = self.subs.state.lock();
+        s.running = on;
+        if !on {
+            s.active_rest_hooks = 0;
+        }
     }
 }
 
 /// Starts the notifier on the leader and stops it elsewhere.
-pub struct Supervisor {
-    cx: Arc<NotifierCtx>,
-    running: Option<Addr<Notifier>>,
-}
-
-impl Supervisor {
-    pub fn new(cx: Arc<NotifierCtx>) -> Supervisor {
-        Supervisor { cx, running: None }
-    }
-
-    fn tick(&mut self) {
-        if self.running.as_ref().is_some_and(|a| !a.connected()) {
-            self.running = None;
-        }
-        match (self.cx.raft.leads(), &self.running) {
-            (true, None) => self.running = Some(Notifier { cx: self.cx.clone() }.start()),
-            (false, Some(a)) => {
-                a.do_send(Stop);
-                self.running = None;
-            }
-            _ => {}
-        }
-    }
-}
-
-impl Actor for Supervisor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(Duration::from_millis(250), |act, _| act.tick());
-    }
-}
+pub type Supervisor = crate::actors::leader::Supervisor<NotifierCtx>;
 
 #[cfg(test)]
 mod tests {

@@ -35,6 +35,8 @@ use crate::store::space::Space;
 use crate::store::{keys, Store, StoreError};
 
 type Key = (Option<String>, String);
+/// The connections bound to one Subscription: (connection number, its outgoing queue).
+type Bound = Vec<(u64, mpsc::Sender<String>)>;
 /// Pings waiting per connection.
 const OUTBOX: usize = 256;
 /// Largest client frame.
@@ -47,7 +49,7 @@ pub struct Hub {
     open: AtomicUsize,
     max: usize,
     next: AtomicU64,
-    bindings: Mutex<HashMap<Key, Vec<(u64, mpsc::Sender<String>)>>>,
+    bindings: Mutex<HashMap<Key, Bound>>,
 }
 
 /// A connection's place among `max_websockets`, given back when dropped.
