@@ -299,3 +299,55 @@ fn leader_kill_mid_stream_loses_no_notification() {
     assert!(write(new_leader, 999, &c));
     rx.wait(30, "a notification after the failover", |r| r.iter().any(|x| x.path.ends_with("/s999")));
 }
+
+/// A websocket connection with `Authorization: Bearer {token}` (or none).
+fn ws_connect_as(base: &str, token: Option<&str>) -> Result<Ws, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/_subscriptions/ws", base.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tungstenite::connect(req) {
+        Ok((ws, _)) => {
+            if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+                s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            }
+            Ok(ws)
+        }
+        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+#[test]
+fn the_websocket_upgrade_is_authenticated_and_authorized_when_auth_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path();
+    std::fs::write(keys.join("secret"), "test-secret-0123456789-0123456789-abcdef").unwrap();
+    let n = TestNode::start_with(kiln::fhir::FhirVersion::R4, |cfg| {
+        enabled(cfg);
+        cfg.auth = kiln::auth::AuthConfig {
+            mode: kiln::auth::AuthMode::Jwt,
+            hs256_secret_file: Some(keys.join("secret")),
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("kiln-test".into()),
+            ..kiln::auth::AuthConfig::default()
+        };
+    });
+    let all = crate::auth::token(json!({"scope": "user/*.*"}));
+    let patients_only = crate::auth::token(json!({"scope": "user/Patient.read"}));
+    let sub = subscription("Patient", json!({"type": "websocket"}));
+    let resp = client().post(n.url("/Subscription")).bearer_auth(&all).header("content-type", "application/fhir+json").body(sub.to_string()).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let id = json(resp)["id"].as_str().unwrap().to_string();
+    assert_eq!(ws_connect_as(&n.base, None).err(), Some(401), "no credentials: refused before the upgrade");
+    assert_eq!(ws_connect_as(&n.base, Some("not-a-token")).err(), Some(401));
+    assert_eq!(ws_connect_as(&n.base, Some(&patients_only)).err(), Some(403), "may not read Subscription");
+    let mut ws = ws_connect_as(&n.base, Some(&all)).expect("upgrade with a token that may read Subscription");
+    wait_until(20, "activation", || {
+        let r = client().get(n.url(&format!("/Subscription/{id}"))).bearer_auth(&all).send().unwrap();
+        json(r)["status"] == "active"
+    });
+    ws_send(&mut ws, &format!("bind {id}"));
+    assert_eq!(ws_next(&mut ws, 5).as_deref(), Some(format!("bound {id}").as_str()));
+}
