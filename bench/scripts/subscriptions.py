@@ -21,7 +21,7 @@ import urllib.request
 from common import free_ports
 
 
-def http(method, url, data=None, timeout=60, headers=None):
+def call(method, url, data=None, timeout=60, headers=None):
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, r.read()
@@ -80,7 +80,7 @@ allow_private_endpoints = true
         start = time.time()
         while True:
             try:
-                if http("GET", self.base + "/metadata", timeout=2)[0] == 200:
+                if call("GET", self.base + "/metadata", timeout=2)[0] == 200:
                     break
             except Exception:
                 pass
@@ -89,7 +89,7 @@ allow_private_endpoints = true
             time.sleep(0.1)
 
     def post(self, rtype, body):
-        st, out = http("POST", f"{self.base}/{rtype}", json.dumps(body).encode(), headers={"content-type": "application/fhir+json"})
+        st, out = call("POST", f"{self.base}/{rtype}", json.dumps(body).encode(), headers={"content-type": "application/fhir+json"})
         assert st == 201, out[:300]
         return json.loads(out)
 
@@ -101,13 +101,13 @@ allow_private_endpoints = true
     def wait_active(self, ids):
         start = time.time()
         for i in ids:
-            while json.loads(http("GET", f"{self.base}/Subscription/{i}")[1])["status"] != "active":
+            while json.loads(call("GET", f"{self.base}/Subscription/{i}")[1])["status"] != "active":
                 if time.time() - start > 120:
                     sys.exit(f"Subscription/{i} not active")
                 time.sleep(0.05)
 
     def status(self):
-        return json.loads(http("GET", self.admin + "/_cluster/status", timeout=10)[1])
+        return json.loads(call("GET", self.admin + "/_cluster/status", timeout=10)[1])
 
     def stop(self):
         self.proc.kill()
@@ -159,6 +159,8 @@ def latency(a):
     arrivals = sorted(t for _, t in rx.hits)[: a.writes]
     lat = sorted((arr - ack) * 1000 for arr, ack in zip(arrivals, acks))
     q = statistics.quantiles(lat, n=100)
+    if a.verbose:
+        print([round((arr - ack) * 1000) for arr, ack in zip(arrivals, acks)])
     print(json.dumps({"writes": a.writes, "notifications": len(rx.hits), "p50_ms": round(statistics.median(lat), 1), "p95_ms": round(q[94], 1),
                       "max_ms": round(lat[-1], 1), "min_ms": round(lat[0], 1)}, indent=2))
     kiln.stop()
@@ -176,6 +178,7 @@ def main():
     c.add_argument("--seconds", type=float, default=10)
     l = sub.add_parser("latency")
     l.add_argument("--writes", type=int, default=200)
+    l.add_argument("--verbose", action="store_true")
     a = p.parse_args()
     {"create": create, "latency": latency}[a.cmd](a)
 

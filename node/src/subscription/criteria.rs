@@ -2,14 +2,16 @@
 //! decides whether ONE resource version meets criteria.
 //!
 //! Matching reuses the search implementation whole instead of re-implementing its semantics:
-//! the version is written into a scratch state machine (a temporary sled tree private to the
-//! matcher, never replicated) that keeps the same embedded index the real state keeps, and each
-//! criteria runs there as a search; the version matches when its doc number is in the answer.
+//! the version's index rows for the parameters the criteria use are written into a scratch
+//! index (a temporary sled tree private to the matcher, never replicated) exactly as the state
+//! machine writes them, and each criteria runs there as a search; the version matches when its
+//! doc number is in the answer. The rows are removed again afterwards.
 //! So a subscription's criteria mean exactly what the same search means, and a version is judged
 //! on its own content, not on whatever the resource became since. Criteria that read other
 //! resources (chains, `_has`) are refused at validation: the scratch state holds one resource.
 //! Every search runs within the condition row budget ([`crate::search::cost`]), and the scratch
-//! tree is dropped and started anew every [`RENEW_EVERY`] versions, so it stays small.
+//! tree (whose id → doc number table grows with the ids seen) is dropped and started anew every
+//! [`RENEW_EVERY`] versions, so it stays small.
 
 use std::sync::Arc;
 
@@ -19,10 +21,10 @@ use super::SubscriptionError;
 use crate::fhir::Definitions;
 use crate::search::params::Registry;
 use crate::search::posting;
+use crate::search::index;
 use crate::search::query::{self, Executor, Link, Query};
-use crate::store::command::{Action, Command, CommandV1, WriteOp};
 use crate::store::space::Space;
-use crate::store::StateMachine;
+use crate::store::writes::Writes;
 
 /// Longest criteria accepted.
 pub const MAX_CRITERIA_BYTES: usize = 4096;
@@ -77,9 +79,7 @@ pub fn parse(reg: &Registry, defs: &Definitions, text: &str) -> Result<Criteria,
 pub struct Matcher {
     reg: Arc<Registry>,
     db: sled::Db,
-    sm: StateMachine,
-    tree_name: String,
-    index: u64,
+    tree: sled::Tree,
     written: u64,
     renew_every: u64,
     generation: u64,
@@ -88,66 +88,86 @@ pub struct Matcher {
 impl Matcher {
     /// A matcher with its own temporary sled database (removed when dropped).
     pub fn new(reg: Arc<Registry>) -> Result<Matcher, SubscriptionError> {
-        let db = sled::Config::new().temporary(true).open().map_err(|e| SubscriptionError::Internal(format!("scratch index: {e}")))?;
-        let (sm, tree_name) = Self::scratch(&db, &reg, 0)?;
-        Ok(Matcher { reg, db, sm, tree_name, index: 0, written: 0, renew_every: RENEW_EVERY, generation: 0 })
-    }
-
-    fn scratch(db: &sled::Db, reg: &Arc<Registry>, generation: u64) -> Result<(StateMachine, String), SubscriptionError> {
-        let name = format!("scratch{generation}");
-        let tree = db.open_tree(&name).map_err(|e| SubscriptionError::Internal(format!("scratch index: {e}")))?;
-        let sm = StateMachine::open(tree).map_err(|e| SubscriptionError::Internal(e.to_string()))?.with_search(reg.clone());
-        Ok((sm, name))
+        let db = sled::Config::new().temporary(true).open().map_err(scratch_error)?;
+        let tree = db.open_tree("scratch0").map_err(scratch_error)?;
+        Ok(Matcher { reg, db, tree, written: 0, renew_every: RENEW_EVERY, generation: 0 })
     }
 
     /// For each of `queries` (all of type `rtype`), whether the version `body` of `rtype/id`
     /// meets it. A body that is not a resource of the type meets nothing.
+    ///
+    /// Only the index rows of the parameters the queries use are written (the same rows the
+    /// state machine writes for them, [`crate::search::index::rows_of`]), under the version's
+    /// doc number, and removed again after the queries ran: the scratch index holds one
+    /// resource at a time, and judging a write costs the extraction of those parameters only.
     pub fn matches(&mut self, rtype: &str, id: &str, body: &[u8], queries: &[&Query]) -> Result<Vec<bool>, SubscriptionError> {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
+        let Ok(value) = serde_json::from_slice::<Value>(body) else { return Ok(vec![false; queries.len()]) };
+        if value.get("resourceType").and_then(Value::as_str) != Some(rtype) {
+            return Ok(vec![false; queries.len()]);
+        }
         if self.written >= self.renew_every {
             self.renew()?;
         }
-        let Ok(text) = std::str::from_utf8(body) else { return Ok(vec![false; queries.len()]) };
-        self.index += 1;
         self.written += 1;
-        let op = WriteOp { action: Action::Update, rtype: rtype.into(), id: id.into(), body: Some(text.to_string()), if_match: None, allow_create: true };
-        let cmd = Command::V1(CommandV1::Writes { ts_micros: crate::fhir::meta::now_micros(), ops: vec![op] });
-        let outcomes = self.sm.apply(self.index, 1, &cmd.encode()).map_err(|e| SubscriptionError::Internal(format!("scratch index: {e}")))?;
-        if !outcomes.iter().all(Result::is_ok) {
-            return Ok(vec![false; queries.len()]);
-        }
-        let space = Space::root(self.sm.tree().clone());
-        let Some(doc) = posting::docnum(&space, rtype, id).map_err(|e| SubscriptionError::Internal(format!("scratch index: {e:?}")))? else {
-            return Ok(vec![false; queries.len()]);
-        };
+        let mut codes: Vec<String> = queries.iter().flat_map(|q| q.criteria.iter().map(|c| c.param.def.code.clone())).collect();
+        codes.sort();
+        codes.dedup();
+        let mut rows = index::rows_of(&self.reg, rtype, &codes, &value);
+        rows.push(index::live_row(rtype));
+        let space = Space::root(self.tree.clone());
+        let doc = self.set_rows(&space, rtype, id, &rows, true)?;
         let exec = Executor { tree: &space, rtype };
         let mut out = Vec::with_capacity(queries.len());
+        let mut failed = None;
         for q in queries {
-            let found = crate::search::cost::limited(crate::search::cost::CONDITION_ROWS, || exec.run(q));
-            out.push(found?.contains(doc));
+            match crate::search::cost::limited(crate::search::cost::CONDITION_ROWS, || exec.run(q)) {
+                Ok(found) => out.push(found.contains(doc)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        Ok(out)
+        self.set_rows(&space, rtype, id, &rows, false)?;
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
     }
 
-    /// Drops the scratch tree and starts an empty one.
+    /// Adds (or removes) `rows` for `rtype/id` in one batch; its doc number.
+    fn set_rows(&self, space: &Space, rtype: &str, id: &str, rows: &[Vec<u8>], present: bool) -> Result<u32, SubscriptionError> {
+        let mut batch = Writes::default();
+        let mut changes = posting::Changes::default();
+        let doc = changes.docnum(space, &mut batch, rtype, id).map_err(|e| scratch_error(format!("{e:?}")))?;
+        for r in rows {
+            if present {
+                changes.add(r, doc);
+            } else {
+                changes.remove(r, doc);
+            }
+        }
+        changes.flush(space, &mut batch).map_err(|e| scratch_error(format!("{e:?}")))?;
+        self.tree.apply_batch(batch.into_batch()).map_err(scratch_error)?;
+        Ok(doc)
+    }
+
+    /// Drops the scratch tree (its doc numbers grow with the ids seen) and starts an empty one.
     fn renew(&mut self) -> Result<(), SubscriptionError> {
         self.generation += 1;
-        let (sm, name) = Self::scratch(&self.db, &self.reg, self.generation)?;
-        let old = std::mem::replace(&mut self.tree_name, name);
-        self.sm = sm;
-        self.index = 0;
+        let tree = self.db.open_tree(format!("scratch{}", self.generation)).map_err(scratch_error)?;
+        let old = std::mem::replace(&mut self.tree, tree);
         self.written = 0;
-        let _ = self.db.drop_tree(old);
+        let _ = self.db.drop_tree(old.name());
         Ok(())
     }
 }
 
-/// Whether `body` (JSON) is a deleted marker or not parseable: the caller judges a deletion on
-/// the version before it.
-pub fn is_resource(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.is_object())
+fn scratch_error(e: impl std::fmt::Display) -> SubscriptionError {
+    SubscriptionError::Internal(format!("scratch index: {e}"))
 }
 
 #[cfg(test)]
@@ -196,6 +216,6 @@ mod tests {
             let r = m.matches("Observation", &id, obs(&id, "final", "1").as_bytes(), &[&*finals.query]).unwrap();
             assert_eq!(r, vec![true]);
         }
-        assert!(m.written < m.renew_every && m.index < m.renew_every, "renewed");
+        assert!(m.written < m.renew_every && m.generation >= 1, "renewed");
     }
 }

@@ -233,18 +233,26 @@ struct Run {
 }
 
 impl Run {
-    /// Activates, expires and (re)loads the Subscriptions.
-    async fn reload(&mut self) -> Result<(), SubscriptionError> {
+    /// Activates, expires and (re)loads the Subscriptions; whether it wrote a status (then the
+    /// next round reloads again, to take the Subscriptions it activated).
+    async fn reload(&mut self) -> Result<bool, SubscriptionError> {
         let tree = self.cx.tree.clone();
         let all = tokio::task::spawn_blocking(move || load_all(&tree)).await.map_err(|e| SubscriptionError::Internal(e.to_string()))??;
         let rules = self.cx.subs.rules.clone();
         let now = crate::fhir::meta::now_micros();
         let mut active = all.iter().filter(|l| spec::status(&l.body) == "active").count();
         let mut seen: HashSet<Key> = HashSet::new();
+        let mut wrote = false;
         for l in &all {
             let parsed = spec::read(&rules, &l.body);
             let expired = parsed.as_ref().ok().and_then(|s| s.end).is_some_and(|end| end <= now);
-            match (spec::status(&l.body), parsed) {
+            let status = spec::status(&l.body);
+            wrote |= match status {
+                "requested" => true,
+                "active" => expired || parsed.is_err(),
+                _ => false,
+            };
+            match (status, parsed) {
                 ("requested" | "active", _) if expired => set_status(&self.cx, l, "off", None).await?,
                 ("requested" | "active", Err(e)) => set_status(&self.cx, l, "error", Some(e.to_string())).await?,
                 ("requested", Ok(_)) if active >= rules.cfg.max_active => {
@@ -271,7 +279,7 @@ impl Run {
         }
         self.subs.retain(|k, _| seen.contains(k));
         self.cx.subs.state.lock().active_rest_hooks = self.subs.len();
-        Ok(())
+        Ok(wrote)
     }
 
     /// One read of every tenant's history for the Subscriptions with room; whether a
@@ -428,11 +436,13 @@ async fn run(cx: Arc<NotifierCtx>) {
     let mut last_positions = Instant::now();
     // A Subscription write anywhere: noticed from the history heads (the readers may be idle).
     let mut heads: HashMap<Option<String>, u64> = HashMap::new();
+    if let Err(e) = subscriptions_written(&cx.tree, &mut heads) {
+        tracing::warn!("subscription notifier: {e}");
+    }
     while cx.raft.leads() {
         let outcome = async {
             if reload_due || last_reload.elapsed() >= RELOAD_EVERY {
-                r.reload().await?;
-                reload_due = false;
+                reload_due = r.reload().await?;
                 last_reload = Instant::now();
             }
             let (saw, rows) = r.read().await?;
