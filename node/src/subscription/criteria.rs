@@ -13,6 +13,8 @@
 //! tree (whose id → doc number table grows with the ids seen) is dropped and started anew every
 //! [`RENEW_EVERY`] versions, so it stays small.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -28,12 +30,16 @@ use crate::store::writes::Writes;
 
 /// Longest criteria accepted.
 pub const MAX_CRITERIA_BYTES: usize = 4096;
+/// Memoized answers kept at most (then forgotten all at once).
+pub const MAX_MEMO: usize = 100_000;
 /// Versions the scratch tree takes before it is dropped and made anew.
 pub const RENEW_EVERY: u64 = 5_000;
 
 /// Parsed criteria: the type, the parameters as written, and the parsed search.
 #[derive(Debug, Clone)]
 pub struct Criteria {
+    /// `Type?params` re-encoded: the same text for the same criteria (the matcher's memo key).
+    pub key: Arc<str>,
     pub rtype: String,
     pub params: Vec<(String, String)>,
     pub query: Arc<Query>,
@@ -72,12 +78,15 @@ pub fn parse(reg: &Registry, defs: &Definitions, text: &str) -> Result<Criteria,
     if q.criteria.iter().any(|c| matches!(c.link, Some(Link::Chain(_) | Link::Has { .. } | Link::Compartment { .. }))) {
         return bad("chained parameters, _has and compartments are not supported in criteria: a notification is decided from the written resource alone".into());
     }
-    Ok(Criteria { rtype: rtype.to_string(), params, query: Arc::new(q) })
+    let key = format!("{rtype}?{}", serde_urlencoded::to_string(&params).unwrap_or_default());
+    Ok(Criteria { key: key.into(), rtype: rtype.to_string(), params, query: Arc::new(q) })
 }
 
 /// Decides whether versions meet criteria, on a scratch index (see the module documentation).
 pub struct Matcher {
     reg: Arc<Registry>,
+    /// (criteria key, hash of the version's rows for the criteria's parameters) → matched.
+    memo: HashMap<(Arc<str>, u64), bool>,
     db: sled::Db,
     tree: sled::Tree,
     written: u64,
@@ -90,7 +99,7 @@ impl Matcher {
     pub fn new(reg: Arc<Registry>) -> Result<Matcher, SubscriptionError> {
         let db = sled::Config::new().temporary(true).open().map_err(scratch_error)?;
         let tree = db.open_tree("scratch0").map_err(scratch_error)?;
-        Ok(Matcher { reg, db, tree, written: 0, renew_every: RENEW_EVERY, generation: 0 })
+        Ok(Matcher { reg, memo: HashMap::new(), db, tree, written: 0, renew_every: RENEW_EVERY, generation: 0 })
     }
 
     /// For each of `queries` (all of type `rtype`), whether the version `body` of `rtype/id`
@@ -100,7 +109,12 @@ impl Matcher {
     /// state machine writes for them, [`crate::search::index::rows_of`]), under the version's
     /// doc number, and removed again after the queries ran: the scratch index holds one
     /// resource at a time, and judging a write costs the extraction of those parameters only.
-    pub fn matches(&mut self, rtype: &str, id: &str, body: &[u8], queries: &[&Query]) -> Result<Vec<bool>, SubscriptionError> {
+    ///
+    /// Memoized: a search's answer for one resource is a function of that resource's rows of
+    /// the parameters it uses (and of its id, for `_id`), so a version whose rows for those
+    /// parameters were judged before by the same criteria gets the same answer without running
+    /// the search. Criteria that depend on the clock (`ap`) are always run.
+    pub fn matches(&mut self, rtype: &str, id: &str, body: &[u8], queries: &[(&Arc<str>, &Query)]) -> Result<Vec<bool>, SubscriptionError> {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
@@ -112,19 +126,54 @@ impl Matcher {
             self.renew()?;
         }
         self.written += 1;
-        let mut codes: Vec<String> = queries.iter().flat_map(|q| q.criteria.iter().map(|c| c.param.def.code.clone())).collect();
+        let mut codes: Vec<String> = queries.iter().flat_map(|(_, q)| q.criteria.iter().map(|c| c.param.def.code.clone())).collect();
         codes.sort();
         codes.dedup();
         let mut rows = index::rows_of(&self.reg, rtype, &codes, &value);
         rows.push(index::live_row(rtype));
+        // The memo key of each query: its rows (and the id when it uses _id).
+        let mut out: Vec<Option<bool>> = Vec::with_capacity(queries.len());
+        let mut keys: Vec<Option<(Arc<str>, u64)>> = Vec::with_capacity(queries.len());
+        for (key, q) in queries {
+            if q.uses_now() {
+                keys.push(None);
+                out.push(None);
+                continue;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for c in &q.criteria {
+                let prefix = index::param_rows(rtype, &c.param.def.code);
+                rows.iter().filter(|r| r.starts_with(&prefix)).for_each(|r| r.hash(&mut h));
+                if c.param.def.code == "_id" {
+                    id.hash(&mut h);
+                }
+            }
+            let k = ((*key).clone(), h.finish());
+            out.push(self.memo.get(&k).copied());
+            keys.push(Some(k));
+        }
+        if out.iter().all(Option::is_some) {
+            return Ok(out.into_iter().map(|o| o.unwrap_or(false)).collect());
+        }
         let space = Space::root(self.tree.clone());
         let doc = self.set_rows(&space, rtype, id, &rows, true)?;
         let exec = Executor { tree: &space, rtype };
-        let mut out = Vec::with_capacity(queries.len());
         let mut failed = None;
-        for q in queries {
+        for (i, (_, q)) in queries.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
             match crate::search::cost::limited(crate::search::cost::CONDITION_ROWS, || exec.run(q)) {
-                Ok(found) => out.push(found.contains(doc)),
+                Ok(found) => {
+                    let hit = found.contains(doc);
+                    out[i] = Some(hit);
+                    if let Some(k) = keys[i].take() {
+                        if self.memo.len() >= MAX_MEMO {
+                            self.memo.clear();
+                        }
+                        self.memo.insert(k, hit);
+                    }
+                }
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -132,6 +181,7 @@ impl Matcher {
             }
         }
         self.set_rows(&space, rtype, id, &rows, false)?;
+        let out: Vec<bool> = out.into_iter().map(|o| o.unwrap_or(false)).collect();
         match failed {
             Some(e) => Err(e.into()),
             None => Ok(out),
@@ -204,7 +254,7 @@ mod tests {
         let obs = |id: &str, status: &str, code: &str| {
             json!({"resourceType": "Observation", "id": id, "status": status, "code": {"coding": [{"system": "http://loinc.org", "code": code}]}}).to_string()
         };
-        let qs = [&*finals.query, &*coded.query, &*by_id.query];
+        let qs = [(&finals.key, &*finals.query), (&coded.key, &*coded.query), (&by_id.key, &*by_id.query)];
         assert_eq!(m.matches("Observation", "o1", obs("o1", "final", "1234-5").as_bytes(), &qs).unwrap(), vec![true, true, true]);
         assert_eq!(m.matches("Observation", "o2", obs("o2", "preliminary", "1234-5").as_bytes(), &qs).unwrap(), vec![false, true, false]);
         // A later version of o1 that no longer matches is judged on itself.
@@ -213,9 +263,13 @@ mod tests {
         // The scratch tree is renewed and still answers.
         for i in 0..m.renew_every + 3 {
             let id = format!("x{i}");
-            let r = m.matches("Observation", &id, obs(&id, "final", "1").as_bytes(), &[&*finals.query]).unwrap();
+            let r = m.matches("Observation", &id, obs(&id, "final", "1").as_bytes(), &[(&finals.key, &*finals.query)]).unwrap();
             assert_eq!(r, vec![true]);
         }
         assert!(m.written < m.renew_every && m.generation >= 1, "renewed");
+        // Memoized answers are the searches' answers: the same rows of another id.
+        assert_eq!(m.matches("Observation", "o9", obs("o9", "final", "1234-5").as_bytes(), &qs).unwrap(), vec![true, true, false]);
+        assert_eq!(m.matches("Observation", "o1", obs("o1", "final", "1234-5").as_bytes(), &qs).unwrap(), vec![true, true, true]);
+        assert_eq!(m.matches("Observation", "o9", obs("o9", "final", "1234-5").as_bytes(), &qs).unwrap(), vec![true, true, false]);
     }
 }

@@ -67,6 +67,7 @@ pub struct Event {
 
 /// Who reads a scan: a Subscription's type, criteria and position.
 pub struct Reader {
+    pub key: Arc<str>,
     pub rtype: String,
     pub query: Arc<Query>,
     pub pos: u64,
@@ -117,7 +118,7 @@ pub fn scan(tree: &sled::Tree, matcher: &mut Matcher, tenant: Option<&str>, from
             Err(StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        let queries: Vec<&Query> = who.iter().map(|i| &*readers[*i].query).collect();
+        let queries: Vec<(&Arc<str>, &Query)> = who.iter().map(|i| (&readers[*i].key, &*readers[*i].query)).collect();
         let hits = matcher.matches(&h.rtype, &h.id, &body, &queries)?;
         for (i, hit) in who.into_iter().zip(hits) {
             if hit {
@@ -289,7 +290,8 @@ impl Run {
         let mut by_tenant: HashMap<Option<String>, Vec<(Key, Reader)>> = HashMap::new();
         for (k, s) in &self.subs {
             if s.queue.len() < room {
-                let reader = Reader { rtype: s.spec.criteria.rtype.clone(), query: s.spec.criteria.query.clone(), pos: s.pos };
+                let c = &s.spec.criteria;
+                let reader = Reader { key: c.key.clone(), rtype: c.rtype.clone(), query: c.query.clone(), pos: s.pos };
                 by_tenant.entry(k.0.clone()).or_default().push((k.clone(), reader));
             }
         }
@@ -562,8 +564,8 @@ mod tests {
         let active = super::super::criteria::parse(&reg, &defs, "Patient?active=true").unwrap();
         let all = super::super::criteria::parse(&reg, &defs, "Patient").unwrap();
         let readers = vec![
-            Reader { rtype: "Patient".into(), query: active.query.clone(), pos: 0 },
-            Reader { rtype: "Patient".into(), query: all.query.clone(), pos: 3_000 },
+            Reader { key: active.key.clone(), rtype: "Patient".into(), query: active.query.clone(), pos: 0 },
+            Reader { key: all.key.clone(), rtype: "Patient".into(), query: all.query.clone(), pos: 3_000 },
         ];
         let s = scan(&tree, &mut m, None, 0, &readers, 100).unwrap();
         assert_eq!(s.rows, 6);

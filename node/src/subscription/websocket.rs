@@ -257,7 +257,7 @@ fn ping_round(subs: &Subscriptions, tree: &sled::Tree, matcher: &mut Matcher, po
         let mut who = Vec::new();
         for k in keys {
             if let Some(c) = bound_criteria(subs, tree, &k, cache)? {
-                readers.push(Reader { rtype: c.rtype, query: c.query, pos: from });
+                readers.push(Reader { key: c.key, rtype: c.rtype, query: c.query, pos: from });
                 who.push(k);
             }
         }
