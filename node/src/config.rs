@@ -79,6 +79,9 @@ pub struct Config {
     pub meilisearch: crate::meili::MeiliConfig,
     /// `[log]`: the format of the log lines on stderr (levels: `RUST_LOG`).
     pub log: LogConfig,
+    /// R4 Subscriptions (rest-hook, websocket) and the bounds of their delivery (docs/api.md,
+    /// "Subscriptions"). Off by default.
+    pub subscriptions: crate::subscription::SubscriptionsConfig,
 }
 
 /// `[log]`. The flag `--log-format` (or `KILN_LOG_FORMAT`) overrides `format`.
@@ -248,6 +251,7 @@ impl Default for Config {
             binary: crate::binary::BinaryConfig::default(),
             meilisearch: crate::meili::MeiliConfig::default(),
             log: LogConfig::default(),
+            subscriptions: crate::subscription::SubscriptionsConfig::default(),
         }
     }
 }
@@ -318,6 +322,7 @@ impl Config {
             return bad("export.sink = \"s3\" needs an [s3] section (the bucket the export files go to)".into());
         }
         self.meilisearch.validate().map_err(ConfigError::Invalid)?;
+        self.subscriptions.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }

@@ -23,6 +23,7 @@ use crate::meili::MeiliError;
 use crate::metrics::MetricsError;
 use crate::search::query::SearchError;
 use crate::store::StoreError;
+use crate::subscription::SubscriptionError;
 
 /// Any error that ends a request.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,8 @@ pub enum ApiError {
     Metrics(#[from] MetricsError),
     #[error(transparent)]
     Terminology(#[from] TerminologyError),
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
     /// A batch / transaction entry failed: `label` names it ("Bundle.entry[3] (PUT Patient/1)").
     #[error("{label}: {cause}")]
     Entry { label: String, cause: Box<ApiError> },
@@ -95,6 +98,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             WriteError::Consensus(c) => classify_consensus(c),
             WriteError::MissingBody(_) => (400, "required"),
             WriteError::Mailbox(_) => (503, "transient"),
+            WriteError::Subscription(s) => classify_subscription(s),
         },
         ApiError::Config(_) => (500, "exception"),
         ApiError::Search(e) => match e {
@@ -155,6 +159,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
         ApiError::Metrics(m) => match m {
             MetricsError::Register { .. } | MetricsError::Encode(_) => (500, "exception"),
         },
+        ApiError::Subscription(s) => classify_subscription(s),
         ApiError::Entry { cause, .. } => classify(cause),
     }
 }
@@ -172,6 +177,19 @@ fn classify_terminology(t: &TerminologyError) -> (u16, &'static str) {
         TerminologyError::Invalid(_) => (400, "invalid"),
         TerminologyError::TooCostly(_) => (400, "too-costly"),
         TerminologyError::Store(s) => classify_store(s),
+    }
+}
+
+fn classify_subscription(e: &SubscriptionError) -> (u16, &'static str) {
+    match e {
+        SubscriptionError::Criteria(_) | SubscriptionError::Invalid(_) => (400, "invalid"),
+        SubscriptionError::Search(s) => classify(&ApiError::Search(s.clone())),
+        SubscriptionError::ChannelNotSupported(_) => (400, "not-supported"),
+        SubscriptionError::Disabled => (404, "not-supported"),
+        SubscriptionError::TooManySockets { .. } => (503, "throttled"),
+        SubscriptionError::Internal(_) => (500, "exception"),
+        SubscriptionError::Store(s) => classify_store(s),
+        SubscriptionError::Consensus(c) => classify_consensus(c),
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`export`]: bulk `$export`: replicated jobs, export actors on the leader, NDJSON sinks.
 //! - [`meili`]: `_content` / `_text` through Meilisearch: the indexer on the leader (history
 //!   rows after a replicated cursor), documents, text queries, `kiln reindex`.
+//! - [`subscription`]: R4 Subscriptions: criteria matched against the applied history, rest-hook
+//!   delivery by the leader's notifier (replicated positions), the websocket channel.
 //! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
 //! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
 //!   tenant's data is its own key space of the state ([`store::space`]).
@@ -50,6 +52,7 @@ pub mod meili;
 pub mod metrics;
 pub mod search;
 pub mod store;
+pub mod subscription;
 pub mod tenancy;
 pub mod terminology;
 
@@ -214,7 +217,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
             let system = actix_web::rt::System::new();
             system.block_on(async move {
                 let cfg = thread_cfg;
-                let settings = ActorSettings::from_config(&cfg);
+                let subscriptions = Arc::new(subscription::Subscriptions::new(Arc::new(subscription::Rules::with(cfg.subscriptions.clone(), search.clone(), defs.clone()))));
+                let settings = ActorSettings::from_config(&cfg).with_subscriptions(subscriptions.rules.clone());
                 let registry = Arc::new(Registry::start(defs.clone(), thread_raft.clone(), settings, workers));
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();
@@ -236,6 +240,11 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     let cx = meili::indexer::IndexerCtx { meili: m.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone() };
                     actix::Actor::start(meili::indexer::Supervisor::new(Arc::new(cx)));
                 }
+                if subscriptions.enabled() {
+                    let cx = subscription::notifier::NotifierCtx { subs: subscriptions.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone() };
+                    actix::Actor::start(subscription::notifier::Supervisor::new(Arc::new(cx)));
+                    actix_web::rt::spawn(subscription::websocket::pinger(subscriptions.clone(), store.tree().tree().clone()));
+                }
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
@@ -252,6 +261,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     blobs,
                     meili: text_search,
                     metrics: node_metrics,
+                    subscriptions,
                 });
                 if let Some(s3) = state.s3.clone() {
                     // Not a start condition (the node serves everything else without the bucket):

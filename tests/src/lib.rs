@@ -3,9 +3,11 @@
 //! processes ([`ChildNode`], for kill -9 crash tests); [`TestCluster`] runs N child processes as
 //! one Raft cluster (leader(), kill9(i), restart(i), isolate(i) / heal(i), add_node()); plus a
 //! small FHIR HTTP client; [`S3Server`] runs a real S3-compatible server (`s3s-fs`) for the
-//! object-storage tests, [`meili::Meili`] a real Meilisearch server.
+//! object-storage tests, [`meili::Meili`] a real Meilisearch server, [`hooks::Receiver`] a real
+//! HTTP endpoint for rest-hook Subscriptions.
 
 pub mod bulk;
+pub mod hooks;
 pub mod meili;
 
 use std::io::{BufRead, BufReader};

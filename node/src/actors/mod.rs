@@ -1,7 +1,8 @@
 //! The write pipeline: one [`resource::ResourceActor`] per resource type validates, stamps ids, and
 //! coalesces concurrent writes of its type into one Raft proposal. [`registry::Registry`] finds the
-//! actor of a type; [`msg`] holds every message.
+//! actor of a type; [`msg`] holds every message; [`leader`] runs the leader-only loops.
 
+pub mod leader;
 pub mod msg;
 pub mod registry;
 pub mod resource;
@@ -26,4 +27,6 @@ pub enum WriteError {
     MissingBody(&'static str),
     #[error("the write pipeline of {0} is not running")]
     Mailbox(String),
+    #[error(transparent)]
+    Subscription(#[from] crate::subscription::SubscriptionError),
 }

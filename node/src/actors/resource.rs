@@ -29,6 +29,9 @@ pub struct ActorSettings {
     /// Most body bytes in one proposal (a single larger write still goes, alone): every Raft entry
     /// must fit in one transport frame (`cluster.max_frame_bytes`), or followers refuse it.
     pub max_batch_bytes: usize,
+    /// How a Subscription is checked ([`crate::subscription::spec::client_write`]); `None`:
+    /// stored unchecked.
+    pub subscriptions: Option<Arc<crate::subscription::Rules>>,
 }
 
 impl ActorSettings {
@@ -38,7 +41,14 @@ impl ActorSettings {
             max_depth: cfg.limits.max_depth,
             max_batch: 1024,
             max_batch_bytes: cfg.limits.max_body_bytes,
+            subscriptions: None,
         }
+    }
+
+    /// With Subscriptions checked on write.
+    pub fn with_subscriptions(mut self, rules: Arc<crate::subscription::Rules>) -> ActorSettings {
+        self.subscriptions = Some(rules);
+        self
     }
 }
 
@@ -167,6 +177,11 @@ pub fn prepare(defs: &Definitions, settings: &ActorSettings, rtype: &'static str
             }
             meta::strip_server_meta(&mut body);
             defs.validate(rtype, &body, settings.max_depth)?;
+            if let (Some(rules), "Subscription") = (&settings.subscriptions, rtype) {
+                // Status requested (or off), criteria and channel checked: a 4xx here, not an
+                // `error` later.
+                crate::subscription::spec::client_write(rules, &mut body)?;
+            }
             Some(serde_json::to_string(&body).map_err(|_| FhirError::NotAnObject)?)
         }
     };

@@ -43,7 +43,8 @@ fn status_json(st: &AppState) -> serde_json::Value {
         "learners": s.learners,
         "peers": s.peers,
         "fhir_version": st.defs.version.as_str(),
-        "meilisearch": crate::meili::status::status_json(st.meili.as_deref(), st.store.tree().tree())
+        "meilisearch": crate::meili::status::status_json(st.meili.as_deref(), st.store.tree().tree()),
+        "subscriptions": st.subscriptions.status_json()
     })
 }
 

@@ -157,6 +157,30 @@ fn documentation(st: &AppState) -> String {
     }
 }
 
+/// The websocket URL of the Subscription channel, from the FHIR base (`http` → `ws`).
+pub fn websocket_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let ws = match base.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => format!("ws://{}", base.strip_prefix("http://").unwrap_or(base)),
+    };
+    format!("{ws}{}", crate::subscription::WS_PATH)
+}
+
+/// The Subscription entry's documentation: the channels served, or that none is.
+fn subscription_channels(st: &AppState, base: &str) -> String {
+    if !st.subscriptions.enabled() {
+        return "Subscriptions are stored but not activated: this server serves no subscription channel ([subscriptions] enabled = false).".into();
+    }
+    let c = &st.subscriptions.rules.cfg;
+    format!(
+        "Channels served: rest-hook (no payload: an empty POST to the endpoint; payload application/fhir+json: PUT {{endpoint}}/{{type}}/{{id}}, DELETE there for a deletion; channel.header sent), delivered at least once by the cluster leader, retried with backoff, status error after {} failed attempts; websocket at {} (bind {{id}} / bound {{id}} / ping {{id}}). Criteria: a search of this server without chains or _has. At most {} active subscriptions.",
+        c.max_retries + 1,
+        websocket_url(base),
+        c.max_active
+    )
+}
+
 /// The Bulk Data Access IG's canonical base.
 const BULK_DATA: &str = "http://hl7.org/fhir/uv/bulkdata";
 
@@ -211,6 +235,9 @@ pub fn build(st: &AppState, base: &str) -> Value {
             // Terminology operations (crate::terminology::http).
             ops.extend(crate::terminology::http::OPERATIONS.iter().filter(|(rtype, _, _)| rtype == t).map(|(_, name, url)| op_entry(st, name, url)));
             r["operation"] = json!(ops);
+            if *t == "Subscription" {
+                r["documentation"] = json!(subscription_channels(st, base));
+            }
             r
         })
         .collect();
@@ -243,6 +270,10 @@ pub fn build(st: &AppState, base: &str) -> Value {
     cs["instantiates"] = json!([format!("{BULK_DATA}/CapabilityStatement/bulk-data")]);
     if let Some(sec) = security(st) {
         cs["rest"][0]["security"] = sec;
+    }
+    if st.subscriptions.enabled() {
+        // Where the R4 websocket channel is served (the CapabilityStatement websocket extension).
+        cs["rest"][0]["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket", "valueUri": websocket_url(base)}]);
     }
     if st.defs.version == FhirVersion::Stu3 {
         cs["acceptUnknown"] = json!("no");

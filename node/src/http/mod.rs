@@ -99,6 +99,8 @@ pub struct AppState {
     pub meili: Option<Arc<crate::meili::Meili>>,
     /// This node's Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Subscriptions (`[subscriptions]`): the rules, the websocket hub, the notifier's state.
+    pub subscriptions: Arc<crate::subscription::Subscriptions>,
 }
 
 /// The level an interaction works at.
@@ -165,6 +167,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::terminology::http::configure(cfg);
     // $everything, $validate, $meta, $meta-add, $meta-delete.
     crate::operations::configure(cfg);
+    // The R4 websocket channel of Subscriptions (404 below when subscriptions are off).
+    cfg.route(crate::subscription::WS_PATH, web::get().to(crate::subscription::websocket::endpoint));
     // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead
     // of reading `$name` as a type or an id.
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {

@@ -1,5 +1,5 @@
-//! The indexer. A [`Supervisor`] runs on every node and starts an [`Indexer`] actor while the
-//! node leads (stopping it when it no longer does), like the export supervisor. The indexer
+//! The indexer. A [`Supervisor`] runs on every node and runs the indexer loop while the node
+//! leads ([`crate::actors::leader`]). The indexer
 //! loops over the tenants: it reads the history rows after the tenant's replicated cursor in
 //! batches (at most `batch_rows`, ending on a timestamp boundary, at most [`MAX_BATCH_BYTES`] of
 //! bodies), takes each distinct resource's CURRENT state (deleted: its document is deleted; else
@@ -15,12 +15,11 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use meilisearch_sdk::task_info::TaskInfo;
 use serde_json::Value;
 
 use super::{cursor, document, status, Meili, MeiliError};
-use crate::actors::msg::Stop;
+use crate::actors::leader::LeaderWork;
 use crate::consensus::RaftHandle;
 use crate::store::command::{Command, CommandV1};
 use crate::store::space::Space;
@@ -258,64 +257,22 @@ async fn run(cx: Arc<IndexerCtx>) {
     }
 }
 
-/// Runs [`run`] until this node stops leading or the supervisor stops it.
-pub struct Indexer {
-    cx: Arc<IndexerCtx>,
-}
-
-impl Actor for Indexer {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        self.cx.meili.state.lock().running = true;
-        ctx.spawn(run(self.cx.clone()).into_actor(self).map(|_, _, ctx| ctx.stop()));
+impl LeaderWork for IndexerCtx {
+    fn raft(&self) -> &RaftHandle {
+        &self.raft
     }
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.cx.meili.state.lock().running = false;
+    fn run(self: Arc<Self>) -> futures::future::LocalBoxFuture<'static, ()> {
+        Box::pin(run(self))
     }
-}
 
-impl Handler<Stop> for Indexer {
-    type Result = ();
-    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+    fn running(&self, on: bool) {
+        self.meili.state.lock().running = on;
     }
 }
 
 /// Starts the indexer on the leader and stops it elsewhere.
-pub struct Supervisor {
-    cx: Arc<IndexerCtx>,
-    running: Option<Addr<Indexer>>,
-}
-
-impl Supervisor {
-    pub fn new(cx: Arc<IndexerCtx>) -> Supervisor {
-        Supervisor { cx, running: None }
-    }
-
-    fn tick(&mut self) {
-        if self.running.as_ref().is_some_and(|a| !a.connected()) {
-            self.running = None;
-        }
-        match (self.cx.raft.leads(), &self.running) {
-            (true, None) => self.running = Some(Indexer { cx: self.cx.clone() }.start()),
-            (false, Some(a)) => {
-                a.do_send(Stop);
-                self.running = None;
-            }
-            _ => {}
-        }
-    }
-}
-
-impl Actor for Supervisor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(Duration::from_millis(250), |act, _| act.tick());
-    }
-}
+pub type Supervisor = crate::actors::leader::Supervisor<IndexerCtx>;
 
 #[cfg(test)]
 mod tests {

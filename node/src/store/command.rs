@@ -59,6 +59,9 @@ pub enum CommandV1 {
     /// A move of the Meilisearch indexer's replicated cursor, or its reset
     /// ([`crate::meili::cursor`]). Not a resource write: no timestamp, no tenant wrapper.
     SearchCursor(crate::meili::cursor::CursorOp),
+    /// Moves of the rest-hook delivery positions of Subscriptions
+    /// ([`crate::subscription::cursor`]). Proposed by the leader's notifier only.
+    SubscriptionCursor(crate::subscription::cursor::SubCursorOp),
 }
 
 /// One write entry of a [`CommandV1::Bundle`].
@@ -167,7 +170,7 @@ impl CommandV1 {
     fn with_ts(mut self, ts: u64) -> CommandV1 {
         match &mut self {
             CommandV1::Writes { ts_micros, .. } | CommandV1::Conditional { ts_micros, .. } | CommandV1::Bundle { ts_micros, .. } => *ts_micros = ts,
-            CommandV1::Pin { .. } | CommandV1::SearchCursor(_) => {}
+            CommandV1::Pin { .. } | CommandV1::SearchCursor(_) | CommandV1::SubscriptionCursor(_) => {}
             CommandV1::Export(op) => *op = op.clone().with_ts(ts),
             CommandV1::InTenant { command, .. } => {
                 // Undecodable: left as is (checks and apply refuse it).
@@ -201,6 +204,7 @@ impl Command {
             Command::V1(CommandV1::Pin { .. }) => return Err("a Pin is proposed by the leader itself, never forwarded".into()),
             Command::V1(CommandV1::Export(op)) => return op.check(defs),
             Command::V1(CommandV1::SearchCursor(op)) => return op.check(),
+            Command::V1(CommandV1::SubscriptionCursor(op)) => return op.check(),
             Command::V1(CommandV1::InTenant { tenant, command }) => {
                 if !crate::tenancy::valid_tenant(tenant) {
                     return Err(format!("invalid tenant id {tenant:?}"));

@@ -7,6 +7,7 @@ pub mod command;
 pub mod export_apply;
 pub mod keys;
 pub mod meili_apply;
+pub mod subscription_apply;
 pub mod reindex;
 pub mod resources;
 pub mod snapshot;

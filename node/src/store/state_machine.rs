@@ -264,6 +264,10 @@ impl StateMachine {
                 self.apply_search_cursor(index, term, op)?;
                 Vec::new()
             }
+            CommandV1::SubscriptionCursor(op) => {
+                self.apply_subscription_cursor(index, term, op)?;
+                Vec::new()
+            }
             CommandV1::Conditional { ts_micros, op, condition } => match self.resolve(&op, &condition)? {
                 Resolved::Ops(ops) => {
                     let mut outs = self.apply_writes(index, term, ts_micros, &ops, tenant)?;

@@ -22,5 +22,6 @@ mod operations;
 mod search;
 mod search_examples;
 mod search_property;
+mod subscriptions;
 mod tenancy;
 mod terminology;
