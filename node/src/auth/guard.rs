@@ -352,6 +352,15 @@ pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &Writ
     }
     let rtype = w.rtype;
     require(principal, st, write_op(w.action), rtype)?;
+    // A Subscription's criteria are matched, and with a payload its matches sent, outside its
+    // author's later requests: the author must be able to search the criteria's type as a whole
+    // (a patient/ grant's compartment could not be kept).
+    if let Some(criteria) = (rtype == "Subscription").then(|| w.body.and_then(|b| b.get("criteria")).and_then(Value::as_str)).flatten() {
+        let ctype = criteria.split('?').next().unwrap_or_default();
+        if let Grant::Patient(_) = require(principal, st, Op::SEARCH_TYPE, ctype)? {
+            return Err(AuthError::Forbidden(format!("a Subscription on {ctype} notifies outside your requests: your access to {ctype} is limited to a patient's compartment")).into());
+        }
+    }
     let mut linked = Vec::new();
     if let Some(cond) = w.condition {
         require(principal, st, Op::SEARCH_TYPE, rtype)?;

@@ -340,6 +340,10 @@ fn the_websocket_upgrade_is_authenticated_and_authorized_when_auth_is_on() {
     let resp = client().post(n.url("/Subscription")).bearer_auth(&all).header("content-type", "application/fhir+json").body(sub.to_string()).send().unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     let id = json(resp)["id"].as_str().unwrap().to_string();
+    // A patient/-scoped author may not subscribe: its matches would reach beyond the compartment.
+    let one_patient = crate::auth::token(json!({"scope": "user/Subscription.write patient/Observation.read", "patient": "p1"}));
+    let resp = client().post(n.url("/Subscription")).bearer_auth(&one_patient).header("content-type", "application/fhir+json").body(subscription("Observation", json!({"type": "websocket"})).to_string()).send().unwrap();
+    assert_eq!(resp.status().as_u16(), 403, "patient-scoped Subscription");
     assert_eq!(ws_connect_as(&n.base, None).err(), Some(401), "no credentials: refused before the upgrade");
     assert_eq!(ws_connect_as(&n.base, Some("not-a-token")).err(), Some(401));
     assert_eq!(ws_connect_as(&n.base, Some(&patients_only)).err(), Some(403), "may not read Subscription");
