@@ -45,9 +45,10 @@ impl ActorSettings {
         }
     }
 
-    /// With Subscriptions checked on write.
-    pub fn with_subscriptions(mut self, rules: Arc<crate::subscription::Rules>) -> ActorSettings {
-        self.subscriptions = Some(rules);
+    /// With Subscriptions checked on write when `[subscriptions]` is enabled (otherwise a
+    /// Subscription is an ordinary resource, stored as sent).
+    pub fn with_subscriptions(mut self, enabled: bool, rules: Arc<crate::subscription::Rules>) -> ActorSettings {
+        self.subscriptions = enabled.then_some(rules);
         self
     }
 }

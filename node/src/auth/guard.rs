@@ -355,7 +355,7 @@ pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &Writ
     // A Subscription's criteria are matched, and with a payload its matches sent, outside its
     // author's later requests: the author must be able to search the criteria's type as a whole
     // (a patient/ grant's compartment could not be kept).
-    if let Some(criteria) = (rtype == "Subscription").then(|| w.body.and_then(|b| b.get("criteria")).and_then(Value::as_str)).flatten() {
+    if let Some(criteria) = (rtype == "Subscription" && st.cfg.subscriptions.enabled).then(|| w.body.and_then(|b| b.get("criteria")).and_then(Value::as_str)).flatten() {
         let ctype = criteria.split('?').next().unwrap_or_default();
         if let Grant::Patient(_) = require(principal, st, Op::SEARCH_TYPE, ctype)? {
             return Err(AuthError::Forbidden(format!("a Subscription on {ctype} notifies outside your requests: your access to {ctype} is limited to a patient's compartment")).into());

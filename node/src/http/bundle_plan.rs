@@ -150,7 +150,7 @@ pub fn plan(st: &AppState, ctx: &Ctx, body: Value) -> Result<Plan, ApiError> {
             }
         }
     }
-    let settings = ActorSettings::from_config(&st.cfg).with_subscriptions(st.subscriptions.rules.clone());
+    let settings = ActorSettings::from_config(&st.cfg).with_subscriptions(st.cfg.subscriptions.enabled, st.subscriptions.rules.clone());
     let entries = entries
         .into_iter()
         .enumerate()

@@ -268,5 +268,6 @@ fn stu3_node_serves_terminology_too() {
     assert_eq!(param(&l, "display")["valueString"], "ambulatory", "{l}");
     let (_, cap) = get(&c, &node.url("/metadata"));
     let vs = cap["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "ValueSet").unwrap();
-    assert_eq!(vs["operation"][0]["definition"]["reference"], "http://hl7.org/fhir/OperationDefinition/ValueSet-expand");
+    let expand = vs["operation"].as_array().unwrap().iter().find(|o| o["name"] == "expand").unwrap();
+    assert_eq!(expand["definition"]["reference"], "http://hl7.org/fhir/OperationDefinition/ValueSet-expand");
 }
