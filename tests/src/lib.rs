@@ -137,7 +137,13 @@ impl ChildNode {
         Self::spawn(cmd, data_dir)
     }
 
-    fn spawn(mut cmd: Command, data_dir: &Path) -> ChildNode {
+    fn spawn(cmd: Command, data_dir: &Path) -> ChildNode {
+        Self::try_spawn(cmd, data_dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the child and reads its "Kiln listening on" line; an error when it exits first
+    /// (e.g. a port taken meanwhile by another test: ports are allocated by binding port 0).
+    fn try_spawn(mut cmd: Command, data_dir: &Path) -> Result<ChildNode, String> {
         let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -147,8 +153,14 @@ impl ChildNode {
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("kiln prints its address");
-        let base = line.trim().strip_prefix("Kiln listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
-        ChildNode { child, data_dir: data_dir.to_path_buf(), base }
+        match line.trim().strip_prefix("Kiln listening on ") {
+            Some(base) => Ok(ChildNode { child, data_dir: data_dir.to_path_buf(), base: base.to_string() }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("kiln serve did not start (first line {line:?}): see its stderr above"))
+            }
+        }
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -201,8 +213,11 @@ impl TestCluster {
     /// [`Self::start_with`], with `prepare` run on the cluster's folder (node i's data dir is
     /// `node<i>` in it) before the nodes start: e.g. `kiln restore` into it.
     pub fn start_prepared(n: usize, tweak: impl Fn(&mut Config), prepare: impl FnOnce(&Path)) -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let mut dir = tempfile::tempdir().expect("temp dir");
         prepare(dir.path());
+        // Ports come from binding port 0 and releasing it: another test may take one before the
+        // node binds it. Then the whole cluster starts again on new ports (same folders).
+        for attempt in 1.. {
         let ports = free_ports(3 * n);
         let peers: Vec<PeerConfig> = (0..n)
             .map(|i| PeerConfig {
@@ -235,18 +250,41 @@ impl TestCluster {
             })
             .collect();
         let mut c = TestCluster { dir, configs, nodes: Vec::new() };
+        let mut failed = None;
         for id in 1..=n as u64 {
-            let node = c.spawn(id);
-            c.nodes.push(Some(node));
+            match c.try_spawn(id) {
+                Ok(node) => c.nodes.push(Some(node)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        c
+        match failed {
+            None => return c,
+            Some(e) if attempt < 3 => {
+                eprintln!("{e}; starting the cluster again on other ports");
+                let TestCluster { dir: d, nodes, .. } = c;
+                drop(nodes);
+                dir = d;
+            }
+            Some(e) => panic!("{e}"),
+        }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     fn spawn(&self, id: u64) -> ChildNode {
+        self.try_spawn(id).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_spawn(&self, id: u64) -> Result<ChildNode, String> {
         let cfg = &self.configs[(id - 1) as usize];
         let path = self.dir.path().join(format!("node{id}.toml"));
         std::fs::write(&path, toml::to_string(cfg).expect("config serializes")).expect("write config");
-        ChildNode::start_config(&path, &cfg.data_dir)
+        let mut cmd = Command::new(kiln_bin());
+        cmd.args(["serve", "--config"]).arg(&path);
+        ChildNode::try_spawn(cmd, &cfg.data_dir)
     }
 
     pub fn ids(&self) -> Vec<u64> {
