@@ -20,8 +20,8 @@ impl Inputs {
         Inputs { body, query }
     }
 
-    /// Every `parameter` named `name` of the body.
-    pub fn parts<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    /// Every `parameter` of a `Parameters` body.
+    fn parameters(&self) -> impl Iterator<Item = &Value> + '_ {
         self.body
             .as_ref()
             .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Parameters"))
@@ -29,19 +29,16 @@ impl Inputs {
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter(move |p| p.get("name").and_then(Value::as_str) == Some(name))
+    }
+
+    /// Every `parameter` named `name` of the body.
+    pub fn parts<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.parameters().filter(move |p| p.get("name").and_then(Value::as_str) == Some(name))
     }
 
     /// The names of the body's parameters.
     pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.body
-            .as_ref()
-            .filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Parameters"))
-            .and_then(|b| b.get("parameter"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.get("name").and_then(Value::as_str))
+        self.parameters().filter_map(|p| p.get("name").and_then(Value::as_str))
     }
 
     /// A primitive input: the first `value[x]` of parameter `name`, else the query parameter.
