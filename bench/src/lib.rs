@@ -12,6 +12,7 @@
 //! - [`suite`]: one run: load, detect features, run each scenario at each client count.
 //! - [`binary`]: one raw Binary uploaded and read back (MB/s, server RSS).
 //! - [`export`]: one Bulk Data export, kick-off to manifest (resources/s) and the downloads.
+//! - [`scale`]: the scale run: bundle load, scenarios on a cluster, RSS per node, data folders.
 //! - [`report`]: Markdown + JSON tables and SVG plots (throughput vs clients, latency CDF).
 //!
 //! Works against any FHIR base URL, so peers can be measured with the same tool.
@@ -21,6 +22,7 @@ pub mod export;
 pub mod gen;
 pub mod load;
 pub mod report;
+pub mod scale;
 pub mod scenarios;
 pub mod suite;
 

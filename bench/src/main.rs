@@ -99,6 +99,47 @@ enum Command {
         #[arg(long, env = "KILN_BENCH_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Scale run: load the data set by transaction Bundles, then scenarios against the cluster's
+    /// leader (creates also through a follower), sampling every node's RSS and measuring its data
+    /// folder; writes scale.md, scale.json, rss.svg and the scenario report.
+    Scale {
+        /// The leader's FHIR base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        /// A follower's FHIR base URL (creates are measured there too).
+        #[arg(long)]
+        follower: Option<String>,
+        /// 20,000 patients are about 10^6 resources.
+        #[arg(long, default_value_t = 20_000)]
+        patients: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Skip the load (the data is already there).
+        #[arg(long)]
+        no_load: bool,
+        #[arg(long, default_value_t = 1000)]
+        bundle_size: usize,
+        #[arg(long, default_value_t = 2)]
+        load_concurrency: usize,
+        #[arg(long, default_value = "mixed-crud,read,search-token,search-count,create")]
+        scenarios: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 15.0)]
+        duration_secs: f64,
+        #[arg(long, default_value_t = 3.0)]
+        warmup_secs: f64,
+        /// Node pids to sample, NAME=PID comma-separated (e.g. node1=123,node2=124).
+        #[arg(long, default_value = "")]
+        pids: String,
+        /// Node data folders to measure, NAME=DIR comma-separated.
+        #[arg(long, default_value = "")]
+        data_dirs: String,
+        #[arg(long, env = "KILN_BENCH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, default_value = "bench-results/scale")]
+        out: PathBuf,
+    },
     /// Re-render report.md and the plots from a results.json.
     Report {
         #[arg(long)]
@@ -106,6 +147,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `a=1,b=2` → [(a, 1), (b, 2)].
+fn pairs<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<(String, T)>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| format!("{what}: '{p}' is not NAME=VALUE"))?;
+            Ok((k.trim().to_string(), v.trim().parse().map_err(|_| format!("{what}: bad value in '{p}'"))?))
+        })
+        .collect()
 }
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
@@ -154,6 +206,28 @@ async fn main() -> Result<(), String> {
         Command::Binary { base, mib, server_pid, token } => {
             let run = kiln_bench::binary::run(&base, mib, token.as_deref(), server_pid).await.map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?);
+        }
+        Command::Scale { base, follower, patients, seed, no_load, bundle_size, load_concurrency, scenarios: names, clients, duration_secs, warmup_secs, pids, data_dirs, token, out } => {
+            let opts = kiln_bench::scale::ScaleOptions {
+                base,
+                follower,
+                patients,
+                seed,
+                load: !no_load,
+                bundle_size,
+                load_concurrency,
+                scenarios: list(&names, "scenario")?,
+                clients,
+                duration: Duration::from_secs_f64(duration_secs),
+                warmup: Duration::from_secs_f64(warmup_secs),
+                pids: pairs(&pids, "--pids")?,
+                data_dirs: pairs(&data_dirs, "--data-dirs")?,
+                token,
+            };
+            let report = kiln_bench::scale::run(&opts).await.map_err(|e| e.to_string())?;
+            report.write(&out).map_err(|e| e.to_string())?;
+            println!("{}", report.markdown());
+            println!("written to {}", out.display());
         }
         Command::Report { results, out } => {
             let text = std::fs::read(&results).map_err(|e| e.to_string())?;

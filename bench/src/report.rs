@@ -146,16 +146,16 @@ impl Report {
     }
 }
 
-/// A line chart: one labelled series per scenario.
-struct Plot {
-    caption: &'static str,
-    x_desc: &'static str,
-    y_desc: &'static str,
-    markers: bool,
+/// A line chart: one labelled series per scenario (or node).
+pub struct Plot {
+    pub caption: &'static str,
+    pub x_desc: &'static str,
+    pub y_desc: &'static str,
+    pub markers: bool,
 }
 
 impl Plot {
-    fn draw(&self, path: &Path, series: Vec<(String, Vec<(f64, f64)>)>) -> Result<(), BenchError> {
+    pub fn draw(&self, path: &Path, series: Vec<(String, Vec<(f64, f64)>)>) -> Result<(), BenchError> {
         let err = |e: &dyn std::fmt::Display| BenchError::Plot(e.to_string());
         let points = || series.iter().flat_map(|(_, p)| p.iter());
         let x_max = points().map(|p| p.0).fold(1.0, f64::max);

@@ -82,6 +82,8 @@ pub struct Config {
     /// R4 Subscriptions (rest-hook, websocket) and the bounds of their delivery (docs/api.md,
     /// "Subscriptions"). Off by default.
     pub subscriptions: crate::subscription::SubscriptionsConfig,
+    /// `[storage]`: sled's page cache and compression (node/src/store/db.rs).
+    pub storage: crate::store::db::StorageConfig,
 }
 
 /// `[log]`. The flag `--log-format` (or `KILN_LOG_FORMAT`) overrides `format`.
@@ -252,6 +254,7 @@ impl Default for Config {
             meilisearch: crate::meili::MeiliConfig::default(),
             log: LogConfig::default(),
             subscriptions: crate::subscription::SubscriptionsConfig::default(),
+            storage: crate::store::db::StorageConfig::default(),
         }
     }
 }
@@ -323,6 +326,7 @@ impl Config {
         }
         self.meilisearch.validate().map_err(ConfigError::Invalid)?;
         self.subscriptions.validate().map_err(ConfigError::Invalid)?;
+        self.storage.check().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
         }

@@ -185,9 +185,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     let s3 = cfg.s3.as_ref().map(objects::S3::open).transpose()?;
     let blobs = Arc::new(binary::Blobs::open(&cfg, s3.clone()).map_err(|source| StartError::Blobs { path: cfg.data_dir.display().to_string(), source })?);
     let text_search = meili::Meili::from_config(&cfg.meilisearch).map_err(StartError::Meili)?.map(Arc::new);
-    let db = sled::Config::new()
-        .path(&cfg.data_dir)
-        .open()
+    let db = store::db::open(&cfg.data_dir, &cfg.storage)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;
     let state = db.open_tree("state").map_err(StoreError::from)?;
     let search = Arc::new(search::params::Registry::load(cfg.fhir_version));

@@ -48,6 +48,28 @@ enum Command {
     /// Build the data dirs of a NEW cluster (DATA_DIR/node1..N) from a backup, after checking its
     /// digests; then `kiln cluster up --data-dir DATA_DIR` or `kiln serve --data-dir DATA_DIR/node1`.
     Restore(RestoreArgs),
+    /// Where a STOPPED node's disk goes: live bytes per tree and key class (versions, history,
+    /// index rows, Raft log) against sled's files, i.e. the space amplification.
+    Storage(StorageArgs),
+}
+
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// The node's data folder (the node must be stopped).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+fn storage(args: StorageArgs) -> Result<(), String> {
+    use kiln::store::{db, usage};
+    if db::written_compressed(&args.data_dir).is_none() {
+        return Err(format!("{} is not a node's data folder (no sled `conf` file)", args.data_dir.display()));
+    }
+    let cfg = db::StorageConfig { cache_mib: 64, ..Default::default() };
+    let d = db::open(&args.data_dir, &cfg).map_err(|e| format!("opening {}: {e}", args.data_dir.display()))?;
+    let u = usage::measure(&d, &args.data_dir).map_err(|e| e.to_string())?;
+    print!("{}", usage::render(&u));
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -585,6 +607,7 @@ fn main() -> ExitCode {
         },
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
+        Command::Storage(args) => storage(args),
         Command::Serve(args) => serve(args),
         Command::Cluster(cmd) => cluster(cmd),
         Command::Token(args) => token(args),

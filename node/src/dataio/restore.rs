@@ -31,7 +31,7 @@ const BATCH: usize = 10_000;
 /// Batches between flushes: sled keeps written pages in memory until they are flushed.
 const FLUSH_EVERY: usize = 10;
 /// Page cache of each database while restoring (the data is written once, not read).
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_MIB: u64 = 64;
 
 /// What `kiln restore` was asked.
 pub struct RestoreJob {
@@ -104,7 +104,7 @@ fn write_nodes(job: &RestoreJob, ids: &[u64], manifest: &Manifest, path: &Path) 
     for &id in ids {
         let dir = node_dir(&job.data_dir, id);
         std::fs::create_dir_all(&dir).map_err(DataIoError::io(&dir))?;
-        let db = sled::Config::new().path(&dir).cache_capacity(CACHE_BYTES).open()?;
+        let db = crate::store::db::open(&dir, &crate::store::db::StorageConfig { cache_mib: CACHE_MIB, ..Default::default() })?;
         let state = db.open_tree("state")?;
         dbs.push((db, state));
     }
@@ -208,7 +208,7 @@ mod tests {
         let job = RestoreJob { from: tmp.path().join("b"), data_dir: tmp.path().join("d"), node_ids: vec![1, 2, 3] };
         assert_eq!(run(&job).unwrap(), m);
         for id in 1..=3 {
-            let db = sled::open(node_dir(&job.data_dir, id)).unwrap();
+            let db = crate::store::db::open(&node_dir(&job.data_dir, id), &Default::default()).unwrap();
             let state = db.open_tree("state").unwrap();
             let (_, _, data) = crate::store::snapshot::digests(&state).unwrap();
             assert_eq!(data, m.data_sha256, "the data digest is the backup's");

@@ -321,24 +321,60 @@ fn distinct_dates(values: &[IndexValue]) -> usize {
     ranges.len()
 }
 
-/// The reverse row's value: the keys, each with a u32 length.
+/// The reverse row's value: the keys front-coded (each as the length it shares with the key
+/// before it and the rest, both as LEB128 varints, then the rest's bytes). The keys of one
+/// resource share their `x` type prefix and mostly their parameter, so this is about half the
+/// size of plain keys (issue #16: the reverse lists were the largest class of live data).
 pub fn encode_list(keys: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() + 4).sum());
+    let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() / 2 + 2).sum());
+    let mut prev: &[u8] = &[];
     for k in keys {
-        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        out.extend_from_slice(k);
+        let shared = prev.iter().zip(k.iter()).take_while(|(a, b)| a == b).count();
+        push_varint(&mut out, shared as u64);
+        push_varint(&mut out, (k.len() - shared) as u64);
+        out.extend_from_slice(&k[shared..]);
+        prev = k;
     }
     out
 }
 
 pub fn decode_list(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Vec<u8>> = Vec::new();
     while !b.is_empty() {
-        let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
-        out.push(b.get(4..4 + len)?.to_vec());
-        b = &b[4 + len..];
+        let shared = usize::try_from(take_varint(&mut b)?).ok()?;
+        let rest = usize::try_from(take_varint(&mut b)?).ok()?;
+        let prev = out.last().map(Vec::as_slice).unwrap_or_default();
+        if shared > prev.len() || rest > b.len() {
+            return None;
+        }
+        let mut k = Vec::with_capacity(shared + rest);
+        k.extend_from_slice(&prev[..shared]);
+        k.extend_from_slice(&b[..rest]);
+        b = &b[rest..];
+        out.push(k);
     }
     Some(out)
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -346,6 +382,17 @@ mod tests {
     use super::*;
     use crate::fhir::FhirVersion;
     use serde_json::json;
+
+    #[test]
+    fn damaged_reverse_lists_are_refused_not_misread() {
+        let keys = vec![b"xPatient\0a".to_vec(), b"xPatient\0b".to_vec(), vec![0xff; 300]];
+        let list = encode_list(&keys);
+        assert_eq!(decode_list(&list), Some(keys));
+        assert_eq!(decode_list(&[]), Some(vec![]));
+        assert_eq!(decode_list(&[5, 1, b'a']), None, "shares more than the previous key has");
+        assert_eq!(decode_list(&[0, 9, b'a']), None, "shorter than it says");
+        assert_eq!(decode_list(&[0x80; 12]), None, "a varint that never ends");
+    }
 
     #[test]
     fn composite_rows_stay_linear_in_the_values() {
@@ -399,6 +446,8 @@ mod tests {
         assert!(rows(&reg, "Patient", &pat).contains(&exact), "string rows: normalized, then exact");
         let list = encode_list(&rs);
         assert_eq!(decode_list(&list).unwrap(), rs);
+        let plain: usize = rs.iter().map(|k| k.len() + 4).sum();
+        assert!(list.len() * 10 < plain * 6, "front coding saves 40% or more: {} of {plain} bytes", list.len());
         assert!(i64_key(-5) < i64_key(3) && i64_from_key(&i64_key(-5)) == Some(-5));
     }
 }

@@ -4,10 +4,12 @@
 
 pub mod bundle_apply;
 pub mod command;
+pub mod db;
 pub mod export_apply;
 pub mod keys;
 pub mod meili_apply;
 pub mod subscription_apply;
+pub mod usage;
 pub mod reindex;
 pub mod resources;
 pub mod snapshot;

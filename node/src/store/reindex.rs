@@ -16,8 +16,8 @@ use crate::search::{index, posting};
 pub const FORMAT_KEY: &[u8] = b"mindex_format";
 /// Bumped whenever the row or posting layout changes, or what a condition can say (8: the
 /// `_in-compartment` criterion of patient/ scopes: a replica without it would decide such a
-/// condition differently, so the pin stops a mixed cluster).
-const LAYOUT: u32 = 8;
+/// condition differently, so the pin stops a mixed cluster; 9: reverse lists front-coded).
+const LAYOUT: u32 = 9;
 /// Resources re-indexed per sled batch.
 const CHUNK: usize = 1_000;
 

@@ -362,7 +362,7 @@ fn a_node_that_crashed_while_installing_a_snapshot_starts_over() {
     // own state), the marker naming it, and part of the state.
     {
         use kiln::store::snapshot::{chunk_of, Staging, STAGING_TREE};
-        let db = sled::open(&c.configs[(node - 1) as usize].data_dir).unwrap();
+        let db = kiln::store::db::open(&c.configs[(node - 1) as usize].data_dir, &Default::default()).unwrap();
         let state = db.open_tree("state").unwrap();
         let pairs: Vec<(sled::IVec, sled::IVec)> = state.iter().map(|r| r.unwrap()).collect();
         let staging = Staging::new(db.open_tree(STAGING_TREE).unwrap());

@@ -2,7 +2,7 @@
 //! set with deliberately bad lines (reported as file:line, every good line lands, a rerun is
 //! idempotent, an interrupted import resumes where it stopped), and a backup taken from a
 //! follower under writes restored into a NEW 3-node cluster whose data digest and resource
-//! versions equal the source's at the backup's index; a damaged backup restores nothing.
+//! versions equal the source's at the backup's index; a damaged backup restores nothing; `kiln storage` on a stopped node.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -273,4 +273,35 @@ fn a_backup_under_writes_restores_into_a_new_cluster_with_equal_digests() {
     assert!(!out.status.success());
     assert!(text(&out).contains("damaged"), "{}", text(&out));
     assert!(!target.join("node1").exists());
+}
+
+#[test]
+fn storage_reports_where_a_stopped_nodes_bytes_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let c = client();
+    {
+        let mut node = kiln_tests::ChildNode::start(&data, "127.0.0.1:0");
+        for i in 0..30 {
+            let resp = c.put(format!("{}/Patient/p{i}", node.base)).header("content-type", "application/fhir+json").body(patient(i).to_string()).send().unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+        }
+        node.kill9();
+    }
+    let out = kiln(&["storage", "--data-dir", data.to_str().unwrap()]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let keys = |class: &str| -> u64 {
+        let line = report.lines().find(|l| l.starts_with(class)).unwrap_or_else(|| panic!("no {class} line in\n{report}"));
+        line[class.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert_eq!(keys("state/versions"), 30, "{report}");
+    assert_eq!(keys("state/current"), 30, "{report}");
+    assert!(keys("state/index rows") > 30, "{report}");
+    assert!(report.contains("on disk:") && report.contains("db "), "{report}");
+    // A folder that is not a node's is refused, not created.
+    let empty = dir.path().join("nothing");
+    let out = kiln(&["storage", "--data-dir", empty.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("not a node's data folder"), "{}", text(&out));
+    assert!(!empty.exists());
 }
