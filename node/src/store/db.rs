@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// sled's page cache, MiB (sled's own default is 1 GiB).
+    /// sled's page cache, MiB of memory (sled's own default is 1 GiB).
     pub cache_mib: u64,
     /// zstd compression of sled's pages, for folders created from now on.
     pub compression: bool,
@@ -46,12 +46,27 @@ pub fn written_compressed(dir: &Path) -> Option<bool> {
         .lines().find_map(|l| l.strip_prefix("use_compression:")).map(|v| v.trim() == "true")
 }
 
+/// sled counts its page cache in the pages' on-disk bytes; compressed pages take about this many
+/// times more once decoded in memory (measured: 100,000 resources loaded on one node, 16 MiB →
+/// 456 MB peak RSS, 128 MiB → 860 MB: 404 MB more for 112 MiB of accounted cache, ×3.6).
+const COMPRESSED_IN_MEMORY: u64 = 4;
+
+/// The capacity handed to sled so that its cache takes about `cache_mib` of memory.
+pub fn sled_cache_bytes(cfg: &StorageConfig, compressed: bool) -> u64 {
+    let bytes = cfg.cache_mib.saturating_mul(1024 * 1024);
+    if compressed {
+        bytes / COMPRESSED_IN_MEMORY
+    } else {
+        bytes
+    }
+}
+
 /// Opens (or creates) the database in `dir`.
 pub fn open(dir: &Path, cfg: &StorageConfig) -> sled::Result<sled::Db> {
     let compress = written_compressed(dir).unwrap_or(cfg.compression);
     sled::Config::new()
         .path(dir)
-        .cache_capacity(cfg.cache_mib.saturating_mul(1024 * 1024))
+        .cache_capacity(sled_cache_bytes(cfg, compress))
         .use_compression(compress)
         .compression_factor(cfg.compression_level)
         .open()
@@ -83,6 +98,13 @@ mod tests {
         db.insert(b"k", vec![7u8; 10_000]).unwrap();
         db.flush().unwrap();
         assert_eq!(written_compressed(dir.path()), Some(true));
+    }
+
+    #[test]
+    fn a_compressed_cache_is_counted_in_memory_bytes() {
+        let cfg = StorageConfig { cache_mib: 128, ..StorageConfig::default() };
+        assert_eq!(sled_cache_bytes(&cfg, false), 128 << 20);
+        assert_eq!(sled_cache_bytes(&cfg, true), 32 << 20);
     }
 
     #[test]

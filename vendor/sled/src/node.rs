@@ -597,12 +597,14 @@ impl Node {
     }
 
     pub(crate) fn should_split(&self) -> bool {
+        // Kiln patch: leaves split above LEAF_SPLIT items (upstream: 16).
+        const LEAF_SPLIT: usize = 64;
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             2
         } else if self.data.is_index() {
             256
         } else {
-            16
+            LEAF_SPLIT
         };
 
         let size_checks = self.data.len() > threshold;
