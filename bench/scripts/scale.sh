@@ -23,12 +23,13 @@ cleanup() {
     kill "$up" 2>/dev/null || true
     wait "$up" 2>/dev/null || true
     pkill -f "serve --config $data/node" 2>/dev/null || true
+    while pgrep -f "serve --config $data/node" > /dev/null; do sleep 0.2; done
     [ "${KEEP:-0}" = 1 ] || rm -rf "$data"
 }
 trap cleanup EXIT
 
 status() { curl -sf "http://127.0.0.1:$1/_cluster/status"; }
-field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+field() { python3 -c "import json,sys; print(json.load(sys.stdin).get(\"$1\") or 0)"; }
 leader=""
 for _ in $(seq 120); do
     if s=$(status "$admin") && [ "$(field leader_id <<< "$s")" != 0 ]; then leader=$(field leader_id <<< "$s"); break; fi
@@ -52,7 +53,11 @@ kill "$fpid"; while kill -0 "$fpid" 2>/dev/null; do sleep 0.1; done
 start=$(date +%s.%N)
 "$kiln" serve --config "$data/node$follower.toml" > "$out/restart-node$follower.log" 2>&1 &
 url="http://127.0.0.1:$((port + follower - 1))/Patient/pat-0"
-until curl -sf -o /dev/null "$url"; do sleep 0.05; done
+deadline=$(( $(date +%s) + 300 ))
+until curl -sf -o /dev/null "$url"; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "node$follower did not serve within 300 s: $out/restart-node$follower.log"; exit 1; }
+    sleep 0.05
+done
 end=$(date +%s.%N)
 python3 -c "print(f'restart of node$follower to its first served read: {$end - $start:.2f} s')" | tee "$out/restart.txt"
 echo "RSS after restart: $(ps -o rss= -p "$(pid_of "$follower")") KiB" | tee -a "$out/restart.txt"

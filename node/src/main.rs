@@ -51,6 +51,39 @@ enum Command {
     /// Where a STOPPED node's disk goes: live bytes per tree and key class (versions, history,
     /// index rows, Raft log) against sled's files, i.e. the space amplification.
     Storage(StorageArgs),
+    /// Rewrite a STOPPED node's database into a fresh folder (only live pages; `[storage]` of
+    /// --config applies to it) and swap it in; the old one is kept as DATA_DIR.before-compact.
+    Compact(CompactArgs),
+}
+
+#[derive(clap::Args)]
+struct CompactArgs {
+    /// The node's data folder (the node must be stopped).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The node's config file, for its `[storage]` settings (default: the defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn compact(args: CompactArgs) -> Result<(), String> {
+    let storage = match &args.config {
+        Some(path) => Config::from_file(path).map_err(|e| e.to_string())?.storage,
+        None => kiln::store::db::StorageConfig::default(),
+    };
+    storage.check()?;
+    let started = std::time::Instant::now();
+    let done = kiln::store::compact::compact(&args.data_dir, &storage).map_err(|e| e.to_string())?;
+    println!(
+        "compacted {} keys in {:.1} s: {:.1} MB -> {:.1} MB
+the old database is in {} (remove it once the node runs)",
+        done.keys,
+        started.elapsed().as_secs_f64(),
+        done.bytes_before as f64 / 1e6,
+        done.bytes_after as f64 / 1e6,
+        done.kept.display()
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -608,6 +641,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup(args),
         Command::Restore(args) => restore(args),
         Command::Storage(args) => storage(args),
+        Command::Compact(args) => compact(args),
         Command::Serve(args) => serve(args),
         Command::Cluster(cmd) => cluster(cmd),
         Command::Token(args) => token(args),

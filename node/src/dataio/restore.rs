@@ -30,8 +30,9 @@ use crate::store::snapshot::is_consensus_meta;
 const BATCH: usize = 10_000;
 /// Batches between flushes: sled keeps written pages in memory until they are flushed.
 const FLUSH_EVERY: usize = 10;
-/// Page cache of each database while restoring (the data is written once, not read).
-const CACHE_MIB: u64 = 64;
+/// Page cache of each database while restoring (the data is written once, not read), in memory
+/// MiB: sled is handed a quarter of it for the compressed folders restore creates.
+const CACHE_MIB: u64 = 256;
 
 /// What `kiln restore` was asked.
 pub struct RestoreJob {

@@ -338,7 +338,13 @@ pub fn encode_list(keys: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// Decodes [`encode_list`]'s bytes; `None` for anything it cannot have written: keys not strictly
+/// ascending (which also refuses layout-8 lists), or keys adding up to more than 256× the encoded
+/// size plus 256 MiB (a damaged value must not expand quadratically; a real list of a body within
+/// `limits.max_body_bytes` stays far below).
 pub fn decode_list(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let budget = b.len().saturating_mul(256).saturating_add(256 << 20);
+    let mut total = 0usize;
     let mut out: Vec<Vec<u8>> = Vec::new();
     while !b.is_empty() {
         let shared = usize::try_from(take_varint(&mut b)?).ok()?;
@@ -351,6 +357,10 @@ pub fn decode_list(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
         k.extend_from_slice(&prev[..shared]);
         k.extend_from_slice(&b[..rest]);
         b = &b[rest..];
+        total += k.len();
+        if total > budget || k.is_empty() || out.last().is_some_and(|p| k <= *p) {
+            return None;
+        }
         out.push(k);
     }
     Some(out)
@@ -392,6 +402,18 @@ mod tests {
         assert_eq!(decode_list(&[5, 1, b'a']), None, "shares more than the previous key has");
         assert_eq!(decode_list(&[0, 9, b'a']), None, "shorter than it says");
         assert_eq!(decode_list(&[0x80; 12]), None, "a varint that never ends");
+        assert_eq!(decode_list(&[0, 1, b'b', 0, 1, b'a']), None, "keys out of order");
+        assert_eq!(decode_list(&[0, 1, b'a', 1, 0]), None, "a repeated key");
+        let old_layout = [0u8, 0, 0, 2, b'x', b'a', 0, 0, 0, 1, b'y'];
+        assert_eq!(decode_list(&old_layout), None, "a layout-8 list (u32 lengths) is not misread");
+        // Each entry re-copying the previous key would expand quadratically.
+        let mut bomb = vec![0u8, 1, b'a'];
+        for n in 1..30_000u64 {
+            push_varint(&mut bomb, n);
+            push_varint(&mut bomb, 1);
+            bomb.push(b'a');
+        }
+        assert_eq!(decode_list(&bomb), None, "expansion beyond the budget");
     }
 
     #[test]

@@ -86,8 +86,19 @@ mod tests {
             db.flush().unwrap();
         }
         assert_eq!(written_compressed(dir.path()), Some(false));
-        // The default (compression on) does not refuse the old folder.
-        let db = open(dir.path(), &StorageConfig::default()).unwrap();
+        // The default (compression on) does not refuse the old folder. sled's flusher can hold
+        // the folder's lock for a moment after the drop: retry.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match open(dir.path(), &StorageConfig::default()) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 

@@ -4,6 +4,7 @@
 
 pub mod bundle_apply;
 pub mod command;
+pub mod compact;
 pub mod db;
 pub mod export_apply;
 pub mod keys;

@@ -82,6 +82,13 @@ pub fn measure(db: &sled::Db, dir: &Path) -> Result<Usage, StoreError> {
     Ok(usage)
 }
 
+/// Bytes of every file under `dir` (0 when it cannot be read).
+pub fn folder_bytes(dir: &Path) -> u64 {
+    let mut files = BTreeMap::new();
+    let _ = walk(dir, dir, &mut files);
+    files.values().sum()
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
