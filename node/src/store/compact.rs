@@ -142,11 +142,26 @@ mod tests {
         std::fs::create_dir_all(dir.join("export")).unwrap();
         std::fs::write(dir.join("export/f.ndjson"), b"{}\n").unwrap();
 
-        let done = compact(&dir, &StorageConfig::default()).unwrap();
+        // sled's flusher can hold the folder's lock for a moment after the drop: retry.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let done = loop {
+            match compact(&dir, &StorageConfig::default()) {
+                Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert_eq!(done.keys, 3_001);
         assert!(done.bytes_after < done.bytes_before, "{done:?}");
         assert_eq!(db::written_compressed(&dir), Some(true), "the new folder takes the configured compression");
-        let d = db::open(&dir, &StorageConfig::default()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let d = loop {
+            match db::open(&dir, &StorageConfig::default()) {
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                other => break other.unwrap(),
+            }
+        };
         let state = d.open_tree("state").unwrap();
         assert_eq!(state.len(), 3_000);
         assert_eq!(state.get(7u32.to_be_bytes()).unwrap().unwrap().as_ref(), &[4u8; 300][..]);
