@@ -43,8 +43,13 @@ pub struct Config {
     /// FHIR version served: `4.0.1` (R4, default) or `3.0.1` (STU3).
     pub fhir_version: FhirVersion,
     /// Absolute base URL used in `Location`, `fullUrl` and links. When unset, it is built from
-    /// the request's Host header.
+    /// the request's Host header, except with `[auth]` on: then only a Host listed in
+    /// `allowed_hosts` is used, and otherwise the address the connection reached (a client
+    /// never chooses the links other clients follow).
     pub base_url: Option<String>,
+    /// Host header values (`name` or `name:port`) links may be built from when `base_url` is
+    /// unset and `[auth]` is on.
+    pub allowed_hosts: Vec<String>,
     /// HTTP worker threads (0 = one per CPU).
     pub http_workers: usize,
     /// Allow `PUT` to create a resource with a client-chosen id (update-as-create).
@@ -207,6 +212,41 @@ pub struct Limits {
     /// value set to; past it the request answers 422 too-costly. (The search modifiers `:in` /
     /// `:below` have a fixed bound, `terminology::SEARCH_MAX_CODES`: conditions decide writes.)
     pub max_expansion: usize,
+    /// Rows (index rows and blocks, history rows, resources read) one request may read in all:
+    /// every entry of a batch and every value of a search together. Past it: 400 too-costly.
+    pub max_request_rows: u64,
+    /// How long one request's reads may run; past it they stop (400 too-costly). Work also stops
+    /// when the client closes its connection.
+    pub request_timeout_ms: u64,
+    /// Response bytes a batch or transaction may build for its GET entries together; an entry
+    /// that would pass it answers 413 too-costly in its own `response`.
+    pub max_batch_response_bytes: usize,
+    /// Costly reads (searches, history, batch GET entries, `$everything`, `$meta`) run at once
+    /// on this node, off the HTTP workers; 0: twice the CPUs, at least 4.
+    pub scan_workers: usize,
+    /// Costly requests that may wait for one of `scan_workers`; past it: 503 with Retry-After.
+    pub scan_queue: usize,
+    /// Costly requests one authenticated caller may have running or waiting at once; past it:
+    /// 429 with Retry-After.
+    pub max_concurrent_per_principal: usize,
+    /// The same for all callers of one tenant (when `[tenancy]` is on).
+    pub max_concurrent_per_tenant: usize,
+    /// Longest query string (and `POST _search` form body) in bytes.
+    pub max_query_bytes: usize,
+    /// Most parameters in one query string (or `_search` form).
+    pub max_parameters: usize,
+    /// Most comma-separated values in one parameter (an OR list).
+    pub max_or_values: usize,
+}
+
+impl Limits {
+    /// `scan_workers` with 0 resolved.
+    pub fn scan_workers(&self) -> usize {
+        match self.scan_workers {
+            0 => (2 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(4),
+            n => n,
+        }
+    }
 }
 
 /// Consensus timing and log retention.
@@ -237,6 +277,7 @@ impl Default for Config {
             allow_plain_http: false,
             fhir_version: FhirVersion::R4,
             base_url: None,
+            allowed_hosts: Vec::new(),
             http_workers: 0,
             allow_update_create: true,
             write_timeout_ms: 10_000,
@@ -274,6 +315,16 @@ impl Default for Limits {
             max_sort_matches: 100_000,
             max_history_scan: 100_000,
             max_expansion: 10_000,
+            max_request_rows: 4_000_000,
+            request_timeout_ms: 30_000,
+            max_batch_response_bytes: 64 * 1024 * 1024,
+            scan_workers: 0,
+            scan_queue: 256,
+            max_concurrent_per_principal: 2,
+            max_concurrent_per_tenant: 16,
+            max_query_bytes: 32 * 1024,
+            max_parameters: 100,
+            max_or_values: 1000,
         }
     }
 }
@@ -329,6 +380,21 @@ impl Config {
         self.storage.check().map_err(ConfigError::Invalid)?;
         if self.limits.max_body_bytes == 0 || self.limits.max_depth == 0 || self.limits.max_bundle_entries == 0 || self.limits.max_bundle_bytes == 0 {
             return bad("limits.max_body_bytes, max_depth, max_bundle_entries and max_bundle_bytes must be positive".into());
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("max_request_rows", l.max_request_rows),
+            ("request_timeout_ms", l.request_timeout_ms),
+            ("max_batch_response_bytes", l.max_batch_response_bytes as u64),
+            ("max_concurrent_per_principal", l.max_concurrent_per_principal as u64),
+            ("max_concurrent_per_tenant", l.max_concurrent_per_tenant as u64),
+            ("max_query_bytes", l.max_query_bytes as u64),
+            ("max_parameters", l.max_parameters as u64),
+            ("max_or_values", l.max_or_values as u64),
+        ] {
+            if v == 0 {
+                return bad(format!("limits.{key} must be positive"));
+            }
         }
         if self.limits.max_expansion == 0 {
             return bad("limits.max_expansion must be positive".into());

@@ -88,6 +88,10 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             RequestError::PreconditionFailed(_) => (412, "conflict"),
             RequestError::Unauthorized(_) => (401, "login"),
             RequestError::Busy(_) => (503, "throttled"),
+            RequestError::TooManyRequests(_) => (429, "throttled"),
+            RequestError::TooCostly(_) => (400, "too-costly"),
+            RequestError::ResponseTooLarge { .. } => (413, "too-costly"),
+            RequestError::UriTooLong { .. } => (414, "too-costly"),
         },
         ApiError::Fhir(f) => classify_fhir(f),
         ApiError::Store(s) => classify_store(s),
@@ -325,6 +329,10 @@ impl ResponseError for ApiError {
         // When to try again (RFC 9110): a limit that frees up (429), a node that is busy or
         // between leaders (503).
         match (status, code) {
+            // A caller's fair share frees up when one of its requests ends.
+            (429, _) if matches!(self, ApiError::Request(RequestError::TooManyRequests(_))) => {
+                b.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            }
             (429, _) => {
                 b.insert_header((actix_web::http::header::RETRY_AFTER, "30"));
             }

@@ -36,6 +36,7 @@
 pub mod actors;
 pub mod auth;
 pub mod binary;
+pub mod budget;
 pub mod config;
 pub mod consensus;
 pub mod dataio;
@@ -221,6 +222,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();
                 let admin_listen = cfg.admin_listen.clone();
+                let work = Arc::new(http::work::WorkPool::new(&cfg.limits));
                 let bundle_room = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_inflight_bundle_bytes.div_ceil(1024).min(tokio::sync::Semaphore::MAX_PERMITS)));
                 let local_dir = cfg.export.local_dir(&cfg.data_dir);
                 let exporter = Arc::new(export::runner::Exporter {
@@ -252,6 +254,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                     bundle_room,
+                    work,
+                    capability: Default::default(),
                     auth: authority,
                     export: exporter,
                     export_supervisor,
@@ -282,6 +286,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                         .configure(http::configure)
                 })
                 .workers(workers)
+                // Each connection watched for the client leaving: costly work stops then.
+                .on_connect(http::work::on_connect)
                 // Generous timers: a client on a busy node must not see its keep-alive
                 // connection reset (actix's defaults are 5 s).
                 .keep_alive(std::time::Duration::from_secs(75))

@@ -178,7 +178,9 @@ pub fn export_types(ctx: &Ctx, st: &AppState, candidates: Vec<String>, explicit:
     for t in candidates {
         match require_ctx(ctx, st, Op::SEARCH_TYPE, &t) {
             Ok(Grant::All) => out.push(t),
-            Ok(Grant::Patient(_)) if explicit => {
+            // A compartment-limited caller does not start a bulk export, even of the shared
+            // types it may read: name `_type`s it has system/ or user/ access to.
+            Ok(Grant::Patient(_)) => {
                 return Err(AuthError::Forbidden(format!("bulk export of {t} needs system/ or user/ access to every {t}; patient/ scopes reach one compartment")).into())
             }
             Err(e) if explicit => return Err(e),
@@ -192,17 +194,14 @@ pub fn export_types(ctx: &Ctx, st: &AppState, candidates: Vec<String>, explicit:
 }
 
 /// The owner an export job records for its caller: how they authenticated and who they are
-/// (an API key and a token subject of the same name are different owners). A token without
-/// `sub` cannot own a job (every such caller would share it).
+/// (an API key and a token subject of the same name are different owners). Every token has a
+/// `sub` ([`super::jwt`] refuses one without).
 pub fn job_owner(principal: &Principal) -> Result<String, ApiError> {
     let via = match principal.via {
         super::Via::Open => "open",
         super::Via::Jwt => "jwt",
         super::Via::ApiKey => "key",
     };
-    if principal.via == super::Via::Jwt && principal.subject == "unknown" {
-        return Err(AuthError::Forbidden("a bulk export needs a token with a sub claim (the job belongs to its caller)".into()).into());
-    }
     Ok(format!("{via}:{}", principal.subject))
 }
 
@@ -210,6 +209,17 @@ pub fn job_owner(principal: &Principal) -> Result<String, ApiError> {
 /// the same caller, or an operator.
 pub fn owns_job(principal: &Principal, owner: &str) -> bool {
     principal.admin || job_owner(principal).is_ok_and(|me| me == owner)
+}
+
+/// Whether `principal`'s grant today still covers an export job's data: search of every type
+/// it exports over all resources (not one compartment), and read of its Group. The owner of a
+/// job who comes back with a narrower token (or whose groups changed) no longer reaches it.
+pub fn grant_covers_job(principal: &Principal, st: &AppState, types: &[String], group: Option<&str>) -> bool {
+    if principal.admin {
+        return true;
+    }
+    let all = |op: Op, t: &str| matches!(require(principal, st, op, t), Ok(Grant::All));
+    types.iter().all(|t| all(Op::SEARCH_TYPE, t)) && group.is_none_or(|_| all(Op::READ, "Group"))
 }
 
 /// 403 unless the caller may search every resource of each type a `_typeFilter` reads

@@ -1,7 +1,8 @@
 //! JWT bearer tokens (`jsonwebtoken`): HS256 with a shared secret, RS256 / ES256 with the public
 //! keys of a JWKS file (picked by `kid`; the file is re-read when it changes, at most once a
-//! second). `exp` is required; `exp` / `nbf` are checked with `clock_skew_secs` of leeway, `iss` /
-//! `aud` when configured. `alg: none` and every other algorithm are refused. A verified token is
+//! second). `exp` and `sub` are required; `exp` / `nbf` are checked with `clock_skew_secs` of leeway;
+//! `iss` / `aud`, when configured, must be present and match. A tenant claim, when present, must
+//! be a non-empty string. `alg: none` and every other algorithm are refused. A verified token is
 //! remembered by its SHA-256 until it expires (`cache_entries` at most), so a busy client pays for
 //! one signature check per token, not per request.
 
@@ -79,6 +80,18 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
         Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(String::from).collect()),
         Value::String(s) => Some(s.split([' ', ',']).filter(|s| !s.is_empty()).map(String::from).collect()),
         _ => None,
+    }
+}
+
+/// The JSON kind of a claim's value, for error messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "an empty string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -208,14 +221,24 @@ impl Verifier {
             Some(v) => smart::Scopes::from_claim(&strings(Some(v)).ok_or_else(|| invalid("the scope claim is neither a string nor a list of strings".into()))?),
         };
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(String::from);
+        let subject = text("sub").filter(|s| !s.is_empty()).ok_or_else(|| invalid("the token has no sub (a non-empty string)".into()))?;
+        // A tenant claim that is there must name one tenant: a list, number, boolean, object or
+        // empty string would otherwise put the caller in the default tenant.
+        let tenant = match claims.get(&self.tenant_claim) {
+            None => None,
+            Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+            Some(other) => {
+                return Err(invalid(format!("the tenant claim {} must be a non-empty string, not {}", self.tenant_claim, json_kind(other))))
+            }
+        };
         let principal = Principal {
             via: Via::Jwt,
-            subject: text("sub").unwrap_or_else(|| "unknown".into()),
+            subject,
             admin: groups.as_ref().is_some_and(|g| g.contains(&self.admin_group)),
             groups,
             scopes,
             patient: text("patient"),
-            tenant: text(&self.tenant_claim),
+            tenant,
         };
         Ok((principal, exp))
     }
@@ -224,7 +247,16 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.leeway = self.skew;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be in the token, not only match when present: a
+        // token the same identity provider minted for another service carries neither.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => v.set_issuer(&[iss]),
             None => v.iss = None,
@@ -340,6 +372,23 @@ mod tests {
         let mut no_exp = good.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
         assert!(v.verify(&mint(no_exp)).is_err());
+        // A configured issuer / audience is required, not only checked when present.
+        for claim in ["iss", "aud", "sub"] {
+            let mut without = good.clone();
+            without.as_object_mut().unwrap().remove(claim);
+            let err = v.verify(&mint(without)).unwrap_err().to_string();
+            assert!(err.contains(claim), "a token without {claim} is refused: {err}");
+        }
+        let mut empty_sub = good.clone();
+        empty_sub["sub"] = "".into();
+        assert!(v.verify(&mint(empty_sub)).is_err());
+        // A tenant claim that is not one non-empty string never falls back to the default tenant.
+        for bad in [serde_json::json!(["t2"]), serde_json::json!(2), serde_json::json!(true), serde_json::json!({"id": "t2"}), serde_json::json!("")] {
+            let mut t = good.clone();
+            t["custom:tenantId"] = bad.clone();
+            let err = v.verify(&mint(t)).unwrap_err().to_string();
+            assert!(err.contains("custom:tenantId"), "tenant claim {bad} refused: {err}");
+        }
         let forged = token::sign_hs256(b"another secret of thirty-two bytes!!", &good).unwrap();
         assert!(v.verify(&forged).is_err());
         // alg: none, with the good claims.

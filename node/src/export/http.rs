@@ -3,7 +3,8 @@
 //! running, 200 with the manifest when done, 500 when failed; DELETE: cancel) and, for the local
 //! sink, the output files `[base]/_export/{job}/{file}`. Every endpoint is behind the auth
 //! middleware; what a caller may export is [`guard::export_types`], and only the caller who
-//! started a job (or an operator) may follow it ([`guard::owns_job`]).
+//! started a job (or an operator) may follow it ([`guard::owns_job`]), and only while their
+//! current grant still covers the job's types and Group ([`guard::grant_covers_job`]).
 
 use actix_web::http::header;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -144,6 +145,17 @@ fn visible_job(req: &HttpRequest, st: &AppState, id: &str) -> Result<Job, ApiErr
     let principal = guard::principal_of(req, st);
     if job.status == Status::Cancelled || job.spec.tenant != tenant || !guard::owns_job(&principal, &job.spec.owner) {
         return Err(none());
+    }
+    let group = match &job.spec.level {
+        Level::Group(g) => Some(g.as_str()),
+        _ => None,
+    };
+    if !guard::grant_covers_job(&principal, st, &job.spec.types, group) {
+        return Err(crate::auth::AuthError::Forbidden(format!(
+            "export job {id} covers data your current access does not reach ({}); ask with a token that grants it",
+            job.spec.types.join(",")
+        ))
+        .into());
     }
     Ok(job)
 }

@@ -106,6 +106,7 @@ async fn precheck(st: &AppState, store: &crate::store::Store, rtype: &'static st
     let found = web::block(move || crate::search::query::condition_ids(&reg, &tree, rtype, &query))
         .await
         .map_err(|e| StoreError::Storage(e.to_string()))?;
+    // (Bounded by the condition's own row budget, search::cost, as in apply.)
     match found {
         Ok(_) => Ok(()),
         Err(crate::search::query::SearchError::Store(e)) => Err(e.into()),

@@ -57,13 +57,13 @@ impl Route {
     }
 
     /// Serves the read as its HTTP route would.
-    pub async fn run(&self, ctx: &Ctx, st: &AppState) -> Result<HttpResponse, ApiError> {
+    pub async fn run(&self, ctx: &Ctx, st: &actix_web::web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         match self {
             Route::SystemSearch => search::system_in(ctx, st).await,
-            Route::SystemHistory => history::history_in(ctx, st, None, None),
+            Route::SystemHistory => history::history_in(ctx, st, None, None).await,
             Route::TypeSearch(t) => search::type_in(ctx, st, t).await,
-            Route::TypeHistory(t) => history::history_in(ctx, st, Some(t), None),
-            Route::InstanceHistory(t, id) => history::history_in(ctx, st, Some(t), Some(id)),
+            Route::TypeHistory(t) => history::history_in(ctx, st, Some(t), None).await,
+            Route::InstanceHistory(t, id) => history::history_in(ctx, st, Some(t), Some(id)).await,
             Route::Vread(t, id, v) => crud::vread_in(ctx, st, t, id, v),
             Route::Read(t, id) => crud::read_in(ctx, st, t, id),
             Route::Compartment(c, id, t) => search::compartment_in(ctx, st, c, id, t).await,

@@ -22,23 +22,31 @@ const PARAMS: [&str; 8] = ["_count", "_since", "_at", "_page", "_format", "_pret
 pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     super::negotiate::read_barrier(&req, &st).await?;
-    history_in(&ctx, &st, None, None)
+    history_in(&ctx, &st, None, None).await
 }
 
 pub async fn type_level(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     super::negotiate::read_barrier(&req, &st).await?;
-    history_in(&ctx, &st, Some(&path), None)
+    history_in(&ctx, &st, Some(&path), None).await
 }
 
 pub async fn instance(req: HttpRequest, path: web::Path<(String, String)>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     super::negotiate::read_barrier(&req, &st).await?;
-    history_in(&ctx, &st, Some(&path.0), Some(&path.1))
+    history_in(&ctx, &st, Some(&path.0), Some(&path.1)).await
 }
 
-/// History of the system (no type), a type, or an instance (type and id).
-pub fn history_in(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str>) -> Result<HttpResponse, ApiError> {
+/// History of the system (no type), a type, or an instance (type and id), read on the pool of
+/// costly work ([`super::work`]).
+pub async fn history_in(ctx: &Ctx, st: &web::Data<AppState>, rtype: Option<&str>, id: Option<&str>) -> Result<HttpResponse, ApiError> {
+    let (c, s, rtype, id) = (ctx.clone(), st.clone(), rtype.map(String::from), id.map(String::from));
+    let body = super::work::block(ctx, st, move || history_bytes(&c, &s, rtype.as_deref(), id.as_deref())).await?;
+    Ok(ctx.respond(HttpResponse::Ok(), body))
+}
+
+/// The history bundle's bytes.
+fn history_bytes(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str>) -> Result<Vec<u8>, ApiError> {
     let (scope, path) = match (rtype, id) {
         (Some(t), Some(id)) => {
             let (t, id) = type_and_id(st, t, id)?;
@@ -63,8 +71,7 @@ pub fn history_in(ctx: &Ctx, st: &AppState, rtype: Option<&str>, id: Option<&str
         HistoryScope::System => Op::HISTORY_SYSTEM,
     };
     let page = ctx.store.history_visible(&scope, &q, &guard::history_visibility(ctx, st, op))?;
-    let body = bundle(ctx, st, &path, &page)?.to_bytes(ctx)?;
-    Ok(ctx.respond(HttpResponse::Ok(), body))
+    bundle(ctx, st, &path, &page)?.to_bytes(ctx)
 }
 
 fn bad(name: &str, reason: String) -> RequestError {

@@ -12,8 +12,35 @@ use crate::search::params::ParamType;
 
 pub async fn capability_statement(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
-    let cs = build(&st, &ctx.base);
-    Ok(ctx.respond(HttpResponse::Ok(), ctx.json_body(&cs)))
+    let body = match ctx.pretty {
+        true => ctx.json_body(&build(&st, &ctx.base)),
+        false => st.capability.get(&ctx.base, || serde_json::to_vec(&build(&st, &ctx.base)).unwrap_or_default()).to_vec(),
+    };
+    Ok(ctx.respond(HttpResponse::Ok(), body))
+}
+
+/// The CapabilityStatement's compact JSON by base URL, built once per base: it depends only on the node's
+/// configuration and the base, and `/metadata` must stay cheap (liveness checks, clients that
+/// ask before every session). At most [`Capabilities::MAX_BASES`] bases are kept.
+#[derive(Default)]
+pub struct Capabilities(parking_lot::Mutex<std::collections::HashMap<String, std::sync::Arc<Vec<u8>>>>);
+
+impl Capabilities {
+    const MAX_BASES: usize = 16;
+
+    /// The statement's compact JSON.
+    fn get(&self, base: &str, build: impl FnOnce() -> Vec<u8>) -> std::sync::Arc<Vec<u8>> {
+        if let Some(v) = self.0.lock().get(base) {
+            return v.clone();
+        }
+        let v = std::sync::Arc::new(build());
+        let mut m = self.0.lock();
+        if m.len() >= Self::MAX_BASES {
+            m.clear();
+        }
+        m.insert(base.to_string(), v.clone());
+        v
+    }
 }
 
 /// `GET /.well-known/smart-configuration` (SMART App Launch v2): what this resource server

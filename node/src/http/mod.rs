@@ -19,6 +19,7 @@ pub mod request_id;
 pub mod search;
 pub mod tls;
 pub mod transaction;
+pub mod work;
 
 use std::sync::Arc;
 
@@ -71,6 +72,18 @@ pub enum RequestError {
     Unauthorized(String),
     #[error("{0}")]
     Busy(String),
+    /// The caller's (or tenant's) fair share of the node is in use: 429.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// The request's work budget is spent (rows, deadline) or its client left.
+    #[error("{0}")]
+    TooCostly(String),
+    /// A query string longer than `limits.max_query_bytes`: 414.
+    #[error("the query string exceeds {limit} bytes (config limits.max_query_bytes); send the parameters as a POST _search form within the same bound, or split the search")]
+    UriTooLong { limit: usize },
+    /// A batch's response would pass `limits.max_batch_response_bytes`.
+    #[error("the batch response would exceed {limit} bytes (config limits.max_batch_response_bytes); this entry was not run: split the batch or ask for smaller pages")]
+    ResponseTooLarge { limit: usize },
 }
 
 /// Shared state of every handler.
@@ -86,6 +99,10 @@ pub struct AppState {
     pub started: String,
     /// Room for bundle bodies in flight, in KiB (`limits.max_inflight_bundle_bytes`).
     pub bundle_room: Arc<tokio::sync::Semaphore>,
+    /// Where costly reads run, and each caller's share of it ([`work`]).
+    pub work: Arc<work::WorkPool>,
+    /// `/metadata` as built for each base URL.
+    pub capability: metadata::Capabilities,
     /// Authentication and the rules (`[auth]`).
     pub auth: Arc<crate::auth::Authority>,
     /// Bulk export: jobs, sinks and the actors that run them.

@@ -47,6 +47,10 @@ pub struct Ctx {
     pub tenant: crate::tenancy::Tenant,
     /// The tenant's part of the state: every read of the request goes through it.
     pub store: crate::store::Store,
+    /// The request's work budget, shared by every entry of a batch ([`super::work`]).
+    pub budget: std::sync::Arc<crate::budget::Budget>,
+    /// The node's state, for work handed to the pool ([`super::work::block`]).
+    pub app: Option<actix_web::web::Data<AppState>>,
 }
 
 fn essence(v: &str) -> String {
@@ -76,8 +80,13 @@ impl Ctx {
     }
 
     fn build(req: &HttpRequest, st: &AppState, strict_accept: bool) -> Result<Ctx, RequestError> {
+        let limits = &st.cfg.limits;
+        if req.query_string().len() > limits.max_query_bytes {
+            return Err(RequestError::UriTooLong { limit: limits.max_query_bytes });
+        }
         let params: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
             .map_err(|e| RequestError::BadParameter { name: "query string".into(), reason: e.to_string() })?;
+        super::work::check_params(&params, limits)?;
         let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
         let content_type = match param("_format") {
             Some(f) => match f.trim() {
@@ -99,13 +108,7 @@ impl Ctx {
         };
         let subset = subset(&params)?;
         let (ret, lenient) = prefer(header_str(req.headers(), "prefer")?)?;
-        let mut base = match &st.cfg.base_url {
-            Some(b) => b.trim_end_matches('/').to_string(),
-            None => {
-                let info = req.connection_info();
-                format!("{}://{}", info.scheme(), info.host())
-            }
-        };
+        let mut base = base_of(req, st);
         let (tenant, store) = match req.extensions().get::<crate::tenancy::InTenant>() {
             Some(t) => {
                 if t.by_path {
@@ -118,7 +121,9 @@ impl Ctx {
         let if_none_match = header_str(req.headers(), "if-none-match")?.map(String::from);
         let if_modified_since = header_str(req.headers(), "if-modified-since")?.map(String::from);
         let principal = crate::auth::guard::principal_of(req, st);
-        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store })
+        let budget = super::work::budget_for(req, limits);
+        let app = req.app_data::<actix_web::web::Data<AppState>>().cloned();
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app })
     }
 
     /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
@@ -139,6 +144,8 @@ impl Ctx {
             principal: self.principal.clone(),
             tenant: self.tenant.clone(),
             store: self.store.clone(),
+            budget: self.budget.clone(),
+            app: self.app.clone(),
         })
     }
 
@@ -176,6 +183,29 @@ impl Ctx {
 
     pub fn respond(&self, mut b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
         b.content_type(self.content_type).body(body)
+    }
+}
+
+/// The base of links and `Location`: `base_url`, else the request's Host (and forwarding
+/// headers) when auth is off; with auth on, a Host from `allowed_hosts` or the address the
+/// connection reached, so a caller cannot plant its own host in links others follow.
+fn base_of(req: &HttpRequest, st: &AppState) -> String {
+    if let Some(b) = &st.cfg.base_url {
+        return b.trim_end_matches('/').to_string();
+    }
+    if !st.auth.enabled() {
+        let info = req.connection_info();
+        return format!("{}://{}", info.scheme(), info.host());
+    }
+    let scheme = if req.app_config().secure() { "https" } else { "http" };
+    // HTTP/1.1 sends Host; HTTP/2 sends :authority (in the URI).
+    let host = req.headers().get(actix_web::http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()));
+    match host.filter(|h| st.cfg.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(h))) {
+        Some(h) => format!("{scheme}://{h}"),
+        None => {
+            let local = req.conn_data::<super::work::LocalAddr>().map(|a| a.0).unwrap_or_else(|| req.app_config().local_addr());
+            format!("{scheme}://{local}")
+        }
     }
 }
 

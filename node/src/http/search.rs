@@ -73,11 +73,17 @@ pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, s
         ))
         .into());
     }
+    // The form is a query string in a body: the same bound as a URL's.
+    let limits = &st.cfg.limits;
+    if body.len() > limits.max_query_bytes {
+        return Err(RequestError::BodyTooLarge { limit: limits.max_query_bytes, key: "limits.max_query_bytes (the _search form)" }.into());
+    }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| RequestError::BadParameter { name: "form body".into(), reason: e.to_string() })?;
     negotiate::read_barrier(&req, &st).await?;
     let mut params = ctx.params.clone();
     params.extend(form);
+    super::work::check_params(&params, limits)?;
     respond(&ctx, &st, rtype, params, None).await
 }
 
@@ -391,7 +397,7 @@ async fn search_types(
     let (counted, page, scores) = if let Some((page, scores)) = fast {
         (None, page, scores)
     } else {
-        web::block(move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
+        super::work::block(ctx, st, move || query::with_link_scope(link_scope, || -> Result<_, SearchError> {
         let mut found = Vec::with_capacity(queries.len());
         // Relevance of the text matches: (type, doc number) → score.
         let mut scores: std::collections::HashMap<(&'static str, u32), f64> = std::collections::HashMap::new();
@@ -429,87 +435,96 @@ async fn search_types(
         }
         Ok((None, page::page(&tree, found, &sorts, cursor.as_deref(), count, max_keyed)?, scores))
         }))
-        .await
-        .map_err(|e| StoreError::Storage(e.to_string()))??
+        .await?
     };
-    // Links show only the parameters the search used (search.html): not those ignored under
-    // handling=lenient.
-    let shown: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();
-    let mut links = vec![relation("self", link(ctx, &path, &shown, param("_page").map(String::from)))];
-    if let Some(total) = counted {
-        let body = Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx)?;
-        return Ok(ctx.respond(HttpResponse::Ok(), body));
-    }
-    links.push(relation("first", link(ctx, &path, &shown, None)));
-    if let Some(edge) = &page.previous {
-        links.push(relation("previous", link(ctx, &path, &shown, Some(format!("p:{}", hex::encode(edge))))));
-    }
-    if let Some(edge) = &page.next {
-        links.push(relation("next", link(ctx, &path, &shown, Some(format!("n:{}", hex::encode(edge))))));
-    }
-    let total = page.total;
-    let tree = ctx.store.tree();
-    let mut page_ids: Vec<(String, String, Option<f64>)> = Vec::with_capacity(page.items.len());
-    for (t, doc) in &page.items {
-        page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(*doc)?, scores.get(&(*t, *doc)).copied()));
-    }
-    let mut bodies = Vec::with_capacity(page_ids.len());
-    let mut match_scores = Vec::with_capacity(page_ids.len());
-    for (t, id, score) in page_ids {
-        match ctx.store.read(&t, &id) {
-            // Moved out of the caller's reach since the index scan: not part of the page.
-            Ok((_, rec)) if !grants.get(&t).map(|g| guard::may_see(st, g, &t, &id, rec.body())).transpose()?.unwrap_or(false) => {}
-            Ok((_, rec)) => {
-                bodies.push((t, id, rec));
-                match_scores.push(score);
+    // The page's bodies, includes and bundle: on the pool too (a page of 1,000 resources with
+    // their includes is megabytes to read and write).
+    let page_ctx = ctx.clone();
+    let build = move |ctx: &Ctx, st: &AppState| -> Result<Vec<u8>, ApiError> {
+        let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        // Links show only the parameters the search used (search.html): not those ignored under
+        // handling=lenient.
+        let shown: Vec<(String, String)> = link_params.into_iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).collect();
+        let mut links = vec![relation("self", link(ctx, &path, &shown, param("_page").map(String::from)))];
+        if let Some(total) = counted {
+            return Bundle::new("searchset", Some(total), links, Vec::new()).to_bytes(ctx);
+        }
+        links.push(relation("first", link(ctx, &path, &shown, None)));
+        if let Some(edge) = &page.previous {
+            links.push(relation("previous", link(ctx, &path, &shown, Some(format!("p:{}", hex::encode(edge))))));
+        }
+        if let Some(edge) = &page.next {
+            links.push(relation("next", link(ctx, &path, &shown, Some(format!("n:{}", hex::encode(edge))))));
+        }
+        let total = page.total;
+        let tree = ctx.store.tree();
+        let mut page_ids: Vec<(String, String, Option<f64>)> = Vec::with_capacity(page.items.len());
+        for (t, doc) in &page.items {
+            page_ids.push((t.to_string(), Executor { tree, rtype: t }.id(*doc)?, scores.get(&(*t, *doc)).copied()));
+        }
+        let mut bodies = Vec::with_capacity(page_ids.len());
+        let mut match_scores = Vec::with_capacity(page_ids.len());
+        for (t, id, score) in page_ids {
+            ctx.budget.charge(1).map_err(super::work::too_costly)?;
+            match ctx.store.read(&t, &id) {
+                // Moved out of the caller's reach since the index scan: not part of the page.
+                Ok((_, rec)) if !grants.get(&t).map(|g| guard::may_see(st, g, &t, &id, rec.body())).transpose()?.unwrap_or(false) => {}
+                Ok((_, rec)) => {
+                    bodies.push((t, id, rec));
+                    match_scores.push(score);
+                }
+                // Deleted between the index scan and this read: not part of the page.
+                Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
-            // Deleted between the index scan and this read: not part of the page.
-            Err(StoreError::Gone { .. } | StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
         }
-    }
-    // Includes from the search's own parameters (those an operation adds are not in its links).
-    let included_by: Vec<(String, String)> = params.iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).cloned().collect();
-    let (included, cut) = includes(ctx, st, &types, &included_by, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
-    let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
-    let modes = match_scores.into_iter().map(|s| ("match", s)).chain(std::iter::repeat(("include", None)));
-    for ((mode, score), (t, id, rec)) in modes.zip(bodies.iter().chain(included.iter())) {
-        let mut search = json!({"mode": mode});
-        if let Some(s) = score {
-            // Relevance of a _content / _text match (Meilisearch's ranking score, 0..1).
-            search["score"] = json!(s);
+        // Includes from the search's own parameters (those an operation adds are not in its links).
+        let included_by: Vec<(String, String)> = params.iter().filter(|(k, _)| !ignored.iter().any(|(n, _)| n == k)).cloned().collect();
+        let (included, cut) = includes(ctx, st, &types, &included_by, &bodies.iter().map(|(t, id, _)| (t.clone(), id.clone())).collect::<Vec<_>>())?;
+        let mut entries = Vec::with_capacity(bodies.len() + included.len() + 1);
+        let modes = match_scores.into_iter().map(|s| ("match", s)).chain(std::iter::repeat(("include", None)));
+        for ((mode, score), (t, id, rec)) in modes.zip(bodies.iter().chain(included.iter())) {
+            let mut search = json!({"mode": mode});
+            if let Some(s) = score {
+                // Relevance of a _content / _text match (Meilisearch's ranking score, 0..1).
+                search["score"] = json!(s);
+            }
+            entries.push(Entry {
+                full_url: Some(format!("{}/{t}/{id}", ctx.base)),
+                resource: Some(embed(ctx, st, rec.body(), &format!("{t}/{id}"))?),
+                search: Some(search),
+                request: None,
+                response: None,
+            });
         }
-        entries.push(Entry {
-            full_url: Some(format!("{}/{t}/{id}", ctx.base)),
-            resource: Some(embed(ctx, st, rec.body(), &format!("{t}/{id}"))?),
-            search: Some(search),
-            request: None,
-            response: None,
-        });
-    }
-    let outcome;
-    let mut warnings = Vec::new();
-    if !ignored.is_empty() {
-        let text = ignored.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; ");
-        warnings.push(("not-supported", format!("ignored parameters (Prefer: handling=lenient): {text}")));
-    }
-    if cut {
-        warnings.push((
-            "too-costly",
-            format!("_include/_revinclude found more resources than this page may carry; the first {} are included (limits.max_include_resources)", st.cfg.limits.max_include_resources),
-        ));
-    }
-    if !warnings.is_empty() {
-        let issues: Vec<serde_json::Value> = warnings.iter().map(|(code, text)| json!({"severity": "warning", "code": code, "diagnostics": text})).collect();
-        outcome = serde_json::to_vec(&json!({"resourceType": "OperationOutcome", "issue": issues})).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        entries.push(Entry {
-            full_url: None,
-            resource: Some(embed(ctx, st, &outcome, "OperationOutcome")?),
-            search: Some(json!({"mode": "outcome"})),
-            request: None,
-            response: None,
-        });
-    }
-    let body = Bundle::new("searchset", total_mode.then_some(total), links, entries).to_bytes(ctx)?;
+        let outcome;
+        let mut warnings = Vec::new();
+        if !ignored.is_empty() {
+            let text = ignored.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; ");
+            warnings.push(("not-supported", format!("ignored parameters (Prefer: handling=lenient): {text}")));
+        }
+        if cut {
+            warnings.push((
+                "too-costly",
+                format!("_include/_revinclude found more resources than this page may carry; the first {} are included (limits.max_include_resources)", st.cfg.limits.max_include_resources),
+            ));
+        }
+        if !warnings.is_empty() {
+            let issues: Vec<serde_json::Value> = warnings.iter().map(|(code, text)| json!({"severity": "warning", "code": code, "diagnostics": text})).collect();
+            outcome = serde_json::to_vec(&json!({"resourceType": "OperationOutcome", "issue": issues})).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            entries.push(Entry {
+                full_url: None,
+                resource: Some(embed(ctx, st, &outcome, "OperationOutcome")?),
+                search: Some(json!({"mode": "outcome"})),
+                request: None,
+                response: None,
+            });
+        }
+        Bundle::new("searchset", total_mode.then_some(total), links, entries).to_bytes(ctx)
+    };
+    let body = match ctx.app.clone() {
+        Some(app) => super::work::block(ctx, st, move || build(&page_ctx, &app)).await?,
+        None => crate::budget::within(&ctx.budget, || build(ctx, st))?,
+    };
     Ok(ctx.respond(HttpResponse::Ok(), body))
 }

@@ -97,7 +97,7 @@ impl<E: Into<ApiError>> From<E> for Retry {
 }
 
 /// Proposes the plan's writes as one entry, runs its reads, and builds the response bundle.
-async fn execute(ctx: &Ctx, st: &AppState, plan: Plan) -> Result<HttpResponse, Retry> {
+async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<HttpResponse, Retry> {
     let Plan { kind, entries } = plan;
     let atomic = kind == Kind::Transaction;
     let labels: Vec<String> = entries.iter().map(|e| e.label()).collect();
@@ -135,11 +135,40 @@ async fn execute(ctx: &Ctx, st: &AppState, plan: Plan) -> Result<HttpResponse, R
             answers[index] = Some(Answer::Write { rtype, action, outcome });
         }
     }
+    // The reads share the request's budget; their responses together stay under
+    // limits.max_batch_response_bytes (an entry past it answers 413 and is not run).
+    let limit = st.cfg.limits.max_batch_response_bytes;
+    let mut bytes = 0usize;
     for (index, r) in reads {
-        let answer = match ctx.entry(&r.query, r.if_none_match.as_deref(), r.if_modified_since.as_deref()) {
+        match ctx.budget.check() {
+            Err(crate::budget::Spent::ClientGone) => return Err(Retry::Fatal(super::work::too_costly(crate::budget::Spent::ClientGone))),
+            Err(spent) => {
+                answers[index] = Some(Answer::Failed(super::work::too_costly(spent)));
+                continue;
+            }
+            Ok(()) => {}
+        }
+        if bytes > limit {
+            answers[index] = Some(Answer::Failed(RequestError::ResponseTooLarge { limit }.into()));
+            continue;
+        }
+        let entry_ctx = match r.query.len() > st.cfg.limits.max_query_bytes {
+            true => Err(RequestError::UriTooLong { limit: st.cfg.limits.max_query_bytes }),
+            false => ctx.entry(&r.query, r.if_none_match.as_deref(), r.if_modified_since.as_deref()),
+        }
+        .and_then(|e| super::work::check_params(&e.params, &st.cfg.limits).map(|()| e));
+        let mut answer = match entry_ctx {
             Ok(ectx) => Answer::Read { response: r.route.run(&ectx, st).await, head: r.head },
             Err(e) => Answer::Failed(e.into()),
         };
+        if let Answer::Read { response: Ok(resp), .. } = &answer {
+            if let actix_web::body::BodySize::Sized(n) = actix_web::body::MessageBody::size(resp.body()) {
+                bytes = bytes.saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            if bytes > limit {
+                answer = Answer::Failed(RequestError::ResponseTooLarge { limit }.into());
+            }
+        }
         answers[index] = Some(answer);
     }
     let mut out = Vec::with_capacity(answers.len());

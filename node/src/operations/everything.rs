@@ -90,7 +90,7 @@ async fn everything(req: &HttpRequest, st: &web::Data<AppState>, pid: Option<&st
     // Patient): on the blocking pool, not an HTTP worker.
     let mut within = {
         let (st, store, pid, types) = (st.clone(), ctx.store.clone(), pid.map(String::from), types.clone());
-        web::block(move || members(&st, &store, pid.as_deref(), &types)).await.map_err(|e| crate::store::StoreError::Storage(e.to_string()))??
+        crate::http::work::block(&ctx, &st.clone(), move || members(&st, &store, pid.as_deref(), &types)).await?
     };
     types.retain(|t| within.get(t).is_none_or(|m| !m.is_empty()));
     if types.is_empty() {

@@ -69,17 +69,24 @@ pub async fn version(req: HttpRequest, path: web::Path<(String, String, String)>
 pub async fn type_level(req: HttpRequest, path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     let rtype = st.defs.resource_type(&path)?;
-    in_use(&ctx, &st, &[rtype], Op::SEARCH_TYPE)
+    in_use(&ctx, &st, vec![rtype], Op::SEARCH_TYPE).await
 }
 
 pub async fn system(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     let types: Vec<&'static str> = st.defs.types.iter().copied().collect();
-    in_use(&ctx, &st, &types, Op::SEARCH_SYSTEM)
+    in_use(&ctx, &st, types, Op::SEARCH_SYSTEM).await
+}
+
+/// The labels in use on `types`, read on the pool of costly work ([`crate::http::work`]).
+async fn in_use(ctx: &Ctx, st: &web::Data<AppState>, types: Vec<&'static str>, op: Op) -> Result<HttpResponse, ApiError> {
+    let (c, s) = (ctx.clone(), st.clone());
+    let meta = crate::http::work::block(ctx, st, move || labels_in_use(&c, &s, &types, op)).await?;
+    respond(ctx, &return_meta(meta))
 }
 
 /// The labels in use on `types` (each needs `op` rights over the whole type).
-fn in_use(ctx: &Ctx, st: &AppState, types: &[&'static str], op: Op) -> Result<HttpResponse, ApiError> {
+fn labels_in_use(ctx: &Ctx, st: &AppState, types: &[&'static str], op: Op) -> Result<Value, ApiError> {
     let mut profiles = std::collections::BTreeSet::new();
     let mut tags = std::collections::BTreeSet::new();
     let mut security = std::collections::BTreeSet::new();
@@ -122,7 +129,7 @@ fn in_use(ctx: &Ctx, st: &AppState, types: &[&'static str], op: Op) -> Result<Ht
     if !tags.is_empty() {
         meta.insert("tag".into(), tags.iter().map(coding).collect());
     }
-    respond(ctx, &return_meta(Value::Object(meta)))
+    Ok(Value::Object(meta))
 }
 
 fn same_coding(a: &Value, b: &Value) -> bool {

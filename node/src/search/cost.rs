@@ -6,7 +6,8 @@
 //! fails the same condition at the same row and their states stay identical. Budgets nest
 //! ([`limited`] inside [`pool`]): a condition's own budget also draws on the pool of its whole log
 //! entry.
-//! Outside any budget (searches on HTTP workers) charging costs one thread-local read.
+//! Every charge also draws on the client request's budget ([`crate::budget`]) when the search
+//! runs for one. Outside any budget charging costs two thread-local reads.
 
 use std::cell::RefCell;
 
@@ -23,11 +24,14 @@ thread_local! {
     static BUDGETS: RefCell<Vec<(u64, u64, bool)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The budget ran out.
+/// The budget ran out: a condition's (or its entry's), or the client request's
+/// ([`crate::budget`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the search read more than {limit} index rows, the limit for searches that decide a write; make the condition more selective (e.g. an identifier)")]
-pub struct Exhausted {
-    pub limit: u64,
+pub enum Exhausted {
+    #[error("the search read more than {limit} index rows, the limit for searches that decide a write; make the condition more selective (e.g. an identifier)")]
+    Condition { limit: u64 },
+    #[error(transparent)]
+    Request(#[from] crate::budget::Spent),
 }
 
 fn scoped<T>(rows: u64, search: bool, f: impl FnOnce() -> T) -> T {
@@ -60,6 +64,7 @@ pub fn pool<T>(rows: u64, f: impl FnOnce() -> T) -> T {
 /// Charges `n` row reads to every budget in force when a [`limited`] search is running;
 /// `Err` names the smallest budget that is spent.
 pub fn charge(n: u64) -> Result<(), Exhausted> {
+    crate::budget::charge(n)?;
     BUDGETS.with(|b| {
         let mut b = b.borrow_mut();
         if !b.last().is_some_and(|(_, _, search)| *search) {
@@ -74,7 +79,7 @@ pub fn charge(n: u64) -> Result<(), Exhausted> {
                 *left -= n;
             }
         }
-        spent.map_or(Ok(()), |limit| Err(Exhausted { limit }))
+        spent.map_or(Ok(()), |limit| Err(Exhausted::Condition { limit }))
     })
 }
 
@@ -90,12 +95,12 @@ mod tests {
             limited(100, || {
                 assert!(charge(4).is_ok());
                 assert!(charge(5).is_ok());
-                assert_eq!(charge(2), Err(Exhausted { limit: 10 }), "the pool has 1 left");
+                assert_eq!(charge(2), Err(Exhausted::Condition { limit: 10 }), "the pool has 1 left");
             });
             limited(100, || assert!(charge(1).is_err(), "the pool is spent for the next search too"));
         });
         assert!(charge(1_000_000).is_ok(), "popped");
-        limited(3, || assert_eq!(charge(4), Err(Exhausted { limit: 3 })));
+        limited(3, || assert_eq!(charge(4), Err(Exhausted::Condition { limit: 3 })));
         let caught = std::panic::catch_unwind(|| limited(1, || panic!("boom")));
         assert!(caught.is_err());
         assert!(charge(5).is_ok(), "a panic pops its budget");

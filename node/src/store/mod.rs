@@ -71,7 +71,9 @@ impl From<crate::search::posting::PostingError> for StoreError {
         match e {
             crate::search::posting::PostingError::Storage(e) => e.into(),
             crate::search::posting::PostingError::Corrupt(what) => StoreError::Corrupt(what),
-            // Only searches run under a budget (search::cost), and they map it to TooCostly first.
+            // A client request's budget ran out (or its client left).
+            crate::search::posting::PostingError::TooCostly(e @ crate::search::cost::Exhausted::Request(_)) => StoreError::TooCostly(e.to_string()),
+            // Only searches run under a condition's budget (search::cost), and they map it to TooCostly first.
             crate::search::posting::PostingError::TooCostly(e) => StoreError::BadCondition(e.to_string()),
         }
     }

@@ -254,6 +254,8 @@ impl Store {
                     q.max_scan, q.count
                 )));
             }
+            // Rows the caller may not see count too: a scoped caller pays for the scan.
+            crate::budget::charge(1).map_err(|e| StoreError::TooCostly(e.to_string()))?;
             let (k, v) = item?;
             let entry = self.entry_for(scope, &k, v)?;
             if !self.matches(&entry, q)? || !visible(&entry)? {

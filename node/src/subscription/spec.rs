@@ -151,22 +151,51 @@ pub fn check_endpoint(text: &str, allow_private: bool) -> Result<reqwest::Url, S
     Ok(url)
 }
 
-/// Loopback, private, link-local, unique-local, unspecified, shared (CGNAT), multicast or
-/// broadcast: addresses a rest-hook may not reach unless the operator allows private endpoints.
+/// Whether a rest-hook may not reach `ip` unless the operator allows private endpoints: every
+/// range of IANA's IPv4 and IPv6 special-purpose address registries (loopback, private,
+/// link-local, shared/CGNAT, documentation, benchmarking, reserved, multicast, broadcast, …),
+/// and every IPv6 form that embeds an IPv4 address (mapped, compatible, SIIT, NAT64, 6to4,
+/// Teredo), whatever address it embeds. IPv6 is judged by allow-list: only global unicast
+/// (`2000::/3`) outside those ranges is public.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || (o[0] == 100 && (o[1] & 0xc0) == 64) || o[0] == 0
-        }
+        IpAddr::V4(v4) => special_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
             let s = v6.segments();
-            v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80
+            let global_unicast = (s[0] & 0xe000) == 0x2000;
+            !global_unicast
+                // 2001::/23 IETF protocol assignments (Teredo 2001::/32, benchmarking, ORCHID, …)
+                || (s[0] == 0x2001 && s[1] < 0x0200)
+                // 2001:db8::/32 documentation
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                // 2002::/16 6to4
+                || s[0] == 0x2002
+                // 3fff::/20 documentation
+                || (s[0] & 0xfff0) == 0x3ff0
         }
     }
+}
+
+/// IANA's IPv4 special-purpose ranges, multicast and the reserved 240.0.0.0/4.
+fn special_v4(v4: std::net::Ipv4Addr) -> bool {
+    let [a, b, c, _] = v4.octets();
+    a == 0 // 0.0.0.0/8 "this network"
+        || a == 10
+        || a == 127
+        || (a == 100 && (b & 0xc0) == 64) // 100.64.0.0/10 shared (CGNAT)
+        || (a == 169 && b == 254)
+        || (a == 172 && (b & 0xf0) == 16)
+        || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24 IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+        || (a == 192 && b == 31 && c == 196) // AS112-v4
+        || (a == 192 && b == 52 && c == 193) // AMT
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
+        || (a == 192 && b == 168)
+        || (a == 192 && b == 175 && c == 48) // direct delegation AS112
+        || (a == 198 && (b & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+        || (a == 203 && b == 0 && c == 113) // TEST-NET-3
+        || a >= 224 // multicast 224.0.0.0/4, reserved 240.0.0.0/4, broadcast
 }
 
 fn parse_instant(s: &str) -> Option<u64> {
@@ -256,7 +285,15 @@ mod tests {
         for ip in ["127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "2001:4860::1", "100.128.0.1"] {
+        // Special-purpose IPv4 ranges and IPv6 forms that embed an IPv4 address (issue #25).
+        for ip in [
+            "192.0.2.1", "198.18.0.1", "198.19.255.255", "198.51.100.7", "203.0.113.9", "240.0.0.1", "255.255.255.255", "224.0.0.1", "192.0.0.8", "192.88.99.1",
+            "64:ff9b::a9fe:a9fe", "64:ff9b:1::1", "2002:a9fe:a9fe::", "::169.254.169.254", "::ffff:0:a9fe:a9fe", "fec0::1", "2001::a9fe:a9fe", "2001:db8::1",
+            "100::1", "3fff::1", "ff02::1", "::",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "2001:4860::1", "100.128.0.1", "1.1.1.1", "198.20.0.1", "2a00:1450::1"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }

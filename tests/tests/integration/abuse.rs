@@ -124,7 +124,8 @@ fn hostile_requests_are_refused_quickly_and_the_node_keeps_serving() {
     // 4. Searches: huge _count, thousands of OR values, long chains, history at the epoch.
     expect("_count=10^12", c.get(node.url("/Patient?_count=1000000000000")), 200);
     let ors: Vec<String> = (0..2_000).map(|i| format!("id{i}")).collect();
-    expect("2,000 OR values", c.get(node.url(&format!("/Patient?_id={}", ors.join(",")))), 200);
+    let v = expect("2,000 OR values", c.get(node.url(&format!("/Patient?_id={}", ors.join(",")))), 400);
+    assert!(v["issue"][0]["diagnostics"].as_str().unwrap().contains("limits.max_or_values"), "{v}");
     let chain = vec!["general-practitioner:Patient"; 65].join(".");
     expect("65-link chain", c.get(node.url(&format!("/Patient?{chain}.name=x"))), 400);
     expect("_history at the epoch", c.get(node.url("/_history?_at=1970-01-01")), 200);
