@@ -439,6 +439,8 @@ async fn search_types(
     };
     // The page's bodies, includes and bundle: on the pool too (a page of 1,000 resources with
     // their includes is megabytes to read and write).
+    // A small page without includes is built here: a hop to the pool costs more than it.
+    let large = page.items.len() > 50 || params.iter().any(|(k, _)| k.starts_with("_include") || k.starts_with("_revinclude"));
     let page_ctx = ctx.clone();
     let build = move |ctx: &Ctx, st: &AppState| -> Result<Vec<u8>, ApiError> {
         let param = |n: &str| params.iter().rev().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
@@ -523,8 +525,8 @@ async fn search_types(
         Bundle::new("searchset", total_mode.then_some(total), links, entries).to_bytes(ctx)
     };
     let body = match ctx.app.clone() {
-        Some(app) => super::work::block(ctx, st, move || build(&page_ctx, &app)).await?,
-        None => crate::budget::within(&ctx.budget, || build(ctx, st))?,
+        Some(app) if large => super::work::block(ctx, st, move || build(&page_ctx, &app)).await?,
+        _ => crate::budget::within(&ctx.budget, || build(ctx, st))?,
     };
     Ok(ctx.respond(HttpResponse::Ok(), body))
 }
