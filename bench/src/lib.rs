@@ -13,10 +13,12 @@
 //! - [`binary`]: one raw Binary uploaded and read back (MB/s, server RSS).
 //! - [`export`]: one Bulk Data export, kick-off to manifest (resources/s) and the downloads.
 //! - [`scale`]: the scale run: bundle load, scenarios on a cluster, RSS per node, data folders.
+//! - [`abuse`]: normal clients alone, then beside hostile authenticated ones (issue #25).
 //! - [`report`]: Markdown + JSON tables and SVG plots (throughput vs clients, latency CDF).
 //!
 //! Works against any FHIR base URL, so peers can be measured with the same tool.
 
+pub mod abuse;
 pub mod binary;
 pub mod export;
 pub mod gen;

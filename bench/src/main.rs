@@ -140,6 +140,36 @@ enum Command {
         #[arg(long, default_value = "bench-results/scale")]
         out: PathBuf,
     },
+    /// Normal clients measured alone, then beside hostile authenticated clients (history batches,
+    /// batches of searches, long OR lists, `_has` chains, abandoned searches); writes abuse.md and
+    /// abuse.json. Load the data first (`run --load --patients N`).
+    Abuse {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        /// Patients loaded (`pat-0` …).
+        #[arg(long, default_value_t = 1000)]
+        patients: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 16)]
+        normal_clients: usize,
+        #[arg(long, default_value_t = 8)]
+        hostile_clients: usize,
+        #[arg(long, default_value_t = 60.0)]
+        duration_secs: f64,
+        #[arg(long, default_value_t = 5.0)]
+        warmup_secs: f64,
+        /// File with the normal users' bearer tokens, one a line (client c uses line c mod n).
+        #[arg(long)]
+        normal_tokens: Option<PathBuf>,
+        /// File with the hostile users' bearer tokens, one a line.
+        #[arg(long)]
+        hostile_tokens: Option<PathBuf>,
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, default_value = "bench-results/abuse")]
+        out: PathBuf,
+    },
     /// Re-render report.md and the plots from a results.json.
     Report {
         #[arg(long)]
@@ -162,6 +192,13 @@ fn pairs<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<(String, T)>, 
 
 fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>, String> {
     s.split(',').map(|x| x.trim().parse().map_err(|_| format!("bad {what} '{x}'"))).collect()
+}
+
+/// The non-empty lines of a file (none without a file).
+fn lines(path: Option<&std::path::Path>) -> Result<Vec<String>, String> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
 }
 
 #[tokio::main]
@@ -225,6 +262,24 @@ async fn main() -> Result<(), String> {
                 token,
             };
             let report = kiln_bench::scale::run(&opts).await.map_err(|e| e.to_string())?;
+            report.write(&out).map_err(|e| e.to_string())?;
+            println!("{}", report.markdown());
+            println!("written to {}", out.display());
+        }
+        Command::Abuse { base, patients, seed, normal_clients, hostile_clients, duration_secs, warmup_secs, normal_tokens, hostile_tokens, server_pid, out } => {
+            let opts = kiln_bench::abuse::AbuseOptions {
+                base,
+                patients,
+                seed,
+                normal_clients,
+                hostile_clients,
+                duration: Duration::from_secs_f64(duration_secs),
+                warmup: Duration::from_secs_f64(warmup_secs),
+                normal_tokens: lines(normal_tokens.as_deref())?,
+                hostile_tokens: lines(hostile_tokens.as_deref())?,
+                server_pid,
+            };
+            let report = kiln_bench::abuse::run(&opts).await.map_err(|e| e.to_string())?;
             report.write(&out).map_err(|e| e.to_string())?;
             println!("{}", report.markdown());
             println!("written to {}", out.display());

@@ -226,6 +226,11 @@ pub struct Limits {
     pub scan_workers: usize,
     /// Costly requests that may wait for one of `scan_workers`; past it: 503 with Retry-After.
     pub scan_queue: usize,
+    /// Rows past which a request is heavy: its further costly reads, and its caller's for the
+    /// next 10 s, run in the heavy lane (`scan_workers` more threads at `heavy_nice`).
+    pub heavy_rows: u64,
+    /// CPU priority (Linux nice value, 0-19) of the heavy lane's threads.
+    pub heavy_nice: i32,
     /// Costly requests one authenticated caller may have running or waiting at once; past it:
     /// 429 with Retry-After.
     pub max_concurrent_per_principal: usize,
@@ -320,6 +325,8 @@ impl Default for Limits {
             max_batch_response_bytes: 64 * 1024 * 1024,
             scan_workers: 0,
             scan_queue: 256,
+            heavy_rows: 50_000,
+            heavy_nice: 19,
             max_concurrent_per_principal: 2,
             max_concurrent_per_tenant: 16,
             max_query_bytes: 32 * 1024,
@@ -395,6 +402,9 @@ impl Config {
             if v == 0 {
                 return bad(format!("limits.{key} must be positive"));
             }
+        }
+        if !(0..=19).contains(&l.heavy_nice) {
+            return bad(format!("limits.heavy_nice must be a nice value from 0 to 19, not {}", l.heavy_nice));
         }
         if self.limits.max_expansion == 0 {
             return bad("limits.max_expansion must be positive".into());

@@ -77,8 +77,16 @@ impl<'a> Bundle<'a> {
     }
 
     pub fn to_bytes(&self, ctx: &Ctx) -> Result<Vec<u8>, ApiError> {
-        let r = if ctx.pretty { serde_json::to_vec_pretty(self) } else { serde_json::to_vec(self) };
-        Ok(r.map_err(|e| StoreError::Corrupt(format!("bundle: {e}")))?)
+        self.to_bytes_sized(ctx, 0)
+    }
+
+    /// [`Bundle::to_bytes`] into a buffer of `capacity` bytes to start with (no copies while a
+    /// large bundle grows).
+    pub fn to_bytes_sized(&self, ctx: &Ctx, capacity: usize) -> Result<Vec<u8>, ApiError> {
+        let mut out = Vec::with_capacity(capacity);
+        let r = if ctx.pretty { serde_json::to_writer_pretty(&mut out, self) } else { serde_json::to_writer(&mut out, self) };
+        r.map_err(|e| StoreError::Corrupt(format!("bundle: {e}")))?;
+        Ok(out)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod request_id;
 pub mod search;
 pub mod tls;
 pub mod transaction;
+pub mod heavy;
 pub mod work;
 
 use std::sync::Arc;

@@ -49,10 +49,14 @@ pub async fn compartment_in(ctx: &Ctx, st: &AppState, ctype: &str, cid: &str, me
         .search
         .compartment_params(ctype, rtype)
         .ok_or_else(|| RequestError::NoRoute(format!("/{ctype}/{cid}/{rtype}: {ctype} is not a compartment")))?;
-    let mut members = query::Ids::new();
-    for code in &links {
-        members |= query::referrer_docs(ctx.store.tree(), rtype, code, ctype, cid)?;
-    }
+    // Posting-block scans, charged to the request's budget.
+    let members = crate::budget::within(&ctx.budget, || -> Result<query::Ids, SearchError> {
+        let mut members = query::Ids::new();
+        for code in &links {
+            members |= query::referrer_docs(ctx.store.tree(), rtype, code, ctype, cid)?;
+        }
+        Ok(members)
+    })?;
     let params = ctx.params.clone();
     respond(ctx, st, rtype, params, Some((format!("/{ctype}/{cid}/{rtype}"), members))).await
 }
@@ -338,9 +342,10 @@ async fn search_types(
         let q = query::parse(&st.search, t, &params, ctx.lenient)?;
         // The caller's reach: every resource of the type, or a patient's compartment (then
         // matches, totals and pages are computed within it).
-        let (grant, reach) = guard::search_scope(ctx, st, op, t)?;
+        // (Posting-block scans of the compartment's referrers: charged to the request's budget.)
+        let (grant, reach) = crate::budget::within(&ctx.budget, || guard::search_scope(ctx, st, op, t))?;
         grants.insert(t.to_string(), grant);
-        guard::link_scope(ctx, st, &q, &mut link_scope)?;
+        crate::budget::within(&ctx.budget, || guard::link_scope(ctx, st, &q, &mut link_scope))?;
         for i in &q.ignored {
             if !ignored.contains(i) {
                 ignored.push(i.clone());

@@ -177,8 +177,48 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
         out.push(entry(ctx, st, answer).await?);
     }
     let kind = if atomic { "transaction-response" } else { "batch-response" };
-    let body = Bundle::new(kind, None, Vec::new(), out).to_bytes(ctx)?;
+    // Embedding the read entries' bodies checks and copies them: past LARGE_RESPONSE bytes that
+    // is costly work, done on the pool (in the request's budget) and not on the HTTP worker.
+    let size_hint = bytes.saturating_add(256 * out.len());
+    let build = move |ctx: &Ctx| -> Result<Vec<u8>, ApiError> {
+        let entries = out.into_iter().map(Pending::finish).collect::<Result<Vec<_>, _>>()?;
+        Bundle::new(kind, None, Vec::new(), entries).to_bytes_sized(ctx, size_hint)
+    };
+    let body = match bytes > LARGE_RESPONSE {
+        true => {
+            let entry_ctx = ctx.clone();
+            super::work::block(ctx, st, move || build(&entry_ctx)).await.map_err(Retry::Fatal)?
+        }
+        false => build(ctx)?,
+    };
     Ok(ctx.respond(HttpResponse::Ok(), body))
+}
+
+/// Read responses (bytes together) past which a batch response is assembled on the pool.
+const LARGE_RESPONSE: usize = 1 << 20;
+
+/// An entry of the response, its body not yet embedded.
+enum Pending {
+    Ready(Entry<'static>),
+    Body { response: Map<String, Value>, bytes: actix_web::web::Bytes, outcome: bool },
+}
+
+impl Pending {
+    fn finish(self) -> Result<Entry<'static>, ApiError> {
+        match self {
+            Pending::Ready(e) => Ok(e),
+            Pending::Body { mut response, bytes, outcome } => {
+                let mut resource = None;
+                if outcome {
+                    let outcome: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
+                    response.insert("outcome".into(), outcome);
+                } else {
+                    resource = Some(raw(bytes.to_vec())?);
+                }
+                Ok(Entry { full_url: None, resource, search: None, request: None, response: Some(Value::Object(response)) })
+            }
+        }
+    }
 }
 
 fn status_line(s: StatusCode) -> String {
@@ -190,12 +230,12 @@ fn raw(bytes: Vec<u8>) -> Result<Resource<'static>, ApiError> {
     Ok(Resource::Owned(RawValue::from_string(text).map_err(|e| StoreError::Corrupt(format!("entry body: {e}")))?))
 }
 
-async fn entry(ctx: &Ctx, st: &AppState, answer: Answer) -> Result<Entry<'static>, ApiError> {
+async fn entry(ctx: &Ctx, st: &AppState, answer: Answer) -> Result<Pending, ApiError> {
     match answer {
         Answer::Write { rtype, action, outcome: Ok(applied) } => {
             let id = applied.id.clone().unwrap_or_default();
             let readable = crate::auth::guard::may_return(ctx, st, &rtype, &id, applied.body.as_deref().map(Vec::as_slice));
-            write_entry(ctx, &rtype, action, &applied, readable)
+            write_entry(ctx, &rtype, action, &applied, readable).map(Pending::Ready)
         }
         Answer::Write { outcome: Err(e), .. } => response_entry(ApiError::Store(e).error_response(), false).await,
         Answer::Read { response: Ok(r), head } => response_entry(r, head).await,
@@ -255,7 +295,7 @@ fn write_entry(ctx: &Ctx, rtype: &str, action: Action, a: &Applied, readable: bo
 }
 
 /// The entry of a read, or of an error, from the HTTP response it would have been.
-async fn response_entry(r: HttpResponse, head: bool) -> Result<Entry<'static>, ApiError> {
+async fn response_entry(r: HttpResponse, head: bool) -> Result<Pending, ApiError> {
     let status = r.status();
     let mut response = Map::new();
     response.insert("status".into(), json!(status_line(status)));
@@ -270,14 +310,8 @@ async fn response_entry(r: HttpResponse, head: bool) -> Result<Entry<'static>, A
         response.insert("lastModified".into(), json!(meta::format_instant(lm)));
     }
     let bytes = actix_web::body::to_bytes(r.into_body()).await.map_err(|e| StoreError::Corrupt(format!("entry body: {e}")))?;
-    let mut resource = None;
-    if !bytes.is_empty() && !head {
-        if status.as_u16() >= 400 {
-            let outcome: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
-            response.insert("outcome".into(), outcome);
-        } else {
-            resource = Some(raw(bytes.to_vec())?);
-        }
+    if bytes.is_empty() || head {
+        return Ok(Pending::Ready(Entry { full_url: None, resource: None, search: None, request: None, response: Some(Value::Object(response)) }));
     }
-    Ok(Entry { full_url: None, resource, search: None, request: None, response: Some(Value::Object(response)) })
+    Ok(Pending::Body { response, bytes, outcome: status.as_u16() >= 400 })
 }

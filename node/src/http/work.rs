@@ -5,9 +5,12 @@
 //! `Retry-After`), and at most `limits.max_concurrent_per_principal` of one caller (and
 //! `limits.max_concurrent_per_tenant` of one tenant) at once (past it: 429 with `Retry-After`),
 //! so `/metadata`, `/_health` and point reads are answered while a caller floods the node.
-//! (Still on the worker, bounded by page size and `limits.max_include_resources`: reading a
-//! search page's bodies and includes, and serializing it. Patches, bundle plans and
+//! (Also on the pool: search pages of more than 50 matches or with includes, and batch responses
+//! past 1 MiB. Still on the worker: smaller pages, inside the budget. Patches, bundle plans and
 //! terminology operations use the blocking threads without this pool.)
+//!
+//! Heavy requests and callers (past `limits.heavy_rows` rows) run in the heavy lane instead
+//! ([`super::heavy`]): as many threads again, at a lower CPU priority, with their own places.
 //!
 //! The work runs inside the request's [`Budget`] (`limits.max_request_rows`,
 //! `limits.request_timeout_ms`, and whether the client is still connected: [`on_connect`] keeps
@@ -23,6 +26,7 @@ use std::time::Duration;
 use actix_web::web;
 use parking_lot::Mutex;
 
+use super::heavy::{HeavyCallers, HeavyLane};
 use super::negotiate::Ctx;
 use super::{AppState, RequestError};
 use crate::budget::{self, Budget, Presence};
@@ -126,6 +130,11 @@ pub struct WorkPool {
     per_tenant: usize,
     principals: Arc<Shares>,
     tenants: Arc<Shares>,
+    /// The heavy lane (see [`super::heavy`]): its threads, its places, who is heavy now.
+    heavy: HeavyLane,
+    heavy_permits: Arc<tokio::sync::Semaphore>,
+    heavy_rows: u64,
+    heavy_callers: Arc<HeavyCallers>,
 }
 
 impl WorkPool {
@@ -140,6 +149,10 @@ impl WorkPool {
             per_tenant: limits.max_concurrent_per_tenant,
             principals: Arc::default(),
             tenants: Arc::default(),
+            heavy: HeavyLane::start(workers, limits.heavy_nice),
+            heavy_permits: Arc::new(tokio::sync::Semaphore::new(workers)),
+            heavy_rows: limits.heavy_rows,
+            heavy_callers: Arc::default(),
         }
     }
 
@@ -170,14 +183,16 @@ where
     let pool = &st.work;
     let authenticated = ctx.principal.via != crate::auth::Via::Open;
     let tenant = ctx.tenant.as_deref().unwrap_or("");
-    let mine = match authenticated {
-        true => Some(pool.principals.take(format!("{tenant}\u{0}{:?}\u{0}{}", ctx.principal.via, ctx.principal.subject), pool.per_principal).ok_or_else(|| {
+    // The open server has one anonymous caller: no fair share, and only the request counts as heavy.
+    let caller = authenticated.then(|| format!("{tenant}\u{0}{:?}\u{0}{}", ctx.principal.via, ctx.principal.subject));
+    let mine = match &caller {
+        Some(caller) => Some(pool.principals.take(caller.clone(), pool.per_principal).ok_or_else(|| {
             RequestError::TooManyRequests(format!(
                 "{} already has {} costly requests (searches, history, batches) running on this node (config limits.max_concurrent_per_principal); retry when one has finished",
                 ctx.principal.subject, pool.per_principal
             ))
         })?),
-        false => None,
+        None => None,
     };
     let theirs = match (authenticated, ctx.tenant.is_some()) {
         (true, true) => Some(pool.tenants.take(tenant.to_string(), pool.per_tenant).ok_or_else(|| {
@@ -188,7 +203,11 @@ where
         })?),
         _ => None,
     };
-    let permit = match pool.permits.clone().try_acquire_owned() {
+    // A request that has already read much, or a caller whose recent requests did, goes to the
+    // heavy lane.
+    let heavy = ctx.budget.used() > pool.heavy_rows || caller.as_deref().is_some_and(|c| pool.heavy_callers.is_heavy(c));
+    let places = if heavy { &pool.heavy_permits } else { &pool.permits };
+    let permit = match places.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
             if pool.waiting.fetch_add(1, Ordering::Relaxed) >= pool.max_waiting {
@@ -196,7 +215,7 @@ where
                 return Err(busy(pool));
             }
             let _waiting = Waiting(&pool.waiting);
-            match tokio::time::timeout(ctx.budget.remaining(), pool.permits.clone().acquire_owned()).await {
+            match tokio::time::timeout(ctx.budget.remaining(), places.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
                 _ => return Err(busy(pool)),
             }
@@ -205,16 +224,22 @@ where
     // The client may have left while the request waited.
     ctx.budget.check().map_err(too_costly)?;
     let budget = ctx.budget.clone();
+    let (heavy_rows, callers) = (pool.heavy_rows, pool.heavy_callers.clone());
     // The pool's place and the caller's shares go with the work, not with this future: if the
     // handler is dropped (the client reset the stream), they are held until the work stops.
-    let out = web::block(move || {
+    let work = move || {
         let held = (permit, mine, theirs);
         let out = budget::within(&budget, f);
+        if let Some(caller) = caller.filter(|_| budget.used() > heavy_rows) {
+            callers.mark(&caller);
+        }
         drop(held);
         out
-    })
-    .await
-    .map_err(|e| crate::store::StoreError::Storage(format!("request worker: {e}")))?;
+    };
+    let out = match heavy {
+        true => pool.heavy.run(work).await.ok_or_else(|| crate::store::StoreError::Storage("the heavy lane has stopped".into()))?,
+        false => web::block(work).await.map_err(|e| crate::store::StoreError::Storage(format!("request worker: {e}")))?,
+    };
     out.map_err(Into::into)
 }
 
