@@ -11,7 +11,7 @@ use crate::actors::WriteError;
 use crate::auth::AuthError;
 use crate::binary::BinaryError;
 use crate::objects::ObjectsError;
-use crate::operations::OperationError;
+use crate::http::operations::OperationError;
 use crate::tenancy::TenancyError;
 use crate::terminology::TerminologyError;
 use crate::config::ConfigError;

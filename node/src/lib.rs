@@ -48,7 +48,6 @@ pub mod http;
 pub mod identity;
 pub mod launcher;
 pub mod objects;
-pub mod operations;
 pub mod meili;
 pub mod metrics;
 pub mod search;
@@ -280,7 +279,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     error::set_thread_version(version);
                     App::new()
                         .app_data(state.clone())
-                        .wrap(actix_web::middleware::from_fn(auth::middleware::authenticate))
+                        .wrap(actix_web::middleware::from_fn(http::authenticate::authenticate))
                         .wrap(actix_web::middleware::from_fn(metrics::http::observe))
                         .wrap(actix_web::middleware::from_fn(http::request_id::middleware))
                         .configure(http::configure)

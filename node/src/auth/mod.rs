@@ -12,9 +12,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod config;
-pub mod guard;
 pub mod jwt;
-pub mod middleware;
 pub mod rbac;
 pub mod smart;
 pub mod token;

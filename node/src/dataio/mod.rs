@@ -11,7 +11,6 @@
 
 pub mod backup;
 pub mod client;
-pub mod endpoint;
 pub mod format;
 pub mod import;
 pub mod restore;

@@ -11,7 +11,6 @@
 //! function of the replicated state, a part is never duplicated or lost.
 
 pub mod config;
-pub mod http;
 pub mod job;
 pub mod params;
 pub mod runner;

@@ -4,9 +4,9 @@
 //! operator listener (`admin_listen`, loopback unless a token protects it; [`configure_admin`]):
 //! membership changes (`POST /_cluster/nodes`, `DELETE /_cluster/nodes/{id}`, leader only),
 //! `/_cluster/digest` (replica comparison, hashes the whole state), `/_cluster/backup` (a
-//! consistent copy of the state, [`crate::dataio::endpoint`]) and the test-only fault filter
+//! consistent copy of the state, [`crate::http::dataio`]) and the test-only fault filter
 //! (`/_cluster/faults`) and the Meilisearch rebuild (`POST /_cluster/meilisearch/reindex`,
-//! [`crate::meili::http`]). With `admin_token_file` every operator request needs
+//! [`crate::http::meili`]). With `admin_token_file` every operator request needs
 //! `Authorization: Bearer <token>`; that check is [`require_token`], in front of every route.
 //! `GET /metrics` is served on both listeners ([`crate::metrics`]).
 
@@ -55,7 +55,7 @@ pub async fn cluster_status(st: web::Data<AppState>) -> HttpResponse {
 /// `/_cluster/status` on the FHIR port: for the admin group only (the middleware checks the
 /// path too; this holds whatever path spelling reached the route).
 pub async fn cluster_status_fhir(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !crate::auth::guard::principal_of(&req, &st).admin {
+    if !crate::http::guard::principal_of(&req, &st).admin {
         return Err(crate::auth::AuthError::Forbidden(format!("/_cluster/status needs the {} group", st.auth.cfg.admin_group)).into());
     }
     Ok(HttpResponse::Ok().json(status_json(&st)))
@@ -152,8 +152,8 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/nodes/{id}", web::delete().to(remove_node));
     cfg.route("/_cluster/faults", web::post().to(faults));
     cfg.route("/_cluster/digest", web::get().to(digest));
-    cfg.route("/_cluster/backup", web::get().to(crate::dataio::endpoint::backup));
-    cfg.route("/_cluster/meilisearch/reindex", web::post().to(crate::meili::http::reindex));
+    cfg.route("/_cluster/backup", web::get().to(crate::http::dataio::backup));
+    cfg.route("/_cluster/meilisearch/reindex", web::post().to(crate::http::meili::reindex));
     cfg.default_service(web::to(|req: HttpRequest| async move {
         Err::<HttpResponse, ApiError>(RequestError::NoRoute(format!("{} {} (operator API)", req.method(), req.path())).into())
     }));

@@ -2,7 +2,7 @@
 //! `request` (method, url, ifMatch, ifNoneMatch, ifNoneExist, ifModifiedSince) is checked, its
 //! resource validated and given its id (the same pipeline as a single write:
 //! [`crate::actors::resource::prepare`]), a PATCH applied to the current version, and GET / HEAD
-//! URLs parsed. Each write entry passes the caller's rights check ([`crate::auth::guard`]) here.
+//! URLs parsed. Each write entry passes the caller's rights check ([`crate::http::guard`]) here.
 //! Errors are per entry: a transaction fails on the first, a batch answers each in its entry.
 
 use base64::Engine;
@@ -12,7 +12,7 @@ use super::{patch, AppState, RequestError};
 use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
 use super::negotiate::Ctx;
-use crate::auth::guard;
+use crate::http::guard;
 use crate::error::ApiError;
 use crate::fhir::FhirError;
 use crate::store::command::{Action, BundleOp, Condition};

@@ -248,19 +248,19 @@ pub fn build(st: &AppState, base: &str) -> Value {
                 "searchInclude": includes(st, t),
                 "searchRevInclude": revincludes(st, t)
             });
-            // $validate and the $meta family on every type (crate::operations); bulk export at
+            // $validate and the $meta family on every type (crate::http::operations); bulk export at
             // Patient and Group level (crate::export) and $everything on Patient.
-            let mut ops: Vec<Value> = crate::operations::SERVED.iter().map(|(name, url)| op_entry(st, name, url)).collect();
+            let mut ops: Vec<Value> = crate::http::operations::SERVED.iter().map(|(name, url)| op_entry(st, name, url)).collect();
             match *t {
                 "Patient" => {
                     ops.push(operation(st, "patient-export"));
-                    ops.push(op_entry(st, "everything", crate::operations::EVERYTHING));
+                    ops.push(op_entry(st, "everything", crate::http::operations::EVERYTHING));
                 }
                 "Group" => ops.push(operation(st, "group-export")),
                 _ => {}
             }
-            // Terminology operations (crate::terminology::http).
-            ops.extend(crate::terminology::http::OPERATIONS.iter().filter(|(rtype, _, _)| rtype == t).map(|(_, name, url)| op_entry(st, name, url)));
+            // Terminology operations (crate::http::terminology).
+            ops.extend(crate::http::terminology::OPERATIONS.iter().filter(|(rtype, _, _)| rtype == t).map(|(_, name, url)| op_entry(st, name, url)));
             r["operation"] = json!(ops);
             if *t == "Subscription" {
                 r["documentation"] = json!(subscription_channels(st, base));
@@ -291,7 +291,7 @@ pub fn build(st: &AppState, base: &str) -> Value {
             "documentation": documentation(st),
             "resource": resources,
             "interaction": system,
-            "operation": [operation(st, "export"), op_entry(st, "meta", crate::operations::META)]
+            "operation": [operation(st, "export"), op_entry(st, "meta", crate::http::operations::META)]
         }]
     });
     cs["instantiates"] = json!([format!("{BULK_DATA}/CapabilityStatement/bulk-data")]);

@@ -5,21 +5,28 @@
 //! [`tls`] is TLS on this API (`[api_tls]`).
 
 pub mod admin;
+pub mod authenticate;
 pub mod binary;
 pub mod bundle;
 pub mod bundle_plan;
 pub mod crud;
+pub mod dataio;
 pub mod dispatch;
+pub mod export;
 pub mod fhirpath_patch;
+pub mod guard;
+pub mod heavy;
 pub mod history;
+pub mod meili;
 pub mod metadata;
 pub mod negotiate;
+pub mod operations;
 pub mod patch;
 pub mod request_id;
 pub mod search;
+pub mod terminology;
 pub mod tls;
 pub mod transaction;
-pub mod heavy;
 pub mod work;
 
 use std::sync::Arc;
@@ -171,7 +178,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // Membership, digest and faults live on the operator listener only.
     cfg.route("/_cluster/{rest:.*}", web::route().to(admin::not_here));
     // Bulk export (Bulk Data Access IG): kick-off, status / cancel, local output files.
-    use crate::export::http as export;
+    use crate::http::export as export;
     cfg.route("/$export", web::get().to(export::system));
     cfg.route("/$export", web::post().to(export::system));
     cfg.route("/Patient/$export", web::get().to(export::patient));
@@ -182,9 +189,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_export/{job}", web::delete().to(export::cancel));
     cfg.route("/_export/{job}/{file}", web::get().to(export::file));
     // Terminology operations ($expand, $validate-code, $lookup, $subsumes).
-    crate::terminology::http::configure(cfg);
+    crate::http::terminology::configure(cfg);
     // $everything, $validate, $meta, $meta-add, $meta-delete.
-    crate::operations::configure(cfg);
+    crate::http::operations::configure(cfg);
     // The R4 websocket channel of Subscriptions (404 below when subscriptions are off).
     cfg.route(crate::subscription::WS_PATH, web::get().to(crate::subscription::websocket::endpoint));
     // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead

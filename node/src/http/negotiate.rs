@@ -41,7 +41,7 @@ pub struct Ctx {
     /// `If-None-Match` / `If-Modified-Since` of a read.
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
-    /// Who is asking ([`crate::auth::guard`] decides what they reach).
+    /// Who is asking ([`crate::http::guard`] decides what they reach).
     pub principal: std::sync::Arc<crate::auth::Principal>,
     /// The tenant the request works in (`None`: the default tenant).
     pub tenant: crate::tenancy::Tenant,
@@ -120,7 +120,7 @@ impl Ctx {
         };
         let if_none_match = header_str(req.headers(), "if-none-match")?.map(String::from);
         let if_modified_since = header_str(req.headers(), "if-modified-since")?.map(String::from);
-        let principal = crate::auth::guard::principal_of(req, st);
+        let principal = crate::http::guard::principal_of(req, st);
         let budget = super::work::budget_for(req, limits);
         let app = req.app_data::<actix_web::web::Data<AppState>>().cloned();
         Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app })

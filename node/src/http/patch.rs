@@ -57,8 +57,8 @@ pub async fn conditional(req: HttpRequest, path: web::Path<String>, payload: web
     // The caller's rights before the search runs and the patch is applied (a refused patch must
     // not tell, by its outcome, what the resource holds); a patient/ caller's search is confined
     // to the compartment first.
-    crate::auth::guard::confine(&ctx.principal, &st, rtype, Action::Patch, &mut cond)?;
-    crate::auth::guard::check_write(&ctx.principal, &st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: None, body: None, condition: Some(&cond), full_url: None })?;
+    crate::http::guard::confine(&ctx.principal, &st, rtype, Action::Patch, &mut cond)?;
+    crate::http::guard::check_write(&ctx.principal, &st, &ctx.store, &crate::http::guard::WriteCheck { rtype, action: Action::Patch, id: None, body: None, condition: Some(&cond), full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
         let id = match_one(&st, &ctx.store, rtype, &cond)?;
         let (body, version) = patched_off_worker(&st, &ctx.store, rtype, &id, &ops, if_match).await?;
@@ -247,7 +247,7 @@ async fn patched_off_worker(st: &web::Data<AppState>, store: &crate::store::Stor
 
 async fn patch_and_respond(ctx: &Ctx, st: &web::Data<AppState>, rtype: &'static str, id: &str, ops: &PatchDoc, client_if_match: Option<u64>) -> Result<HttpResponse, ApiError> {
     // The caller's rights on the resource as it is, before the patch is applied to it.
-    crate::auth::guard::check_write(&ctx.principal, st, &ctx.store, &crate::auth::guard::WriteCheck { rtype, action: Action::Patch, id: Some(id), body: None, condition: None, full_url: None })?;
+    crate::http::guard::check_write(&ctx.principal, st, &ctx.store, &crate::http::guard::WriteCheck { rtype, action: Action::Patch, id: Some(id), body: None, condition: None, full_url: None })?;
     for attempt in 1..=MAX_ATTEMPTS {
         let (body, version) = patched_off_worker(st, &ctx.store, rtype, id, ops, client_if_match).await?;
         let intent = WriteIntent { action: Action::Patch, id: Some(id.to_string()), body: Some(body), if_match: Some(version), condition: None };

@@ -234,7 +234,7 @@ async fn entry(ctx: &Ctx, st: &AppState, answer: Answer) -> Result<Pending, ApiE
     match answer {
         Answer::Write { rtype, action, outcome: Ok(applied) } => {
             let id = applied.id.clone().unwrap_or_default();
-            let readable = crate::auth::guard::may_return(ctx, st, &rtype, &id, applied.body.as_deref().map(Vec::as_slice));
+            let readable = crate::http::guard::may_return(ctx, st, &rtype, &id, applied.body.as_deref().map(Vec::as_slice));
             write_entry(ctx, &rtype, action, &applied, readable).map(Pending::Ready)
         }
         Answer::Write { outcome: Err(e), .. } => response_entry(ApiError::Store(e).error_response(), false).await,

@@ -18,7 +18,6 @@
 pub mod config;
 pub mod cursor;
 pub mod document;
-pub mod http;
 pub mod indexer;
 pub mod query;
 pub mod status;

@@ -4,7 +4,7 @@
 //! rows not yet indexed, and the age of the oldest) when Meilisearch is configured.
 //!
 //! Who may read it is decided before the handler runs: on the FHIR port by the auth middleware
-//! (the admin group, like `/_cluster/status`; `crate::auth::middleware::is_operator_page`), on
+//! (the admin group, like `/_cluster/status`; `crate::http::authenticate::is_operator_page`), on
 //! the operator listener by its bearer token (`crate::http::admin::require_token`).
 
 use actix_web::{web, HttpResponse};

@@ -18,7 +18,6 @@
 //! configuration.
 
 pub mod expand;
-pub mod http;
 pub mod load;
 pub mod model;
 pub mod ops;

@@ -9,7 +9,7 @@ use meilisearch_sdk::errors::ErrorCode;
 use meilisearch_sdk::tasks::Task;
 use serde_json::json;
 
-use super::{cursor::CursorOp, status, MeiliError};
+use crate::meili::{cursor::CursorOp, status, MeiliError};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::store::command::{Command, CommandV1};

@@ -1,5 +1,5 @@
 //! `GET /_cluster/backup` (operator listener, behind its token): streams this node's state at its
-//! applied index as a backup file ([`super::format`]), after a read barrier (Raft ReadIndex), so
+//! applied index as a backup file ([`crate::dataio::format`]), after a read barrier (Raft ReadIndex), so
 //! it holds every write acknowledged before the request, on a follower too.
 //!
 //! The capture is the one the Raft snapshots use (`store::snapshot::Capture`): started on the Raft
@@ -18,7 +18,7 @@ use actix_web::{web, HttpResponse};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::format::{Encoder, Header};
+use crate::dataio::format::{Encoder, Header};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::store::snapshot::Capture;
@@ -54,7 +54,7 @@ pub async fn backup(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         term: start.term,
         node_id: st.cfg.node_id,
         fhir_version: st.defs.version.as_str().to_string(),
-        created: super::now_rfc3339(),
+        created: crate::dataio::now_rfc3339(),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
     let spawned = std::thread::Builder::new().name("kiln-backup".into()).spawn(move || {

@@ -1,7 +1,7 @@
 //! FHIR operations served besides bulk `$export` (which lives in [`crate::export`]):
 //! `$validate` ([`validate`]), `$meta`, `$meta-add`, `$meta-delete` ([`meta`]) and
 //! `Patient/$everything` ([`everything`]). Every route here runs behind the FHIR API's auth
-//! middleware like any interaction, and each handler asks [`crate::auth::guard`] for the rights
+//! middleware like any interaction, and each handler asks [`crate::http::guard`] for the rights
 //! it needs (read for `$meta` and `$validate`, update for `$meta-add` / `$meta-delete`, search
 //! within the caller's reach for `$everything`). Inputs come as query parameters or a
 //! `Parameters` body ([`params`]).

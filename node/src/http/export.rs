@@ -11,11 +11,12 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::job::{file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status};
-use super::params::{self, KickOff};
-use super::scan::compartment_types;
-use super::ExportError;
-use crate::auth::{guard, Op};
+use crate::export::job::{file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status};
+use crate::export::params::{self, KickOff};
+use crate::export::scan::compartment_types;
+use crate::export::ExportError;
+use crate::http::guard;
+use crate::auth::{Op};
 use crate::error::{operation_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
@@ -100,7 +101,7 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
         // Apply refused it: over the job limits.
         return Err(ExportError::TooMany { active: xc.max_active_jobs, owned: xc.max_jobs_per_owner }.into());
     }
-    st.export_supervisor.do_send(super::runner::Poke);
+    st.export_supervisor.do_send(crate::export::runner::Poke);
     let note = operation_outcome("information", "informational", &format!("export job {id} started; poll the Content-Location URL for its status"));
     Ok(HttpResponse::Accepted()
         .insert_header((header::CONTENT_LOCATION, format!("{}/_export/{id}", ctx.base)))
@@ -137,7 +138,7 @@ async fn precheck_filters(ctx: &Ctx, st: &AppState, k: &KickOff) -> Result<(), A
 /// to another tenant, or to another caller.
 fn visible_job(req: &HttpRequest, st: &AppState, id: &str) -> Result<Job, ApiError> {
     let none = || ApiError::from(ExportError::NoJob(id.to_string()));
-    if !super::job::valid_job_id(id) {
+    if !crate::export::job::valid_job_id(id) {
         return Err(none());
     }
     let job = st.export.job(id)?.ok_or_else(none)?;
@@ -213,7 +214,7 @@ pub async fn cancel(req: HttpRequest, st: web::Data<AppState>, path: web::Path<S
     let ctx = Ctx::new(&req, &st)?;
     let job = visible_job(&req, &st, &path)?;
     st.export.propose(ExportOp::Cancel { job: job.id.clone(), ts_micros: 0 }).await?;
-    st.export_supervisor.do_send(super::runner::Poke);
+    st.export_supervisor.do_send(crate::export::runner::Poke);
     let note = operation_outcome("information", "informational", &format!("export job {} cancelled; its files are being deleted", job.id));
     Ok(HttpResponse::Accepted().content_type(ctx.content_type).body(ctx.json_body(&note)))
 }

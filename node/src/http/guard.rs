@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{AuthError, Grant, Kinship, Op, Principal, SHARED_TYPES};
+use crate::auth::{AuthError, Grant, Kinship, Op, Principal, SHARED_TYPES};
 use crate::error::ApiError;
 use crate::http::negotiate::Ctx;
 use crate::http::AppState;
@@ -195,12 +195,12 @@ pub fn export_types(ctx: &Ctx, st: &AppState, candidates: Vec<String>, explicit:
 
 /// The owner an export job records for its caller: how they authenticated and who they are
 /// (an API key and a token subject of the same name are different owners). Every token has a
-/// `sub` ([`super::jwt`] refuses one without).
+/// `sub` ([`crate::auth::jwt`] refuses one without).
 pub fn job_owner(principal: &Principal) -> Result<String, ApiError> {
     let via = match principal.via {
-        super::Via::Open => "open",
-        super::Via::Jwt => "jwt",
-        super::Via::ApiKey => "key",
+        crate::auth::Via::Open => "open",
+        crate::auth::Via::Jwt => "jwt",
+        crate::auth::Via::ApiKey => "key",
     };
     Ok(format!("{via}:{}", principal.subject))
 }
@@ -254,7 +254,7 @@ pub fn history_visibility<'a>(ctx: &'a Ctx, st: &'a AppState, op: Op) -> impl Fn
     let grants: std::cell::RefCell<HashMap<String, Option<(Grant, Option<Ids>)>>> = std::cell::RefCell::new(HashMap::new());
     let as_store = |e: ApiError| StoreError::Corrupt(e.to_string());
     move |e: &HistoryEntry| {
-        if ctx.principal.via == super::Via::Open {
+        if ctx.principal.via == crate::auth::Via::Open {
             return Ok(true);
         }
         let mut grants = grants.borrow_mut();
@@ -357,7 +357,7 @@ pub struct WriteCheck<'a> {
 /// Returns the version the check saw of an existing target, so that the caller can pin the write
 /// to it (`If-Match`) and a resource moved out of the compartment meanwhile is not written.
 pub fn check_write(principal: &Principal, st: &AppState, store: &Store, w: &WriteCheck) -> Result<Option<u64>, ApiError> {
-    if principal.via == super::Via::Open {
+    if principal.via == crate::auth::Via::Open {
         return Ok(None);
     }
     let rtype = w.rtype;
@@ -457,7 +457,7 @@ pub fn principal_of(req: &actix_web::HttpRequest, st: &AppState) -> Arc<Principa
         return p.clone();
     }
     if st.auth.enabled() {
-        Arc::new(Principal { via: super::Via::Jwt, subject: "unauthenticated".into(), groups: None, scopes: None, patient: None, tenant: None, admin: false })
+        Arc::new(Principal { via: crate::auth::Via::Jwt, subject: "unauthenticated".into(), groups: None, scopes: None, patient: None, tenant: None, admin: false })
     } else {
         st.auth.open()
     }

@@ -1,17 +1,17 @@
 //! The FHIR API's front door: every request is authenticated here once (401 with
-//! `WWW-Authenticate` before any handler runs), its [`super::Principal`] is put in the request
-//! for the handlers' checks ([`super::guard`]), its tenant is resolved
+//! `WWW-Authenticate` before any handler runs), its [`crate::auth::Principal`] is put in the request
+//! for the handlers' checks ([`crate::http::guard`]), its tenant is resolved
 //! ([`crate::tenancy::resolve`], the `/tenant/{id}` prefix stripped so the routes are the same
 //! for every tenant), the operator pages (`/_cluster/status`, `/metrics`: [`is_operator_page`])
 //! need the admin group, and one
-//! audit line is recorded per request ([`super::audit`]). `/metadata`, `/.well-known/smart-configuration` and `/_health` stay open.
+//! audit line is recorded per request ([`crate::auth::audit`]). `/metadata`, `/.well-known/smart-configuration` and `/_health` stay open.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 
-use super::AuthError;
+use crate::auth::AuthError;
 use crate::error::ApiError;
 use crate::http::AppState;
 
@@ -63,7 +63,7 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
             Err(e) => return deny(req, e.into(), "-", None),
         }
     };
-    let open = principal.as_ref().is_none_or(|p| p.via == super::Via::Open);
+    let open = principal.as_ref().is_none_or(|p| p.via == crate::auth::Via::Open);
     let claim = principal.as_ref().and_then(|p| p.tenant.as_deref());
     let subject = principal.as_ref().map(|p| p.subject.clone()).unwrap_or_else(|| "-".into());
     let resolved = match crate::tenancy::resolve(tenancy, &path, claim, open) {
@@ -107,7 +107,7 @@ pub async fn authenticate(mut req: ServiceRequest, next: Next<impl MessageBody +
 }
 
 /// One audit line per request.
-fn audit(log: &super::audit::AuditLog, subject: &str, tenant: Option<&str>, method: &str, path: &str, status: u16) {
+fn audit(log: &crate::auth::audit::AuditLog, subject: &str, tenant: Option<&str>, method: &str, path: &str, status: u16) {
     let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segments.first() == Some(&"tenant") && segments.len() >= 2 {
         segments.drain(..2);
@@ -120,5 +120,5 @@ fn audit(log: &super::audit::AuditLog, subject: &str, tenant: Option<&str>, meth
     } else {
         "failed"
     };
-    log.record(&super::audit::Event { subject, tenant, interaction, rtype, id, method, path, status, outcome });
+    log.record(&crate::auth::audit::Event { subject, tenant, interaction, rtype, id, method, path, status, outcome });
 }

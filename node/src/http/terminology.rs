@@ -18,12 +18,13 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use super::expand::Expander;
-use super::load::Source;
-use super::model::ValueSet;
-use super::ops::{self, Coding, Page};
-use super::TerminologyError;
-use crate::auth::{guard, Op};
+use crate::terminology::expand::Expander;
+use crate::terminology::load::Source;
+use crate::terminology::model::ValueSet;
+use crate::terminology::ops::{self, Coding, Page};
+use crate::terminology::TerminologyError;
+use crate::http::guard;
+use crate::auth::{Op};
 use crate::error::ApiError;
 use crate::http::negotiate::{self, Ctx};
 use crate::http::{AppState, RequestError};
@@ -251,7 +252,7 @@ pub async fn subsumes(req: HttpRequest, id: Id, body: web::Payload, st: web::Dat
     let out = blocking(move || {
         let src = Source { version, tree: &tree };
         let cs = match id {
-            Some(id) => std::sync::Arc::new(super::model::CodeSystem::from_json(&src.by_id("CodeSystem", &id)?)?),
+            Some(id) => std::sync::Arc::new(crate::terminology::model::CodeSystem::from_json(&src.by_id("CodeSystem", &id)?)?),
             None => {
                 let system = a.system.clone().or(b.system.clone()).ok_or_else(|| bad("system", "$subsumes needs the code system (system, or codingA.system)"))?;
                 ops::code_system(&src, &system, a.version.as_deref())?
