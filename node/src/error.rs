@@ -290,13 +290,7 @@ pub fn error_outcome(e: &ApiError, code: &str) -> serde_json::Value {
     json!({"resourceType": "OperationOutcome", "issue": issues})
 }
 
-/// An OperationOutcome with one issue.
-pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> serde_json::Value {
-    json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{ "severity": severity, "code": code, "diagnostics": diagnostics }]
-    })
-}
+pub use crate::fhir::outcome::operation_outcome;
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {

@@ -275,6 +275,19 @@ pub fn valid_job_id(id: &str) -> bool {
     id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase() || b == b'-')
 }
 
+/// The ignored parameters of a job as NDJSON OperationOutcomes (a function of the job).
+pub fn errors_ndjson(job: &Job) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in &job.spec.ignored {
+        let oo = crate::fhir::outcome::operation_outcome("warning", "not-supported", &format!("parameter {p} was ignored (Prefer: handling=lenient)"));
+        out.extend_from_slice(oo.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The file listing parameters ignored under lenient handling (one OperationOutcome per line).
+pub const ERRORS_FILE: &str = "OperationOutcome-0.ndjson";
 #[cfg(test)]
 mod tests {
     use super::*;

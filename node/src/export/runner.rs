@@ -172,8 +172,8 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
         if job.at_end() {
             if !job.spec.ignored.is_empty() {
                 // The ignored parameters' file goes where the parts go (one kind of URL per manifest).
-                let mut w = ex.sink(job.spec.sink)?.open(id, crate::http::export::ERRORS_FILE).await?;
-                w.write(crate::http::export::errors_ndjson(&job)).await?;
+                let mut w = ex.sink(job.spec.sink)?.open(id, super::job::ERRORS_FILE).await?;
+                w.write(super::job::errors_ndjson(&job)).await?;
                 w.finish().await?;
             }
             return ex.propose(ExportOp::Complete { job: id.to_string(), ts_micros: 0 }).await;

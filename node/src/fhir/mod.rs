@@ -4,6 +4,7 @@
 
 pub mod elements;
 pub mod meta;
+pub mod outcome;
 pub mod references;
 pub mod shape;
 pub mod validate;

@@ -11,29 +11,16 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::export::job::{file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status};
+use crate::export::job::{errors_ndjson, file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status, ERRORS_FILE};
 use crate::export::params::{self, KickOff};
 use crate::export::scan::compartment_types;
 use crate::export::ExportError;
+use crate::auth::Op;
 use crate::http::guard;
-use crate::auth::{Op};
 use crate::error::{operation_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
 
-/// The ignored parameters of a job as NDJSON OperationOutcomes (a function of the job).
-pub fn errors_ndjson(job: &Job) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in &job.spec.ignored {
-        let oo = operation_outcome("warning", "not-supported", &format!("parameter {p} was ignored (Prefer: handling=lenient)"));
-        out.extend_from_slice(oo.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    out
-}
-
-/// The file listing parameters ignored under lenient handling (one OperationOutcome per line).
-pub const ERRORS_FILE: &str = "OperationOutcome-0.ndjson";
 pub const NDJSON: &str = "application/fhir+ndjson";
 
 pub async fn system(req: HttpRequest, st: web::Data<AppState>, body: web::Payload) -> Result<HttpResponse, ApiError> {
