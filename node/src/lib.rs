@@ -280,7 +280,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     App::new()
                         .app_data(state.clone())
                         .wrap(actix_web::middleware::from_fn(http::authenticate::authenticate))
-                        .wrap(actix_web::middleware::from_fn(metrics::http::observe))
+                        .wrap(actix_web::middleware::from_fn(http::observe::observe))
                         .wrap(actix_web::middleware::from_fn(http::request_id::middleware))
                         .configure(http::configure)
                 })

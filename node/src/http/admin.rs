@@ -147,7 +147,7 @@ pub async fn digest(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/status", web::get().to(cluster_status));
     cfg.route("/_health", web::get().to(health));
-    cfg.route("/metrics", web::get().to(crate::metrics::scrape));
+    cfg.route("/metrics", web::get().to(super::scrape::scrape));
     cfg.route("/_cluster/nodes", web::post().to(add_node));
     cfg.route("/_cluster/nodes/{id}", web::delete().to(remove_node));
     cfg.route("/_cluster/faults", web::post().to(faults));

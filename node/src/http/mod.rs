@@ -20,9 +20,11 @@ pub mod history;
 pub mod meili;
 pub mod metadata;
 pub mod negotiate;
+pub mod observe;
 pub mod operations;
 pub mod patch;
 pub mod request_id;
+pub mod scrape;
 pub mod search;
 pub mod terminology;
 pub mod tls;
@@ -174,7 +176,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_cluster/status", web::get().to(admin::cluster_status_fhir));
     cfg.route("/_health", web::get().to(admin::health));
     // For the admin group only when auth is on (the auth middleware, as for /_cluster/status).
-    cfg.route("/metrics", web::get().to(crate::metrics::scrape));
+    cfg.route("/metrics", web::get().to(scrape::scrape));
     // Membership, digest and faults live on the operator listener only.
     cfg.route("/_cluster/{rest:.*}", web::route().to(admin::not_here));
     // Bulk export (Bulk Data Access IG): kick-off, status / cancel, local output files.

@@ -27,8 +27,6 @@ use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-pub use scrape::scrape;
-
 /// Why metrics could not be set up or rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -43,7 +41,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 /// Registers the families of one group into a registry.
 pub(crate) struct Families<'a> {
-    registry: &'a Registry,
+    pub(crate) registry: &'a Registry,
 }
 
 impl Families<'_> {

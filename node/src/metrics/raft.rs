@@ -1,16 +1,15 @@
 //! Consensus metrics. The Raft thread records apply latency and batch sizes, fsync latency,
 //! proposals and proposals in flight, and snapshot installs; the snapshot sender threads record
 //! their transfers. The state (term, role, indexes, per-peer match index and lag, log size) is
-//! copied from `RaftHandle::status()` when scraped ([`RaftMetrics::observe_status`]), so the
+//! copied from `RaftHandle::status()` when scraped (`crate::consensus::metrics`), so the
 //! Raft thread does no extra work for it.
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::{Families, MetricsError, LATENCY_BUCKETS};
-use crate::consensus::node::RaftStatus;
 
 /// Roles a node reports (`kiln_raft_role{role}`).
-const ROLES: &[&str] = &["leader", "follower", "candidate", "learner", "stopped"];
+pub(crate) const ROLES: &[&str] = &["leader", "follower", "candidate", "learner", "stopped"];
 
 pub struct RaftMetrics {
     // Recorded by the Raft thread.
@@ -24,18 +23,18 @@ pub struct RaftMetrics {
     /// `outcome`: `sent` or `failed`.
     pub snapshot_sends: IntCounterVec,
     // Copied from the status when scraped.
-    term: IntGauge,
-    role: IntGaugeVec,
-    leader_id: IntGauge,
-    commit_index: IntGauge,
-    applied_index: IntGauge,
-    first_index: IntGauge,
-    last_index: IntGauge,
-    log_entries: IntGauge,
-    voters: IntGauge,
-    learners: IntGauge,
-    peer_match_index: IntGaugeVec,
-    peer_lag: IntGaugeVec,
+    pub(crate) term: IntGauge,
+    pub(crate) role: IntGaugeVec,
+    pub(crate) leader_id: IntGauge,
+    pub(crate) commit_index: IntGauge,
+    pub(crate) applied_index: IntGauge,
+    pub(crate) first_index: IntGauge,
+    pub(crate) last_index: IntGauge,
+    pub(crate) log_entries: IntGauge,
+    pub(crate) voters: IntGauge,
+    pub(crate) learners: IntGauge,
+    pub(crate) peer_match_index: IntGaugeVec,
+    pub(crate) peer_lag: IntGaugeVec,
 }
 
 impl RaftMetrics {
@@ -67,58 +66,5 @@ impl RaftMetrics {
             peer_lag: f.gauge_vec("kiln_raft_peer_lag_entries", "Log entries a peer is behind the leader's last index (leader only).", &["peer"])?,
         })
     }
-
-    /// Copies the consensus state into the gauges (at scrape time). Per-peer series exist on
-    /// the leader only, for the current members.
-    pub fn observe_status(&self, s: &RaftStatus) {
-        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.term.set(g(s.term));
-        for role in ROLES {
-            self.role.with_label_values(&[role]).set(i64::from(*role == s.role));
-        }
-        self.leader_id.set(g(s.leader_id));
-        self.commit_index.set(g(s.commit_index));
-        self.applied_index.set(g(s.applied_index));
-        self.first_index.set(g(s.first_index));
-        self.last_index.set(g(s.last_index));
-        self.log_entries.set(g((s.last_index + 1).saturating_sub(s.first_index)));
-        self.voters.set(s.voters.len() as i64);
-        self.learners.set(s.learners.len() as i64);
-        self.peer_match_index.reset();
-        self.peer_lag.reset();
-        for p in &s.peers {
-            let id = p.id.to_string();
-            if let Some(m) = p.match_index {
-                self.peer_match_index.with_label_values(&[&id]).set(g(m));
-            }
-            if let Some(l) = p.lag {
-                self.peer_lag.with_label_values(&[&id]).set(g(l));
-            }
-        }
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::consensus::node::PeerStatus;
-
-    #[test]
-    fn status_becomes_gauges_and_old_peers_go() {
-        let registry = prometheus::Registry::new();
-        let m = RaftMetrics::new(&Families { registry: &registry }).unwrap();
-        let peer = |id, m| PeerStatus { id, match_index: Some(m), lag: Some(10 - m), ..PeerStatus::default() };
-        let mut s = RaftStatus { id: 1, role: "leader", term: 3, leader_id: 1, commit_index: 10, applied_index: 9, first_index: 2, last_index: 10, voters: vec![1, 2, 3], peers: vec![peer(2, 10), peer(3, 7)], ..RaftStatus::default() };
-        m.observe_status(&s);
-        assert_eq!(m.log_entries.get(), 9);
-        assert_eq!(m.role.with_label_values(&["leader"]).get(), 1);
-        assert_eq!(m.role.with_label_values(&["follower"]).get(), 0);
-        assert_eq!(m.peer_lag.with_label_values(&["3"]).get(), 3);
-        s.role = "follower";
-        s.peers = vec![PeerStatus { id: 2, ..PeerStatus::default() }];
-        m.observe_status(&s);
-        assert_eq!(m.role.with_label_values(&["leader"]).get(), 0);
-        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
-        assert!(!text.contains("kiln_raft_peer_lag_entries{"), "a follower shows no peer lag: {text}");
-    }
-}
