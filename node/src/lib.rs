@@ -55,6 +55,7 @@ pub mod store;
 pub mod subscription;
 pub mod tenancy;
 pub mod terminology;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -22,9 +22,9 @@ pub struct WriteIntent {
 
 /// Ask a [`super::resource::ResourceActor`] to validate and commit one write, in a tenant's
 /// part of the state (`None`: the default tenant). The trace is the request's span and id
-/// ([`crate::http::request_id::Trace::current`]), which the actor proposes under.
+/// ([`crate::trace::Trace::current`]), which the actor proposes under.
 #[derive(Debug)]
-pub struct Write(pub WriteIntent, pub crate::tenancy::Tenant, pub crate::http::request_id::Trace);
+pub struct Write(pub WriteIntent, pub crate::tenancy::Tenant, pub crate::trace::Trace);
 
 impl Message for Write {
     type Result = Result<(String, Applied), WriteError>;

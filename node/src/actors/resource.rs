@@ -15,7 +15,7 @@ use super::msg::{Write, WriteIntent};
 use super::WriteError;
 use crate::consensus::RaftHandle;
 use crate::fhir::{meta, Definitions, FhirError};
-use crate::http::request_id::Trace;
+use crate::trace::Trace;
 use crate::store::command::{Action, Applied, Command, CommandV1, WriteOp};
 use crate::tenancy::Tenant;
 

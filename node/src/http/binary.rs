@@ -25,7 +25,7 @@ use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::actors::WriteIntent;
 use crate::http::guard;
-use crate::auth::{Op};
+use crate::auth::Op;
 use crate::binary::{data_field, BinaryError, Blobs, ContentRef, Place};
 use crate::error::ApiError;
 use crate::objects::ObjectWriter;

@@ -10,7 +10,7 @@ use super::negotiate::{self, Ctx, Return};
 use super::{AppState, RequestError};
 use crate::actors::{Write, WriteError, WriteIntent};
 use crate::http::guard;
-use crate::auth::{Op};
+use crate::auth::Op;
 use crate::error::{operation_outcome, ApiError};
 use crate::fhir::{valid_id, FhirError};
 use crate::store::command::{Action, Applied, Condition};
@@ -92,7 +92,7 @@ pub async fn send_write_vetted(ctx: &Ctx, st: &AppState, rtype: &'static str, mu
         precheck(st, &ctx.store, rtype, cond).await?;
     }
     let addr = st.registry.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
-    match addr.send(Write(intent, ctx.tenant.clone(), crate::http::request_id::Trace::current())).await {
+    match addr.send(Write(intent, ctx.tenant.clone(), crate::trace::Trace::current())).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(WriteError::Mailbox(rtype.to_string()).into()),
     }

@@ -11,7 +11,7 @@ use super::crud::type_and_id;
 use super::negotiate::Ctx;
 use super::{AppState, RequestError};
 use crate::http::guard;
-use crate::auth::{Op};
+use crate::auth::Op;
 use crate::error::ApiError;
 use crate::fhir::meta;
 use crate::store::command::Action;

@@ -29,6 +29,7 @@ pub mod search;
 pub mod terminology;
 pub mod tls;
 pub mod transaction;
+pub mod websocket;
 pub mod work;
 
 use std::sync::Arc;
@@ -195,7 +196,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // $everything, $validate, $meta, $meta-add, $meta-delete.
     crate::http::operations::configure(cfg);
     // The R4 websocket channel of Subscriptions (404 below when subscriptions are off).
-    cfg.route(crate::subscription::WS_PATH, web::get().to(crate::subscription::websocket::endpoint));
+    cfg.route(crate::subscription::WS_PATH, web::get().to(websocket::endpoint));
     // Other operations (`$name` at system, type or instance level) are not served: say so (501) instead
     // of reading `$name` as a type or an id.
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {

@@ -4,8 +4,8 @@
 //! and `- _ . : @ /`; anything else (missing, too long, other characters) is replaced by a new
 //! UUID. The id is echoed on every response (errors and refusals included) and every log line
 //! of the request carries it: the request runs inside an `http_request{request_id, method,
-//! path}` span, and the id is in a task-local ([`current`]) so that work handed to other
-//! threads can take it along.
+//! path}` span, and the id is in a task-local ([`crate::trace::current`]) so that work handed to
+//! other threads can take it along.
 //!
 //! The write path: the resource actor proposes inside a `propose{rtype, writes}` span whose
 //! parent is the request's span (or, for a group commit of several writes, a span listing their
@@ -29,15 +29,6 @@ pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest client id kept.
 pub const MAX_LEN: usize = 128;
 
-tokio::task_local! {
-    static REQUEST_ID: Arc<str>;
-}
-
-/// The id of the request this task serves, if any.
-pub fn current() -> Option<Arc<str>> {
-    REQUEST_ID.try_with(Arc::clone).ok()
-}
-
 fn acceptable(v: &str) -> bool {
     (1..=MAX_LEN).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@/".contains(&b))
 }
@@ -50,28 +41,13 @@ pub fn accept(given: Option<&HeaderValue>) -> Arc<str> {
     }
 }
 
-/// The tracing span of the write path, as the resource actor and Raft see it: the request's
-/// span and id, taken when the write is handed to its actor.
-#[derive(Debug, Clone)]
-pub struct Trace {
-    pub span: tracing::Span,
-    pub request_id: Option<Arc<str>>,
-}
-
-impl Trace {
-    /// The current span and request id.
-    pub fn current() -> Trace {
-        Trace { span: tracing::Span::current(), request_id: current() }
-    }
-}
-
 /// Middleware (outermost): takes or makes the id, runs the request in its span, echoes the id.
 pub async fn middleware(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let id = accept(req.headers().get(&HEADER));
     let span = tracing::info_span!("http_request", request_id = %id, method = %req.method(), path = %req.path());
     let started = Instant::now();
     // (No clone of the request may be held across `next`: routing needs it unshared.)
-    let served = REQUEST_ID.scope(id.clone(), next.call(req)).instrument(span.clone()).await;
+    let served = crate::trace::scope(id.clone(), next.call(req)).instrument(span.clone()).await;
     let header = HeaderValue::from_str(&id).ok();
     let answered = |status: u16| span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request answered"));
     match served {

@@ -1,4 +1,5 @@
-//! The R4 websocket channel: `GET /_subscriptions/ws` (also under `/tenant/{id}`), advertised in
+//! The R4 websocket channel's hub and pinger (the endpoint, `GET /_subscriptions/ws`, is
+//! `crate::http::websocket`; also under `/tenant/{id}`), advertised in
 //! the CapabilityStatement's `capabilitystatement-websocket` extension. The upgrade request goes
 //! through the API's authentication middleware like any other (a bearer token or API key when
 //! auth is on). On the socket the client sends `bind {id}` for a websocket Subscription it may
@@ -19,7 +20,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -27,21 +27,17 @@ use tokio::sync::mpsc;
 use super::criteria::{Criteria, Matcher};
 use super::notifier::{scan, Reader, BATCH_ROWS};
 use super::{spec, Subscriptions, SubscriptionError, SubscriptionsConfig};
-use crate::http::guard;
-use crate::auth::{Op};
-use crate::error::ApiError;
-use crate::http::negotiate::Ctx;
-use crate::http::{AppState, RequestError};
 use crate::store::space::Space;
 use crate::store::{keys, Store, StoreError};
 
-type Key = (Option<String>, String);
+/// A binding: (tenant, Subscription id).
+pub type Key = (Option<String>, String);
 /// The connections bound to one Subscription: (connection number, its outgoing queue).
 type Bound = Vec<(u64, mpsc::Sender<String>)>;
 /// Pings waiting per connection.
-const OUTBOX: usize = 256;
+pub const OUTBOX: usize = 256;
 /// Largest client frame.
-const MAX_FRAME: usize = 4096;
+pub const MAX_FRAME: usize = 4096;
 /// How often the pinger looks for new writes.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -49,7 +45,8 @@ const TICK: Duration = Duration::from_millis(20);
 pub struct Hub {
     open: AtomicUsize,
     max: usize,
-    next: AtomicU64,
+    /// The next connection number.
+    pub next: AtomicU64,
     bindings: Mutex<HashMap<Key, Bound>>,
 }
 
@@ -72,7 +69,8 @@ impl Hub {
         self.open.load(Ordering::SeqCst)
     }
 
-    fn claim(subs: &Arc<Subscriptions>) -> Result<Slot, SubscriptionError> {
+    /// A place among `max_websockets` for a new connection.
+    pub fn claim(subs: &Arc<Subscriptions>) -> Result<Slot, SubscriptionError> {
         let hub = &subs.hub;
         let prev = hub.open.fetch_add(1, Ordering::SeqCst);
         let slot = Slot(subs.clone());
@@ -82,7 +80,8 @@ impl Hub {
         Ok(slot)
     }
 
-    fn bind(&self, key: Key, conn: u64, tx: mpsc::Sender<String>) {
+    /// Binds connection `conn` (its outgoing queue `tx`) to `key`.
+    pub fn bind(&self, key: Key, conn: u64, tx: mpsc::Sender<String>) {
         let mut b = self.bindings.lock();
         let list = b.entry(key).or_default();
         if !list.iter().any(|(c, _)| *c == conn) {
@@ -90,7 +89,8 @@ impl Hub {
         }
     }
 
-    fn unbind(&self, conn: u64, keys: &[Key]) {
+    /// Drops connection `conn`'s bindings.
+    pub fn unbind(&self, conn: u64, keys: &[Key]) {
         let mut b = self.bindings.lock();
         for k in keys {
             if let Some(list) = b.get_mut(k) {
@@ -114,95 +114,6 @@ impl Hub {
             }
         }
     }
-}
-
-/// `GET /_subscriptions/ws`.
-pub async fn endpoint(req: HttpRequest, body: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let subs = st.subscriptions.clone();
-    if !subs.enabled() {
-        return Err(SubscriptionError::Disabled.into());
-    }
-    let ctx = Ctx::new(&req, &st)?;
-    guard::require_ctx(&ctx, &st, Op::READ, "Subscription")?;
-    let slot = Hub::claim(&subs)?;
-    let (resp, mut session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| RequestError::BadHeader { name: "Upgrade".into(), reason: format!("not a websocket handshake: {e}") })?;
-    let mut stream = stream.max_frame_size(MAX_FRAME);
-    let conn = subs.hub.next.fetch_add(1, Ordering::SeqCst);
-    actix_web::rt::spawn(async move {
-        let _slot = slot;
-        let (tx, mut rx) = mpsc::channel::<String>(OUTBOX);
-        let mut bound: Vec<Key> = Vec::new();
-        loop {
-            tokio::select! {
-                m = stream.recv() => match m {
-                    Some(Ok(actix_ws::Message::Text(text))) => {
-                        let reply = command(&st, &ctx, &text, &mut bound, conn, &tx);
-                        if session.text(reply).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(actix_ws::Message::Ping(b))) => {
-                        if session.pong(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(actix_ws::Message::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => {
-                        if session.text("error send text commands: bind {subscription id}").await.is_err() {
-                            break;
-                        }
-                    }
-                },
-                p = rx.recv() => match p {
-                    Some(p) => {
-                        if session.text(p).await.is_err() {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
-        st.subscriptions.hub.unbind(conn, &bound);
-        let _ = session.close(None).await;
-    });
-    Ok(resp)
-}
-
-/// Answers one client command.
-fn command(st: &AppState, ctx: &Ctx, text: &str, bound: &mut Vec<Key>, conn: u64, tx: &mpsc::Sender<String>) -> String {
-    let text = text.trim();
-    let Some(id) = text.strip_prefix("bind ").map(str::trim) else {
-        return "error unknown command: send bind {subscription id}".into();
-    };
-    if !crate::fhir::valid_id(id) {
-        return "error bind needs a Subscription id".into();
-    }
-    let key: Key = (ctx.tenant.as_deref().map(String::from), id.to_string());
-    if bound.contains(&key) {
-        return format!("bound {id}");
-    }
-    if bound.len() >= st.subscriptions.rules.cfg.max_bindings_per_socket {
-        return format!("error {id} this connection has bound {} subscriptions, the most it may (subscriptions.max_bindings_per_socket)", bound.len());
-    }
-    // Not found and not readable are one answer: existence is not disclosed.
-    let hidden = format!("error {id} no websocket Subscription {id} that you may read");
-    let Ok(grant) = guard::require_ctx(ctx, st, Op::READ, "Subscription") else { return hidden };
-    let Ok((_, rec)) = ctx.store.read("Subscription", id) else { return hidden };
-    if guard::check_stored(st, &grant, "Subscription", id, rec.body()).is_err() {
-        return hidden;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(rec.body()) else { return hidden };
-    if body.pointer("/channel/type").and_then(Value::as_str) != Some("websocket") {
-        return format!("error {id} Subscription {id} does not have a websocket channel");
-    }
-    if !matches!(spec::status(&body), "active" | "requested") {
-        return format!("error {id} Subscription {id} is {}", spec::status(&body));
-    }
-    st.subscriptions.hub.bind(key.clone(), conn, tx.clone());
-    bound.push(key);
-    format!("bound {id}")
 }
 
 /// The websocket Subscription a binding names, when active.

@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::params::Inputs;
 use super::OperationError;
 use crate::http::guard;
-use crate::auth::{Op};
+use crate::auth::Op;
 use crate::error::ApiError;
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;

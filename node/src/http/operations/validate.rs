@@ -17,7 +17,7 @@ use super::OperationError;
 use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
 use crate::http::guard;
-use crate::auth::{Op};
+use crate::auth::Op;
 use crate::error::{classify, error_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
