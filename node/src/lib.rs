@@ -40,7 +40,6 @@ pub mod budget;
 pub mod config;
 pub mod consensus;
 pub mod dataio;
-pub mod error;
 pub mod export;
 pub mod fhir;
 pub mod fuzzing;
@@ -277,7 +276,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 }
                 let admin_state = state.clone();
                 let server = HttpServer::new(move || {
-                    error::set_thread_version(version);
+                    http::error::set_thread_version(version);
                     App::new()
                         .app_data(state.clone())
                         .wrap(actix_web::middleware::from_fn(http::authenticate::authenticate))
@@ -310,7 +309,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     Some(admin_listen) => {
                         let token = web::Data::new(http::admin::AdminToken(admin_token));
                         let server = HttpServer::new(move || {
-                            error::set_thread_version(version);
+                            http::error::set_thread_version(version);
                             App::new()
                                 .app_data(admin_state.clone())
                                 .app_data(token.clone())

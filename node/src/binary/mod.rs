@@ -28,7 +28,6 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::ApiError;
 use crate::fhir::FhirVersion;
 use crate::objects::{ObjectWriter, ObjectsError, S3};
 use crate::store::Store;
@@ -109,6 +108,9 @@ pub enum BinaryError {
     NotPresignable(String),
     #[error("reading the request body failed: {0}")]
     Body(String),
+    /// The content store failed (or has no such object).
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
 }
 
 /// The content stores of a node: the local blob folder and `[s3]` when configured.
@@ -207,7 +209,7 @@ impl Blobs {
     }
 
     /// The content of `r`: its size and a stream of chunks.
-    pub async fn open_content(&self, r: &ContentRef) -> Result<(u64, futures::stream::BoxStream<'static, Result<bytes::Bytes, ObjectsError>>), ApiError> {
+    pub async fn open_content(&self, r: &ContentRef) -> Result<(u64, futures::stream::BoxStream<'static, Result<bytes::Bytes, ObjectsError>>), BinaryError> {
         use futures::{StreamExt, TryStreamExt};
         if r.place == Place::Local {
             // Streamed in 256 KiB reads: several times faster than the store's 8 KiB chunks.
@@ -231,7 +233,7 @@ impl Blobs {
 
     /// The size of the object of `r` (`None` when it does not exist yet: a presigned upload
     /// that has not happened).
-    pub async fn size_of(&self, r: &ContentRef) -> Result<Option<u64>, ApiError> {
+    pub async fn size_of(&self, r: &ContentRef) -> Result<Option<u64>, BinaryError> {
         let (store, desc) = self.target(r.place)?;
         match store.head(&self.full_key(r.place, &r.key)).await {
             Ok(meta) => Ok(Some(meta.size)),
@@ -267,7 +269,7 @@ pub fn data_field(version: FhirVersion) -> &'static str {
 /// entries): a body that carries the content inline drops a stale content extension; a body
 /// that carries the extension without inline content must point at the object the current
 /// version of the same Binary points to (re-saving metadata), anything else is refused.
-pub fn vet_json_write(version: FhirVersion, store: &Store, rtype: &str, id: Option<&str>, body: Option<&mut Value>) -> Result<(), ApiError> {
+pub fn vet_json_write(version: FhirVersion, store: &Store, rtype: &str, id: Option<&str>, body: Option<&mut Value>) -> Result<(), BinaryError> {
     let (Some(body), "Binary") = (body, rtype) else { return Ok(()) };
     let field = data_field(version);
     let Some(claimed) = ContentRef::from_resource(body, version) else { return Ok(()) };
@@ -286,7 +288,6 @@ pub fn vet_json_write(version: FhirVersion, store: &Store, rtype: &str, id: Opti
         }
         _ => Err(BinaryError::Forged(format!(
             "the Binary carries the extension {CONTENT_EXT}, which Kiln sets itself: it may only repeat the one the current version of this Binary has. Send the content as {field} or as a raw body"
-        ))
-        .into()),
+        ))),
     }
 }

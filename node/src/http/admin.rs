@@ -18,7 +18,7 @@ use serde_json::json;
 use super::{AppState, RequestError};
 use crate::config::PeerConfig;
 use crate::consensus::ConsensusError;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 fn status_json(st: &AppState) -> serde_json::Value {
     let s = st.raft.status();

@@ -12,7 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 
 use crate::auth::AuthError;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::AppState;
 
 /// Paths anyone may read.

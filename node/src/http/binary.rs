@@ -27,7 +27,7 @@ use crate::actors::WriteIntent;
 use crate::http::guard;
 use crate::auth::Op;
 use crate::binary::{data_field, BinaryError, Blobs, ContentRef, Place};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::objects::ObjectWriter;
 use crate::store::command::{Action, Condition};
 
@@ -225,7 +225,7 @@ pub async fn write_raw(req: &HttpRequest, payload: web::Payload, st: &AppState, 
             stored.and_then(|v| ContentRef::from_resource(&v, st.cfg.fhir_version)).is_some_and(|c| c.key == r.key)
         };
         let kept = match &written {
-            Err(e) => crate::error::classify(e).0 >= 500,
+            Err(e) => crate::http::error::classify(e).0 >= 500,
             Ok((_, a)) => !conditional || points_here(a),
         };
         if !kept {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::negotiate::Ctx;
 use super::AppState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::meta;
 use crate::store::StoreError;
 

@@ -13,7 +13,7 @@ use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
 use super::negotiate::Ctx;
 use crate::http::guard;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::FhirError;
 use crate::store::command::{Action, BundleOp, Condition};
 

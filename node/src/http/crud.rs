@@ -11,7 +11,7 @@ use super::{AppState, RequestError};
 use crate::actors::{Write, WriteError, WriteIntent};
 use crate::http::guard;
 use crate::auth::Op;
-use crate::error::{operation_outcome, ApiError};
+use crate::http::error::{operation_outcome, ApiError};
 use crate::fhir::{valid_id, FhirError};
 use crate::store::command::{Action, Applied, Condition};
 use crate::store::StoreError;

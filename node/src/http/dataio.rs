@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::dataio::format::{Encoder, Header};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::store::snapshot::Capture;
 

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 
 use super::negotiate::Ctx;
 use super::{crud, history, search, AppState, RequestError};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// A readable URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

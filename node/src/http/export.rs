@@ -17,7 +17,7 @@ use crate::export::scan::compartment_types;
 use crate::export::ExportError;
 use crate::auth::Op;
 use crate::http::guard;
-use crate::error::{operation_outcome, ApiError};
+use crate::http::error::{operation_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
 

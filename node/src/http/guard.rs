@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::auth::{AuthError, Grant, Kinship, Op, Principal, SHARED_TYPES};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::negotiate::Ctx;
 use crate::http::AppState;
 use crate::search::index;

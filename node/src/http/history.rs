@@ -12,7 +12,7 @@ use super::negotiate::Ctx;
 use super::{AppState, RequestError};
 use crate::http::guard;
 use crate::auth::Op;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::meta;
 use crate::store::command::Action;
 use crate::store::resources::{HistoryPage, HistoryQuery, HistoryScope, PageDir};

@@ -10,7 +10,7 @@ use meilisearch_sdk::tasks::Task;
 use serde_json::json;
 
 use crate::meili::{cursor::CursorOp, status, MeiliError};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::store::command::{Command, CommandV1};
 

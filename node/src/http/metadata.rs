@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::negotiate::Ctx;
 use super::{AppState, Level, INTERACTIONS};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::FhirVersion;
 use crate::search::params::ParamType;
 

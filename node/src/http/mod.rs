@@ -12,6 +12,7 @@ pub mod bundle_plan;
 pub mod crud;
 pub mod dataio;
 pub mod dispatch;
+pub mod error;
 pub mod export;
 pub mod fhirpath_patch;
 pub mod guard;
@@ -40,7 +41,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::actors::Registry;
 use crate::config::Config;
 use crate::consensus::RaftHandle;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::Definitions;
 use crate::store::Store;
 

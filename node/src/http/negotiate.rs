@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{AppState, RequestError};
 use crate::config::ReadConsistency;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::{meta, Subset, SummaryMode};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";

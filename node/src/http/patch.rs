@@ -16,7 +16,7 @@ use super::fhirpath_patch::FhirPatch;
 use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::actors::{WriteError, WriteIntent};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::search::query;
 use crate::store::command::Action;
 use crate::store::StoreError;

@@ -8,7 +8,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::export::job::Status;
 use crate::http::AppState;
 use crate::metrics::MetricsError;

@@ -20,7 +20,7 @@ use super::negotiate::{self, Ctx};
 use super::{AppState, RequestError};
 use crate::http::guard;
 use crate::auth::{Grant, Op};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::fhir::SummaryMode;
 use crate::search::query::{self, Executor, SearchError};
 use crate::search::{page, sort};

@@ -25,7 +25,7 @@ use crate::terminology::ops::{self, Coding, Page};
 use crate::terminology::TerminologyError;
 use crate::http::guard;
 use crate::auth::Op;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::negotiate::{self, Ctx};
 use crate::http::{AppState, RequestError};
 

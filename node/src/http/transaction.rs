@@ -20,7 +20,7 @@ use super::bundle_plan::{self, Kind, Method, Plan, Step};
 use super::negotiate::{self, Ctx, Return};
 use super::patch::MAX_ATTEMPTS;
 use super::{AppState, RequestError};
-use crate::error::{operation_outcome, ApiError};
+use crate::http::error::{operation_outcome, ApiError};
 use crate::fhir::meta;
 use crate::store::command::{Action, Applied, BundleOp, Command, CommandV1};
 use crate::store::{OpOutcome, StoreError};

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::auth::Op;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::guard;
 use crate::http::negotiate::Ctx;
 use crate::http::{AppState, RequestError};

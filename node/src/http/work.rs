@@ -31,7 +31,7 @@ use super::negotiate::Ctx;
 use super::{AppState, RequestError};
 use crate::budget::{self, Budget, Presence};
 use crate::config::Limits;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The connection a request came on, as seen through a duplicate of its socket.
 pub struct Connection(std::net::TcpStream);

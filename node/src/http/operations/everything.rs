@@ -23,7 +23,7 @@ use super::params::Inputs;
 use super::OperationError;
 use crate::http::guard;
 use crate::auth::Op;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
 use crate::search::query::{self, Ids};

@@ -19,7 +19,7 @@ use super::OperationError;
 use crate::actors::{WriteError, WriteIntent};
 use crate::http::guard;
 use crate::auth::{Grant, Op};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::crud::{send_write, type_and_id};
 use crate::http::negotiate::Ctx;
 use crate::http::AppState;

@@ -18,7 +18,7 @@ use crate::actors::resource::{prepare, ActorSettings};
 use crate::actors::WriteIntent;
 use crate::http::guard;
 use crate::auth::Op;
-use crate::error::{classify, error_outcome, ApiError};
+use crate::http::error::{classify, error_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
 use crate::store::command::Action;

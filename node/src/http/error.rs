@@ -143,6 +143,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             BinaryError::Forged(_) => (400, "invalid"),
             BinaryError::NotPresignable(_) => (400, "not-supported"),
             BinaryError::Body(_) => (400, "structure"),
+            BinaryError::Objects(o) => classify_objects(o),
         },
         ApiError::Meili(e) => match e {
             MeiliError::NotConfigured(_) => (400, "not-supported"),
