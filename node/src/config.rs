@@ -35,8 +35,8 @@ pub struct Config {
     /// HTTP listen address, e.g. `127.0.0.1:8080`; port 0 picks a free port.
     pub listen: String,
     /// `[api_tls]`: TLS on the FHIR API (`listen`), with certificates reloaded when they change
-    /// and optional client certificates; plain HTTP when absent. See [`crate::http::tls`].
-    pub api_tls: Option<crate::http::tls::ApiTlsConfig>,
+    /// and optional client certificates; plain HTTP when absent. See [`crate::pki::api`].
+    pub api_tls: Option<crate::pki::api::ApiTlsConfig>,
     /// Plain HTTP on a non-loopback `listen` (without `[api_tls]`), for a proxy in front that
     /// terminates TLS (flag `--allow-plain-http`). Refused at start otherwise.
     pub allow_plain_http: bool,

@@ -49,6 +49,7 @@ pub mod launcher;
 pub mod objects;
 pub mod meili;
 pub mod metrics;
+pub mod pki;
 pub mod search;
 pub mod store;
 pub mod subscription;
@@ -90,7 +91,7 @@ pub enum StartError {
     #[error("cannot read admin_token_file {path}: {reason}")]
     AdminToken { path: String, reason: String },
     #[error(transparent)]
-    ApiTls(#[from] http::tls::ApiTlsError),
+    ApiTls(#[from] pki::api::ApiTlsError),
     #[error(transparent)]
     Objects(#[from] objects::ObjectsError),
     #[error("cannot create the local blob folder in {path}: {source}")]
@@ -166,7 +167,7 @@ fn forward_check(defs: Arc<Definitions>, max_depth: usize) -> consensus::transpo
 /// Starts a node: storage, Raft, the per-type actors and the HTTP API. Returns once it listens.
 pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     cfg.validate()?;
-    let api_tls = cfg.api_tls.as_ref().map(http::tls::server_config).transpose()?;
+    let api_tls = cfg.api_tls.as_ref().map(pki::api::server_config).transpose()?;
     let tls = api_tls.is_some();
     // Everything that can refuse the configuration, before storage and Raft start.
     let authority = Arc::new(auth::Authority::load(&cfg.auth)?);

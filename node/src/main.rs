@@ -596,7 +596,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(k) = args.meilisearch_key_file {
         cfg.meilisearch.api_key_file = Some(k);
     }
-    kiln::http::tls::ApiTlsConfig::apply_flags(&mut cfg.api_tls, args.tls_cert, args.tls_key, args.tls_client_ca);
+    kiln::pki::api::ApiTlsConfig::apply_flags(&mut cfg.api_tls, args.tls_cert, args.tls_key, args.tls_client_ca);
     let node = kiln::start_node(cfg).map_err(|e| e.to_string())?;
     println!("Kiln listening on {}", node.base_url());
     node.wait();

@@ -5,25 +5,14 @@
 //! name `kiln-node-<id>` ([`node_name`]), so a member cannot speak as another.
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 
 use crate::config::TlsConfig;
-
-/// Why TLS could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {reason}")]
-    Pem { path: String, reason: String },
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
+use crate::pki::{load_certs, load_key, load_roots, provider, TlsError};
 
 /// Client and server configurations built once from the PEM files.
 pub struct TlsSetup {
@@ -31,42 +20,8 @@ pub struct TlsSetup {
     server: Arc<ServerConfig>,
 }
 
-fn pem_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
-    TlsError::Pem { path: path.display().to_string(), reason: e.to_string() }
-}
-
 fn cfg_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Config(e.to_string())
-}
-
-/// The crypto provider of every TLS configuration of a node (ring); also used by the FHIR API's
-/// TLS ([`crate::http::tls`]).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Every certificate in a PEM file, in order (a chain: end-entity first); at least one.
-pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(path).map_err(|e| pem_err(path, e))?.collect::<Result<_, _>>().map_err(|e| pem_err(path, e))?;
-    if certs.is_empty() {
-        return Err(pem_err(path, "no certificate in the file"));
-    }
-    Ok(certs)
-}
-
-/// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_err(path, e))
-}
-
-/// A root store holding every certificate of a PEM file (a CA bundle).
-pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(path).map_err(|e| pem_err(path, e))? {
-        roots.add(ca.map_err(|e| pem_err(path, e))?).map_err(|e| pem_err(path, e))?;
-    }
-    Ok(roots)
 }
 
 impl TlsSetup {
@@ -146,6 +101,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
     use std::os::unix::fs::PermissionsExt as _;
 
     #[test]

@@ -18,7 +18,8 @@ use parking_lot::{Mutex, RwLock};
 use bincode::Options as _;
 use serde::{Deserialize, Serialize};
 
-use super::tls::{TlsError, TlsSetup};
+use super::tls::TlsSetup;
+use crate::pki::TlsError;
 use crate::config::{ClusterConfig, PeerConfig};
 
 /// Why the transport could not start.

@@ -28,7 +28,6 @@ pub mod request_id;
 pub mod scrape;
 pub mod search;
 pub mod terminology;
-pub mod tls;
 pub mod transaction;
 pub mod websocket;
 pub mod work;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use kiln::fhir::FhirVersion;
-use kiln::http::tls::ApiTlsConfig;
+use kiln::pki::api::ApiTlsConfig;
 use kiln_tests::{host_port, ChildNode, TestNode};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use reqwest::blocking::Client;

@@ -4,7 +4,7 @@
 //! renewed certificate is served without a restart. Client certificates are verified against
 //! `client_ca` when it is set (optional, or required with `require_client_cert`); the client CA is
 //! read once at start (changing it needs a restart). PEM loading and the crypto provider (ring)
-//! are shared with the node-to-node mTLS of [`crate::consensus::tls`].
+//! are shared with the node-to-node mTLS of `crate::consensus::tls` ([`super`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::consensus::tls::{load_certs, load_key, load_roots, provider, TlsError};
+use super::{load_certs, load_key, load_roots, provider, TlsError};
 
 /// How often at most the resolver looks at the files' modification times (on a handshake).
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
