@@ -359,6 +359,16 @@ impl Default for ClusterConfig {
 }
 
 impl Config {
+    /// The resource actors' settings from this config (the hooks are added by the caller).
+    pub fn actor_settings(&self) -> crate::actors::resource::ActorSettings {
+        crate::actors::resource::ActorSettings::new(self.allow_update_create, self.limits.max_depth, self.limits.max_body_bytes)
+    }
+
+    /// The Subscription write hook when `[subscriptions]` is on.
+    pub fn subscription_hook(&self, rules: &std::sync::Arc<crate::subscription::Rules>) -> Option<std::sync::Arc<dyn crate::actors::resource::WriteHook>> {
+        self.subscriptions.enabled.then(|| rules.clone() as std::sync::Arc<dyn crate::actors::resource::WriteHook>)
+    }
+
     /// Reads a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

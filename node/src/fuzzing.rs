@@ -68,7 +68,7 @@ fn fixtures() -> &'static Fixtures {
     F.get_or_init(|| Fixtures {
         defs: Definitions::load(FhirVersion::R4),
         reg: Arc::new(Registry::load(FhirVersion::R4)),
-        settings: ActorSettings::from_config(&crate::config::Config::default()),
+        settings: crate::config::Config::default().actor_settings(),
     })
 }
 

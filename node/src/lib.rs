@@ -65,7 +65,6 @@ use actix_web::{web, App, HttpServer};
 
 pub use config::Config;
 
-use crate::actors::resource::ActorSettings;
 use crate::actors::Registry;
 use crate::consensus::{ConsensusError, RaftHandle};
 use crate::fhir::Definitions;
@@ -217,7 +216,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
             system.block_on(async move {
                 let cfg = thread_cfg;
                 let subscriptions = Arc::new(subscription::Subscriptions::new(Arc::new(subscription::Rules::with(cfg.subscriptions.clone(), search.clone(), defs.clone()))));
-                let settings = ActorSettings::from_config(&cfg).with_subscriptions(cfg.subscriptions.enabled, subscriptions.rules.clone());
+                let settings = cfg.actor_settings().with_hook(cfg.subscription_hook(&subscriptions.rules));
                 let registry = Arc::new(Registry::start(defs.clone(), thread_raft.clone(), settings, workers));
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();

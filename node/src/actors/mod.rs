@@ -27,6 +27,7 @@ pub enum WriteError {
     MissingBody(&'static str),
     #[error("the write pipeline of {0} is not running")]
     Mailbox(String),
+    /// A feature's [`resource::WriteHook`] refused the write.
     #[error(transparent)]
-    Subscription(#[from] crate::subscription::SubscriptionError),
+    Hook(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -33,27 +33,35 @@ pub struct ActorSettings {
     /// next batch is already proposed, so the Raft thread commits several per fsync under load
     /// (1 was stop-and-wait: throughput = batch / commit latency).
     pub max_in_flight: usize,
-    /// How a Subscription is checked ([`crate::subscription::spec::client_write`]); `None`:
-    /// stored unchecked.
-    pub subscriptions: Option<Arc<crate::subscription::Rules>>,
+    /// Checks features run on a client's write of their resource type before it is proposed
+    /// (Subscriptions when `[subscriptions]` is on); a type without one is stored as sent.
+    pub hooks: Vec<Arc<dyn WriteHook>>,
+}
+
+/// A feature's check of a client's write of one resource type, before it is proposed: it may
+/// rewrite the body, and its error refuses the write (the HTTP error table classifies it).
+pub trait WriteHook: Send + Sync {
+    /// The resource type it checks.
+    fn rtype(&self) -> &'static str;
+    fn check(&self, body: &mut Value) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+impl std::fmt::Debug for dyn WriteHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteHook({})", self.rtype())
+    }
 }
 
 impl ActorSettings {
-    pub fn from_config(cfg: &crate::config::Config) -> ActorSettings {
-        ActorSettings {
-            allow_update_create: cfg.allow_update_create,
-            max_depth: cfg.limits.max_depth,
-            max_batch: 1024,
-            max_batch_bytes: cfg.limits.max_body_bytes,
-            max_in_flight: 4,
-            subscriptions: None,
-        }
+    /// `allow_update_create` (PUT to a new id creates it), `max_depth` (of a resource's JSON) and
+    /// `max_batch_bytes` (body bytes in one proposal) from the node's config.
+    pub fn new(allow_update_create: bool, max_depth: usize, max_batch_bytes: usize) -> ActorSettings {
+        ActorSettings { allow_update_create, max_depth, max_batch: 1024, max_batch_bytes, max_in_flight: 4, hooks: Vec::new() }
     }
 
-    /// With Subscriptions checked on write when `[subscriptions]` is enabled (otherwise a
-    /// Subscription is an ordinary resource, stored as sent).
-    pub fn with_subscriptions(mut self, enabled: bool, rules: Arc<crate::subscription::Rules>) -> ActorSettings {
-        self.subscriptions = enabled.then_some(rules);
+    /// With `hook` run on every client write of its type.
+    pub fn with_hook(mut self, hook: Option<Arc<dyn WriteHook>>) -> ActorSettings {
+        self.hooks.extend(hook);
         self
     }
 }
@@ -184,10 +192,10 @@ pub fn prepare(defs: &Definitions, settings: &ActorSettings, rtype: &'static str
             }
             meta::strip_server_meta(&mut body);
             defs.validate(rtype, &body, settings.max_depth)?;
-            if let (Some(rules), "Subscription") = (&settings.subscriptions, rtype) {
-                // Status requested (or off), criteria and channel checked: a 4xx here, not an
-                // `error` later.
-                crate::subscription::spec::client_write(rules, &mut body)?;
+            for hook in settings.hooks.iter().filter(|h| h.rtype() == rtype) {
+                // (Subscriptions: status requested (or off), criteria and channel checked: a
+                // 4xx here, not an `error` later.)
+                hook.check(&mut body).map_err(WriteError::Hook)?;
             }
             Some(serde_json::to_string(&body).map_err(|_| FhirError::NotAnObject)?)
         }

@@ -150,7 +150,7 @@ pub fn plan(st: &AppState, ctx: &Ctx, body: Value) -> Result<Plan, ApiError> {
             }
         }
     }
-    let settings = ActorSettings::from_config(&st.cfg).with_subscriptions(st.cfg.subscriptions.enabled, st.subscriptions.rules.clone());
+    let settings = st.cfg.actor_settings().with_hook(st.cfg.subscription_hook(&st.subscriptions.rules));
     let entries = entries
         .into_iter()
         .enumerate()

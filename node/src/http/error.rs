@@ -102,7 +102,10 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             WriteError::Consensus(c) => classify_consensus(c),
             WriteError::MissingBody(_) => (400, "required"),
             WriteError::Mailbox(_) => (503, "transient"),
-            WriteError::Subscription(s) => classify_subscription(s),
+            WriteError::Hook(h) => match h.downcast_ref::<SubscriptionError>() {
+                Some(s) => classify_subscription(s),
+                None => (400, "invalid"),
+            },
         },
         ApiError::Config(_) => (500, "exception"),
         ApiError::Search(e) => match e {

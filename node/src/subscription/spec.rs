@@ -208,6 +208,17 @@ pub fn status(body: &Value) -> &str {
     body.get("status").and_then(Value::as_str).unwrap_or("")
 }
 
+/// Subscriptions are checked on write through the resource actors' hook.
+impl crate::actors::resource::WriteHook for Rules {
+    fn rtype(&self) -> &'static str {
+        "Subscription"
+    }
+
+    fn check(&self, body: &mut Value) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        client_write(self, body).map_err(Into::into)
+    }
+}
+
 /// A client's write of a Subscription: checked (unless it is `off`), and its status made
 /// `requested` unless it is `off`.
 pub fn client_write(rules: &Rules, body: &mut Value) -> Result<(), SubscriptionError> {
