@@ -41,8 +41,8 @@ use crate::search::decimal::Decimal;
 use crate::search::params::Registry;
 use crate::search::query::{self, Executor};
 use crate::search::{cost, index, page, sort};
-use crate::store::command::{Action, BundleOp, Command, CommandV1, WriteOp};
-use crate::store::StateMachine;
+use crate::machine::command::{Action, BundleOp, Command, CommandV1, WriteOp};
+use crate::machine::StateMachine;
 
 /// Nesting depth limit used by the harnesses (the server's default `limits.max_depth`).
 const MAX_DEPTH: usize = 64;

@@ -46,6 +46,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod launcher;
+pub mod machine;
 pub mod objects;
 pub mod meili;
 pub mod metrics;
@@ -68,7 +69,8 @@ pub use config::Config;
 use crate::actors::Registry;
 use crate::consensus::{ConsensusError, RaftHandle};
 use crate::fhir::Definitions;
-use crate::store::{StateMachine, Store, StoreError};
+use crate::machine::StateMachine;
+use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +159,7 @@ impl NodeHandle {
 /// `lastUpdated`, so one node with a clock in the future cannot pin the cluster's timestamps).
 fn forward_check(defs: Arc<Definitions>, max_depth: usize) -> consensus::transport::ForwardCheck {
     Arc::new(move |data: Vec<u8>| {
-        let cmd = store::Command::decode(&data).map_err(|e| e.to_string())?;
+        let cmd = machine::Command::decode(&data).map_err(|e| e.to_string())?;
         cmd.check(&defs, max_depth)?;
         Ok(cmd.with_ts(fhir::meta::now_micros()).encode())
     })
@@ -363,7 +365,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::command::{Action, Command, CommandV1, WriteOp};
+    use crate::machine::command::{Action, Command, CommandV1, WriteOp};
 
     #[test]
     fn a_forwarded_write_takes_the_leaders_clock() {

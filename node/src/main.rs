@@ -73,7 +73,7 @@ fn compact(args: CompactArgs) -> Result<(), String> {
     };
     storage.check()?;
     let started = std::time::Instant::now();
-    let done = kiln::store::compact::compact(&args.data_dir, &storage).map_err(|e| e.to_string())?;
+    let done = kiln::machine::compact::compact(&args.data_dir, &storage).map_err(|e| e.to_string())?;
     println!(
         "compacted {} keys in {:.1} s: {:.1} MB -> {:.1} MB
 the old database is in {} (remove it once the node runs)",
@@ -94,7 +94,8 @@ struct StorageArgs {
 }
 
 fn storage(args: StorageArgs) -> Result<(), String> {
-    use kiln::store::{db, usage};
+    use kiln::machine::usage;
+    use kiln::store::db;
     if db::written_compressed(&args.data_dir).is_none() {
         return Err(format!("{} is not a node's data folder (no sled `conf` file)", args.data_dir.display()));
     }

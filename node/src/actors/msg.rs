@@ -4,7 +4,7 @@ use actix::Message;
 use serde_json::Value;
 
 use super::WriteError;
-use crate::store::command::{Action, Applied, Condition};
+use crate::machine::command::{Action, Applied, Condition};
 
 /// A write for the actor of the resource's type.
 #[derive(Debug, Clone)]

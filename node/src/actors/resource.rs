@@ -16,7 +16,7 @@ use super::WriteError;
 use crate::consensus::RaftHandle;
 use crate::fhir::{meta, Definitions, FhirError};
 use crate::trace::Trace;
-use crate::store::command::{Action, Applied, Command, CommandV1, WriteOp};
+use crate::machine::command::{Action, Applied, Command, CommandV1, WriteOp};
 use crate::tenancy::Tenant;
 
 /// Per-node settings the actors need.
@@ -247,7 +247,7 @@ impl Handler<Write> for ResourceActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::command::Action;
+    use crate::machine::command::Action;
 
     fn op(body_len: usize) -> WriteOp {
         WriteOp { action: Action::Create, rtype: "Patient".into(), id: "i".into(), body: Some("x".repeat(body_len)), if_match: None, allow_create: true }

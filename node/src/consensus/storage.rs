@@ -240,7 +240,7 @@ impl raft::Storage for SledStorage {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         let Some((state, capture)) = &self.snap else { return Err(unavailable()) };
         // Called on the Raft thread between entries: the tree is exactly at the applied index.
-        let sm = crate::store::StateMachine::open(state.clone()).map_err(store_err)?;
+        let sm = crate::machine::StateMachine::open(state.clone()).map_err(store_err)?;
         if sm.applied_index() < request_index {
             return Err(unavailable());
         }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::job::SinkKind;
+use crate::machine::export_job::SinkKind;
 
 /// `[export]` of the node configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

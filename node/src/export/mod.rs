@@ -3,7 +3,7 @@
 //! A kick-off ([`http`]) is checked on the node that receives it ([`params`], the auth guard)
 //! and proposed through Raft as an [`job::ExportOp::Start`]; apply fixes the instant the export
 //! is consistent with and decides Group members and `_typeFilter` matches on the state at that
-//! entry ([`crate::store::export_apply`]). The job is replicated state ([`state`]), so any node
+//! entry ([`crate::machine::export_apply`]). The job is replicated state ([`state`]), so any node
 //! answers the status URL. On the leader a [`runner::JobActor`] per job streams NDJSON parts
 //! ([`scan`]: the version of each resource as of the job's instant, in id order) through an
 //! [`sink::ExportSink`]: local files (default) or S3 objects, and checkpoints each durable part
@@ -11,13 +11,11 @@
 //! function of the replicated state, a part is never duplicated or lost.
 
 pub mod config;
-pub mod job;
 pub mod params;
 pub mod runner;
 pub mod s3_sink;
 pub mod scan;
 pub mod sink;
-pub mod state;
 
 pub use config::ExportConfig;
 

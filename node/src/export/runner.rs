@@ -12,14 +12,15 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::msg::Stop;
-use super::job::{file_name, Cursor, ExportOp, Job, Part, SinkKind, Status};
+use crate::machine::export_job::{file_name, Cursor, ExportOp, Job, Part, SinkKind, Status};
 use super::scan::Selector;
 use super::sink::{ExportSink, LocalSink, PartWriter};
-use super::{state, ExportError};
+use super::ExportError;
+use crate::machine::export_state as state;
 use crate::consensus::RaftHandle;
 use crate::fhir::Definitions;
 use crate::search::params::Registry;
-use crate::store::command::{Command, CommandV1};
+use crate::machine::command::{Command, CommandV1};
 use crate::store::Store;
 
 /// Ids a chunk visits at most (between checks for cancel and leadership).
@@ -172,8 +173,8 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
         if job.at_end() {
             if !job.spec.ignored.is_empty() {
                 // The ignored parameters' file goes where the parts go (one kind of URL per manifest).
-                let mut w = ex.sink(job.spec.sink)?.open(id, super::job::ERRORS_FILE).await?;
-                w.write(super::job::errors_ndjson(&job)).await?;
+                let mut w = ex.sink(job.spec.sink)?.open(id, crate::machine::export_job::ERRORS_FILE).await?;
+                w.write(crate::machine::export_job::errors_ndjson(&job)).await?;
                 w.finish().await?;
             }
             return ex.propose(ExportOp::Complete { job: id.to_string(), ts_micros: 0 }).await;
@@ -350,7 +351,7 @@ impl Supervisor {
             let Ok(entries) = std::fs::read_dir(&dir) else { return };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if super::job::valid_job_id(&name) && !keep.contains(&name) {
+                if crate::machine::export_job::valid_job_id(&name) && !keep.contains(&name) {
                     if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                         tracing::warn!("cannot delete {}: {e}", entry.path().display());
                     }

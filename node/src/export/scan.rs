@@ -10,8 +10,8 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use serde_json::Value;
 
-use super::job::{Job, Level};
-use super::state;
+use crate::machine::export_job::{Job, Level};
+use crate::machine::export_state as state;
 use crate::fhir::elements::Subset;
 use crate::fhir::Definitions;
 use crate::search::params::Registry;
@@ -199,13 +199,13 @@ fn id_of(k: &[u8], skip: usize) -> Result<&str, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::job::{ExportOp, ExportSpec, SinkKind};
+    use crate::machine::export_job::{ExportOp, ExportSpec, SinkKind};
     use crate::fhir::FhirVersion;
-    use crate::search::testing::{indexed, put_all};
-    use crate::store::command::{Command, CommandV1};
+    use crate::machine::testing::{indexed, put_all};
+    use crate::machine::command::{Command, CommandV1};
     use serde_json::json;
 
-    fn start(sm: &mut crate::store::StateMachine, index: u64, level: Level, filters: Vec<(String, Vec<(String, String)>)>) -> Job {
+    fn start(sm: &mut crate::machine::StateMachine, index: u64, level: Level, filters: Vec<(String, Vec<(String, String)>)>) -> Job {
         let id = uuid::Uuid::new_v4().to_string();
         let spec = ExportSpec {
             level,

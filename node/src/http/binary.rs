@@ -29,7 +29,7 @@ use crate::auth::Op;
 use crate::binary::{data_field, BinaryError, Blobs, ContentRef, Place};
 use crate::http::error::ApiError;
 use crate::objects::ObjectWriter;
-use crate::store::command::{Action, Condition};
+use crate::machine::command::{Action, Condition};
 
 const BINARY: &str = "Binary";
 /// Request header asking for a presigned URL: `put` (create / update) or `get` (read).
@@ -220,7 +220,7 @@ pub async fn write_raw(req: &HttpRequest, payload: web::Payload, st: &AppState, 
         // No version points at the object when the write was refused, or when a conditional
         // create matched an existing Binary instead. A 5xx may hide a write that still applies
         // (a timeout after proposing): then the object stays, at worst unused.
-        let points_here = |a: &crate::store::command::Applied| {
+        let points_here = |a: &crate::machine::command::Applied| {
             let stored = a.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok());
             stored.and_then(|v| ContentRef::from_resource(&v, st.cfg.fhir_version)).is_some_and(|c| c.key == r.key)
         };

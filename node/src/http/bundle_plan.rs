@@ -15,7 +15,7 @@ use super::negotiate::Ctx;
 use crate::http::guard;
 use crate::http::error::ApiError;
 use crate::fhir::FhirError;
-use crate::store::command::{Action, BundleOp, Condition};
+use crate::machine::command::{Action, BundleOp, Condition};
 
 /// batch or transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

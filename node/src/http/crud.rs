@@ -13,7 +13,7 @@ use crate::http::guard;
 use crate::auth::Op;
 use crate::http::error::{operation_outcome, ApiError};
 use crate::fhir::{valid_id, FhirError};
-use crate::store::command::{Action, Applied, Condition};
+use crate::machine::command::{Action, Applied, Condition};
 use crate::store::StoreError;
 
 /// Resolves `{type}` and `{id}` path segments.

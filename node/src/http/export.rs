@@ -11,7 +11,7 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::export::job::{errors_ndjson, file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status, ERRORS_FILE};
+use crate::machine::export_job::{errors_ndjson, file_name, ExportOp, ExportSpec, Job, Level, SinkKind, Status, ERRORS_FILE};
 use crate::export::params::{self, KickOff};
 use crate::export::scan::compartment_types;
 use crate::export::ExportError;
@@ -125,7 +125,7 @@ async fn precheck_filters(ctx: &Ctx, st: &AppState, k: &KickOff) -> Result<(), A
 /// to another tenant, or to another caller.
 fn visible_job(req: &HttpRequest, st: &AppState, id: &str) -> Result<Job, ApiError> {
     let none = || ApiError::from(ExportError::NoJob(id.to_string()));
-    if !crate::export::job::valid_job_id(id) {
+    if !crate::machine::export_job::valid_job_id(id) {
         return Err(none());
     }
     let job = st.export.job(id)?.ok_or_else(none)?;

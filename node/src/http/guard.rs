@@ -20,7 +20,7 @@ use crate::http::negotiate::Ctx;
 use crate::http::AppState;
 use crate::search::index;
 use crate::search::query::{self, Ids};
-use crate::store::command::{Action, Condition};
+use crate::machine::command::{Action, Condition};
 use crate::store::resources::HistoryEntry;
 use crate::store::{Store, StoreError};
 

@@ -14,7 +14,7 @@ use crate::http::guard;
 use crate::auth::Op;
 use crate::http::error::ApiError;
 use crate::fhir::meta;
-use crate::store::command::Action;
+use crate::machine::command::Action;
 use crate::store::resources::{HistoryPage, HistoryQuery, HistoryScope, PageDir};
 use crate::store::StoreError;
 

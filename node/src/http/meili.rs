@@ -9,10 +9,11 @@ use meilisearch_sdk::errors::ErrorCode;
 use meilisearch_sdk::tasks::Task;
 use serde_json::json;
 
-use crate::meili::{cursor::CursorOp, status, MeiliError};
+use crate::machine::meili_cursor::CursorOp;
+use crate::meili::{status, MeiliError};
 use crate::http::error::ApiError;
 use crate::http::AppState;
-use crate::store::command::{Command, CommandV1};
+use crate::machine::command::{Command, CommandV1};
 
 pub async fn reindex(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let Some(m) = st.meili.clone() else { return Err(MeiliError::NotConfigured("reindex".into()).into()) };

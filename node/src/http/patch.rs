@@ -18,7 +18,7 @@ use super::{AppState, RequestError};
 use crate::actors::{WriteError, WriteIntent};
 use crate::http::error::ApiError;
 use crate::search::query;
-use crate::store::command::Action;
+use crate::machine::command::Action;
 use crate::store::StoreError;
 
 /// Attempts when concurrent writes keep moving the version.
@@ -211,7 +211,7 @@ pub fn apply_doc(st: &AppState, body: &mut Value, doc: &PatchDoc) -> Result<(), 
 }
 
 /// The id of the only `rtype` matching a conditional URL's query (0 → 404, 2+ → 412).
-pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str, cond: &crate::store::command::Condition) -> Result<String, ApiError> {
+pub fn match_one(st: &AppState, store: &crate::store::Store, rtype: &'static str, cond: &crate::machine::command::Condition) -> Result<String, ApiError> {
     // The same search, budget and refusals as apply uses for the condition.
     let ids = query::condition_ids(&st.search, store.tree(), rtype, &cond.query)?;
     match ids.len() {

@@ -9,7 +9,7 @@
 use actix_web::{web, HttpResponse};
 
 use crate::http::error::ApiError;
-use crate::export::job::Status;
+use crate::machine::export_job::Status;
 use crate::http::AppState;
 use crate::metrics::MetricsError;
 
@@ -24,7 +24,7 @@ fn refresh(st: &AppState) {
         Err(e) => tracing::warn!("metrics: cannot measure the database on disk: {e}"),
     }
     let tree = st.store.tree().tree();
-    match crate::export::state::list(tree) {
+    match crate::machine::export_state::list(tree) {
         Ok(jobs) => {
             let mut counts = [0i64; 4];
             for j in &jobs {

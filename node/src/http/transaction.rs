@@ -3,7 +3,7 @@
 //! The bundle is planned ([`super::bundle_plan`]: every entry checked, validated, ids assigned,
 //! patches applied), then ALL its writes are proposed as ONE Raft entry
 //! ([`CommandV1::Bundle`]), applied in one sled batch on every node
-//! ([`crate::store::bundle_apply`]): a transaction is all-or-nothing everywhere; batch entries
+//! ([`crate::machine::bundle_apply`]): a transaction is all-or-nothing everywhere; batch entries
 //! succeed or fail alone. Transaction writes are processed DELETE, POST, PUT / PATCH; GET / HEAD
 //! entries run after the writes on this node (so they see them; a failing read is answered in its
 //! entry and does not undo the writes). The response lists the entries
@@ -22,8 +22,9 @@ use super::patch::MAX_ATTEMPTS;
 use super::{AppState, RequestError};
 use crate::http::error::{operation_outcome, ApiError};
 use crate::fhir::meta;
-use crate::store::command::{Action, Applied, BundleOp, Command, CommandV1};
-use crate::store::{OpOutcome, StoreError};
+use crate::machine::command::{Action, Applied, BundleOp, Command, CommandV1};
+use crate::machine::OpOutcome;
+use crate::store::StoreError;
 
 /// What became of one entry.
 enum Answer {

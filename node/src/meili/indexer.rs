@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use meilisearch_sdk::task_info::TaskInfo;
 use serde_json::Value;
 
-use super::{cursor, document, status, Meili, MeiliError};
+use super::{document, status, Meili, MeiliError};
+use crate::machine::meili_cursor as cursor;
 use crate::actors::leader::LeaderWork;
 use crate::consensus::RaftHandle;
-use crate::store::command::{Command, CommandV1};
+use crate::machine::command::{Command, CommandV1};
 use crate::store::space::Space;
 use crate::store::{keys, Store, StoreError};
 
@@ -277,8 +278,8 @@ pub type Supervisor = crate::actors::leader::Supervisor<IndexerCtx>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::command::{Action, WriteOp};
-    use crate::store::StateMachine;
+    use crate::machine::command::{Action, WriteOp};
+    use crate::machine::StateMachine;
 
     fn write(sm: &mut StateMachine, index: u64, ops: Vec<(Action, &str, Option<&str>)>) {
         let ops = ops

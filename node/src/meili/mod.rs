@@ -16,7 +16,6 @@
 //! indexer's last state; every node answers text queries with its own client.
 
 pub mod config;
-pub mod cursor;
 pub mod document;
 pub mod indexer;
 pub mod query;

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::cursor;
+use crate::machine::meili_cursor as cursor;
 use super::{Meili, MeiliError};
 use crate::store::keys;
 use crate::store::space::Space;

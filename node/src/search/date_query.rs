@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn bounded_scans_find_what_a_full_scan_finds_at_every_boundary() {
         use crate::fhir::meta::format_instant;
-        let mut ix = crate::search::testing::indexed();
+        let mut ix = crate::machine::testing::indexed();
         // Ranges of every span class starting around a pivot, and open-ended ones.
         let pivot = parse_fhir_range("2020-06-15").unwrap().0 as u64;
         let (sec, day) = (1_000_000u64, 86_400_000_000u64);
@@ -209,7 +209,7 @@ mod tests {
                 }
             }
         }
-        crate::search::testing::put_all(&mut ix.sm, 1, &obs);
+        crate::machine::testing::put_all(&mut ix.sm, 1, &obs);
         let base = param_rows("Observation", "date");
         let ex = Executor { tree: &ix.tree, rtype: "Observation" };
         let values = ["2020-06-15", "2020-06", "2020", "2020-06-14T23:59:59Z", "2020-06-16", "2009", "2031-01-01"];

@@ -17,5 +17,3 @@ pub mod parse;
 pub mod posting;
 pub mod query;
 pub mod sort;
-#[cfg(test)]
-pub mod testing;

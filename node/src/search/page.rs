@@ -374,11 +374,11 @@ impl Walk<'_> {
 mod tests {
     use super::*;
     use crate::search::query::{parse, Executor};
-    use crate::store::command::{Action, Command, CommandV1, WriteOp};
+    use crate::machine::command::{Action, Command, CommandV1, WriteOp};
 
     #[test]
     fn ordering_more_matches_than_the_key_limit_is_refused() {
-        let ix = crate::search::testing::indexed();
+        let ix = crate::machine::testing::indexed();
         let a: Ids = (0..10u32).collect();
         let b: Ids = (0..5u32).collect();
         let spec = SortSpec::default();
@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn walking_sort_rows_gives_the_same_pages_as_sorting_keys() {
-        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
+        let crate::machine::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::machine::testing::indexed();
         // Several names per patient (a patient sorts at its lowest / highest), shared values,
         // case variants of one name, dates of different precision, patients without values.
         let families = ["Smith", "smith", "Zed", "Alpha", "mu", "Mu", "beta"];

@@ -21,6 +21,7 @@
 
 use crate::store::space::Space;
 use crate::store::writes::Writes;
+use crate::store::StoreError;
 use std::collections::{BTreeMap, HashMap};
 
 use roaring::RoaringBitmap;
@@ -295,6 +296,20 @@ pub fn scan_filter(tree: &Space, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, ou
         }
     }
     Ok(())
+}
+
+/// A posting read's failure as a store error (the state machine and readers of the store).
+impl From<PostingError> for StoreError {
+    fn from(e: PostingError) -> Self {
+        match e {
+            PostingError::Storage(e) => e.into(),
+            PostingError::Corrupt(what) => StoreError::Corrupt(what),
+            // A client request's budget ran out (or its client left).
+            PostingError::TooCostly(e @ crate::search::cost::Exhausted::Request(_)) => StoreError::TooCostly(e.to_string()),
+            // Only searches run under a condition's budget (search::cost), and they map it to TooCostly first.
+            PostingError::TooCostly(e) => StoreError::BadCondition(e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -656,13 +656,13 @@ fn escaped(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::command::{Action, Command, CommandV1, WriteOp};
-    use crate::store::StateMachine;
+    use crate::machine::command::{Action, Command, CommandV1, WriteOp};
+    use crate::machine::StateMachine;
     use serde_json::json;
 
     fn setup(resources: &[serde_json::Value]) -> (tempfile::TempDir, Space, Arc<Registry>) {
-        let mut ix = crate::search::testing::indexed();
-        crate::search::testing::put_all(&mut ix.sm, 1, resources);
+        let mut ix = crate::machine::testing::indexed();
+        crate::machine::testing::put_all(&mut ix.sm, 1, resources);
         (ix.dir, ix.tree, ix.reg)
     }
 

@@ -1,26 +1,18 @@
-//! The replicated state: resource versions, current pointers and history rows in one sled tree
-//! (`state`), written only by [`state_machine::StateMachine::apply`] and read directly by the HTTP
-//! layer through [`resources::Store`].
+//! The stored state: resource versions, current pointers and history rows in one sled tree
+//! (`state`), its key layout, tenants' key spaces, write batches and snapshots. Written only by
+//! the replicated state machine (`crate::machine`), read directly by the HTTP layer through
+//! [`resources::Store`].
 
-pub mod bundle_apply;
-pub mod command;
-pub mod compact;
+pub mod action;
 pub mod db;
-pub mod export_apply;
 pub mod keys;
-pub mod meili_apply;
-pub mod subscription_apply;
-pub mod usage;
-pub mod reindex;
 pub mod resources;
 pub mod snapshot;
 pub mod space;
-pub mod state_machine;
 pub mod writes;
 
-pub use command::{Action, Command, OpOutcome, WriteOp};
+pub use action::Action;
 pub use resources::{Current, Store, VersionRecord};
-pub use state_machine::StateMachine;
 
 /// Outcomes of reads and writes on the state tree.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,19 +55,6 @@ pub enum StoreError {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Storage(e.to_string())
-    }
-}
-
-impl From<crate::search::posting::PostingError> for StoreError {
-    fn from(e: crate::search::posting::PostingError) -> Self {
-        match e {
-            crate::search::posting::PostingError::Storage(e) => e.into(),
-            crate::search::posting::PostingError::Corrupt(what) => StoreError::Corrupt(what),
-            // A client request's budget ran out (or its client left).
-            crate::search::posting::PostingError::TooCostly(e @ crate::search::cost::Exhausted::Request(_)) => StoreError::TooCostly(e.to_string()),
-            // Only searches run under a condition's budget (search::cost), and they map it to TooCostly first.
-            crate::search::posting::PostingError::TooCostly(e) => StoreError::BadCondition(e.to_string()),
-        }
     }
 }
 

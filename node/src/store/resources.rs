@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use sled::IVec;
 
-use super::command::Action;
+use super::action::Action;
 use super::keys::{self, HistoryKey};
 use super::space::Space;
 use super::StoreError;

@@ -20,7 +20,6 @@
 
 pub mod config;
 pub mod criteria;
-pub mod cursor;
 pub mod notifier;
 pub mod rest_hook;
 pub mod spec;

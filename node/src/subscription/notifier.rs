@@ -3,7 +3,7 @@
 //! 1. Reloads the Subscriptions when one was written (and every [`RELOAD_EVERY`]): a
 //!    `requested` one is checked and set `active` (or `error` with the reason, or `off` past
 //!    its `end`) by a replicated write pinned to the version it read; each active rest-hook
-//!    gets a queue, starting at its replicated position ([`super::cursor`]) or, the first
+//!    gets a queue, starting at its replicated position ([`crate::machine::sub_cursor`]) or, the first
 //!    time, at its activation.
 //! 2. Reads history rows after the lowest position among Subscriptions whose queue has room
 //!    ([`scan`], at most [`BATCH_ROWS`] rows ending on a timestamp boundary, off the async
@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::criteria::Matcher;
-use super::cursor::{self, SubCursorOp, MAX_MOVES};
+use crate::machine::sub_cursor::{self as cursor, SubCursorOp, MAX_MOVES};
 use super::rest_hook::{Notification, RestHook};
 use super::spec::{self, Channel, Spec};
 use super::{Subscriptions, SubscriptionError};
@@ -39,7 +39,7 @@ use crate::actors::leader::LeaderWork;
 use crate::consensus::RaftHandle;
 use crate::meili::status::{history_after, history_end, tenants};
 use crate::search::query::Query;
-use crate::store::command::{Action, Command, CommandV1, WriteOp};
+use crate::machine::command::{Action, Command, CommandV1, WriteOp};
 use crate::store::space::Space;
 use crate::store::{keys, Store, StoreError};
 
@@ -537,7 +537,7 @@ mod tests {
     use super::*;
     use crate::fhir::FhirVersion;
     use crate::search::params::Registry;
-    use crate::store::StateMachine;
+    use crate::machine::StateMachine;
     use serde_json::json;
 
     fn write(sm: &mut StateMachine, index: u64, ops: Vec<(Action, &str, &str, Option<Value>)>) {

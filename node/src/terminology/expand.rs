@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn shipped_filters_imports_and_bounds() {
-        let ix = crate::search::testing::indexed();
+        let ix = crate::machine::testing::indexed();
         let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
         let below = expand(&ix.tree, FhirVersion::R4, json!({"compose": {"include": [{"system": act, "filter": [{"property": "concept", "op": "is-a", "value": "_ActEncounterCode"}]}]}}), 10_000).unwrap();
         assert_eq!(below[0], "_ActEncounterCode", "is-a includes the code itself");
@@ -262,14 +262,14 @@ mod tests {
 
     #[test]
     fn property_filters_and_stored_overrides() {
-        let mut ix = crate::search::testing::indexed();
+        let mut ix = crate::machine::testing::indexed();
         let cs = json!({"resourceType": "CodeSystem", "id": "cs", "url": "urn:colors", "status": "active", "content": "complete", "concept": [
             {"code": "warm", "concept": [{"code": "red", "property": [{"code": "hex", "valueString": "f00"}]}, {"code": "orange"}]},
             {"code": "cold", "concept": [{"code": "blue"}]}]});
         // A stored ValueSet with a shipped url wins over the shipped one.
         let vs = json!({"resourceType": "ValueSet", "id": "vs", "url": "http://hl7.org/fhir/ValueSet/observation-status", "status": "active",
             "compose": {"include": [{"system": "urn:colors", "filter": [{"property": "concept", "op": "is-not-a", "value": "warm"}]}]}});
-        crate::search::testing::put_all(&mut ix.sm, 1, &[cs, vs]);
+        crate::machine::testing::put_all(&mut ix.sm, 1, &[cs, vs]);
         let src = Source { version: FhirVersion::R4, tree: &ix.tree };
         let ex = Expander { src, limit: 100, key: "test", displays: true };
         let codes = |vs: &ValueSet| ex.expand(vs, "t").unwrap().into_iter().map(|c| c.code).collect::<Vec<_>>();
@@ -288,7 +288,7 @@ mod tests {
         // A new version is read as such (parsed definitions are cached by content, never by id).
         let changed = json!({"resourceType": "ValueSet", "id": "vs", "url": "http://hl7.org/fhir/ValueSet/observation-status", "status": "active",
             "compose": {"include": [{"system": "urn:colors", "concept": [{"code": "orange"}]}]}});
-        crate::search::testing::put_all(&mut ix.sm, 2, &[changed]);
+        crate::machine::testing::put_all(&mut ix.sm, 2, &[changed]);
         let src = Source { version: FhirVersion::R4, tree: &ix.tree };
         let ex = Expander { src, limit: 100, key: "test", displays: true };
         assert_eq!(ex.expand(&src.value_set("http://hl7.org/fhir/ValueSet/observation-status").unwrap(), "t").unwrap().into_iter().map(|c| c.code).collect::<Vec<_>>(), ["orange"]);

@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn lookup_subsumes_validate_and_paging() {
-        let ix = crate::search::testing::indexed();
+        let ix = crate::machine::testing::indexed();
         let src = Source { version: FhirVersion::R4, tree: &ix.tree };
         let act = code_system(&src, "http://terminology.hl7.org/CodeSystem/v3-ActCode", None).unwrap();
         let l = lookup(&act, "AMB").unwrap();

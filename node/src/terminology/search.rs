@@ -105,11 +105,11 @@ mod tests {
 
     #[test]
     fn modifiers_on_the_posting_lists() {
-        let mut ix = crate::search::testing::indexed();
+        let mut ix = crate::machine::testing::indexed();
         let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
         let enc = |id: &str, code: &str| json!({"resourceType": "Encounter", "id": id, "status": "finished", "class": {"system": act, "code": code}});
         let obs = |id: &str, status: &str, code: serde_json::Value| json!({"resourceType": "Observation", "id": id, "status": status, "code": code});
-        crate::search::testing::put_all(&mut ix.sm, 1, &[
+        crate::machine::testing::put_all(&mut ix.sm, 1, &[
             enc("amb", "AMB"), enc("emer", "EMER"), enc("acct", "ACCTRECEIVABLE"),
             obs("final", "final", json!({"text": "x"})), obs("prelim", "preliminary", json!({"text": "x"})), obs("cancel", "cancelled", json!({"text": "x"})),
             obs("mine", "final", json!({"coding": [{"system": "urn:mine", "code": "b"}]})),
@@ -150,9 +150,9 @@ mod tests {
 
     #[test]
     fn search_expansions_are_bounded() {
-        let mut ix = crate::search::testing::indexed();
+        let mut ix = crate::machine::testing::indexed();
         let concepts: Vec<serde_json::Value> = (0..super::SEARCH_MAX_CODES + 1).map(|i| json!({"code": format!("c{i}")})).collect();
-        crate::search::testing::put_all(&mut ix.sm, 1, &[
+        crate::machine::testing::put_all(&mut ix.sm, 1, &[
             json!({"resourceType": "CodeSystem", "id": "big", "url": "urn:big", "status": "active", "content": "complete", "concept": concepts}),
             json!({"resourceType": "ValueSet", "id": "big", "url": "urn:big:vs", "status": "active", "compose": {"include": [{"system": "urn:big"}]}}),
         ]);

@@ -18,8 +18,8 @@ use kiln::search::page;
 use kiln::search::params::Registry;
 use kiln::search::query::{parse, Executor};
 use kiln::search::sort;
-use kiln::store::command::{Action, Command, CommandV1, WriteOp};
-use kiln::store::StateMachine;
+use kiln::machine::command::{Action, Command, CommandV1, WriteOp};
+use kiln::machine::StateMachine;
 use serde_json::{json, Value};
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 

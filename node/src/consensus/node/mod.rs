@@ -30,9 +30,9 @@ use super::transport::{FaultFilter, ForwardCheck, Frame, Hooks, Inbound, Transpo
 use super::ConsensusError;
 use crate::config::{Config, PeerConfig};
 use crate::metrics::raft::RaftMetrics;
-use crate::store::command::CommandV1;
+use crate::machine::command::CommandV1;
 use crate::store::snapshot::{Capture, Staging};
-use crate::store::{Command, OpOutcome, StateMachine};
+use crate::machine::{Command, OpOutcome, StateMachine};
 
 /// What a proposer gets back: the per-write outcomes of its applied entry.
 pub type ProposalResult = Result<Vec<OpOutcome>, ConsensusError>;

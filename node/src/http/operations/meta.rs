@@ -23,7 +23,7 @@ use crate::http::error::ApiError;
 use crate::http::crud::{send_write, type_and_id};
 use crate::http::negotiate::Ctx;
 use crate::http::AppState;
-use crate::store::command::Action;
+use crate::machine::command::Action;
 use crate::store::StoreError;
 
 /// Distinct values of each list that type and system `$meta` report at most.

@@ -21,7 +21,7 @@ use crate::auth::Op;
 use crate::http::error::{classify, error_outcome, ApiError};
 use crate::http::negotiate::{self, Ctx};
 use crate::http::AppState;
-use crate::store::command::Action;
+use crate::machine::command::Action;
 
 pub async fn type_level(req: HttpRequest, path: web::Path<String>, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     validate(&req, &st, &path, None, payload).await

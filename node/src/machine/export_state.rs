@@ -8,7 +8,7 @@
 
 use roaring::RoaringBitmap;
 
-use super::job::Job;
+use super::export_job::Job;
 use crate::store::StoreError;
 
 pub const JOB_PREFIX: &[u8] = b"mexport\0";

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::params::Registry;
+use crate::search::params::Registry;
 use crate::fhir::FhirVersion;
-use crate::store::command::{Action, Command, CommandV1, WriteOp};
+use crate::machine::command::{Action, Command, CommandV1, WriteOp};
 use crate::store::space::Space;
-use crate::store::StateMachine;
+use crate::machine::StateMachine;
 
 pub struct Indexed {
     pub dir: tempfile::TempDir,

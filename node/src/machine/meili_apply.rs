@@ -1,13 +1,13 @@
 //! Applying [`CursorOp`]s: the Meilisearch indexer's cursor is replicated state
-//! ([`crate::meili::cursor`]), decided here identically on every node. An advance from an older
+//! ([`crate::machine::meili_cursor`]), decided here identically on every node. An advance from an older
 //! epoch or to an earlier timestamp changes nothing: the cursor never moves back except by a
 //! reset, and an indexer that read its batch before a reset cannot undo it.
 
-use super::keys;
+use crate::store::keys;
 use super::state_machine::{u64_pair, StateMachine};
-use super::writes::Writes;
-use super::StoreError;
-use crate::meili::cursor::{self, CursorOp};
+use crate::store::writes::Writes;
+use crate::store::StoreError;
+use crate::machine::meili_cursor::{self as cursor, CursorOp};
 
 impl StateMachine {
     /// Applies one cursor op in one batch with the applied index.
@@ -33,9 +33,9 @@ impl StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use crate::meili::cursor::{self, CursorOp};
-    use crate::store::command::{Command, CommandV1};
-    use crate::store::StateMachine;
+    use crate::machine::meili_cursor::{self as cursor, CursorOp};
+    use crate::machine::command::{Command, CommandV1};
+    use crate::machine::StateMachine;
 
     #[test]
     fn the_cursor_moves_forward_only_and_a_reset_turns_away_older_moves() {
@@ -43,7 +43,7 @@ mod tests {
         let tree = sled::open(dir.path()).unwrap().open_tree("state").unwrap();
         let mut sm = StateMachine::open(tree.clone()).unwrap();
         // A write moves the replicated clock to 1,000 µs: cursors may not pass it.
-        crate::search::testing::put_all(&mut sm, 1, &[serde_json::json!({"resourceType": "Patient", "id": "p"})]);
+        crate::machine::testing::put_all(&mut sm, 1, &[serde_json::json!({"resourceType": "Patient", "id": "p"})]);
         let mut index = 1;
         let mut apply = |op: CursorOp| {
             index += 1;

@@ -22,9 +22,9 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::command::{Action, Applied, BundleOp, Condition, OpOutcome, WriteOp};
-use super::keys;
+use crate::store::keys;
 use super::state_machine::{Resolved, StateMachine};
-use super::StoreError;
+use crate::store::StoreError;
 use crate::fhir::references::{self, Place};
 use crate::search::query::{self, SearchError};
 
@@ -306,7 +306,7 @@ mod tests {
     use super::*;
     use crate::fhir::FhirVersion;
     use crate::search::params::Registry;
-    use crate::store::command::{Command, CommandV1, Condition};
+    use crate::machine::command::{Command, CommandV1, Condition};
     use crate::store::resources::Store;
 
     fn open() -> (tempfile::TempDir, StateMachine, Store) {

@@ -1,14 +1,14 @@
 //! Applying [`SubCursorOp`]s: the rest-hook delivery positions are replicated state
-//! ([`crate::subscription::cursor`]), decided here identically on every node. A position moves
+//! ([`crate::machine::sub_cursor`]), decided here identically on every node. A position moves
 //! only forward and never past the replicated clock (a position beyond every write would skip
 //! notifications); the position of a Subscription that is deleted or absent is removed, so
 //! positions are bounded by the Subscriptions that exist.
 
-use super::keys;
+use crate::store::keys;
 use super::state_machine::{u64_pair, StateMachine};
-use super::writes::Writes;
-use super::{Store, StoreError};
-use crate::subscription::cursor::{self, SubCursorOp, MAX_MOVES};
+use crate::store::writes::Writes;
+use crate::store::{Store, StoreError};
+use crate::machine::sub_cursor::{self as cursor, SubCursorOp, MAX_MOVES};
 
 impl StateMachine {
     /// Applies one position op in one batch with the applied index.
@@ -43,9 +43,9 @@ impl StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::command::{Action, Command, CommandV1, WriteOp};
-    use crate::store::StateMachine;
-    use crate::subscription::cursor::{self, SubCursorOp};
+    use crate::machine::command::{Action, Command, CommandV1, WriteOp};
+    use crate::machine::StateMachine;
+    use crate::machine::sub_cursor::{self as cursor, SubCursorOp};
 
     #[test]
     fn positions_move_forward_only_within_the_clock_and_go_with_their_subscription() {
@@ -54,7 +54,7 @@ mod tests {
         let mut sm = StateMachine::open(tree.clone()).unwrap();
         let sub = serde_json::json!({"resourceType": "Subscription", "id": "s", "status": "active", "reason": "r", "criteria": "Patient", "channel": {"type": "websocket"}});
         // One write moves the replicated clock to 1,000 µs.
-        crate::search::testing::put_all(&mut sm, 1, &[sub]);
+        crate::machine::testing::put_all(&mut sm, 1, &[sub]);
         let mut index = 1;
         let apply = |sm: &mut StateMachine, index: &mut u64, moves: Vec<(&str, u64)>| {
             *index += 1;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
+pub use crate::store::Action;
+use crate::store::StoreError;
 use crate::fhir::{valid_id, Definitions};
 
 /// A replicated command. The outer enum is the wire version: add `V2` rather than changing `V1`'s
@@ -49,19 +50,19 @@ pub enum CommandV1 {
     /// and every later write (a mixed cluster stops instead of diverging).
     Pin { format: String },
     /// A write command (Writes, Conditional or Bundle) of tenant `tenant`: applied in that
-    /// tenant's key space ([`super::space`]). The default tenant's commands are not wrapped.
+    /// tenant's key space ([`crate::store::space`]). The default tenant's commands are not wrapped.
     /// `command` is the inner command's encoding ([`CommandV1::tenant_write`] decodes it), so
     /// decoding never recurses however a peer nests it.
     InTenant { tenant: String, command: Vec<u8> },
-    /// A change to a bulk export job ([`crate::export::job`]): kick-off, checkpoint, completion,
+    /// A change to a bulk export job ([`crate::machine::export_job`]): kick-off, checkpoint, completion,
     /// failure, cancel, removal.
-    Export(crate::export::job::ExportOp),
+    Export(crate::machine::export_job::ExportOp),
     /// A move of the Meilisearch indexer's replicated cursor, or its reset
-    /// ([`crate::meili::cursor`]). Not a resource write: no timestamp, no tenant wrapper.
-    SearchCursor(crate::meili::cursor::CursorOp),
+    /// ([`crate::machine::meili_cursor`]). Not a resource write: no timestamp, no tenant wrapper.
+    SearchCursor(crate::machine::meili_cursor::CursorOp),
     /// Moves of the rest-hook delivery positions of Subscriptions
-    /// ([`crate::subscription::cursor`]). Proposed by the leader's notifier only.
-    SubscriptionCursor(crate::subscription::cursor::SubCursorOp),
+    /// ([`crate::machine::sub_cursor`]). Proposed by the leader's notifier only.
+    SubscriptionCursor(crate::machine::sub_cursor::SubCursorOp),
 }
 
 /// One write entry of a [`CommandV1::Bundle`].
@@ -87,50 +88,6 @@ pub struct Condition {
     pub client_id: bool,
     /// Delete: several matches may all be deleted (else 412).
     pub multiple: bool,
-}
-
-/// What a write does to one resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    /// POST: a new resource at a server-assigned id.
-    Create,
-    /// PUT: replace (or create, when allowed) at the given id.
-    Update,
-    /// PATCH: a replacement computed from a patch by the proposer.
-    Patch,
-    /// DELETE: a tombstone version, unless already deleted or absent.
-    Delete,
-}
-
-impl Action {
-    /// The HTTP method recorded in history.
-    pub fn method(self) -> &'static str {
-        match self {
-            Action::Create => "POST",
-            Action::Update => "PUT",
-            Action::Patch => "PATCH",
-            Action::Delete => "DELETE",
-        }
-    }
-
-    pub fn code(self) -> u8 {
-        match self {
-            Action::Create => b'C',
-            Action::Update => b'U',
-            Action::Patch => b'P',
-            Action::Delete => b'D',
-        }
-    }
-
-    pub fn from_code(c: u8) -> Option<Action> {
-        Some(match c {
-            b'C' => Action::Create,
-            b'U' => Action::Update,
-            b'P' => Action::Patch,
-            b'D' => Action::Delete,
-            _ => return None,
-        })
-    }
 }
 
 /// One write of a [`CommandV1::Writes`].

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::keys;
-use super::space::TENANT_TAG;
-use super::StoreError;
+use crate::store::keys;
+use crate::store::space::TENANT_TAG;
+use crate::store::StoreError;
 
 /// Live keys and bytes of one class of keys.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

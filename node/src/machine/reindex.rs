@@ -8,8 +8,8 @@
 use serde_json::Value;
 
 use super::state_machine::StateMachine;
-use super::writes::Writes;
-use super::{keys, Current, StoreError, VersionRecord};
+use crate::store::writes::Writes;
+use crate::store::{keys, Current, StoreError, VersionRecord};
 use crate::search::{index, posting};
 
 /// Stored with the index: its layout version and the parameter set it was built for.
@@ -37,9 +37,9 @@ impl StateMachine {
         let mut count = 0;
         let tenants: Vec<Option<String>> = std::iter::once(None).chain(self.tenants()?.into_iter().map(Some)).collect();
         for tenant in tenants {
-            self.space = super::space::Space::of(self.tree.clone(), tenant.as_deref());
+            self.space = crate::store::space::Space::of(self.tree.clone(), tenant.as_deref());
             let rebuilt = self.rebuild_space();
-            self.space = super::space::Space::root(self.tree.clone());
+            self.space = crate::store::space::Space::root(self.tree.clone());
             count += rebuilt?;
         }
         let mut w = Writes::default();
@@ -99,7 +99,7 @@ impl StateMachine {
 mod tests {
     use super::*;
     use crate::search::query::{parse, Executor};
-    use crate::store::command::{Action, Command, CommandV1, WriteOp};
+    use crate::machine::command::{Action, Command, CommandV1, WriteOp};
 
     /// A PUT of Patient `id` with one family name.
     fn put(id: &str, family: &str) -> WriteOp {
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn an_index_in_another_format_is_rebuilt_the_same_way() {
-        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
+        let crate::machine::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::machine::testing::indexed();
         assert_eq!(sm.ensure_index().unwrap(), Some(0), "a new store records its format");
         assert_eq!(sm.ensure_index().unwrap(), None);
         let del = WriteOp { action: Action::Delete, body: None, ..put("b", "") };
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn every_tenant_is_rebuilt_in_its_own_space() {
-        let crate::search::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::search::testing::indexed();
+        let crate::machine::testing::Indexed { dir: _dir, tree, reg, mut sm } = crate::machine::testing::indexed();
         sm.apply(1, 1, &Command::V1(CommandV1::Writes { ts_micros: 1, ops: vec![put("a", "Root")] }).encode()).unwrap();
         let acme = Command::V1(CommandV1::Writes { ts_micros: 2, ops: vec![put("a", "Acme")] }).in_tenant(Some("acme"));
         sm.apply(2, 1, &acme.encode()).unwrap();

@@ -6,13 +6,13 @@
 
 use serde_json::Value;
 
-use super::keys;
-use super::resources::Store;
+use crate::store::keys;
+use crate::store::resources::Store;
 use super::state_machine::{u64_pair, StateMachine};
-use super::writes::Writes;
-use super::StoreError;
-use crate::export::job::{ExportOp, ExportSpec, Job, Level, Status, MAX_JOBS};
-use crate::export::state;
+use crate::store::writes::Writes;
+use crate::store::StoreError;
+use crate::machine::export_job::{ExportOp, ExportSpec, Job, Level, Status, MAX_JOBS};
+use crate::machine::export_state as state;
 
 impl StateMachine {
     /// Applies one export op in one batch with the applied index.

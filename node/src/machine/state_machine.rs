@@ -8,12 +8,12 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::command::{Action, Applied, Command, CommandV1, Condition, OpOutcome, WriteOp};
-use super::keys;
-use super::snapshot::{Capture, Staging};
-use super::space::Space;
-use super::writes::Writes;
-use super::resources::{Current, VersionRecord};
-use super::StoreError;
+use crate::store::keys;
+use crate::store::snapshot::{Capture, Staging};
+use crate::store::space::Space;
+use crate::store::writes::Writes;
+use crate::store::resources::{Current, VersionRecord};
+use crate::store::StoreError;
 use crate::fhir::meta;
 use crate::search::{index, posting};
 use crate::search::params::Registry;
@@ -581,7 +581,7 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::command::Condition;
+    use crate::machine::command::Condition;
     use crate::store::resources::{HistoryQuery, HistoryScope, PageDir, Store};
 
     fn op(action: Action, id: &str, body: Option<&str>, if_match: Option<u64>) -> WriteOp {
@@ -717,10 +717,10 @@ mod tests {
 
     #[test]
     fn a_condition_past_its_row_budget_fails_alike_everywhere() {
-        let mut ix = crate::search::testing::indexed();
+        let mut ix = crate::machine::testing::indexed();
         // 3,000 Patients with distinct names: `name:contains=a` reads one row per name.
         let people: Vec<Value> = (0..3_000).map(|i| serde_json::json!({"resourceType": "Patient", "id": format!("p{i}"), "name": [{"family": format!("fam{i}a")}]})).collect();
-        crate::search::testing::put_all(&mut ix.sm, 1, &people);
+        crate::machine::testing::put_all(&mut ix.sm, 1, &people);
         let cheap = ix.sm.apply(2, 1, &conditional_delete("_id=p1")).unwrap();
         assert!(cheap[0].is_ok(), "{cheap:?}");
         let all = crate::search::query::condition_ids(&ix.reg, &ix.tree, "Patient", &[("name:contains".into(), "a".into())]).unwrap();
@@ -739,14 +739,14 @@ mod tests {
 
     #[test]
     fn a_replica_with_other_search_definitions_stops_instead_of_diverging() {
-        let mut ix = crate::search::testing::indexed();
+        let mut ix = crate::machine::testing::indexed();
         let mine = ix.sm.needs_pin().expect("no pin yet");
         let pin = |format: &str| Command::V1(CommandV1::Pin { format: format.into() }).encode();
         assert!(matches!(ix.sm.apply(1, 1, &pin("6:Stu3-0000")), Err(StoreError::Corrupt(m)) if m.contains("pinned")), "a foreign pin is refused");
         assert_eq!(ix.sm.applied_index(), 0);
         ix.sm.apply(1, 1, &pin(&mine)).unwrap();
         assert!(ix.sm.needs_pin().is_none());
-        crate::search::testing::put_all(&mut ix.sm, 2, &[serde_json::json!({"resourceType": "Patient", "id": "a"})]);
+        crate::machine::testing::put_all(&mut ix.sm, 2, &[serde_json::json!({"resourceType": "Patient", "id": "a"})]);
         // The cluster re-pinned by a leader with other definitions: this node stops at the pin,
         // and (were the pin already in its state, from a snapshot) at any later write.
         assert!(ix.sm.apply(3, 1, &pin("99:R4-other")).is_err());

@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::db::{self, StorageConfig};
-use super::StoreError;
+use crate::store::db::{self, StorageConfig};
+use crate::store::StoreError;
 
 /// Keys written per sled batch while copying.
 const BATCH: usize = 10_000;
