@@ -205,7 +205,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
     let store = Store::new(state);
     let defs = Arc::new(Definitions::load(cfg.fhir_version));
     let node_metrics = metrics::Metrics::new(cfg.node_id, cfg.fhir_version.as_str(), db.clone())?;
-    let (raft, raft_thread) = consensus::node::start(&cfg, db, sm, forward_check(defs.clone(), cfg.limits.max_depth), node_metrics.raft.clone())?;
+    let (raft, raft_thread) = consensus::node::start(&cfg.consensus(), db, sm, forward_check(defs.clone(), cfg.limits.max_depth), node_metrics.raft.clone())?;
 
     let workers = if cfg.http_workers == 0 { num_cpus::get() } else { cfg.http_workers };
     let (tx, rx) = std::sync::mpsc::channel();

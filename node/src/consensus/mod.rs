@@ -2,6 +2,7 @@
 //! conf state in sled ([`storage`]), the node-to-node [`transport`] (optionally mutual [`tls`]).
 //! A single node is a one-voter group on the same code path.
 
+pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod snapshot_send;

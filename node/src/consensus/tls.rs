@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 
-use crate::config::TlsConfig;
+use super::config::TlsConfig;
 use crate::pki::{load_certs, load_key, load_roots, provider, TlsError};
 
 /// Client and server configurations built once from the PEM files.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tls::TlsSetup;
 use crate::pki::TlsError;
-use crate::config::{ClusterConfig, PeerConfig};
+use super::config::{ClusterConfig, PeerConfig};
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]

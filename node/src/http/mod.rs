@@ -27,6 +27,7 @@ pub mod patch;
 pub mod request_id;
 pub mod scrape;
 pub mod search;
+pub mod search_kinds;
 pub mod terminology;
 pub mod transaction;
 pub mod websocket;

@@ -290,7 +290,7 @@ pub async fn respond_types(
     within: Option<HashMap<&'static str, query::Ids>>,
     path: String,
 ) -> Result<HttpResponse, ApiError> {
-    let kinds = crate::metrics::search::param_kinds(&st.search, &types, &params);
+    let kinds = super::search_kinds::param_kinds(&st.search, &types, &params);
     let started = std::time::Instant::now();
     let out = search_types(ctx, st, types, params, link_params, within, path).await;
     st.metrics.search.observe(&kinds, started.elapsed().as_secs_f64());

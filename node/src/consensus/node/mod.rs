@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::storage::SledStorage;
 use super::transport::{FaultFilter, ForwardCheck, Frame, Hooks, Inbound, Transport};
 use super::ConsensusError;
-use crate::config::{Config, PeerConfig};
+use crate::consensus::config::{ConsensusSettings, PeerConfig};
 use crate::metrics::raft::RaftMetrics;
 use crate::machine::command::CommandV1;
 use crate::store::snapshot::{Capture, Staging};
@@ -183,7 +183,7 @@ impl RaftHandle {
 /// Starts the Raft thread (and, with peers configured, the transport) over `db`.
 /// `check` vets the command of every write a follower forwards, before this node proposes it.
 /// `metrics`: what the loop records as it goes (`crate::metrics::raft`).
-pub fn start(cfg: &Config, db: sled::Db, sm: StateMachine, check: ForwardCheck, metrics: Arc<RaftMetrics>) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
+pub fn start(cfg: &ConsensusSettings, db: sled::Db, sm: StateMachine, check: ForwardCheck, metrics: Arc<RaftMetrics>) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
     let state = db.open_tree("state")?;
     let voters = cfg.cluster.initial_voters(cfg.node_id);
     let capture = Arc::new(Capture::new(db.open_tree("snapshot_preimages")?));
