@@ -45,6 +45,7 @@ pub mod fhir;
 pub mod fuzzing;
 pub mod http;
 pub mod identity;
+pub mod index;
 pub mod launcher;
 pub mod machine;
 pub mod objects;

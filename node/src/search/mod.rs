@@ -5,7 +5,8 @@
 //! ([`posting`]); parsing a search ([`parse`]) and running it
 //! on those rows ([`query`], dates in [`date_query`], the row budget of conditions in [`cost`]); `_sort` keys ([`sort`]); result order and keyset pages ([`page`]).
 
-pub mod cost;
+pub use crate::index::{cost, posting};
+
 pub mod date_query;
 pub mod decimal;
 pub mod extract;
@@ -14,6 +15,6 @@ pub mod index;
 pub mod page;
 pub mod params;
 pub mod parse;
-pub mod posting;
 pub mod query;
 pub mod sort;
+pub mod terms;

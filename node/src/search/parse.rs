@@ -72,7 +72,7 @@ pub enum Link {
     Compartment { ctype: String, id: String, codes: Vec<String> },
     /// `:in` / `:not-in` / `:below` / `:above` on a token: the codes come from a ValueSet or
     /// CodeSystem, stored (read from the searched state) or shipped for this FHIR version
-    /// ([`crate::terminology::search`]).
+    /// ([`crate::search::terms`]).
     Terms(FhirVersion),
 }
 
@@ -285,7 +285,7 @@ fn parse_one(reg: &Registry, rtype: &str, name: &str, value: &str, links: &mut L
     if modifier.is_none() {
         check_values(param, &values)?;
     }
-    let terms = param.def.kind == ParamType::Token && modifier.as_deref().is_some_and(|m| crate::terminology::search::MODIFIERS.contains(&m));
+    let terms = param.def.kind == ParamType::Token && modifier.as_deref().is_some_and(|m| crate::search::terms::MODIFIERS.contains(&m));
     let link = terms.then_some(Link::Terms(reg.version));
     Ok(Criterion { param: param.clone(), modifier, values, link })
 }

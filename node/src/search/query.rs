@@ -245,7 +245,7 @@ impl Executor<'_> {
                 return Ok(out & self.all()?);
             }
             Some(Link::Terms(version)) => {
-                let hits = crate::terminology::search::docs(self.tree, *version, self.rtype, c)?;
+                let hits = crate::search::terms::docs(self.tree, *version, self.rtype, c)?;
                 return Ok(if c.modifier.as_deref() == Some("not-in") { self.all()? - hits } else { hits });
             }
             Some(Link::Has { source, inner }) => {

@@ -5,14 +5,14 @@
 //! system Kiln does not hold can be listed but not selected by filter or whole: that is an error
 //! naming the system, never a silently empty expansion. Every expansion stops with
 //! [`TerminologyError::TooLarge`] past its limit, and the work is charged to the search cost
-//! budget ([`crate::search::cost`]) so a condition that expands is bounded alike on every node.
+//! budget ([`crate::index::cost`]) so a condition that expands is bounded alike on every node.
 
 use std::collections::HashSet;
 
 use super::load::Source;
 use super::model::{Code, CodeSystem, Filter, Include, ValueSet};
 use super::{TerminologyError, MAX_IMPORT_DEPTH};
-use crate::search::cost;
+use crate::index::cost;
 
 /// Expands value sets from one [`Source`] with at most `limit` codes (`key`: the setting or
 /// constant that sets it, named in the error).

@@ -17,9 +17,9 @@ use sha2::Digest;
 use super::model::{CodeSystem, ValueSet};
 use super::TerminologyError;
 use crate::fhir::FhirVersion;
-use crate::search::cost;
-use crate::search::index::{exact_prefix, live_row};
-use crate::search::posting;
+use crate::index::cost;
+use crate::index::rows::{exact_prefix, live_row};
+use crate::index::posting;
 use crate::store::space::Space;
 use crate::store::{keys, Current, VersionRecord};
 

@@ -21,7 +21,6 @@ pub mod expand;
 pub mod load;
 pub mod model;
 pub mod ops;
-pub mod search;
 
 use crate::store::StoreError;
 
@@ -57,17 +56,17 @@ pub enum TerminologyError {
     Store(#[from] StoreError),
 }
 
-impl From<crate::search::posting::PostingError> for TerminologyError {
-    fn from(e: crate::search::posting::PostingError) -> Self {
+impl From<crate::index::posting::PostingError> for TerminologyError {
+    fn from(e: crate::index::posting::PostingError) -> Self {
         match e {
-            crate::search::posting::PostingError::TooCostly(x) => x.into(),
+            crate::index::posting::PostingError::TooCostly(x) => x.into(),
             e => TerminologyError::Store(e.into()),
         }
     }
 }
 
-impl From<crate::search::cost::Exhausted> for TerminologyError {
-    fn from(e: crate::search::cost::Exhausted) -> Self {
+impl From<crate::index::cost::Exhausted> for TerminologyError {
+    fn from(e: crate::index::cost::Exhausted) -> Self {
         TerminologyError::TooCostly(e.to_string())
     }
 }

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use roaring::RoaringBitmap;
 
-use super::expand::Expander;
-use super::load::Source;
-use super::{TerminologyError, SEARCH_MAX_CODES};
+use crate::terminology::expand::Expander;
+use crate::terminology::load::Source;
+use crate::terminology::{TerminologyError, SEARCH_MAX_CODES};
 use crate::fhir::FhirVersion;
-use crate::search::index::{kind_prefix, param_rows, push_str};
-use crate::search::parse::Criterion;
-use crate::search::posting;
+use super::index::{kind_prefix, param_rows, push_str};
+use super::parse::Criterion;
+use super::posting;
 use crate::store::space::Space;
 
 /// The modifiers this module serves on token parameters.

@@ -2,7 +2,7 @@
 //!
 //! Every resource gets a doc number (a per-type `u32`, assigned at its first write by the state
 //! machine in log order, so every node assigns the same ones; a deleted and re-created resource
-//! keeps its number). An index row (`x` type `\0` code `\0` kind parts…, see [`super::index`]) is
+//! keeps its number). An index row (`x` type `\0` code `\0` kind parts…, see [`super::rows`]) is
 //! split into blocks of 4,096 doc numbers: the key is the row followed by the block number
 //! (`u32` big-endian), the value the doc numbers of the block that have the value:
 //!
@@ -305,7 +305,7 @@ impl From<PostingError> for StoreError {
             PostingError::Storage(e) => e.into(),
             PostingError::Corrupt(what) => StoreError::Corrupt(what),
             // A client request's budget ran out (or its client left).
-            PostingError::TooCostly(e @ crate::search::cost::Exhausted::Request(_)) => StoreError::TooCostly(e.to_string()),
+            PostingError::TooCostly(e @ super::cost::Exhausted::Request(_)) => StoreError::TooCostly(e.to_string()),
             // Only searches run under a condition's budget (search::cost), and they map it to TooCostly first.
             PostingError::TooCostly(e) => StoreError::BadCondition(e.to_string()),
         }
