@@ -7,11 +7,15 @@
 
 pub use crate::index::{cost, posting};
 
+pub mod conditions;
 pub mod date_query;
 pub mod decimal;
+pub mod error;
 pub mod extract;
 pub mod fhirpath;
 pub mod index;
+pub mod kinds;
+pub mod lookups;
 pub mod page;
 pub mod params;
 pub mod parse;

@@ -4,133 +4,26 @@
 //! `:missing`, `:exact`, `:contains` (string), `:text`, `:not` (token), `:[type]` (reference),
 //! `:below`, `:above` (uri), `:of-type` (token), `:identifier` (reference); composite parameters
 //! (`a$b`) and `near`. What is not implemented yet is refused with a 400 that says so.
+//!
+//! The executor's core is here; its per-type matching is [`super::kinds`], conditions and the
+//! link scope [`super::conditions`], single-resource index reads [`super::lookups`], errors
+//! [`super::error`].
 
 use crate::store::space::Space;
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use super::decimal::Decimal;
-use super::extract::normalize;
-use super::index::{base_exact, base_open, composite_base, exact_prefix, kind_prefix, live_row, param_prefix, param_rows, push_str};
+use super::index::{exact_prefix, live_row, param_rows, push_str};
 use super::date_query::{self, DateTest};
-use super::posting::{self, PostingError};
-use super::params::{ParamType, Registry};
+use super::posting::{self};
+use super::params::ParamType;
 pub(super) use super::parse::split_prefix;
 pub use super::parse::{parse, Criterion, Link, Prefix, Query, CONTROL, MAX_LINKS, MAX_LINK_DEPTH};
+pub use super::conditions::{condition_docs, condition_ids, with_link_scope};
+use super::conditions::link_scoped;
+pub use super::error::SearchError;
+pub use super::lookups::{distinct_values, referrer_docs, referrers_of_type, references, rows_under};
 use crate::store::StoreError;
-
-/// Why a search request is refused.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SearchError {
-    #[error("unknown search parameter '{param}' for {rtype} (see GET /metadata for the supported ones)")]
-    UnknownParameter { rtype: String, param: String },
-    #[error("invalid value for search parameter '{param}': {reason}")]
-    BadValue { param: String, reason: String },
-    #[error("'{0}' is not supported by this server yet")]
-    NotSupported(String),
-    #[error("search too costly: {0}")]
-    TooCostly(String),
-    /// A terminology modifier that cannot be evaluated (storage failures and spent budgets are
-    /// [`SearchError::Store`] / [`SearchError::TooCostly`], as for every other criterion).
-    #[error(transparent)]
-    Terminology(crate::terminology::TerminologyError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl From<PostingError> for SearchError {
-    fn from(e: PostingError) -> Self {
-        match e {
-            PostingError::TooCostly(x) => x.into(),
-            e => SearchError::Store(e.into()),
-        }
-    }
-}
-
-impl From<crate::terminology::TerminologyError> for SearchError {
-    fn from(e: crate::terminology::TerminologyError) -> Self {
-        use crate::terminology::TerminologyError as T;
-        match e {
-            T::Store(s) => SearchError::Store(s),
-            T::TooCostly(x) => SearchError::TooCostly(x),
-            e => SearchError::Terminology(e),
-        }
-    }
-}
-
-impl From<super::cost::Exhausted> for SearchError {
-    fn from(e: super::cost::Exhausted) -> Self {
-        SearchError::TooCostly(e.to_string())
-    }
-}
-
-impl From<sled::Error> for SearchError {
-    fn from(e: sled::Error) -> Self {
-        SearchError::Store(e.into())
-    }
-}
-
-/// The ids of `rtype` matching a condition (a search that decides a replicated write), in id
-/// order, read within the row budget of [`super::cost`]. Refused, identically on every node:
-/// parameters that do not parse, and queries whose answer is not a function of the replicated
-/// state alone (`ap` reads the clock, `near` computes with platform floating point).
-pub fn condition_ids(reg: &Registry, tree: &Space, rtype: &str, params: &[(String, String)]) -> Result<Vec<String>, SearchError> {
-    let q = condition_query(reg, rtype, params)?;
-    let mut ids = super::cost::limited(super::cost::CONDITION_ROWS, || (Executor { tree, rtype }).run_ids(&q))?;
-    ids.sort();
-    Ok(ids)
-}
-
-/// [`condition_ids`] as doc numbers (an export's `_typeFilter`, decided at apply).
-pub fn condition_docs(reg: &Registry, tree: &Space, rtype: &str, params: &[(String, String)]) -> Result<Ids, SearchError> {
-    let q = condition_query(reg, rtype, params)?;
-    super::cost::limited(super::cost::CONDITION_ROWS, || (Executor { tree, rtype }).run(&q))
-}
-
-/// A search that decides replicated state: parsed strictly, without what replicas could
-/// evaluate differently.
-fn condition_query(reg: &Registry, rtype: &str, params: &[(String, String)]) -> Result<Query, SearchError> {
-    let q = parse(reg, rtype, params, false)?;
-    if q.uses_now() {
-        return Err(SearchError::NotSupported("the ap prefix in a condition (it depends on the current time)".into()));
-    }
-    if q.uses_near() {
-        return Err(SearchError::NotSupported("near in a condition (its distance is computed in floating point, which replicas need not share)".into()));
-    }
-    Ok(q)
-}
-
-thread_local! {
-    /// The resources chains and `_has` may read, per linked type, for the search running on
-    /// this thread ([`with_link_scope`]); types not in it are read whole.
-    static LINK_SCOPE: std::cell::RefCell<Option<Arc<HashMap<String, Ids>>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` with chains and `_has` limited, per linked type, to `scope` (the caller's reach:
-/// a `patient/` grant reads only that patient's compartment through a chain too).
-pub fn with_link_scope<T>(scope: Option<Arc<HashMap<String, Ids>>>, f: impl FnOnce() -> T) -> T {
-    /// Puts the previous scope back however `f` ends (a panic on a reused blocking thread must
-    /// not leave this request's scope behind).
-    struct Restore(Option<Option<Arc<HashMap<String, Ids>>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take().flatten();
-            LINK_SCOPE.with(|s| *s.borrow_mut() = previous);
-        }
-    }
-    let _restore = Restore(Some(LINK_SCOPE.with(|s| s.replace(scope))));
-    f()
-}
-
-/// `ids` of `rtype` limited to the link scope of this thread.
-fn link_scoped(rtype: &str, ids: Ids) -> Ids {
-    LINK_SCOPE.with(|s| match s.borrow().as_ref().and_then(|m| m.get(rtype)) {
-        Some(within) => ids & within,
-        None => ids,
-    })
-}
 
 /// Runs queries against the `state` tree.
 pub struct Executor<'a> {
@@ -149,12 +42,12 @@ impl Executor<'_> {
         Ok(out)
     }
 
-    fn scan(&self, prefix: &[u8], out: &mut Ids) -> Result<(), SearchError> {
+    pub(super) fn scan(&self, prefix: &[u8], out: &mut Ids) -> Result<(), SearchError> {
         Ok(posting::scan(self.tree, prefix, out)?)
     }
 
     /// Rows of one kind with the key part after `prefix` handed to `keep`.
-    fn scan_filter(&self, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut Ids) -> Result<(), SearchError> {
+    pub(super) fn scan_filter(&self, prefix: &[u8], keep: impl Fn(&[u8]) -> bool, out: &mut Ids) -> Result<(), SearchError> {
         Ok(posting::scan_filter(self.tree, prefix, keep, out)?)
     }
 
@@ -290,7 +183,7 @@ impl Executor<'_> {
     }
 
     /// One value of a plain parameter (or of a composite's last component) under `base`.
-    fn value(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
+    pub(super) fn value(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
         let code = c.param.def.code.as_str();
         match c.param.def.kind {
             ParamType::Token => self.token(c, base, v, out),
@@ -304,250 +197,10 @@ impl Executor<'_> {
         }
     }
 
-    /// `a$b[$c]`: the leading values match exactly (token `code`, `system|code`, `|code`;
-    /// reference; string, exact after normalization; uri), the last with its type's semantics
-    /// (prefixes included), all on the same element of the composite's expression.
-    fn composite(&self, c: &Criterion, v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let code = c.param.def.code.as_str();
-        let comps = &c.param.components;
-        let values: Vec<&str> = v.split('$').collect();
-        if values.len() != comps.len() {
-            return Err(SearchError::BadValue { param: code.into(), reason: format!("'{v}' needs {} values separated by '$'", comps.len()) });
-        }
-        // The row prefixes the leading values select: one, or one per system for a token
-        // given without one (found by skipping from system to system, not by reading every row).
-        let mut bases: Vec<Vec<u8>> = vec![composite_base(self.rtype, code, &[])];
-        for (comp, val) in comps.iter().zip(&values).take(comps.len() - 1) {
-            let parts: Vec<String> = match comp.param.def.kind {
-                ParamType::Token => match val.split_once('|') {
-                    None => {
-                        let mut next = Vec::new();
-                        for b in &bases {
-                            let mut p = b.clone();
-                            push_str(&mut p, "t");
-                            push_str(&mut p, val);
-                            next.extend(self.distinct_parts(&p)?);
-                        }
-                        bases = next;
-                        continue;
-                    }
-                    Some((s, c)) => vec!["t".into(), c.into(), s.into()],
-                },
-                ParamType::Reference => {
-                    let segs: Vec<&str> = val.split('/').collect();
-                    match segs.as_slice() {
-                        [t, id] if t.starts_with(|ch: char| ch.is_ascii_uppercase()) => vec!["r".into(), t.to_string(), id.to_string()],
-                        _ => vec!["R".into(), val.to_string()],
-                    }
-                }
-                ParamType::String => vec!["l".into(), normalize(val)],
-                ParamType::Uri => vec!["u".into(), val.to_string()],
-                other => return Err(SearchError::NotSupported(format!("{code}: a leading {other:?} component"))),
-            };
-            for b in bases.iter_mut() {
-                for p in &parts {
-                    push_str(b, p);
-                }
-            }
-        }
-        let last = comps.last().expect("two or more components");
-        let inner = Criterion { param: last.param.clone(), modifier: None, values: Vec::new(), link: None };
-        for b in &bases {
-            self.value(&inner, b, values[values.len() - 1], out)?;
-        }
-        Ok(())
-    }
-
-    /// `prefix` extended by each distinct next part (escaped, with its terminator) found under
-    /// it, seeking past each part's rows instead of reading them.
-    fn distinct_parts(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
-        let mut out = Vec::new();
-        let mut from = prefix.to_vec();
-        while let Some(k) = self.tree.range(from.clone()..).next() {
-            super::cost::charge(1)?;
-            let k = k?.0;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let Some(end) = k[prefix.len()..].iter().position(|b| *b == 0) else { break };
-            let with_part = k[..prefix.len() + end + 1].to_vec();
-            // Just past every key under `with_part` (its last byte is the 0 terminator).
-            from = with_part.clone();
-            *from.last_mut().expect("terminator") = 1;
-            out.push(with_part);
-        }
-        Ok(out)
-    }
-
-    /// `near=latitude|longitude|distance|units` (Location.position): within `distance` (default
-    /// 10 km; units km, m, mi or [mi_i]; default km) on a sphere of radius 6,371 km.
-    fn near(&self, code: &str, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let bad = |reason: String| SearchError::BadValue { param: code.into(), reason };
-        let parts: Vec<&str> = v.split('|').collect();
-        let num = |s: &str| s.trim().parse::<f64>().map_err(|_| bad(format!("'{s}' is not a number")));
-        let (lat, lon) = match parts.as_slice() {
-            [lat, lon, ..] => (num(lat)?, num(lon)?),
-            _ => return Err(bad("use latitude|longitude|distance|units".into())),
-        };
-        let distance = match parts.get(2).filter(|d| !d.is_empty()) {
-            Some(d) => num(d)?,
-            None => 10.0,
-        };
-        let km = distance
-            * match parts.get(3).copied().unwrap_or("km") {
-                "km" | "" => 1.0,
-                "m" => 0.001,
-                "mi" | "[mi_i]" | "[mi_us]" => 1.609_344,
-                other => return Err(bad(format!("unit '{other}': use km, m or [mi_i]"))),
-            };
-        let keep = |rest: &[u8]| -> bool {
-            let (Some(a), Some(b)) = (rest.get(..16).and_then(Decimal::from_key), rest.get(16..32).and_then(Decimal::from_key)) else { return false };
-            let (p1, p2) = (lat.to_radians(), a.to_f64().to_radians());
-            let dl = (b.to_f64() - lon).to_radians();
-            let h = ((p2 - p1) / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-            2.0 * 6371.0 * h.sqrt().asin() <= km
-        };
-        self.scan_filter(&kind_prefix(base, b'g'), keep, out)
-    }
-
-    fn token(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let code = c.param.def.code.as_str();
-        if c.modifier.as_deref() == Some("text") {
-            return self.scan(&base_open(base, b'x', &normalize(v)), out);
-        }
-        if c.modifier.as_deref() == Some("of-type") {
-            let parts: Vec<&str> = v.splitn(3, '|').collect();
-            let [ts, tc, value] = parts.as_slice() else {
-                return Err(SearchError::BadValue { param: format!("{code}:of-type"), reason: "use type-system|type-code|value".into() });
-            };
-            return self.scan(&base_exact(base, b'o', &[ts, tc, value]), out);
-        }
-        // Rows are `t` code, system: code-first, so `code` and `system|code` are prefix scans.
-        let mut k = kind_prefix(base, b't');
-        match v.split_once('|') {
-            None => push_str(&mut k, v),
-            Some((s, "")) => {
-                // Every code of one system: filter on the second part.
-                let sys = escaped(s);
-                return self.scan_filter(
-                    &k,
-                    |rest| {
-                        let mut parts = rest.splitn(3, |b| *b == 0);
-                        let _code = parts.next();
-                        parts.next() == Some(sys.as_slice())
-                    },
-                    out,
-                );
-            }
-            Some((s, c2)) => {
-                push_str(&mut k, c2);
-                push_str(&mut k, s);
-            }
-        }
-        self.scan(&k, out)
-    }
-
-    fn string(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        match c.modifier.as_deref() {
-            Some("exact") => self.scan(&base_exact(base, b'l', &[&normalize(v), v]), out),
-            Some("contains") => {
-                let needle = escaped(&normalize(v));
-                self.scan_filter(&kind_prefix(base, b'l'), |rest| rest.windows(needle.len()).any(|w| w == needle.as_slice()), out)
-            }
-            _ => self.scan(&base_open(base, b'l', &normalize(v)), out),
-        }
-    }
-
-    fn date(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        date_query::scan(self.tree, base, &DateTest::parse(&c.param.def.code, v)?, out)
-    }
-
-    /// Number semantics for number and quantity rows under `prefix + parts`.
-    fn number(&self, code: &str, base: &[u8], v: &str, kind: u8, parts: &[&str], out: &mut Ids) -> Result<(), SearchError> {
-        let (prefix, text) = split_prefix(v);
-        let d = Decimal::parse(text).ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is not a number") })?;
-        let (lo, hi) = d.implicit_range().ok_or_else(|| SearchError::BadValue { param: code.into(), reason: format!("'{text}' is too large to search on (its magnitude must be below 10^38)") })?;
-        let tenth = Decimal { mantissa: (d.mantissa / 10).abs(), scale: d.scale };
-        let keep = move |t: Decimal| -> bool {
-            match prefix {
-                Prefix::Eq => t >= lo && t < hi,
-                Prefix::Ne => !(t >= lo && t < hi),
-                Prefix::Gt | Prefix::Sa => t > d,
-                Prefix::Lt | Prefix::Eb => t < d,
-                Prefix::Ge => t >= d,
-                Prefix::Le => t <= d,
-                Prefix::Ap => {
-                    let a = Decimal { mantissa: d.mantissa - tenth.mantissa, scale: d.scale };
-                    let b = Decimal { mantissa: d.mantissa + tenth.mantissa, scale: d.scale };
-                    t >= a && t <= b
-                }
-            }
-        };
-        self.scan_filter(&base_exact(base, kind, parts), |rest| rest.get(..16).and_then(Decimal::from_key).is_some_and(keep), out)
-    }
-
-    fn quantity(&self, code: &str, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        let parts: Vec<&str> = v.splitn(3, '|').collect();
-        match parts.as_slice() {
-            [n] => self.number(code, base, n, b'q', &[], out),
-            [n, "", unit] => self.number(code, base, n, b'c', &[unit], out),
-            [n, system, unit] => self.number(code, base, n, b'Q', &[system, unit], out),
-            _ => Err(SearchError::BadValue { param: code.into(), reason: "use number, number||code or number|system|code".into() }),
-        }
-    }
-
-    fn reference(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        if c.modifier.as_deref() == Some("identifier") {
-            // `system|value`, `|value` (no system) or `value` (any system).
-            let k = match v.split_once('|') {
-                Some((s, value)) => base_exact(base, b'i', &[value, s]),
-                None => base_exact(base, b'i', &[v]),
-            };
-            return self.scan(&k, out);
-        }
-        let type_modifier = c.modifier.as_deref().filter(|m| m.starts_with(|ch: char| ch.is_ascii_uppercase()));
-        let segs: Vec<&str> = v.trim_end_matches('/').split('/').collect();
-        let n = segs.len();
-        let k = if let Some(t) = type_modifier {
-            base_exact(base, b'r', &[t, v])
-        } else if n == 1 && !v.contains(':') {
-            // A bare id (of any of the parameter's target types), or a literal such as
-            // `#contained` / a relative canonical.
-            for t in &c.param.def.target {
-                self.scan(&base_exact(base, b'r', &[t, v]), out)?;
-            }
-            base_exact(base, b'R', &[v])
-        } else if n >= 2 && segs[n - 2].starts_with(|ch: char| ch.is_ascii_uppercase()) && !segs[n - 1].is_empty() {
-            // `Type/id`, or a full URL ending in it: matched by type and id, as well as literally.
-            self.scan(&base_exact(base, b'R', &[v]), out)?;
-            base_exact(base, b'r', &[segs[n - 2], segs[n - 1]])
-        } else {
-            base_exact(base, b'R', &[v])
-        };
-        self.scan(&k, out)
-    }
-
-    fn uri(&self, c: &Criterion, base: &[u8], v: &str, out: &mut Ids) -> Result<(), SearchError> {
-        match c.modifier.as_deref() {
-            Some("below") => self.scan(&base_open(base, b'u', v), out),
-            Some("above") => {
-                // Every stored uri that is a prefix of the value at a path boundary.
-                let mut cut = v.len();
-                loop {
-                    self.scan(&base_exact(base, b'u', &[&v[..cut]]), out)?;
-                    match v[..cut].rfind('/') {
-                        Some(i) if i > 0 && !v[..i].ends_with('/') => cut = i,
-                        _ => return Ok(()),
-                    }
-                }
-            }
-            _ => self.scan(&base_exact(base, b'u', &[v]), out),
-        }
-    }
 }
 
 /// Undoes [`push_str`]'s escaping of one part.
-fn unescape(b: &[u8]) -> String {
+pub(super) fn unescape(b: &[u8]) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -564,7 +217,7 @@ fn unescape(b: &[u8]) -> String {
 
 /// Pairs (lower bound, upper bound) of single-value, unmodified criteria on the same plain date
 /// parameter, each criterion in at most one pair.
-fn date_pairs(criteria: &[Criterion]) -> Vec<(usize, usize)> {
+pub(super) fn date_pairs(criteria: &[Criterion]) -> Vec<(usize, usize)> {
     let plain_date = |c: &Criterion| c.link.is_none() && c.modifier.is_none() && c.values.len() == 1 && c.param.def.kind == ParamType::Date;
     let bound = |c: &Criterion, lower: bool| {
         plain_date(c) && {
@@ -587,66 +240,8 @@ fn date_pairs(criteria: &[Criterion]) -> Vec<(usize, usize)> {
     out
 }
 
-/// The parts after `prefix` of `rtype/id`'s index rows that start with it (its reverse list).
-pub fn rows_under(tree: &Space, rtype: &str, id: &str, prefix: &[u8]) -> Result<Vec<Vec<u8>>, SearchError> {
-    super::cost::charge(1)?;
-    let Some(list) = tree.get(super::index::reverse_key(rtype, id))? else { return Ok(Vec::new()) };
-    let rows = super::index::decode_list(&list).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?;
-    Ok(rows.into_iter().filter_map(|k| k.strip_prefix(prefix).map(<[u8]>::to_vec)).collect())
-}
-
-/// The (type, id) targets of `rtype/id`'s reference parameter `code`, from its index rows.
-pub fn references(tree: &Space, rtype: &str, id: &str, code: &str) -> Result<Vec<(String, String)>, SearchError> {
-    Ok(rows_under(tree, rtype, id, &param_prefix(rtype, code, b'r'))?
-        .iter()
-        .filter_map(|rest| {
-            let mut parts = rest.split(|b| *b == 0);
-            Some((unescape(parts.next()?), unescape(parts.next()?)))
-        })
-        .collect())
-}
-
-/// Doc numbers of the `source` resources whose reference parameter `code` points at `rtype/id`.
-pub fn referrer_docs(tree: &Space, source: &str, code: &str, rtype: &str, id: &str) -> Result<Ids, SearchError> {
-    let mut out = Ids::new();
-    (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype, id]), &mut out)?;
-    Ok(out)
-}
-
-/// Every resource of `source` whose `code` references any resource of type `rtype`.
-pub fn referrers_of_type(tree: &Space, source: &str, code: &str, rtype: &str) -> Result<Ids, SearchError> {
-    let mut out = Ids::new();
-    (Executor { tree, rtype: source }).scan(&exact_prefix(source, code, b'r', &[rtype]), &mut out)?;
-    Ok(out)
-}
-
-/// The distinct values (their parts, e.g. token code and system) that rows of one kind of
-/// `rtype`'s parameter `code` hold for at least one resource. `None` past `max` values.
-pub fn distinct_values(tree: &Space, rtype: &str, code: &str, kind: u8, max: usize) -> Result<Option<std::collections::BTreeSet<Vec<String>>>, SearchError> {
-    let prefix = param_prefix(rtype, code, kind);
-    let mut out = std::collections::BTreeSet::new();
-    for item in tree.scan_prefix(&prefix) {
-        crate::search::cost::charge(1).map_err(PostingError::from)?;
-        let (k, v) = item.map_err(PostingError::from)?;
-        let mut docs = Ids::new();
-        posting::add_block(&k, &v, &mut docs)?;
-        if docs.is_empty() {
-            continue;
-        }
-        let Some(parts) = k.get(prefix.len()..k.len().saturating_sub(4)) else { continue };
-        let parts: Vec<String> = parts.split(|b| *b == 0).map(unescape).collect();
-        // The split leaves an empty piece after the last terminator.
-        let parts = parts[..parts.len().saturating_sub(1)].to_vec();
-        out.insert(parts);
-        if out.len() > max {
-            return Ok(None);
-        }
-    }
-    Ok(Some(out))
-}
-
 /// `s` escaped like [`push_str`] but without the terminator (a prefix to scan).
-fn escaped(s: &str) -> Vec<u8> {
+pub(super) fn escaped(s: &str) -> Vec<u8> {
     let mut k = Vec::new();
     push_str(&mut k, s);
     k.pop();
@@ -656,6 +251,8 @@ fn escaped(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::params::Registry;
+    use std::sync::Arc;
     use crate::machine::command::{Action, Command, CommandV1, WriteOp};
     use crate::machine::StateMachine;
     use serde_json::json;
