@@ -8,6 +8,7 @@
 pub mod bundle_apply;
 pub mod command;
 pub mod compact;
+pub mod conditions;
 pub mod export_apply;
 pub mod export_job;
 pub mod export_state;
@@ -20,6 +21,7 @@ pub mod subscription_apply;
 #[cfg(test)]
 pub mod testing;
 pub mod usage;
+pub mod write_apply;
 
 pub use command::{Action, Command, OpOutcome, WriteOp};
 pub use state_machine::StateMachine;

@@ -5,28 +5,26 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
 
-use super::command::{Action, Applied, Command, CommandV1, Condition, OpOutcome, WriteOp};
+use super::command::{Command, CommandV1, OpOutcome, WriteOp};
 use crate::store::keys;
 use crate::store::snapshot::{Capture, Staging};
 use crate::store::space::Space;
 use crate::store::writes::Writes;
-use crate::store::resources::{Current, VersionRecord};
+use crate::store::resources::Current;
 use crate::store::StoreError;
-use crate::fhir::meta;
-use crate::search::{index, posting};
+use crate::search::posting;
 use crate::search::params::Registry;
 
 /// Writes staged for one sled batch: the batch, what it changed so far (later writes of the same
 /// entry see earlier ones), and the clock.
 pub(super) struct Staged {
-    batch: Writes,
-    overlay: HashMap<Vec<u8>, Current>,
-    index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>>,
-    postings: posting::Changes,
-    ts: u64,
-    last_ts: u64,
+    pub(super) batch: Writes,
+    pub(super) overlay: HashMap<Vec<u8>, Current>,
+    pub(super) index_overlay: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    pub(super) postings: posting::Changes,
+    pub(super) ts: u64,
+    pub(super) last_ts: u64,
 }
 
 impl Staged {
@@ -52,18 +50,18 @@ pub struct StateMachine {
     pub(super) tree: sled::Tree,
     /// The tenant whose entry is being applied (the default tenant between entries).
     pub(super) space: Space,
-    applied_index: u64,
-    applied_term: u64,
-    last_ts: u64,
+    pub(super) applied_index: u64,
+    pub(super) applied_term: u64,
+    pub(super) last_ts: u64,
     /// Search parameters whose index rows are written with every version (`None`: no index).
     pub(super) search: Option<Arc<Registry>>,
     /// The index format the cluster is pinned to ([`CommandV1::Pin`]), if any yet.
-    pin: Option<String>,
+    pub(super) pin: Option<String>,
     /// The snapshot being streamed to a peer, if any (shared with its sender thread).
-    capture: Arc<Capture>,
+    pub(super) capture: Arc<Capture>,
 }
 
-fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError> {
+pub(super) fn read_u64_pair(tree: &sled::Tree, key: &[u8]) -> Result<(u64, u64), StoreError> {
     match tree.get(key)? {
         None => Ok((0, 0)),
         Some(b) if b.len() == 16 => Ok((
@@ -332,256 +330,14 @@ impl StateMachine {
         self.last_ts
     }
 
-    /// Starts a batch of writes whose timestamps follow `ts_micros` and the last applied one.
-    pub(super) fn stage(&self, ts_micros: u64) -> Staged {
-        Staged {
-            batch: Writes::in_space(self.space.prefix()),
-            overlay: HashMap::new(),
-            index_overlay: HashMap::new(),
-            postings: posting::Changes::default(),
-            ts: ts_micros.max(self.last_ts + 1),
-            last_ts: self.last_ts,
-        }
-    }
-
-    /// Adds one write to `staged`. The outer `Err` is a storage failure (fatal: the node must
-    /// stop, never a per-write result that would let its state differ from the others');
-    /// the inner result is the write's own outcome (a failed write stages nothing).
-    pub(super) fn stage_op(&self, staged: &mut Staged, op: &WriteOp) -> Result<OpOutcome, StoreError> {
-        let cur = self.current(&keys::current(&op.rtype, &op.id), &staged.overlay)?;
-        let mut rows = None;
-        let out = self.apply_write(op, cur, staged.ts, &mut staged.batch, &mut staged.overlay, &mut rows);
-        if let Some(rows) = rows {
-            self.replace_index_rows(&op.rtype, &op.id, rows, staged)?;
-        }
-        if matches!(&out, Ok(a) if !a.noop) {
-            staged.last_ts = staged.ts;
-            staged.ts += 1;
-        }
-        Ok(out)
-    }
-
-    /// Writes a staged batch with the applied index and the clock.
-    pub(super) fn commit(&mut self, mut staged: Staged, index: u64, term: u64) -> Result<(), StoreError> {
-        self.last_ts = staged.last_ts;
-        staged.batch.insert_meta(keys::META_LAST_TS, &u64_pair(self.last_ts, 0));
-        staged.batch.insert_meta(keys::META_APPLIED, &u64_pair(index, term));
-        self.write_index(staged)
-    }
-
-    /// Writes a staged batch with its posting block changes (alone: the index rebuild).
-    pub(super) fn write_index(&self, mut staged: Staged) -> Result<(), StoreError> {
-        std::mem::take(&mut staged.postings).flush(&self.space, &mut staged.batch)?;
-        self.write(staged.batch)
-    }
-
-    /// Writes a batch to the state tree: the one place the state changes, so that a snapshot
-    /// being streamed first keeps the values it still has to send ([`Capture`]).
-    pub(super) fn write(&self, w: Writes) -> Result<(), StoreError> {
-        self.capture.before_write(&self.tree, w.keys())?;
-        self.tree.apply_batch(w.into_batch())?;
-        Ok(())
-    }
-
-    /// Decides a conditional write from a search on the applied state (before this entry's writes).
-    pub(super) fn resolve(&self, op: &WriteOp, cond: &Condition) -> Result<Resolved, StoreError> {
-        self.resolve_excluding(op, cond, &|_| false)
-    }
-
-    /// [`Self::resolve`], ignoring matches for which `exclude(id)` holds (deleted earlier in the
-    /// same transaction).
-    pub(super) fn resolve_excluding(&self, op: &WriteOp, cond: &Condition, exclude: &dyn Fn(&str) -> bool) -> Result<Resolved, StoreError> {
-        let Some(reg) = &self.search else {
-            return Ok(Resolved::Outcome(Err(StoreError::BadCondition("this node keeps no search index".into()))));
-        };
-        let found: Vec<String> = match crate::search::query::condition_ids(reg, &self.space, &op.rtype, &cond.query) {
-            // By id: a multiple delete stages its writes (and their timestamps) in this order.
-            Ok(mut ids) => {
-                ids.retain(|id| !exclude(id));
-                ids
-            }
-            Err(crate::search::query::SearchError::Store(e)) => return Err(e),
-            Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(e.to_string())))),
-        };
-        let many = || StoreError::MultipleMatches { rtype: op.rtype.clone(), count: found.len() };
-        Ok(match (op.action, found.as_slice()) {
-            (Action::Create, []) | (Action::Update, []) => Resolved::Ops(vec![WriteOp { allow_create: true, ..op.clone() }]),
-            (Action::Create, [id]) => {
-                // Already there: nothing is written; the existing resource is the answer.
-                let cur = self.current(&keys::current(&op.rtype, id), &HashMap::new())?;
-                let rec = self.space.get(keys::version(&op.rtype, id, cur.map(|c| c.version).unwrap_or(0)))?;
-                let rec = rec.map(VersionRecord::decode).transpose()?;
-                Resolved::Outcome(Ok(Applied {
-                    version: cur.map(|c| c.version),
-                    ts_micros: cur.map(|c| c.ts).unwrap_or(0),
-                    created: false,
-                    noop: true,
-                    body: rec.map(|r| Arc::new(r.body().to_vec())),
-                    id: Some(id.clone()),
-                }))
-            }
-            (Action::Update, [id]) if cond.client_id && *id != op.id => Resolved::Outcome(Err(StoreError::BadCondition(format!(
-                "the resource's id '{}' is not the id of the resource the condition matched ('{id}')",
-                op.id
-            )))),
-            (Action::Update, [id]) => {
-                let body = match &op.body {
-                    Some(text) => {
-                        // Checked before proposing; a body that still is not JSON fails this write
-                        // alone (identically on every node), it never stops apply.
-                        let mut v: Value = match serde_json::from_str(text) {
-                            Ok(v) => v,
-                            Err(e) => return Ok(Resolved::Outcome(Err(StoreError::BadCondition(format!("the resource is not valid JSON: {e}"))))),
-                        };
-                        if let Some(o) = v.as_object_mut() {
-                            o.insert("id".into(), Value::String(id.clone()));
-                        }
-                        Some(v.to_string())
-                    }
-                    None => None,
-                };
-                Resolved::Ops(vec![WriteOp { id: id.clone(), body, ..op.clone() }])
-            }
-            (Action::Delete, []) => Resolved::Outcome(Ok(Applied { version: None, ts_micros: 0, created: false, noop: true, body: None, id: None })),
-            (Action::Delete, [_]) => Resolved::Ops(found.iter().map(|id| WriteOp { id: id.clone(), ..op.clone() }).collect()),
-            (Action::Delete, _) if cond.multiple => Resolved::Ops(found.iter().map(|id| WriteOp { id: id.clone(), ..op.clone() }).collect()),
-            // Conditional patch: the proposer patched the match it found at the version it read
-            // (`if_match`); it is written only if the condition still selects exactly that resource.
-            (Action::Patch, [id]) if *id == op.id => Resolved::Ops(vec![op.clone()]),
-            (Action::Patch, [id]) => Resolved::Outcome(Err(StoreError::VersionConflict {
-                rtype: op.rtype.clone(),
-                id: id.clone(),
-                expected: op.if_match.unwrap_or_default(),
-                current: None,
-            })),
-            (Action::Patch, []) => Resolved::Outcome(Err(StoreError::NotFound { rtype: op.rtype.clone(), id: format!("{} (no match for the condition)", op.id) })),
-            _ => Resolved::Outcome(Err(many())),
-        })
-    }
-
-    pub(super) fn current(&self, key: &[u8], overlay: &HashMap<Vec<u8>, Current>) -> Result<Option<Current>, StoreError> {
-        if let Some(c) = overlay.get(key) {
-            return Ok(Some(*c));
-        }
-        self.space.get(key)?.map(|b| Current::decode(&b)).transpose()
-    }
-
-    /// Swaps a resource's index rows for `rows` (empty after a delete): its doc number leaves
-    /// the posting lists of rows it no longer has and joins the new ones.
-    pub(super) fn replace_index_rows(&self, rtype: &str, id: &str, rows: Vec<Vec<u8>>, staged: &mut Staged) -> Result<(), StoreError> {
-        let rkey = index::reverse_key(rtype, id);
-        let old = match staged.index_overlay.get(&rkey) {
-            Some(rows) => rows.clone(),
-            None => match self.space.get(&rkey)? {
-                Some(b) => index::decode_list(&b).ok_or_else(|| StoreError::Corrupt(format!("index list of {rtype}/{id}")))?,
-                None => Vec::new(),
-            },
-        };
-        if old.is_empty() && rows.is_empty() {
-            return Ok(());
-        }
-        let doc = staged.postings.docnum(&self.space, &mut staged.batch, rtype, id)?;
-        // Both lists are sorted: walk them together.
-        let (mut i, mut j) = (0, 0);
-        loop {
-            match (old.get(i), rows.get(j)) {
-                (None, None) => break,
-                (Some(o), Some(n)) if o == n => {
-                    i += 1;
-                    j += 1;
-                }
-                (Some(o), Some(n)) if o > n => {
-                    staged.postings.add(n, doc);
-                    j += 1;
-                }
-                (Some(o), _) => {
-                    staged.postings.remove(o, doc);
-                    i += 1;
-                }
-                (None, Some(n)) => {
-                    staged.postings.add(n, doc);
-                    j += 1;
-                }
-            }
-        }
-        if rows.is_empty() {
-            staged.batch.remove(rkey.as_slice());
-        } else {
-            staged.batch.insert(rkey.as_slice(), index::encode_list(&rows));
-        }
-        staged.index_overlay.insert(rkey, rows);
-        Ok(())
-    }
-
-    fn apply_write(
-        &self,
-        op: &WriteOp,
-        cur: Option<Current>,
-        ts: u64,
-        batch: &mut Writes,
-        overlay: &mut HashMap<Vec<u8>, Current>,
-        rows: &mut Option<Vec<Vec<u8>>>,
-    ) -> OpOutcome {
-        let (rtype, id) = (op.rtype.as_str(), op.id.as_str());
-        let ckey = keys::current(rtype, id);
-        if let Some(expected) = op.if_match {
-            if cur.map(|c| c.version) != Some(expected) {
-                return Err(StoreError::VersionConflict {
-                    rtype: rtype.into(),
-                    id: id.into(),
-                    expected,
-                    current: cur.map(|c| c.version),
-                });
-            }
-        }
-        let (version, created) = match (op.action, cur) {
-            (Action::Create, Some(_)) => return Err(StoreError::AlreadyExists { rtype: rtype.into(), id: id.into() }),
-            (Action::Create, None) => (1, true),
-            (Action::Update | Action::Patch, None) if !op.allow_create => {
-                return Err(StoreError::CreateViaUpdateDisabled { rtype: rtype.into(), id: id.into() })
-            }
-            (Action::Update | Action::Patch, None) => (1, true),
-            (Action::Update | Action::Patch, Some(c)) => (c.version + 1, c.deleted),
-            (Action::Delete, None) => {
-                return Ok(Applied { version: None, ts_micros: ts, created: false, noop: true, body: None, id: None })
-            }
-            (Action::Delete, Some(c)) if c.deleted => {
-                return Ok(Applied { version: Some(c.version), ts_micros: c.ts, created: false, noop: true, body: None, id: None })
-            }
-            (Action::Delete, Some(c)) => (c.version + 1, false),
-        };
-        let body = match (&op.body, op.action) {
-            (_, Action::Delete) => None,
-            (Some(text), _) => {
-                let mut value: Value = serde_json::from_str(text)
-                    .map_err(|e| StoreError::Corrupt(format!("body of {rtype}/{id} in command: {e}")))?;
-                meta::stamp(&mut value, version, ts);
-                if let Some(reg) = &self.search {
-                    *rows = Some(index::rows(reg, rtype, &value));
-                }
-                Some(serde_json::to_vec(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            }
-            (None, _) => return Err(StoreError::Corrupt(format!("write of {rtype}/{id} without a body"))),
-        };
-        let deleted = op.action == Action::Delete;
-        if deleted && self.search.is_some() {
-            *rows = Some(Vec::new());
-        }
-        let now = Current { version, deleted, ts };
-        batch.insert(ckey.clone(), &now.encode());
-        overlay.insert(ckey, now);
-        let record = VersionRecord::encode(op.action, ts, body.as_deref().unwrap_or_default());
-        batch.insert(keys::version(rtype, id, version), record);
-        batch.insert(keys::sys_history(ts, rtype, id, version), &[]);
-        batch.insert(keys::type_history(rtype, ts, id, version), &[]);
-        Ok(Applied { version: Some(version), ts_micros: ts, created, noop: false, body: body.map(Arc::new), id: None })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::command::Condition;
+    use crate::fhir::meta;
+    use crate::machine::command::{Action, Condition};
+    use serde_json::Value;
     use crate::store::resources::{HistoryQuery, HistoryScope, PageDir, Store};
 
     fn op(action: Action, id: &str, body: Option<&str>, if_match: Option<u64>) -> WriteOp {
