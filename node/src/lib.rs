@@ -42,6 +42,7 @@ pub mod consensus;
 pub mod dataio;
 pub mod export;
 pub mod fhir;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod http;
 pub mod identity;
