@@ -1,4 +1,6 @@
-//! The fuzz harnesses' fixtures, built once per process: definitions and the search registry, a small indexed state to search, and a state machine over the seed resources for bundles (rebuilt after any input that wrote).
+//! The fuzz harnesses' fixtures, built once per process: definitions and the search registry, a
+//! small indexed state to search, and a state machine over the seed resources for bundles (rebuilt
+//! after any input that wrote).
 
 use std::sync::{Arc, Mutex, OnceLock};
 

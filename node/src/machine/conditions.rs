@@ -1,4 +1,6 @@
-//! Conditions of replicated writes (conditional create, update, delete and their bundle entries): resolved against the index as of the entry being applied, within the condition row budget, identically on every node.
+//! Conditions of replicated writes (conditional create, update, delete and their bundle entries):
+//! resolved against the index as of the entry being applied, within the condition row budget,
+//! identically on every node.
 
 use super::state_machine::{Resolved, StateMachine};
 use std::collections::HashMap;

@@ -1,4 +1,6 @@
-//! Applying one resource write: staging it (version, current pointer, history row) over the entry's overlay, its index rows replacing the old ones, and committing the staged batch with the applied index.
+//! Applying one resource write: staging it (version, current pointer, history row) over the entry's
+//! overlay, its index rows replacing the old ones, and committing the staged batch with the applied
+//! index.
 
 use super::state_machine::{u64_pair, Staged, StateMachine};
 use std::collections::HashMap;

@@ -9,328 +9,34 @@
 //! its own state machine has applied the write. A proposal whose log index was taken by another
 //! entry (leadership change) is answered "dropped, retry"; one not confirmed in time, "timeout".
 
+mod boot;
+mod handle;
 mod peer;
 mod ready;
 
+pub use boot::{max_entry_bytes, start};
+pub use handle::{BackupStart, PeerStatus, ProposalResult, RaftHandle, RaftStatus};
+use handle::Msg;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::RwLock;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole, Storage as _};
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::storage::SledStorage;
-use super::transport::{FaultFilter, ForwardCheck, Frame, Hooks, Inbound, Transport};
+use super::transport::{Frame, Transport};
 use super::ConsensusError;
-use crate::consensus::config::{ConsensusSettings, PeerConfig};
+use crate::consensus::config::PeerConfig;
 use crate::metrics::raft::RaftMetrics;
 use crate::machine::command::CommandV1;
-use crate::store::snapshot::{Capture, Staging};
-use crate::machine::{Command, OpOutcome, StateMachine};
-
-/// What a proposer gets back: the per-write outcomes of its applied entry.
-pub type ProposalResult = Result<Vec<OpOutcome>, ConsensusError>;
-
-enum Msg {
-    /// `span`: the proposer's tracing span, entered to log this proposal's progress.
-    Propose { data: Vec<u8>, timeout: Duration, reply: oneshot::Sender<ProposalResult>, span: tracing::Span },
-    ConfChange { cc: ConfChangeV2, reply: oneshot::Sender<ProposalResult> },
-    ReadIndex { reply: oneshot::Sender<Result<u64, ConsensusError>> },
-    Backup { reply: oneshot::Sender<Result<BackupStart, ConsensusError>> },
-    Peer(Inbound),
-    Stop,
-}
-
-/// One member as `/_cluster/status` shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct PeerStatus {
-    pub id: u64,
-    /// Raft transport address.
-    pub address: String,
-    pub http_url: String,
-    pub admin_url: String,
-    /// "voter" or "learner".
-    pub role: &'static str,
-    /// Highest log index known to be replicated on the peer (known on the leader only).
-    pub match_index: Option<u64>,
-    /// `last_index - match_index` on the leader.
-    pub lag: Option<u64>,
-}
-
-/// The node's view of consensus, for `/_cluster/status`.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RaftStatus {
-    pub id: u64,
-    pub role: &'static str,
-    pub term: u64,
-    pub leader_id: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub first_index: u64,
-    pub last_index: u64,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    pub peers: Vec<PeerStatus>,
-}
-
-/// A capture of the state machine started for a backup ([`RaftHandle::begin_backup`]): stream
-/// `id` of the shared [`Capture`], the state exactly at `index` (of `term`).
-#[derive(Debug, Clone, Copy)]
-pub struct BackupStart {
-    pub id: u64,
-    pub index: u64,
-    pub term: u64,
-}
-
-/// A cloneable handle to the Raft thread.
-#[derive(Clone)]
-pub struct RaftHandle {
-    tx: Sender<Msg>,
-    status: Arc<RwLock<RaftStatus>>,
-    write_timeout: Duration,
-    faults: Option<Arc<FaultFilter>>,
-    /// Largest command accepted for the log: every entry must fit in one transport frame.
-    max_entry_bytes: usize,
-    /// The state machine's snapshot capture (Raft snapshots and backups share it).
-    capture: Arc<Capture>,
-}
-
-impl RaftHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Msg) -> Result<T, ConsensusError> {
-        self.ask_within(self.write_timeout, make).await
-    }
-
-    async fn ask_within<T>(&self, timeout: Duration, make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Msg) -> Result<T, ConsensusError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| ConsensusError::Stopped)?;
-        // The Raft thread answers at its own deadline; this one only guards against a lost reply.
-        match tokio::time::timeout(timeout + Duration::from_secs(2), rx).await {
-            Ok(Ok(result)) => result,
-            // The loop ended without answering: the request may have reached the log.
-            Ok(Err(_)) => Err(ConsensusError::StoppedOutcomeUnknown),
-            Err(_) => Err(ConsensusError::Timeout(timeout.as_millis() as u64)),
-        }
-    }
-
-    /// Proposes a command; resolves once it is committed, durable and applied on THIS node.
-    pub async fn propose(&self, cmd: &Command) -> ProposalResult {
-        self.propose_within(cmd, Duration::ZERO).await
-    }
-
-    /// [`Self::propose`] for a large command (a bundle), allowed `extra` time beyond
-    /// `write_timeout_ms` to be replicated and applied.
-    pub async fn propose_within(&self, cmd: &Command, extra: Duration) -> ProposalResult {
-        let timeout = self.write_timeout + extra;
-        let data = cmd.encode();
-        if data.len() > self.max_entry_bytes {
-            return Err(ConsensusError::TooLarge { bytes: data.len(), limit: self.max_entry_bytes });
-        }
-        let span = tracing::Span::current();
-        self.ask_within(timeout, |reply| Msg::Propose { data, timeout, reply, span }).await
-    }
-
-    /// Proposes a membership change (leader only).
-    pub async fn change_membership(&self, cc: ConfChangeV2) -> Result<(), ConsensusError> {
-        self.ask(|reply| Msg::ConfChange { cc, reply }).await.map(|_| ())
-    }
-
-    /// Linearizable read barrier (Raft ReadIndex): resolves once this node has applied everything
-    /// the leader had committed when the read arrived.
-    pub async fn read_barrier(&self) -> Result<u64, ConsensusError> {
-        self.ask(|reply| Msg::ReadIndex { reply }).await
-    }
-
-    /// Starts capturing the state machine at its applied index for a backup, on the Raft thread
-    /// (between entries, so the capture is exactly the state at that index). The caller streams
-    /// it with [`Capture::next_chunk`] and must end it with [`Capture::finish`]. `Busy` while a
-    /// snapshot transfer or another backup holds the capture.
-    pub async fn begin_backup(&self) -> Result<BackupStart, ConsensusError> {
-        self.ask(|reply| Msg::Backup { reply }).await
-    }
-
-    /// The capture [`Self::begin_backup`] starts.
-    pub fn capture(&self) -> &Arc<Capture> {
-        &self.capture
-    }
-
-    pub fn status(&self) -> RaftStatus {
-        self.status.read().clone()
-    }
-
-    /// Whether this node is the leader it knows of (the leader-only actors run while it is).
-    pub fn leads(&self) -> bool {
-        let st = self.status.read();
-        st.role == "leader" && st.leader_id == st.id
-    }
-
-    /// The transport's fault filter (multi-node only).
-    pub fn faults(&self) -> Option<&Arc<FaultFilter>> {
-        self.faults.as_ref()
-    }
-
-    /// Asks the loop to stop after its current turn.
-    pub fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
-    }
-}
-
-/// Starts the Raft thread (and, with peers configured, the transport) over `db`.
-/// `check` vets the command of every write a follower forwards, before this node proposes it.
-/// `metrics`: what the loop records as it goes (`crate::metrics::raft`).
-pub fn start(cfg: &ConsensusSettings, db: sled::Db, sm: StateMachine, check: ForwardCheck, metrics: Arc<RaftMetrics>) -> Result<(RaftHandle, JoinHandle<()>), ConsensusError> {
-    let state = db.open_tree("state")?;
-    let voters = cfg.cluster.initial_voters(cfg.node_id);
-    let capture = Arc::new(Capture::new(db.open_tree("snapshot_preimages")?));
-    let staging = Arc::new(Staging::new(db.open_tree(crate::store::snapshot::STAGING_TREE)?));
-    let mut sm = sm.with_capture(capture.clone());
-    let storage = SledStorage::open_with_state(db.open_tree("raft")?, Some((state.clone(), capture.clone())), &voters)?;
-    // The state machine is authoritative: its conf state and applied index are written in the
-    // same batch as the data, the log's copies may lag after a crash.
-    if let Some(bytes) = sm.conf_state().map_err(storage_failure)? {
-        let cs = ConfState::parse_from_bytes(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?;
-        storage.set_conf_state(&cs)?;
-    }
-    let fresh = sm.applied_index() == 0 && storage.last_index()? == 0 && storage.first_index()? == 1;
-    if fresh && !voters.is_empty() {
-        // Bootstrap: members of the initial cluster start from the same snapshot point (index 1,
-        // term 1, the initial voters) instead of an empty log. The log then starts at 2, so a
-        // node added later always receives a snapshot (with the current membership) rather
-        // than replaying conf changes from an empty configuration.
-        let mut cs = ConfState::default();
-        cs.voters = voters.clone();
-        let bytes = cs.write_to_bytes().map_err(|e| ConsensusError::Storage(e.to_string()))?;
-        sm.apply_conf(1, 1, &bytes, None).map_err(storage_failure)?;
-        storage.reset_to(1, 1, Some(&cs))?;
-        db.flush()?;
-    }
-    // The log must agree with the state machine at its applied index; if a crash fell between
-    // installing a snapshot's state and resetting the log, reset it now.
-    let applied = sm.applied_index();
-    let mismatch = matches!(storage.term(applied), Ok(t) if t != sm.applied_term());
-    if applied > 0 && (applied > storage.last_index()? || mismatch) {
-        storage.reset_to(applied, sm.applied_term(), None)?;
-    }
-    let mut hs = storage.hard_state()?;
-    if hs.commit < sm.applied_index() {
-        hs.commit = sm.applied_index();
-        storage.set_hard_state(&hs)?;
-    }
-    let raft_cfg = raft::Config {
-        id: cfg.node_id,
-        election_tick: cfg.raft.election_ticks,
-        heartbeat_tick: cfg.raft.heartbeat_ticks,
-        applied: sm.applied_index(),
-        // A message carries entries up to this size (or one larger entry), so it fits in a frame.
-        max_size_per_msg: (cfg.cluster.max_frame_bytes as u64 / 4).min(1024 * 1024),
-        max_inflight_msgs: 256,
-        pre_vote: true,
-        check_quorum: true,
-        ..Default::default()
-    };
-    raft_cfg.validate()?;
-    // What this node must have applied before it serves (see the wait below): the commit index
-    // it recorded, or, as the only voter, every entry of its durable log (each is committed).
-    let single_voter = {
-        let cs = storage.conf_state()?;
-        cs.voters == [cfg.node_id] && cs.learners.is_empty()
-    };
-    let catch_up_to = if single_voter { storage.last_index()? } else { hs.commit };
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let mut raw = RawNode::new(&raft_cfg, storage, &logger)?;
-    let conf = raw.store().conf_state()?;
-    if conf.voters == [cfg.node_id] && conf.learners.is_empty() {
-        // A one-voter group elects itself at once instead of waiting for an election timeout.
-        raw.campaign()?;
-    }
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let status = Arc::new(RwLock::new(RaftStatus { id: cfg.node_id, applied_index: sm.applied_index(), ..Default::default() }));
-    let transport = if cfg.cluster.peers.is_empty() {
-        None
-    } else {
-        let inbox = tx.clone();
-        let (sink, known) = (staging.clone(), status.clone());
-        let hooks = Hooks {
-            forward: check,
-            // Only the leader this node knows may stream it a snapshot.
-            snapshot: Arc::new(move |from, id, seq, last, data: &[u8]| {
-                let leader = known.read().leader_id;
-                if from != leader {
-                    return Err(format!("node {from} is not the leader (node {leader})"));
-                }
-                sink.accept(id, seq, last, data).map_err(|e| e.to_string())
-            }),
-        };
-        let t = Transport::start(
-            cfg.node_id,
-            &cfg.cluster,
-            Arc::new(move |m| {
-                let _ = inbox.send(Msg::Peer(m));
-            }),
-            hooks,
-        )
-        .map_err(|e| ConsensusError::Transport(e.to_string()))?;
-        Some(t)
-    };
-    let start_applied = sm.applied_index();
-    let mut node = Node {
-        me: cfg.node_id,
-        raw,
-        sm,
-        db,
-        transport: transport.clone(),
-        // Random, not the clock: ids of a restarted process must not meet its old entries' ids
-        // still in the log (a clock set back would repeat them).
-        next_req: uuid::Uuid::new_v4().as_u64_pair().0 >> 2,
-        waiters: HashMap::new(),
-        queued: VecDeque::new(),
-        by_index: BTreeMap::new(),
-        reads: HashMap::new(),
-        checked_term: 0,
-        snapshot_index: 0,
-        pinned_term: 0,
-        durable_applied: start_applied,
-        staging,
-        chunk_bytes: (cfg.cluster.max_frame_bytes / 4).min(4 * 1024 * 1024),
-        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
-        tick: Duration::from_millis(cfg.raft.tick_ms),
-        keep_entries: cfg.raft.log_keep_entries,
-        max_log_bytes: cfg.raft.log_max_bytes,
-        bytes_since_compact: 0,
-        status: status.clone(),
-        metrics,
-    };
-    node.refresh_peers();
-    let handle = std::thread::Builder::new()
-        .name(format!("raft-{}", cfg.node_id))
-        .spawn(move || node.run(rx))
-        .map_err(|e| ConsensusError::Raft(format!("cannot start the raft thread: {e}")))?;
-    // A write is acknowledged once applied, but the applied state is made durable with the next
-    // fsync; after a crash the entries are in the log and are applied again. Wait for that
-    // before the node serves, so it never answers with less than it acknowledged (bounded: a
-    // lone voter that cannot elect itself in time serves anyway, with a warning).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while status.read().applied_index < catch_up_to {
-        if handle.is_finished() || std::time::Instant::now() > deadline {
-            tracing::warn!(applied = status.read().applied_index, catch_up_to, "serving before the log is applied again");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let faults = transport.map(|t| t.faults.clone());
-    let max_entry_bytes = max_entry_bytes(cfg.cluster.max_frame_bytes);
-    Ok((RaftHandle { tx, status, write_timeout: Duration::from_millis(cfg.write_timeout_ms), faults, max_entry_bytes, capture }, handle))
-}
-
-/// The largest entry that fits in a frame of `max_frame` bytes with its Raft message around it.
-pub fn max_entry_bytes(max_frame: usize) -> usize {
-    max_frame - (max_frame / 16).min(1024 * 1024)
-}
+use crate::store::snapshot::Staging;
+use crate::machine::{Command, StateMachine};
 
 enum Stage {
     /// Waiting for a leader (data kept to send).
@@ -358,7 +64,7 @@ struct ReadWaiter {
     index: Option<u64>,
 }
 
-struct Node {
+pub(super) struct Node {
     me: u64,
     raw: RawNode<SledStorage>,
     sm: StateMachine,
@@ -707,6 +413,6 @@ impl Node {
     }
 }
 
-fn storage_failure(e: crate::store::StoreError) -> ConsensusError {
+pub(super) fn storage_failure(e: crate::store::StoreError) -> ConsensusError {
     ConsensusError::Storage(e.to_string())
 }
