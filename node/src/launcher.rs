@@ -181,7 +181,7 @@ fn spawn_node(exe: &Path, id: u64, config: &Path) -> Result<Running, LauncherErr
 }
 
 fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client")
+    crate::dataio::client::Conn::default().client(Some(Duration::from_secs(30))).expect("HTTP client")
 }
 
 /// The operator API's token for the membership commands (`--admin-token-file`), if any.

@@ -1,4 +1,5 @@
-//! The HTTP client of `kiln import` / `kiln backup`: blocking reqwest (rustls), an optional
+//! The one operator HTTP client of the `kiln` commands (`import`, `backup`, `reindex`) and of the
+//! local cluster launcher: blocking reqwest (rustls), an optional
 //! bearer token (`--token-file`), an optional extra CA for `https://` nodes with a private CA
 //! (`--ca-file`), and the error text of a FHIR OperationOutcome.
 
