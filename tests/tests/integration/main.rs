@@ -16,6 +16,7 @@ mod export;
 mod history;
 mod hostile;
 mod k8s;
+mod layers;
 mod meili;
 mod metrics;
 mod negotiation;
