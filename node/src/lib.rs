@@ -187,7 +187,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
         None => None,
     };
     let s3 = cfg.s3.as_ref().map(objects::S3::open).transpose()?;
-    let blobs = Arc::new(binary::Blobs::open(&cfg, s3.clone()).map_err(|source| StartError::Blobs { path: cfg.data_dir.display().to_string(), source })?);
+    let blobs = Arc::new(binary::Blobs::open(&cfg.binary, &cfg.data_dir, cfg.cluster.peers.len() > 1 || cfg.cluster.join, cfg.fhir_version, s3.clone()).map_err(|source| StartError::Blobs { path: cfg.data_dir.display().to_string(), source })?);
     let text_search = meili::Meili::from_config(&cfg.meilisearch).map_err(StartError::Meili)?.map(Arc::new);
     let db = store::db::open(&cfg.data_dir, &cfg.storage)
         .map_err(|source| StartError::DataDir { path: cfg.data_dir.display().to_string(), source })?;

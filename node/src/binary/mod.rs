@@ -143,19 +143,20 @@ impl Place {
 }
 
 impl Blobs {
-    /// Opens (creates) the local blob folder `data_dir/blobs`.
-    pub fn open(cfg: &crate::Config, s3: Option<S3>) -> std::io::Result<Blobs> {
-        let dir: PathBuf = cfg.data_dir.join("blobs");
+    /// Opens (creates) the local blob folder `data_dir/blobs`. `clustered`: the node is (or
+    /// joins) a cluster of several nodes, where local files would not survive losing a node.
+    pub fn open(cfg: &BinaryConfig, data_dir: &std::path::Path, clustered: bool, version: FhirVersion, s3: Option<S3>) -> std::io::Result<Blobs> {
+        let dir: PathBuf = data_dir.join("blobs");
         std::fs::create_dir_all(&dir)?;
         let local = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(std::io::Error::other)?;
         Ok(Blobs {
-            cfg: cfg.binary.clone(),
+            cfg: cfg.clone(),
             s3,
             local: Arc::new(local),
             local_place: format!("the local blob store {}", dir.display()),
             local_dir: dir,
-            clustered: cfg.cluster.peers.len() > 1 || cfg.cluster.join,
-            version: cfg.fhir_version,
+            clustered,
+            version,
         })
     }
 
