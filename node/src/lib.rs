@@ -1,33 +1,25 @@
 //! # Kiln: a replicated FHIR server
 //!
 //! ## Layout
-//! - [`config`]: the typed TOML configuration of a node.
-//! - [`error`]: the one table from every error to HTTP status and FHIR issue code.
-//! - [`fhir`]: version, resource types, ids, meta stamping, JSON-schema validation, `_summary`.
-//! - [`http`]: the REST API (actix-web), one file per interaction family; the routing table that
-//!   also generates the CapabilityStatement.
+//! Layers, bottom to top; a module imports only modules of the layers below it (the table with
+//! what each owns is in docs/architecture.md, "Layers"; `tests/tests/integration/layers.rs`
+//! keeps it so).
+//! - base: [`budget`] (a request's work budget), [`trace`] (request id and write-path span),
+//!   [`pki`] (PEM, rustls, the API's TLS), [`fhir`], [`tenancy`], [`objects`] (S3), [`metrics`]
+//!   (the registry of metric structs).
+//! - [`store`]: the stored state (key layout, tenants' spaces, resources and history, snapshots).
+//! - [`index`]: index row keys, posting blocks, the read budget.
+//! - [`terminology`]: CodeSystems / ValueSets, expansion, subsumption.
+//! - [`search`]: registry, FHIRPath, extraction, parsing, the executor, paging, sort.
+//! - [`machine`]: the replicated state machine (commands, apply, replicated job and cursor records).
+//! - [`consensus`]: its config, the raft-rs loop, log storage, transport (mTLS).
 //! - [`actors`]: one actor per resource type: the write pipeline (validate, stamp, group commit).
-//! - [`auth`]: authentication (JWT, API keys) and authorization (group rules, SMART scopes,
-//!   the patient compartment), enforced by one middleware and the guards the handlers share.
-//! - [`consensus`]: raft-rs `RawNode` loop, its sled log storage, the peer transport (mTLS).
-//! - [`search`]: search parameter registry, FHIRPath subset for value extraction.
-//! - [`store`]: key layout, the deterministic state machine, snapshots, and reads.
-//! - [`export`]: bulk `$export`: replicated jobs, export actors on the leader, NDJSON sinks.
-//! - [`meili`]: `_content` / `_text` through Meilisearch: the indexer on the leader (history
-//!   rows after a replicated cursor), documents, text queries, `kiln reindex`.
-//! - [`subscription`]: R4 Subscriptions: criteria matched against the applied history, rest-hook
-//!   delivery by the leader's notifier (replicated positions), the websocket channel.
-//! - [`fuzzing`]: entry points the fuzz targets (`node/fuzz/`) and their corpus replay test share.
-//! - [`tenancy`]: which tenant a request works in (`/tenant/{id}/…` or the token's claim); each
-//!   tenant's data is its own key space of the state ([`store::space`]).
-//! - [`objects`]: S3-compatible object storage (`[s3]`): client, streaming writer, presigned URLs.
-//! - [`binary`]: Binary content outside the Raft log (inline, local blob folder or `[s3]`).
-//! - [`metrics`]: Prometheus metrics (`GET /metrics`): requests, Raft, search, storage.
-//! - [`dataio`]: `kiln import` (NDJSON), `kiln backup` / `kiln restore` and `GET /_cluster/backup`.
-//! - [`terminology`]: the shipped and stored CodeSystems / ValueSets: expansion, subsumption,
-//!   the token modifiers `:in` / `:not-in` / `:below` / `:above`, `$expand`, `$lookup`,
-//!   `$validate-code`, `$subsumes`.
-//! - [`launcher`]: `kiln cluster ...` (local cluster, membership commands, certificates).
+//! - services: [`binary`], [`auth`] (authentication and authorization core), [`export`],
+//!   [`meili`], [`subscription`], [`dataio`] (import, backup, the operator HTTP client).
+//! - [`config`]: the node's config file, assembling each module's section.
+//! - [`http`]: every handler, middleware and guard, `AppState`, the one error table.
+//! - composition: [`identity`], [`launcher`] (`kiln cluster …`), `fuzzing` (tests and
+//!   `node/fuzz/` only), [`start_node`] here, and `main.rs` with `cli/`.
 //!
 //! A write goes HTTP → `ResourceActor` → `RaftHandle::propose` → Raft log (fsync) → commit →
 //! `StateMachine::apply` (one sled batch) → answer. Reads go straight from HTTP to [`store::Store`].

@@ -2,12 +2,12 @@
 //! bearer token or an API key) and what they may do ([`Principal::grant`]: FWoA-style group
 //! rules AND SMART on FHIR scopes, each enforced when present).
 //!
-//! The layers: [`middleware`] authenticates every request once (401 before any handler runs) and
+//! The layers: `crate::http::authenticate` authenticates every request once (401 before any handler runs) and
 //! puts the [`Principal`] in the request; the handlers' shared paths (read, search, history,
-//! writes, bundle entries) ask [`guard`] before they touch data, so a bundle entry, an `_include`
+//! writes, bundle entries) ask `crate::http::guard` before they touch data, so a bundle entry, an `_include`
 //! and a plain read pass the same checks. Files: [`config`] (`[auth]`), [`jwt`] (verification,
 //! JWKS, cache), [`rbac`] (group rules), [`smart`] (scopes), [`api_keys`], [`token`] (`kiln
-//! token`), [`guard`] (decisions on resources and compartments), [`audit`] (one line per request).
+//! token`), [`audit`] (one line per request).
 
 pub mod api_keys;
 pub mod audit;

@@ -5,9 +5,10 @@
 //!
 //! - [`format`]: the backup file (the Raft snapshot's pair encoding with a header and a
 //!   verified trailer), shared by the server, the client and the restore.
-//! - [`endpoint`]: `GET /_cluster/backup` on the operator listener.
+//! - `crate::http::dataio`: `GET /_cluster/backup` on the operator listener.
 //! - [`backup`], [`restore`], [`import`]: the commands.
-//! - [`client`]: the HTTP client those commands share (bearer token, extra CA, retries).
+//! - [`client`]: the operator HTTP client those commands, `kiln reindex` and the launcher share
+//!   (bearer token, extra CA, retries).
 
 pub mod backup;
 pub mod client;

@@ -1,9 +1,9 @@
 //! Bulk Data `$export` (FHIR Bulk Data Access IG 2.0): system, Patient and Group level.
 //!
-//! A kick-off ([`http`]) is checked on the node that receives it ([`params`], the auth guard)
-//! and proposed through Raft as an [`job::ExportOp::Start`]; apply fixes the instant the export
+//! A kick-off (`crate::http::export`) is checked on the node that receives it ([`params`], the auth guard)
+//! and proposed through Raft as an [`crate::machine::export_job::ExportOp::Start`]; apply fixes the instant the export
 //! is consistent with and decides Group members and `_typeFilter` matches on the state at that
-//! entry ([`crate::machine::export_apply`]). The job is replicated state ([`state`]), so any node
+//! entry ([`crate::machine::export_apply`]). The job is replicated state ([`crate::machine::export_state`]), so any node
 //! answers the status URL. On the leader a [`runner::JobActor`] per job streams NDJSON parts
 //! ([`scan`]: the version of each resource as of the job's instant, in id order) through an
 //! [`sink::ExportSink`]: local files (default) or S3 objects, and checkpoints each durable part

@@ -1,8 +1,13 @@
 //! The FHIR REST API over actix-web. [`INTERACTIONS`] is the one table of what is served: the router
 //! registers exactly these routes and `/metadata` describes exactly these interactions. One file per
 //! interaction family: [`crud`], [`patch`], [`history`], [`search`], [`transaction`] (with
-//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`]; [`request_id`] is the `X-Request-Id` and the request's tracing span; [`bundle`] holds what bundles share;
-//! [`tls`] is TLS on this API (`[api_tls]`).
+//! [`bundle_plan`] and [`dispatch`]), [`metadata`], [`admin`], [`binary`], [`export`],
+//! [`terminology`], [`meili`], [`dataio`], [`operations`], [`websocket`], [`scrape`]
+//! (`/metrics`); [`request_id`] is the `X-Request-Id` and the request's tracing span;
+//! [`bundle`] holds what bundles share. Around every handler: [`authenticate`] (the
+//! middleware), [`observe`] (request metrics); inside: [`guard`] (authorization decisions),
+//! [`work`] and [`heavy`] (where costly reads run), [`error`] (the one error table). TLS on this
+//! API is `crate::pki::api`.
 
 pub mod admin;
 pub mod authenticate;

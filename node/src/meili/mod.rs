@@ -3,14 +3,14 @@
 //! The embedded index stays the source of truth for FHIR search; Meilisearch adds `_content`
 //! and `_text` (typo-tolerant, ranked by relevance). Nothing is added to the write path: the
 //! system history rows every apply batch writes are an ordered outbox on every node, and the
-//! only new replicated state is the indexer's cursor ([`cursor`], moved through Raft).
+//! only new replicated state is the indexer's cursor (`crate::machine::meili_cursor`, moved through Raft).
 //! - [`config`]: the `[meilisearch]` section.
 //! - [`document`]: the document of one resource (narrative, strings, codes), bounded.
 //! - [`indexer`]: the supervisor and the indexer actor that runs on the leader only: history
 //!   after the cursor → current versions → Meilisearch (waiting for each task) → cursor move.
 //! - [`query`]: `_content` / `_text` through Meilisearch, as doc numbers with scores.
 //! - [`status`]: what `/_cluster/status` shows (cursor, lag, last error) and the lag check.
-//! - [`http`]: `POST /_cluster/meilisearch/reindex` on the operator API (`kiln reindex`).
+//! - `crate::http::meili`: `POST /_cluster/meilisearch/reindex` on the operator API (`kiln reindex`).
 //!
 //! One [`Meili`] per node holds the client (the key read from `api_key_file` at start) and the
 //! indexer's last state; every node answers text queries with its own client.

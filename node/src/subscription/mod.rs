@@ -8,7 +8,7 @@
 //!   when the server activates it.
 //! - [`criteria`]: criteria parsed as a search of this server, and the matcher that judges one
 //!   version with the search implementation itself (a scratch index).
-//! - [`cursor`]: the replicated rest-hook delivery positions (`CommandV1::SubscriptionCursor`).
+//! - `crate::machine::sub_cursor`: the replicated rest-hook delivery positions (`CommandV1::SubscriptionCursor`).
 //! - [`notifier`]: the leader-only actor: activates Subscriptions (a replicated write of
 //!   `status`), reads history after the positions, matches, delivers rest-hooks at least once
 //!   with per-Subscription queues, retries with backoff, sets `error` after `max_retries`.

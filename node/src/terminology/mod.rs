@@ -7,8 +7,9 @@
 //!   users store (read from the node's replicated state through the `url` search index). A stored
 //!   resource with the canonical url of a shipped one overrides it.
 //! - [`expand`]: value set expansion (include / exclude, concept lists, filters, imports), bounded.
-//! - [`search`]: the token modifiers `:in`, `:not-in`, `:below`, `:above` on the posting lists.
-//! - [`ops`]: the operations' answers; [`http`]: their routes, `ValueSet/$expand`, `ValueSet/$validate-code`, `CodeSystem/$lookup`,
+//! - `crate::search::terms`: the token modifiers `:in`, `:not-in`, `:below`, `:above` on the
+//!   posting lists (in search, which builds on this module).
+//! - [`ops`]: the operations' answers; `crate::http::terminology`: their routes, `ValueSet/$expand`, `ValueSet/$validate-code`, `CodeSystem/$lookup`,
 //!   `CodeSystem/$subsumes`.
 //!
 //! A conditional write's search

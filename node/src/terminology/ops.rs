@@ -1,4 +1,4 @@
-//! The terminology operations' answers, apart from HTTP ([`super::http`] reads the parameters and
+//! The terminology operations' answers, apart from HTTP (`crate::http::terminology` reads the parameters and
 //! routes): `$expand` (a ValueSet with `expansion`: `filter` on code or display, case-insensitive
 //! substring; `offset` / `count` paging over the filtered codes; `total`), `$validate-code`,
 //! `$lookup` and `$subsumes` (Parameters).
