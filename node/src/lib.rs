@@ -60,7 +60,7 @@ use actix_web::{web, App, HttpServer};
 
 pub use config::Config;
 
-use crate::actors::Registry;
+use crate::actors::Mailboxes;
 use crate::consensus::{ConsensusError, RaftHandle};
 use crate::fhir::Definitions;
 use crate::machine::StateMachine;
@@ -213,7 +213,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let cfg = thread_cfg;
                 let subscriptions = Arc::new(subscription::Subscriptions::new(Arc::new(subscription::Rules::with(cfg.subscriptions.clone(), search.clone(), defs.clone()))));
                 let settings = cfg.actor_settings().with_hook(cfg.subscription_hook(&subscriptions.rules));
-                let registry = Arc::new(Registry::start(defs.clone(), thread_raft.clone(), settings, workers));
+                let registry = Arc::new(Mailboxes::start(defs.clone(), thread_raft.clone(), settings, workers));
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();
                 let admin_listen = cfg.admin_listen.clone();
@@ -230,21 +230,21 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     s3: s3.clone().map(|s3| Arc::new(export::s3_sink::S3Sink { s3 }) as Arc<dyn export::sink::ExportSink>),
                     rewrites: tokio::sync::Semaphore::new(1),
                 });
-                let export_supervisor = actix::Actor::start(export::runner::Supervisor::new(exporter.clone()));
+                let export_supervisor = actix::Actor::start(export::runner::ExportSupervisor::new(exporter.clone()));
                 if let Some(m) = &text_search {
                     let cx = meili::indexer::IndexerCtx { meili: m.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone() };
-                    actix::Actor::start(meili::indexer::Supervisor::new(Arc::new(cx)));
+                    actix::Actor::start(meili::indexer::IndexerSupervisor::new(Arc::new(cx)));
                 }
                 if subscriptions.enabled() {
                     let cx = subscription::notifier::NotifierCtx { subs: subscriptions.clone(), raft: thread_raft.clone(), tree: store.tree().tree().clone() };
-                    actix::Actor::start(subscription::notifier::Supervisor::new(Arc::new(cx)));
+                    actix::Actor::start(subscription::notifier::NotifierSupervisor::new(Arc::new(cx)));
                     actix_web::rt::spawn(subscription::websocket::pinger(subscriptions.clone(), store.tree().tree().clone()));
                 }
                 let state = web::Data::new(http::AppState {
                     cfg,
                     defs,
                     store,
-                    registry: registry.clone(),
+                    actors: registry.clone(),
                     raft: thread_raft,
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),

@@ -1,5 +1,5 @@
 //! The write pipeline: one [`resource::ResourceActor`] per resource type validates, stamps ids, and
-//! coalesces concurrent writes of its type into one Raft proposal. [`registry::Registry`] finds the
+//! coalesces concurrent writes of its type into one Raft proposal. [`registry::Mailboxes`] finds the
 //! actor of a type; [`msg`] holds every message; [`leader`] runs the leader-only loops.
 
 pub mod leader;
@@ -8,7 +8,7 @@ pub mod registry;
 pub mod resource;
 
 pub use msg::{Write, WriteIntent};
-pub use registry::Registry;
+pub use registry::Mailboxes;
 
 use crate::consensus::ConsensusError;
 use crate::fhir::FhirError;

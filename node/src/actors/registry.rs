@@ -11,14 +11,14 @@ use crate::consensus::RaftHandle;
 use crate::fhir::Definitions;
 
 /// The actor of every resource type.
-pub struct Registry {
+pub struct Mailboxes {
     actors: HashMap<&'static str, Addr<ResourceActor>>,
     arbiters: Vec<Arbiter>,
 }
 
-impl Registry {
+impl Mailboxes {
     /// Must run inside an actix system. `threads` arbiters host the actors.
-    pub fn start(defs: Arc<Definitions>, raft: RaftHandle, settings: ActorSettings, threads: usize) -> Registry {
+    pub fn start(defs: Arc<Definitions>, raft: RaftHandle, settings: ActorSettings, threads: usize) -> Mailboxes {
         let arbiters: Vec<Arbiter> = (0..threads.max(1)).map(|_| Arbiter::new()).collect();
         let mut actors = HashMap::new();
         for (i, rtype) in defs.types.iter().copied().enumerate() {
@@ -26,7 +26,7 @@ impl Registry {
             let addr = ResourceActor::start_in_arbiter(&arbiters[i % arbiters.len()].handle(), move |_| actor);
             actors.insert(rtype, addr);
         }
-        Registry { actors, arbiters }
+        Mailboxes { actors, arbiters }
     }
 
     pub fn get(&self, rtype: &str) -> Option<&Addr<ResourceActor>> {

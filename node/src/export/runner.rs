@@ -1,4 +1,4 @@
-//! The export actors. A [`Supervisor`] runs on every node: on the leader it starts one
+//! The export actors. A [`ExportSupervisor`] runs on every node: on the leader it starts one
 //! [`JobActor`] per active job (resuming from the job's replicated cursor), removes cancelled and
 //! expired jobs after deleting their outputs, and stops its job actors when the node stops
 //! leading; on every node it deletes local part files of jobs that are gone. A job actor writes
@@ -253,7 +253,7 @@ async fn run(ex: &Arc<Exporter>, id: &str) -> Result<(), ExportError> {
 }
 
 /// Starts and stops the job actors of this node and cleans up after jobs.
-pub struct Supervisor {
+pub struct ExportSupervisor {
     ex: Arc<Exporter>,
     running: HashMap<String, Addr<JobActor>>,
     /// Jobs whose outputs are being deleted (cancelled or expired) by this node, and jobs whose
@@ -263,9 +263,9 @@ pub struct Supervisor {
     ticks: u64,
 }
 
-impl Supervisor {
-    pub fn new(ex: Arc<Exporter>) -> Supervisor {
-        Supervisor { ex, running: HashMap::new(), cleaning: Default::default(), retry: Default::default(), ticks: 0 }
+impl ExportSupervisor {
+    pub fn new(ex: Arc<Exporter>) -> ExportSupervisor {
+        ExportSupervisor { ex, running: HashMap::new(), cleaning: Default::default(), retry: Default::default(), ticks: 0 }
     }
 
     fn tick(&mut self, _ctx: &mut Context<Self>) {
@@ -361,7 +361,7 @@ impl Supervisor {
     }
 }
 
-impl Actor for Supervisor {
+impl Actor for ExportSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -374,7 +374,7 @@ impl Actor for Supervisor {
 #[rtype(result = "()")]
 pub struct Poke;
 
-impl Handler<Poke> for Supervisor {
+impl Handler<Poke> for ExportSupervisor {
     type Result = ();
     fn handle(&mut self, _: Poke, ctx: &mut Context<Self>) {
         self.tick(ctx);

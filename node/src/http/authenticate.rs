@@ -112,7 +112,7 @@ fn audit(log: &crate::auth::audit::AuditLog, subject: &str, tenant: Option<&str>
     if segments.first() == Some(&"tenant") && segments.len() >= 2 {
         segments.drain(..2);
     }
-    let (interaction, rtype, id) = crate::http::classify(method, &segments);
+    let (interaction, rtype, id) = crate::http::interaction_of(method, &segments);
     let outcome = if status < 400 {
         "allowed"
     } else if status == 401 || status == 403 {

@@ -91,7 +91,7 @@ pub async fn send_write_vetted(ctx: &Ctx, st: &AppState, rtype: &'static str, mu
     if let Some(cond) = &intent.condition {
         precheck(st, &ctx.store, rtype, cond).await?;
     }
-    let addr = st.registry.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
+    let addr = st.actors.get(rtype).ok_or_else(|| WriteError::Mailbox(rtype.to_string()))?;
     match addr.send(Write(intent, ctx.tenant.clone(), crate::trace::Trace::current())).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(WriteError::Mailbox(rtype.to_string()).into()),

@@ -1,5 +1,10 @@
 //! The one error table: every error a request can meet, from every module, mapped to an HTTP status
 //! and a FHIR `issue.code`, and rendered as an OperationOutcome whose diagnostics say what to fix.
+//!
+//! One thread-local stays, on purpose: the FHIR version of the node an HTTP worker serves
+//! ([`set_thread_version`], set by the app factory), because actix renders an error through
+//! `ResponseError::error_response(&self)`, which sees neither the request nor the app state, and
+//! a few issue codes differ in STU3.
 
 use std::cell::Cell;
 

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::actors::Registry;
+use crate::actors::Mailboxes;
 use crate::config::Config;
 use crate::consensus::RaftHandle;
 use crate::http::error::ApiError;
@@ -108,7 +108,7 @@ pub struct AppState {
     pub cfg: Config,
     pub defs: Arc<Definitions>,
     pub store: Store,
-    pub registry: Arc<Registry>,
+    pub actors: Arc<Mailboxes>,
     pub raft: RaftHandle,
     /// The search parameters of this node's FHIR version.
     pub search: Arc<crate::search::params::Registry>,
@@ -124,7 +124,7 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Authority>,
     /// Bulk export: jobs, sinks and the actors that run them.
     pub export: Arc<crate::export::runner::Exporter>,
-    pub export_supervisor: actix::Addr<crate::export::runner::Supervisor>,
+    pub export_supervisor: actix::Addr<crate::export::runner::ExportSupervisor>,
     /// The `[s3]` bucket, when configured.
     pub s3: Option<crate::objects::S3>,
     /// Where Binary content lives ([`crate::binary`]).
@@ -266,7 +266,7 @@ async fn fallback(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 
 /// The interaction code, type and id of a request (for the audit log): `("unknown", "", "")`
 /// for what is not routed.
-pub fn classify<'a>(method: &str, segments: &[&'a str]) -> (&'static str, &'a str, &'a str) {
+pub fn interaction_of<'a>(method: &str, segments: &[&'a str]) -> (&'static str, &'a str, &'a str) {
     if segments.first().is_some_and(|s| s.starts_with('_') || s.starts_with('$') || s.starts_with('.')) && segments.first() != Some(&"_history") {
         return ("other", "", "");
     }

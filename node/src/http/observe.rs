@@ -37,7 +37,7 @@ pub fn labels<'a>(method: &str, path: &str, resource_type: impl Fn(&str) -> Opti
     if let Some(name) = fixed {
         return (name, "");
     }
-    let (interaction, rtype, _) = crate::http::classify(method, &segments);
+    let (interaction, rtype, _) = crate::http::interaction_of(method, &segments);
     let rtype = if rtype.is_empty() { "" } else { resource_type(rtype).unwrap_or("other") };
     (interaction, rtype)
 }

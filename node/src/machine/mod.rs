@@ -14,7 +14,7 @@ pub mod export_job;
 pub mod export_state;
 pub mod meili_apply;
 pub mod meili_cursor;
-pub mod reindex;
+pub mod rebuild;
 pub mod state_machine;
 pub mod sub_cursor;
 pub mod subscription_apply;

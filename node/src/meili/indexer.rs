@@ -1,4 +1,4 @@
-//! The indexer. A [`Supervisor`] runs on every node and runs the indexer loop while the node
+//! The indexer. An [`IndexerSupervisor`] runs on every node and runs the indexer loop while the node
 //! leads ([`crate::actors::leader`]). The indexer
 //! loops over the tenants: it reads the history rows after the tenant's replicated cursor in
 //! batches (at most `batch_rows`, ending on a timestamp boundary, at most [`MAX_BATCH_BYTES`] of
@@ -273,7 +273,7 @@ impl LeaderWork for IndexerCtx {
 }
 
 /// Starts the indexer on the leader and stops it elsewhere.
-pub type Supervisor = crate::actors::leader::Supervisor<IndexerCtx>;
+pub type IndexerSupervisor = crate::actors::leader::Supervisor<IndexerCtx>;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! The notifier. A [`Supervisor`] runs on every node and runs the notifier loop while the node
+//! The notifier. A [`NotifierSupervisor`] runs on every node and runs the notifier loop while the node
 //! leads ([`crate::actors::leader`]), like the Meilisearch indexer. The notifier:
 //! 1. Reloads the Subscriptions when one was written (and every [`RELOAD_EVERY`]): a
 //!    `requested` one is checked and set `active` (or `error` with the reason, or `off` past
@@ -530,7 +530,7 @@ impl LeaderWork for NotifierCtx {
 }
 
 /// Starts the notifier on the leader and stops it elsewhere.
-pub type Supervisor = crate::actors::leader::Supervisor<NotifierCtx>;
+pub type NotifierSupervisor = crate::actors::leader::Supervisor<NotifierCtx>;
 
 #[cfg(test)]
 mod tests {
