@@ -259,16 +259,6 @@ impl Config {
         ConsensusSettings { node_id: self.node_id, cluster: &self.cluster, raft: &self.raft, write_timeout_ms: self.write_timeout_ms }
     }
 
-    /// The resource actors' settings from this config (the hooks are added by the caller).
-    pub fn actor_settings(&self) -> crate::actors::resource::ActorSettings {
-        crate::actors::resource::ActorSettings::new(self.allow_update_create, self.limits.max_depth, self.limits.max_body_bytes)
-    }
-
-    /// The Subscription write hook when `[subscriptions]` is on.
-    pub fn subscription_hook(&self, rules: &std::sync::Arc<crate::subscription::Rules>) -> Option<std::sync::Arc<dyn crate::actors::resource::WriteHook>> {
-        self.subscriptions.enabled.then(|| rules.clone() as std::sync::Arc<dyn crate::actors::resource::WriteHook>)
-    }
-
     /// Reads a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -308,6 +298,7 @@ impl Config {
             ("max_query_bytes", l.max_query_bytes as u64),
             ("max_parameters", l.max_parameters as u64),
             ("max_or_values", l.max_or_values as u64),
+            ("heavy_rows", l.heavy_rows),
         ] {
             if v == 0 {
                 return bad(format!("limits.{key} must be positive"));

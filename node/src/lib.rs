@@ -212,8 +212,11 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
             system.block_on(async move {
                 let cfg = thread_cfg;
                 let subscriptions = Arc::new(subscription::Subscriptions::new(Arc::new(subscription::Rules::with(cfg.subscriptions.clone(), search.clone(), defs.clone()))));
-                let settings = cfg.actor_settings().with_hook(cfg.subscription_hook(&subscriptions.rules));
-                let registry = Arc::new(Mailboxes::start(defs.clone(), thread_raft.clone(), settings, workers));
+                // The one ActorSettings of this node: the actors and the handlers that prepare writes
+                // outside them (bundle plans, $validate) check alike.
+                let subscription_hook = cfg.subscriptions.enabled.then(|| subscriptions.rules.clone() as Arc<dyn actors::resource::WriteHook>);
+                let settings = actors::resource::ActorSettings::new(cfg.allow_update_create, cfg.limits.max_depth, cfg.limits.max_body_bytes).with_hook(subscription_hook);
+                let registry = Arc::new(Mailboxes::start(defs.clone(), thread_raft.clone(), settings.clone(), workers));
                 let version = cfg.fhir_version;
                 let listen = cfg.listen.clone();
                 let admin_listen = cfg.admin_listen.clone();
@@ -245,6 +248,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     defs,
                     store,
                     actors: registry.clone(),
+                    write_settings: settings,
                     raft: thread_raft,
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),

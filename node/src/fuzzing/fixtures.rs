@@ -23,7 +23,7 @@ pub(super) fn fixtures() -> &'static Fixtures {
     F.get_or_init(|| Fixtures {
         defs: Definitions::load(FhirVersion::R4),
         reg: Arc::new(Registry::load(FhirVersion::R4)),
-        settings: crate::config::Config::default().actor_settings(),
+        settings: { let c = crate::config::Config::default(); crate::actors::resource::ActorSettings::new(c.allow_update_create, c.limits.max_depth, c.limits.max_body_bytes) },
     })
 }
 

@@ -150,7 +150,7 @@ pub fn plan(st: &AppState, ctx: &Ctx, body: Value) -> Result<Plan, ApiError> {
             }
         }
     }
-    let settings = st.cfg.actor_settings().with_hook(st.cfg.subscription_hook(&st.subscriptions.rules));
+    let settings = st.write_settings.clone();
     let entries = entries
         .into_iter()
         .enumerate()

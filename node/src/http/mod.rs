@@ -109,6 +109,8 @@ pub struct AppState {
     pub defs: Arc<Definitions>,
     pub store: Store,
     pub actors: Arc<Mailboxes>,
+    /// How writes are prepared (the actors' settings): bundle plans and `$validate` use it too.
+    pub write_settings: crate::actors::resource::ActorSettings,
     pub raft: RaftHandle,
     /// The search parameters of this node's FHIR version.
     pub search: Arc<crate::search::params::Registry>,

@@ -179,16 +179,17 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
     }
     let kind = if atomic { "transaction-response" } else { "batch-response" };
     // Embedding the read entries' bodies checks and copies them: past LARGE_RESPONSE bytes that
-    // is costly work, done on the pool (in the request's budget) and not on the HTTP worker.
+    // is costly work, done off the HTTP worker ([`super::work::offload`]).
     let size_hint = bytes.saturating_add(256 * out.len());
     let build = move |ctx: &Ctx| -> Result<Vec<u8>, ApiError> {
         let entries = out.into_iter().map(Pending::finish).collect::<Result<Vec<_>, _>>()?;
         Bundle::new(kind, None, Vec::new(), entries).to_bytes_sized(ctx, size_hint)
     };
+    // (After the writes committed: assembled without admission, never refused.)
     let body = match bytes > LARGE_RESPONSE {
         true => {
             let entry_ctx = ctx.clone();
-            super::work::block(ctx, st, move || build(&entry_ctx)).await.map_err(Retry::Fatal)?
+            super::work::offload(ctx, st, move || build(&entry_ctx)).await.map_err(Retry::Fatal)?.map_err(Retry::Fatal)?
         }
         false => build(ctx)?,
     };

@@ -194,7 +194,12 @@ where
         })?),
         None => None,
     };
-    let theirs = match (authenticated, ctx.tenant.is_some()) {
+    // A request that has already read much, or a caller whose recent requests did, goes to the
+    // heavy lane.
+    let heavy = ctx.budget.used() > pool.heavy_rows || caller.as_deref().is_some_and(|c| pool.heavy_callers.is_heavy(c));
+    // The tenant's share counts normal-lane work only: heavy work is bounded by the heavy lane's
+    // own places, so a few heavy users cannot take every place of their tenant's other users.
+    let theirs = match (authenticated && !heavy, ctx.tenant.is_some()) {
         (true, true) => Some(pool.tenants.take(tenant.to_string(), pool.per_tenant).ok_or_else(|| {
             RequestError::TooManyRequests(format!(
                 "tenant {tenant} already has {} costly requests running on this node (config limits.max_concurrent_per_tenant); retry later",
@@ -203,9 +208,6 @@ where
         })?),
         _ => None,
     };
-    // A request that has already read much, or a caller whose recent requests did, goes to the
-    // heavy lane.
-    let heavy = ctx.budget.used() > pool.heavy_rows || caller.as_deref().is_some_and(|c| pool.heavy_callers.is_heavy(c));
     let places = if heavy { &pool.heavy_permits } else { &pool.permits };
     let permit = match places.clone().try_acquire_owned() {
         Ok(p) => p,
@@ -224,23 +226,34 @@ where
     // The client may have left while the request waited.
     ctx.budget.check().map_err(too_costly)?;
     let budget = ctx.budget.clone();
-    let (heavy_rows, callers) = (pool.heavy_rows, pool.heavy_callers.clone());
     // The pool's place and the caller's shares go with the work, not with this future: if the
     // handler is dropped (the client reset the stream), they are held until the work stops.
     let work = move || {
         let held = (permit, mine, theirs);
         let out = budget::within(&budget, f);
-        if let Some(caller) = caller.filter(|_| budget.used() > heavy_rows) {
-            callers.mark(&caller);
-        }
         drop(held);
         out
     };
     let out = match heavy {
-        true => pool.heavy.run(work).await.ok_or_else(|| crate::store::StoreError::Storage("the heavy lane has stopped".into()))?,
+        true => pool.heavy.run(work).await.ok_or_else(|| crate::store::StoreError::Storage("the request's work failed on the heavy lane (see the node's log)".into()))?,
         false => web::block(work).await.map_err(|e| crate::store::StoreError::Storage(format!("request worker: {e}")))?,
     };
+    // (Marked here, on the async side, not on a low-priority thread holding the map's lock.)
+    if let Some(caller) = caller.filter(|_| ctx.budget.used() > pool.heavy_rows) {
+        pool.heavy_callers.mark(&caller);
+    }
     out.map_err(Into::into)
+}
+
+/// Runs `f` off the HTTP worker without admission: work that must finish once started (the
+/// assembly of a batch response after its writes committed), in the heavy lane when the request
+/// is heavy, else on the blocking threads. Never refused for fair share, queue or budget.
+pub async fn offload<T: Send + 'static>(ctx: &Ctx, st: &AppState, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let failed = |what: String| ApiError::from(crate::store::StoreError::Storage(what));
+    match ctx.budget.used() > st.work.heavy_rows {
+        true => st.work.heavy.run(f).await.ok_or_else(|| failed("the request's work failed on the heavy lane (see the node's log)".into())),
+        false => web::block(f).await.map_err(|e| failed(format!("request worker: {e}"))),
+    }
 }
 
 fn busy(pool: &WorkPool) -> ApiError {

@@ -1,7 +1,7 @@
 //! The replicated indexer cursor: per tenant, the timestamp of the last system history row whose
 //! resource is in Meilisearch. The history rows (`h` + ts, written by every apply batch) are the
 //! outbox; the cursor is the only state the indexer adds, and it changes only through Raft
-//! ([`CursorOp`], applied by `store::meili_apply`), so a new leader resumes where the old one
+//! ([`CursorOp`], applied by `machine::meili_apply`), so a new leader resumes where the old one
 //! stopped. An epoch (bumped by a reset, `kiln reindex`) makes every tenant's cursor 0 at once
 //! and turns away the moves of an indexer that read its batch before the reset.
 //!

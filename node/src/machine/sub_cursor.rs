@@ -2,7 +2,7 @@
 //! every matching history row has been delivered (or given up on, when the Subscription went
 //! to `error`). The history rows are the outbox; these positions are the only state delivery
 //! adds, changed only through Raft ([`SubCursorOp`], applied by
-//! `store::subscription_apply`), so a new leader's notifier resumes where the old one stopped.
+//! `machine::subscription_apply`), so a new leader's notifier resumes where the old one stopped.
 //!
 //! | key | value |
 //! |---|---|

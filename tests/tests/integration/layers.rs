@@ -2,8 +2,8 @@
 //! file past 600 lines but the ones listed here with the reason. A top-level module is a folder
 //! or a file of `node/src` (`lib.rs` and `main.rs`, the composition, are left out); it imports
 //! another when its code outside `#[cfg(test)]` names `crate::other` (directly or in a
-//! `use crate::{…}` group). Tests may reach anywhere: a file's text from its first
-//! `#[cfg(test)]` line on is not read (the same rule as `shared/tools/layers.py`).
+//! `use crate::{…}` group). Tests may reach anywhere: an item under `#[cfg(test)]` (a `mod tests`
+//! block, a test-only `mod` or function) is not read, nor are comments and string literals.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,10 +28,79 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file that the check reads: up to its first `#[cfg(test)]`, without `//` comments.
+/// The code of a file that the check reads: without comments, string contents and the items under
+/// `#[cfg(test)]` (the attribute's item: up to its `;`, or its balanced `{ … }`).
 fn code(text: &str) -> String {
-    let text = text.find("#[cfg(test)]").map_or(text, |at| &text[..at]);
-    text.lines().map(|l| l.find("//").map_or(l, |at| &l[..at])).collect::<Vec<_>>().join("\n")
+    let plain = strip_comments_and_strings(text);
+    let mut out = String::with_capacity(plain.len());
+    let mut rest = plain.as_str();
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + "#[cfg(test)]".len()..];
+        // Skip the item: to the first `;` before any `{`, else to the matching `}`.
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                ';' if depth == 0 => {
+                    end = i + 1;
+                    break;
+                }
+                '{' => depth += 1,
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` with `//` and `/* */` comments removed and string / char literal contents blanked.
+fn strip_comments_and_strings(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'"' => {
+                out.push_str("\"\"");
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            // A char literal ('x', '\n', '{'), not a lifetime ('a).
+            b'\'' if b.get(i + 2) == Some(&b'\'') || (b.get(i + 1) == Some(&b'\\') && b.get(i + 3) == Some(&b'\'')) => {
+                i += if b.get(i + 1) == Some(&b'\\') { 4 } else { 3 };
+            }
+            c => {
+                out.push(c as char);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn ident(s: &str) -> &str {
@@ -192,8 +261,9 @@ fn no_long_files_but_the_listed_ones() {
 
 #[test]
 fn the_checker_finds_a_circle_and_reads_use_groups() {
-    let names = named(&code("use crate::{alpha::X, beta, gamma::{self, Y}};\nfn f() { crate::delta::g(); }\n// crate::epsilon\n#[cfg(test)]\nuse crate::zeta;"));
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["alpha", "beta", "delta", "gamma"]);
+    let src = "use crate::{alpha::X, beta, gamma::{self, Y}};\nfn f() { crate::delta::g(); let _ = \"crate::eta\"; }\n// crate::epsilon\n/* crate::theta */\n#[cfg(test)]\nuse crate::zeta;\n#[cfg(test)]\nmod tests { use crate::iota; fn t() { if true { crate::kappa::x(); } } }\nfn after() { crate::lambda::y(); }";
+    let names = named(&code(src));
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["alpha", "beta", "delta", "gamma", "lambda"]);
     let edge = |a: &str, bs: &[&str]| (a.to_string(), bs.iter().map(|b| (b.to_string(), format!("{a}.rs"))).collect::<BTreeMap<_, _>>());
     let g: BTreeMap<_, _> = [edge("a", &["b"]), edge("b", &["c"]), edge("c", &["a"]), edge("d", &["a"])].into_iter().collect();
     assert_eq!(circles(&g), vec![vec!["a".to_string(), "b".into(), "c".into()]]);

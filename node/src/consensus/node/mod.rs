@@ -230,7 +230,7 @@ impl Node {
 
     /// A new leader whose index format is not the one the cluster is pinned to (or none is yet)
     /// proposes a Pin with its own, once per term, ahead of the writes it will propose: every
-    /// replica then applies with the same search definitions or stops (store::state_machine).
+    /// replica then applies with the same search definitions or stops (machine::state_machine).
     fn maybe_pin(&mut self) {
         let term = self.raw.raft.term;
         if self.raw.raft.state != StateRole::Leader || self.pinned_term == term {

@@ -101,5 +101,5 @@ fn check(st: &AppState, rtype: &'static str, action: Action, id: Option<&str>, r
         (_, None) => Some(resource.get("id").and_then(Value::as_str).ok_or_else(|| bad("resource", "mode=update needs the resource's id"))?.to_string()),
     };
     let intent = WriteIntent { action, id, body: Some(resource), if_match: None, condition: None };
-    prepare(&st.defs, &st.cfg.actor_settings().with_hook(st.cfg.subscription_hook(&st.subscriptions.rules)), rtype, intent).map(|_| ()).map_err(ApiError::from)
+    prepare(&st.defs, &st.write_settings, rtype, intent).map(|_| ()).map_err(ApiError::from)
 }
