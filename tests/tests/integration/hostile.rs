@@ -104,7 +104,9 @@ impl Probe {
                 let ok2 = c.get(&read_url).bearer_auth(&tok).send().is_ok_and(|r| r.status() == 200);
                 reads.push(t.elapsed());
                 failed += usize::from(!ok) + usize::from(!ok2);
-                std::thread::sleep(Duration::from_millis(10));
+                // Short pauses: a few hundred samples, so the p99 is a percentile and not the
+                // single slowest request.
+                std::thread::sleep(Duration::from_millis(2));
             }
             (meta, reads, failed)
         });
@@ -284,7 +286,7 @@ fn hostile_clients_are_bounded_and_auth_edges_are_closed() {
 
     let (meta_p99, read_p99, failed, probes) = probe.finish();
     eprintln!("probe: {probes} rounds, /metadata p99 {meta_p99:?}, read p99 {read_p99:?}, {failed} failed");
-    assert!(probes >= 20, "the probe ran {probes} times");
+    assert!(probes >= 50, "the probe ran {probes} times");
     assert_eq!(failed, 0, "every probe request was answered 200");
     assert!(meta_p99 <= Duration::from_millis(100), "GET /metadata p99 {meta_p99:?} during the attack");
     assert!(read_p99 <= Duration::from_millis(50), "authorized read p99 {read_p99:?} during the attack");
