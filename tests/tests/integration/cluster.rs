@@ -510,12 +510,15 @@ fn a_transaction_is_seen_whole_or_not_at_all_on_every_node() {
                 let (done, url) = (done.clone(), c.url(id, "/Patient?_tag=urn:t|whole&_summary=count"));
                 s.spawn(move || {
                     let mut seen = Vec::new();
+                    let deadline = Instant::now() + Duration::from_secs(120);
                     loop {
                         let total = json(client().get(&url).send().unwrap())["total"].as_u64().unwrap();
                         seen.push(total);
                         if total == n && done.load(Ordering::SeqCst) {
                             return seen;
                         }
+                        // A failure fails the test instead of hanging it.
+                        assert!(Instant::now() < deadline, "node {id} still counts {total} of {n} resources after 120 s");
                         std::thread::sleep(Duration::from_millis(5));
                     }
                 })
