@@ -21,6 +21,8 @@ const CHECK_EVERY: u64 = 2048;
 /// Tells whether the client of a request has gone (its connection closed).
 pub trait Presence: Send + Sync {
     fn gone(&self) -> bool;
+    /// Ends the connection (a client that stopped taking its response).
+    fn hang_up(&self) {}
 }
 
 /// What stopped a request's work. The messages name the config keys that bound it.
@@ -70,6 +72,11 @@ impl Budget {
     /// A budget nothing exhausts (internal work that is not a client request).
     pub fn unlimited() -> Arc<Budget> {
         Budget::new(u64::MAX, Duration::from_secs(u64::MAX / 4), None)
+    }
+
+    /// The connection of the request, when it is watched.
+    pub fn client(&self) -> Option<Arc<dyn Presence>> {
+        self.client.clone()
     }
 
     /// Rows read so far.

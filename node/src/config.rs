@@ -155,6 +155,10 @@ pub struct Limits {
     /// Response bytes a batch or transaction may build for its GET entries together; an entry
     /// that would pass it answers 413 too-costly in its own `response`.
     pub max_batch_response_bytes: usize,
+    /// Bytes of response bodies this node may hold at once until their clients have read them
+    /// (bodies of 64 KiB and more, and every batch's GET entries); past it such a response
+    /// answers 503 with Retry-After (a batch entry: in its own `response`).
+    pub max_inflight_response_bytes: usize,
     /// Costly reads (searches, history, batch GET entries, `$everything`, `$meta`) run at once
     /// on this node, off the HTTP workers; 0: twice the CPUs, at least 4.
     pub scan_workers: usize,
@@ -176,6 +180,16 @@ pub struct Limits {
     pub max_parameters: usize,
     /// Most comma-separated values in one parameter (an OR list).
     pub max_or_values: usize,
+    /// Connections the FHIR listener keeps open at once (all workers together); past it new
+    /// connections wait in the accept queue. 0: a quarter of the process's open-file limit
+    /// (a connection takes two descriptors; half of them stay for the rest of the node).
+    pub max_connections: usize,
+    /// How long a new connection may take to send its whole request head; past it: 408 and
+    /// the connection is closed.
+    pub header_timeout_ms: u64,
+    /// Longest pause a client may make in sending a request body (past it: 408) or in taking a
+    /// large response (past it the connection is closed, and the response's room comes back).
+    pub stall_timeout_ms: u64,
 }
 
 impl Limits {
@@ -240,6 +254,7 @@ impl Default for Limits {
             max_request_rows: 4_000_000,
             request_timeout_ms: 30_000,
             max_batch_response_bytes: 64 * 1024 * 1024,
+            max_inflight_response_bytes: 512 * 1024 * 1024,
             scan_workers: 0,
             scan_queue: 256,
             heavy_rows: 50_000,
@@ -249,6 +264,9 @@ impl Default for Limits {
             max_query_bytes: 32 * 1024,
             max_parameters: 100,
             max_or_values: 1000,
+            max_connections: 0,
+            header_timeout_ms: 10_000,
+            stall_timeout_ms: 30_000,
         }
     }
 }
@@ -299,6 +317,8 @@ impl Config {
             ("max_parameters", l.max_parameters as u64),
             ("max_or_values", l.max_or_values as u64),
             ("heavy_rows", l.heavy_rows),
+            ("header_timeout_ms", l.header_timeout_ms),
+            ("stall_timeout_ms", l.stall_timeout_ms),
         ] {
             if v == 0 {
                 return bad(format!("limits.{key} must be positive"));
@@ -318,6 +338,9 @@ impl Config {
         }
         if self.limits.max_patch_ops == 0 || self.limits.max_include_resources == 0 || self.limits.max_history_scan == 0 || self.limits.max_sort_matches == 0 {
             return bad("limits.max_patch_ops, max_include_resources, max_sort_matches and max_history_scan must be positive".into());
+        }
+        if self.limits.max_inflight_response_bytes < self.limits.max_batch_response_bytes {
+            return bad("limits.max_inflight_response_bytes must be at least limits.max_batch_response_bytes".into());
         }
         if self.limits.max_inflight_bundle_bytes < self.limits.max_bundle_bytes {
             return bad("limits.max_inflight_bundle_bytes must be at least limits.max_bundle_bytes".into());

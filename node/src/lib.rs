@@ -222,6 +222,11 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let admin_listen = cfg.admin_listen.clone();
                 let work = Arc::new(http::work::WorkPool::new(&cfg.limits));
                 let bundle_room = Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_inflight_bundle_bytes.div_ceil(1024).min(tokio::sync::Semaphore::MAX_PERMITS)));
+                let response_room = http::response_room::ResponseRoom::new(
+                    cfg.limits.max_inflight_response_bytes,
+                    cfg.limits.max_batch_response_bytes,
+                    std::time::Duration::from_millis(cfg.limits.stall_timeout_ms),
+                );
                 let local_dir = cfg.export.local_dir(&cfg.data_dir);
                 let exporter = Arc::new(export::runner::Exporter {
                     raft: thread_raft.clone(),
@@ -253,6 +258,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     search: search.clone(),
                     started: fhir::meta::format_instant(fhir::meta::now_micros()),
                     bundle_room,
+                    response_room,
                     work,
                     capability: Default::default(),
                     auth: authority,
@@ -275,6 +281,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     });
                 }
                 let admin_state = state.clone();
+                let connections = http::connections::per_worker(&state.cfg.limits, workers, http::connections::raise_fd_limit());
+                let header_timeout = std::time::Duration::from_millis(state.cfg.limits.header_timeout_ms);
                 let server = HttpServer::new(move || {
                     http::error::set_thread_version(version);
                     App::new()
@@ -287,10 +295,12 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 .workers(workers)
                 // Each connection watched for the client leaving: costly work stops then.
                 .on_connect(http::work::on_connect)
-                // Generous timers: a client on a busy node must not see its keep-alive
-                // connection reset (actix's defaults are 5 s).
+                // Descriptors stay for sled, Raft and files ([`http::connections`]).
+                .max_connections(connections)
+                .client_request_timeout(header_timeout)
+                // A generous idle timer: a client on a busy node must not see its keep-alive
+                // connection reset (actix's default is 5 s).
                 .keep_alive(std::time::Duration::from_secs(75))
-                .client_request_timeout(std::time::Duration::from_secs(30))
                 .shutdown_timeout(10);
                 let server = match api_tls {
                     Some(tls) => server.bind_rustls_0_23(&listen, tls),
@@ -318,6 +328,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                                 .configure(http::admin::configure_admin)
                         })
                         .workers(1)
+                        .max_connections(http::connections::ADMIN_CONNECTIONS)
+                        .client_request_timeout(header_timeout)
                         .bind(&admin_listen);
                         match server {
                             Ok(s) => Some(s),

@@ -182,6 +182,11 @@ impl ChildNode {
         let _ = self.child.wait();
     }
 
+    /// The process id of `kiln serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn listen_addr(&self) -> String {
         host_port(&self.base).to_string()
     }

@@ -16,7 +16,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -266,8 +266,11 @@ async fn receive(st: &AppState, ctx: &Ctx, mut payload: web::Payload) -> Result<
         None => None,
     };
     let result: Result<(), ApiError> = async {
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| BinaryError::Body(e.to_string()))?;
+        while let Some(chunk) = negotiate::next_chunk(&mut payload, &st.cfg.limits).await {
+            let chunk = chunk.map_err(|e| match e {
+                RequestError::InvalidJson(why) => ApiError::from(BinaryError::Body(why)),
+                stalled => stalled.into(),
+            })?;
             total += chunk.len() as u64;
             if total > limit {
                 return Err(BinaryError::TooLarge { limit }.into());
@@ -332,5 +335,5 @@ pub async fn presigned_write(ctx: &Ctx, st: &AppState, action: Action, id: Optio
     if ContentRef::from_resource(&resource, fv).is_some_and(|c| c.key == r.key) {
         resource["presignedPutUrl"] = Value::String(url);
     }
-    Ok(ctx.respond(b, ctx.json_body(&resource)))
+    Ok(ctx.respond_written(b, ctx.json_body(&resource)))
 }

@@ -129,11 +129,11 @@ pub fn write_response(ctx: &Ctx, st: &AppState, rtype: &str, id: &str, applied: 
         Return::OperationOutcome => {
             let verb = if applied.created { "Created" } else { "Updated" };
             let oo = operation_outcome("information", "informational", &format!("{verb} {rtype}/{id} version {version}"));
-            Ok(ctx.respond(b, ctx.json_body(&oo)))
+            Ok(ctx.respond_written(b, ctx.json_body(&oo)))
         }
         Return::Representation => {
             let stored = applied.body.as_deref().map(Vec::as_slice).unwrap_or_default();
-            Ok(ctx.respond(b, ctx.resource_bytes(st, stored)?))
+            Ok(ctx.respond_written(b, ctx.resource_bytes(st, stored)?))
         }
     }
 }
@@ -158,7 +158,7 @@ pub async fn create(
         }
     };
     negotiate::require_json_body(&req)?;
-    let body = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = negotiate::read_json(payload, &st.cfg.limits).await?;
     if rtype == "Binary" && super::binary::presign_requested(&req)? == Some(super::binary::Presign::Put) {
         return super::binary::presigned_write(&ctx, &st, Action::Create, None, body, None, condition).await;
     }
@@ -178,7 +178,7 @@ pub async fn update(
     }
     let InstanceWrite { ctx, rtype, id, if_match, exists } = InstanceWrite::new(&req, &st, &path)?;
     negotiate::require_json_body(&req)?;
-    let body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let body: Value = negotiate::read_json(payload, &st.cfg.limits).await?;
     if rtype == "Binary" && super::binary::presign_requested(&req)? == Some(super::binary::Presign::Put) {
         let if_match = if exists { Some(existing_version(&ctx.store, rtype, &id)?) } else { if_match };
         return super::binary::presigned_write(&ctx, &st, Action::Update, Some(id), body, if_match, None).await;
@@ -242,7 +242,7 @@ pub async fn conditional_update(
     let rtype = st.defs.resource_type(&path)?;
     let mut cond = condition(req.query_string(), "search", false)?;
     negotiate::require_json_body(&req)?;
-    let mut body: Value = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let mut body: Value = negotiate::read_json(payload, &st.cfg.limits).await?;
     let id = conditional_update_id(&mut body, &mut cond)?;
     let if_match = negotiate::if_match(&req)?;
     let intent = WriteIntent { action: Action::Update, id: Some(id), body: Some(body), if_match, condition: Some(cond) };

@@ -44,7 +44,7 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
     let mut pairs = ctx.params.clone();
     if req.method() == actix_web::http::Method::POST {
         negotiate::require_json_body(&req)?;
-        let v = negotiate::read_json(body, st.cfg.limits.max_body_bytes).await?;
+        let v = negotiate::read_json(body, &st.cfg.limits).await?;
         pairs.extend(params::from_parameters(&v)?);
     }
     let compartment = (level != Level::System).then(|| compartment_types(&st.search, &st.defs));

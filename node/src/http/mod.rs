@@ -14,6 +14,7 @@ pub mod authenticate;
 pub mod binary;
 pub mod bundle;
 pub mod bundle_plan;
+pub mod connections;
 pub mod crud;
 pub mod dataio;
 pub mod dispatch;
@@ -30,6 +31,7 @@ pub mod observe;
 pub mod operations;
 pub mod patch;
 pub mod request_id;
+pub mod response_room;
 pub mod scrape;
 pub mod search;
 pub mod search_kinds;
@@ -98,6 +100,9 @@ pub enum RequestError {
     /// A query string longer than `limits.max_query_bytes`: 414.
     #[error("the query string exceeds {limit} bytes (config limits.max_query_bytes); send the parameters as a POST _search form within the same bound, or split the search")]
     UriTooLong { limit: usize },
+    /// The client paused in sending its body longer than `limits.stall_timeout_ms`: 408.
+    #[error("the request body stopped arriving for {ms} ms (config limits.stall_timeout_ms); send it without pauses")]
+    BodyStalled { ms: u64 },
     /// A batch's response would pass `limits.max_batch_response_bytes`.
     #[error("the batch response would exceed {limit} bytes (config limits.max_batch_response_bytes); this entry was not run: split the batch or ask for smaller pages")]
     ResponseTooLarge { limit: usize },
@@ -118,6 +123,8 @@ pub struct AppState {
     pub started: String,
     /// Room for bundle bodies in flight, in KiB (`limits.max_inflight_bundle_bytes`).
     pub bundle_room: Arc<tokio::sync::Semaphore>,
+    /// Room for large response bodies in flight (`limits.max_inflight_response_bytes`).
+    pub response_room: response_room::ResponseRoom,
     /// Where costly reads run, and each caller's share of it ([`work`]).
     pub work: Arc<work::WorkPool>,
     /// `/metadata` as built for each base URL.

@@ -51,6 +51,9 @@ pub struct Ctx {
     pub budget: std::sync::Arc<crate::budget::Budget>,
     /// The node's state, for work handed to the pool ([`super::work::block`]).
     pub app: Option<actix_web::web::Data<AppState>>,
+    /// Whether [`Ctx::respond`] takes room for large bodies (false in a batch entry: the batch
+    /// takes it).
+    pub charged: bool,
 }
 
 fn essence(v: &str) -> String {
@@ -123,7 +126,7 @@ impl Ctx {
         let principal = crate::http::guard::principal_of(req, st);
         let budget = super::work::budget_for(req, limits);
         let app = req.app_data::<actix_web::web::Data<AppState>>().cloned();
-        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app })
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app, charged: true })
     }
 
     /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
@@ -146,6 +149,7 @@ impl Ctx {
             store: self.store.clone(),
             budget: self.budget.clone(),
             app: self.app.clone(),
+            charged: false,
         })
     }
 
@@ -181,8 +185,47 @@ impl Ctx {
         Ok(self.json_body(&v))
     }
 
-    pub fn respond(&self, mut b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
-        b.content_type(self.content_type).body(body)
+    /// Who asks, for the fair shares: `None` on an open server (one anonymous caller).
+    pub fn caller(&self) -> Option<String> {
+        let tenant = self.tenant.as_deref().unwrap_or("");
+        (self.principal.via != crate::auth::Via::Open).then(|| format!("{tenant}\u{0}{:?}\u{0}{}", self.principal.via, self.principal.subject))
+    }
+
+    /// The answer of a read with `body`; a large body first takes its room among the node's
+    /// responses in flight ([`super::response_room`]): 503 (429 past the caller's share) when
+    /// there is none. (A batch entry is charged by its batch, not here.)
+    pub fn respond(&self, b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
+        let mut held = super::response_room::Held::default();
+        if let (true, true, Some(app)) = (self.charged, body.len() >= super::response_room::CHARGED_FROM, &self.app) {
+            if let Err(e) = app.response_room.take(&mut held, body.len(), self.caller().as_deref()) {
+                return actix_web::ResponseError::error_response(&ApiError::from(e));
+            }
+        }
+        self.respond_held(b, body, held)
+    }
+
+    /// The answer of a write that has committed: charged when there is room, never refused
+    /// (a client told to retry would write twice).
+    pub fn respond_written(&self, b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
+        let mut held = super::response_room::Held::default();
+        if let (true, Some(app)) = (body.len() >= super::response_room::CHARGED_FROM, &self.app) {
+            let _ = app.response_room.take(&mut held, body.len(), None);
+        }
+        self.respond_held(b, body, held)
+    }
+
+    /// The response with `body`, which keeps the room `held` until its client has taken it; a
+    /// client that stops taking it for `limits.stall_timeout_ms` is hung up on.
+    pub fn respond_held(&self, mut b: HttpResponseBuilder, body: Vec<u8>, held: super::response_room::Held) -> HttpResponse {
+        b.content_type(self.content_type);
+        if held.is_empty() {
+            return b.body(body);
+        }
+        let body = super::response_room::HeldBody::new(body, held);
+        match (self.budget.client(), &self.app) {
+            (Some(conn), Some(app)) => b.body(body.watched(conn, app.response_room.stall)),
+            _ => b.body(body),
+        }
     }
 }
 
@@ -344,15 +387,24 @@ pub enum PatchKind {
 }
 
 /// Reads a resource body up to `limits.max_body_bytes` and parses it as JSON.
-pub async fn read_json(payload: web::Payload, limit: usize) -> Result<Value, RequestError> {
-    read_json_limited(payload, limit, "limits.max_body_bytes").await
+pub async fn read_json(payload: web::Payload, limits: &crate::config::Limits) -> Result<Value, RequestError> {
+    read_json_limited(payload, limits.max_body_bytes, "limits.max_body_bytes", limits).await
+}
+
+/// The next piece of a request body; 408 when the client pauses longer than
+/// `limits.stall_timeout_ms` (a body sent a byte at a time holds no worker or room for long).
+pub async fn next_chunk(payload: &mut web::Payload, limits: &crate::config::Limits) -> Option<Result<web::Bytes, RequestError>> {
+    match tokio::time::timeout(std::time::Duration::from_millis(limits.stall_timeout_ms), payload.next()).await {
+        Ok(next) => next.map(|c| c.map_err(|e| RequestError::InvalidJson(format!("reading the body failed: {e}")))),
+        Err(_) => Some(Err(RequestError::BodyStalled { ms: limits.stall_timeout_ms })),
+    }
 }
 
 /// Reads the body up to `limit` (the config `key`) and parses it as JSON (a UTF-8 BOM is skipped).
-pub async fn read_json_limited(mut payload: web::Payload, limit: usize, key: &'static str) -> Result<Value, RequestError> {
+pub async fn read_json_limited(mut payload: web::Payload, limit: usize, key: &'static str, limits: &crate::config::Limits) -> Result<Value, RequestError> {
     let mut buf = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| RequestError::InvalidJson(format!("reading the body failed: {e}")))?;
+    while let Some(chunk) = next_chunk(&mut payload, limits).await {
+        let chunk = chunk?;
         if buf.len() + chunk.len() > limit {
             return Err(RequestError::BodyTooLarge { limit, key });
         }

@@ -81,7 +81,7 @@ pub enum PatchDoc {
 
 async fn read_patch(req: &HttpRequest, payload: web::Payload, st: &AppState) -> Result<PatchDoc, ApiError> {
     let fhirpath = negotiate::patch_kind(req)? == negotiate::PatchKind::FhirPath;
-    let doc = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let doc = negotiate::read_json(payload, &st.cfg.limits).await?;
     if fhirpath {
         Ok(PatchDoc::FhirPath(FhirPatch::parse(&doc, st.cfg.limits.max_patch_ops)?))
     } else {

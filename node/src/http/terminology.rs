@@ -94,7 +94,7 @@ impl Args {
         let mut out: Vec<(String, Arg)> = ctx.params.iter().filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")).map(|(k, v)| (k.clone(), Arg::Text(v.clone()))).collect();
         if req.method() == actix_web::http::Method::POST {
             negotiate::require_json_body(req)?;
-            let v = negotiate::read_json(body, st.cfg.limits.max_body_bytes).await?;
+            let v = negotiate::read_json(body, &st.cfg.limits).await?;
             if v["resourceType"] != "Parameters" {
                 return Err(bad("body", "a POST to an operation carries a Parameters resource").into());
             }

@@ -48,14 +48,15 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
         .min(limits.max_bundle_bytes);
     let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
     let wait = std::time::Duration::from_millis(st.cfg.write_timeout_ms);
-    let _room = match tokio::time::timeout(wait, st.bundle_room.acquire_many(kib)).await {
-        Ok(Ok(permit)) => permit,
+    // (Kept until the response has been taken: it bounds the written resources it returns.)
+    let mut room = match tokio::time::timeout(wait, st.bundle_room.clone().acquire_many_owned(kib)).await {
+        Ok(Ok(permit)) => Some(permit),
         _ => return Err(RequestError::Busy(format!(
             "too many large bundles are being processed (limits.max_inflight_bundle_bytes = {}); retry later",
             limits.max_inflight_bundle_bytes
         )).into()),
     };
-    let body = negotiate::read_json_limited(payload, limits.max_bundle_bytes, "limits.max_bundle_bytes").await?;
+    let body = negotiate::read_json_limited(payload, limits.max_bundle_bytes, "limits.max_bundle_bytes", limits).await?;
     // Planning reads current versions (PATCH) and runs searches: after the barrier, if asked.
     negotiate::read_barrier(&req, &st).await?;
     // A PATCH entry is applied to the version read here; if another write changes that resource
@@ -74,7 +75,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
             let (st, planning) = (st.clone(), ctx.clone());
             web::block(move || bundle_plan::plan(&st, &planning, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
         };
-        match execute(&ctx, &st, plan).await {
+        match execute(&ctx, &st, plan, &mut room).await {
             Ok(response) => return Ok(response),
             Err(Retry::Fatal(e)) => return Err(e),
             Err(Retry::Conflict(e)) if attempt == MAX_ATTEMPTS => return Err(e),
@@ -98,7 +99,7 @@ impl<E: Into<ApiError>> From<E> for Retry {
 }
 
 /// Proposes the plan's writes as one entry, runs its reads, and builds the response bundle.
-async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<HttpResponse, Retry> {
+async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan, room: &mut Option<tokio::sync::OwnedSemaphorePermit>) -> Result<HttpResponse, Retry> {
     let Plan { kind, entries } = plan;
     let atomic = kind == Kind::Transaction;
     let labels: Vec<String> = entries.iter().map(|e| e.label()).collect();
@@ -138,8 +139,12 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
     }
     // The reads share the request's budget; their responses together stay under
     // limits.max_batch_response_bytes (an entry past it answers 413 and is not run).
+    // They also take their room among the node's responses in flight, kept until the client
+    // has read the bundle (an entry without room answers 503 in its own `response`).
     let limit = st.cfg.limits.max_batch_response_bytes;
     let mut bytes = 0usize;
+    let mut held = super::response_room::Held::default();
+    let caller = ctx.caller();
     for (index, r) in reads {
         match ctx.budget.check() {
             Err(crate::budget::Spent::ClientGone) => return Err(Retry::Fatal(super::work::too_costly(crate::budget::Spent::ClientGone))),
@@ -162,12 +167,18 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
             Ok(ectx) => Answer::Read { response: r.route.run(&ectx, st).await, head: r.head },
             Err(e) => Answer::Failed(e.into()),
         };
-        if let Answer::Read { response: Ok(resp), .. } = &answer {
-            if let actix_web::body::BodySize::Sized(n) = actix_web::body::MessageBody::size(resp.body()) {
-                bytes = bytes.saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
-            }
+        // (A HEAD entry's body is dropped when its entry is built: not counted.)
+        if let Answer::Read { response: Ok(resp), head: false } = &answer {
+            let n = match actix_web::body::MessageBody::size(resp.body()) {
+                actix_web::body::BodySize::Sized(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                _ => 0,
+            };
+            bytes = bytes.saturating_add(n);
             if bytes > limit {
                 answer = Answer::Failed(RequestError::ResponseTooLarge { limit }.into());
+            } else if let Err(e) = st.response_room.take(&mut held, n, caller.as_deref()) {
+                bytes -= n;
+                answer = Answer::Failed(e.into());
             }
         }
         answers[index] = Some(answer);
@@ -193,7 +204,10 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
         }
         false => build(ctx)?,
     };
-    Ok(ctx.respond(HttpResponse::Ok(), body))
+    if let Some(room) = room.take() {
+        held.keep(room);
+    }
+    Ok(ctx.respond_held(HttpResponse::Ok(), body, held))
 }
 
 /// Read responses (bytes together) past which a batch response is assembled on the pool.

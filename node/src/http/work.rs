@@ -47,6 +47,12 @@ impl Presence for Connection {
             Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted),
         }
     }
+
+    /// Shuts the socket down both ways: the server's pending writes on it fail, and the
+    /// connection ends.
+    fn hang_up(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// `HttpServer::on_connect`: keeps a duplicate of the connection's socket in the connection's
@@ -184,7 +190,7 @@ where
     let authenticated = ctx.principal.via != crate::auth::Via::Open;
     let tenant = ctx.tenant.as_deref().unwrap_or("");
     // The open server has one anonymous caller: no fair share, and only the request counts as heavy.
-    let caller = authenticated.then(|| format!("{tenant}\u{0}{:?}\u{0}{}", ctx.principal.via, ctx.principal.subject));
+    let caller = ctx.caller();
     let mine = match &caller {
         Some(caller) => Some(pool.principals.take(caller.clone(), pool.per_principal).ok_or_else(|| {
             RequestError::TooManyRequests(format!(

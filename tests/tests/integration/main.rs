@@ -14,6 +14,7 @@ mod dataio;
 mod examples;
 mod export;
 mod history;
+mod inflight;
 mod hostile;
 mod k8s;
 mod layers;

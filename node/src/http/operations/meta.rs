@@ -194,7 +194,7 @@ async fn change(req: HttpRequest, path: web::Path<(String, String)>, payload: we
     let ctx = Ctx::new(&req, &st)?;
     let (rtype, id) = type_and_id(&st, &path.0, &path.1)?;
     crate::http::negotiate::require_json_body(&req)?;
-    let body = crate::http::negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = crate::http::negotiate::read_json(payload, &st.cfg.limits).await?;
     let inputs = Inputs::new(Some(body), Vec::new());
     let wanted = inputs.meta("meta")?.clone();
     // Rights first: a caller who may not update the type learns nothing about the resource.

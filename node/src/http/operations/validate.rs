@@ -41,7 +41,7 @@ async fn validate(req: &HttpRequest, st: &AppState, rtype: &str, id: Option<&str
     // Validating reveals nothing a read of the type would not (mode=delete tells existence).
     guard::require_ctx(&ctx, st, Op::READ, rtype)?;
     negotiate::require_json_body(req)?;
-    let body = negotiate::read_json(payload, st.cfg.limits.max_body_bytes).await?;
+    let body = negotiate::read_json(payload, &st.cfg.limits).await?;
     let is_params = body.get("resourceType").and_then(Value::as_str) == Some("Parameters") && rtype != "Parameters";
     let query: Vec<(String, String)> = ctx.params.clone();
     let (inputs, resource) = if is_params {

@@ -1,0 +1,229 @@
+//! Node-wide bounds on what clients hold (issue #25): response bodies not yet read by their
+//! clients (`limits.max_inflight_response_bytes`), and connections that trickle their request
+//! head (`limits.max_connections`, `limits.header_timeout_ms`), against real nodes.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use kiln::fhir::FhirVersion;
+use kiln_tests::{client, host_port, json, ChildNode, TestNode};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+const PATIENTS: usize = 24;
+const NAME: usize = 900_000;
+
+/// Sends a GET on a fresh connection until it is answered 200, and reads only the status
+/// line of that answer: the node holds the rest.
+fn ask_and_not_read(base: &str, path: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = TcpStream::connect(host_port(base)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/fhir+json\r\n\r\n").unwrap();
+        let mut line = [0u8; 12];
+        s.read_exact(&mut line).unwrap();
+        if &line == b"HTTP/1.1 200" {
+            return s;
+        }
+        // Refused while another large answer held the room: ask again.
+        assert!(Instant::now() < deadline, "{path}: {}", String::from_utf8_lossy(&line));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asks for `url` until the answer is 503 (the room is taken); the 503's body.
+fn until_refused(c: &Client, url: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c.get(url).send().unwrap();
+        match r.status().as_u16() {
+            503 => {
+                assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+                return json(r);
+            }
+            200 => assert!(Instant::now() < deadline, "{url} was never refused while a client held a large response unread"),
+            s => panic!("{url}: {s} {}", r.text().unwrap_or_default()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asks for `url` until it is answered 200 again (the room came back).
+fn until_served(c: &Client, url: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = c.get(url).send().unwrap().status().as_u16();
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} still answers {status} after the held response was read or dropped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node whose response room is 24 MiB, holding [`PATIENTS`] Patients of ~900 KB; their ids.
+fn big_node(stall_ms: u64) -> (TestNode, Vec<String>) {
+    let room = 24 << 20;
+    let n = TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.limits.max_inflight_response_bytes = room;
+        cfg.limits.max_batch_response_bytes = room;
+        cfg.limits.stall_timeout_ms = stall_ms;
+    });
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..PATIENTS {
+        let r = c.post(n.url("/Patient")).header("content-type", "application/fhir+json").body(big(i).to_string()).send().unwrap();
+        assert_eq!(r.status(), 201);
+        ids.push(json(r)["id"].as_str().unwrap().to_string());
+    }
+    (n, ids)
+}
+
+fn big(i: usize) -> Value {
+    json!({"resourceType": "Patient", "name": [{"family": format!("Big{i}"), "text": "x".repeat(NAME)}]})
+}
+
+#[test]
+fn responses_not_yet_read_are_bounded_node_wide() {
+    let (n, ids) = big_node(30_000);
+    let c = client();
+    // One page of all of them: ~21 MB, more than the kernel's socket buffers take.
+    let page = format!("/Patient?_count={PATIENTS}");
+    let url = n.url(&page);
+    let mut held = ask_and_not_read(&n.base, &page);
+    let oo = until_refused(&c, &url);
+    assert_eq!(oo["issue"][0]["code"], "throttled", "{oo}");
+    assert!(oo.to_string().contains("limits.max_inflight_response_bytes"), "{oo}");
+    // Smaller answers still fit in what is left.
+    let one = c.get(n.url(&format!("/Patient/{}", ids[0]))).send().unwrap();
+    assert_eq!(one.status(), 200, "a 900 KB read beside the held page");
+    assert!(one.bytes().unwrap().len() > NAME);
+    // A write is never refused for room once it has committed (a retry would write twice).
+    let r = c.post(n.url("/Patient")).header("content-type", "application/fhir+json").body(big(99).to_string()).send().unwrap();
+    assert_eq!(r.status(), 201, "a created 900 KB Patient returned beside the held page");
+    assert!(r.bytes().unwrap().len() > NAME);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": page.trim_start_matches('/')}},
+        {"request": {"method": "GET", "url": format!("Patient/{}", ids[1])}},
+    ]});
+    let r = c.post(n.url("/")).header("content-type", "application/fhir+json").body(batch.to_string()).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let b = json(r);
+    assert_eq!(b["entry"][0]["response"]["status"].as_str().unwrap().split(' ').next(), Some("503"), "{}", b["entry"][0]["response"]);
+    assert!(b["entry"][0]["response"]["outcome"].to_string().contains("limits.max_inflight_response_bytes"));
+    assert_eq!(b["entry"][1]["response"]["status"].as_str().unwrap().split(' ').next(), Some("200"));
+    assert_eq!(b["entry"][1]["resource"]["id"], ids[1].as_str());
+    // The holder reads its page to the end: the room comes back.
+    let mut got = Vec::new();
+    held.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    while got.len() < PATIENTS * NAME {
+        let k = held.read(&mut buf).unwrap();
+        assert!(k > 0, "the held page ended early after {} bytes", got.len());
+        got.extend_from_slice(&buf[..k]);
+    }
+    until_served(&c, &url, Duration::from_secs(10));
+    // A holder that hangs up without reading gives the room back too.
+    let gone = ask_and_not_read(&n.base, &page);
+    until_refused(&c, &url);
+    drop(gone);
+    until_served(&c, &url, Duration::from_secs(10));
+}
+
+#[test]
+fn clients_that_stall_are_hung_up_on() {
+    let (n, _) = big_node(1500);
+    let c = client();
+    let page = format!("/Patient?_count={PATIENTS}");
+    let url = n.url(&page);
+    // A holder that neither reads nor hangs up: after the stall the node hangs up on it and
+    // the room comes back, while the holder still keeps its socket.
+    let mut held = ask_and_not_read(&n.base, &page);
+    until_refused(&c, &url);
+    until_served(&c, &url, Duration::from_secs(20));
+    held.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match held.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k,
+        }
+    }
+    assert!(got < PATIENTS * NAME, "the held page was cut ({got} bytes read)");
+    // A body that stops arriving: 408 after the stall.
+    let mut slow = TcpStream::connect(host_port(&n.base)).unwrap();
+    write!(slow, "POST /Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{{\"resourceType\"").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    let mut line = [0u8; 12];
+    slow.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&line));
+    assert!(start.elapsed() >= Duration::from_millis(1400), "408 after {:?}, before the stall", start.elapsed());
+}
+
+/// Open descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn trickling_connections_cannot_take_the_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = kiln::Config { data_dir: dir.path().join("data"), listen: "127.0.0.1:0".into(), http_workers: 2, ..kiln::Config::default() };
+    cfg.limits.max_connections = 40;
+    cfg.limits.header_timeout_ms = 2000;
+    let path = dir.path().join("kiln.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let node = ChildNode::start_config(&path, &cfg.data_dir);
+    let kept = client();
+    let metadata = format!("{}/metadata", node.base);
+    // (Each body read to its end, so the connection goes back to the client's pool.)
+    let status = |c: &Client| c.get(&metadata).send().and_then(|r| Ok((r.status().as_u16(), r.bytes()?))).map(|(s, _)| s).unwrap_or(0);
+    assert_eq!(status(&kept), 200);
+    let quiet = fds(node.pid());
+    // 300 connections, each sending a header line every 500 ms and never ending its head.
+    let mut trickle: Vec<Option<TcpStream>> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(host_port(&node.base)).unwrap();
+            s.write_all(b"GET /metadata HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+            Some(s)
+        })
+        .collect();
+    let (mut most, mut slowest, mut closed, mut answered_408) = (0, Duration::ZERO, 0, 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(9) {
+        for slot in trickle.iter_mut() {
+            let Some(s) = slot else { continue };
+            let mut buf = [0u8; 64];
+            let ended = match s.read(&mut buf) {
+                Ok(0) => true,
+                Ok(k) => {
+                    answered_408 += usize::from(buf[..k].starts_with(b"HTTP/1.1 408"));
+                    true
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => s.write_all(b"X-Trickle: 1\r\n").is_err(),
+                Err(_) => true,
+            };
+            if ended {
+                closed += 1;
+                *slot = None;
+            }
+        }
+        most = most.max(fds(node.pid()));
+        let t = Instant::now();
+        assert_eq!(status(&kept), 200, "the kept-alive client during the trickle");
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // A connection takes two descriptors (its socket, and the duplicate that notices a hang-up).
+    assert!(most <= quiet + 2 * 40 + 16, "the node held {most} descriptors ({quiet} before 300 trickling connections; at most 40 connections allowed)");
+    assert!(slowest < Duration::from_secs(2), "the kept-alive client waited {slowest:?}");
+    // Each accepted trickler is cut at the head timeout and its slot goes to the next one.
+    assert!(closed >= 80 && answered_408 >= 40, "{closed} trickling connections closed by the node ({answered_408} with 408) in 9 s");
+    drop(trickle);
+    let fresh = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    assert_eq!(status(&fresh), 200, "a new client once the trickle stopped");
+}
