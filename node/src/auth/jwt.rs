@@ -327,7 +327,7 @@ mod tests {
         let jwks = dir.path().join("jwks.json");
         let (k1, j1) = ec_key("k1");
         let (k2, j2) = ec_key("k2");
-        std::fs::write(&jwks, serde_json::json!({"keys": [j1]}).to_string()).unwrap();
+        std::fs::write(&jwks, serde_json::json!({"keys": [j1.clone()]}).to_string()).unwrap();
         let v = Verifier::new(&AuthConfig { jwks_file: Some(jwks.clone()), ..AuthConfig::default() }).unwrap();
         let claims = serde_json::json!({"sub": "svc", "exp": now_secs() + 600, "scope": "system/*.rs"});
         let (t1, t2) = (es256(&k1, "k1", &claims), es256(&k2, "k2", &claims));
@@ -338,10 +338,21 @@ mod tests {
         std::fs::write(&jwks, serde_json::json!({"keys": [j2]}).to_string()).unwrap();
         assert!(v.verify(&t2).is_ok());
         assert!(v.verify(&t1).is_err(), "a token of a withdrawn key stops working, cached or not");
-        // A broken file keeps the keys in force.
+        // A broken file is read (its stamp taken, the key set not replaced) and keeps the keys in
+        // force, for a token never seen before too (not only a cached one).
         std::thread::sleep(std::time::Duration::from_millis(1100));
         std::fs::write(&jwks, "{not json").unwrap();
-        assert!(v.verify(&t2).is_ok());
+        let generation = v.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let fresh = es256(&k2, "k2", &serde_json::json!({"sub": "svc2", "exp": now_secs() + 600, "scope": "system/*.rs"}));
+        let before = Instant::now();
+        assert!(v.verify(&fresh).is_ok(), "a new token of a key in force, beside a broken file");
+        let checked = v.jwks.as_ref().unwrap().read().checked;
+        assert!(checked >= before, "the broken file was looked at");
+        assert_eq!(v.generation.load(std::sync::atomic::Ordering::SeqCst), generation, "the key set was kept");
+        // Once the file is whole again it is read again: k1 back in, k2 out.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&jwks, serde_json::json!({"keys": [j1]}).to_string()).unwrap();
+        assert!(v.verify(&fresh).is_err(), "the file is still re-read after a broken version");
         // An HS256 token is refused where only a key set is configured (no algorithm confusion).
         let hs = token::sign_hs256(SECRET.as_bytes(), &claims).unwrap();
         assert!(v.verify(&hs).is_err());

@@ -126,8 +126,71 @@ mod tests {
         assert!(setup.check_node_id(None, 2).is_err());
     }
 
+    /// A node-1 transport with TLS from `dir`, and what it delivers.
+    fn listener(dir: &std::path::Path) -> (Arc<crate::consensus::transport::Transport>, crossbeam_channel::Receiver<crate::consensus::transport::Inbound>) {
+        use crate::consensus::transport::{Hooks, Transport};
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cluster = crate::consensus::config::ClusterConfig { raft_listen: Some("127.0.0.1:0".into()), tls: Some(in_dir(dir, 1)), ..Default::default() };
+        let hooks = Hooks { forward: Arc::new(Ok), snapshot: Arc::new(|_, _, _, _, _| Ok(())) };
+        (Transport::start(1, &cluster, Arc::new(move |i| drop(tx.send(i))), hooks).unwrap(), rx)
+    }
+
+    fn in_dir(dir: &std::path::Path, i: u64) -> TlsConfig {
+        TlsConfig { cert: dir.join(format!("node{i}.pem")), key: dir.join(format!("node{i}.key")), ca: dir.join("ca.pem") }
+    }
+
+    /// Connects to `addr` with `setup`'s certificate and sends a Hello from `from`, then a frame.
+    fn speak(setup: &TlsSetup, addr: std::net::SocketAddr, from: u64, req_id: u64) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
+        use crate::consensus::transport::{write_frame, Frame};
+        use std::io::Write as _;
+        let mut s = setup.connect(TcpStream::connect(addr)?, &addr.to_string())?;
+        // (The handshake leaves the socket without a timeout.)
+        s.sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+        write_frame(&mut s, &Frame::Hello { from })?;
+        write_frame(&mut s, &Frame::ForwardAck { req_id, index: 1, term: 1 })?;
+        s.flush()?;
+        Ok(s)
+    }
+
+    /// Whether the listener hung up on `s` (it never answers a peer's frames on that connection).
+    fn hung_up(s: std::io::Result<StreamOwned<ClientConnection, TcpStream>>) -> bool {
+        use std::io::Read as _;
+        match s {
+            Err(_) => true,
+            Ok(mut s) => match s.read(&mut [0u8; 16]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            },
+        }
+    }
+
     #[test]
-    fn a_peer_with_another_nodes_certificate_is_refused_over_tls() {
+    fn the_raft_listener_refuses_peers_by_their_certificate() {
+        use crate::consensus::transport::{Frame, Inbound};
+        let dir = tempfile::tempdir().unwrap();
+        crate::launcher::write_certs(dir.path(), &[1, 2], &["127.0.0.1".into()]).unwrap();
+        let rogue = tempfile::tempdir().unwrap();
+        crate::launcher::write_certs(rogue.path(), &[2], &["127.0.0.1".into()]).unwrap();
+        let (a, rx) = listener(dir.path());
+        let node2 = TlsSetup::load(&in_dir(dir.path(), 2)).unwrap();
+        // Node 2's certificate with a Hello that claims node 3: the listener hangs up, and
+        // delivers nothing (it checks before it reads a frame past the Hello).
+        assert!(hung_up(speak(&node2, a.local_addr, 3, 1)), "a Hello claiming another node than the certificate names");
+        // A certificate of another CA (same node name): the handshake fails.
+        assert!(hung_up(speak(&TlsSetup::load(&in_dir(rogue.path(), 2)).unwrap(), a.local_addr, 2, 2)), "a certificate of another CA");
+        assert!(rx.try_recv().is_err(), "nothing delivered from a refused peer");
+        // The same certificate, honest about its node: delivered.
+        let _honest = speak(&node2, a.local_addr, 2, 3).unwrap();
+        match rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap() {
+            Inbound::Frame { from: 2, frame: Frame::ForwardAck { req_id: 3, .. } } => {}
+            other => panic!("expected node 2's frame, got {other:?}"),
+        }
+        a.stop();
+    }
+
+    #[test]
+    fn a_certificate_from_a_later_run_that_reused_the_ca_chains() {
         let dir = tempfile::tempdir().unwrap();
         crate::launcher::write_certs(dir.path(), &[1, 2], &["127.0.0.1".into()]).unwrap();
         let cfg = |i: u64| TlsConfig { cert: dir.path().join(format!("node{i}.pem")), key: dir.path().join(format!("node{i}.key")), ca: dir.path().join("ca.pem") };

@@ -375,7 +375,7 @@ fn read_up_to(r: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn write_frame(w: &mut impl Write, frame: &Frame) -> std::io::Result<()> {
+pub(crate) fn write_frame(w: &mut impl Write, frame: &Frame) -> std::io::Result<()> {
     let body = bincode::serialize(frame).map_err(|e| invalid(e.to_string()))?;
     let len = u32::try_from(body.len()).map_err(|_| invalid("frame over 4 GiB".into()))?;
     w.write_all(&len.to_be_bytes())?;

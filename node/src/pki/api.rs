@@ -321,8 +321,13 @@ mod tests {
         let r = ReloadingCert::new(&cert, &key, provider(), Duration::from_millis(300)).unwrap();
         overwrite(&next_cert, &cert, 10);
         overwrite(&next_key, &key, 10);
+        let start = std::time::Instant::now();
         assert_eq!(served(&r), first, "within the interval the files are not read");
-        std::thread::sleep(Duration::from_millis(400));
-        assert_eq!(served(&r), next);
+        // Asked again and again, the new pair comes once the interval has passed, not before.
+        while served(&r) != next {
+            assert!(start.elapsed() < Duration::from_secs(30), "the new pair was never served");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(start.elapsed() >= Duration::from_millis(300), "served after {:?}, within the interval", start.elapsed());
     }
 }

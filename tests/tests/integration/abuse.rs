@@ -254,8 +254,12 @@ fn forged_forwards_on_the_raft_port_change_nothing() {
     s.write_all(&frame(1, &[], Some(&propose))).unwrap();
     let vote_as_other = [0x08, 0x06, 0x10, leader as u8, 0x18, other as u8, 0x20, term as u8];
     s.write_all(&frame(1, &[], Some(&vote_as_other))).unwrap();
+    // Then a forward on behalf of another node, which closes the connection: frames are read in
+    // order, so once it is closed the leader has handled the forged ones before it.
+    s.write_all(&frame(3, &[other, 3, term], Some(b"x"))).unwrap();
     s.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(std::io::Read::read(&mut s, &mut byte), Ok(0) | Err(_)), "the leader read up to the closing frame");
     // Before the fix the leader proposed those bytes and every node stopped applying for good.
     let c = client();
     let (st, _) = put(&c, &cluster.url(leader, "/Patient/after-forgery"), &json!({"resourceType": "Patient", "id": "after-forgery"})).unwrap();
@@ -332,10 +336,19 @@ fn bundle_bodies_in_flight_are_bounded() {
         client().post(a_url).header("content-type", FHIR).body(body).send().map(|r| r.status().as_u16()).unwrap_or(0)
     });
     tx.send(br#"{"resourceType":"Bundle","#.to_vec()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let small = json!({"resourceType": "Bundle", "type": "batch", "entry": []}).to_string();
     let c = client();
-    let oo = expect("a bundle while the room is taken", post(&c, &url, small.clone()), 503);
+    // Once A's request has taken the room (it does on its head, before its body), B waits and
+    // is refused; until then B passes.
+    let start = Instant::now();
+    let oo = loop {
+        let r = post(&c, &url, small.clone()).send().unwrap();
+        if r.status() == 503 {
+            break serde_json::from_str::<Value>(&r.text().unwrap()).unwrap();
+        }
+        assert_eq!(r.status(), 200);
+        assert!(start.elapsed() < Duration::from_secs(30), "the room was never taken by the open bundle");
+    };
     assert_eq!(oo["issue"][0]["code"], "throttled");
     tx.send(br#""type":"batch","entry":[]}"#.to_vec()).unwrap();
     drop(tx);

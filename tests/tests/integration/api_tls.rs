@@ -4,7 +4,7 @@
 //! `kiln serve --tls-*` flags.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use kiln::fhir::FhirVersion;
 use kiln::pki::api::ApiTlsConfig;
@@ -218,20 +218,43 @@ fn a_renewed_certificate_is_served_without_a_restart() {
 
     // Renew in place: key first, then the certificate; mtimes moved on so that no file system's
     // timestamp granularity can hide the change.
-    let renewed = new_ca.server();
-    for (path, text) in [(&tls.key, &renewed.key), (&tls.cert, &renewed.cert)] {
-        let before = std::fs::metadata(path).unwrap().modified().unwrap();
-        std::fs::write(path, text).unwrap();
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(before.max(SystemTime::now()) + Duration::from_secs(1)).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(https_client(&new_ca, None).get(&url).send().unwrap().status(), 200, "the renewed certificate is served");
+    let renew = |leaf: &Leaf| {
+        for (path, text) in [(&tls.key, &leaf.key), (&tls.cert, &leaf.cert)] {
+            let before = std::fs::metadata(path).unwrap().modified().unwrap();
+            std::fs::write(path, text).unwrap();
+            std::fs::File::options().write(true).open(path).unwrap().set_modified(before.max(SystemTime::now()) + Duration::from_secs(1)).unwrap();
+        }
+    };
+    renew(&new_ca.server());
+    served_by(&new_ca, &url, "the renewed certificate");
     refused(&https_client(&old_ca, None), &url);
 
-    // A broken renewal keeps the certificate being served.
+    // A broken renewal keeps the certificate being served, through several reload intervals
+    // (each handshake past an interval looks at the files again)...
     std::fs::write(&tls.cert, "not a certificate").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(https_client(&new_ca, None).get(&url).send().unwrap().status(), 200, "invalid PEM keeps the previous certificate");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        assert_eq!(https_client(&new_ca, None).get(&url).send().unwrap().status(), 200, "invalid PEM keeps the previous certificate");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // ...and the files are still read after it: the next good renewal is served.
+    let third = Ca::new("Kiln API CA 2026");
+    renew(&third.server());
+    served_by(&third, &url, "a renewal after a broken one");
+    refused(&https_client(&new_ca, None), &url);
+}
+
+/// Waits (up to 30 s) until the node's certificate is one `ca` signed.
+fn served_by(ca: &Ca, url: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = https_client(ca, None).get(url).send() {
+            assert_eq!(r.status(), 200, "{what}");
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} was never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

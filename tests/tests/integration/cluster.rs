@@ -199,9 +199,11 @@ fn no_lost_updates_while_nodes_crash() {
     assert_eq!(s, 201);
     let bases: Vec<String> = c.ids().into_iter().map(|i| c.base(i)).collect();
     let stop = Arc::new(AtomicBool::new(false));
+    // Acknowledged increments so far, for the fault schedule below.
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let clients: Vec<_> = (0..3)
         .map(|t| {
-            let (bases, stop) = (bases.clone(), stop.clone());
+            let (bases, stop, progress) = (bases.clone(), stop.clone(), progress.clone());
             std::thread::spawn(move || {
                 let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(8)).build().unwrap();
                 let (mut acked, mut unknown) = (0u64, 0u64);
@@ -222,7 +224,10 @@ fn no_lost_updates_while_nodes_crash() {
                         .body(counter(n + 1).to_string())
                         .send();
                     match resp.map(|r| r.status().as_u16()) {
-                        Ok(200) => acked += 1,
+                        Ok(200) => {
+                            acked += 1;
+                            progress.fetch_add(1, Ordering::Relaxed);
+                        }
                         Ok(412) => {}
                         // 503 "no leader" was not applied; a timeout or a dropped connection may have been.
                         Ok(503) | Ok(_) | Err(_) => unknown += 1,
@@ -232,14 +237,23 @@ fn no_lost_updates_while_nodes_crash() {
             })
         })
         .collect();
-    // Crash and restart nodes in turn while the clients run.
+    // Crash and restart nodes in turn while the clients run; each fault once the clients have
+    // made progress since the last one (so every fault meets writes in flight).
+    let advanced = |what: &str| {
+        let from = progress.load(Ordering::Relaxed);
+        let start = Instant::now();
+        while progress.load(Ordering::Relaxed) < from + 5 {
+            assert!(start.elapsed() < Duration::from_secs(60), "no progress {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     for victim in [1u64, 2, 3] {
-        std::thread::sleep(Duration::from_millis(1500));
+        advanced(&format!("before node {victim} is killed"));
         c.kill9(victim);
-        std::thread::sleep(Duration::from_millis(1500));
+        advanced(&format!("while node {victim} is down"));
         c.restart(victim);
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    advanced("after the last restart");
     stop.store(true, Ordering::Relaxed);
     let (acked, unknown) = clients.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let leader = c.leader();
@@ -403,8 +417,16 @@ fn mutual_tls_between_nodes() {
     assert_eq!(s, 201);
     let other = if leader == 1 { 2 } else { 1 };
     assert_eq!(eventually_get(&c.url(other, "/Patient/tls")).status(), 200, "replicated over TLS");
-    std::thread::sleep(Duration::from_secs(1));
+    // Later writes reach the other member too: by then node 3 would have had the first one.
+    for i in 0..5 {
+        let (s, _) = put(&http, &c.url(leader, &format!("/Patient/tls{i}")), &patient(&format!("tls{i}"), "later")).unwrap();
+        assert_eq!(s, 201);
+    }
+    assert_eq!(eventually_get(&c.url(other, "/Patient/tls4")).status(), 200);
     assert_eq!(http.get(c.url(3, "/Patient/tls")).send().unwrap().status(), 404, "a node with a foreign certificate gets nothing");
+    // (Every node applies the membership entry it boots with, index 1: nothing past it.)
+    let applied = |i: u64| c.status(i).unwrap()["applied_index"].as_u64().unwrap();
+    assert!(applied(3) <= 1 && applied(other) >= 7, "node 3 applied {}, node {other} {}", applied(3), applied(other));
     assert_eq!(c.status(3).unwrap()["leader_id"], 0);
 }
 

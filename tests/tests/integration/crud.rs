@@ -259,13 +259,31 @@ fn data_survives_restart() {
     let mut node = TestNode::start();
     let c = client();
     for i in 0..20 {
-        put(&c, &node.url(&format!("/Patient/r{i}")), &json!({"resourceType": "Patient", "id": format!("r{i}")}));
+        put(&c, &node.url(&format!("/Patient/r{i}")), &json!({"resourceType": "Patient", "id": format!("r{i}"), "name": [{"family": format!("Restart{i}")}]}));
     }
     put(&c, &node.url("/Patient/r0"), &json!({"resourceType": "Patient", "id": "r0", "active": true}));
+    // What a client saw before: every body, r0's history, a search over the index.
+    let seen = |c: &reqwest::blocking::Client, node: &TestNode| {
+        let mut bodies: Vec<Value> = (0..20).map(|i| json(c.get(node.url(&format!("/Patient/r{i}"))).send().unwrap())).collect();
+        bodies.push(json(c.get(node.url("/Patient/r0/_history/1")).send().unwrap()));
+        let history = json(c.get(node.url("/Patient/r0/_history")).send().unwrap());
+        bodies.push(json!(history["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect::<Vec<_>>()));
+        let found = json(c.get(node.url("/Patient?family=Restart7")).send().unwrap());
+        bodies.push(json!(found["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].clone()).collect::<Vec<_>>()));
+        let active = json(c.get(node.url("/Patient?active=true")).send().unwrap());
+        bodies.push(json!(active["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].clone()).collect::<Vec<_>>()));
+        bodies
+    };
+    let before = seen(&c, &node);
+    assert_eq!(before[20]["name"][0]["family"], "Restart0", "version 1 of r0");
+    assert_eq!(before[21].as_array().unwrap().len(), 2, "r0 has two versions");
+    assert_eq!(before[22], json!(["r7"]));
+    assert_eq!(before[23], json!(["r0"]));
     node.restart();
     let c = client();
-    for i in 0..20 {
-        assert_eq!(c.get(node.url(&format!("/Patient/r{i}"))).send().unwrap().status(), StatusCode::OK);
+    let after = seen(&c, &node);
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(a, b, "answer {i} differs after the restart");
     }
     let resp = put(&c, &node.url("/Patient/r0"), &json!({"resourceType": "Patient", "id": "r0"}));
     assert_eq!(header(&resp, "etag"), "W/\"3\"", "versions continue after restart");
@@ -307,12 +325,23 @@ fn linearizable_reads_on_one_node() {
     let node = TestNode::start_with(FhirVersion::R4, |c| c.cluster.read_consistency = kiln::config::ReadConsistency::Linearizable);
     let c = client();
     assert_eq!(put(&c, &node.url("/Patient/lin"), &json!({"resourceType": "Patient", "id": "lin"})).status(), StatusCode::CREATED);
-    for consistency in [None, Some("local"), Some("linearizable")] {
-        let mut req = c.get(node.url("/Patient/lin"));
-        if let Some(v) = consistency {
-            req = req.header("Kiln-Consistency", v);
+    // Each read right after an acknowledged update sees that update, whatever it asks for.
+    let mut version = 1;
+    for round in 0..5 {
+        for consistency in [None, Some("local"), Some("linearizable")] {
+            version += 1;
+            let name = format!("{round}-{consistency:?}");
+            put(&c, &node.url("/Patient/lin"), &json!({"resourceType": "Patient", "id": "lin", "name": [{"text": name}]}));
+            let mut req = c.get(node.url("/Patient/lin"));
+            if let Some(v) = consistency {
+                req = req.header("Kiln-Consistency", v);
+            }
+            let resp = req.send().unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{consistency:?}");
+            let body = json(resp);
+            assert_eq!(body["meta"]["versionId"], version.to_string(), "{consistency:?}: {body}");
+            assert_eq!(body["name"][0]["text"], name.as_str());
         }
-        assert_eq!(req.send().unwrap().status(), StatusCode::OK, "{consistency:?}");
     }
     let resp = c.get(node.url("/Patient/lin/_history")).header("Kiln-Consistency", "eventual").send().unwrap();
     assert_outcome(resp, 400, "Kiln-Consistency");

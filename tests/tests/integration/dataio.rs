@@ -194,14 +194,23 @@ fn a_backup_under_writes_restores_into_a_new_cluster_with_equal_digests() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The backup starts once writes are flowing, and writes go on after it.
+    let acked_at_least = |n: usize| {
+        let start = Instant::now();
+        while acked.lock().unwrap().len() < n {
+            assert!(start.elapsed() < Duration::from_secs(60), "fewer than {n} writes acknowledged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    acked_at_least(10);
     let b1 = tmp.path().join("b1");
     let t0 = Instant::now();
     let out = kiln(&["backup", "--node", &src.admin_url(follower, ""), "--out", b1.to_str().unwrap()]);
     let t1 = Instant::now();
     assert!(out.status.success(), "backup: {}", text(&out));
     assert!(text(&out).contains("MB/s"), "{}", text(&out));
-    std::thread::sleep(Duration::from_millis(500));
+    let after_backup = acked.lock().unwrap().len();
+    acked_at_least(after_backup + 10);
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     let m1 = manifest(&b1);

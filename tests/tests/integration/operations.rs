@@ -136,7 +136,9 @@ fn validate_checks_without_writing() {
     assert_eq!(s, 200);
     assert_eq!(o["issue"][0]["severity"], "error", "{o}");
     let located: BTreeSet<&str> = o["issue"].as_array().unwrap().iter().filter_map(|i| i["expression"][0].as_str()).collect();
-    assert!(located.contains("Patient.gender") || located.contains("Patient.colour"), "each problem located: {o}");
+    assert_eq!(located, BTreeSet::from(["Patient.gender", "Patient.colour"]), "each problem located: {o}");
+    let said = o["issue"].to_string();
+    assert!(said.contains("sometimes") && said.contains("unknown element 'colour'"), "each problem said: {o}");
     // Parameters form: mode=update checks the id against the URL.
     let wrapped = json!({"resourceType": "Parameters", "parameter": [
         {"name": "mode", "valueCode": "update"},

@@ -91,17 +91,21 @@ fn rest_hooks_deliver_matching_writes_with_and_without_payload() {
     let resp = client().delete(n.url(&format!("/Patient/{smith}"))).send().unwrap();
     assert!(resp.status().is_success());
 
-    rx.wait(20, "three notifications", |r| r.len() >= 3);
-    // Give non-matching writes time to (wrongly) arrive.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Markers written after the non-matching writes: each subscription notifies in commit
+    // order, so once its marker has arrived, a (wrong) notification of an earlier write would
+    // have arrived before it.
+    created(&n.base, &observation("final"));
+    let marker = created(&n.base, &patient("Smith"));
+    rx.wait(20, "five notifications", |r| r.len() >= 5);
     let all = rx.requests();
     let empties: Vec<&Received> = all.iter().filter(|r| r.path == "/empty").collect();
-    assert_eq!(empties.len(), 1, "only the final Observation: {all:?}");
+    assert_eq!(empties.len(), 2, "only the two final Observations: {all:?}");
     assert_eq!(empties[0].method, "POST");
     assert!(empties[0].body.is_empty(), "no payload: an empty notification");
     assert_eq!(empties[0].headers.get("x-kiln-test").map(String::as_str), Some("empty-hook"));
     let fulls: Vec<&Received> = all.iter().filter(|r| r.path.starts_with("/fhir")).collect();
-    assert_eq!(fulls.len(), 2, "Smith's creation and deletion, not Jones: {all:?}");
+    assert_eq!(fulls.len(), 3, "Smith's creation and deletion and the marker, not Jones: {all:?}");
+    assert_eq!(fulls[2].path, format!("/fhir/Patient/{marker}"));
     assert_eq!((fulls[0].method.as_str(), fulls[0].path.clone()), ("PUT", format!("/fhir/Patient/{smith}")));
     let body: Value = serde_json::from_slice(&fulls[0].body).unwrap();
     assert_eq!(body["name"][0]["family"], "Smith");
@@ -139,7 +143,10 @@ fn subscriptions_off_list_no_channel_and_are_not_activated() {
     let sub_entry = cs["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Subscription").unwrap().clone();
     assert!(sub_entry["documentation"].as_str().unwrap().contains("no subscription channel"));
     let id = created(&n.base, &subscription("Patient", json!({"type": "websocket"})));
-    std::thread::sleep(Duration::from_millis(1000));
+    // Nothing runs that could activate it (the notifier is what activates subscriptions).
+    let status = json(client().get(n.url("/_cluster/status")).send().unwrap());
+    assert_eq!(status["subscriptions"]["enabled"], false, "{status}");
+    assert_eq!(status["subscriptions"]["notifier_running"], false, "{status}");
     assert_eq!(get(&n.base, &format!("/Subscription/{id}"))["status"], "requested");
     let resp = client().get(n.url("/_subscriptions/ws")).send().unwrap();
     assert_eq!(resp.status().as_u16(), 404);
@@ -166,10 +173,16 @@ fn a_failing_endpoint_goes_to_error_and_never_holds_back_the_others() {
     let error = sub["error"].as_str().unwrap();
     assert!(error.contains("HTTP 500") && error.contains("3 attempts"), "{error}");
     assert_eq!(bad.requests().len(), 3, "one notification tried 1 + max_retries times");
-    // Off the queue for good: no more attempts.
+    // Off the queue for good: no more attempts, though two more writes match it and are
+    // delivered to the healthy endpoint (the second after a whole retry pause).
     created(&n.base, &patient("Doe"));
     good.wait(20, "the sixth notification", |r| r.len() >= 6);
-    std::thread::sleep(Duration::from_millis(500));
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_millis(400) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    created(&n.base, &patient("Doe"));
+    good.wait(20, "the seventh notification", |r| r.len() >= 7);
     assert_eq!(bad.requests().len(), 3);
     // A client re-requests it: the server activates it again and it delivers.
     bad.answer(200);
@@ -212,6 +225,19 @@ fn ws_next(ws: &mut Ws, secs: u64) -> Option<String> {
     None
 }
 
+/// Writes Marker Patients until `ws` is pinged for one: the connection's pinger has taken its
+/// starting point (writes before it are never pinged, writes after it always are).
+fn synced(base: &str, ws: &mut Ws, marker: &str) {
+    for _ in 0..10 {
+        created(base, &patient("Marker"));
+        if let Some(ping) = ws_next(ws, 5) {
+            assert_eq!(ping, format!("ping {marker}"));
+            return;
+        }
+    }
+    panic!("the websocket was never pinged for its marker subscription");
+}
+
 #[test]
 fn websocket_bind_bound_ping() {
     let n = node();
@@ -226,20 +252,32 @@ fn websocket_bind_bound_ping() {
     assert!(ws_next(&mut ws, 5).unwrap().contains("does not have a websocket channel"));
     ws_send(&mut ws, &format!("bind {id}"));
     assert_eq!(ws_next(&mut ws, 5).as_deref(), Some(format!("bound {id}").as_str()));
-    // Let the pinger take its starting point.
-    std::thread::sleep(Duration::from_millis(300));
+    // A second subscription on the same connection, written after each write under test: pings
+    // come in commit order, so its ping arriving first proves the earlier write did not ping.
+    let marker = active(&n.base, "Patient?family=Marker", json!({"type": "websocket"}));
+    ws_send(&mut ws, &format!("bind {marker}"));
+    assert_eq!(ws_next(&mut ws, 5).as_deref(), Some(format!("bound {marker}").as_str()));
+    synced(&n.base, &mut ws, &marker);
     created(&n.base, &patient("Other"));
+    created(&n.base, &patient("Marker"));
+    assert_eq!(ws_next(&mut ws, 10).as_deref(), Some(format!("ping {marker}").as_str()), "the other Patient does not match");
     created(&n.base, &patient("Ping"));
+    created(&n.base, &patient("Marker"));
     assert_eq!(ws_next(&mut ws, 10).as_deref(), Some(format!("ping {id}").as_str()));
-    assert_eq!(ws_next(&mut ws, 1), None, "one ping: the other Patient does not match");
+    assert_eq!(ws_next(&mut ws, 10).as_deref(), Some(format!("ping {marker}").as_str()), "one ping for one matching write");
     // A second connection bound to the same subscription gets its own pings.
     let mut ws2 = ws_connect(&n.base);
     ws_send(&mut ws2, &format!("bind {id}"));
     assert_eq!(ws_next(&mut ws2, 5).as_deref(), Some(format!("bound {id}").as_str()));
-    std::thread::sleep(Duration::from_millis(300));
+    ws_send(&mut ws2, &format!("bind {marker}"));
+    assert_eq!(ws_next(&mut ws2, 5).as_deref(), Some(format!("bound {marker}").as_str()));
+    synced(&n.base, &mut ws2, &marker);
     created(&n.base, &patient("Ping"));
-    assert_eq!(ws_next(&mut ws, 10).as_deref(), Some(format!("ping {id}").as_str()));
-    assert_eq!(ws_next(&mut ws2, 10).as_deref(), Some(format!("ping {id}").as_str()));
+    // (ws also hears the markers that synced ws2, before this ping.)
+    for w in [&mut ws, &mut ws2] {
+        let next = std::iter::from_fn(|| ws_next(w, 10)).find(|m| *m != format!("ping {marker}"));
+        assert_eq!(next.as_deref(), Some(format!("ping {id}").as_str()));
+    }
     let status = json(client().get(n.url("/_cluster/status")).send().unwrap());
     assert_eq!(status["subscriptions"]["websockets"], 2);
 }
