@@ -358,7 +358,8 @@ impl Config {
                 Ok(a) if !a.ip().is_loopback() && self.admin_token_file.is_none() => {
                     return bad(format!("admin_listen = {admin:?} is not a loopback address: set admin_token_file so that the operator API needs a token"))
                 }
-                Ok(a) if a.to_string() == self.listen => return bad("admin_listen must differ from listen".into()),
+                // (Port 0 on both: each listener gets a port of its own.)
+                Ok(a) if a.port() != 0 && a.to_string() == self.listen => return bad("admin_listen must differ from listen".into()),
                 Ok(_) => {}
                 Err(_) => return bad(format!("admin_listen = {admin:?} is not an IP:port address")),
             }

@@ -9,6 +9,9 @@
 pub mod bulk;
 pub mod hooks;
 pub mod meili;
+pub mod s3;
+
+pub use s3::S3Server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -77,6 +80,9 @@ impl TestNode {
             match start_node(cfg.clone()) {
                 Ok(h) => break h,
                 Err(kiln::StartError::DataDir { .. }) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+                // Another test took the port meanwhile: wait for it, then take a new one.
+                Err(kiln::StartError::Listen { .. }) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
+                Err(kiln::StartError::Listen { .. }) if cfg.listen != "127.0.0.1:0" => cfg.listen = "127.0.0.1:0".into(),
                 Err(e) => panic!("node restarts: {e}"),
             }
         };
@@ -292,10 +298,6 @@ impl TestCluster {
         unreachable!("the loop returns or panics")
     }
 
-    fn spawn(&self, id: u64) -> ChildNode {
-        self.try_spawn(id).unwrap_or_else(|e| panic!("{e}"))
-    }
-
     fn try_spawn(&self, id: u64) -> Result<ChildNode, String> {
         let cfg = &self.configs[(id - 1) as usize];
         let path = self.dir.path().join(format!("node{id}.toml"));
@@ -360,10 +362,21 @@ impl TestCluster {
         }
     }
 
-    /// Starts a killed node again on its data and ports.
+    /// Starts a killed node again on its data and ports (the other members know them). A
+    /// port another process took meanwhile is waited for, up to 30 s.
     pub fn restart(&mut self, id: u64) {
         assert!(self.nodes[(id - 1) as usize].is_none(), "node {id} is running");
-        let node = self.spawn(id);
+        let started = std::time::Instant::now();
+        let node = loop {
+            match self.try_spawn(id) {
+                Ok(n) => break n,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("node {id} did not restart ({e}); trying again");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => panic!("node {id} did not restart within 30 s: {e}"),
+            }
+        };
         self.nodes[(id - 1) as usize] = Some(node);
     }
 
@@ -385,6 +398,29 @@ impl TestCluster {
     /// Starts a new node with `cluster.join = true` (it waits to be added); returns its id.
     pub fn start_joining_node(&mut self) -> u64 {
         let id = self.configs.len() as u64 + 1;
+        let peers = self.configs[0].cluster.peers.clone();
+        // Its ports are new to everyone: if one was taken meanwhile, try others.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_joining_node(id) {
+                Ok(node) => {
+                    self.nodes.push(Some(node));
+                    return id;
+                }
+                Err(e) if attempt < 5 => {
+                    eprintln!("joining node {id} did not start ({e}); new ports");
+                    self.configs.pop();
+                    for c in &mut self.configs {
+                        c.cluster.peers = peers.clone();
+                    }
+                }
+                Err(e) => panic!("joining node {id} did not start: {e}"),
+            }
+        }
+    }
+
+    fn try_joining_node(&mut self, id: u64) -> Result<ChildNode, String> {
         let ports = free_ports(3);
         let me = PeerConfig {
             id,
@@ -404,9 +440,7 @@ impl TestCluster {
             c.cluster.peers = cfg.cluster.peers.clone();
         }
         self.configs.push(cfg);
-        let node = self.spawn(id);
-        self.nodes.push(Some(node));
-        id
+        self.try_spawn(id)
     }
 
     /// Waits (up to `secs`) until the running nodes in `ids` have the same applied index and the
@@ -475,98 +509,4 @@ pub fn fhir_packages() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-/// A real S3-compatible server for the tests: `s3s-fs` (installed by `.ci/run`) on a free
-/// 127.0.0.1 port, serving a temporary folder with one bucket, SigV4 enforced. Killed on drop.
-pub struct S3Server {
-    child: Child,
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    pub bucket: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
-
-impl S3Server {
-    pub fn start() -> S3Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let bucket = "kiln-test".to_string();
-        // In s3s-fs a bucket is a folder of the data folder.
-        std::fs::create_dir_all(dir.path().join("data").join(&bucket)).expect("bucket folder");
-        let (access_key, secret_key) = ("kiln-test-key".to_string(), "kiln-test-secret-0123456789".to_string());
-        let started = std::time::Instant::now();
-        loop {
-            let port = free_ports(1)[0];
-            let child = Command::new("s3s-fs")
-                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])
-                .arg(dir.path().join("data"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    panic!("s3s-fs is not installed (the S3 tests need it): .ci/run installs it, or run `cargo install s3s-fs@0.14.1 --features binary --locked`")
-                }
-                Err(e) => panic!("cannot start s3s-fs: {e}"),
-            };
-            let mut server = None;
-            while started.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken meanwhile: try another one
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    server = Some(port);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            match server {
-                Some(port) => return S3Server { child, dir, port, bucket, access_key, secret_key },
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(started.elapsed() < Duration::from_secs(20), "s3s-fs did not start listening within 20 s");
-                }
-            }
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Where s3s-fs keeps the objects of the bucket (`key` as a relative path).
-    pub fn object_path(&self, key: &str) -> PathBuf {
-        self.dir.path().join("data").join(&self.bucket).join(key)
-    }
-
-    /// `[s3]` for a node: path style, plain HTTP on loopback, the secret in a file.
-    pub fn s3_config(&self) -> kiln::config::S3Config {
-        self.s3_config_with_secret(&self.secret_key)
-    }
-
-    /// [`S3Server::s3_config`] with another secret (for wrong-credential tests).
-    pub fn s3_config_with_secret(&self, secret: &str) -> kiln::config::S3Config {
-        static FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let file = self.dir.path().join(format!("secret-{}", FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-        std::fs::write(&file, secret).expect("write secret file");
-        kiln::config::S3Config {
-            endpoint: Some(self.endpoint()),
-            bucket: self.bucket.clone(),
-            access_key_id: self.access_key.clone(),
-            secret_access_key_file: Some(file),
-            path_style: true,
-            allow_http: true,
-            ..kiln::config::S3Config::default()
-        }
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -39,7 +39,7 @@ impl Meili {
         let port = crate::free_ports(1)[0];
         let db = dir.path().join("db");
         let mut m = Meili { child: None, db, dir, port, key, key_file };
-        m.run();
+        m.run(true);
         m
     }
 
@@ -47,7 +47,27 @@ impl Meili {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn run(&mut self) {
+    /// Starts the server and waits until it is healthy. Its port was free when picked; if
+    /// another process took it meanwhile the server exits: then a new port (`new_port`: nobody
+    /// knows this one yet), or the same one again once it is free (up to 60 s).
+    fn run(&mut self, new_port: bool) {
+        let start = Instant::now();
+        loop {
+            match self.try_run() {
+                Ok(()) => return,
+                Err(why) => {
+                    assert!(start.elapsed() < Duration::from_secs(60), "meilisearch did not start: {why}");
+                    if new_port {
+                        self.port = crate::free_ports(1)[0];
+                    } else {
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_run(&mut self) -> Result<(), String> {
         let cwd = self.dir.path().join("cwd");
         std::fs::create_dir_all(&cwd).expect("cwd");
         let child = Command::new(meilisearch_bin())
@@ -66,7 +86,11 @@ impl Meili {
         let start = Instant::now();
         loop {
             if c.get(format!("{}/health", self.url())).send().is_ok_and(|r| r.status().is_success()) {
-                return;
+                return Ok(());
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Err(format!("it exited ({status}) on port {}", self.port));
             }
             assert!(start.elapsed() < Duration::from_secs(120), "meilisearch did not become healthy on port {}", self.port);
             std::thread::sleep(Duration::from_millis(100));
@@ -84,14 +108,14 @@ impl Meili {
     /// Starts it again on the same database and port.
     pub fn restart(&mut self) {
         self.stop();
-        self.run();
+        self.run(false);
     }
 
     /// Starts it again with an empty database (Meilisearch lost its data).
     pub fn restart_empty(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.db);
-        self.run();
+        self.run(false);
     }
 
     /// A request to Meilisearch with the master key.

@@ -33,8 +33,10 @@ pub enum ExportError {
     NoJob(String),
     #[error("no output file {file} in export job {job}")]
     NoFile { job: String, file: String },
-    #[error("too many export jobs: at most {active} may run at once here (export.max_active_jobs) and one caller may hold {owned} (export.max_jobs_per_owner, finished ones count until they expire); retry later or cancel finished jobs")]
-    TooMany { active: usize, owned: usize },
+    #[error("too many export jobs: {active} are active here, the most that may run at once (export.max_active_jobs); retry when one has finished")]
+    TooManyActive { active: usize },
+    #[error("too many export jobs: this caller holds {owned}, the most one caller may hold (export.max_jobs_per_owner; finished jobs count until they expire); cancel finished jobs or retry later")]
+    TooManyOwned { owned: usize },
     #[error("the export job failed: {0}")]
     Failed(String),
     #[error("export storage: {0}")]

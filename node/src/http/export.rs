@@ -85,8 +85,15 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
     spec.check(&st.defs).map_err(|reason| ExportError::BadParameter { name: "kick-off".into(), reason })?;
     st.export.propose(ExportOp::Start { job: id.clone(), ts_micros: 0, spec }).await?;
     if st.export.job(&id)?.is_none() {
-        // Apply refused it: over the job limits.
-        return Err(ExportError::TooMany { active: xc.max_active_jobs, owned: xc.max_jobs_per_owner }.into());
+        // Apply refused it: over the job limits. Which one, as this node's replica sees it now.
+        let jobs = crate::machine::export_state::list(st.store.tree().tree())?;
+        let tenant = ctx.tenant.as_deref().map(String::from);
+        let active = jobs.iter().filter(|j| j.is_active() && j.spec.tenant == tenant).count();
+        return Err(match active >= xc.max_active_jobs {
+            true => ExportError::TooManyActive { active },
+            false => ExportError::TooManyOwned { owned: xc.max_jobs_per_owner },
+        }
+        .into());
     }
     st.export_supervisor.do_send(crate::export::runner::Poke);
     let note = operation_outcome("information", "informational", &format!("export job {id} started; poll the Content-Location URL for its status"));

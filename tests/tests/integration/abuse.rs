@@ -154,7 +154,9 @@ fn hostile_requests_are_refused_quickly_and_the_node_keeps_serving() {
     let (reads, failures, slowest) = reader.finish();
     assert_eq!(failures, 0, "the concurrent reader was refused {failures} times");
     assert!(reads > 0);
-    eprintln!("abuse: the concurrent reader made {reads} reads, slowest {slowest:?}");
+    // No hostile request stalls the reader: each read within 3 s (a debug build on 2 busy cores;
+    // a stalled worker would hold it for the 10 s and more the hostile requests are allowed).
+    assert!(slowest < Duration::from_secs(3), "the concurrent reader waited {slowest:?} for one read ({reads} reads)");
     expect("the node still serves", c.get(node.url("/Patient/reader")), 200);
 }
 
@@ -168,13 +170,13 @@ fn the_operator_api_has_its_own_listener_and_token() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, "s3cret-token-of-32-characters!!!\n").unwrap();
-    let port = kiln_tests::free_ports(1)[0];
     let node = TestNode::start_with(FhirVersion::R4, |c| {
-        c.admin_listen = Some(format!("127.0.0.1:{port}"));
+        c.admin_listen = Some("127.0.0.1:0".into());
         c.admin_token_file = Some(token_file.clone());
     });
     let c = client();
-    let admin = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let admin_base = node.admin_base();
+    let admin = |p: &str| format!("{admin_base}{p}");
     let oo = expect("digest without the token", c.get(admin("/_cluster/digest")), 401);
     assert_eq!(oo["issue"][0]["code"], "login");
     expect("digest with a wrong token", c.get(admin("/_cluster/digest")).bearer_auth("s3cret-token-of-32-characters!!?"), 401);

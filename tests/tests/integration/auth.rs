@@ -479,11 +479,10 @@ fn kiln_token_and_the_audit_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret"), SECRET).unwrap();
     let config = dir.path().join("node.toml");
-    let port = kiln_tests::free_ports(1)[0];
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[auth]\nmode = \"jwt\"\nhs256_secret_file = \"{}\"\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[auth]\nmode = \"jwt\"\nhs256_secret_file = \"{}\"\n",
             dir.path().join("data").display(),
             dir.path().join("secret").display()
         ),

@@ -289,8 +289,9 @@ fn lagging_node_catches_up_by_snapshot_and_a_fourth_node_joins() {
     assert!(ls["first_index"].as_u64().unwrap() > 2, "the leader compacted its log: {ls}");
     let t = Instant::now();
     c.restart(lagging);
+    // Restart to identical digest within 60 s (a debug build; the figure itself is not a claim).
     c.converged(&c.ids(), 60);
-    eprintln!("snapshot catch-up: {n} resources in {} ms (restart to identical digest)", t.elapsed().as_millis());
+    assert!(t.elapsed() < Duration::from_secs(60));
     // The digest reads the installed state; the Raft thread resets its log right after.
     let s = first_index_past(&c, lagging, 2);
     assert!(s["first_index"].as_u64().unwrap() > 2, "node {lagging} started from a snapshot, not the full log: {s}");

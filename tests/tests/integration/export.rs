@@ -305,7 +305,8 @@ fn job_limits_answer_429() {
     let r = c.get(node.url("/$export?_type=Patient")).send().unwrap();
     assert_eq!(r.status(), 429, "finished jobs count until they expire or are cancelled");
     assert_eq!(r.headers()["retry-after"], "30");
-    assert!(json(r)["issue"][0]["diagnostics"].as_str().unwrap().contains("max_jobs_per_owner"));
+    let why = json(r)["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(why.contains("max_jobs_per_owner") && !why.contains("max_active_jobs"), "{why}");
 }
 
 #[test]
@@ -363,4 +364,59 @@ fn exports_to_s3_with_presigned_urls_and_fails_clearly_when_s3_refuses() {
     let text = oo["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(text.contains("credentials") && text.contains(&s3.bucket), "{text}");
     assert_eq!(c.get(bad.url("/Patient/p1")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn an_export_whose_bucket_goes_away_resumes_from_its_checkpoint_and_keeps_its_place() {
+    let mut s3 = kiln_tests::S3Server::start();
+    let cfg = s3.s3_config();
+    let node = TestNode::start_with(FhirVersion::R4, |c| {
+        c.s3 = Some(cfg);
+        c.export.sink = kiln::export::config::SinkName::S3;
+        c.export.part_max_lines = 10;
+        c.export.max_active_jobs = 1;
+    });
+    let c = client();
+    let n = 1000;
+    load(&c, &node.base, &(0..n).map(patient).collect::<Vec<_>>());
+    let status_url = bulk::kick_off(&c, &node.url("/$export?_type=Patient"), None, None);
+    let job = status_url.rsplit('/').next().unwrap().to_string();
+    // The bucket goes away once the first of the 100 parts is in it.
+    let first = s3.object_path(&format!("export/{job}/Patient-0.ndjson"));
+    let start = std::time::Instant::now();
+    while !first.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no part reached the bucket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s3.stop();
+    assert_eq!(c.get(&status_url).send().unwrap().status(), 202, "the job runs on after its first part");
+    // It keeps the one active place: another kick-off is refused, naming the limit it met.
+    let r = c.get(node.url("/$export?_type=Patient")).header("prefer", "respond-async").send().unwrap();
+    assert_eq!(r.status(), 429);
+    let why = json(r)["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    assert!(why.contains("export.max_active_jobs") && !why.contains("max_jobs_per_owner"), "{why}");
+    // The bucket stays away for 3 s (the job's next part fails and is retried), then comes back.
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(3) {
+        assert_eq!(c.get(&status_url).send().unwrap().status(), 202, "a storage outage is not a failed job");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    s3.restart();
+    let manifest = bulk::wait(&c, &status_url, None, 180);
+    // Exact: every Patient once, in parts of 10, none written twice.
+    let files = bulk::download(&c, &manifest, None);
+    assert_eq!(files.len(), 100, "{manifest}");
+    let mut ids = BTreeSet::new();
+    for (rtype, lines) in &files {
+        assert_eq!(rtype, "Patient");
+        assert_eq!(lines.len(), 10);
+        for l in lines {
+            assert!(ids.insert(l["id"].as_str().unwrap().to_string()), "{} twice", l["id"]);
+        }
+    }
+    assert_eq!(ids.len(), n);
+    let urls: BTreeSet<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["url"].as_str().unwrap()).collect();
+    assert_eq!(urls.len(), 100, "each part listed once");
+    // The place is free again.
+    bulk::kick_off(&c, &node.url("/$export?_type=Patient"), None, None);
 }

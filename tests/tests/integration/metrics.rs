@@ -125,7 +125,6 @@ fn metrics_need_the_admin_credential_when_auth_is_on() {
     let admin_key = "prometheus-scraper-key-0123";
     let key_hash = hex::encode(kiln::auth::api_keys::hash(admin_key));
     std::fs::write(keys.path().join("keys.toml"), format!("[[key]]\nname = \"prometheus\"\ngroup = \"admin\"\nsha256 = \"{key_hash}\"\n")).unwrap();
-    let admin_port = free_ports(1)[0];
     let node = TestNode::start_with(FhirVersion::R4, |cfg| {
         cfg.auth = AuthConfig {
             mode: AuthMode::Jwt,
@@ -133,7 +132,7 @@ fn metrics_need_the_admin_credential_when_auth_is_on() {
             api_keys_file: Some(keys.path().join("keys.toml")),
             ..AuthConfig::default()
         };
-        cfg.admin_listen = Some(format!("127.0.0.1:{admin_port}"));
+        cfg.admin_listen = Some("127.0.0.1:0".into());
         cfg.admin_token_file = Some(keys.path().join("admin-token"));
     });
     let c = client();
@@ -262,16 +261,32 @@ fn prometheus(dir: &Path, jobs: &[(&str, Vec<String>)]) -> (Reaped, String) {
     std::fs::write(&file, &config).unwrap();
     let check = tool("promtool").args(["check", "config"]).arg(&file).output().expect("promtool runs");
     assert!(check.status.success(), "promtool check config: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    let port = free_ports(1)[0];
-    let child = tool("prometheus")
-        .arg(format!("--config.file={}", file.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("prometheus starts");
-    (Reaped(child), format!("http://127.0.0.1:{port}"))
+    // The port is free when picked; if another process takes it before Prometheus binds it,
+    // Prometheus exits: start it again on another one.
+    for _ in 0..5 {
+        let port = free_ports(1)[0];
+        let mut child = tool("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus starts");
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (Reaped(child), format!("http://127.0.0.1:{port}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("prometheus did not start listening (see {})", dir.join("prometheus.log").display());
 }
 
 /// The result vector of an instant query (empty while Prometheus is not up yet).

@@ -33,7 +33,8 @@ fn query_for(code: &str, v: &IndexValue) -> Option<(String, String)> {
     let q = match v {
         IndexValue::Token { system: Some(s), code: c } if !s.contains('|') => format!("{}|{}", escape(s), escape(c)),
         IndexValue::Token { system: None, code: c } => format!("|{}", escape(c)),
-        IndexValue::Token { .. } | IndexValue::TokenText(_) => return None,
+        IndexValue::TokenText(t) => return Some((format!("{code}:text"), escape(t))),
+        IndexValue::Token { .. } => return None,
         IndexValue::String { exact, .. } => return Some((format!("{code}:exact"), escape(exact))),
         IndexValue::Date { low, high } if *low != i64::MIN => format!("ge{}", instant(*low)),
         IndexValue::Date { high, .. } if *high != i64::MAX => format!("le{}", instant(*high - 1)),
@@ -64,6 +65,7 @@ fn composite_query(p: &SearchParam, stored: &serde_json::Value, item: &Item) -> 
         let last = i + 1 == p.components.len();
         let v = values.iter().find_map(|v| {
             let text = match (last, v) {
+                (true, IndexValue::String { normalized, .. }) => normalized.clone(),
                 (true, v) => query_for(&p.def.code, v).filter(|(name, _)| name == &p.def.code).map(|(_, q)| q)?,
                 (false, IndexValue::Token { system, code }) => format!("{}|{code}", system.as_deref().unwrap_or("")),
                 (false, IndexValue::Reference { rtype: Some(t), id: Some(id), .. }) => format!("{t}/{id}"),
@@ -100,6 +102,9 @@ fn check(version: FhirVersion, folder: &str) {
         by_type.entry(e.rtype.as_str()).or_default().push(e);
     }
     let (mut checked, mut without_example, mut failures) = (0, 0, Vec::new());
+    // Pairs whose expression selects something in an example but for which no query could be
+    // made: a gap of this test's query builder, not a parameter without an example.
+    let mut unqueryable = Vec::new();
     for p in &reg.all {
         let Some(expr) = &p.expr else { continue };
         if !p.searchable() {
@@ -107,19 +112,34 @@ fn check(version: FhirVersion, folder: &str) {
         }
         for base in &p.def.base {
             let types: Vec<&str> = if base == "Resource" || base == "DomainResource" { by_type.keys().copied().collect() } else { vec![base.as_str()] };
-            let mut found = false;
+            let (mut found, mut selected) = (false, None);
             'types: for rtype in types {
                 for e in by_type.get(rtype).map(Vec::as_slice).unwrap_or_default() {
                     // The stored version (with meta stamped) is what was indexed.
                     let (_, rec) = kiln::store::Store::new(tree.clone()).read(rtype, &e.id).unwrap();
                     let stored: serde_json::Value = serde_json::from_slice(rec.body()).unwrap();
                     let items = eval_resource(expr, &stored);
+                    let values = extract(p.def.kind, &items);
                     let query = if p.def.kind == ParamType::Composite {
                         items.iter().find_map(|item| composite_query(p, &stored, item))
                     } else {
-                        extract(p.def.kind, &items).iter().find_map(|v| query_for(&p.def.code, v))
+                        values.iter().find_map(|v| query_for(&p.def.code, v))
                     };
-                    let Some((name, value)) = query else { continue };
+                    let Some((name, value)) = query else {
+                        // Indexed values no query was made for (items that index nothing, such
+                        // as a reference with only a display, are not a gap).
+                        let indexed = match p.def.kind {
+                            // A composite indexes an item only when every component has a value.
+                            ParamType::Composite => items.iter().any(|item| {
+                                p.components.iter().all(|c| !extract(c.param.def.kind, &evaluate(&c.expr, &stored, std::slice::from_ref(item))).is_empty())
+                            }),
+                            _ => !values.is_empty(),
+                        };
+                        if indexed && selected.is_none() {
+                            selected = Some(format!("{rtype}/{}: {:?}", e.id, values.first()));
+                        }
+                        continue;
+                    };
                     found = true;
                     checked += 1;
                     let params = vec![(name.clone(), value.clone())];
@@ -134,8 +154,10 @@ fn check(version: FhirVersion, folder: &str) {
                     break 'types;
                 }
             }
-            if !found {
-                without_example += 1;
+            match (found, selected) {
+                (true, _) => {}
+                (false, None) => without_example += 1,
+                (false, Some(example)) => unqueryable.push(format!("{} on {base} ({:?}): selects in {example}", p.def.code, p.def.kind)),
             }
         }
     }
@@ -145,6 +167,13 @@ fn check(version: FhirVersion, folder: &str) {
         failures.len()
     );
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    // The one known gap: the published DocumentReference-relationship pairs its `relatesto`
+    // component (a reference) with the expression `code` and `relation` (a token) with
+    // `target` (R4 and STU3 alike), so no value fits both.
+    let known = |u: &String| u.starts_with("relationship on DocumentReference ");
+    assert_eq!(unqueryable.iter().filter(|u| known(u)).count(), 1, "the known gap moved: {unqueryable:?}");
+    let unknown: Vec<&String> = unqueryable.iter().filter(|u| !known(u)).collect();
+    assert!(unknown.is_empty(), "{} parameters index values in an example but were not queried:\n{:#?}", unknown.len(), unknown);
     assert!(checked > 500, "only {checked} parameters checked");
 }
 

@@ -297,11 +297,14 @@ fn leader_kill_mid_stream_loses_no_notification() {
         let resp = client().put(c.url(node, &format!("/Patient/{id}"))).timeout(Duration::from_secs(10)).header("content-type", "application/fhir+json").body(body.to_string()).send();
         resp.is_ok_and(|r| r.status().is_success())
     };
+    let mut acked_at: HashMap<String, Instant> = HashMap::new();
     for i in 0..60 {
         if write(followers[0], i, &c) {
             acked.push(format!("s{i}"));
+            acked_at.insert(format!("s{i}"), Instant::now());
         }
     }
+    let killed_at = Instant::now();
     c.kill9(leader);
     let mut i = 60;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -324,9 +327,28 @@ fn leader_kill_mid_stream_loses_no_notification() {
     for r in &got {
         *counts.entry(r.path.rsplit('/').next().unwrap().to_string()).or_default() += 1;
     }
-    let duplicates: usize = counts.values().map(|n| n - 1).sum();
-    println!("leader kill: {} acknowledged writes, {} notifications, {} duplicates (at least once)", acked.len(), got.len(), duplicates);
     assert!(acked.len() >= 120);
+    // docs/api.md: at least once, in history order, and a repeat only for what was delivered in
+    // the ~200 ms before the failover whose position was not yet proposed: each repeated write
+    // was acknowledged shortly before the kill (2 s allowed for delivery on a busy debug build),
+    // and none is sent more than twice.
+    for (id, n) in &counts {
+        assert!(*n <= 2, "{id} notified {n} times");
+        if *n == 2 {
+            let at = acked_at.get(id).unwrap_or_else(|| panic!("{id}, written after the kill, was repeated"));
+            let before = killed_at.duration_since(*at);
+            assert!(before <= Duration::from_secs(2), "{id} was repeated though acknowledged {before:?} before the kill");
+        }
+    }
+    let number = |p: &str| p.rsplit('/').next().unwrap().trim_start_matches('s').parse::<usize>().unwrap();
+    let mut firsts: Vec<usize> = Vec::new();
+    for r in &got {
+        let k = number(&r.path);
+        if !firsts.contains(&k) {
+            firsts.push(k);
+        }
+    }
+    assert!(firsts.windows(2).all(|w| w[0] < w[1]), "first notifications out of history order: {firsts:?}");
     // Notifications carry the version the write made.
     for r in &got {
         let body: Value = serde_json::from_slice(&r.body).unwrap();
