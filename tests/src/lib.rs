@@ -75,14 +75,17 @@ impl TestNode {
         let mut cfg = self.cfg.clone();
         cfg.listen = host_port(&self.base).to_string();
         // The stopped node's HTTP workers may still be letting go of the database for a moment.
-        let started = std::time::Instant::now();
+        let mut started = std::time::Instant::now();
         let handle = loop {
             match start_node(cfg.clone()) {
                 Ok(h) => break h,
                 Err(kiln::StartError::DataDir { .. }) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
                 // Another test took the port meanwhile: wait for it, then take a new one.
                 Err(kiln::StartError::Listen { .. }) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(50)),
-                Err(kiln::StartError::Listen { .. }) if cfg.listen != "127.0.0.1:0" => cfg.listen = "127.0.0.1:0".into(),
+                Err(kiln::StartError::Listen { .. }) if cfg.listen != "127.0.0.1:0" => {
+                    cfg.listen = "127.0.0.1:0".into();
+                    started = std::time::Instant::now();
+                }
                 Err(e) => panic!("node restarts: {e}"),
             }
         };
@@ -370,14 +373,23 @@ impl TestCluster {
         let node = loop {
             match self.try_spawn(id) {
                 Ok(n) => break n,
-                Err(e) if started.elapsed() < Duration::from_secs(30) => {
-                    eprintln!("node {id} did not restart ({e}); trying again");
+                // Only a port taken meanwhile is waited for: any other failure to restart is
+                // what a test must see.
+                Err(e) if started.elapsed() < Duration::from_secs(30) && self.a_port_is_taken(id) => {
+                    eprintln!("node {id} did not restart ({e}): a port of it is taken; trying again");
                     std::thread::sleep(Duration::from_millis(250));
                 }
-                Err(e) => panic!("node {id} did not restart within 30 s: {e}"),
+                Err(e) => panic!("node {id} did not restart: {e}"),
             }
         };
         self.nodes[(id - 1) as usize] = Some(node);
+    }
+
+    /// Whether another process holds one of node `id`'s ports (it is not running).
+    fn a_port_is_taken(&self, id: u64) -> bool {
+        let cfg = &self.configs[(id - 1) as usize];
+        let addrs = [Some(cfg.listen.clone()), cfg.cluster.raft_listen.clone(), cfg.admin_listen.clone()];
+        addrs.into_iter().flatten().any(|a| std::net::TcpListener::bind(&a).is_err())
     }
 
     /// Cuts node `id` off from every other node (its transport drops all peer traffic).
@@ -408,7 +420,7 @@ impl TestCluster {
                     self.nodes.push(Some(node));
                     return id;
                 }
-                Err(e) if attempt < 5 => {
+                Err(e) if attempt < 5 && self.a_port_is_taken(id) => {
                     eprintln!("joining node {id} did not start ({e}); new ports");
                     self.configs.pop();
                     for c in &mut self.configs {

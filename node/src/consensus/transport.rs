@@ -300,9 +300,10 @@ impl Transport {
                     }
                     continue;
                 }
+                // A write on behalf of another node ends the connection, whatever it carries.
+                Frame::Forward { origin, .. } if origin != from => return Err(invalid(format!("node {from} forwarded a write on behalf of node {origin}"))),
                 Frame::Forward { origin, req_id, term, data } => match (self.hooks.forward)(data) {
-                    Ok(data) if origin == from => Frame::Forward { origin, req_id, term, data },
-                    Ok(_) => return Err(invalid(format!("node {from} forwarded a write on behalf of node {origin}"))),
+                    Ok(data) => Frame::Forward { origin, req_id, term, data },
                     Err(reason) => {
                         tracing::warn!(peer = from, req_id, "refused a forwarded write: {reason}");
                         self.send(from, Frame::ForwardInvalid { req_id, reason });

@@ -37,6 +37,8 @@ pub enum ExportError {
     TooManyActive { active: usize },
     #[error("too many export jobs: this caller holds {owned}, the most one caller may hold (export.max_jobs_per_owner; finished jobs count until they expire); cancel finished jobs or retry later")]
     TooManyOwned { owned: usize },
+    #[error("too many export jobs: the cluster keeps at most {max} of all callers ({total} now; finished jobs count until they expire), or a job just ended; retry later")]
+    TooManyKept { total: usize, max: usize },
     #[error("the export job failed: {0}")]
     Failed(String),
     #[error("export storage: {0}")]

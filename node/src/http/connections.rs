@@ -5,11 +5,14 @@
 //! trickle header lines take all of them, and then sled, the Raft transport, export files and
 //! Binary content fail with EMFILE: a stall of the whole node, not of one listener. So at start
 //! the process's soft descriptor limit is raised to its hard limit ([`raise_fd_limit`]), and the
-//! listener keeps at most `limits.max_connections` (default: half the descriptors) open; past
-//! it new connections wait in the kernel's accept queue. A connection that has not sent a whole
+//! listener keeps at most `limits.max_connections` open (default: half the descriptors for
+//! connections, two each, so a quarter of the limit; at most [`DERIVED_CEILING`]); past it new
+//! connections wait in the kernel's accept queue. A new connection that has not sent its first
 //! request head within `limits.header_timeout_ms` is answered 408 and closed, so slots held by
-//! trickling clients come back. (A bound per client address belongs in the load balancer or
-//! proxy in front: the HTTP server sees no address before it has accepted the connection.)
+//! trickling clients come back. (actix-http times the first head only: a client that trickles
+//! the head of a later request keeps its slot, though not more descriptors. A bound per client
+//! address belongs in the load balancer or proxy in front: the HTTP server sees no address
+//! before it has accepted the connection.)
 
 use crate::config::Limits;
 

@@ -137,7 +137,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             ExportError::BadParameter { .. } => (400, "value"),
             ExportError::Unsupported(_) => (400, "not-supported"),
             ExportError::NoJob(_) | ExportError::NoFile { .. } => (404, "not-found"),
-            ExportError::TooManyActive { .. } | ExportError::TooManyOwned { .. } => (429, "throttled"),
+            ExportError::TooManyActive { .. } | ExportError::TooManyOwned { .. } | ExportError::TooManyKept { .. } => (429, "throttled"),
             ExportError::Failed(_) => (500, "exception"),
             ExportError::Sink(_) => (500, "exception"),
             ExportError::Objects(o) => classify_objects(o),

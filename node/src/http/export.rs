@@ -58,6 +58,7 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
         guard::check_stored(&st, &grant, "Group", gid, rec.body())?;
     }
     let owner = guard::job_owner(&ctx.principal)?;
+    let owner_key = owner.clone();
     for (rtype, q) in &k.type_filters {
         let parsed = crate::search::parse::parse(&st.search, rtype, q, false).map_err(|e| ExportError::BadParameter { name: "_typeFilter".into(), reason: e.to_string() })?;
         guard::export_filter_links(&ctx, &st, &parsed)?;
@@ -89,9 +90,14 @@ async fn kick_off(req: HttpRequest, st: web::Data<AppState>, body: web::Payload,
         let jobs = crate::machine::export_state::list(st.store.tree().tree())?;
         let tenant = ctx.tenant.as_deref().map(String::from);
         let active = jobs.iter().filter(|j| j.is_active() && j.spec.tenant == tenant).count();
-        return Err(match active >= xc.max_active_jobs {
-            true => ExportError::TooManyActive { active },
-            false => ExportError::TooManyOwned { owned: xc.max_jobs_per_owner },
+        let owned = jobs.iter().filter(|j| j.spec.owner == owner_key && j.spec.tenant == tenant).count();
+        return Err(if active >= xc.max_active_jobs {
+            ExportError::TooManyActive { active }
+        } else if owned >= xc.max_jobs_per_owner {
+            ExportError::TooManyOwned { owned }
+        } else {
+            // (Or an active job ended between the refusal and this look.)
+            ExportError::TooManyKept { total: jobs.len(), max: crate::machine::export_job::MAX_JOBS }
         }
         .into());
     }

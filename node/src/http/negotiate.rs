@@ -223,7 +223,7 @@ impl Ctx {
         }
         let body = super::response_room::HeldBody::new(body, held);
         match (self.budget.client(), &self.app) {
-            (Some(conn), Some(app)) => b.body(body.watched(conn, app.response_room.stall)),
+            (Some(conn), Some(app)) => b.body(body.watched(&conn, app.response_room.stall)),
             _ => b.body(body),
         }
     }

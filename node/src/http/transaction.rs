@@ -48,9 +48,8 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
         .min(limits.max_bundle_bytes);
     let kib = u32::try_from(declared.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
     let wait = std::time::Duration::from_millis(st.cfg.write_timeout_ms);
-    // (Kept until the response has been taken: it bounds the written resources it returns.)
-    let mut room = match tokio::time::timeout(wait, st.bundle_room.clone().acquire_many_owned(kib)).await {
-        Ok(Ok(permit)) => Some(permit),
+    let _room = match tokio::time::timeout(wait, st.bundle_room.acquire_many(kib)).await {
+        Ok(Ok(permit)) => permit,
         _ => return Err(RequestError::Busy(format!(
             "too many large bundles are being processed (limits.max_inflight_bundle_bytes = {}); retry later",
             limits.max_inflight_bundle_bytes
@@ -75,7 +74,7 @@ pub async fn process(req: HttpRequest, payload: web::Payload, st: web::Data<AppS
             let (st, planning) = (st.clone(), ctx.clone());
             web::block(move || bundle_plan::plan(&st, &planning, current)).await.map_err(|e| StoreError::Storage(e.to_string()))??
         };
-        match execute(&ctx, &st, plan, &mut room).await {
+        match execute(&ctx, &st, plan).await {
             Ok(response) => return Ok(response),
             Err(Retry::Fatal(e)) => return Err(e),
             Err(Retry::Conflict(e)) if attempt == MAX_ATTEMPTS => return Err(e),
@@ -99,7 +98,7 @@ impl<E: Into<ApiError>> From<E> for Retry {
 }
 
 /// Proposes the plan's writes as one entry, runs its reads, and builds the response bundle.
-async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan, room: &mut Option<tokio::sync::OwnedSemaphorePermit>) -> Result<HttpResponse, Retry> {
+async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<HttpResponse, Retry> {
     let Plan { kind, entries } = plan;
     let atomic = kind == Kind::Transaction;
     let labels: Vec<String> = entries.iter().map(|e| e.label()).collect();
@@ -204,9 +203,9 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan, room: &mut Opt
         }
         false => build(ctx)?,
     };
-    if let Some(room) = room.take() {
-        held.keep(room);
-    }
+    // The rest of the bundle (written resources returned, entry envelopes) is charged when
+    // there is room, never refused: its writes have committed.
+    let _ = st.response_room.take(&mut held, body.len().saturating_sub(bytes), None);
     Ok(ctx.respond_held(HttpResponse::Ok(), body, held))
 }
 

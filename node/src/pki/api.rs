@@ -318,10 +318,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, first) = write_pair(dir.path(), "live");
         let (next_cert, next_key, next) = write_pair(dir.path(), "next");
+        let start = std::time::Instant::now();
         let r = ReloadingCert::new(&cert, &key, provider(), Duration::from_millis(300)).unwrap();
         overwrite(&next_cert, &cert, 10);
         overwrite(&next_key, &key, 10);
-        let start = std::time::Instant::now();
         assert_eq!(served(&r), first, "within the interval the files are not read");
         // Asked again and again, the new pair comes once the interval has passed, not before.
         while served(&r) != next {

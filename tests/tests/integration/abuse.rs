@@ -154,9 +154,9 @@ fn hostile_requests_are_refused_quickly_and_the_node_keeps_serving() {
     let (reads, failures, slowest) = reader.finish();
     assert_eq!(failures, 0, "the concurrent reader was refused {failures} times");
     assert!(reads > 0);
-    // No hostile request stalls the reader: each read within 3 s (a debug build on 2 busy cores;
+    // No hostile request stalls the reader: each read within 8 s (a debug build on 2 busy cores;
     // a stalled worker would hold it for the 10 s and more the hostile requests are allowed).
-    assert!(slowest < Duration::from_secs(3), "the concurrent reader waited {slowest:?} for one read ({reads} reads)");
+    assert!(slowest < Duration::from_secs(8), "the concurrent reader waited {slowest:?} for one read ({reads} reads)");
     expect("the node still serves", c.get(node.url("/Patient/reader")), 200);
 }
 
@@ -229,6 +229,14 @@ fn frame(tag: u32, fields: &[u64], data: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
+/// Whether a read saw the peer close the connection (not the read timeout passing).
+fn closed(read: std::io::Result<usize>) -> bool {
+    match read {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
 #[test]
 fn forged_forwards_on_the_raft_port_change_nothing() {
     let cluster = TestCluster::start(3);
@@ -249,7 +257,7 @@ fn forged_forwards_on_the_raft_port_change_nothing() {
     s2.write_all(&frame(3, &[other, 2, term], Some(b"x"))).unwrap();
     s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut byte = [0u8; 1];
-    assert!(matches!(std::io::Read::read(&mut s2, &mut byte), Ok(0) | Err(_)), "the leader closed the connection");
+    assert!(closed(std::io::Read::read(&mut s2, &mut byte)), "the leader closed the connection");
     // A raft MsgPropose (type 2) with no entries from a peer: dropped (raft-rs would panic on it),
     // as is a message claiming another sender. protobuf: field 1 msg_type, 2 to, 3 from, 4 term.
     let propose = [0x08, 0x02, 0x10, leader as u8, 0x18, follower as u8, 0x20, term as u8];
@@ -261,7 +269,7 @@ fn forged_forwards_on_the_raft_port_change_nothing() {
     s.write_all(&frame(3, &[other, 3, term], Some(b"x"))).unwrap();
     s.flush().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert!(matches!(std::io::Read::read(&mut s, &mut byte), Ok(0) | Err(_)), "the leader read up to the closing frame");
+    assert!(closed(std::io::Read::read(&mut s, &mut byte)), "the leader read up to the closing frame");
     // Before the fix the leader proposed those bytes and every node stopped applying for good.
     let c = client();
     let (st, _) = put(&c, &cluster.url(leader, "/Patient/after-forgery"), &json!({"resourceType": "Patient", "id": "after-forgery"})).unwrap();
@@ -327,7 +335,8 @@ fn bundle_bodies_in_flight_are_bounded() {
     let node = TestNode::start_with(FhirVersion::R4, |c| {
         c.limits.max_bundle_bytes = 1 << 20;
         c.limits.max_inflight_bundle_bytes = 1 << 20;
-        c.write_timeout_ms = 500;
+        // (How long a bundle waits for room: B's probes must not outwait A's arrival.)
+        c.write_timeout_ms = 5000;
     });
     let url = node.url("/");
     // A: a chunked body (no length: it may be as large as a bundle may be) kept open.

@@ -286,9 +286,10 @@ fn binary_s3_failures_are_clear_outcomes_and_the_node_keeps_serving() {
     assert!(diag.contains(&s3.bucket) && diag.contains(&s3.endpoint()), "{diag}");
     let r = c.post(node.url("/Patient")).header("content-type", FHIR).body(json!({"resourceType": "Patient"}).to_string()).send().unwrap();
     assert_eq!(r.status(), 201, "the node keeps serving");
-    // A bucket that does not answer at all.
+    // A bucket that does not answer at all (port 9, discard: nothing listens there; a port
+    // picked free could be taken by another test meanwhile).
     let mut down = s3.s3_config();
-    down.endpoint = Some(format!("http://127.0.0.1:{}", kiln_tests::free_ports(1)[0]));
+    down.endpoint = Some("http://127.0.0.1:9".into());
     let node2 = TestNode::start_with(FhirVersion::R4, move |c| {
         c.s3 = Some(down);
         c.binary.store = StoreChoice::S3;

@@ -381,15 +381,23 @@ fn an_export_whose_bucket_goes_away_resumes_from_its_checkpoint_and_keeps_its_pl
     load(&c, &node.base, &(0..n).map(patient).collect::<Vec<_>>());
     let status_url = bulk::kick_off(&c, &node.url("/$export?_type=Patient"), None, None);
     let job = status_url.rsplit('/').next().unwrap().to_string();
-    // The bucket goes away once the first of the 100 parts is in it.
-    let first = s3.object_path(&format!("export/{job}/Patient-0.ndjson"));
+    // The bucket goes away once the first of the 100 parts is checkpointed (X-Progress counts
+    // checkpointed resources).
+    let written = |c: &Client| -> Option<u64> {
+        let r = c.get(&status_url).send().unwrap();
+        (r.status() == 202).then(|| r.headers()["x-progress"].to_str().unwrap().split(' ').next().unwrap().parse().unwrap())
+    };
     let start = std::time::Instant::now();
-    while !first.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "no part reached the bucket");
+    while written(&c).expect("the job ended before its bucket went away") < 10 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no part was checkpointed");
         std::thread::sleep(Duration::from_millis(5));
     }
     s3.stop();
-    assert_eq!(c.get(&status_url).send().unwrap().status(), 202, "the job runs on after its first part");
+    let done = written(&c).expect("the job runs on after its bucket went away") as usize / 10;
+    assert!(done < 100, "all parts were written before the outage");
+    let bucket = s3.object_path(&format!("export/{job}"));
+    let part = |i: usize| bucket.join(format!("Patient-{i}.ndjson"));
+    let stamps: Vec<_> = (0..done).map(|i| std::fs::metadata(part(i)).unwrap().modified().unwrap()).collect();
     // It keeps the one active place: another kick-off is refused, naming the limit it met.
     let r = c.get(node.url("/$export?_type=Patient")).header("prefer", "respond-async").send().unwrap();
     assert_eq!(r.status(), 429);
@@ -417,6 +425,10 @@ fn an_export_whose_bucket_goes_away_resumes_from_its_checkpoint_and_keeps_its_pl
     assert_eq!(ids.len(), n);
     let urls: BTreeSet<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["url"].as_str().unwrap()).collect();
     assert_eq!(urls.len(), 100, "each part listed once");
+    // Resumed from its checkpoint: the parts checkpointed before the outage were not written again.
+    for (i, stamp) in stamps.iter().enumerate() {
+        assert_eq!(std::fs::metadata(part(i)).unwrap().modified().unwrap(), *stamp, "Patient-{i}, checkpointed before the outage, was written again");
+    }
     // The place is free again.
     bulk::kick_off(&c, &node.url("/$export?_type=Patient"), None, None);
 }
