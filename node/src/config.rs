@@ -190,6 +190,10 @@ pub struct Limits {
     /// Longest pause a client may make in sending a request body (past it: 408) or in taking a
     /// large response (past it the connection is closed, and the response's room comes back).
     pub stall_timeout_ms: u64,
+    /// How long a connection is kept open between requests (HTTP keep-alive). A connection with
+    /// no request in progress for this plus `header_timeout_ms` (one sending the head of its
+    /// next request too slowly) is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Limits {
@@ -267,6 +271,7 @@ impl Default for Limits {
             max_connections: 0,
             header_timeout_ms: 10_000,
             stall_timeout_ms: 30_000,
+            idle_timeout_ms: 75_000,
         }
     }
 }
@@ -319,6 +324,7 @@ impl Config {
             ("heavy_rows", l.heavy_rows),
             ("header_timeout_ms", l.header_timeout_ms),
             ("stall_timeout_ms", l.stall_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
         ] {
             if v == 0 {
                 return bad(format!("limits.{key} must be positive"));

@@ -283,6 +283,8 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                 let admin_state = state.clone();
                 let connections = http::connections::per_worker(&state.cfg.limits, workers, http::connections::raise_fd_limit());
                 let header_timeout = std::time::Duration::from_millis(state.cfg.limits.header_timeout_ms);
+                let idle_timeout_ms = state.cfg.limits.idle_timeout_ms;
+                let idle_limit = std::time::Duration::from_millis(idle_timeout_ms) + header_timeout;
                 let server = HttpServer::new(move || {
                     http::error::set_thread_version(version);
                     App::new()
@@ -293,14 +295,15 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                         .configure(http::configure)
                 })
                 .workers(workers)
-                // Each connection watched for the client leaving: costly work stops then.
-                .on_connect(http::work::on_connect)
+                // Each connection watched for the client leaving (costly work stops then) and
+                // for sending no whole request for too long.
+                .on_connect(move |conn, ext| http::work::on_connect(conn, ext, idle_limit))
                 // Descriptors stay for sled, Raft and files ([`http::connections`]).
                 .max_connections(connections)
                 .client_request_timeout(header_timeout)
                 // A generous idle timer: a client on a busy node must not see its keep-alive
                 // connection reset (actix's default is 5 s).
-                .keep_alive(std::time::Duration::from_secs(75))
+                .keep_alive(std::time::Duration::from_millis(idle_timeout_ms))
                 .shutdown_timeout(10);
                 let server = match api_tls {
                     Some(tls) => server.bind_rustls_0_23(&listen, tls),

@@ -9,10 +9,9 @@
 //! connections, two each, so a quarter of the limit; at most [`DERIVED_CEILING`]); past it new
 //! connections wait in the kernel's accept queue. A new connection that has not sent its first
 //! request head within `limits.header_timeout_ms` is answered 408 and closed, so slots held by
-//! trickling clients come back. (actix-http times the first head only: a client that trickles
-//! the head of a later request keeps its slot, though not more descriptors. A bound per client
-//! address belongs in the load balancer or proxy in front: the HTTP server sees no address
-//! before it has accepted the connection.)
+//! trickling clients come back (later heads: [`super::idle`]). (A bound per client address
+//! belongs in the load balancer or proxy in front: the HTTP server sees no address before it
+//! has accepted the connection.)
 
 use crate::config::Limits;
 

@@ -24,6 +24,7 @@ pub mod fhirpath_patch;
 pub mod guard;
 pub mod heavy;
 pub mod history;
+pub mod idle;
 pub mod meili;
 pub mod metadata;
 pub mod negotiate;

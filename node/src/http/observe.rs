@@ -68,6 +68,8 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let m = &st.metrics.http;
     let (interaction, rtype) = labels(req.method().as_str(), req.path(), |t| st.defs.resource_type(t).ok());
     let in_flight = InFlight::enter(&m.in_flight);
+    // (The connection's idle watch sees the request until its response has been sent.)
+    let busy = super::idle::Busy::enter(req.conn_data::<std::sync::Arc<super::idle::Activity>>());
     let served = next.call(req).await;
     drop(in_flight);
     let status = match &served {
@@ -77,7 +79,7 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     };
     m.requests.with_label_values(&[interaction, rtype, status.as_str()]).inc();
     m.duration.with_label_values(&[interaction, rtype]).observe(started.elapsed().as_secs_f64());
-    Ok(served?.map_into_boxed_body())
+    Ok(served?.map_into_boxed_body().map_body(|_, body| super::idle::until_sent(body, busy)))
 }
 
 #[cfg(test)]

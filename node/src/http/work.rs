@@ -56,9 +56,10 @@ impl Presence for Connection {
 }
 
 /// `HttpServer::on_connect`: keeps a duplicate of the connection's socket in the connection's
-/// data, for [`Connection::gone`]. The socket is already non-blocking (shared with the
-/// original), so a peek never waits.
-pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+/// data, for [`Connection::gone`], and starts its idle watch ([`super::idle`], closing it after
+/// `idle_limit` without a request in progress). The socket is already non-blocking (shared with
+/// the original), so a peek never waits.
+pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions, idle_limit: Duration) {
     type Plain = actix_web::rt::net::TcpStream;
     type Tls = actix_tls::accept::rustls_0_23::TlsStream<Plain>;
     let tcp = if let Some(s) = conn.downcast_ref::<Plain>() {
@@ -75,6 +76,11 @@ pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions
     match fd {
         Ok(fd) => {
             let c: Arc<dyn Presence> = Arc::new(Connection(std::net::TcpStream::from(fd)));
+            let activity = super::idle::Activity::new();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                actix_web::rt::spawn(super::idle::watch(Arc::downgrade(&activity), Arc::downgrade(&c), idle_limit));
+            }
+            ext.insert(activity);
             ext.insert(c);
         }
         Err(e) => tracing::warn!("cannot watch a connection for disconnects: {e}"),

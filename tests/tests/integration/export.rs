@@ -411,6 +411,12 @@ fn an_export_whose_bucket_goes_away_resumes_from_its_checkpoint_and_keeps_its_pl
     }
     s3.restart();
     let manifest = bulk::wait(&c, &status_url, None, 180);
+    // docs/export.md: the manifest comes with `Expires`, export.expiry_secs (24 h) after the end.
+    let r = c.get(&status_url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let expires = kiln::fhir::meta::parse_http_date(r.headers()["expires"].to_str().unwrap()).expect("an HTTP date") / 1_000_000;
+    let due = kiln::fhir::meta::now_micros() / 1_000_000 + 24 * 3600;
+    assert!(expires <= due && expires + 300 >= due, "Expires {expires}, expected about {due}");
     // Exact: every Patient once, in parts of 10, none written twice.
     let files = bulk::download(&c, &manifest, None);
     assert_eq!(files.len(), 100, "{manifest}");

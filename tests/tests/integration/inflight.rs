@@ -72,9 +72,15 @@ fn big_node(room: usize, stall_ms: u64) -> (TestNode, Vec<String>) {
     let c = client();
     let mut ids = Vec::new();
     for i in 0..PATIENTS {
-        let r = c.post(n.url("/Patient")).header("content-type", "application/fhir+json").body(big(i).to_string()).send().unwrap();
-        assert_eq!(r.status(), 201);
-        ids.push(json(r)["id"].as_str().unwrap().to_string());
+        // PUT with its own id: a write that timed out on a loaded box (503, may still be
+        // applied) is sent again safely.
+        let id = format!("big{i}");
+        let mut body = big(i);
+        body["id"] = json!(id);
+        let put = || c.put(n.url(&format!("/Patient/{id}"))).header("content-type", "application/fhir+json").body(body.to_string()).send().unwrap().status().as_u16();
+        let status = (0..5).map(|_| put()).find(|s| *s != 503).unwrap_or(503);
+        assert!(status == 200 || status == 201, "PUT Patient/{id}: {status}");
+        ids.push(id);
     }
     (n, ids)
 }
@@ -234,3 +240,50 @@ fn trickling_connections_cannot_take_the_descriptors() {
     let fresh = Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
     assert_eq!(status(&fresh), 200, "a new client once the trickle stopped");
 }
+
+#[test]
+fn a_connection_that_trickles_its_next_request_head_is_closed() {
+    let n = TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.limits.idle_timeout_ms = 1000;
+        cfg.limits.header_timeout_ms = 1000;
+    });
+    let mut s = TcpStream::connect(host_port(&n.base)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // One whole request, its answer read to the end...
+    write!(s, "GET /_health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "closed before the first answer");
+        got.extend_from_slice(&buf[..k]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(head) = text.find("\r\n\r\n") {
+            let len: usize = text[..head].lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())).unwrap_or(0);
+            if got.len() >= head + 4 + len {
+                break text;
+            }
+        }
+    };
+    assert!(end.starts_with("HTTP/1.1 200"), "{end}");
+    // ...then the head of the next one, a header line every 300 ms, never finished.
+    write!(s, "GET /metadata HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let start = Instant::now();
+    let closed = loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "the connection was kept for {:?}", start.elapsed());
+        match s.read(&mut buf) {
+            Ok(0) => break start.elapsed(),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if s.write_all(b"X-Trickle: 1\r\n").is_err() {
+                    break start.elapsed();
+                }
+            }
+            Err(_) => break start.elapsed(),
+        }
+    };
+    // Not before idle + header time (2 s) has passed since the answer.
+    assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}");
+}
+

@@ -1,0 +1,153 @@
+//! Connections that keep their slot without asking for anything.
+//!
+//! actix-http times only a connection's first request head (`limits.header_timeout_ms`) and,
+//! between requests, a keep-alive pause that ends at the first byte of the next request. A
+//! client could send one request and then trickle the head of the next one for ever, keeping
+//! one of `limits.max_connections` slots. So each connection counts its requests in progress
+//! ([`Busy`], from the request's start until its response body has been sent) and a watch
+//! ([`watch`]) closes it once it has had none for `limits.idle_timeout_ms` +
+//! `limits.header_timeout_ms`: longer than any connection with nothing to do is kept, so
+//! only one that is sending a head too slowly is closed.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::web::Bytes;
+
+use crate::budget::Presence;
+
+/// Responses at most this large are sent in one piece: the request ends with its handler.
+const SMALL: u64 = 64 * 1024;
+
+/// What a connection is doing.
+pub struct Activity {
+    busy: AtomicUsize,
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity { busy: AtomicUsize::new(0), start: Instant::now(), last_ms: AtomicU64::new(0) })
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in progress (zero while it has one).
+    fn idle(&self) -> Duration {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// One request in progress on its connection.
+pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    pub fn enter(activity: Option<&Arc<Activity>>) -> Option<Busy> {
+        let a = activity?;
+        a.busy.fetch_add(1, Ordering::Relaxed);
+        a.touch();
+        Some(Busy(a.clone()))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body, holding the request's [`Busy`] until it has been sent when it is large or
+/// streamed (a download may take longer than the idle limit).
+pub fn until_sent(body: BoxBody, busy: Option<Busy>) -> BoxBody {
+    match (busy, body.size()) {
+        (Some(busy), BodySize::Stream) => BoxBody::new(Sent { inner: body, _busy: busy }),
+        (Some(busy), BodySize::Sized(n)) if n > SMALL => BoxBody::new(Sent { inner: body, _busy: busy }),
+        _ => body,
+    }
+}
+
+struct Sent {
+    inner: BoxBody,
+    _busy: Busy,
+}
+
+impl MessageBody for Sent {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+/// Closes the connection once it has had no request in progress for `limit`; ends with it.
+pub async fn watch(activity: Weak<Activity>, conn: Weak<dyn Presence>, limit: Duration) {
+    let every = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(every).await;
+        let (Some(a), Some(conn)) = (activity.upgrade(), conn.upgrade()) else { return };
+        if a.idle() > limit {
+            tracing::debug!(idle_ms = limit.as_millis() as u64, "a connection sent no whole request for too long: closed");
+            conn.hang_up();
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Line(std::sync::atomic::AtomicBool);
+    impl Presence for Line {
+        fn gone(&self) -> bool {
+            self.0.load(Ordering::SeqCst)
+        }
+        fn hang_up(&self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_only_after_an_idle_limit_without_requests() {
+        let a = Activity::new();
+        let line: Arc<dyn Presence> = Arc::new(Line(Default::default()));
+        tokio::spawn(watch(Arc::downgrade(&a), Arc::downgrade(&line), Duration::from_millis(400)));
+        // A request in progress for longer than the limit (a slow download): kept.
+        let busy = Busy::enter(Some(&a));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!line.gone(), "closed while a request was in progress");
+        drop(busy);
+        let ended = Instant::now();
+        while !line.gone() {
+            assert!(ended.elapsed() < Duration::from_secs(10), "never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ended.elapsed() >= Duration::from_millis(350), "closed {:?} after its last request", ended.elapsed());
+    }
+
+    #[test]
+    fn small_bodies_end_the_request_with_the_handler() {
+        let a = Activity::new();
+        let small = until_sent(BoxBody::new("ok"), Busy::enter(Some(&a)));
+        assert_eq!(a.busy.load(Ordering::Relaxed), 0);
+        let large = until_sent(BoxBody::new(vec![0u8; 100_000]), Busy::enter(Some(&a)));
+        assert_eq!(a.busy.load(Ordering::Relaxed), 1);
+        drop((small, large));
+        assert_eq!(a.busy.load(Ordering::Relaxed), 0);
+    }
+}
