@@ -25,6 +25,21 @@ pub trait Presence: Send + Sync {
     fn hang_up(&self) {}
 }
 
+/// A connection for tests: it is gone once hung up on.
+#[cfg(test)]
+#[derive(Default)]
+pub struct TestLine(std::sync::atomic::AtomicBool);
+
+#[cfg(test)]
+impl Presence for TestLine {
+    fn gone(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn hang_up(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// What stopped a request's work. The messages name the config keys that bound it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Spent {

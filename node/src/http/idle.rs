@@ -112,20 +112,10 @@ pub async fn watch(activity: Weak<Activity>, conn: Weak<dyn Presence>, limit: Du
 mod tests {
     use super::*;
 
-    struct Line(std::sync::atomic::AtomicBool);
-    impl Presence for Line {
-        fn gone(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn hang_up(&self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
     #[tokio::test]
     async fn a_connection_is_closed_only_after_an_idle_limit_without_requests() {
         let a = Activity::new();
-        let line: Arc<dyn Presence> = Arc::new(Line(Default::default()));
+        let line: Arc<dyn Presence> = Arc::new(crate::budget::TestLine::default());
         tokio::spawn(watch(Arc::downgrade(&a), Arc::downgrade(&line), Duration::from_millis(400)));
         // A request in progress for longer than the limit (a slow download): kept.
         let busy = Busy::enter(Some(&a));

@@ -226,20 +226,9 @@ mod tests {
         assert!(room.shares.lock().get("mallory").is_none(), "given back once dropped");
     }
 
-    /// A connection that records being hung up on (as `gone`).
-    struct Line(std::sync::atomic::AtomicBool);
-    impl Presence for Line {
-        fn gone(&self) -> bool {
-            self.0.load(Ordering::SeqCst)
-        }
-        fn hang_up(&self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
     #[tokio::test]
     async fn a_client_that_stops_reading_is_hung_up_on() {
-        let line: Arc<dyn Presence> = Arc::new(Line(Default::default()));
+        let line: Arc<dyn Presence> = Arc::new(crate::budget::TestLine::default());
         let hung = |l: &Arc<dyn Presence>| l.gone();
         let mut body = HeldBody::new(vec![0u8; CHUNK * 3], Held::default()).watched(&line, Duration::from_secs(1));
         let waker = futures::task::noop_waker();
