@@ -23,28 +23,52 @@ use crate::budget::Presence;
 /// Responses at most this large are sent in one piece: the request ends with its handler.
 const SMALL: u64 = 64 * 1024;
 
-/// What a connection is doing.
-pub struct Activity {
-    busy: AtomicUsize,
+/// When something last moved, for a watch that ends what has been still too long.
+pub struct Clock {
     start: Instant,
     last_ms: AtomicU64,
 }
 
-impl Activity {
-    pub fn new() -> Arc<Activity> {
-        Arc::new(Activity { busy: AtomicUsize::new(0), start: Instant::now(), last_ms: AtomicU64::new(0) })
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { start: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 
-    fn touch(&self) {
+    pub fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// How long the connection has had no request in progress (zero while it has one).
-    fn idle(&self) -> Duration {
-        if self.busy.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
+    /// Time since the last touch.
+    pub fn still(&self) -> Duration {
         self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// What a watch asks of what it watches.
+pub trait Quiet: Send + Sync + 'static {
+    /// How long it has had nothing going on.
+    fn quiet(&self) -> Duration;
+}
+
+/// What a connection is doing.
+pub struct Activity {
+    busy: AtomicUsize,
+    clock: Clock,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity { busy: AtomicUsize::new(0), clock: Clock::new() })
+    }
+}
+
+impl Quiet for Activity {
+    /// How long the connection has had no request in progress (zero while it has one).
+    fn quiet(&self) -> Duration {
+        match self.busy.load(Ordering::Relaxed) {
+            0 => self.clock.still(),
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -55,14 +79,14 @@ impl Busy {
     pub fn enter(activity: Option<&Arc<Activity>>) -> Option<Busy> {
         let a = activity?;
         a.busy.fetch_add(1, Ordering::Relaxed);
-        a.touch();
+        a.clock.touch();
         Some(Busy(a.clone()))
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.touch();
+        self.0.clock.touch();
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -94,18 +118,24 @@ impl MessageBody for Sent {
     }
 }
 
-/// Closes the connection once it has had no request in progress for `limit`; ends with it.
-pub async fn watch(activity: Weak<Activity>, conn: Weak<dyn Presence>, limit: Duration) {
-    let every = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+/// Hangs up `conn` once `subject` has been quiet for longer than `limit` (checked every quarter
+/// of it, at most every `every_max`); ends when either is gone. `why` goes to the log.
+pub async fn hang_up_when_quiet<T: Quiet>(subject: Weak<T>, conn: Weak<dyn Presence>, limit: Duration, every_max: Duration, why: &'static str) {
+    let every = (limit / 4).clamp(Duration::from_millis(50), every_max);
     loop {
         tokio::time::sleep(every).await;
-        let (Some(a), Some(conn)) = (activity.upgrade(), conn.upgrade()) else { return };
-        if a.idle() > limit {
-            tracing::debug!(idle_ms = limit.as_millis() as u64, "a connection sent no whole request for too long: closed");
+        let (Some(s), Some(conn)) = (subject.upgrade(), conn.upgrade()) else { return };
+        if s.quiet() > limit {
+            tracing::info!(limit_ms = limit.as_millis() as u64, "{why}: connection closed");
             conn.hang_up();
             return;
         }
     }
+}
+
+/// Closes the connection once it has had no request in progress for `limit`; ends with it.
+pub async fn watch(activity: Weak<Activity>, conn: Weak<dyn Presence>, limit: Duration) {
+    hang_up_when_quiet(activity, conn, limit, Duration::from_secs(5), "a connection sent no whole request for too long").await
 }
 
 #[cfg(test)]

@@ -12,10 +12,9 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
@@ -118,19 +117,12 @@ impl Drop for Held {
     }
 }
 
-/// When a held body was last taken from, in ms since `start`.
-struct Progress {
-    start: Instant,
-    last_ms: AtomicU64,
-}
+/// When a held body was last taken from.
+struct Progress(super::idle::Clock);
 
-impl Progress {
-    fn stamp(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+impl super::idle::Quiet for Progress {
+    fn quiet(&self) -> Duration {
+        self.0.still()
     }
 }
 
@@ -143,7 +135,7 @@ pub struct HeldBody {
 
 impl HeldBody {
     pub fn new(body: Vec<u8>, held: Held) -> HeldBody {
-        HeldBody { rest: Bytes::from(body), progress: Arc::new(Progress { start: Instant::now(), last_ms: AtomicU64::new(0) }), _held: held }
+        HeldBody { rest: Bytes::from(body), progress: Arc::new(Progress(super::idle::Clock::new())), _held: held }
     }
 
     /// Hangs up `conn` when its client takes nothing of this body for `stall`, so a client that
@@ -151,22 +143,10 @@ impl HeldBody {
     /// (The watch holds neither: the connection's socket closes when the connection ends.)
     pub fn watched(self, conn: &Arc<dyn Presence>, stall: Duration) -> HeldBody {
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(watch(Arc::downgrade(&self.progress), Arc::downgrade(conn), stall));
+            let why = "a client stopped reading a large response";
+            tokio::spawn(super::idle::hang_up_when_quiet(Arc::downgrade(&self.progress), Arc::downgrade(conn), stall, Duration::from_secs(1), why));
         }
         self
-    }
-}
-
-async fn watch(progress: Weak<Progress>, conn: Weak<dyn Presence>, stall: Duration) {
-    let every = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    loop {
-        tokio::time::sleep(every).await;
-        let (Some(p), Some(conn)) = (progress.upgrade(), conn.upgrade()) else { return };
-        if p.idle() > stall {
-            tracing::info!(stalled_ms = stall.as_millis() as u64, "a client stopped reading a large response: connection closed");
-            conn.hang_up();
-            return;
-        }
     }
 }
 
@@ -179,7 +159,7 @@ impl MessageBody for HeldBody {
 
     fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
-        this.progress.stamp();
+        this.progress.0.touch();
         if this.rest.is_empty() {
             return Poll::Ready(None);
         }
@@ -191,6 +171,7 @@ impl MessageBody for HeldBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn room_is_taken_until_the_body_is_dropped_and_refused_when_spent() {
