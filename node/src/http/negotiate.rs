@@ -51,9 +51,10 @@ pub struct Ctx {
     pub budget: std::sync::Arc<crate::budget::Budget>,
     /// The node's state, for work handed to the pool ([`super::work::block`]).
     pub app: Option<actix_web::web::Data<AppState>>,
-    /// Whether [`Ctx::respond`] takes room for large bodies (false in a batch entry: the batch
-    /// takes it).
-    pub charged: bool,
+    /// A GET / HEAD entry of a batch or transaction: the batch takes its room among the
+    /// responses in flight (not [`Ctx::respond`]) and holds the caller's fair share for all its
+    /// entries ([`super::work::caller_share`], not [`super::work::block`]).
+    pub by_batch: bool,
 }
 
 fn essence(v: &str) -> String {
@@ -126,7 +127,7 @@ impl Ctx {
         let principal = crate::http::guard::principal_of(req, st);
         let budget = super::work::budget_for(req, limits);
         let app = req.app_data::<actix_web::web::Data<AppState>>().cloned();
-        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app, charged: true })
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app, by_batch: false })
     }
 
     /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
@@ -149,7 +150,7 @@ impl Ctx {
             store: self.store.clone(),
             budget: self.budget.clone(),
             app: self.app.clone(),
-            charged: false,
+            by_batch: true,
         })
     }
 
@@ -196,7 +197,7 @@ impl Ctx {
     /// there is none. (A batch entry is charged by its batch, not here.)
     pub fn respond(&self, b: HttpResponseBuilder, body: Vec<u8>) -> HttpResponse {
         let mut held = super::response_room::Held::default();
-        if let (true, true, Some(app)) = (self.charged, body.len() >= super::response_room::CHARGED_FROM, &self.app) {
+        if let (false, true, Some(app)) = (self.by_batch, body.len() >= super::response_room::CHARGED_FROM, &self.app) {
             if let Err(e) = app.response_room.take(&mut held, body.len(), self.caller().as_deref()) {
                 return actix_web::ResponseError::error_response(&ApiError::from(e));
             }

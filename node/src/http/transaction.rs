@@ -114,6 +114,12 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
             Ok(Step::Read(r)) => reads.push((e.index, r)),
         }
     }
+    // A bundle that reads is a costly request of its caller until its last read has run: it
+    // takes the caller's fair share before it writes anything (429: nothing was done).
+    let _share = match reads.is_empty() {
+        true => None,
+        false => super::work::caller_share(ctx, st)?,
+    };
     if atomic {
         writes.sort_by_key(|(m, op)| (m.map(Method::order), op.index));
     }

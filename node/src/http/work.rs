@@ -115,7 +115,7 @@ impl Shares {
 }
 
 /// A place taken in [`Shares`], given back on drop.
-struct Share {
+pub struct Share {
     shares: Arc<Shares>,
     key: String,
 }
@@ -183,6 +183,23 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// One of the caller's places in the fair share (`limits.max_concurrent_per_principal`), held
+/// until dropped: [`block`] takes one for a request's costly part, and a batch or transaction
+/// with GET entries one for its whole run (its entries run in it), so a caller's batches count
+/// as costly requests from their first entry to their last. `None` for the open server's
+/// anonymous caller; 429 when the caller's places are all taken.
+pub fn caller_share(ctx: &Ctx, st: &AppState) -> Result<Option<Share>, ApiError> {
+    let pool = &st.work;
+    let Some(caller) = ctx.caller() else { return Ok(None) };
+    let share = pool.principals.take(caller, pool.per_principal).ok_or_else(|| {
+        RequestError::TooManyRequests(format!(
+            "{} already has {} costly requests (searches, history, batches) running on this node (config limits.max_concurrent_per_principal); retry when one has finished",
+            ctx.principal.subject, pool.per_principal
+        ))
+    })?;
+    Ok(Some(share))
+}
+
 /// Runs `f` (a request's costly part) on the pool, inside the request's budget. The fair-share
 /// limits apply to authenticated callers (an open server has one anonymous caller).
 pub async fn block<T, E, F>(ctx: &Ctx, st: &AppState, f: F) -> Result<T, ApiError>
@@ -197,14 +214,10 @@ where
     let tenant = ctx.tenant.as_deref().unwrap_or("");
     // The open server has one anonymous caller: no fair share, and only the request counts as heavy.
     let caller = ctx.caller();
-    let mine = match &caller {
-        Some(caller) => Some(pool.principals.take(caller.clone(), pool.per_principal).ok_or_else(|| {
-            RequestError::TooManyRequests(format!(
-                "{} already has {} costly requests (searches, history, batches) running on this node (config limits.max_concurrent_per_principal); retry when one has finished",
-                ctx.principal.subject, pool.per_principal
-            ))
-        })?),
-        None => None,
+    // (A batch entry runs in the share its batch holds.)
+    let mine = match ctx.by_batch {
+        true => None,
+        false => caller_share(ctx, st)?,
     };
     // A request that has already read much, or a caller whose recent requests did, goes to the
     // heavy lane.
