@@ -194,6 +194,9 @@ pub struct Limits {
     /// no request in progress for this plus `header_timeout_ms` (one sending the head of its
     /// next request too slowly) is closed.
     pub idle_timeout_ms: u64,
+    /// Requests in progress at once on one connection (HTTP/2 streams: HTTP/1.1 has one); past
+    /// it: 429 with `Retry-After`.
+    pub max_requests_per_connection: usize,
 }
 
 impl Limits {
@@ -272,6 +275,7 @@ impl Default for Limits {
             header_timeout_ms: 10_000,
             stall_timeout_ms: 30_000,
             idle_timeout_ms: 75_000,
+            max_requests_per_connection: 100,
         }
     }
 }
@@ -325,6 +329,7 @@ impl Config {
             ("header_timeout_ms", l.header_timeout_ms),
             ("stall_timeout_ms", l.stall_timeout_ms),
             ("idle_timeout_ms", l.idle_timeout_ms),
+            ("max_requests_per_connection", l.max_requests_per_connection as u64),
         ] {
             if v == 0 {
                 return bad(format!("limits.{key} must be positive"));

@@ -1,6 +1,6 @@
 //! A real HTTP receiver for rest-hook tests: a `std::net::TcpListener` on 127.0.0.1 (port 0)
 //! that records every request (method, path, headers, body, arrival time) and answers with a
-//! settable status. HTTP/1.1 with keep-alive and `Content-Length` bodies, which is what Kiln's
+//! settable status (and, for redirects, a `Location`). HTTP/1.1 with keep-alive and `Content-Length` bodies, which is what Kiln's
 //! client sends.
 
 use std::collections::HashMap;
@@ -25,6 +25,7 @@ pub struct Receiver {
     pub port: u16,
     requests: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    location: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -36,18 +37,19 @@ impl Receiver {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s, st) = (requests.clone(), status.clone(), stop.clone());
+        let location = Arc::new(Mutex::new(None));
+        let (r, s, l, st) = (requests.clone(), status.clone(), location.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (r, s) = (r.clone(), s.clone());
-                std::thread::spawn(move || serve(conn, r, s));
+                let (r, s, l) = (r.clone(), s.clone(), l.clone());
+                std::thread::spawn(move || serve(conn, r, s, l));
             }
         });
-        Receiver { port, requests, status, stop }
+        Receiver { port, requests, status, location, stop }
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -58,6 +60,12 @@ impl Receiver {
     /// The status every later request is answered with.
     pub fn answer(&self, status: u16) {
         self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Every later request is answered `status` with `Location: url`.
+    pub fn redirect(&self, status: u16, url: &str) {
+        *self.location.lock().unwrap() = Some(url.to_string());
+        self.answer(status);
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -90,7 +98,7 @@ impl Drop for Receiver {
     }
 }
 
-fn serve(conn: TcpStream, requests: Arc<Mutex<Vec<Received>>>, status: Arc<AtomicU16>) {
+fn serve(conn: TcpStream, requests: Arc<Mutex<Vec<Received>>>, status: Arc<AtomicU16>, location: Arc<Mutex<Option<String>>>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
     let Ok(mut out) = conn.try_clone() else { return };
     let mut reader = BufReader::new(conn);
@@ -123,7 +131,8 @@ fn serve(conn: TcpStream, requests: Arc<Mutex<Vec<Received>>>, status: Arc<Atomi
         }
         let code = status.load(Ordering::SeqCst);
         requests.lock().unwrap().push(Received { method, path, headers, body, at: SystemTime::now() });
-        let resp = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+        let location = location.lock().unwrap().as_ref().map(|l| format!("location: {l}\r\n")).unwrap_or_default();
+        let resp = format!("HTTP/1.1 {code} X\r\n{location}content-length: 0\r\n\r\n");
         if out.write_all(resp.as_bytes()).is_err() {
             return;
         }

@@ -141,9 +141,15 @@ impl ChildNode {
 
     /// [`ChildNode::start_config`] with environment variables set (e.g. `HOSTNAME`).
     pub fn start_config_env<'a>(config: &Path, data_dir: &Path, env: impl IntoIterator<Item = (&'a str, &'a str)>) -> ChildNode {
+        Self::try_start_config_env(config, data_dir, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ChildNode::start_config_env`], an error when the node exits before it listens (e.g. a
+    /// port of its config taken meanwhile): the caller picks other ports and tries again.
+    pub fn try_start_config_env<'a>(config: &Path, data_dir: &Path, env: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<ChildNode, String> {
         let mut cmd = Command::new(kiln_bin());
         cmd.args(["serve", "--config"]).arg(config).envs(env);
-        Self::spawn(cmd, data_dir)
+        Self::try_spawn(cmd, data_dir)
     }
 
     fn spawn(cmd: Command, data_dir: &Path) -> ChildNode {

@@ -82,6 +82,11 @@ impl Busy {
         a.clock.touch();
         Some(Busy(a.clone()))
     }
+
+    /// Requests in progress on the connection, this one included.
+    pub fn in_progress(&self) -> usize {
+        self.0.busy.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Busy {

@@ -1,5 +1,7 @@
 //! Request metrics of the FHIR API, recorded by the [`observe`] middleware around every request
-//! (401s and 403s included) into [`crate::metrics::http::HttpMetrics`].
+//! (401s and 403s included) into [`crate::metrics::http::HttpMetrics`]; the same middleware
+//! counts each connection's requests in progress ([`super::idle`]) and refuses one past
+//! `limits.max_requests_per_connection` (HTTP/2 streams) with 429.
 //!
 //! Label values are bounded: the interaction is a code of the routing table
 //! ([`crate::http::INTERACTIONS`]) or one of a few fixed names, the type is a resource type of
@@ -70,7 +72,17 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let in_flight = InFlight::enter(&m.in_flight);
     // (The connection's idle watch sees the request until its response has been sent.)
     let busy = super::idle::Busy::enter(req.conn_data::<std::sync::Arc<super::idle::Activity>>());
-    let served = next.call(req).await;
+    // (More than one only over HTTP/2, whose streams actix does not bound.)
+    let limit = st.cfg.limits.max_requests_per_connection;
+    let served = match busy.as_ref().is_some_and(|b| b.in_progress() > limit) {
+        true => {
+            let e = super::RequestError::TooManyRequests(format!(
+                "this connection already has {limit} requests in progress (config limits.max_requests_per_connection); wait for their answers or open another connection"
+            ));
+            Ok(req.error_response(super::error::ApiError::from(e)))
+        }
+        false => next.call(req).await.map(ServiceResponse::map_into_boxed_body),
+    };
     drop(in_flight);
     let status = match &served {
         Ok(resp) => resp.status(),
@@ -79,7 +91,7 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     };
     m.requests.with_label_values(&[interaction, rtype, status.as_str()]).inc();
     m.duration.with_label_values(&[interaction, rtype]).observe(started.elapsed().as_secs_f64());
-    Ok(served?.map_into_boxed_body().map_body(|_, body| super::idle::until_sent(body, busy)))
+    Ok(served?.map_body(|_, body| super::idle::until_sent(body, busy)))
 }
 
 #[cfg(test)]

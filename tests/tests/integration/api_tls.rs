@@ -293,3 +293,65 @@ fn kiln_serve_flags_turn_on_tls() {
     assert_eq!(https_client(&ca, Some(&client_ca.client())).get(&url).send().unwrap().status(), 200);
     refused(&https_client(&ca, Some(&ca.client())), &url);
 }
+
+/// A request body that sends nothing until its gate opens, then a Patient.
+struct Gated(std::sync::mpsc::Receiver<()>, Option<Vec<u8>>);
+
+impl std::io::Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let _ = self.0.recv();
+        match self.1.take() {
+            Some(body) => {
+                buf[..body.len()].copy_from_slice(&body);
+                Ok(body.len())
+            }
+            None => Ok(0),
+        }
+    }
+}
+
+#[test]
+fn one_http2_connection_holds_at_most_max_requests_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Kiln API CA");
+    let tls = tls_config(dir.path(), &ca.server());
+    let node = TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.api_tls = Some(tls);
+        cfg.limits.max_requests_per_connection = 3;
+    });
+    // One client: its requests share one HTTP/2 connection.
+    let c = https_client(&ca, None);
+    assert_eq!(c.get(node.url("/metadata")).send().unwrap().version(), reqwest::Version::HTTP_2);
+    // Three creates whose bodies do not come yet: three streams in progress.
+    let (gates, held): (Vec<_>, Vec<_>) = (0..3)
+        .map(|_| {
+            let (open, gate) = std::sync::mpsc::channel();
+            let (c, url) = (c.clone(), node.url("/Patient"));
+            let body = json!({"resourceType": "Patient", "name": [{"family": "Held"}]}).to_string().into_bytes();
+            let t = std::thread::spawn(move || {
+                c.post(url).header("content-type", "application/fhir+json").body(reqwest::blocking::Body::new(Gated(gate, Some(body)))).send().unwrap().status().as_u16()
+            });
+            (open, t)
+        })
+        .unzip();
+    let other = https_client(&ca, None);
+    let in_flight = || -> u64 {
+        let text = other.get(node.url("/metrics")).send().unwrap().text().unwrap();
+        text.lines().find_map(|l| l.strip_prefix("kiln_http_requests_in_flight ")).unwrap().trim().parse().unwrap()
+    };
+    let start = Instant::now();
+    while in_flight() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the three held creates did not reach the node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A fourth on the same connection: 429, while another connection is served.
+    let r = c.get(node.url("/metadata")).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.text().unwrap().contains("limits.max_requests_per_connection"));
+    assert_eq!(other.get(node.url("/metadata")).send().unwrap().status(), 200);
+    // The bodies come: the creates succeed and the connection takes requests again.
+    drop(gates);
+    assert_eq!(held.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>(), [201, 201, 201]);
+    assert_eq!(c.get(node.url("/metadata")).send().unwrap().status(), 200);
+}

@@ -381,6 +381,30 @@ fn smart_patient_scopes_reach_only_the_compartment() {
     let statuses: Vec<&str> = out["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses[..3], ["200 OK", "403 Forbidden", "200 OK"]);
     assert_eq!(out["entry"][2]["resource"]["total"], 0);
+    // A batch's WRITE entries are decided one by one: p1's goes in, p2's, o2's and an entry
+    // with a fullUrl that is not a urn: are refused in their own responses.
+    let writes = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": "urn:uuid:5f0c0e1e-0000-4000-8000-000000000001", "resource": new_obs("Patient/p1"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": new_obs("Patient/p2"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": o2.clone(), "request": {"method": "PUT", "url": "Observation/o2"}},
+        {"fullUrl": "http://elsewhere.example/fhir/Observation/x1", "resource": new_obs("Patient/p1"), "request": {"method": "POST", "url": "Observation"}}]});
+    let (s, out) = send("POST", "/", Some(&writes));
+    assert_eq!(s, 200, "{out}");
+    let entry = |i: usize| &out["entry"][i]["response"];
+    assert_eq!(entry(0)["status"].as_str().unwrap().split(' ').next(), Some("201"), "{out}");
+    for i in 1..4 {
+        assert_eq!(entry(i)["status"], "403 Forbidden", "entry {i}: {out}");
+    }
+    assert!(entry(3)["outcome"].to_string().contains("urn:"), "{out}");
+    let created = entry(0)["location"].as_str().unwrap().split("/_history").next().unwrap().to_string();
+    assert_eq!(call(&c, "GET", &node.url(&format!("/{created}")), Some(&admin), None).1["subject"]["reference"], "Patient/p1");
+    assert_eq!(call(&c, "GET", &node.url("/Observation/o2"), Some(&admin), None).1["meta"]["versionId"], "1", "o2 untouched by the batch");
+    // _include:iterate follows o3's performer to p2 for a practitioner, never for p1's app.
+    let iterate = "/Patient?_id=p1&_revinclude=Observation:subject&_include:iterate=Observation:performer";
+    assert!(ids(&get(iterate, &admin).1, Some("include")).contains(&"Patient/p2".to_string()), "the iteration reaches p2");
+    let (_, b) = get(iterate, &read);
+    let included = ids(&b, Some("include"));
+    assert!(included.contains(&"Observation/o3".to_string()) && !included.contains(&"Patient/p2".to_string()), "{included:?}");
 
     // user/, system/ and v1 scopes.
     let user_obs = scoped("user/Observation.rs", None);
@@ -518,4 +542,48 @@ fn kiln_token_and_the_audit_line() {
     let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(lines.iter().any(|l| l["subject"] == "dev-user" && l["interaction"] == "search-type" && l["type"] == "Patient" && l["status"] == 200 && l["outcome"] == "allowed"), "{log}");
     assert!(lines.iter().any(|l| l["interaction"] == "read" && l["id"] == "x" && l["status"] == 401 && l["outcome"] == "denied"), "{log}");
+}
+
+/// An ES256 key pair: (private PKCS#8 PEM, public JWK with `kid`).
+fn ec_key(kid: &str) -> (String, Value) {
+    use base64::Engine as _;
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let raw = kp.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
+    (kp.serialize_pem(), jwk)
+}
+
+fn es256(pem: &str, kid: &str, claims: &Value) -> String {
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap()
+}
+
+#[test]
+fn a_rotated_jwks_file_takes_effect_on_http_requests_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let (k1, j1) = ec_key("k1");
+    let (k2, j2) = ec_key("k2");
+    std::fs::write(&jwks, json!({"keys": [j1]}).to_string()).unwrap();
+    let node = TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.auth = AuthConfig { mode: AuthMode::Jwt, jwks_file: Some(jwks.clone()), issuer: Some(ISSUER.into()), audience: Some(AUDIENCE.into()), ..AuthConfig::default() }
+    });
+    let c = client();
+    let claims = json!({"sub": "svc", "iss": ISSUER, "aud": AUDIENCE, "exp": now() + 600, "cognito:groups": ["practitioner"]});
+    let (t1, t2) = (es256(&k1, "k1", &claims), es256(&k2, "k2", &claims));
+    let status = |t: &str| c.get(node.url("/Patient?_count=1")).bearer_auth(t).send().unwrap().status().as_u16();
+    assert_eq!(status(&t1), 200);
+    let r = c.get(node.url("/Patient?_count=1")).bearer_auth(&t2).send().unwrap();
+    assert_eq!(r.status(), 401, "k2 is not published yet");
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    // Rotate: k2 in, k1 out. The node re-reads the file (at most once a second) on its own.
+    std::fs::write(&jwks, json!({"keys": [j2]}).to_string()).unwrap();
+    let start = std::time::Instant::now();
+    while status(&t2) != 200 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "the rotated key is not taken within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(status(&t1), 401, "a token of the withdrawn key, used and cached before, stops working");
 }

@@ -434,7 +434,9 @@ fn mutual_tls_between_nodes() {
 #[test]
 fn cluster_up_starts_three_nodes_and_stops_them_on_sigterm() {
     // Three consecutive free ports for HTTP (and three each for Raft and the operator API).
-    let (base, raft, admin) = loop {
+    // They are free when picked, then released: if another test takes one before `cluster up`
+    // binds it, `cluster up` exits and other ports are picked (three tries).
+    let pick = || loop {
         let p = kiln_tests::free_ports(1)[0];
         let free = |q: u16| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok();
         if p < 60000 && (0..3).all(|i| free(p + i) && free(p + 100 + i) && free(p + 200 + i)) {
@@ -442,23 +444,34 @@ fn cluster_up_starts_three_nodes_and_stops_them_on_sigterm() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut up = std::process::Command::new(kiln_bin())
-        .args(["cluster", "up", "--base-port", &base.to_string(), "--raft-base-port", &raft.to_string(), "--admin-base-port", &admin.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
+    let (mut up, base, seen, _stdout) = (1..=3)
+        .find_map(|attempt| {
+            let (base, raft, admin) = pick();
+            let data = dir.path().join(format!("try{attempt}"));
+            let mut up = std::process::Command::new(kiln_bin())
+                .args(["cluster", "up", "--base-port", &base.to_string(), "--raft-base-port", &raft.to_string(), "--admin-base-port", &admin.to_string(), "--data-dir"])
+                .arg(&data)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up.stdout.take().unwrap()));
+            let mut seen = Vec::new();
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                let done = line.contains("Ctrl-C");
+                seen.push(line);
+                if done {
+                    // (Its stdout is kept open: it may print more.)
+                    return Some((up, base, seen, lines));
+                }
+            }
+            // Its output ended before the cluster was up.
+            let status = up.wait().unwrap();
+            assert!(attempt < 3, "cluster up exited ({status}) three times: {}", seen.join("\n"));
+            None
+        })
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(up.stdout.take().unwrap()));
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.contains("Ctrl-C");
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
     let text = seen.join("\n");
     assert!(text.contains(&format!("node 3: http://127.0.0.1:{}", base + 2)) && text.contains("leader: node"), "{text}");
     let http = client();

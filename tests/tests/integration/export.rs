@@ -438,3 +438,121 @@ fn an_export_whose_bucket_goes_away_resumes_from_its_checkpoint_and_keeps_its_pl
     // The place is free again.
     bulk::kick_off(&c, &node.url("/$export?_type=Patient"), None, None);
 }
+
+#[test]
+fn group_membership_changed_after_kick_off_does_not_change_the_export() {
+    // The bucket is away while the job starts and while the Group and a member change, so
+    // nothing is written before the changes commit; then it comes back.
+    let mut s3 = kiln_tests::S3Server::start();
+    let cfg = s3.s3_config();
+    let node = TestNode::start_with(FhirVersion::R4, |c| {
+        c.s3 = Some(cfg);
+        c.export.sink = kiln::export::config::SinkName::S3;
+    });
+    let c = client();
+    let mut data: Vec<Value> = (0..6).map(patient).collect();
+    data.extend((0..6).map(|i| observation(i, i, "1234-5")));
+    data.push(json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": "Patient/p1"}}, {"entity": {"reference": "Patient/p2"}}]}));
+    load(&c, &node.base, &data);
+    s3.stop();
+    let status_url = bulk::kick_off(&c, &node.url("/Group/g/$export?_type=Patient,Observation"), None, None);
+    // After the kick-off: p2 leaves the Group and p3 joins, p1 is renamed, p2's Observation is
+    // deleted.
+    let g = json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": "Patient/p1"}}, {"entity": {"reference": "Patient/p3"}}]});
+    assert_eq!(kiln_tests::put(&c, &node.url("/Group/g"), &g).unwrap().0, 200);
+    let mut renamed = patient(1);
+    renamed["name"][0]["family"] = json!("Renamed");
+    assert_eq!(kiln_tests::put(&c, &node.url("/Patient/p1"), &renamed).unwrap().0, 200);
+    assert_eq!(c.delete(node.url("/Observation/o2")).send().unwrap().status(), 204);
+    assert_eq!(c.get(&status_url).send().unwrap().status(), 202, "the job is still waiting for its bucket: the changes came while it ran");
+    s3.restart();
+    let manifest = bulk::wait(&c, &status_url, None, 120);
+    let e = Export { status_url, files: bulk::download(&c, &manifest, None), manifest };
+    assert_eq!(ids_of(&e, "Patient"), set(&["p1", "p2"]), "the members as of the kick-off");
+    assert_eq!(ids_of(&e, "Observation"), set(&["o1", "o2"]), "their compartments, o2 deleted after the kick-off included");
+    let p1 = e.of("Patient").into_iter().find(|p| p["id"] == "p1").unwrap();
+    assert_eq!(p1["name"][0]["family"], "Fam1", "p1 as it was at the kick-off");
+}
+
+#[test]
+fn export_jobs_stay_in_their_tenant_and_with_their_owner() {
+    let keys = tempfile::tempdir().unwrap();
+    let secret = "export-tenant-secret-0123456789-0123456789";
+    std::fs::write(keys.path().join("secret"), secret).unwrap();
+    let key_hash = hex::encode(kiln::auth::api_keys::hash("feed-key-123"));
+    std::fs::write(keys.path().join("keys.toml"), format!("[[key]]\nname = \"feed\"\ngroup = \"practitioner\"\nsha256 = \"{key_hash}\"\n")).unwrap();
+    let node = TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.auth = kiln::auth::AuthConfig {
+            mode: kiln::auth::AuthMode::Jwt,
+            hs256_secret_file: Some(keys.path().join("secret")),
+            api_keys_file: Some(keys.path().join("keys.toml")),
+            ..kiln::auth::AuthConfig::default()
+        };
+        cfg.tenancy = kiln::tenancy::TenancyConfig { enabled: true, tenants: vec!["t1".into(), "t2".into()] };
+    });
+    let tok = |sub: &str, tenant: Option<&str>, group: &str| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut claims = json!({"sub": sub, "exp": now + 600, "cognito:groups": [group]});
+        if let Some(t) = tenant {
+            claims["custom:tenantId"] = json!(t);
+        }
+        kiln::auth::token::sign_hs256(secret.as_bytes(), &claims).unwrap()
+    };
+    let (alice1, alice2, bob1) = (tok("alice", Some("t1"), "practitioner"), tok("alice", Some("t2"), "practitioner"), tok("bob", Some("t1"), "practitioner"));
+    let (ops1, ops2, alice0) = (tok("ops", Some("t1"), "admin"), tok("ops", Some("t2"), "admin"), tok("alice", None, "practitioner"));
+    let c = client();
+    let put = |path: &str, t: &str, body: Value| {
+        let r = c.put(node.url(path)).bearer_auth(t).header("content-type", "application/fhir+json").body(body.to_string()).send().unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+    };
+    // The same ids in three tenants, different data.
+    for (i, (t, fam)) in [(&alice1, "T1"), (&alice2, "T2"), (&alice0, "Default")].into_iter().enumerate() {
+        for p in 0..=i {
+            put(&format!("/Patient/p{p}"), t, json!({"resourceType": "Patient", "id": format!("p{p}"), "name": [{"family": fam}]}));
+        }
+    }
+    // alice in t1 (her token's tenant) exports t1's data only.
+    let e = bulk::export(&c, &node.url("/$export?_type=Patient"), None, Some(&alice1));
+    assert_eq!(ids_of(&e, "Patient"), set(&["p0"]));
+    assert!(e.of("Patient").iter().all(|p| p["name"][0]["family"] == "T1"));
+    let job = e.status_url.rsplit('/').next().unwrap().to_string();
+    let file = e.manifest["output"][0]["url"].as_str().unwrap().to_string();
+    let file_name = file.rsplit('/').next().unwrap().to_string();
+    // Status, file and cancel: 404 for the same user in another tenant, for another user in
+    // the same tenant, and for an operator of another tenant; an operator of t1 follows it.
+    let (status_path, file_path) = (format!("/_export/{job}"), format!("/_export/{job}/{file_name}"));
+    let code = |method: &str, path: &str, t: &str| c.request(method.parse().unwrap(), node.url(path)).bearer_auth(t).send().unwrap().status().as_u16();
+    for (who, t) in [("alice in t2", &alice2), ("bob in t1", &bob1), ("an operator of t2", &ops2), ("alice in the default tenant", &alice0)] {
+        assert_eq!(code("GET", &status_path, t), 404, "status for {who}");
+        assert_eq!(code("GET", &file_path, t), 404, "file for {who}");
+        assert_eq!(code("DELETE", &status_path, t), 404, "cancel for {who}");
+    }
+    assert_eq!(code("GET", &status_path, &ops1), 200, "an operator of t1");
+    assert_eq!(code("GET", &file_path, &ops1), 200);
+    assert_eq!(code("GET", &status_path, &alice1), 200, "still there after the refused cancels");
+    // The t2 export of the same user holds t2's data.
+    let e2 = bulk::export(&c, &node.url("/$export?_type=Patient"), None, Some(&alice2));
+    assert_eq!(ids_of(&e2, "Patient"), set(&["p0", "p1"]));
+    assert!(e2.of("Patient").iter().all(|p| p["name"][0]["family"] == "T2"));
+    // An API key owns its jobs (in the default tenant): a token whose sub is the key's name
+    // does not.
+    let r = c.get(node.url("/$export?_type=Patient")).header("x-api-key", "feed-key-123").header("prefer", "respond-async").send().unwrap();
+    assert_eq!(r.status(), 202);
+    let key_status = r.headers()["content-location"].to_str().unwrap().to_string();
+    let key_job = key_status.rsplit('/').next().unwrap().to_string();
+    let start = std::time::Instant::now();
+    let manifest = loop {
+        let r = c.get(&key_status).header("x-api-key", "feed-key-123").send().unwrap();
+        match r.status().as_u16() {
+            200 => break json(r),
+            202 => assert!(start.elapsed() < Duration::from_secs(60), "the key's export did not finish"),
+            s => panic!("status {s}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(manifest["output"][0]["count"], 3, "the default tenant's three Patients: {manifest}");
+    assert_eq!(code("GET", &format!("/_export/{key_job}"), &tok("feed", None, "practitioner")), 404, "a token named like the key");
+    assert_eq!(code("GET", &format!("/_export/{key_job}"), &alice0), 404);
+}

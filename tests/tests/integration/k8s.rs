@@ -81,36 +81,55 @@ fn configmap_config_forms_a_cluster_from_pod_names_and_scales_out() {
     assert!(out.status.success(), "certs: {}", String::from_utf8_lossy(&out.stderr));
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "k8s-test-admin-token").unwrap();
-    let ports = free_ports(15);
-    let mut base = shipped.clone();
-    for (i, p) in base.cluster.peers.iter_mut().enumerate() {
-        p.raft_addr = format!("127.0.0.1:{}", ports[5 + i]);
-        p.http_url = format!("http://127.0.0.1:{}", ports[i]);
-        p.admin_url = format!("http://127.0.0.1:{}", ports[10 + i]);
-    }
-    let tls = base.cluster.tls.as_mut().expect("the ConfigMap sets [cluster.tls]");
-    let rehome = |p: &Path| certs.join(p.file_name().unwrap());
-    (tls.cert, tls.key, tls.ca) = (rehome(&tls.cert), rehome(&tls.key), rehome(&tls.ca));
-    assert!(tls.cert.to_string_lossy().ends_with("node{node_id}.pem"), "{:?}", tls.cert);
-    base.admin_token_file = Some(token);
-    base.api_tls = None;
-    base.auth = kiln::auth::AuthConfig::default();
-    base.raft.tick_ms = 50;
-    let start_pod = |ordinal: usize| -> ChildNode {
+    // Ports are picked free, then released: if another test takes one before a pod binds it,
+    // the pods are stopped and the whole set is picked again (three tries).
+    let configure = |ports: &[u16]| {
+        let mut base = shipped.clone();
+        for (i, p) in base.cluster.peers.iter_mut().enumerate() {
+            p.raft_addr = format!("127.0.0.1:{}", ports[5 + i]);
+            p.http_url = format!("http://127.0.0.1:{}", ports[i]);
+            p.admin_url = format!("http://127.0.0.1:{}", ports[10 + i]);
+        }
+        let tls = base.cluster.tls.as_mut().expect("the ConfigMap sets [cluster.tls]");
+        let rehome = |p: &Path| certs.join(p.file_name().unwrap());
+        (tls.cert, tls.key, tls.ca) = (rehome(&tls.cert), rehome(&tls.key), rehome(&tls.ca));
+        assert!(tls.cert.to_string_lossy().ends_with("node{node_id}.pem"), "{:?}", tls.cert);
+        base.admin_token_file = Some(token.clone());
+        base.api_tls = None;
+        base.auth = kiln::auth::AuthConfig::default();
+        base.raft.tick_ms = 50;
+        base
+    };
+    let try_pod = |base: &Config, ports: &[u16], ordinal: usize| -> Result<ChildNode, String> {
         let mut cfg = base.clone();
         cfg.data_dir = dir.path().join(format!("kiln-{ordinal}"));
         cfg.listen = format!("127.0.0.1:{}", ports[ordinal]);
         cfg.admin_listen = Some(format!("127.0.0.1:{}", ports[10 + ordinal]));
         cfg.cluster.raft_listen = Some(format!("127.0.0.1:{}", ports[5 + ordinal]));
+        let _ = std::fs::remove_dir_all(&cfg.data_dir);
         let path = dir.path().join(format!("kiln-{ordinal}.toml"));
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
         let host = format!("kiln-{ordinal}");
-        ChildNode::start_config_env(&path, &cfg.data_dir, [("HOSTNAME", host.as_str())])
+        ChildNode::try_start_config_env(&path, &cfg.data_dir, [("HOSTNAME", host.as_str())])
     };
+    let (ports, base, _pods) = (1..=3)
+        .find_map(|attempt| {
+            let ports = free_ports(15);
+            let base = configure(&ports);
+            match (0..3).map(|o| try_pod(&base, &ports, o)).collect::<Result<Vec<ChildNode>, String>>() {
+                Ok(pods) => Some((ports, base, pods)),
+                Err(e) if attempt < 3 => {
+                    eprintln!("attempt {attempt}: {e}; other ports");
+                    None
+                }
+                Err(e) => panic!("three attempts: {e}"),
+            }
+        })
+        .unwrap();
+    let start_pod = |ordinal: usize| try_pod(&base, &ports, ordinal).unwrap_or_else(|e| panic!("{e}"));
     let admin = |ordinal: usize| format!("http://127.0.0.1:{}", ports[10 + ordinal]);
     let fhir = |ordinal: usize| format!("http://127.0.0.1:{}", ports[ordinal]);
 
-    let _pods: Vec<ChildNode> = (0..3).map(start_pod).collect();
     for ordinal in 0..3 {
         let s = status_until(&admin(ordinal), "a leader among the three", |s| s["leader_id"].as_u64().unwrap_or(0) != 0);
         assert_eq!(s["id"].as_u64(), Some(ordinal as u64 + 1), "pod kiln-{ordinal} is node {}: {s}", ordinal + 1);

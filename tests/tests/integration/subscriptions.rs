@@ -205,6 +205,50 @@ fn a_failing_endpoint_goes_to_error_and_never_holds_back_the_others() {
     bad.wait(20, "a delivery after reactivation", |r| r.len() >= 4);
 }
 
+/// The host name of this machine, resolved by the system resolver, as a rest-hook would be.
+fn own_host_name() -> (String, Vec<std::net::IpAddr>) {
+    use std::net::ToSocketAddrs as _;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let addrs: Vec<std::net::IpAddr> = (name.as_str(), 80).to_socket_addrs().unwrap_or_else(|e| panic!("this test needs the host name {name:?} to resolve: {e}")).map(|a| a.ip()).collect();
+    (name, addrs)
+}
+
+#[test]
+fn an_endpoint_named_or_redirected_inside_is_never_reached() {
+    // A name that resolves to an inside address: accepted (names are judged when resolved),
+    // then refused at delivery, and the subscription says why.
+    let (name, addrs) = own_host_name();
+    assert!(addrs.iter().all(|a| kiln::subscription::spec::is_private(*a)), "{name} resolves to {addrs:?}: not an inside address");
+    let n = TestNode::start_with(kiln::fhir::FhirVersion::R4, |cfg| {
+        enabled(cfg);
+        cfg.subscriptions.allow_private_endpoints = false;
+        cfg.subscriptions.max_retries = 1;
+    });
+    let inside = Receiver::start();
+    let endpoint = format!("http://{name}:{}/hook", inside.port);
+    let id = active(&n.base, "Patient", json!({"type": "rest-hook", "endpoint": endpoint}));
+    created(&n.base, &patient("Doe"));
+    wait_until(20, "the subscription to be set to error", || get(&n.base, &format!("/Subscription/{id}"))["status"] == "error");
+    let error = get(&n.base, &format!("/Subscription/{id}"))["error"].as_str().unwrap().to_string();
+    assert!(error.contains("no public address") && error.contains("allow_private_endpoints"), "{error}");
+    assert!(inside.requests().is_empty(), "the inside receiver was called: {:?}", inside.requests());
+
+    // A redirect is never followed: the endpoint's 307 is a failed delivery.
+    let n = TestNode::start_with(kiln::fhir::FhirVersion::R4, |cfg| {
+        enabled(cfg);
+        cfg.subscriptions.max_retries = 1;
+    });
+    let (first, target) = (Receiver::start(), Receiver::start());
+    first.redirect(307, &target.url("/elsewhere"));
+    let id = active(&n.base, "Patient", json!({"type": "rest-hook", "endpoint": first.url("/hook")}));
+    created(&n.base, &patient("Doe"));
+    wait_until(20, "the redirected subscription to be set to error", || get(&n.base, &format!("/Subscription/{id}"))["status"] == "error");
+    let error = get(&n.base, &format!("/Subscription/{id}"))["error"].as_str().unwrap().to_string();
+    assert!(error.contains("HTTP 307"), "{error}");
+    assert_eq!(first.requests().len(), 2, "1 + max_retries attempts at the endpoint itself");
+    assert!(target.requests().is_empty(), "the redirect was followed: {:?}", target.requests());
+}
+
 type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
 fn ws_connect(base: &str) -> Ws {
