@@ -289,6 +289,7 @@ pub fn start_node(cfg: Config) -> Result<NodeHandle, StartError> {
                     http::error::set_thread_version(version);
                     App::new()
                         .app_data(state.clone())
+                        .wrap(actix_web::middleware::from_fn(http::routes::fast))
                         .wrap(actix_web::middleware::from_fn(http::authenticate::authenticate))
                         .wrap(actix_web::middleware::from_fn(http::observe::observe))
                         .wrap(actix_web::middleware::from_fn(http::request_id::middleware))

@@ -33,6 +33,7 @@ pub mod operations;
 pub mod patch;
 pub mod request_id;
 pub mod response_room;
+pub mod routes;
 pub mod scrape;
 pub mod search;
 pub mod search_kinds;
@@ -218,35 +219,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     for path in ["/{op:\\$[^/]*}", "/{type}/{op:\\$[^/]*}", "/{type}/{id}/{op:\\$[^/]*}"] {
         cfg.route(path, web::route().to(fallback));
     }
-    for i in INTERACTIONS {
+    // The interactions: most requests are served before this table is consulted
+    // ([`routes::fast`]); these routes take the paths it leaves (see [`routes`]).
+    for i in INTERACTIONS.iter().filter(|i| i.code != "batch") {
         let method = Method::from_bytes(i.method.as_bytes()).expect("table methods are valid");
-        let route = web::route().method(method);
-        let route = match i.code {
-            "history-system" => route.to(history::system),
-            "search-system" => route.to(search::system),
-            "transaction" => route.to(transaction::process),
-            // The same route as transaction (the bundle's type decides).
-            "batch" => continue,
-            "history-type" => route.to(history::type_level),
-            "history-instance" => route.to(history::instance),
-            "create" => route.to(crud::create),
-            "search-type" if i.method == "GET" => route.to(search::get),
-            "search-type" => route.to(search::post),
-            "conditional-update" => route.to(crud::conditional_update),
-            "search-compartment" => route.to(search::compartment),
-            "conditional-delete" => route.to(crud::conditional_delete),
-            "conditional-patch" => route.to(patch::conditional),
-            "read" => {
-                cfg.route(i.path, web::head().to(crud::read));
-                route.to(crud::read)
-            }
-            "vread" => route.to(crud::vread),
-            "update" => route.to(crud::update),
-            "patch" => route.to(patch::patch),
-            "delete" => route.to(crud::delete),
-            other => unreachable!("interaction {other} has no handler"),
-        };
-        cfg.route(i.path, route);
+        if i.code == "read" {
+            cfg.route(i.path, routes::handler(i, Method::HEAD));
+        }
+        cfg.route(i.path, routes::handler(i, method));
     }
     cfg.default_service(web::to(fallback));
 }
