@@ -194,6 +194,9 @@ pub struct Limits {
     /// no request in progress for this plus `header_timeout_ms` (one sending the head of its
     /// next request too slowly) is closed.
     pub idle_timeout_ms: u64,
+    /// Slowest a request body may arrive on the whole, in bytes a second, once its first
+    /// `stall_timeout_ms` have passed (past it: 408).
+    pub min_body_rate: u64,
     /// Requests in progress at once on one connection (HTTP/2 streams: HTTP/1.1 has one); past
     /// it: 429 with `Retry-After`.
     pub max_requests_per_connection: usize,
@@ -276,6 +279,7 @@ impl Default for Limits {
             stall_timeout_ms: 30_000,
             idle_timeout_ms: 75_000,
             max_requests_per_connection: 100,
+            min_body_rate: 500,
         }
     }
 }
@@ -330,6 +334,7 @@ impl Config {
             ("stall_timeout_ms", l.stall_timeout_ms),
             ("idle_timeout_ms", l.idle_timeout_ms),
             ("max_requests_per_connection", l.max_requests_per_connection as u64),
+            ("min_body_rate", l.min_body_rate),
         ] {
             if v == 0 {
                 return bad(format!("limits.{key} must be positive"));

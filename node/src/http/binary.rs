@@ -266,7 +266,8 @@ async fn receive(st: &AppState, ctx: &Ctx, mut payload: web::Payload) -> Result<
         None => None,
     };
     let result: Result<(), ApiError> = async {
-        while let Some(chunk) = negotiate::next_chunk(&mut payload, &st.cfg.limits).await {
+        let mut upload = negotiate::Upload::new(&mut payload, &st.cfg.limits);
+        while let Some(chunk) = upload.next().await {
             let chunk = chunk.map_err(|e| match e {
                 RequestError::InvalidJson(why) => ApiError::from(BinaryError::Body(why)),
                 stalled => stalled.into(),

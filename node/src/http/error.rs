@@ -96,7 +96,7 @@ pub fn classify(e: &ApiError) -> (u16, &'static str) {
             RequestError::TooManyRequests(_) => (429, "throttled"),
             RequestError::TooCostly(_) => (400, "too-costly"),
             RequestError::ResponseTooLarge { .. } => (413, "too-costly"),
-            RequestError::BodyStalled { .. } => (408, "timeout"),
+            RequestError::BodyStalled { .. } | RequestError::BodyTooSlow { .. } => (408, "timeout"),
             RequestError::UriTooLong { .. } => (414, "too-costly"),
         },
         ApiError::Fhir(f) => classify_fhir(f),

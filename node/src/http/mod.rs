@@ -105,6 +105,9 @@ pub enum RequestError {
     /// The client paused in sending its body longer than `limits.stall_timeout_ms`: 408.
     #[error("the request body stopped arriving for {ms} ms (config limits.stall_timeout_ms); send it without pauses")]
     BodyStalled { ms: u64 },
+    /// The body came slower than `limits.min_body_rate` on the whole: 408.
+    #[error("the request body arrives slower than {rate} bytes a second (config limits.min_body_rate, after the first limits.stall_timeout_ms); send it faster")]
+    BodyTooSlow { rate: u64 },
     /// A batch's response would pass `limits.max_batch_response_bytes`.
     #[error("the batch response would exceed {limit} bytes (config limits.max_batch_response_bytes); this entry was not run: split the batch or ask for smaller pages")]
     ResponseTooLarge { limit: usize },

@@ -392,19 +392,49 @@ pub async fn read_json(payload: web::Payload, limits: &crate::config::Limits) ->
     read_json_limited(payload, limits.max_body_bytes, "limits.max_body_bytes", limits).await
 }
 
-/// The next piece of a request body; 408 when the client pauses longer than
-/// `limits.stall_timeout_ms` (a body sent a byte at a time holds no worker or room for long).
-pub async fn next_chunk(payload: &mut web::Payload, limits: &crate::config::Limits) -> Option<Result<web::Bytes, RequestError>> {
-    match tokio::time::timeout(std::time::Duration::from_millis(limits.stall_timeout_ms), payload.next()).await {
-        Ok(next) => next.map(|c| c.map_err(|e| RequestError::InvalidJson(format!("reading the body failed: {e}")))),
-        Err(_) => Some(Err(RequestError::BodyStalled { ms: limits.stall_timeout_ms })),
+/// A request body as it arrives: 408 when the client pauses longer than
+/// `limits.stall_timeout_ms`, or when, past that first span, the body comes slower than
+/// `limits.min_body_rate` bytes a second on the whole (each byte earns `1 / min_body_rate`
+/// seconds more, as Apache's `mod_reqtimeout` MinRate): a body trickled just within the pause
+/// bound holds its worker and memory for a time in proportion to its size, not for as long as
+/// the client likes.
+pub struct Upload<'a> {
+    payload: &'a mut web::Payload,
+    stall: std::time::Duration,
+    rate: u64,
+    started: std::time::Instant,
+    received: u64,
+}
+
+impl<'a> Upload<'a> {
+    pub fn new(payload: &'a mut web::Payload, limits: &crate::config::Limits) -> Upload<'a> {
+        let stall = std::time::Duration::from_millis(limits.stall_timeout_ms);
+        Upload { payload, stall, rate: limits.min_body_rate.max(1), started: std::time::Instant::now(), received: 0 }
+    }
+
+    /// The next piece of the body (`None` at its end).
+    pub async fn next(&mut self) -> Option<Result<web::Bytes, RequestError>> {
+        let earned = self.stall + std::time::Duration::from_secs_f64(self.received as f64 / self.rate as f64);
+        let wait = self.stall.min(earned.saturating_sub(self.started.elapsed()));
+        // (The body is polled before the timer: a piece already here is taken even at zero.)
+        match tokio::time::timeout(wait, self.payload.next()).await {
+            Ok(Some(Ok(piece))) => {
+                self.received += piece.len() as u64;
+                Some(Ok(piece))
+            }
+            Ok(Some(Err(e))) => Some(Err(RequestError::InvalidJson(format!("reading the body failed: {e}")))),
+            Ok(None) => None,
+            Err(_) if wait < self.stall => Some(Err(RequestError::BodyTooSlow { rate: self.rate })),
+            Err(_) => Some(Err(RequestError::BodyStalled { ms: self.stall.as_millis() as u64 })),
+        }
     }
 }
 
 /// Reads the body up to `limit` (the config `key`) and parses it as JSON (a UTF-8 BOM is skipped).
 pub async fn read_json_limited(mut payload: web::Payload, limit: usize, key: &'static str, limits: &crate::config::Limits) -> Result<Value, RequestError> {
     let mut buf = web::BytesMut::new();
-    while let Some(chunk) = next_chunk(&mut payload, limits).await {
+    let mut upload = Upload::new(&mut payload, limits);
+    while let Some(chunk) = upload.next().await {
         let chunk = chunk?;
         if buf.len() + chunk.len() > limit {
             return Err(RequestError::BodyTooLarge { limit, key });

@@ -287,3 +287,43 @@ fn a_connection_that_trickles_its_next_request_head_is_closed() {
     assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}");
 }
 
+
+/// Sends a create of `len` bytes `piece` bytes every 500 ms (each pause within the stall bound);
+/// returns the status line and when it came.
+fn trickle_create(base: &str, len: usize, piece: usize) -> (String, Duration) {
+    let mut body = json!({"resourceType": "Patient", "name": [{"family": "Trickle"}]}).to_string().into_bytes();
+    body.resize(len, b' ');
+    let mut s = TcpStream::connect(host_port(base)).unwrap();
+    write!(s, "POST /Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: {len}\r\n\r\n").unwrap();
+    let start = Instant::now();
+    let mut answer = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        answer.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let k = answer.read(&mut buf).unwrap_or(0);
+        (String::from_utf8_lossy(&buf[..k]).to_string(), start.elapsed())
+    });
+    for part in body.chunks(piece) {
+        if s.write_all(part).is_err() || reader.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    reader.join().unwrap()
+}
+
+#[test]
+fn a_body_trickled_within_the_pause_bound_is_cut_at_the_minimum_rate() {
+    let n = TestNode::start_with(FhirVersion::R4, |cfg| {
+        cfg.limits.stall_timeout_ms = 1000;
+        cfg.limits.min_body_rate = 100;
+    });
+    // 200 bytes a second: above the rate, served.
+    let (answer, _) = trickle_create(&n.base, 700, 100);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // 20 bytes a second, never pausing 1 s: cut once the first second and 1 s per 100 bytes
+    // received have passed (about 1.25 s), long before the body's end (100 s).
+    let (answer, after) = trickle_create(&n.base, 2000, 10);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("limits.min_body_rate"), "{answer}");
+    assert!(after >= Duration::from_millis(1200) && after < Duration::from_secs(10), "408 after {after:?}");
+}
