@@ -315,17 +315,21 @@ fn work_stops_when_the_client_hangs_up() {
     // of work if it went on.
     let nobody = token(json!({"scope": "patient/*.rs", "patient": "nobody"}));
     let slow = serde_json::to_vec(&batch((0..3000).map(|_| "_history?_count=10".to_string()))).unwrap();
-    let cpu_idle_before = cpu_seconds();
-    std::thread::sleep(Duration::from_millis(500));
-    let idle = cpu_seconds() - cpu_idle_before;
+    // CPU shares (cores) of this process, which runs the node: idle, while the batch works, and
+    // after its client left. Compared with each other, not with fixed figures: on a loaded
+    // machine the batch gets what the others leave it.
+    let share = |ms: u64| {
+        let (t, c) = (Instant::now(), cpu_seconds());
+        std::thread::sleep(Duration::from_millis(ms));
+        (cpu_seconds() - c) / t.elapsed().as_secs_f64()
+    };
+    let idle = share(500);
     let mut s = TcpStream::connect(n.base.trim_start_matches("http://")).unwrap();
     write!(s, "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {nobody}\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n", slow.len()).unwrap();
     s.write_all(&slow).unwrap();
     // It is working: the process uses CPU.
-    let (t0, c0) = (Instant::now(), cpu_seconds());
-    std::thread::sleep(Duration::from_millis(1000));
-    let busy = (cpu_seconds() - c0) / t0.elapsed().as_secs_f64();
-    assert!(busy > 0.5, "the batch keeps a core busy while its client waits ({busy:.2} cores)");
+    let busy = share(1000);
+    assert!(busy > idle + 0.15, "the batch keeps the CPU busy while its client waits ({busy:.2} cores, idle {idle:.2})");
     s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
     let mut buf = [0u8; 16];
     assert!(s.read(&mut buf).is_err(), "no answer yet");
@@ -333,10 +337,8 @@ fn work_stops_when_the_client_hangs_up() {
     // Within 100 ms of the hang-up (checked every 2,048 rows) the work stops: over the next
     // second the process is about as idle as before the request.
     std::thread::sleep(Duration::from_millis(300));
-    let (t1, c1) = (Instant::now(), cpu_seconds());
-    std::thread::sleep(Duration::from_millis(1000));
-    let after = (cpu_seconds() - c1) / t1.elapsed().as_secs_f64();
-    assert!(after < 0.2 + idle, "work went on after the client left: {after:.2} cores busy (idle {idle:.2})");
+    let after = share(1000);
+    assert!(after - idle < (busy - idle) * 0.4, "work went on after the client left: {after:.2} cores busy (while working {busy:.2}, idle {idle:.2})");
     // And the node still answers.
     assert_eq!(c.get(n.url("/metadata")).send().unwrap().status(), 200);
 }
