@@ -23,6 +23,7 @@ pub struct Received {
 
 pub struct Receiver {
     pub port: u16,
+    addr: std::net::SocketAddr,
     requests: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
     location: Arc<Mutex<Option<String>>>,
@@ -32,8 +33,14 @@ pub struct Receiver {
 impl Receiver {
     /// Starts answering `200` to everything.
     pub fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-        let port = listener.local_addr().expect("addr").port();
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`Receiver::start`] on `ip` (an address of this machine), port 0.
+    pub fn start_on(ip: std::net::IpAddr) -> Receiver {
+        let listener = TcpListener::bind((ip, 0)).expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        let port = addr.port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
@@ -49,7 +56,7 @@ impl Receiver {
                 std::thread::spawn(move || serve(conn, r, s, l));
             }
         });
-        Receiver { port, requests, status, location, stop }
+        Receiver { port, addr, requests, status, location, stop }
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -94,7 +101,7 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        let _ = TcpStream::connect(self.addr);
     }
 }
 

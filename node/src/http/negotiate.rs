@@ -55,6 +55,9 @@ pub struct Ctx {
     /// responses in flight (not [`Ctx::respond`]) and holds the caller's fair share for all its
     /// entries ([`super::work::caller_share`], not [`super::work::block`]).
     pub by_batch: bool,
+    /// The batch's place in its caller's fair share, which each entry's costly work holds
+    /// until that work stops (also when the batch's own future is dropped first).
+    pub share: Option<std::sync::Arc<super::work::Share>>,
 }
 
 fn essence(v: &str) -> String {
@@ -127,7 +130,7 @@ impl Ctx {
         let principal = crate::http::guard::principal_of(req, st);
         let budget = super::work::budget_for(req, limits);
         let app = req.app_data::<actix_web::web::Data<AppState>>().cloned();
-        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app, by_batch: false })
+        Ok(Ctx { params, content_type, pretty, subset, ret, lenient, base, if_none_match, if_modified_since, principal, tenant, store, budget, app, by_batch: false, share: None })
     }
 
     /// The context of one GET / HEAD entry of a batch or transaction: the entry's URL parameters
@@ -151,6 +154,7 @@ impl Ctx {
             budget: self.budget.clone(),
             app: self.app.clone(),
             by_batch: true,
+            share: self.share.clone(),
         })
     }
 
@@ -430,8 +434,8 @@ impl<'a> Upload<'a> {
     }
 }
 
-/// Reads the body up to `limit` (the config `key`) and parses it as JSON (a UTF-8 BOM is skipped).
-pub async fn read_json_limited(mut payload: web::Payload, limit: usize, key: &'static str, limits: &crate::config::Limits) -> Result<Value, RequestError> {
+/// Reads the body up to `limit` bytes (the config `key`) as an [`Upload`].
+pub async fn read_bytes_limited(mut payload: web::Payload, limit: usize, key: &'static str, limits: &crate::config::Limits) -> Result<web::Bytes, RequestError> {
     let mut buf = web::BytesMut::new();
     let mut upload = Upload::new(&mut payload, limits);
     while let Some(chunk) = upload.next().await {
@@ -441,8 +445,13 @@ pub async fn read_json_limited(mut payload: web::Payload, limit: usize, key: &'s
         }
         buf.extend_from_slice(&chunk);
     }
+    Ok(buf.freeze())
+}
+
+/// Reads the body up to `limit` (the config `key`) and parses it as JSON (a UTF-8 BOM is skipped).
+pub async fn read_json_limited(payload: web::Payload, limit: usize, key: &'static str, limits: &crate::config::Limits) -> Result<Value, RequestError> {
+    let buf = read_bytes_limited(payload, limit, key, limits).await?;
     let len = buf.len();
-    let buf = buf.freeze();
     let parse = move || -> Result<Value, RequestError> {
         let bytes = buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf);
         if bytes.iter().all(u8::is_ascii_whitespace) {

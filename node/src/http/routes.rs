@@ -105,10 +105,7 @@ async fn serve(code: &str, method: &str, req: &HttpRequest, mut payload: Payload
             ("search-system", _) => search::system(req, st).await,
             ("transaction", _) => transaction::process(req, body, st).await,
             ("history-type", _) => history::type_level(req.clone(), one().await?, st).await,
-            ("search-type", "POST") => {
-                let bytes = web::Bytes::from_request(&req, &mut body.into_inner()).await?;
-                search::post(req.clone(), one().await?, bytes, st).await
-            }
+            ("search-type", "POST") => search::post(req.clone(), one().await?, body, st).await,
             ("search-type", _) => search::get(req.clone(), one().await?, st).await,
             ("create", _) => crud::create(req.clone(), one().await?, body, st).await,
             ("conditional-update", _) => crud::conditional_update(req.clone(), one().await?, body, st).await,

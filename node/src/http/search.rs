@@ -68,20 +68,18 @@ pub async fn type_in(ctx: &Ctx, st: &AppState, rtype: &str) -> Result<HttpRespon
     respond(ctx, st, rtype, ctx.params.clone(), None).await
 }
 
-pub async fn post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn post(req: HttpRequest, path: web::Path<String>, payload: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ctx = Ctx::new(&req, &st)?;
     let rtype = st.defs.resource_type(&path)?;
+    // The form is a query string in a body: the same bound as a URL's.
+    let limits = &st.cfg.limits;
+    let body = negotiate::read_bytes_limited(payload, limits.max_query_bytes, "limits.max_query_bytes (the _search form)", limits).await?;
     let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !body.is_empty() && !ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
         return Err(RequestError::UnsupportedMediaType(format!(
             "POST {rtype}/_search takes application/x-www-form-urlencoded parameters, not '{ct}'"
         ))
         .into());
-    }
-    // The form is a query string in a body: the same bound as a URL's.
-    let limits = &st.cfg.limits;
-    if body.len() > limits.max_query_bytes {
-        return Err(RequestError::BodyTooLarge { limit: limits.max_query_bytes, key: "limits.max_query_bytes (the _search form)" }.into());
     }
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| RequestError::BadParameter { name: "form body".into(), reason: e.to_string() })?;

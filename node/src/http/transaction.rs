@@ -116,9 +116,15 @@ async fn execute(ctx: &Ctx, st: &web::Data<AppState>, plan: Plan) -> Result<Http
     }
     // A bundle that reads is a costly request of its caller until its last read has run: it
     // takes the caller's fair share before it writes anything (429: nothing was done).
-    let _share = match reads.is_empty() {
-        true => None,
-        false => super::work::caller_share(ctx, st)?,
+    // (Its entries' work holds the place too: a dropped bundle cannot free it while an entry
+    // still reads.)
+    let batch_ctx;
+    let ctx = match reads.is_empty() {
+        true => ctx,
+        false => {
+            batch_ctx = Ctx { share: super::work::caller_share(ctx, st)?.map(std::sync::Arc::new), ..ctx.clone() };
+            &batch_ctx
+        }
     };
     if atomic {
         writes.sort_by_key(|(m, op)| (m.map(Method::order), op.index));

@@ -214,10 +214,11 @@ where
     let tenant = ctx.tenant.as_deref().unwrap_or("");
     // The open server has one anonymous caller: no fair share, and only the request counts as heavy.
     let caller = ctx.caller();
-    // (A batch entry runs in the share its batch holds.)
-    let mine = match ctx.by_batch {
-        true => None,
-        false => caller_share(ctx, st)?,
+    // (A batch entry runs in the place its batch holds: the work keeps it too.)
+    let mine = match (&ctx.share, ctx.by_batch) {
+        (Some(batch), _) => Some(batch.clone()),
+        (None, true) => None,
+        (None, false) => caller_share(ctx, st)?.map(Arc::new),
     };
     // A request that has already read much, or a caller whose recent requests did, goes to the
     // heavy lane.

@@ -579,7 +579,8 @@ fn a_rotated_jwks_file_takes_effect_on_http_requests_without_restart() {
     assert_eq!(r.status(), 401, "k2 is not published yet");
     assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
     // Rotate: k2 in, k1 out. The node re-reads the file (at most once a second) on its own.
-    std::fs::write(&jwks, json!({"keys": [j2]}).to_string()).unwrap();
+    // (Another length too: a file system with coarse timestamps still shows the change.)
+    std::fs::write(&jwks, json!({"keys": [j2]}).to_string() + "\n\n").unwrap();
     let start = std::time::Instant::now();
     while status(&t2) != 200 {
         assert!(start.elapsed() < std::time::Duration::from_secs(10), "the rotated key is not taken within 10 s");

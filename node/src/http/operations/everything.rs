@@ -33,13 +33,18 @@ const PATIENT: &str = "Patient";
 /// Query parameters passed on to the search unchanged.
 const PASSED: [&str; 4] = ["_count", "_page", "_format", "_pretty"];
 
-pub async fn instance(req: HttpRequest, path: web::Path<String>, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn instance(req: HttpRequest, path: web::Path<String>, body: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = negotiate::read_bytes_limited(body, MAX_PARAMETERS_BYTES, "the $everything Parameters body (64 KiB)", &st.cfg.limits).await?;
     everything(&req, &st, Some(&path), &body).await
 }
 
-pub async fn type_level(req: HttpRequest, body: web::Bytes, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn type_level(req: HttpRequest, body: web::Payload, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = negotiate::read_bytes_limited(body, MAX_PARAMETERS_BYTES, "the $everything Parameters body (64 KiB)", &st.cfg.limits).await?;
     everything(&req, &st, None, &body).await
 }
+
+/// A `Parameters` body of `$everything` (three small parameters) is at most this large.
+const MAX_PARAMETERS_BYTES: usize = 64 * 1024;
 
 fn bad(name: &str, reason: impl Into<String>) -> ApiError {
     OperationError::BadParameter { name: name.into(), reason: reason.into() }.into()
