@@ -96,18 +96,42 @@ impl Drop for Busy {
     }
 }
 
+/// When a response body was last taken from.
+pub struct Progress(pub Clock);
+
+impl Quiet for Progress {
+    fn quiet(&self) -> Duration {
+        self.0.still()
+    }
+}
+
 /// The response body, holding the request's [`Busy`] until it has been sent when it is large or
-/// streamed (a download may take longer than the idle limit).
-pub fn until_sent(body: BoxBody, busy: Option<Busy>) -> BoxBody {
-    match (busy, body.size()) {
-        (Some(busy), BodySize::Stream) => BoxBody::new(Sent { inner: body, _busy: busy }),
-        (Some(busy), BodySize::Sized(n)) if n > SMALL => BoxBody::new(Sent { inner: body, _busy: busy }),
-        _ => body,
+/// streamed (a download may take longer than the idle limit). Such a body is watched: a client
+/// that takes nothing of it for `stall` (`limits.stall_timeout_ms`) is hung up on, so a
+/// download nobody reads (a raw Binary, an export file) does not keep its connection, file and
+/// buffers for ever.
+pub fn until_sent(body: BoxBody, busy: Option<Busy>, conn: Option<&Arc<dyn Presence>>, stall: Duration) -> BoxBody {
+    let large = match body.size() {
+        BodySize::Stream => true,
+        BodySize::Sized(n) => n > SMALL,
+        BodySize::None => false,
+    };
+    match busy.filter(|_| large) {
+        Some(busy) => {
+            let progress = Arc::new(Progress(Clock::new()));
+            if let (Some(conn), true) = (conn, tokio::runtime::Handle::try_current().is_ok()) {
+                let why = "a client stopped reading a response";
+                tokio::spawn(hang_up_when_quiet(Arc::downgrade(&progress), Arc::downgrade(conn), stall, Duration::from_secs(1), why));
+            }
+            BoxBody::new(Sent { inner: body, progress, _busy: busy })
+        }
+        None => body,
     }
 }
 
 struct Sent {
     inner: BoxBody,
+    progress: Arc<Progress>,
     _busy: Busy,
 }
 
@@ -119,6 +143,8 @@ impl MessageBody for Sent {
     }
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        // (Asked for more: the connection has taken what it was given.)
+        self.progress.0.touch();
         Pin::new(&mut self.inner).poll_next(cx)
     }
 }
@@ -168,9 +194,10 @@ mod tests {
     #[test]
     fn small_bodies_end_the_request_with_the_handler() {
         let a = Activity::new();
-        let small = until_sent(BoxBody::new("ok"), Busy::enter(Some(&a)));
+        let stall = Duration::from_secs(30);
+        let small = until_sent(BoxBody::new("ok"), Busy::enter(Some(&a)), None, stall);
         assert_eq!(a.busy.load(Ordering::Relaxed), 0);
-        let large = until_sent(BoxBody::new(vec![0u8; 100_000]), Busy::enter(Some(&a)));
+        let large = until_sent(BoxBody::new(vec![0u8; 100_000]), Busy::enter(Some(&a)), None, stall);
         assert_eq!(a.busy.load(Ordering::Relaxed), 1);
         drop((small, large));
         assert_eq!(a.busy.load(Ordering::Relaxed), 0);

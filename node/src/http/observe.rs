@@ -72,6 +72,7 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let in_flight = InFlight::enter(&m.in_flight);
     // (The connection's idle watch sees the request until its response has been sent.)
     let busy = super::idle::Busy::enter(req.conn_data::<std::sync::Arc<super::idle::Activity>>());
+    let req_conn = req.conn_data::<std::sync::Arc<dyn crate::budget::Presence>>().cloned();
     // (More than one only over HTTP/2, whose streams actix does not bound.)
     let limit = st.cfg.limits.max_requests_per_connection;
     let served = match busy.as_ref().is_some_and(|b| b.in_progress() > limit) {
@@ -91,7 +92,9 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     };
     m.requests.with_label_values(&[interaction, rtype, status.as_str()]).inc();
     m.duration.with_label_values(&[interaction, rtype]).observe(started.elapsed().as_secs_f64());
-    Ok(served?.map_body(|_, body| super::idle::until_sent(body, busy)))
+    let conn = req_conn;
+    let stall = std::time::Duration::from_millis(st.cfg.limits.stall_timeout_ms);
+    Ok(served?.map_body(|_, body| super::idle::until_sent(body, busy, conn.as_ref(), stall)))
 }
 
 #[cfg(test)]

@@ -117,14 +117,7 @@ impl Drop for Held {
     }
 }
 
-/// When a held body was last taken from.
-struct Progress(super::idle::Clock);
-
-impl super::idle::Quiet for Progress {
-    fn quiet(&self) -> Duration {
-        self.0.still()
-    }
-}
+use super::idle::Progress;
 
 /// A response body that keeps its room until the connection has taken all of it.
 pub struct HeldBody {

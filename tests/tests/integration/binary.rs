@@ -463,3 +463,38 @@ fn binary_objects_api_against_s3s_fs() {
     });
     assert!(server.object_path("kiln/test/export/job10/keep").exists());
 }
+
+#[test]
+fn a_download_nobody_reads_is_hung_up_on_after_the_stall() {
+    use std::io::{Read as _, Write as _};
+    let node = TestNode::start_with(FhirVersion::R4, |c| {
+        c.binary.max_bytes = 64 * 1024 * 1024;
+        c.limits.stall_timeout_ms = 2000;
+    });
+    let c = client();
+    // 48 MiB in the blob folder: far more than the socket buffers take, so a client that reads
+    // nothing leaves the node with the rest of the stream.
+    let big = bytes(48 * 1024 * 1024, 7);
+    let r = post_raw(&c, &node.url("/Binary"), "application/octet-stream", big.clone());
+    assert_eq!(r.status(), 201);
+    let id = json(r)["id"].as_str().unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(kiln_tests::host_port(&node.base)).unwrap();
+    write!(s, "GET /Binary/{id} HTTP/1.1\r\nHost: x\r\nAccept: application/octet-stream\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The client stops reading; after the stall (2 s) the node closes the connection, so what
+    // the client can still read ends well short of the 48 MiB.
+    std::thread::sleep(Duration::from_millis(4000));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 20]);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k,
+        }
+    }
+    assert!(got < big.len() / 2, "the stalled download was not cut: {got} bytes read after the pause");
+    // A client that reads gets all of it.
+    assert!(raw_get(&c, &node.url(&format!("/Binary/{id}"))).2 == big);
+}
