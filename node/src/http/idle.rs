@@ -97,11 +97,22 @@ impl Drop for Busy {
 }
 
 /// When a response body was last taken from.
-pub struct Progress(pub Clock);
+pub struct Progress(pub Clock, pub std::sync::atomic::AtomicBool);
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress(Clock::new(), std::sync::atomic::AtomicBool::new(false))
+    }
+}
 
 impl Quiet for Progress {
+    /// Zero while the body's own source has not produced its next piece (the client is waiting
+    /// on the server then, not the other way round).
     fn quiet(&self) -> Duration {
-        self.0.still()
+        match self.1.load(Ordering::Relaxed) {
+            true => Duration::ZERO,
+            false => self.0.still(),
+        }
     }
 }
 
@@ -109,7 +120,8 @@ impl Quiet for Progress {
 /// streamed (a download may take longer than the idle limit). Such a body is watched: a client
 /// that takes nothing of it for `stall` (`limits.stall_timeout_ms`) is hung up on, so a
 /// download nobody reads (a raw Binary, an export file) does not keep its connection, file and
-/// buffers for ever.
+/// buffers for ever. (`conn` is `None` for an HTTP/2 connection, whose other streams a hang-up
+/// would end too, and for a websocket, which is quiet between notifications.)
 pub fn until_sent(body: BoxBody, busy: Option<Busy>, conn: Option<&Arc<dyn Presence>>, stall: Duration) -> BoxBody {
     let large = match body.size() {
         BodySize::Stream => true,
@@ -118,7 +130,7 @@ pub fn until_sent(body: BoxBody, busy: Option<Busy>, conn: Option<&Arc<dyn Prese
     };
     match busy.filter(|_| large) {
         Some(busy) => {
-            let progress = Arc::new(Progress(Clock::new()));
+            let progress = Arc::new(Progress::new());
             if let (Some(conn), true) = (conn, tokio::runtime::Handle::try_current().is_ok()) {
                 let why = "a client stopped reading a response";
                 tokio::spawn(hang_up_when_quiet(Arc::downgrade(&progress), Arc::downgrade(conn), stall, Duration::from_secs(1), why));
@@ -145,7 +157,10 @@ impl MessageBody for Sent {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
         // (Asked for more: the connection has taken what it was given.)
         self.progress.0.touch();
-        Pin::new(&mut self.inner).poll_next(cx)
+        let next = Pin::new(&mut self.inner).poll_next(cx);
+        self.progress.1.store(next.is_pending(), Ordering::Relaxed);
+        self.progress.0.touch();
+        next
     }
 }
 

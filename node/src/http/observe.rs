@@ -72,7 +72,8 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let in_flight = InFlight::enter(&m.in_flight);
     // (The connection's idle watch sees the request until its response has been sent.)
     let busy = super::idle::Busy::enter(req.conn_data::<std::sync::Arc<super::idle::Activity>>());
-    let req_conn = req.conn_data::<std::sync::Arc<dyn crate::budget::Presence>>().cloned();
+    // (No stall watch over HTTP/2, where a hang-up would end the connection's other streams.)
+    let req_conn = req.conn_data::<std::sync::Arc<dyn crate::budget::Presence>>().cloned().filter(|_| req.version() != actix_web::http::Version::HTTP_2);
     // (More than one only over HTTP/2, whose streams actix does not bound.)
     let limit = st.cfg.limits.max_requests_per_connection;
     let served = match busy.as_ref().is_some_and(|b| b.in_progress() > limit) {
@@ -94,7 +95,11 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     m.duration.with_label_values(&[interaction, rtype]).observe(started.elapsed().as_secs_f64());
     let conn = req_conn;
     let stall = std::time::Duration::from_millis(st.cfg.limits.stall_timeout_ms);
-    Ok(served?.map_body(|_, body| super::idle::until_sent(body, busy, conn.as_ref(), stall)))
+    // (Nor for a websocket, quiet between notifications.)
+    Ok(served?.map_body(|head, body| {
+        let watch = conn.as_ref().filter(|_| head.status != actix_web::http::StatusCode::SWITCHING_PROTOCOLS);
+        super::idle::until_sent(body, busy, watch, stall)
+    }))
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ pub struct HeldBody {
 
 impl HeldBody {
     pub fn new(body: Vec<u8>, held: Held) -> HeldBody {
-        HeldBody { rest: Bytes::from(body), progress: Arc::new(Progress(super::idle::Clock::new())), _held: held }
+        HeldBody { rest: Bytes::from(body), progress: Arc::new(Progress::new()), _held: held }
     }
 
     /// Hangs up `conn` when its client takes nothing of this body for `stall`, so a client that

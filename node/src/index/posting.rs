@@ -122,14 +122,16 @@ pub fn add_block(key: &[u8], value: &[u8], out: &mut RoaringBitmap) -> Result<()
             Ok(())
         }
         Some((&BITSET, _)) => {
-            // Whole words at once (bit b of word w is offset 64 w + b), not bit by bit: a
-            // dense block holds up to 4,096 documents.
-            let bits = bits_of(key, value)?;
-            let mut bytes = [0u8; WORDS * 8];
-            for (w, word) in bits.iter().enumerate() {
-                bytes[w * 8..w * 8 + 8].copy_from_slice(&word.to_le_bytes());
+            // (Bit by bit: `from_lsb0_bytes` would store a full block as a bitmap container of
+            // 4,096, which roaring then serializes as an array: a `_typeFilter` bitmap kept in
+            // an export job would not read back.)
+            for (w, mut word) in bits_of(key, value)?.into_iter().enumerate() {
+                while word != 0 {
+                    let bit = word.trailing_zeros();
+                    out.insert(base | (w as u32 * 64 + bit));
+                    word &= word - 1;
+                }
             }
-            *out |= RoaringBitmap::from_lsb0_bytes(base, &bytes);
             Ok(())
         }
         _ => Err(corrupt(key)),

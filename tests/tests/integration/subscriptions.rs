@@ -293,6 +293,24 @@ fn synced(base: &str, ws: &mut Ws, marker: &str) {
 }
 
 #[test]
+fn a_quiet_websocket_outlives_the_stall_timeout() {
+    // A websocket is quiet between notifications: the stall watch of large or streamed
+    // responses must not take it for a client that stopped reading.
+    let n = TestNode::start_with(kiln::fhir::FhirVersion::R4, |cfg| {
+        enabled(cfg);
+        cfg.limits.stall_timeout_ms = 500;
+    });
+    let id = active(&n.base, "Patient?family=Quiet", json!({"type": "websocket"}));
+    let mut ws = ws_connect(&n.base);
+    ws_send(&mut ws, &format!("bind {id}"));
+    assert_eq!(ws_next(&mut ws, 5).as_deref(), Some(format!("bound {id}").as_str()));
+    // Four times the stall with nothing sent either way.
+    assert_eq!(ws_next(&mut ws, 2), None);
+    created(&n.base, &patient("Quiet"));
+    assert_eq!(ws_next(&mut ws, 10).as_deref(), Some(format!("ping {id}").as_str()), "the quiet websocket still hears its subscription");
+}
+
+#[test]
 fn websocket_bind_bound_ping() {
     let n = node();
     let id = active(&n.base, "Patient?family=Ping", json!({"type": "websocket"}));
